@@ -1,0 +1,204 @@
+"""The `farm` command: run, status, export, init."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import sys
+from pathlib import Path
+
+from farm.config import CONFIG_NAME, TargetConfig, load_config
+from farm.errors import ConfigError, FarmError
+from farm.store import Store, default_url, open_store
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r}: use seconds, or a number with s, m or h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="farm", description="An experiment farm for autoresearch campaigns on Ray."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what every role does")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("target", nargs="?", default=".", type=Path, help="the target git repo")
+        sp.add_argument("--store", help="store URL (default: sqlite in <target>/.farm/)")
+        sp.add_argument("--campaign", help="campaign name (default: farm.toml's, else 'default')")
+
+    run = sub.add_parser("run", help="run a campaign (local Ray, or $RAY_ADDRESS's cluster)")
+    common(run)
+    run.add_argument("--slots", type=int, default=0, help="concurrent trials")
+    run.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
+    run.add_argument("--max-candidates", type=int, help="stop after this many candidates")
+    run.add_argument("--time-limit", type=_duration, help="stop starting candidates after this")
+    run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
+    run.add_argument("--progress-every", type=_duration, default=15.0, help="status line period")
+
+    status = sub.add_parser("status", help="where a campaign stands")
+    common(status)
+    status.add_argument("--last", type=int, default=10, help="how many decisions to list")
+
+    export = sub.add_parser("export", help="export the ledger")
+    common(export)
+    export.add_argument("--tsv", action="store_true", required=True, help="results.tsv format")
+    export.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+
+    init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
+    init.add_argument("target", nargs="?", default=".", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.cmd == "init":
+            return _init(args.target)
+        cfg = _config(args)
+        store = open_store(args.store or cfg.store.url or default_url(args.target))
+        try:
+            if args.cmd == "run":
+                return _run(args, cfg, store)
+            if args.cmd == "status":
+                return _status(args, cfg, store)
+            return _export(args, cfg, store)
+        finally:
+            store.close()
+    except FarmError as e:
+        print(f"farm: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _config(args: argparse.Namespace) -> TargetConfig:
+    cfg = load_config(args.target)
+    if args.campaign:
+        cfg.campaign = args.campaign
+    if getattr(args, "proposer", None):
+        cfg.proposer = dataclasses.replace(cfg.proposer, kind=args.proposer)
+    if getattr(args, "slots", 0) < 0:
+        raise ConfigError("--slots must be >= 0")
+    return cfg
+
+
+def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    import ray
+
+    from farm.campaign import RunOptions, init_ray, prepare, run
+    from farm.gitops import Repo
+    from proposer.registry import make_proposer
+
+    opts = RunOptions(
+        slots=args.slots,
+        max_candidates=args.max_candidates,
+        time_limit_s=args.time_limit,
+        progress_every_s=args.progress_every,
+        ray_address=args.ray_address,
+    )
+    proposer = make_proposer(cfg.proposer, target=args.target)
+    local = not (opts.ray_address or _env_ray_address())
+    prepare(args.target, cfg, store, check_command=local)
+    init_ray(cfg, opts)
+    try:
+        return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
+    finally:
+        ray.shutdown()
+
+
+def _env_ray_address() -> str:
+    import os
+
+    return os.environ.get("RAY_ADDRESS", "")
+
+
+def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm.progress import snapshot, status_report
+
+    if store.get_campaign(cfg.campaign) is None:
+        known = ", ".join(c.id for c in store.list_campaigns()) or "none"
+        raise FarmError(f"no campaign {cfg.campaign!r} in {store.url} (campaigns: {known})")
+    print(status_report(snapshot(store, cfg.campaign), last=args.last))
+    return 0
+
+
+def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm.report import export_tsv
+
+    if store.get_campaign(cfg.campaign) is None:
+        raise FarmError(f"no campaign {cfg.campaign!r} in {store.url}")
+    text = export_tsv(store, cfg.campaign)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+_TEMPLATE = """\
+# farm target spec. Only editable, command and metric are required.
+editable = {editable}      # files proposals may change
+protected = {protected}    # must be byte-identical at run time (evaluation, data prep)
+command = "{command}"      # runs one trial in a fresh checkout
+metric = "{metric}"        # name of a `{metric}: <value>` summary line the command prints
+direction = "minimize"     # or "maximize"
+budget_s = 300             # hard wall-clock budget per trial (SIGTERM, grace, SIGKILL)
+program = "program.md"     # instructions for the proposer
+# seed_env = "FARM_SEED"   # the trial's seed reaches training through this variable
+
+[merge]
+repeats = 3      # baseline runs that estimate seed noise σ
+confirm = 2      # re-runs a candidate needs before it is kept
+min_delta = 0.0  # smallest improvement worth keeping
+z = 2.0          # keep only improvements beyond z standard errors
+
+[resources]
+cpus_per_trial = 1
+gpus_per_trial = 0  # 1 on a GPU cluster
+# accelerator_type = "A100"            # Ray accelerator type
+# labels = {{ gpu-model = "rtx4090" }}  # Ray node labels (ray start --labels)
+
+[proposer]
+kind = "mutate"  # mutate | replay
+batch_size = 4
+backlog = 4
+"""
+
+
+def _init(target: Path) -> int:
+    path = target / CONFIG_NAME
+    if path.exists():
+        raise FarmError(f"{path} exists already; edit it, or remove it to start over")
+    if not target.is_dir():
+        raise FarmError(f"{target} is not a directory")
+    editable = ["train.py"] if (target / "train.py").exists() else []
+    protected = [p for p in ("prepare.py", "evaluate.py") if (target / p).exists()]
+    metric = "val_bpb"
+    for name in editable:
+        found = re.findall(r"print\(f?[\"']([A-Za-z_]\w*):", (target / name).read_text())
+        if found:
+            metric = found[0]
+            break
+    path.write_text(
+        _TEMPLATE.format(
+            editable=editable or ["train.py"],
+            protected=protected,
+            command=f"python {editable[0]}" if editable else "python train.py",
+            metric=metric,
+        ).replace("'", '"')
+    )
+    print(f"wrote {path}: check editable, protected, command and metric, then commit it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""farm.toml, read into dataclasses. Unknown keys and bad values name the key and the file.
+
+A target's farm.toml can be five lines (autoresearch layout):
+
+    editable = ["train.py"]
+    protected = ["prepare.py"]
+    command = "uv run train.py"
+    metric = "val_bpb"
+    budget_s = 600
+
+Everything else has a default. Sections: [merge], [resources], [proposer], [sandbox], [store].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from farm.errors import ConfigError
+from farm.records import Direction
+
+CONFIG_NAME = "farm.toml"
+
+# Variables a training process may inherit from the driver. Anything else (API keys,
+# tokens, cloud credentials) never reaches it. Extend with [sandbox] env_allow.
+DEFAULT_ENV_ALLOW = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TERM",
+    "TMPDIR",
+    "USER",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+]
+
+
+@dataclass
+class MergeConfig:
+    repeats: int = 3  # baseline runs used to estimate seed noise σ
+    confirm: int = 2  # independent re-runs before a candidate may be kept (0 = none)
+    min_delta: float = 0.0  # smallest improvement worth keeping, in metric units
+    z: float = 2.0  # keep only improvements beyond z standard errors of the difference
+    screen_z: float = 1.0  # a screening run earns confirmations beyond screen_z·σ
+
+
+@dataclass
+class ResourcesConfig:
+    slots: int = 0  # concurrent trials; 0 = as many as the cluster can hold
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    accelerator_type: str = ""  # Ray accelerator_type, e.g. "A100"; see docs for RTX 4090
+    labels: dict[str, str] = field(default_factory=dict)  # Ray node label_selector
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources
+
+
+@dataclass
+class ProposerConfig:
+    kind: str = "mutate"  # mutate | replay (anthropic, optuna: see docs)
+    batch_size: int = 4  # drafts asked for per proposer call
+    backlog: int = 4  # validated candidates kept ready beyond the free slots
+    seed: int = 0  # the offline proposers' random seed
+    replay_file: str = ""  # JSONL of drafts, for kind = "replay"
+    max_edit_bytes: int = 20_000  # a draft's edits larger than this are rejected
+
+
+@dataclass
+class SandboxConfig:
+    env_allow: list[str] = field(default_factory=list)  # added to the built-in allow-list
+    env: dict[str, str] = field(default_factory=dict)  # set for every trial
+    output_cap_kb: int = 256  # captured output kept per trial (the tail)
+    network: str = "auto"  # isolated | host | auto (isolated where the OS allows)
+    grace_s: float = 5.0  # between SIGTERM and SIGKILL at the budget
+    memory_mb: int = 0  # address-space limit for the training process; 0 = none
+
+
+@dataclass
+class StoreConfig:
+    url: str = ""  # default: sqlite:///<target>/.farm/farm.db
+
+
+@dataclass
+class TargetConfig:
+    editable: list[str]
+    command: str
+    metric: str  # name of a `name: value` summary line
+    protected: list[str] = field(default_factory=list)
+    metric_regex: str = ""  # overrides `metric` parsing: one capture group, the value
+    direction: Direction = Direction.MINIMIZE
+    budget_s: float = 300.0  # hard wall-clock budget per trial
+    program: str = "program.md"  # instructions for the proposer
+    seed_env: str = "FARM_SEED"  # the trial's seed reaches training through this variable
+    campaign: str = "default"
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    proposer: ProposerConfig = field(default_factory=ProposerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["direction"] = self.direction.value
+        return d
+
+    @property
+    def env_allow(self) -> list[str]:
+        return DEFAULT_ENV_ALLOW + [k for k in self.sandbox.env_allow if k not in DEFAULT_ENV_ALLOW]
+
+
+def load_config(target: Path) -> TargetConfig:
+    """Read `<target>/farm.toml`. Raises ConfigError naming the key and the file."""
+    path = target / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run `farm init {target}` to write one")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str) -> TargetConfig:
+    cfg = _build(TargetConfig, raw, source=source, prefix="")
+    _check(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: Any, *, source: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!r} (known: {known})")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in raw
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{source}: missing required key {prefix}{missing[0]!r}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, source=source, key=prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, source=source, prefix=key + ".")
+    bad = ConfigError(f"{source}: {key} = {value!r} is not a valid {_type_name(tp)}")
+    if tp is Direction:
+        try:
+            return Direction(value)
+        except ValueError:
+            raise ConfigError(
+                f'{source}: {key} = {value!r}: use "minimize" or "maximize"'
+            ) from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    origin = getattr(tp, "__origin__", None)
+    if origin is list:
+        (item,) = tp.__args__
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(item, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = tp.__args__
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(item, v, source=source, key=f"{key}.{k}") for k, v in value.items()}
+    raise AssertionError(f"unhandled config type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = getattr(tp, "__origin__", None)
+    if origin is list:
+        return f"list of {_type_name(tp.__args__[0])}"
+    if origin is dict:
+        return f"table of {_type_name(tp.__args__[1])}"
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _check(cfg: TargetConfig, source: str) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key}: {why}")
+
+    if not cfg.editable:
+        fail("editable", 'list at least one file proposals may change (e.g. ["train.py"])')
+    for key, paths in (("editable", cfg.editable), ("protected", cfg.protected)):
+        for path in paths:
+            if not path or Path(path).is_absolute() or ".." in Path(path).parts:
+                fail(key, f"{path!r} must be a relative path inside the target repo")
+    both = set(cfg.editable) & set(cfg.protected)
+    if both:
+        fail("protected", f"{sorted(both)[0]!r} is also editable; a file is one or the other")
+    if not cfg.command.strip():
+        fail("command", 'give the command that runs one trial, e.g. "python train.py"')
+    if not cfg.metric_regex and not re.fullmatch(r"[A-Za-z_][\w./-]*", cfg.metric):
+        fail("metric", f'{cfg.metric!r} is not a summary-line name like "val_bpb"')
+    if cfg.metric_regex:
+        try:
+            rx = re.compile(cfg.metric_regex)
+        except re.error as e:
+            fail("metric_regex", f"not a valid regex: {e}")
+        else:
+            if rx.groups != 1:
+                fail("metric_regex", "needs exactly one capture group around the value")
+    if cfg.budget_s <= 0:
+        fail("budget_s", "must be > 0 seconds")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.campaign):
+        fail(
+            "campaign",
+            f"{cfg.campaign!r}: use letters, digits, '.', '_' and '-' (it names git branches)",
+        )
+    m = cfg.merge
+    if m.repeats < 2:
+        fail("merge.repeats", "needs at least 2 baseline runs to estimate noise")
+    if m.confirm < 0:
+        fail("merge.confirm", "must be >= 0")
+    if m.min_delta < 0 or m.z < 0 or m.screen_z < 0:
+        fail("merge", "min_delta, z and screen_z must be >= 0")
+    r = cfg.resources
+    if r.slots < 0 or r.cpus_per_trial < 0 or r.gpus_per_trial < 0:
+        fail("resources", "slots, cpus_per_trial and gpus_per_trial must be >= 0")
+    p = cfg.proposer
+    if p.batch_size < 1 or p.backlog < 0:
+        fail("proposer", "batch_size must be >= 1 and backlog >= 0")
+    if cfg.sandbox.network not in ("auto", "isolated", "host"):
+        fail("sandbox.network", f'{cfg.sandbox.network!r}: use "auto", "isolated" or "host"')
+    if cfg.sandbox.output_cap_kb < 1 or cfg.sandbox.grace_s < 0 or cfg.sandbox.memory_mb < 0:
+        fail("sandbox", "output_cap_kb must be >= 1, grace_s and memory_mb >= 0")

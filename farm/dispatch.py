@@ -1,0 +1,233 @@
+"""The dispatcher: claims trials from the store and runs each as a Ray task.
+
+The git repo stays with the driver; each base commit travels once as a git bundle through
+Ray's object store, the candidate's changed files beside it. Infrastructure failures (a
+worker or node died, materialising failed) give the trial back to the queue; after
+`MAX_DELIVERIES` claims it is dead. A candidate's own failure is a result, never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from farm.config import TargetConfig
+from farm.errors import ResourceError
+from farm.gitops import Repo
+from farm.records import Trial, TrialResult, TrialSpec
+from farm.store import Store
+from workers.materialize import make_bundle
+from workers.trial import run_trial
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 30.0  # a claim lapses this long after the last heartbeat
+HEARTBEAT_S = 5.0  # a multiple of this, never the trial budget, is what the lease covers
+REAP_EVERY_S = 5.0
+MAX_DELIVERIES = 3  # claims of one trial before it is dead (infrastructure kept failing)
+
+
+@ray.remote(max_retries=0)
+def _trial_task(spec: dict[str, Any], bundle: bytes) -> dict[str, Any]:
+    # Ray's own retries would bypass the store's delivery count; the store owns retries.
+    return run_trial(TrialSpec.from_dict(spec), bundle).to_dict()
+
+
+def resource_options(cfg: TargetConfig) -> dict[str, Any]:
+    """The Ray resource request of every trial, from farm.toml's [resources]."""
+    r = cfg.resources
+    opts: dict[str, Any] = {"num_cpus": r.cpus_per_trial, "num_gpus": r.gpus_per_trial}
+    if r.accelerator_type:
+        opts["accelerator_type"] = r.accelerator_type
+    if r.custom:
+        opts["resources"] = dict(r.custom)
+    if r.labels:
+        opts["label_selector"] = dict(r.labels)
+    return opts
+
+
+def _request(cfg: TargetConfig) -> dict[str, float]:
+    r = cfg.resources
+    need = {"CPU": r.cpus_per_trial, "GPU": r.gpus_per_trial, **r.custom}
+    if r.accelerator_type:
+        need[f"accelerator_type:{r.accelerator_type}"] = 0.001
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def fitting_nodes(cfg: TargetConfig) -> dict[str, int]:
+    """Alive nodes that can ever run a trial, with how many trials each holds at once."""
+    need = _request(cfg)
+    fits = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        labels = node.get("Labels", {}) or {}
+        if any(labels.get(k) != v for k, v in cfg.resources.labels.items()):
+            continue
+        if all(have.get(k, 0) >= v for k, v in need.items()):
+            per = [int(have[k] // v) for k, v in need.items() if not k.startswith("accelerator")]
+            fits[node["NodeID"]] = min(per) if per else 1
+    return fits
+
+
+def check_feasible(cfg: TargetConfig) -> int:
+    """Raise ResourceError if no node can ever run a trial; else the cluster's slot count."""
+    fits = fitting_nodes(cfg)
+    if not fits:
+        nodes = [
+            f"{n.get('NodeManagerAddress')} {n.get('Resources')} labels={n.get('Labels')}"
+            for n in ray.nodes()
+            if n.get("Alive")
+        ]
+        raise ResourceError(
+            f"no node of the Ray cluster can run a trial needing {_request(cfg)}"
+            + (f" with labels {cfg.resources.labels}" if cfg.resources.labels else "")
+            + ". Alive nodes:\n  "
+            + "\n  ".join(nodes)
+            + "\nLower [resources] in farm.toml (gpus_per_trial = 0 on a CPU-only machine), "
+            "or start nodes that have them (ray start --resources/--labels)."
+        )
+    return sum(fits.values())
+
+
+@dataclass
+class _InFlight:
+    trial: Trial
+    ref: ray.ObjectRef
+    submitted_at: float
+
+
+@dataclass
+class Dispatcher:
+    store: Store
+    repo: Repo
+    cfg: TargetConfig
+    campaign: str
+    slots: int
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    )
+    on_result: Callable[[Trial, TrialResult], None] | None = None
+    accepting: bool = True  # False: finish what runs, claim nothing new
+    _in_flight: dict[ray.ObjectRef, _InFlight] = field(default_factory=dict)
+    _bundles: dict[str, ray.ObjectRef] = field(default_factory=dict)
+    _hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    _last_beat: float = 0.0
+    _last_reap: float = 0.0
+
+    @property
+    def busy(self) -> int:
+        return len(self._in_flight)
+
+    def step(self, wait_s: float = 0.5) -> int:
+        """Reap, claim into free slots, collect finished tasks. Returns results recorded."""
+        now = time.time()
+        if now - self._last_reap >= REAP_EVERY_S:
+            self._last_reap = now
+            for trial_id in self.store.reap(self.campaign, now=now, max_deliveries=MAX_DELIVERIES):
+                log.warning("trial %s: lease lapsed; back in the queue", trial_id)
+        free = self.slots - len(self._in_flight)
+        if self.accepting and free > 0:
+            for trial in self.store.claim_trials(
+                self.campaign, worker=self.worker_id, n=free, lease_s=LEASE_S
+            ):
+                self._submit(trial)
+        if now - self._last_beat >= HEARTBEAT_S and self._in_flight:
+            self._last_beat = now
+            ids = [f.trial.id for f in self._in_flight.values()]
+            self.store.heartbeat(self.campaign, ids, worker=self.worker_id, lease_s=LEASE_S)
+        if not self._in_flight:
+            time.sleep(wait_s)
+            return 0
+        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=wait_s)
+        for ref in ready:
+            self._collect(self._in_flight.pop(ref))
+        return len(ready)
+
+    def _submit(self, trial: Trial) -> None:
+        if trial.base_sha not in self._bundles:
+            self._bundles[trial.base_sha] = ray.put(make_bundle(self.repo.path, trial.base_sha))
+        spec = self._spec(trial)
+        ref = _trial_task.options(**resource_options(self.cfg)).remote(
+            spec.to_dict(), self._bundles[trial.base_sha]
+        )
+        self._in_flight[ref] = _InFlight(trial=trial, ref=ref, submitted_at=time.time())
+
+    def _spec(self, trial: Trial) -> TrialSpec:
+        if trial.base_sha not in self._hashes:
+            self._hashes[trial.base_sha] = self.repo.file_hashes(trial.base_sha, self.cfg.protected)
+        sb = self.cfg.sandbox
+        return TrialSpec(
+            trial_id=trial.id,
+            repo_key=self.repo_key,
+            base_sha=trial.base_sha,
+            files=trial.files,
+            command=self.cfg.command,
+            seed=trial.seed,
+            seed_env=self.cfg.seed_env,
+            metric=self.cfg.metric,
+            metric_regex=self.cfg.metric_regex,
+            budget_s=self.cfg.budget_s,
+            grace_s=sb.grace_s,
+            env_allow=self.cfg.env_allow,
+            env=dict(sb.env),
+            output_cap_bytes=sb.output_cap_kb * 1024,
+            network=sb.network,
+            memory_mb=sb.memory_mb,
+            protected_hashes=self._hashes[trial.base_sha],
+        )
+
+    @property
+    def repo_key(self) -> str:
+        start = self.store.get_campaign(self.campaign)
+        return (start.start_sha[:12] if start else "repo") + "-" + self.repo.path.name
+
+    def _collect(self, flight: _InFlight) -> None:
+        trial = flight.trial
+        try:
+            result = TrialResult.from_dict(ray.get(flight.ref))
+        except (ray.exceptions.RayError, OSError) as e:
+            # The worker, its node or materialising failed: not the candidate's fault.
+            log.warning("trial %s: infrastructure failure, retrying: %s", trial.id, _first_line(e))
+            self.store.release(
+                self.campaign,
+                trial.id,
+                worker=self.worker_id,
+                max_deliveries=MAX_DELIVERIES,
+                failed=True,
+            )
+            return
+        if self.store.record_result(self.campaign, result) and self.on_result:
+            self.on_result(trial, result)
+
+    def shutdown(self, *, timeout_s: float = 10.0) -> None:
+        """Stop what runs (the worker kills each training process group) and give it back."""
+        for flight in self._in_flight.values():
+            ray.cancel(flight.ref, force=False)
+        deadline = time.time() + timeout_s
+        refs = list(self._in_flight)
+        while refs and time.time() < deadline:
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+        for flight in self._in_flight.values():
+            self.store.release(
+                self.campaign,
+                flight.trial.id,
+                worker=self.worker_id,
+                max_deliveries=MAX_DELIVERIES,
+                failed=False,
+            )
+        self._in_flight.clear()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

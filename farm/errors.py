@@ -1,0 +1,25 @@
+"""One root exception; each subclass names what went wrong so the CLI can say what to fix."""
+
+
+class FarmError(Exception):
+    """Root of every error farm raises on purpose."""
+
+
+class ConfigError(FarmError):
+    """farm.toml (or a CLI flag) is invalid: the message names the key and the file."""
+
+
+class TargetError(FarmError):
+    """The target repo cannot be used as it is (not a git repo, dirty files, missing command)."""
+
+
+class GitError(FarmError):
+    """A git command failed."""
+
+
+class StoreError(FarmError):
+    """The store cannot be opened or used (unknown URL, server down, incompatible version)."""
+
+
+class ResourceError(FarmError):
+    """No node of the cluster can ever satisfy a trial's resource request."""

@@ -1,0 +1,203 @@
+"""The proposer role: keeps a backlog of validated candidates ready, off the hot path.
+
+It reads only the store (the incumbent's editable files, the ledger), asks a proposer
+backend for a batch of drafts, validates every draft and records each as a candidate:
+`queued` when valid, `rejected` with its reason when not. Runs as a background thread
+inside `farm run` so LLM latency hides behind training.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from farm.config import TargetConfig
+from farm.records import (
+    Candidate,
+    CandidateState,
+    Decision,
+    DecisionKind,
+    Draft,
+    edit_hash,
+)
+from farm.store import Store
+from proposer.base import LedgerEntry, ProposalContext, Proposer
+from proposer.validate import Rejected, Validated, validate_batch
+
+log = logging.getLogger(__name__)
+
+EXHAUSTED_AFTER = 3  # consecutive batches with nothing valid: the proposer has run dry
+
+
+def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> ProposalContext:
+    """The proposer's view of the campaign, from the store alone."""
+    camp = store.get_campaign(campaign_id)
+    assert camp is not None
+    inc = store.get_incumbent(campaign_id)
+    decisions = {d.candidate_id: d for d in store.list_decisions(campaign_id)}
+    history = []
+    for c in store.list_candidates(campaign_id):
+        d = decisions.get(c.id)
+        history.append(
+            LedgerEntry(
+                candidate_id=c.id,
+                title=c.title,
+                hypothesis=c.hypothesis,
+                status=d.kind.value if d else c.state.value,
+                edits=c.edits,
+                delta=d.delta if d else None,
+                metric=d.metric if d else None,
+                detail=d.reason if d else "",
+            )
+        )
+    return ProposalContext(
+        campaign=campaign_id,
+        program=camp.program,
+        files=dict(inc.files),
+        editable=list(cfg.editable),
+        metric=cfg.metric,
+        direction=cfg.direction,
+        incumbent_metric=inc.metric,
+        sigma=camp.sigma,
+        history=history,
+        seen_hashes={c.edit_hash for c in store.list_candidates(campaign_id)},
+    )
+
+
+def record_drafts(
+    store: Store, cfg: TargetConfig, campaign_id: str, drafts: list[Draft], ctx: ProposalContext
+) -> tuple[int, int]:
+    """Validate drafts against the incumbent and record them. Returns (valid, rejected)."""
+    inc = store.get_incumbent(campaign_id)
+    results = validate_batch(
+        drafts,
+        files=ctx.files,
+        editable=cfg.editable,
+        seen_hashes=ctx.seen_hashes,
+        max_edit_bytes=cfg.proposer.max_edit_bytes,
+    )
+    valid = rejected = 0
+    for draft, res in zip(drafts, results, strict=True):
+        cand = Candidate(
+            campaign=campaign_id,
+            id=store.next_candidate_id(campaign_id),
+            base_sha=inc.sha,
+            title=draft.title,
+            hypothesis=draft.hypothesis,
+            edits=draft.edits,
+            files=res.files if isinstance(res, Validated) else {},
+            edit_hash=res.edit_hash if isinstance(res, Validated) else edit_hash(draft.edits),
+            expected_effect=draft.expected_effect,
+            proposer=draft.proposer,
+            strategy=draft.strategy,
+            model=draft.model,
+            batch_id=draft.batch_id,
+            prompt_hash=draft.prompt_hash,
+            tokens_in=draft.tokens_in,
+            tokens_out=draft.tokens_out,
+            cost_usd=draft.cost_usd,
+        )
+        if isinstance(res, Rejected):
+            cand.state = CandidateState.REJECTED
+            cand.reason = res.reason
+            store.add_candidate(cand)
+            store.record_decision(
+                Decision(
+                    campaign=campaign_id,
+                    candidate_id=cand.id,
+                    kind=DecisionKind.REJECTED,
+                    reason=res.reason,
+                    incumbent_before=inc.sha,
+                    incumbent_after=inc.sha,
+                )
+            )
+            log.info("draft %r rejected: %s", draft.title, res.reason)
+            rejected += 1
+        else:
+            store.add_candidate(cand)
+            valid += 1
+    return valid, rejected
+
+
+@dataclass
+class Feeder:
+    """Background thread that keeps `backlog` validated candidates queued."""
+
+    store: Store
+    cfg: TargetConfig
+    campaign: str
+    proposer: Proposer
+    max_candidates: int | None = None  # valid candidates to create in all; None = no limit
+    exhausted: bool = False
+    error: BaseException | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="farm-propose", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will come: exhausted, at the limit, or failed."""
+        return self.exhausted or self.error is not None or self._at_limit()
+
+    def _at_limit(self) -> bool:
+        if self.max_candidates is None:
+            return False
+        made = [
+            c
+            for c in self.store.list_candidates(self.campaign)
+            if c.state is not CandidateState.REJECTED
+        ]
+        return len(made) >= self.max_candidates
+
+    def _run(self) -> None:
+        dry = 0
+        try:
+            while not self._stop.is_set() and not self.done:
+                queued = self.store.list_candidates(self.campaign, {CandidateState.QUEUED})
+                if len(queued) >= max(self.cfg.proposer.backlog, 1):
+                    self._stop.wait(0.2)
+                    continue
+                valid = self.propose_once()
+                dry = 0 if valid else dry + 1
+                if dry >= EXHAUSTED_AFTER:
+                    log.info("proposer %s has nothing new to propose", self.proposer.name)
+                    self.exhausted = True
+        except BaseException as e:  # surfaced by the campaign loop, which stops cleanly
+            log.exception("proposer failed")
+            self.error = e
+
+    def propose_once(self) -> int:
+        ctx = build_context(self.store, self.cfg, self.campaign)
+        n = self.cfg.proposer.batch_size
+        if self.max_candidates is not None:
+            made = sum(1 for e in ctx.history if e.status != CandidateState.REJECTED.value)
+            n = min(n, self.max_candidates - made)
+        if n <= 0:
+            return 0
+        started = time.time()
+        drafts = self.proposer.propose(ctx, n)
+        batch = uuid.uuid4().hex[:8]
+        for d in drafts:
+            d.batch_id = d.batch_id or batch
+            d.proposer = d.proposer or self.proposer.name
+        valid, rejected = record_drafts(self.store, self.cfg, self.campaign, drafts, ctx)
+        log.info(
+            "proposer %s: %d drafts in %.1fs, %d valid, %d rejected",
+            self.proposer.name,
+            len(drafts),
+            time.time() - started,
+            valid,
+            rejected,
+        )
+        return valid

@@ -1,0 +1,324 @@
+"""Records that travel between roles: dataclasses for rows, `str` Enums for states.
+
+These are the only types the store, the controller, the workers and the proposers share.
+Everything here is plain data (JSON-serialisable through `to_dict`/`from_dict`) so any
+store backend can keep it and any process can read it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TrialKind(enum.StrEnum):
+    BASELINE = "baseline"  # the incumbent, run `repeats` times to estimate noise
+    CANDIDATE = "candidate"  # the screening run of a new candidate
+    CONFIRM = "confirm"  # independent re-runs of a candidate that looked better
+    REBASE = "rebase"  # a winner re-applied on a newer incumbent, re-evaluated
+
+
+class TrialState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"  # claimed under a lease
+    DONE = "done"  # a result is recorded (any outcome)
+    DEAD = "dead"  # infrastructure kept failing: delivered too often, never ran to an outcome
+
+    def is_finished(self) -> bool:
+        return self in (TrialState.DONE, TrialState.DEAD)
+
+
+class Outcome(enum.StrEnum):
+    """How a trial ended. A failure is an outcome, never a score."""
+
+    OK = "ok"  # finite metric
+    CRASHED = "crashed"  # non-zero exit
+    TIMEOUT = "timeout"  # killed at the wall-clock budget
+    NO_METRIC = "no_metric"  # exited 0 but never printed the metric
+    INVALID_METRIC = "invalid_metric"  # NaN or inf
+    TAMPERED = "tampered"  # a protected file differed before or after the run
+
+    def is_ok(self) -> bool:
+        return self is Outcome.OK
+
+
+class CandidateState(enum.StrEnum):
+    QUEUED = "queued"  # validated, waiting for a slot
+    RUNNING = "running"  # trials in flight or a decision pending
+    KEPT = "kept"
+    DISCARDED = "discarded"
+    CRASHED = "crashed"
+    REJECTED = "rejected"  # failed validation: never got GPU time
+    SUPERSEDED = "superseded"  # won, but its edits no longer apply on the incumbent
+
+    def is_finished(self) -> bool:
+        return self not in (CandidateState.QUEUED, CandidateState.RUNNING)
+
+
+class DecisionKind(enum.StrEnum):
+    KEPT = "kept"
+    DISCARDED = "discarded"
+    CRASHED = "crashed"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+
+
+class Direction(enum.StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+    def improvement(self, *, old: float, new: float) -> float:
+        """Positive when `new` is better than `old`."""
+        return old - new if self is Direction.MINIMIZE else new - old
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An exact search/replace block on one editable file. An empty `search` creates the file."""
+
+    path: str
+    search: str
+    replace: str
+
+
+@dataclass
+class Draft:
+    """What a proposer returns: an idea and its edits, not yet validated."""
+
+    title: str
+    hypothesis: str
+    edits: list[Edit]
+    expected_effect: str = ""
+    # Provenance, filled by the proposer backend for accounting and `farm report`.
+    proposer: str = ""
+    strategy: str = ""
+    model: str = ""
+    batch_id: str = ""
+    prompt_hash: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """A validated (or rejected) draft, numbered per campaign; branch farm/<campaign>/c<id>."""
+
+    campaign: str
+    id: int
+    base_sha: str
+    title: str
+    hypothesis: str
+    edits: list[Edit]
+    files: dict[str, str]  # full new text of every file the edits change, on base_sha
+    edit_hash: str  # normalised-edit hash used for duplicate detection
+    state: CandidateState = CandidateState.QUEUED
+    commit_sha: str = ""  # the candidate's commit on its branch (set by the controller)
+    reason: str = ""  # why rejected / discarded / superseded
+    expected_effect: str = ""
+    proposer: str = ""
+    strategy: str = ""
+    model: str = ""
+    batch_id: str = ""
+    prompt_hash: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        d = dict(d)
+        d["edits"] = [Edit(**e) for e in d["edits"]]
+        d["state"] = CandidateState(d["state"])
+        return cls(**d)
+
+
+@dataclass
+class TrialResult:
+    """What a worker reports for one trial. `metric` is set only when outcome is ok."""
+
+    trial_id: str
+    outcome: Outcome
+    metric: float | None = None
+    summary: dict[str, float] = field(default_factory=dict)  # every `key: value` line seen
+    exit_code: int | None = None
+    duration_s: float = 0.0  # training process wall time
+    hardware: str = ""  # GPU model, or "cpu"
+    node: str = ""
+    protected_hash: str = ""
+    output_tail: str = ""
+    # Worker-side timings (unix seconds) for overhead accounting.
+    started_at: float = 0.0  # worker began materialising
+    process_started_at: float = 0.0
+    process_ended_at: float = 0.0
+    finished_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialResult:
+        d = dict(d)
+        d["outcome"] = Outcome(d["outcome"])
+        return cls(**d)
+
+
+@dataclass
+class TrialSpec:
+    """Everything a worker needs to run one trial; the git bundle travels beside it."""
+
+    trial_id: str
+    repo_key: str  # names the per-node cache repo of this target
+    base_sha: str  # must be in the bundle
+    files: dict[str, str]  # written over the base checkout (the candidate's changed files)
+    command: str
+    seed: int
+    seed_env: str
+    metric: str
+    metric_regex: str
+    budget_s: float
+    grace_s: float
+    env_allow: list[str]
+    env: dict[str, str]
+    output_cap_bytes: int
+    network: str  # isolated | host | auto
+    memory_mb: int
+    protected_hashes: dict[str, str]  # path -> sha256 hex expected before and after the run
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        return cls(**d)
+
+
+@dataclass
+class Trial:
+    """One evaluation of one commit with one seed."""
+
+    id: str
+    campaign: str
+    kind: TrialKind
+    commit_sha: str  # what runs: base_sha plus `files` of the candidate, committed
+    base_sha: str  # the commit shipped as a bundle; `files` are written on top of it
+    seed: int
+    candidate_id: int | None = None  # None for baseline trials
+    files: dict[str, str] = field(default_factory=dict)
+    state: TrialState = TrialState.QUEUED
+    worker: str = ""
+    lease_expires: float = 0.0
+    deliveries: int = 0  # how many times it was claimed (infra retries)
+    result: TrialResult | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trial:
+        d = dict(d)
+        d["kind"] = TrialKind(d["kind"])
+        d["state"] = TrialState(d["state"])
+        if d.get("result") is not None:
+            d["result"] = TrialResult.from_dict(d["result"])
+        return cls(**d)
+
+
+@dataclass
+class Decision:
+    """What the controller did with a candidate, and why. One per candidate."""
+
+    campaign: str
+    candidate_id: int
+    kind: DecisionKind
+    reason: str
+    metric: float | None = None  # the candidate's estimate (confirmation runs when any)
+    delta: float | None = None  # improvement over the incumbent, positive = better
+    sigma: float | None = None
+    incumbent_before: str = ""
+    incumbent_after: str = ""
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        d = dict(d)
+        d["kind"] = DecisionKind(d["kind"])
+        return cls(**d)
+
+
+@dataclass
+class Incumbent:
+    """The campaign's current best commit. Moved only by compare-and-set on `sha`."""
+
+    sha: str
+    metric: float | None = None  # estimate from its baseline / confirmation runs
+    runs: int = 0  # how many trials that estimate averages
+    candidate_id: int | None = None  # None for the starting commit
+    files: dict[str, str] = field(default_factory=dict)  # editable files' text at `sha`
+    updated_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Incumbent:
+        return cls(**d)
+
+
+@dataclass
+class Campaign:
+    """One optimisation effort on a target. `config` is the farm.toml snapshot it started with."""
+
+    id: str
+    target: str  # path of the target repo on the driver
+    start_sha: str
+    config: dict[str, Any]
+    program: str = ""  # program.md at the start: proposers read it from the store
+    sigma: float | None = None  # baseline seed noise, once the baseline repeats are in
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Campaign:
+        return cls(**d)
+
+
+def edit_hash(edits: list[Edit]) -> str:
+    """Hash of edits with whitespace at line ends and blank lines normalised away."""
+
+    def norm(text: str) -> str:
+        return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+
+    payload = sorted((e.path, norm(e.search), norm(e.replace)) for e in edits)
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    result: dict[str, Any] = convert(obj)
+    return result

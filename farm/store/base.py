@@ -1,0 +1,160 @@
+"""The store contract: the durable queue and ledger every role shares.
+
+Contract (every backend, checked by one test suite in tests/farm/test_store_contract.py):
+
+- Thread safety: one Store object may be used from several threads of one process, and
+  several processes (or machines) may open the same store at once.
+- Records are append-only in spirit: candidates, trials and decisions are never deleted;
+  only their state moves forward.
+- Claims are leases. `claim_trials` moves queued trials to running under a lease that the
+  claimer renews with `heartbeat`; `reap` returns lapsed trials to the queue (or to `dead`
+  after `max_deliveries`), so a dead dispatcher's trials run elsewhere.
+- `record_result` is idempotent by trial id: the first result wins, later ones are ignored,
+  so a trial that ran twice (a lapsed lease, a zombie worker) is counted once.
+- `record_decision` is idempotent by candidate: one decision per candidate.
+- `cas_incumbent` is a compare-and-set on the incumbent's sha: two controllers can never
+  both move it from the same commit.
+- `enqueue_trial` is idempotent by trial id, so a controller that crashed mid-step can
+  redo the step.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from farm.records import (
+    Campaign,
+    Candidate,
+    CandidateState,
+    Decision,
+    Incumbent,
+    Trial,
+    TrialKind,
+    TrialResult,
+    TrialState,
+)
+
+SCHEMA_VERSION = 1
+
+# Claim order: trials that decide a candidate already in progress go before new screens.
+KIND_PRIORITY = {
+    TrialKind.BASELINE: 0,
+    TrialKind.CONFIRM: 1,
+    TrialKind.REBASE: 1,
+    TrialKind.CANDIDATE: 2,
+}
+
+
+class Store(abc.ABC):
+    url: str = ""
+
+    # -- campaigns and the incumbent ------------------------------------------------------
+    @abc.abstractmethod
+    def create_campaign(self, campaign: Campaign, incumbent: Incumbent) -> Campaign:
+        """Create the campaign with its starting incumbent; if it exists, return it unchanged."""
+
+    @abc.abstractmethod
+    def get_campaign(self, campaign_id: str) -> Campaign | None: ...
+
+    @abc.abstractmethod
+    def list_campaigns(self) -> list[Campaign]: ...
+
+    @abc.abstractmethod
+    def set_sigma(self, campaign_id: str, sigma: float) -> None: ...
+
+    @abc.abstractmethod
+    def get_incumbent(self, campaign_id: str) -> Incumbent: ...
+
+    @abc.abstractmethod
+    def cas_incumbent(self, campaign_id: str, *, expected_sha: str, new: Incumbent) -> bool:
+        """Replace the incumbent only if its sha is still `expected_sha`. True if replaced."""
+
+    # -- candidates -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def next_candidate_id(self, campaign_id: str) -> int:
+        """A fresh candidate number (1, 2, ...), never handed out twice."""
+
+    @abc.abstractmethod
+    def add_candidate(self, candidate: Candidate) -> None: ...
+
+    @abc.abstractmethod
+    def update_candidate(self, candidate: Candidate) -> None:
+        """Overwrite a candidate's record (state, commit, rebased files, reason)."""
+
+    @abc.abstractmethod
+    def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None: ...
+
+    @abc.abstractmethod
+    def list_candidates(
+        self, campaign_id: str, states: set[CandidateState] | None = None
+    ) -> list[Candidate]:
+        """Candidates by id, optionally only those in `states`."""
+
+    # -- trials ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue_trial(self, trial: Trial) -> bool:
+        """Queue a trial. False (and no change) if a trial with this id exists."""
+
+    @abc.abstractmethod
+    def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
+        """Lease up to n queued trials to `worker`, by kind priority then age."""
+
+    @abc.abstractmethod
+    def heartbeat(
+        self, campaign_id: str, trial_ids: list[str], *, worker: str, lease_s: float
+    ) -> list[str]:
+        """Extend the leases `worker` still holds; return the ids it still holds."""
+
+    @abc.abstractmethod
+    def release(
+        self, campaign_id: str, trial_id: str, *, worker: str, max_deliveries: int, failed: bool
+    ) -> bool:
+        """Give a leased trial back to the queue now.
+
+        `failed`: an infrastructure failure, which counts towards `max_deliveries` (then the
+        trial is dead); otherwise (an interrupted dispatcher) the claim is not counted.
+        """
+
+    @abc.abstractmethod
+    def reap(self, campaign_id: str, *, now: float, max_deliveries: int) -> list[str]:
+        """Requeue running trials whose lease lapsed before `now`; dead after max_deliveries."""
+
+    @abc.abstractmethod
+    def record_result(self, campaign_id: str, result: TrialResult) -> bool:
+        """Store the result and mark the trial done. False if it already had one."""
+
+    @abc.abstractmethod
+    def get_trial(self, campaign_id: str, trial_id: str) -> Trial | None: ...
+
+    @abc.abstractmethod
+    def list_trials(
+        self,
+        campaign_id: str,
+        *,
+        candidate_id: int | None = None,
+        states: set[TrialState] | None = None,
+    ) -> list[Trial]:
+        """Trials in creation order, optionally of one candidate and/or in `states`."""
+
+    @abc.abstractmethod
+    def count_trials(self, campaign_id: str) -> dict[TrialState, int]: ...
+
+    # -- decisions ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_decision(self, decision: Decision) -> bool:
+        """Record the decision on a candidate. False (and no change) if it already has one."""
+
+    @abc.abstractmethod
+    def get_decision(self, campaign_id: str, candidate_id: int) -> Decision | None: ...
+
+    @abc.abstractmethod
+    def list_decisions(self, campaign_id: str) -> list[Decision]:
+        """Decisions in the order they were made."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:  # noqa: B027
+        """Release connections; the default has none to release."""
+
+    def seen_hashes(self, campaign_id: str) -> set[str]:
+        """Edit hashes of every candidate so far, rejected ones included."""
+        return {c.edit_hash for c in self.list_candidates(campaign_id)}

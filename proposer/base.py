@@ -1,0 +1,49 @@
+"""The proposer interface: given a context, return up to N drafts."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from farm.records import Direction, Draft, Edit
+
+
+@dataclass
+class LedgerEntry:
+    """One candidate as the proposer's working memory sees it."""
+
+    candidate_id: int
+    title: str
+    hypothesis: str
+    status: str  # a DecisionKind value, or "in_flight" / "queued"
+    edits: list[Edit]
+    delta: float | None = None  # improvement over the incumbent of its day; positive = better
+    metric: float | None = None
+    detail: str = ""  # rejection reason, crash/timeout output tail, supersede reason
+
+
+@dataclass
+class ProposalContext:
+    campaign: str
+    program: str  # program.md text
+    files: dict[str, str]  # the incumbent's editable files
+    editable: list[str]
+    metric: str
+    direction: Direction
+    incumbent_metric: float | None = None
+    sigma: float | None = None
+    history: list[LedgerEntry] = field(default_factory=list)  # oldest first
+    seen_hashes: set[str] = field(default_factory=set)  # edit hashes of every earlier candidate
+
+
+class Proposer(abc.ABC):
+    """A backend. `propose` may be slow (an LLM call); the controller runs it off the hot path."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
+        """Return up to `n` drafts. Returning fewer (or none) means nothing new to try."""
+
+    def tell(self, candidate_id: int, *, metric: float | None, ok: bool) -> None:  # noqa: B027
+        """Learn a candidate's outcome (for model-based proposers); default ignores it."""

@@ -1,0 +1,217 @@
+"""Checks every draft passes before any GPU time is spent, whichever proposer wrote it.
+
+A rejection's `reason` is shown to the LLM in a repair request and stored in the ledger,
+so it says what is wrong and what to do instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from farm.records import Draft, edit_hash
+
+NEAR_DUPLICATE_JACCARD = 0.8  # token overlap above which two hypotheses read as the same idea
+
+
+@dataclass(frozen=True)
+class Validated:
+    files: dict[str, str]  # full new text of every file the edits change
+    edit_hash: str
+    warnings: list[str] = field(default_factory=list)  # flags, not reasons to reject
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    edit_hash: str  # kept so the ledger can record the rejected candidate
+
+
+def validate_draft(
+    draft: Draft,
+    *,
+    files: dict[str, str],
+    editable: list[str],
+    seen_hashes: set[str],
+    max_edit_bytes: int,
+    earlier_hypotheses: Sequence[str] = (),
+) -> Validated | Rejected:
+    """Apply `draft` to `files` (the base's editable files) and check the result.
+
+    `seen_hashes` are the edit hashes of every earlier candidate; `earlier_hypotheses`
+    only raise near-duplicate warnings.
+    """
+    digest = edit_hash(draft.edits)
+    # First, so a repeat of a tried (perhaps since kept) change is called what it is.
+    if digest in seen_hashes:
+        return Rejected(
+            f"duplicate of an earlier candidate (edit hash {digest}): propose a different change",
+            digest,
+        )
+    outcome = _apply(draft, files=files, editable=editable, max_edit_bytes=max_edit_bytes)
+    if isinstance(outcome, str):
+        return Rejected(outcome, digest)
+    for path, text in sorted(outcome.items()):
+        if path.endswith(".py"):
+            problem = _syntax_problem(path, text)
+            if problem:
+                return Rejected(problem, digest)
+    similar = near_duplicates(draft.hypothesis or draft.title, list(earlier_hypotheses))
+    warnings = [f"hypothesis resembles an earlier one: {s!r}" for s in similar]
+    return Validated(outcome, digest, warnings)
+
+
+def validate_batch(
+    drafts: Sequence[Draft],
+    *,
+    files: dict[str, str],
+    editable: list[str],
+    seen_hashes: set[str],
+    max_edit_bytes: int,
+    earlier_hypotheses: Sequence[str] = (),
+) -> list[Validated | Rejected]:
+    """Validate drafts in order; a draft repeating an earlier one of the batch is a duplicate.
+
+    Repeating means the same edit hash, or resulting files byte-identical to an earlier
+    draft's (two spellings of one change). `seen_hashes` itself is not modified.
+    """
+    seen = set(seen_hashes)
+    hypotheses = list(earlier_hypotheses)
+    results: dict[str, int] = {}  # fingerprint of resulting files -> 1-based draft number
+    out: list[Validated | Rejected] = []
+    for number, draft in enumerate(drafts, start=1):
+        verdict = validate_draft(
+            draft,
+            files=files,
+            editable=editable,
+            seen_hashes=seen,
+            max_edit_bytes=max_edit_bytes,
+            earlier_hypotheses=hypotheses,
+        )
+        if isinstance(verdict, Validated):
+            fingerprint = _fingerprint(verdict.files)
+            if fingerprint in results:
+                verdict = Rejected(
+                    f"gives the same files as draft {results[fingerprint]} of this batch: "
+                    "propose a different change",
+                    verdict.edit_hash,
+                )
+            else:
+                results[fingerprint] = number
+                seen.add(verdict.edit_hash)
+                hypotheses.append(draft.hypothesis or draft.title)
+        out.append(verdict)
+    return out
+
+
+def near_duplicates(title_or_hypothesis: str, earlier: list[str]) -> list[str]:
+    """The entries of `earlier` whose word sets overlap this one's by Jaccard ≥ 0.8."""
+    mine = _tokens(title_or_hypothesis)
+    if not mine:
+        return []
+    similar = []
+    for text in earlier:
+        theirs = _tokens(text)
+        if theirs and len(mine & theirs) / len(mine | theirs) >= NEAR_DUPLICATE_JACCARD:
+            similar.append(text)
+    return similar
+
+
+def occurrences(text: str, search: str) -> int:
+    """How often `search` occurs in `text`, overlapping matches included."""
+    count, start = 0, text.find(search)
+    while start != -1:
+        count += 1
+        start = text.find(search, start + 1)
+    return count
+
+
+def _apply(
+    draft: Draft, *, files: dict[str, str], editable: list[str], max_edit_bytes: int
+) -> dict[str, str] | str:
+    """The changed files' new text, or the reason the draft cannot be applied."""
+    if not draft.title.strip():
+        return "the draft has no title: give a short one-line summary of the change"
+    if not draft.edits:
+        return "the draft has no edits: give at least one search/replace block"
+    size = sum(len(e.search.encode()) + len(e.replace.encode()) for e in draft.edits)
+    if size > max_edit_bytes:
+        return (
+            f"the edits total {size} bytes, over the limit of {max_edit_bytes}: "
+            "make a smaller, focused change with less search context"
+        )
+    # Editable paths as spelled in the config, keyed by their normal form.
+    allowed = {posixpath.normpath(p): p for p in editable}
+    current: dict[str, str] = dict(files)
+    for number, e in enumerate(draft.edits, start=1):
+        where = f"edit {number} ({e.path!r})"
+        path = _editable_path(e.path, allowed)
+        if path is None:
+            return f"{where}: {_path_problem(e.path)}; editable files: {', '.join(editable)}"
+        if e.search == e.replace:
+            return f"{where}: search and replace are identical, so it changes nothing"
+        if not e.search:
+            if path in current:
+                return (
+                    f"{where}: an empty search creates a new file, but {path} already exists: "
+                    "quote the exact text to replace in search"
+                )
+            current[path] = e.replace
+            continue
+        if path not in current:
+            return f"{where}: {path} does not exist yet; to create it, leave search empty"
+        text = current[path]
+        count = occurrences(text, e.search)
+        if count == 0:
+            return (
+                f"{where}: search text not found in {path}: copy it exactly from the "
+                "current file (whitespace and comments included), after earlier edits"
+            )
+        if count > 1:
+            return f"{where}: search text matches {count} times in {path}; include more context"
+        start = text.index(e.search)
+        current[path] = text[:start] + e.replace + text[start + len(e.search) :]
+    changed = {p: t for p, t in current.items() if files.get(p) != t}
+    if not changed:
+        return "the edits leave every file as it was: propose a change that differs from the base"
+    return changed
+
+
+def _editable_path(path: str, allowed: dict[str, str]) -> str | None:
+    if not path or "\\" in path or path.startswith("/") or ".." in path.split("/"):
+        return None
+    return allowed.get(posixpath.normpath(path))
+
+
+def _path_problem(path: str) -> str:
+    if "\\" in path:
+        return "use forward slashes in paths"
+    if path.startswith("/"):
+        return "absolute paths are not allowed; use a path relative to the repo"
+    if ".." in path.split("/"):
+        return "paths may not leave the repo with '..'"
+    return f"{path or 'an empty path'} is not an editable file"
+
+
+def _syntax_problem(path: str, text: str) -> str:
+    try:
+        ast.parse(text, filename=path)
+    except SyntaxError as e:
+        line = f": {e.text.strip()!r}" if e.text and e.text.strip() else ""
+        return f"{path} does not parse after the edits: line {e.lineno}: {e.msg}{line}"
+    except ValueError as e:  # e.g. a null byte in the source
+        return f"{path} does not parse after the edits: {e}"
+    return ""
+
+
+def _fingerprint(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+
+
+def _tokens(text: str) -> set[str]:
+    return {t.strip(".") for t in re.findall(r"[\w.]+", text.lower())} - {""}

@@ -1,0 +1,184 @@
+"""A trial's code on a worker: a per-node cache repo and a throwaway worktree per trial.
+
+The driver ships the base commit as a git bundle (`make_bundle`) and the candidate's changed
+files as text. A worker keeps one bare cache repo per target (`repo_key`), fetches a bundle
+only when the base commit is not cached yet, and checks each trial out in its own detached
+worktree, so concurrent trials never share an index. Git runs as a subprocess with a timeout:
+GitPython leaks resources in long-running processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+
+from farm.errors import FarmError, GitError
+
+GIT_TIMEOUT_S = 300.0  # unbundling a large history is the slowest call
+CACHE_ENV = "FARM_CACHE_DIR"  # root of the per-node cache repos
+MISSING = "missing"  # the hash of a protected file that does not exist
+
+_REPO_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SpecError(FarmError):
+    """A trial spec cannot be run as given (a file path outside the worktree, a bad repo key)."""
+
+
+def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run git in `cwd`; raise GitError on failure (when `check`) or after GIT_TIMEOUT_S."""
+    # Inherited GIT_DIR / GIT_WORK_TREE (e.g. when run from a git hook) would redirect every
+    # call to another repo; no prompt may ever block a worker.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    cmd = " ".join(("git", *args))
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"`{cmd}` in {cwd} timed out after {GIT_TIMEOUT_S:.0f} s") from None
+    except FileNotFoundError:
+        raise GitError("git is not installed on this node (or not on PATH)") from None
+    if check and proc.returncode != 0:
+        raise GitError(f"`{cmd}` in {cwd} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def make_bundle(repo: Path, sha: str) -> bytes:
+    """A full git bundle of commit `sha` in `repo` (run on the driver)."""
+    full = git("rev-parse", "--verify", f"{sha}^{{commit}}", cwd=repo).stdout.strip()
+    # `git bundle create` takes refs, not bare commits. A unique name lets concurrent
+    # callers bundle the same commit without deleting each other's ref.
+    ref = f"refs/farm-bundle/{full}-{uuid.uuid4().hex[:8]}"
+    git("update-ref", ref, full, cwd=repo)
+    try:
+        with tempfile.TemporaryDirectory(prefix="farm-bundle-") as tmp:
+            path = Path(tmp) / "base.bundle"
+            git("bundle", "create", str(path), ref, cwd=repo)
+            return path.read_bytes()
+    finally:
+        git("update-ref", "-d", ref, cwd=repo)
+
+
+def cache_repo_path(repo_key: str, cache_dir: Path | None = None) -> Path:
+    """Where the bare cache repo of `repo_key` lives: `<cache_dir>/<repo_key>`."""
+    if not _REPO_KEY.fullmatch(repo_key):
+        raise SpecError(f"repo_key {repo_key!r} must be one path component like 'nanogpt-1a2b'")
+    if cache_dir is None:
+        env = os.environ.get(CACHE_ENV)
+        cache_dir = Path(env) if env else Path.home() / ".cache" / "farm" / "repos"
+    return cache_dir / repo_key
+
+
+@contextlib.contextmanager
+def checkout(
+    base_sha: str,
+    bundle: bytes,
+    files: Mapping[str, str],
+    repo_key: str,
+    cache_dir: Path | None = None,
+) -> Iterator[Path]:
+    """Yield a fresh worktree of `base_sha` with `files` written on top; remove it afterwards.
+
+    `bundle` is fetched into the cache repo only when `base_sha` is not there yet, so it may
+    be empty for a base this node has seen. Raises SpecError for a file path that is absolute,
+    contains `..` or `.git`, or resolves outside the worktree; GitError when git fails.
+    """
+    for path in files:
+        _check_relative(path)
+    repo = cache_repo_path(repo_key, cache_dir)
+    parent = Path(tempfile.mkdtemp(prefix=f"farm-{repo_key}-"))
+    worktree = parent / "worktree"
+    try:
+        with _locked(repo):
+            _ensure_commit(repo, base_sha, bundle)
+            git("worktree", "add", "--detach", str(worktree), base_sha, cwd=repo)
+        _write_files(worktree, files)
+        yield worktree
+    finally:
+        # Best effort and never raising: a failure here must not hide the trial's own error.
+        with _locked(repo):
+            if worktree.exists():
+                with contextlib.suppress(GitError):
+                    git("worktree", "remove", "--force", str(worktree), cwd=repo, check=False)
+            shutil.rmtree(parent, ignore_errors=True)
+            with contextlib.suppress(GitError):
+                git("worktree", "prune", cwd=repo, check=False)
+
+
+def hash_files(root: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 hex of each file under `root`; a missing file (or a non-file) hashes to "missing"."""
+    hashes = {}
+    for path in paths:
+        file = root / path
+        hashes[path] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else MISSING
+    return hashes
+
+
+def protected_digest(hashes: Mapping[str, str]) -> str:
+    """One sha256 over the sorted `path:hash` pairs: the protected files of a trial in one value."""
+    lines = "\n".join(f"{path}:{digest}" for path, digest in sorted(hashes.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    """Serialise cache-repo writes between concurrent trials (threads or processes) on a node."""
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    with open(repo.parent / f"{repo.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_commit(repo: Path, sha: str, bundle: bytes) -> None:
+    if not (repo / "HEAD").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        git("init", "--bare", "--quiet", str(repo), cwd=repo)
+    if git("cat-file", "-e", f"{sha}^{{commit}}", cwd=repo, check=False).returncode == 0:
+        return
+    if not bundle:
+        raise GitError(f"commit {sha} is not cached in {repo} and no bundle was shipped with it")
+    with tempfile.NamedTemporaryFile(dir=repo, suffix=".bundle") as tmp:
+        tmp.write(bundle)
+        tmp.flush()
+        git("bundle", "unbundle", tmp.name, cwd=repo)
+    full = git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}", cwd=repo, check=False)
+    if full.returncode != 0:
+        raise GitError(f"the bundle shipped for {sha} does not contain that commit")
+    # A ref keeps the unbundled objects reachable, so `git gc` never prunes a cached base.
+    git("update-ref", f"refs/farm/{full.stdout.strip()}", full.stdout.strip(), cwd=repo)
+
+
+def _check_relative(path: str) -> None:
+    parts = PurePosixPath(path).parts
+    if not path or PurePosixPath(path).is_absolute() or ".." in parts or ".git" in parts:
+        raise SpecError(f"file path {path!r} must be relative, inside the repo and outside .git")
+
+
+def _write_files(worktree: Path, files: Mapping[str, str]) -> None:
+    root = worktree.resolve()
+    for path, text in files.items():
+        target = worktree / path
+        # A symlink in the checked-out tree could point the write anywhere on the node.
+        if not target.resolve().is_relative_to(root):
+            raise SpecError(f"file path {path!r} resolves outside the worktree (through a symlink)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(text.encode())
