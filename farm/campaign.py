@@ -55,6 +55,7 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
         )
     if check_command:
         _check_command(cfg.command, repo.path)
+    repo.exclude(".farm/")  # the default store lives there; keep it out of `git status`
     existing = store.get_campaign(cfg.campaign)
     if existing is not None:
         changed = [k for k in _FIXED_KEYS if existing.config.get(k) != cfg.to_dict()[k]]
@@ -145,6 +146,9 @@ def run(
     controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
     controller.sync_best_branch()
     dispatcher = Dispatcher(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign, slots=slots)
+    orphans = dispatcher.reclaim_orphans()
+    if orphans:
+        print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
     feeder = Feeder(
         store=store,
         cfg=cfg,

@@ -143,7 +143,7 @@ def _build(cls: type, raw: Any, *, source: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]!r} (known: {known})")
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {known})")
     missing = [
         name
         for name, f in fields.items()
@@ -152,7 +152,7 @@ def _build(cls: type, raw: Any, *, source: str, prefix: str) -> Any:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{source}: missing required key {prefix}{missing[0]!r}")
+        raise ConfigError(f"{source}: missing required key '{prefix}{missing[0]}'")
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, source=source, key=prefix + name)

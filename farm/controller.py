@@ -38,7 +38,8 @@ class BaselineFailed(FarmError):
 
 
 def trial_seed(trial_id: str) -> int:
-    """A stable seed per trial id, so a re-run after a crash uses the same seed."""
+    """A stable seed per trial id: a re-run after a crash, or a rerun of the campaign, uses
+    the same seeds (trial ids name candidate, generation and role, never a commit)."""
     return int.from_bytes(hashlib.sha256(trial_id.encode()).digest()[:4], "big") % (2**31)
 
 
@@ -74,7 +75,7 @@ class Controller:
             return
         trials = [
             self._ensure_trial(tid, TrialKind.BASELINE, camp.start_sha, camp.start_sha, {}, None)
-            for tid in self._baseline_ids(camp.start_sha)
+            for tid in self._baseline_ids()
         ]
         if not all(t.state.is_finished() for t in trials):
             return
@@ -92,8 +93,8 @@ class Controller:
         self.store.set_sigma(self.campaign, sigma)
         log.info("baseline %s = %.6g ± %.3g (%d runs)", self.cfg.metric, mean, sigma, len(metrics))
 
-    def _baseline_ids(self, sha: str) -> list[str]:
-        return [f"base-{sha[:10]}-{i}" for i in range(self.cfg.merge.repeats)]
+    def _baseline_ids(self) -> list[str]:
+        return [f"base-{i}" for i in range(self.cfg.merge.repeats)]
 
     def _baseline_failure(self, trials: list[Trial]) -> str:
         lines = [f"the baseline did not run: fewer than 2 of {len(trials)} baseline trials were ok"]
@@ -136,18 +137,16 @@ class Controller:
             self.store.update_candidate(cand)
             self._ensure_screen(cand)
 
-    def _screen_id(self, cand: Candidate) -> str:
-        return f"c{cand.id}-{cand.commit_sha[:10]}-screen"
-
     def _ensure_screen(self, cand: Candidate) -> Trial:
-        kind = TrialKind.CANDIDATE if self._is_first_commit(cand) else TrialKind.REBASE
+        kind = TrialKind.REBASE if cand.generation else TrialKind.CANDIDATE
         return self._ensure_trial(
-            self._screen_id(cand), kind, cand.commit_sha, cand.base_sha, cand.files, cand.id
+            f"c{cand.id}-g{cand.generation}-screen",
+            kind,
+            cand.commit_sha,
+            cand.base_sha,
+            cand.files,
+            cand.id,
         )
-
-    def _is_first_commit(self, cand: Candidate) -> bool:
-        first = self.store.list_trials(self.campaign, candidate_id=cand.id)
-        return not first or first[0].commit_sha == cand.commit_sha
 
     def _ensure_trial(
         self,
@@ -211,7 +210,7 @@ class Controller:
         if m.confirm:
             confirms = [
                 self._ensure_trial(
-                    f"c{cand.id}-{cand.commit_sha[:10]}-confirm{i}",
+                    f"c{cand.id}-g{cand.generation}-confirm{i}",
                     TrialKind.CONFIRM,
                     cand.commit_sha,
                     cand.base_sha,
@@ -311,6 +310,7 @@ class Controller:
             )
         cand.base_sha = inc.sha
         cand.files = res.files
+        cand.generation += 1
         cand.commit_sha = self.repo.commit_files(
             inc.sha,
             res.files,

@@ -22,7 +22,7 @@ import ray
 from farm.config import TargetConfig
 from farm.errors import ResourceError
 from farm.gitops import Repo
-from farm.records import Trial, TrialResult, TrialSpec
+from farm.records import Trial, TrialResult, TrialSpec, TrialState
 from farm.store import Store
 from workers.materialize import make_bundle
 from workers.trial import run_trial
@@ -123,6 +123,28 @@ class Dispatcher:
     _hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     _last_beat: float = 0.0
     _last_reap: float = 0.0
+
+    def reclaim_orphans(self) -> list[str]:
+        """Give back at once the trials a dead dispatcher on this host held.
+
+        A restarted `farm run` need not wait for their leases to lapse: a worker id names
+        its host and pid, and a pid that no longer exists holds nothing.
+        """
+        host = socket.gethostname()
+        freed = []
+        for t in self.store.list_trials(self.campaign, states={TrialState.RUNNING}):
+            w_host, _, rest = t.worker.partition(":")
+            pid = rest.partition(":")[0]
+            if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                self.store.release(
+                    self.campaign,
+                    t.id,
+                    worker=t.worker,
+                    max_deliveries=MAX_DELIVERIES,
+                    failed=False,
+                )
+                freed.append(t.id)
+        return freed
 
     @property
     def busy(self) -> int:
@@ -226,6 +248,16 @@ class Dispatcher:
                 failed=False,
             )
         self._in_flight.clear()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _first_line(e: BaseException) -> str:

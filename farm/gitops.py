@@ -81,6 +81,15 @@ class Repo:
         out = self.git("status", "--porcelain", "--untracked-files=all", "--", *paths)
         return [line[3:] for line in out.splitlines() if line]
 
+    def exclude(self, pattern: str) -> None:
+        """Add a pattern to .git/info/exclude (local to this clone; no tracked file changes)."""
+        path = Path(self.git("rev-parse", "--git-path", "info/exclude").strip())
+        path = path if path.is_absolute() else self.path / path
+        lines = path.read_text().splitlines() if path.exists() else []
+        if pattern not in lines:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join([*lines, pattern]) + "\n")
+
     def read_files(self, sha: str, paths: list[str]) -> dict[str, str]:
         """Text of each path at `sha`; a path absent there is left out."""
         files = {}

@@ -119,6 +119,7 @@ class Candidate:
     edit_hash: str  # normalised-edit hash used for duplicate detection
     state: CandidateState = CandidateState.QUEUED
     commit_sha: str = ""  # the candidate's commit on its branch (set by the controller)
+    generation: int = 0  # how often it was rebased onto a newer incumbent
     reason: str = ""  # why rejected / discarded / superseded
     expected_effect: str = ""
     proposer: str = ""

@@ -47,7 +47,7 @@ _WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, 3, IMG_SIZE, IMG_SIZE) float32, roughly zero-mean
+    images: torch.Tensor  # (N, 3, IMG_SIZE, IMG_SIZE) float32: noise around 0, objects in [0, 1]
     tokens: torch.Tensor  # (N, MAX_LEN) int64, PAD_ID-padded
     heatmaps: torch.Tensor  # (N, IMG_SIZE, IMG_SIZE) float32 in [0, 1]
     captions: list[str]
@@ -59,7 +59,7 @@ def tokenize(caption: str) -> list[int]:
 
 
 def _sample_objects(rng, n):
-    """Attributes (size, colour, shape, cell) of each object; objects in one image sit in distinct cells."""
+    """(size, colour, shape, cell) of each object; one image's objects sit in distinct cells."""
     cells = np.argsort(rng.random((n, 9)), axis=1)[:, :OBJECTS_PER_IMAGE]
     size = rng.integers(len(SIZES), size=(n, OBJECTS_PER_IMAGE))
     color = rng.integers(len(COLORS), size=(n, OBJECTS_PER_IMAGE))
@@ -67,40 +67,48 @@ def _sample_objects(rng, n):
     return np.stack([size, color, shape, cells], axis=-1)  # (n, OBJECTS_PER_IMAGE, 4)
 
 
+def _mask(shape, dx, dy, r):
+    if shape == "square":
+        return np.maximum(abs(dx), abs(dy)) <= r
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if shape == "triangle":  # apex up
+        return (abs(dy) <= r) & (abs(dx) <= (dy + r) / 2)
+    arm = r / 3  # cross
+    return ((abs(dx) <= arm) & (abs(dy) <= r)) | ((abs(dy) <= arm) & (abs(dx) <= r))
+
+
 def _render(rng, objects):
     n = len(objects)
-    images = rng.normal(0.0, 0.15, size=(n, 3, IMG_SIZE, IMG_SIZE)).astype(np.float32)
+    images = 0.15 * rng.standard_normal((n, 3, IMG_SIZE, IMG_SIZE), dtype=np.float32)
     heatmaps = np.zeros((n, IMG_SIZE, IMG_SIZE), np.float32)
-    yy, xx = np.mgrid[:IMG_SIZE, :IMG_SIZE] + 0.5
+    yy, xx = np.mgrid[:IMG_SIZE, :IMG_SIZE].astype(np.float32) + 0.5
     cell = IMG_SIZE / 3
     palette = np.array(list(COLORS.values()), np.float32)
     half_sizes = np.array(list(SIZES.values()), np.float32)
     for k in range(objects.shape[1]):
         size, color, shape, cells = objects[:, k].T
         r = half_sizes[size][:, None, None]
-        cy = (cells // 3 + 0.5) * cell + rng.uniform(-1, 1, n)
-        cx = (cells % 3 + 0.5) * cell + rng.uniform(-1, 1, n)
+        cy = ((cells // 3 + 0.5) * cell + rng.uniform(-1, 1, n)).astype(np.float32)
+        cx = ((cells % 3 + 0.5) * cell + rng.uniform(-1, 1, n)).astype(np.float32)
         dy = yy - cy[:, None, None]
         dx = xx - cx[:, None, None]
-        masks = np.stack([
-            np.maximum(abs(dx), abs(dy)) <= r,  # square
-            dx**2 + dy**2 <= r**2,  # circle
-            (abs(dy) <= r) & (abs(dx) <= (dy + r) / 2),  # triangle, apex up
-            ((abs(dx) <= r / 3) & (abs(dy) <= r)) | ((abs(dy) <= r / 3) & (abs(dx) <= r)),  # cross
-        ])[shape, np.arange(n)]
-        rgb = palette[color] + rng.normal(0.0, 0.05, (n, 3)).astype(np.float32)
-        images = np.where(masks[:, None], rgb[:, :, None, None], images)
+        rgb = palette[color] + 0.05 * rng.standard_normal((n, 3), dtype=np.float32)
+        for s, name in enumerate(SHAPES):
+            sel = np.flatnonzero(shape == s)
+            mask = _mask(name, dx[sel], dy[sel], r[sel])[:, None]
+            images[sel] = np.where(mask, rgb[sel, :, None, None], images[sel])
         # Expert heatmap: a Gaussian over the object's box, as a gaze map would be.
-        heat = np.exp(-(dx**2 + dy**2) / (2 * r**2))
-        heatmaps = np.maximum(heatmaps, heat)
-    return images - 0.35, heatmaps  # shift to roughly zero mean
+        heatmaps = np.maximum(heatmaps, np.exp(-(dx**2 + dy**2) / (2 * r**2)))
+    return images, heatmaps
 
 
 def _caption(objs):
-    words = []
-    for size, color, shape, cell in objs:
-        words.append(f"{list(SIZES)[size]} {list(COLORS)[color]} {SHAPES[shape]} {ROWS[cell // 3]} {COLS[cell % 3]}")
-    return " and ".join(words)
+    sizes, colors = list(SIZES), list(COLORS)
+    return " and ".join(
+        f"{sizes[size]} {colors[color]} {SHAPES[shape]} {ROWS[cell // 3]} {COLS[cell % 3]}"
+        for size, color, shape, cell in objs
+    )
 
 
 def _make_split(seed, n, distinct=False):
@@ -119,7 +127,7 @@ def _make_split(seed, n, distinct=False):
 
 
 def load_data():
-    """(train, eval) splits. Train has heatmaps for the auxiliary signal; evaluation never uses them."""
+    """(train, eval) splits. Only training may use the heatmaps; evaluation never sees them."""
     return _make_split(DATA_SEED, N_TRAIN), _make_split(DATA_SEED + 1, N_EVAL, distinct=True)
 
 

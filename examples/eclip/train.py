@@ -25,12 +25,12 @@ from transformers import DistilBertConfig, DistilBertModel
 # ---------------------------------------------------------------------------
 # Hyperparameters
 
-LEARNING_RATE = 1e-3  # AdamW peak LR
+LEARNING_RATE = 3e-3  # AdamW peak LR
 WEIGHT_DECAY = 0.05  # AdamW weight decay on matrices (not on norms, biases or the temperature)
-BATCH_SIZE = 128  # image-phrase pairs per step; the rest of the batch are the negatives
+BATCH_SIZE = 64  # image-phrase pairs per step; the rest of the batch are the negatives
 NUM_STEPS = 300  # fixed step count, not wall clock: the same run gives the same result anywhere
-WARMUP_STEPS = 30  # linear LR warmup, then cosine decay to zero
-EMBED_DIM = 128  # width of both encoders and of the shared embedding
+WARMUP_STEPS = 60  # linear LR warmup, then cosine decay to zero
+EMBED_DIM = 64  # width of both encoders and of the shared embedding
 VIT_DEPTH = 4  # transformer blocks in the image encoder
 HEATMAP_WEIGHT = 1.0  # weight of the auxiliary heatmap loss
 LOGIT_SCALE_MAX = 1.0  # clamp on the learnable log-temperature
@@ -53,7 +53,7 @@ class ECLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.visual = VisionTransformer(
-            img_size=IMG_SIZE, patch_size=4, embed_dim=EMBED_DIM, depth=VIT_DEPTH,
+            img_size=IMG_SIZE, patch_size=8, embed_dim=EMBED_DIM, depth=VIT_DEPTH,
             num_heads=4, mlp_ratio=2.0, num_classes=0,
         )
         self.text = DistilBertModel(DistilBertConfig(
@@ -63,7 +63,8 @@ class ECLIP(nn.Module):
         self.image_proj = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
         self.text_proj = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
         self.heatmap_head = nn.Linear(EMBED_DIM, 1)  # per patch: how much expert attention it gets
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        # Learnable log-temperature, CLIP's initial value: logits = exp(logit_scale) * cosine.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def image_features(self, images):
         tokens = self.visual.forward_features(images)  # (B, 1 + patches, D), class token first
@@ -104,7 +105,8 @@ def batches():
 
 
 # Expert heatmaps pooled to the ViT's patch grid: the auxiliary target per patch token.
-patch_heat = F.avg_pool2d(train_data.heatmaps[:, None], 4).flatten(1)
+grid = model.visual.patch_embed.grid_size
+patch_heat = F.adaptive_avg_pool2d(train_data.heatmaps[:, None], grid).flatten(1)
 
 # ---------------------------------------------------------------------------
 # Training
@@ -134,8 +136,9 @@ for step in range(NUM_STEPS):
     with torch.no_grad():
         model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
     if step % 50 == 0:
-        print(f"step {step:4d} | loss {loss.item():.4f} | heat {heat_loss.item():.4f} "
-              f"| logit_scale {model.logit_scale.item():.3f} | {time.time() - t_train:.1f}s", flush=True)
+        print(f"step {step:4d} | loss {loss.item():.4f} | heat {heat_loss.item():.4f} | "
+              f"logit_scale {model.logit_scale.item():.3f} | {time.time() - t_train:.1f}s",
+              flush=True)
 
 training_seconds = time.time() - t_train
 mean_rank = evaluate_mean_rank(model)

@@ -1,4 +1,5 @@
-"""Stores by URL: `sqlite:///path/farm.db` (embedded default), `redis://host:port/db`."""
+"""Stores by URL: `sqlite:///path/farm.db` (embedded default), `redis://host:port/db`
+(`redis://:password@host:port/db`, `rediss://` for TLS)."""
 
 from __future__ import annotations
 
@@ -27,4 +28,11 @@ def open_store(url: str) -> Store:
                 f"{url!r}: write SQLite URLs as sqlite:///relative/or/absolute/path.db"
             )
         return SQLiteStore(Path(path))
-    raise StoreError(f"unknown store URL scheme {scheme!r} in {url!r}: use sqlite:///path/farm.db")
+    if scheme in ("redis", "rediss"):
+        from farm.store.redis import RedisStore
+
+        return RedisStore(url)
+    raise StoreError(
+        f"unknown store URL scheme {scheme!r} in {url!r}: use sqlite:///path/farm.db "
+        "or redis://host:port/db"
+    )

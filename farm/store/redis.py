@@ -1,0 +1,588 @@
+"""Redis store: the distributed backend, `redis://host:port/db` (or `rediss://` for TLS).
+
+Every write that reads before it writes is one Lua script (atomic on the server) or, where
+a JSON record must be rewritten in Python, a WATCH/MULTI transaction. Records are JSON
+(`to_dict`); leases are data (a sorted set scored by expiry), so durable retries belong to
+the store, not to Redis: a dead dispatcher's trials come back through `reap`.
+
+Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
+
+    farm:meta                         hash     schema_version
+    farm:campaigns                    list     campaign ids, in creation order
+    farm:<c>:campaign                 string   Campaign JSON
+    farm:<c>:incumbent                hash     sha, data (Incumbent JSON)
+    farm:<c>:candidate_seq            counter  the last candidate id handed out
+    farm:<c>:candidates               hash     candidate id -> Candidate JSON
+    farm:<c>:trials                   list     trial ids in creation order (position = seq)
+    farm:<c>:trial:<id>               hash     data (Trial JSON as enqueued), state, worker,
+                                               lease_expires, deliveries, qscore, [result]
+    farm:<c>:candidate_trials:<cid>   list     one candidate's trial ids, in creation order
+    farm:<c>:queue                    zset     queued trial ids by priority * 1e15 + seq
+    farm:<c>:running                  zset     leased trial ids by lease expiry (unix s)
+    farm:<c>:dead                     set      dead trial ids
+    farm:<c>:decisions                hash     candidate id -> Decision JSON
+    farm:<c>:decision_order           list     candidate ids, in decision order
+
+A trial is in exactly one of queue / running / dead, or none once it has a result, so
+`count_trials` is four cardinalities. Scripts build trial keys from a prefix argument
+instead of declaring them in KEYS: fine on one server, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from farm.errors import StoreError
+from farm.records import (
+    Campaign,
+    Candidate,
+    CandidateState,
+    Decision,
+    Incumbent,
+    Trial,
+    TrialResult,
+    TrialState,
+)
+from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PREFIX = "farm:"
+META_KEY = PREFIX + "meta"
+CAMPAIGNS_KEY = PREFIX + "campaigns"
+
+# Transient failures (a restart, a failover, a network blip) are retried with exponential
+# backoff: 0.1, 0.2, 0.4, 0.8, 1.6, then 2 s each, ~29 s in all over 18 retries.
+RETRIES = 18
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
+CONNECT_TIMEOUT_S = 3.0
+SOCKET_TIMEOUT_S = 10.0
+
+
+class _Keys:
+    """The keys of one campaign."""
+
+    def __init__(self, campaign_id: str) -> None:
+        p = f"{PREFIX}{campaign_id}:"
+        self.campaign = p + "campaign"
+        self.incumbent = p + "incumbent"
+        self.candidate_seq = p + "candidate_seq"
+        self.candidates = p + "candidates"
+        self.trials = p + "trials"
+        self.trial_prefix = p + "trial:"
+        self.queue = p + "queue"
+        self.running = p + "running"
+        self.dead = p + "dead"
+        self.decisions = p + "decisions"
+        self.decision_order = p + "decision_order"
+        self._candidate_trials = p + "candidate_trials:"
+
+    def trial(self, trial_id: str) -> str:
+        return self.trial_prefix + trial_id
+
+    def candidate_trials(self, candidate_id: int) -> str:
+        return f"{self._candidate_trials}{candidate_id}"
+
+
+# KEYS: campaign, incumbent, campaigns. ARGV: id, campaign JSON, sha, incumbent JSON.
+# Returns the existing campaign's JSON, or nil when this call created it.
+_CREATE_CAMPAIGN = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'sha', ARGV[3], 'data', ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return false
+"""
+
+# KEYS: incumbent. ARGV: expected sha, new sha, new JSON.
+# A retry whose first reply was lost finds its own record in place: that is a win, not a
+# lost race, or a controller would think another one merged.
+_CAS_INCUMBENT = """
+local cur = redis.call('HMGET', KEYS[1], 'sha', 'data')
+if cur[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'sha', ARGV[2], 'data', ARGV[3])
+  return 1
+end
+if cur[2] == ARGV[3] then return 1 end
+return 0
+"""
+
+# KEYS: candidates. ARGV: candidate id, JSON. Updating a missing candidate changes nothing.
+_UPDATE_CANDIDATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: trial, trials, queue[, candidate_trials]. ARGV: trial id, JSON, kind priority.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
+local qscore = tonumber(ARGV[3]) * 1e15 + seq
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'queued', 'worker', '',
+  'lease_expires', 0, 'deliveries', 0, 'qscore', qscore)
+redis.call('ZADD', KEYS[3], qscore, ARGV[1])
+if KEYS[4] then redis.call('RPUSH', KEYS[4], ARGV[1]) end
+return 1
+"""
+
+# KEYS: queue, running. ARGV: trial key prefix, n, worker, lease expiry.
+# Returns each claimed trial's hash as a flat field/value list.
+_CLAIM = """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[2])
+local claimed = {}
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local key = ARGV[1] .. id
+  redis.call('ZADD', KEYS[2], ARGV[4], id)
+  redis.call('HSET', key, 'state', 'running', 'worker', ARGV[3], 'lease_expires', ARGV[4])
+  redis.call('HINCRBY', key, 'deliveries', 1)
+  claimed[#claimed + 1] = redis.call('HGETALL', key)
+end
+return claimed
+"""
+
+# KEYS: running. ARGV: trial key prefix, worker, lease expiry, trial ids...
+_HEARTBEAT = """
+local held = {}
+for i = 4, #ARGV do
+  local key = ARGV[1] .. ARGV[i]
+  local t = redis.call('HMGET', key, 'state', 'worker')
+  if t[1] == 'running' and t[2] == ARGV[2] then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    redis.call('HSET', key, 'lease_expires', ARGV[3])
+    held[#held + 1] = ARGV[i]
+  end
+end
+return held
+"""
+
+# Shared by release and reap. KEYS: queue, running, dead.
+_GIVE_BACK = """
+local function give_back(key, id, dead)
+  redis.call('ZREM', KEYS[2], id)
+  local state = 'queued'
+  if dead then
+    state = 'dead'
+    redis.call('SADD', KEYS[3], id)
+  else
+    redis.call('ZADD', KEYS[1], redis.call('HGET', key, 'qscore'), id)
+  end
+  redis.call('HSET', key, 'state', state, 'worker', '', 'lease_expires', 0)
+end
+"""
+
+# ARGV: trial key prefix, trial id, worker, max deliveries, failed ('1' or '0').
+_RELEASE = (
+    _GIVE_BACK
+    + """
+local key = ARGV[1] .. ARGV[2]
+local t = redis.call('HMGET', key, 'state', 'worker', 'deliveries')
+if t[1] ~= 'running' or t[2] ~= ARGV[3] then return 0 end
+local deliveries = tonumber(t[3])
+if ARGV[5] ~= '1' then
+  -- an interrupted claim is handed back uncounted
+  redis.call('HSET', key, 'deliveries', math.max(deliveries - 1, 0))
+  give_back(key, ARGV[2], false)
+else
+  give_back(key, ARGV[2], deliveries >= tonumber(ARGV[4]))
+end
+return 1
+"""
+)
+
+# ARGV: trial key prefix, now, max deliveries. Returns the reaped ids.
+_REAP = (
+    _GIVE_BACK
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  give_back(key, id, tonumber(redis.call('HGET', key, 'deliveries')) >= tonumber(ARGV[3]))
+end
+return ids
+"""
+)
+
+# KEYS: trial, queue, running, dead. ARGV: trial id, result JSON. The first result wins.
+_RECORD_RESULT = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'result') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[2], 'lease_expires', 0)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+# KEYS: decisions, decision_order. ARGV: candidate id, JSON. One decision per candidate.
+_RECORD_DECISION = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def _redacted(url: str) -> str:
+    """The URL with its password masked, for messages and `Store.url`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _is_transient(error: Exception) -> bool:
+    # Wrong credentials are ConnectionErrors to redis-py, but waiting will not fix them.
+    return not isinstance(error, redis.AuthenticationError | redis.AuthorizationError)
+
+
+def _as_dict(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _trial(h: dict[str, str]) -> Trial:
+    d = json.loads(h["data"])
+    d.update(
+        state=h["state"],
+        worker=h["worker"],
+        lease_expires=float(h["lease_expires"]),
+        deliveries=int(h["deliveries"]),
+        result=json.loads(h["result"]) if "result" in h else None,
+    )
+    return Trial.from_dict(d)
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, *, retries: int = RETRIES) -> None:
+        self.url = _redacted(url)
+        try:
+            # No retries inside redis-py: its connect retry nests inside its command retry
+            # (retries squared) and cannot log. `_call` retries whole operations instead.
+            self._r = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S,
+            )
+        except ValueError as e:
+            raise StoreError(f"bad Redis URL {self.url}: {e}") from None
+        self._retry = Retry(
+            ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
+            retries,
+            supported_errors=(redis.ConnectionError, redis.TimeoutError),
+        )
+        reg = self._r.register_script
+        self._create_campaign = reg(_CREATE_CAMPAIGN)
+        self._cas_incumbent = reg(_CAS_INCUMBENT)
+        self._update_candidate = reg(_UPDATE_CANDIDATE)
+        self._enqueue = reg(_ENQUEUE)
+        self._claim = reg(_CLAIM)
+        self._heartbeat = reg(_HEARTBEAT)
+        self._release = reg(_RELEASE)
+        self._reap = reg(_REAP)
+        self._record_result = reg(_RECORD_RESULT)
+        self._record_decision = reg(_RECORD_DECISION)
+        self._check_schema()
+
+    # -- connection handling ----------------------------------------------------------------
+    def _check_schema(self) -> None:
+        # Opening does not retry: a wrong URL or a stopped server should say so at once.
+        try:
+            with self._r.pipeline() as pipe:
+                pipe.hsetnx(META_KEY, "schema_version", SCHEMA_VERSION)
+                pipe.hget(META_KEY, "schema_version")
+                _, found = pipe.execute()
+        except redis.AuthenticationError as e:
+            raise StoreError(
+                f"Redis at {self.url} refused the credentials: {e}; fix the user or password "
+                "in the store URL"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreError(
+                f"cannot reach Redis at {self.url}: {e}; start redis-server or fix the store URL"
+            ) from None
+        except redis.RedisError as e:
+            raise StoreError(f"cannot open the Redis store {self.url}: {e}") from None
+        if int(found) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url} was written by farm store schema v{found}, this farm reads "
+                f"v{SCHEMA_VERSION}: use the farm version that wrote it, or a new store"
+            )
+
+    def _call(self, op: Callable[[], T]) -> T:
+        """Run one store operation, retrying it whole through transient connection failures.
+
+        Scripts re-run on retry. Most are idempotent; a claim whose reply was lost leaves
+        its trials leased to nobody until the lease lapses and `reap` returns them.
+        """
+        try:
+            return self._retry.call_with_retry(
+                op, self._retrying, is_retryable=_is_transient, with_failure_count=True
+            )
+        except redis.AuthenticationError as e:
+            raise StoreError(f"Redis at {self.url} refused the credentials: {e}") from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreError(
+                f"lost Redis at {self.url} ({e}) and it did not come back after "
+                f"{self._retry.get_retries()} retries; check the server, then resume the campaign"
+            ) from None
+        except redis.RedisError as e:
+            raise StoreError(f"Redis at {self.url} failed: {e}") from None
+
+    def _retrying(self, error: Exception, failures: int) -> None:
+        if failures <= self._retry.get_retries():
+            log.warning(
+                "Redis at %s: %s; retry %d of %d",
+                self.url,
+                error,
+                failures,
+                self._retry.get_retries(),
+            )
+
+    def close(self) -> None:
+        self._r.close()
+
+    def _trials(self, keys: _Keys, ids: list[str]) -> list[Trial]:
+        def read() -> list[dict[str, str]]:
+            with self._r.pipeline() as pipe:
+                for trial_id in ids:
+                    pipe.hgetall(keys.trial(trial_id))
+                return pipe.execute()
+
+        return [_trial(h) for h in self._call(read) if h]
+
+    # -- campaigns and the incumbent ------------------------------------------------------
+    def create_campaign(self, campaign: Campaign, incumbent: Incumbent) -> Campaign:
+        keys = _Keys(campaign.id)
+        existing = self._call(
+            lambda: self._create_campaign(
+                keys=[keys.campaign, keys.incumbent, CAMPAIGNS_KEY],
+                args=[
+                    campaign.id,
+                    json.dumps(campaign.to_dict()),
+                    incumbent.sha,
+                    json.dumps(incumbent.to_dict()),
+                ],
+            )
+        )
+        return Campaign.from_dict(json.loads(existing)) if existing else campaign
+
+    def get_campaign(self, campaign_id: str) -> Campaign | None:
+        raw = self._call(lambda: self._r.get(_Keys(campaign_id).campaign))
+        return Campaign.from_dict(json.loads(raw)) if raw else None
+
+    def list_campaigns(self) -> list[Campaign]:
+        def read() -> list[str | None]:
+            ids = self._r.lrange(CAMPAIGNS_KEY, 0, -1)
+            return self._r.mget([_Keys(i).campaign for i in ids]) if ids else []
+
+        return [Campaign.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
+
+    def set_sigma(self, campaign_id: str, sigma: float) -> None:
+        key = _Keys(campaign_id).campaign
+
+        # The campaign is JSON rewritten in Python: WATCH makes the rewrite a compare-and-set.
+        def update(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
+            data = json.loads(raw)
+            data["sigma"] = sigma
+            pipe.multi()
+            pipe.set(key, json.dumps(data))
+
+        self._call(lambda: self._r.transaction(update, key))
+
+    def get_incumbent(self, campaign_id: str) -> Incumbent:
+        raw = self._call(lambda: self._r.hget(_Keys(campaign_id).incumbent, "data"))
+        if raw is None:
+            raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
+        return Incumbent.from_dict(json.loads(raw))
+
+    def cas_incumbent(self, campaign_id: str, *, expected_sha: str, new: Incumbent) -> bool:
+        data = json.dumps(new.to_dict())
+        return bool(
+            self._call(
+                lambda: self._cas_incumbent(
+                    keys=[_Keys(campaign_id).incumbent], args=[expected_sha, new.sha, data]
+                )
+            )
+        )
+
+    # -- candidates -----------------------------------------------------------------------
+    def next_candidate_id(self, campaign_id: str) -> int:
+        return int(self._call(lambda: self._r.incr(_Keys(campaign_id).candidate_seq)))
+
+    def add_candidate(self, candidate: Candidate) -> None:
+        key = _Keys(candidate.campaign).candidates
+        data = json.dumps(candidate.to_dict())
+        if not self._call(lambda: self._r.hsetnx(key, str(candidate.id), data)):
+            raise StoreError(
+                f"candidate {candidate.id} of campaign {candidate.campaign!r} already exists "
+                f"in {self.url}: take ids from next_candidate_id"
+            )
+
+    def update_candidate(self, candidate: Candidate) -> None:
+        key = _Keys(candidate.campaign).candidates
+        data = json.dumps(candidate.to_dict())
+        self._call(lambda: self._update_candidate(keys=[key], args=[candidate.id, data]))
+
+    def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None:
+        raw = self._call(lambda: self._r.hget(_Keys(campaign_id).candidates, str(candidate_id)))
+        return Candidate.from_dict(json.loads(raw)) if raw else None
+
+    def list_candidates(
+        self, campaign_id: str, states: set[CandidateState] | None = None
+    ) -> list[Candidate]:
+        rows = self._call(lambda: self._r.hgetall(_Keys(campaign_id).candidates))
+        cands = [Candidate.from_dict(json.loads(rows[k])) for k in sorted(rows, key=int)]
+        return [c for c in cands if states is None or c.state in states]
+
+    # -- trials ---------------------------------------------------------------------------
+    def enqueue_trial(self, trial: Trial) -> bool:
+        keys = _Keys(trial.campaign)
+        script_keys = [keys.trial(trial.id), keys.trials, keys.queue]
+        if trial.candidate_id is not None:
+            script_keys.append(keys.candidate_trials(trial.candidate_id))
+        args = [trial.id, json.dumps(trial.to_dict()), KIND_PRIORITY[trial.kind]]
+        return bool(self._call(lambda: self._enqueue(keys=script_keys, args=args)))
+
+    def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
+        if n <= 0:
+            return []
+        keys = _Keys(campaign_id)
+        expires = repr(time.time() + lease_s)
+        claimed = self._call(
+            lambda: self._claim(
+                keys=[keys.queue, keys.running], args=[keys.trial_prefix, n, worker, expires]
+            )
+        )
+        return [_trial(_as_dict(flat)) for flat in claimed]
+
+    def heartbeat(
+        self, campaign_id: str, trial_ids: list[str], *, worker: str, lease_s: float
+    ) -> list[str]:
+        if not trial_ids:
+            return []
+        keys = _Keys(campaign_id)
+        expires = repr(time.time() + lease_s)
+        return list(
+            self._call(
+                lambda: self._heartbeat(
+                    keys=[keys.running], args=[keys.trial_prefix, worker, expires, *trial_ids]
+                )
+            )
+        )
+
+    def release(
+        self, campaign_id: str, trial_id: str, *, worker: str, max_deliveries: int, failed: bool
+    ) -> bool:
+        keys = _Keys(campaign_id)
+        args = [keys.trial_prefix, trial_id, worker, max_deliveries, int(failed)]
+        return bool(
+            self._call(
+                lambda: self._release(keys=[keys.queue, keys.running, keys.dead], args=args)
+            )
+        )
+
+    def reap(self, campaign_id: str, *, now: float, max_deliveries: int) -> list[str]:
+        keys = _Keys(campaign_id)
+        args = [keys.trial_prefix, repr(now), max_deliveries]
+        return list(
+            self._call(lambda: self._reap(keys=[keys.queue, keys.running, keys.dead], args=args))
+        )
+
+    def record_result(self, campaign_id: str, result: TrialResult) -> bool:
+        keys = _Keys(campaign_id)
+        script_keys = [keys.trial(result.trial_id), keys.queue, keys.running, keys.dead]
+        args = [result.trial_id, json.dumps(result.to_dict())]
+        return bool(self._call(lambda: self._record_result(keys=script_keys, args=args)))
+
+    def get_trial(self, campaign_id: str, trial_id: str) -> Trial | None:
+        h = self._call(lambda: self._r.hgetall(_Keys(campaign_id).trial(trial_id)))
+        return _trial(h) if h else None
+
+    def list_trials(
+        self,
+        campaign_id: str,
+        *,
+        candidate_id: int | None = None,
+        states: set[TrialState] | None = None,
+    ) -> list[Trial]:
+        keys = _Keys(campaign_id)
+        index = keys.trials if candidate_id is None else keys.candidate_trials(candidate_id)
+        ids: list[str] = self._call(lambda: self._r.lrange(index, 0, -1))
+        if states is not None and ids:
+            # Filter on the small state field first: the records carry whole files.
+            def read_states() -> list[str]:
+                with self._r.pipeline(transaction=False) as pipe:
+                    for trial_id in ids:
+                        pipe.hget(keys.trial(trial_id), "state")
+                    return pipe.execute()
+
+            wanted = {s.value for s in states}
+            ids = [i for i, s in zip(ids, self._call(read_states), strict=True) if s in wanted]
+        # A trial can move on between the two reads: check the states it came back with.
+        trials = self._trials(keys, ids)
+        return [t for t in trials if states is None or t.state in states]
+
+    def count_trials(self, campaign_id: str) -> dict[TrialState, int]:
+        keys = _Keys(campaign_id)
+
+        def read() -> list[int]:
+            with self._r.pipeline() as pipe:  # MULTI: one consistent snapshot
+                pipe.llen(keys.trials)
+                pipe.zcard(keys.queue)
+                pipe.zcard(keys.running)
+                pipe.scard(keys.dead)
+                return pipe.execute()
+
+        total, queued, running, dead = self._call(read)
+        return {
+            TrialState.QUEUED: queued,
+            TrialState.RUNNING: running,
+            TrialState.DONE: total - queued - running - dead,
+            TrialState.DEAD: dead,
+        }
+
+    # -- decisions ------------------------------------------------------------------------
+    def record_decision(self, decision: Decision) -> bool:
+        keys = _Keys(decision.campaign)
+        args = [decision.candidate_id, json.dumps(decision.to_dict())]
+        return bool(
+            self._call(
+                lambda: self._record_decision(
+                    keys=[keys.decisions, keys.decision_order], args=args
+                )
+            )
+        )
+
+    def get_decision(self, campaign_id: str, candidate_id: int) -> Decision | None:
+        raw = self._call(lambda: self._r.hget(_Keys(campaign_id).decisions, str(candidate_id)))
+        return Decision.from_dict(json.loads(raw)) if raw else None
+
+    def list_decisions(self, campaign_id: str) -> list[Decision]:
+        keys = _Keys(campaign_id)
+
+        def read() -> list[str | None]:
+            order = self._r.lrange(keys.decision_order, 0, -1)
+            return self._r.hmget(keys.decisions, order) if order else []
+
+        return [Decision.from_dict(json.loads(raw)) for raw in self._call(read) if raw]

@@ -1,0 +1,191 @@
+"""Whole campaigns on real Ray, real git and real SQLite, with toy targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import SECRET, TOY_TOML, TOY_TRAIN, MakeTarget, RunCampaign, git
+
+from farm.gitops import best_branch
+from farm.records import CandidateState, DecisionKind, Outcome, TrialKind, TrialState
+
+METRIC_LINE = 'print(f"loss: {loss:.6f}")'
+
+
+def replay_target(
+    make_target: MakeTarget, drafts: list[dict[str, object]], *, budget_s: int = 30, toml: str = ""
+) -> Path:
+    lines = "".join(json.dumps(d) + "\n" for d in drafts)
+    return make_target(
+        {"drafts.jsonl": lines},
+        toml=TOY_TOML.replace("budget_s = 30", f"budget_s = {budget_s}"),
+        extra_toml='[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n' + toml,
+    )
+
+
+def swap(title: str, search: str, replace: str, path: str = "train.py") -> dict[str, object]:
+    return {
+        "title": title,
+        "hypothesis": title,
+        "edits": [{"path": path, "search": search, "replace": replace}],
+    }
+
+
+def test_campaign_keeps_a_real_improvement_and_leaves_the_checkout_alone(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    target = make_target()
+    head_before = git(target, "rev-parse", "HEAD")
+    done = run_campaign(target, max_candidates=6)
+    assert done.code == 0, done.output
+
+    decisions = done.store.list_decisions("default")
+    kept = [d for d in decisions if d.kind is DecisionKind.KEPT]
+    assert kept, done.output
+    titles = {c.id: c.title for c in done.store.list_candidates("default")}
+    assert all(titles[d.candidate_id].startswith("LR ") for d in kept), done.output
+    # Every candidate got exactly one decision, and every trial ran to a result.
+    assert sorted(d.candidate_id for d in decisions) == sorted(titles)
+    assert all(t.state is TrialState.DONE for t in done.store.list_trials("default"))
+
+    inc = done.store.get_incumbent("default")
+    tip = git(target, "rev-parse", best_branch("default")).strip()
+    assert tip == inc.sha == kept[-1].incumbent_after
+    assert inc.metric is not None and inc.metric < 1.5  # started at (0.5 - 2)² = 2.25
+    assert git(target, "show", f"{tip}:train.py") != TOY_TRAIN
+    # The user's branch, index and working tree are untouched.
+    assert git(target, "rev-parse", "HEAD") == head_before
+    assert git(target, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+    assert git(target, "status", "--porcelain") == ""
+    assert (target / "train.py").read_text() == TOY_TRAIN
+
+
+def test_seed_only_changes_are_not_kept(make_target: MakeTarget, run_campaign: RunCampaign) -> None:
+    noisy = """\
+import os
+import random
+
+WIDTH = 64  # does nothing: the metric is pure seed noise
+DEPTH = 4  # does nothing either
+DROPOUT = 0.1  # nor this
+
+rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
+print(f"loss: {1.0 + rng.gauss(0, 0.2):.6f}")
+"""
+    target = make_target({"train.py": noisy}, extra_toml="[merge]\nrepeats = 4\nconfirm = 2\n")
+    done = run_campaign(target, max_candidates=10)
+    assert done.code == 0, done.output
+    decisions = done.store.list_decisions("default")
+    assert len(decisions) == 10
+    assert not [d for d in decisions if d.kind is DecisionKind.KEPT], done.output
+    camp = done.store.get_campaign("default")
+    assert camp is not None and camp.sigma is not None and 0.05 < camp.sigma < 0.6
+    # Some looked better in screening and were re-run; none survived confirmation.
+    assert done.store.get_incumbent("default").sha == camp.start_sha
+
+
+def test_every_failure_is_an_outcome_and_the_campaign_goes_on(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    drafts = [
+        swap("crash", METRIC_LINE, 'raise SystemExit("diverged at step 3")'),
+        swap("hang", METRIC_LINE, "import time\ntime.sleep(1000)"),
+        swap("nan", METRIC_LINE, 'print("loss: nan")'),
+        swap("silent", METRIC_LINE, "pass"),
+        swap("flood", METRIC_LINE, 'print("x" * 4_000_000)\n' + METRIC_LINE),
+        swap(
+            "tamper",
+            METRIC_LINE,
+            'open("prepare.py", "a").write("# easier eval\\n")\n' + METRIC_LINE,
+        ),
+        swap(
+            "leak",
+            METRIC_LINE,
+            'print("leak:", float("ANTHROPIC_API_KEY" in os.environ))\n'
+            'print("seen:", os.environ.get("ANTHROPIC_API_KEY", ""))\n' + METRIC_LINE,
+        ),
+        swap("protected path", "# FIXED", "# mine", path="prepare.py"),
+        swap("escape", "x", "y", path="../outside.py"),
+        swap("not applying", "LR = 0.7", "LR = 1.0"),
+        swap("syntax", "LR = 0.5", "LR = = 0.5"),
+    ]
+    target = replay_target(make_target, drafts, budget_s=3, toml="[sandbox]\ngrace_s = 1\n")
+    done = run_campaign(target)
+    assert done.code == 0, done.output
+
+    by_title = {c.title: c for c in done.store.list_candidates("default")}
+    assert set(by_title) == {str(d["title"]) for d in drafts}
+
+    def outcome(title: str) -> Outcome:
+        (t,) = done.store.list_trials("default", candidate_id=by_title[title].id)
+        assert t.result is not None
+        return t.result.outcome
+
+    assert outcome("crash") is Outcome.CRASHED
+    assert outcome("hang") is Outcome.TIMEOUT
+    assert outcome("nan") is Outcome.INVALID_METRIC
+    assert outcome("silent") is Outcome.NO_METRIC
+    assert outcome("tamper") is Outcome.TAMPERED
+    assert outcome("flood") is Outcome.OK
+    assert outcome("leak") is Outcome.OK
+    for title in ("crash", "hang", "nan", "silent", "tamper"):
+        assert by_title[title].state is CandidateState.CRASHED
+    crash_reason = done.store.get_decision("default", by_title["crash"].id)
+    assert crash_reason is not None and "diverged at step 3" in crash_reason.reason
+
+    (flood,) = done.store.list_trials("default", candidate_id=by_title["flood"].id)
+    assert flood.result is not None
+    assert len(flood.result.output_tail.encode()) <= 256 * 1024
+    (leak,) = done.store.list_trials("default", candidate_id=by_title["leak"].id)
+    assert leak.result is not None and leak.result.summary["leak"] == 0.0
+    assert SECRET not in leak.result.output_tail
+
+    for title, why in (
+        ("protected path", "prepare.py"),
+        ("escape", "outside.py"),
+        ("not applying", "not found"),
+        ("syntax", "line"),
+    ):
+        cand = by_title[title]
+        assert cand.state is CandidateState.REJECTED
+        assert why in cand.reason, cand.reason
+        assert done.store.list_trials("default", candidate_id=cand.id) == []
+    # The protected file in the user's checkout was never touched.
+    assert (target / "prepare.py").read_text() == "# FIXED: evaluation and data\n"
+
+
+def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    train = TOY_TRAIN.replace(
+        "loss = (LR - 2.0) ** 2",
+        "MOM = 0.1  # a second knob\nloss = (LR - 2.0) ** 2 + (MOM - 0.9) ** 2",
+    )
+    drafts = [
+        swap("lr", "LR = 0.5", "LR = 1.5"),
+        swap("mom", "MOM = 0.1", "MOM = 0.8"),
+        swap("lr other", "LR = 0.5", "LR = 1.8"),
+    ]
+    target = make_target(
+        {"train.py": train, "drafts.jsonl": "".join(json.dumps(d) + "\n" for d in drafts)},
+        extra_toml="[merge]\nconfirm = 1\n"
+        '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\nbatch_size = 3\nbacklog = 3\n',
+    )
+    done = run_campaign(target, slots=2)
+    assert done.code == 0, done.output
+    cands = {c.title: c for c in done.store.list_candidates("default")}
+    states = {t: c.state for t, c in cands.items()}
+    # All three beat the commit they were written on; the two LR edits touch one line.
+    assert states["mom"] is CandidateState.KEPT
+    assert sorted([states["lr"], states["lr other"]]) == sorted(
+        [CandidateState.KEPT, CandidateState.SUPERSEDED]
+    )
+    loser = next(c for c in cands.values() if c.state is CandidateState.SUPERSEDED)
+    assert "no longer applies" in loser.reason
+    # Whatever was kept second ran again on top of the first: a rebase trial exists.
+    kinds = {t.kind for t in done.store.list_trials("default")}
+    assert TrialKind.REBASE in kinds
+    tip = git(target, "rev-parse", best_branch("default")).strip()
+    final = git(target, "show", f"{tip}:train.py")
+    assert "MOM = 0.8" in final and ("LR = 1.5" in final or "LR = 1.8" in final)

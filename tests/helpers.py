@@ -1,0 +1,67 @@
+"""Shared test material: toy targets and small git helpers (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.config import TargetConfig
+from farm.gitops import Repo
+from farm.store import Store
+
+# A secret in the driver's environment: the sandbox must keep it from training code.
+SECRET = "sk-ant-farm-test-secret"
+
+TOY_TRAIN = """\
+import os
+import random
+
+LR = 0.5  # the knob that matters: the loss is lowest at LR = 2
+SEED_OFFSET = 3  # changes only which random numbers are drawn: a seed-only change
+
+rng = random.Random(SEED_OFFSET * 1_000_003 + int(os.environ.get("FARM_SEED", "0")))
+loss = (LR - 2.0) ** 2 + rng.gauss(0, 0.05)
+print("---")
+print(f"loss: {loss:.6f}")
+"""
+
+TOY_TOML = """\
+editable = ["train.py"]
+protected = ["prepare.py"]
+command = "python3 train.py"
+metric = "loss"
+budget_s = 30
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(repo),
+    }
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env
+    ).stdout
+
+
+MakeTarget = Callable[..., Path]
+
+
+@dataclass
+class Finished:
+    """A campaign that ran to its end in this process."""
+
+    code: int
+    output: str
+    store: Store
+    cfg: TargetConfig
+    repo: Repo
+
+
+RunCampaign = Callable[..., Finished]
