@@ -106,13 +106,14 @@ class RunOptions:
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
 
 
-def init_ray(cfg: TargetConfig, opts: RunOptions) -> None:
+def init_ray(cfg: TargetConfig, opts: RunOptions) -> bool:
+    """Connect to Ray (or start a local instance). False if this process already had it."""
     if ray.is_initialized():
-        return
+        return False
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-        return
+        return True
     # Local mode: a Ray instance sized to the slots asked for, and no more.
     slots = opts.slots or cfg.resources.slots or (os.cpu_count() or 1)
     ray.init(
@@ -122,6 +123,7 @@ def init_ray(cfg: TargetConfig, opts: RunOptions) -> None:
         log_to_driver=False,
         configure_logging=False,
     )
+    return True
 
 
 def run(
@@ -198,15 +200,12 @@ def run(
     if feeder.error is not None:
         print(f"farm: proposing stopped: {feeder.error}", file=out)
         return 1
-    why = (
-        "time limit reached"
-        if opts.time_limit_s and time.time() - started > opts.time_limit_s
-        else (
-            "candidate limit reached"
-            if opts.max_candidates
-            else "the proposer has nothing new to try"
-        )
-    )
+    if opts.time_limit_s is not None and time.time() - started > opts.time_limit_s:
+        why = "time limit reached"
+    elif feeder.exhausted:
+        why = f"proposer {proposer.name} has nothing new to try"
+    else:
+        why = f"all {opts.max_candidates} candidates decided"
     print(f"farm: campaign {cfg.campaign} finished ({why})", file=out, flush=True)
     return 0
 

@@ -105,14 +105,18 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         progress_every_s=args.progress_every,
         ray_address=args.ray_address,
     )
-    proposer = make_proposer(cfg.proposer, target=args.target)
+    try:
+        proposer = make_proposer(cfg.proposer, target=args.target)
+    except ConfigError as e:
+        raise ConfigError(f"{args.target / CONFIG_NAME}: {e}") from None
     local = not (opts.ray_address or _env_ray_address())
     prepare(args.target, cfg, store, check_command=local)
-    init_ray(cfg, opts)
+    started = init_ray(cfg, opts)
     try:
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def _env_ray_address() -> str:

@@ -168,11 +168,18 @@ class Feeder:
                 if len(queued) >= max(self.cfg.proposer.backlog, 1):
                     self._stop.wait(0.2)
                     continue
-                valid = self.propose_once()
-                dry = 0 if valid else dry + 1
+                if self.propose_once():
+                    dry = 0
+                    continue
+                # Nothing new now; a keep may still change what there is to try.
+                busy = self.store.list_candidates(
+                    self.campaign, {CandidateState.QUEUED, CandidateState.RUNNING}
+                )
+                dry = 0 if busy else dry + 1
                 if dry >= EXHAUSTED_AFTER:
                     log.info("proposer %s has nothing new to propose", self.proposer.name)
                     self.exhausted = True
+                self._stop.wait(1.0 if busy else 0.0)
         except BaseException as e:  # surfaced by the campaign loop, which stops cleanly
             log.exception("proposer failed")
             self.error = e

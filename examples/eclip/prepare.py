@@ -30,9 +30,14 @@ DATA_SEED = 20240917  # fixed, independent of the trial seed
 
 SIZES = {"small": 3.0, "large": 5.0}  # half-extent in pixels
 COLORS = {
-    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.1), "blue": (0.15, 0.25, 0.95),
-    "yellow": (0.95, 0.9, 0.1), "cyan": (0.1, 0.85, 0.9), "magenta": (0.9, 0.15, 0.85),
-    "orange": (0.95, 0.55, 0.1), "white": (0.95, 0.95, 0.95),
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.1),
+    "blue": (0.15, 0.25, 0.95),
+    "yellow": (0.95, 0.9, 0.1),
+    "cyan": (0.1, 0.85, 0.9),
+    "magenta": (0.9, 0.15, 0.85),
+    "orange": (0.95, 0.55, 0.1),
+    "white": (0.95, 0.95, 0.95),
 }
 SHAPES = ("square", "circle", "triangle", "cross")
 ROWS = ("top", "middle", "bottom")

@@ -53,13 +53,25 @@ class ECLIP(nn.Module):
     def __init__(self):
         super().__init__()
         self.visual = VisionTransformer(
-            img_size=IMG_SIZE, patch_size=8, embed_dim=EMBED_DIM, depth=VIT_DEPTH,
-            num_heads=4, mlp_ratio=2.0, num_classes=0,
+            img_size=IMG_SIZE,
+            patch_size=8,
+            embed_dim=EMBED_DIM,
+            depth=VIT_DEPTH,
+            num_heads=4,
+            mlp_ratio=2.0,
+            num_classes=0,
         )
-        self.text = DistilBertModel(DistilBertConfig(
-            vocab_size=len(VOCAB), dim=EMBED_DIM, n_layers=2, n_heads=4, hidden_dim=2 * EMBED_DIM,
-            max_position_embeddings=MAX_LEN, pad_token_id=PAD_ID,
-        ))
+        self.text = DistilBertModel(
+            DistilBertConfig(
+                vocab_size=len(VOCAB),
+                dim=EMBED_DIM,
+                n_layers=2,
+                n_heads=4,
+                hidden_dim=2 * EMBED_DIM,
+                max_position_embeddings=MAX_LEN,
+                pad_token_id=PAD_ID,
+            )
+        )
         self.image_proj = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
         self.text_proj = nn.Linear(EMBED_DIM, EMBED_DIM, bias=False)
         self.heatmap_head = nn.Linear(EMBED_DIM, 1)  # per patch: how much expert attention it gets
@@ -84,7 +96,8 @@ decay = [p for p in model.parameters() if p.ndim >= 2]
 no_decay = [p for p in model.parameters() if p.ndim < 2]
 optimizer = torch.optim.AdamW(
     [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-    lr=LEARNING_RATE, betas=(0.9, 0.98),
+    lr=LEARNING_RATE,
+    betas=(0.9, 0.98),
 )
 
 
@@ -101,7 +114,7 @@ def batches():
     while True:
         perm = torch.randperm(n)
         for i in range(0, n - BATCH_SIZE + 1, BATCH_SIZE):
-            yield perm[i:i + BATCH_SIZE]
+            yield perm[i : i + BATCH_SIZE]
 
 
 # Expert heatmaps pooled to the ViT's patch grid: the auxiliary target per patch token.
@@ -136,9 +149,11 @@ for step in range(NUM_STEPS):
     with torch.no_grad():
         model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
     if step % 50 == 0:
-        print(f"step {step:4d} | loss {loss.item():.4f} | heat {heat_loss.item():.4f} | "
-              f"logit_scale {model.logit_scale.item():.3f} | {time.time() - t_train:.1f}s",
-              flush=True)
+        print(
+            f"step {step:4d} | loss {loss.item():.4f} | heat {heat_loss.item():.4f} | "
+            f"logit_scale {model.logit_scale.item():.3f} | {time.time() - t_train:.1f}s",
+            flush=True,
+        )
 
 training_seconds = time.time() - t_train
 mean_rank = evaluate_mean_rank(model)

@@ -34,11 +34,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import AuthorizationError
 from redis.retry import Retry
 
 from farm.errors import StoreError
@@ -249,7 +250,7 @@ def _redacted(url: str) -> str:
 
 def _is_transient(error: Exception) -> bool:
     # Wrong credentials are ConnectionErrors to redis-py, but waiting will not fix them.
-    return not isinstance(error, redis.AuthenticationError | redis.AuthorizationError)
+    return not isinstance(error, redis.AuthenticationError | AuthorizationError)
 
 
 def _as_dict(flat: list[str]) -> dict[str, str]:
@@ -309,7 +310,7 @@ class RedisStore(Store):
                 pipe.hsetnx(META_KEY, "schema_version", SCHEMA_VERSION)
                 pipe.hget(META_KEY, "schema_version")
                 _, found = pipe.execute()
-        except redis.AuthenticationError as e:
+        except (redis.AuthenticationError, AuthorizationError) as e:
             raise StoreError(
                 f"Redis at {self.url} refused the credentials: {e}; fix the user or password "
                 "in the store URL"
@@ -336,7 +337,7 @@ class RedisStore(Store):
             return self._retry.call_with_retry(
                 op, self._retrying, is_retryable=_is_transient, with_failure_count=True
             )
-        except redis.AuthenticationError as e:
+        except (redis.AuthenticationError, AuthorizationError) as e:
             raise StoreError(f"Redis at {self.url} refused the credentials: {e}") from None
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreError(
@@ -390,8 +391,10 @@ class RedisStore(Store):
 
     def list_campaigns(self) -> list[Campaign]:
         def read() -> list[str | None]:
-            ids = self._r.lrange(CAMPAIGNS_KEY, 0, -1)
-            return self._r.mget([_Keys(i).campaign for i in ids]) if ids else []
+            ids = cast(list[str], self._r.lrange(CAMPAIGNS_KEY, 0, -1))
+            if not ids:
+                return []
+            return cast(list[str | None], self._r.mget([_Keys(i).campaign for i in ids]))
 
         return [Campaign.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
 
@@ -399,7 +402,7 @@ class RedisStore(Store):
         key = _Keys(campaign_id).campaign
 
         # The campaign is JSON rewritten in Python: WATCH makes the rewrite a compare-and-set.
-        def update(pipe: Any) -> None:
+        def update(pipe: redis.client.Pipeline) -> None:
             raw = pipe.get(key)
             if raw is None:
                 raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
@@ -461,7 +464,7 @@ class RedisStore(Store):
         script_keys = [keys.trial(trial.id), keys.trials, keys.queue]
         if trial.candidate_id is not None:
             script_keys.append(keys.candidate_trials(trial.candidate_id))
-        args = [trial.id, json.dumps(trial.to_dict()), KIND_PRIORITY[trial.kind]]
+        args = [trial.id, json.dumps(trial.to_dict()), str(KIND_PRIORITY[trial.kind])]
         return bool(self._call(lambda: self._enqueue(keys=script_keys, args=args)))
 
     def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
@@ -495,16 +498,14 @@ class RedisStore(Store):
         self, campaign_id: str, trial_id: str, *, worker: str, max_deliveries: int, failed: bool
     ) -> bool:
         keys = _Keys(campaign_id)
-        args = [keys.trial_prefix, trial_id, worker, max_deliveries, int(failed)]
+        args = [keys.trial_prefix, trial_id, worker, str(max_deliveries), str(int(failed))]
         return bool(
-            self._call(
-                lambda: self._release(keys=[keys.queue, keys.running, keys.dead], args=args)
-            )
+            self._call(lambda: self._release(keys=[keys.queue, keys.running, keys.dead], args=args))
         )
 
     def reap(self, campaign_id: str, *, now: float, max_deliveries: int) -> list[str]:
         keys = _Keys(campaign_id)
-        args = [keys.trial_prefix, repr(now), max_deliveries]
+        args = [keys.trial_prefix, repr(now), str(max_deliveries)]
         return list(
             self._call(lambda: self._reap(keys=[keys.queue, keys.running, keys.dead], args=args))
         )
@@ -516,7 +517,8 @@ class RedisStore(Store):
         return bool(self._call(lambda: self._record_result(keys=script_keys, args=args)))
 
     def get_trial(self, campaign_id: str, trial_id: str) -> Trial | None:
-        h = self._call(lambda: self._r.hgetall(_Keys(campaign_id).trial(trial_id)))
+        key = _Keys(campaign_id).trial(trial_id)
+        h = self._call(lambda: cast(dict[str, str], self._r.hgetall(key)))
         return _trial(h) if h else None
 
     def list_trials(
@@ -528,7 +530,7 @@ class RedisStore(Store):
     ) -> list[Trial]:
         keys = _Keys(campaign_id)
         index = keys.trials if candidate_id is None else keys.candidate_trials(candidate_id)
-        ids: list[str] = self._call(lambda: self._r.lrange(index, 0, -1))
+        ids = self._call(lambda: cast(list[str], self._r.lrange(index, 0, -1)))
         if states is not None and ids:
             # Filter on the small state field first: the records carry whole files.
             def read_states() -> list[str]:
@@ -565,12 +567,10 @@ class RedisStore(Store):
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
         keys = _Keys(decision.campaign)
-        args = [decision.candidate_id, json.dumps(decision.to_dict())]
+        args = [str(decision.candidate_id), json.dumps(decision.to_dict())]
         return bool(
             self._call(
-                lambda: self._record_decision(
-                    keys=[keys.decisions, keys.decision_order], args=args
-                )
+                lambda: self._record_decision(keys=[keys.decisions, keys.decision_order], args=args)
             )
         )
 
@@ -582,7 +582,7 @@ class RedisStore(Store):
         keys = _Keys(campaign_id)
 
         def read() -> list[str | None]:
-            order = self._r.lrange(keys.decision_order, 0, -1)
-            return self._r.hmget(keys.decisions, order) if order else []
+            order = cast(list[str], self._r.lrange(keys.decision_order, 0, -1))
+            return cast(list[str | None], self._r.hmget(keys.decisions, order)) if order else []
 
         return [Decision.from_dict(json.loads(raw)) for raw in self._call(read) if raw]

@@ -1,0 +1,81 @@
+"""`farm init`, `farm status` and `farm export --tsv` on real campaigns."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from helpers import MakeTarget, git
+
+from farm.cli import main
+from farm.config import load_config
+
+
+def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_init_writes_a_config_that_loads_for_an_autoresearch_repo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "train.py").write_text('print(f"val_bpb:          {0.99:.6f}")\n')
+    (tmp_path / "prepare.py").write_text("# data\n")
+    code, out = farm(capsys, "init", str(tmp_path))
+    assert code == 0 and "wrote" in out
+    cfg = load_config(tmp_path)
+    assert (cfg.editable, cfg.protected, cfg.metric) == (["train.py"], ["prepare.py"], "val_bpb")
+    assert farm(capsys, "init", str(tmp_path))[0] == 2  # never overwrites
+
+
+def test_a_five_line_farm_toml_runs_an_autoresearch_layout(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str], ray_local: None
+) -> None:
+    train = """\
+import os
+import random
+
+DEPTH = 8  # model depth
+rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
+print("---")
+print(f"val_bpb:          {0.99 + 0.01 * rng.random() + 0.001 * DEPTH:.6f}")
+print(f"peak_vram_mb:     {2048.0:.1f}")
+"""
+    toml = """\
+editable = ["train.py"]
+protected = ["prepare.py"]
+command = "python3 train.py"
+metric = "val_bpb"
+budget_s = 60
+"""
+    target = make_target({"train.py": train, "program.md": "# autoresearch\n"}, toml=toml)
+    code, out = farm(capsys, "run", str(target), "--max-candidates", "3")
+    assert code == 0, out
+
+    code, out = farm(capsys, "status", str(target))
+    assert code == 0
+    assert "campaign default" in out and "val_bpb" in out and "candidates:" in out
+
+    tsv = target / "results.tsv"
+    assert farm(capsys, "export", str(target), "--tsv", "-o", str(tsv))[0] == 0
+    rows = list(csv.DictReader(io.StringIO(tsv.read_text()), delimiter="\t"))
+    header = tsv.read_text().splitlines()[0].split("\t")
+    assert header[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert [r["status"] for r in rows[:3]] == ["baseline"] * 3
+    assert {r["status"] for r in rows[3:]} <= {"keep", "discard", "crash"}
+    assert all(r["memory_gb"] == "2.0" for r in rows)
+    assert all(0.99 <= float(r["val_bpb"]) < 1.03 for r in rows if r["outcome"] == "ok")
+    assert len({r["candidate"] for r in rows[3:]}) == 3
+    git(target, "status", "--porcelain")  # the target is still a healthy repo
+
+
+def test_status_of_an_unknown_campaign_lists_the_known_ones(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = make_target()
+    code, out = farm(capsys, "status", str(target), "--campaign", "nope")
+    assert code == 2
+    assert "no campaign 'nope'" in out

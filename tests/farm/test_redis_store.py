@@ -1,0 +1,188 @@
+"""What only the Redis store does: URLs, credentials, a server that is down or restarts.
+
+These tests start their own redis-server (loopback, a free port, AOF in a temp dir) so
+they can stop and restart it without touching the shared one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from farm.errors import StoreError
+from farm.records import Campaign, Incumbent, Outcome, Trial, TrialKind, TrialResult, TrialState
+from farm.store import open_store
+from farm.store.redis import RedisStore
+
+PASSWORD = "s3cret-pw"
+
+
+class RedisServer:
+    """A private redis-server that survives SIGKILL: every write is fsynced to its AOF."""
+
+    def __init__(self, data_dir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data_dir = data_dir
+        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir)),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--requirepass", PASSWORD),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        with redis.Redis.from_url(self.url) as client:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = RedisServer(tmp_path)
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+def campaign_store(url: str) -> RedisStore:
+    store = RedisStore(url)
+    store.create_campaign(
+        Campaign(id="c", target="/t", start_sha="a" * 40, config={}), Incumbent(sha="a" * 40)
+    )
+    return store
+
+
+def trial(i: int) -> Trial:
+    return Trial(
+        id=f"t{i}",
+        campaign="c",
+        kind=TrialKind.CANDIDATE,
+        commit_sha="b" * 40,
+        base_sha="a" * 40,
+        seed=i,
+        candidate_id=1,
+    )
+
+
+def test_an_unreachable_server_is_one_clear_error_at_once() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0: .*"):
+        open_store("redis://127.0.0.1:1/0")
+    assert time.monotonic() - start < 5
+
+
+def test_rediss_urls_open_a_redis_store() -> None:
+    with pytest.raises(StoreError, match=r"cannot reach Redis at rediss://127\.0\.0\.1:1/0"):
+        open_store("rediss://127.0.0.1:1/0")
+
+
+def test_an_unknown_scheme_names_both_schemes() -> None:
+    with pytest.raises(StoreError, match=r"sqlite:///path/farm\.db or redis://host:port/db"):
+        open_store("mongodb://127.0.0.1/farm")
+
+
+def test_the_url_password_is_used_and_never_shown(server: RedisServer) -> None:
+    store = campaign_store(server.url)
+    assert store.get_incumbent("c").sha == "a" * 40
+    assert PASSWORD not in store.url
+    assert store.url == f"redis://:***@127.0.0.1:{server.port}/0"
+    store.close()
+
+
+def test_a_wrong_password_is_a_clear_error_at_once(server: RedisServer) -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="refused the credentials") as err:
+        open_store(f"redis://:wrong@127.0.0.1:{server.port}/0")
+    assert "wrong" not in str(err.value)
+    assert time.monotonic() - start < 5
+
+
+def test_keys_live_under_the_campaign_prefix(server: RedisServer) -> None:
+    store = campaign_store(server.url)
+    store.enqueue_trial(trial(1))
+    store.claim_trials("c", worker="w", n=1, lease_s=30)
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        keys = set(client.keys("*"))
+        assert keys == {
+            "farm:meta",
+            "farm:campaigns",
+            "farm:c:campaign",
+            "farm:c:incumbent",
+            "farm:c:trials",
+            "farm:c:trial:t1",
+            "farm:c:candidate_trials:1",
+            "farm:c:running",
+        }
+        assert client.zscore("farm:c:running", "t1") == pytest.approx(time.time() + 30, abs=5)
+    store.close()
+
+
+def test_a_redis_restart_mid_campaign_is_survived(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = campaign_store(server.url)
+    for i in (1, 2):
+        store.enqueue_trial(trial(i))
+    store.claim_trials("c", worker="w", n=1, lease_s=60)
+    server.kill()
+    restart = threading.Timer(0.5, server.start)
+    restart.start()
+    with caplog.at_level(logging.WARNING, logger="farm.store.redis"):
+        # Issued while the server is down: retried until it is back.
+        assert store.record_result("c", TrialResult(trial_id="t1", outcome=Outcome.CRASHED))
+    restart.join()
+    assert "retry 1 of" in caplog.text
+    assert PASSWORD not in caplog.text
+    # Everything written before the kill came back from the AOF, the claim included.
+    assert [(t.id, t.state, t.worker, t.deliveries) for t in store.list_trials("c")] == [
+        ("t1", TrialState.DONE, "w", 1),
+        ("t2", TrialState.QUEUED, "", 0),
+    ]
+    assert [t.id for t in store.claim_trials("c", worker="w", n=5, lease_s=60)] == ["t2"]
+    store.close()
+
+
+def test_a_repeated_incumbent_move_reports_its_win(server: RedisServer) -> None:
+    # What a retry sees when the server applied the move but its reply was lost.
+    store = campaign_store(server.url)
+    new = Incumbent(sha="b" * 40, metric=0.5)
+    assert store.cas_incumbent("c", expected_sha="a" * 40, new=new)
+    assert store.cas_incumbent("c", expected_sha="a" * 40, new=new)
+    assert not store.cas_incumbent("c", expected_sha="a" * 40, new=Incumbent(sha="c" * 40))
+    store.close()
+
+
+def test_a_redis_that_stays_down_is_a_clear_error(server: RedisServer) -> None:
+    store = RedisStore(server.url, retries=2)
+    server.kill()
+    with pytest.raises(StoreError, match=r"lost Redis at .* did not come back after 2 retries"):
+        store.list_campaigns()
+    store.close()
