@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--tsv", action="store_true", required=True, help="results.tsv format")
     export.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
 
+    report = sub.add_parser("report", help="compare proposers, strategies and models")
+    common(report)
+    report.add_argument(
+        "--by", choices=["proposer"], default="proposer", help="one row per proposer"
+    )
+
     init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
     init.add_argument("target", nargs="?", default=".", type=Path)
     return p
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(args, cfg, store)
             if args.cmd == "status":
                 return _status(args, cfg, store)
+            if args.cmd == "report":
+                return _report(args, cfg, store)
             return _export(args, cfg, store)
         finally:
             store.close()
@@ -128,18 +136,29 @@ def _env_ray_address() -> str:
 def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.progress import snapshot, status_report
 
+    _known_campaign(cfg, store)
+    print(status_report(snapshot(store, cfg.campaign), last=args.last))
+    return 0
+
+
+def _known_campaign(cfg: TargetConfig, store: Store) -> None:
     if store.get_campaign(cfg.campaign) is None:
         known = ", ".join(c.id for c in store.list_campaigns()) or "none"
         raise FarmError(f"no campaign {cfg.campaign!r} in {store.url} (campaigns: {known})")
-    print(status_report(snapshot(store, cfg.campaign), last=args.last))
+
+
+def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm.report import proposer_table
+
+    _known_campaign(cfg, store)
+    print(proposer_table(store, cfg.campaign))
     return 0
 
 
 def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.report import export_tsv
 
-    if store.get_campaign(cfg.campaign) is None:
-        raise FarmError(f"no campaign {cfg.campaign!r} in {store.url}")
+    _known_campaign(cfg, store)
     text = export_tsv(store, cfg.campaign)
     if args.output:
         args.output.write_text(text)

@@ -1,11 +1,13 @@
-"""Exports of the ledger: autoresearch's results.tsv, with farm's columns after its own."""
+"""Reports from the ledger: autoresearch's results.tsv (farm's columns after its own), and
+the per-proposer comparison of `farm report --by proposer`."""
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 
-from farm.records import DecisionKind, TrialKind
+from farm.records import CandidateState, DecisionKind, Trial, TrialKind
 from farm.store import Store
 
 # autoresearch's results.tsv: commit, <metric>, memory_gb, status, description.
@@ -93,3 +95,91 @@ def export_tsv(store: Store, campaign: str) -> str:
                 ]
             )
     return buf.getvalue()
+
+
+@dataclass
+class ProposerRow:
+    proposer: str
+    strategy: str
+    model: str
+    drafts: int = 0
+    valid: int = 0
+    kept: int = 0
+    trials: int = 0
+    slot_hours: float = 0.0  # training time of its trials (GPU-hours on a GPU farm)
+    gain: float = 0.0  # sum of kept improvements, in metric units (positive = better)
+    best_delta: float | None = None
+    cost_usd: float = 0.0
+
+    def cells(self) -> list[str]:
+        def pct(n: int, d: int) -> str:
+            return f"{100 * n / d:.0f}%" if d else "—"
+
+        def per(x: float, d: float) -> str:
+            return f"{x / d:.4g}" if d else "—"
+
+        return [
+            self.proposer,
+            self.strategy or "—",
+            self.model or "—",
+            str(self.drafts),
+            pct(self.valid, self.drafts),
+            pct(self.kept, self.valid),
+            "—" if self.best_delta is None else f"{self.best_delta:+.4g}",
+            per(self.gain, self.trials),
+            per(self.gain, self.slot_hours),
+            f"${self.cost_usd:.2f}",
+            f"${self.cost_usd / self.kept:.2f}" if self.kept else "—",
+        ]
+
+
+PROPOSER_COLUMNS = [
+    "proposer",
+    "strategy",
+    "model",
+    "drafts",
+    "valid",
+    "kept",
+    "best Δ",
+    "gain/trial",
+    "gain/slot-hour",
+    "cost",
+    "cost/kept",
+]
+
+
+def proposer_rows(store: Store, campaign: str) -> list[ProposerRow]:
+    """Per proposer, strategy and model: how many drafts, how good, how costly."""
+    decisions = {d.candidate_id: d for d in store.list_decisions(campaign)}
+    trials_of: dict[int, list[Trial]] = {}
+    for t in store.list_trials(campaign):
+        if t.candidate_id is not None:
+            trials_of.setdefault(t.candidate_id, []).append(t)
+    rows: dict[tuple[str, str, str], ProposerRow] = {}
+    for c in store.list_candidates(campaign):
+        key = (c.proposer or "unknown", c.strategy, c.model)
+        row = rows.setdefault(key, ProposerRow(*key))
+        row.drafts += 1
+        row.cost_usd += c.cost_usd
+        if c.state is not CandidateState.REJECTED:
+            row.valid += 1
+        runs = trials_of.get(c.id, [])
+        row.trials += len(runs)
+        row.slot_hours += sum(t.result.duration_s for t in runs if t.result) / 3600
+        d = decisions.get(c.id)
+        if d is not None and d.kind is DecisionKind.KEPT:
+            row.kept += 1
+            row.gain += d.delta or 0.0
+        if d is not None and d.delta is not None and d.kind is not DecisionKind.REJECTED:
+            row.best_delta = d.delta if row.best_delta is None else max(row.best_delta, d.delta)
+    return sorted(rows.values(), key=lambda r: (-r.gain, r.proposer, r.strategy, r.model))
+
+
+def proposer_table(store: Store, campaign: str) -> str:
+    """`farm report --by proposer` as a Markdown table."""
+    lines = [
+        "| " + " | ".join(PROPOSER_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in PROPOSER_COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in proposer_rows(store, campaign)]
+    return "\n".join(lines)

@@ -69,7 +69,12 @@ budget_s = 60
     assert all(r["memory_gb"] == "2.0" for r in rows)
     assert all(0.99 <= float(r["val_bpb"]) < 1.03 for r in rows if r["outcome"] == "ok")
     assert len({r["candidate"] for r in rows[3:]}) == 3
-    git(target, "status", "--porcelain")  # the target is still a healthy repo
+
+    code, out = farm(capsys, "report", str(target), "--by", "proposer")
+    assert code == 0
+    (row,) = [line for line in out.splitlines() if line.startswith("| mutate")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == ["mutate", "one-constant", "—", "3", "100%"]
 
 
 def test_status_of_an_unknown_campaign_lists_the_known_ones(
