@@ -49,6 +49,12 @@ class Controller:
         self.repo = repo
         self.cfg = cfg
         self.campaign = campaign
+        camp = store.get_campaign(campaign)
+        if camp is None:
+            raise FarmError(f"no campaign {campaign!r} in {store.url}")
+        # Every trial ships this one commit plus the editable files of what it runs, so
+        # workers need one bundle per campaign and never the controller's own commits.
+        self.start_sha = camp.start_sha
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, *, slots: int, promote: bool = True) -> list[Decision]:
@@ -73,10 +79,7 @@ class Controller:
         assert camp is not None
         if camp.sigma is not None:
             return
-        trials = [
-            self._ensure_trial(tid, TrialKind.BASELINE, camp.start_sha, camp.start_sha, {}, None)
-            for tid in self._baseline_ids()
-        ]
+        trials = [self._ensure_trial(tid, TrialKind.BASELINE, None) for tid in self._baseline_ids()]
         if not all(t.state.is_finished() for t in trials):
             return
         ok = [t.result.metric for t in trials if t.result and t.result.outcome.is_ok()]
@@ -139,24 +142,10 @@ class Controller:
 
     def _ensure_screen(self, cand: Candidate) -> Trial:
         kind = TrialKind.REBASE if cand.generation else TrialKind.CANDIDATE
-        return self._ensure_trial(
-            f"c{cand.id}-g{cand.generation}-screen",
-            kind,
-            cand.commit_sha,
-            cand.base_sha,
-            cand.files,
-            cand.id,
-        )
+        return self._ensure_trial(f"c{cand.id}-g{cand.generation}-screen", kind, cand)
 
-    def _ensure_trial(
-        self,
-        trial_id: str,
-        kind: TrialKind,
-        commit_sha: str,
-        base_sha: str,
-        files: dict[str, str],
-        candidate_id: int | None,
-    ) -> Trial:
+    def _ensure_trial(self, trial_id: str, kind: TrialKind, cand: Candidate | None) -> Trial:
+        """The trial with this id, queued now if it does not exist yet (None: the baseline)."""
         existing = self.store.get_trial(self.campaign, trial_id)
         if existing is not None:
             return existing
@@ -164,11 +153,11 @@ class Controller:
             id=trial_id,
             campaign=self.campaign,
             kind=kind,
-            commit_sha=commit_sha,
-            base_sha=base_sha,
+            commit_sha=cand.commit_sha if cand else self.start_sha,
+            base_sha=self.start_sha,
             seed=trial_seed(f"{self.campaign}/{trial_id}"),
-            candidate_id=candidate_id,
-            files=files,
+            candidate_id=cand.id if cand else None,
+            files=cand.files if cand else {},
         )
         self.store.enqueue_trial(trial)
         return trial
@@ -210,12 +199,7 @@ class Controller:
         if m.confirm:
             confirms = [
                 self._ensure_trial(
-                    f"c{cand.id}-g{cand.generation}-confirm{i}",
-                    TrialKind.CONFIRM,
-                    cand.commit_sha,
-                    cand.base_sha,
-                    cand.files,
-                    cand.id,
+                    f"c{cand.id}-g{cand.generation}-confirm{i}", TrialKind.CONFIRM, cand
                 )
                 for i in range(m.confirm)
             ]
@@ -243,7 +227,7 @@ class Controller:
             metric=verdict.estimate,
             runs=m.confirm or 1,
             candidate_id=cand.id,
-            files={**inc.files, **cand.files},
+            files=cand.files,
         )
         if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=new):
             return None  # another controller moved it; the next step rebases
@@ -309,7 +293,7 @@ class Controller:
                 f"{inc.sha[:10]}: {res.reason}",
             )
         cand.base_sha = inc.sha
-        cand.files = res.files
+        cand.files = {**inc.files, **res.files}
         cand.generation += 1
         cand.commit_sha = self.repo.commit_files(
             inc.sha,

@@ -61,6 +61,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         metric=cfg.metric,
         direction=cfg.direction,
         incumbent_metric=inc.metric,
+        incumbent_sha=inc.sha,
         sigma=camp.sigma,
         history=history,
         seen_hashes={c.edit_hash for c in store.list_candidates(campaign_id)},
@@ -70,8 +71,11 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
 def record_drafts(
     store: Store, cfg: TargetConfig, campaign_id: str, drafts: list[Draft], ctx: ProposalContext
 ) -> tuple[int, int]:
-    """Validate drafts against the incumbent and record them. Returns (valid, rejected)."""
-    inc = store.get_incumbent(campaign_id)
+    """Validate drafts against the context's incumbent and record them: (valid, rejected).
+
+    A valid candidate carries every editable file in full (the base's text with its edits),
+    so a worker needs only the campaign's start commit plus these files.
+    """
     results = validate_batch(
         drafts,
         files=ctx.files,
@@ -84,11 +88,11 @@ def record_drafts(
         cand = Candidate(
             campaign=campaign_id,
             id=store.next_candidate_id(campaign_id),
-            base_sha=inc.sha,
+            base_sha=ctx.incumbent_sha,
             title=draft.title,
             hypothesis=draft.hypothesis,
             edits=draft.edits,
-            files=res.files if isinstance(res, Validated) else {},
+            files={**ctx.files, **res.files} if isinstance(res, Validated) else {},
             edit_hash=res.edit_hash if isinstance(res, Validated) else edit_hash(draft.edits),
             expected_effect=draft.expected_effect,
             proposer=draft.proposer,
@@ -110,8 +114,8 @@ def record_drafts(
                     candidate_id=cand.id,
                     kind=DecisionKind.REJECTED,
                     reason=res.reason,
-                    incumbent_before=inc.sha,
-                    incumbent_after=inc.sha,
+                    incumbent_before=ctx.incumbent_sha,
+                    incumbent_after=ctx.incumbent_sha,
                 )
             )
             log.info("draft %r rejected: %s", draft.title, res.reason)

@@ -115,7 +115,7 @@ class Candidate:
     title: str
     hypothesis: str
     edits: list[Edit]
-    files: dict[str, str]  # full new text of every file the edits change, on base_sha
+    files: dict[str, str]  # every editable file's text at this candidate (base + edits)
     edit_hash: str  # normalised-edit hash used for duplicate detection
     state: CandidateState = CandidateState.QUEUED
     commit_sha: str = ""  # the candidate's commit on its branch (set by the controller)
@@ -180,7 +180,7 @@ class TrialSpec:
     trial_id: str
     repo_key: str  # names the per-node cache repo of this target
     base_sha: str  # must be in the bundle
-    files: dict[str, str]  # written over the base checkout (the candidate's changed files)
+    files: dict[str, str]  # written over the base checkout: the editable files of the commit
     command: str
     seed: int
     seed_env: str
@@ -210,8 +210,8 @@ class Trial:
     id: str
     campaign: str
     kind: TrialKind
-    commit_sha: str  # what runs: base_sha plus `files` of the candidate, committed
-    base_sha: str  # the commit shipped as a bundle; `files` are written on top of it
+    commit_sha: str  # what runs (for the ledger; workers never need this commit)
+    base_sha: str  # the campaign's start commit, shipped as a bundle; `files` go on top
     seed: int
     candidate_id: int | None = None  # None for baseline trials
     files: dict[str, str] = field(default_factory=dict)

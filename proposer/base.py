@@ -31,6 +31,7 @@ class ProposalContext:
     metric: str
     direction: Direction
     incumbent_metric: float | None = None
+    incumbent_sha: str = ""  # the commit `files` were read from: drafts apply on top of it
     sigma: float | None = None
     history: list[LedgerEntry] = field(default_factory=list)  # oldest first
     seen_hashes: set[str] = field(default_factory=set)  # edit hashes of every earlier candidate
