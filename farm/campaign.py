@@ -24,6 +24,7 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher, check_feasible
 from farm.errors import ConfigError, TargetError
 from farm.gitops import Repo
+from farm.metrics import serve
 from farm.progress import decision_line, snapshot, status_line
 from farm.propose import Feeder
 from farm.records import Campaign, CandidateState, Incumbent, TrialState
@@ -151,12 +152,22 @@ def run(
     orphans = dispatcher.reclaim_orphans()
     if orphans:
         print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
+    metrics = serve(
+        cfg.metrics,
+        store=store,
+        campaign=cfg.campaign,
+        slots=slots,
+        busy=lambda: dispatcher.busy,
+        proposer=proposer.name,
+        out=out,
+    )
     feeder = Feeder(
         store=store,
         cfg=cfg,
         campaign=cfg.campaign,
         proposer=proposer,
         max_candidates=opts.max_candidates,
+        on_call=metrics.driver.observe_proposal if metrics else None,
     )
     started = time.time()
     last_print = 0.0
@@ -189,12 +200,18 @@ def run(
         )
         feeder.stop()
         dispatcher.shutdown()
+        if metrics:
+            metrics.close()
         return 130
     except BaseException:
         feeder.stop()
         dispatcher.shutdown()
+        if metrics:
+            metrics.close()
         raise
     feeder.stop()
+    if metrics:
+        metrics.close()
     snap = snapshot(store, cfg.campaign)
     print(status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started), file=out)
     if feeder.error is not None:
@@ -202,6 +219,8 @@ def run(
         return 1
     if opts.time_limit_s is not None and time.time() - started > opts.time_limit_s:
         why = "time limit reached"
+    elif feeder.stopped:
+        why = feeder.stopped
     elif feeder.exhausted:
         why = f"proposer {proposer.name} has nothing new to try"
     else:

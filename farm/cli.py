@@ -6,12 +6,17 @@ import argparse
 import dataclasses
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.config import CONFIG_NAME, TargetConfig, load_config
 from farm.errors import ConfigError, FarmError
 from farm.store import Store, default_url, open_store
+
+if TYPE_CHECKING:
+    from proposer.base import Proposer
 
 
 def _duration(text: str) -> float:
@@ -41,6 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--time-limit", type=_duration, help="stop starting candidates after this")
     run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     run.add_argument("--progress-every", type=_duration, default=15.0, help="status line period")
+    run.add_argument(
+        "--metrics-address", help="serve Prometheus metrics at host:port (overrides [metrics])"
+    )
+
+    control = sub.add_parser("control", help="run only the merge controller (a role process)")
+    common(control)
+    control.add_argument("--slots", type=int, help="total slots of all dispatchers, if known")
+    control.add_argument("--idle-exit", type=_duration, help="exit after idling this long")
+
+    work = sub.add_parser("work", help="run only a dispatcher of trials (a role process)")
+    common(work)
+    work.add_argument("--slots", type=int, default=0, help="concurrent trials of this process")
+    work.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
+    work.add_argument("--lease", type=_duration, default=30.0, help="claim lease (renewed)")
+    work.add_argument("--idle-exit", type=_duration, help="exit after idling this long")
+    work.add_argument("--wait", type=_duration, default=600.0, help="wait this long for control")
+
+    propose = sub.add_parser("propose", help="run only the proposer (a role process)")
+    common(propose)
+    propose.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
+    propose.add_argument("--max-candidates", type=int, help="stop after this many candidates")
+    propose.add_argument("--wait", type=_duration, default=600.0, help="wait this long for control")
 
     status = sub.add_parser("status", help="where a campaign stands")
     common(status)
@@ -62,8 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    # Kubernetes and `ray job stop` send SIGTERM: stop as cleanly as on Ctrl-C.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -76,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.cmd == "run":
                 return _run(args, cfg, store)
+            if args.cmd in ("control", "work", "propose"):
+                return _role(args, cfg, store)
             if args.cmd == "status":
                 return _status(args, cfg, store)
             if args.cmd == "report":
@@ -86,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except FarmError as e:
         print(f"farm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _config(args: argparse.Namespace) -> TargetConfig:
@@ -94,7 +131,13 @@ def _config(args: argparse.Namespace) -> TargetConfig:
         cfg.campaign = args.campaign
     if getattr(args, "proposer", None):
         cfg.proposer = dataclasses.replace(cfg.proposer, kind=args.proposer)
-    if getattr(args, "slots", 0) < 0:
+    if getattr(args, "metrics_address", None):
+        cfg.metrics = dataclasses.replace(cfg.metrics, enabled=True, address=args.metrics_address)
+        try:
+            cfg.metrics.host_port()
+        except ConfigError as e:
+            raise ConfigError(f"--metrics-address: {e}") from None
+    if (getattr(args, "slots", 0) or 0) < 0:
         raise ConfigError("--slots must be >= 0")
     return cfg
 
@@ -104,7 +147,6 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 
     from farm.campaign import RunOptions, init_ray, prepare, run
     from farm.gitops import Repo
-    from proposer.registry import make_proposer
 
     opts = RunOptions(
         slots=args.slots,
@@ -113,10 +155,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         progress_every_s=args.progress_every,
         ray_address=args.ray_address,
     )
-    try:
-        proposer = make_proposer(cfg.proposer, target=args.target)
-    except ConfigError as e:
-        raise ConfigError(f"{args.target / CONFIG_NAME}: {e}") from None
+    proposer = _proposer(args, cfg)
     local = not (opts.ray_address or _env_ray_address())
     prepare(args.target, cfg, store, check_command=local)
     started = init_ray(cfg, opts)
@@ -125,6 +164,62 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     finally:
         if started:
             ray.shutdown()
+
+
+def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm import roles
+    from farm.campaign import prepare
+
+    if args.cmd == "control":
+        from farm.gitops import Repo
+
+        prepare(args.target, cfg, store, check_command=False)
+        return roles.serve_control(
+            store=store,
+            repo=Repo(args.target),
+            cfg=cfg,
+            slots=args.slots,
+            idle_exit_s=args.idle_exit,
+            out=sys.stdout,
+        )
+    roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
+    if args.cmd == "propose":
+        return roles.serve_propose(
+            store=store,
+            cfg=cfg,
+            proposer=_proposer(args, cfg),
+            max_candidates=args.max_candidates,
+            out=sys.stdout,
+        )
+    import ray
+
+    from farm.campaign import RunOptions, init_ray
+    from farm.dispatch import check_feasible
+    from farm.gitops import Repo
+
+    started = init_ray(cfg, RunOptions(slots=args.slots, ray_address=args.ray_address))
+    try:
+        return roles.serve_work(
+            store=store,
+            repo=Repo(args.target),
+            cfg=cfg,
+            slots=args.slots or check_feasible(cfg),
+            lease_s=args.lease,
+            idle_exit_s=args.idle_exit,
+            out=sys.stdout,
+        )
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
+    from proposer.registry import make_proposer
+
+    try:
+        return make_proposer(cfg.proposer, target=args.target)
+    except ConfigError as e:
+        raise ConfigError(f"{args.target / CONFIG_NAME}: {e}") from None
 
 
 def _env_ray_address() -> str:

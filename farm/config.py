@@ -8,7 +8,8 @@ A target's farm.toml can be five lines (autoresearch layout):
     metric = "val_bpb"
     budget_s = 600
 
-Everything else has a default. Sections: [merge], [resources], [proposer], [sandbox], [store].
+Everything else has a default. Sections: [merge], [resources], [proposer], [sandbox], [store],
+[metrics].
 """
 
 from __future__ import annotations
@@ -65,13 +66,60 @@ class ResourcesConfig:
 
 
 @dataclass
+class ModelPrice:
+    """USD per million tokens of one model; `[proposer.prices."<model>"]` in farm.toml."""
+
+    input: float
+    output: float
+    cache_write: float  # prompt-cache writes (5-minute cache)
+    cache_read: float  # prompt-cache hits
+
+
+@dataclass
+class ParamConfig:
+    """One `[[proposer.params]]` table: a module-level UPPER_CASE constant optuna may tune."""
+
+    file: str  # an editable file
+    name: str  # e.g. "LEARNING_RATE"
+    low: float
+    high: float
+    log: bool = False  # sample on a log scale (learning rates, weight decays)
+    int: bool = False  # an integer parameter (depth, batch size)
+
+
+DEFAULT_FOCUSES = [
+    "hyperparameters",
+    "optimisation",
+    "architecture",
+    "data and augmentation",
+    "bug hunting",
+]
+
+
+@dataclass
 class ProposerConfig:
-    kind: str = "mutate"  # mutate | replay (anthropic, optuna: see docs)
+    kind: str = "mutate"  # mutate | replay | anthropic | optuna
     batch_size: int = 4  # drafts asked for per proposer call
     backlog: int = 4  # validated candidates kept ready beyond the free slots
     seed: int = 0  # the offline proposers' random seed
     replay_file: str = ""  # JSONL of drafts, for kind = "replay"
     max_edit_bytes: int = 20_000  # a draft's edits larger than this are rejected
+    # kind = "anthropic"
+    model: str = "claude-sonnet-4-6"
+    max_tokens: int = 16_000  # per API call (a batch of drafts with its edits)
+    # Not sent unless set: API version 2026-10-21 (anthropic SDK >= 2) rejects it.
+    temperature: float | None = None
+    strategy: str = "single"  # single | focused | mix
+    focuses: list[str] = field(default_factory=lambda: list(DEFAULT_FOCUSES))
+    spend_cap_usd: float = 10.0  # proposing stops once the ledger's LLM cost reaches it
+    timeout_s: float = 300.0  # per API request
+    max_retries: int = 4  # the SDK's retries on 429, 529, 5xx and timeouts, with backoff
+    api_key_file: str = ""  # file holding the key (relative to the target); else $ANTHROPIC_API_KEY
+    base_url: str = ""  # default: $ANTHROPIC_BASE_URL, else the SDK's
+    prices: dict[str, ModelPrice] = field(default_factory=dict)  # add to / override built-ins
+    digest_tokens: int = 4_000  # budget of the ledger digest in the prompt (≈ chars / 4)
+    # kind = "optuna"
+    params: list[ParamConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +135,20 @@ class SandboxConfig:
 @dataclass
 class StoreConfig:
     url: str = ""  # default: sqlite:///<target>/.farm/farm.db
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = True  # `farm run` serves Prometheus metrics at /metrics
+    address: str = "127.0.0.1:9464"  # host:port; loopback unless you mean to expose it
+
+    def host_port(self) -> tuple[str, int]:
+        """`address` split; "[::1]:9464" for IPv6. ConfigError when it is not host:port."""
+        host, sep, port = self.address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f'{self.address!r} is not host:port, e.g. "127.0.0.1:9464"')
+        return host, int(port)
 
 
 @dataclass
@@ -106,6 +168,7 @@ class TargetConfig:
     proposer: ProposerConfig = field(default_factory=ProposerConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -160,6 +223,11 @@ def _build(cls: type, raw: Any, *, source: str, prefix: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
+    # `X | None`: TOML has no null, so a present key is always an X.
+    args = getattr(tp, "__args__", ())
+    if len(args) == 2 and type(None) in args:
+        tp = next(a for a in args if a is not type(None))
+    # Dataclasses, also as list items ([[proposer.params]]) or table values.
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, source=source, prefix=key + ".")
     bad = ConfigError(f"{source}: {key} = {value!r} is not a valid {_type_name(tp)}")
@@ -258,7 +326,41 @@ def _check(cfg: TargetConfig, source: str) -> None:
     p = cfg.proposer
     if p.batch_size < 1 or p.backlog < 0:
         fail("proposer", "batch_size must be >= 1 and backlog >= 0")
+    if p.max_tokens < 1:
+        fail("proposer.max_tokens", "must be >= 1")
+    if p.temperature is not None and not 0 <= p.temperature <= 1:
+        fail("proposer.temperature", "must be between 0 and 1")
+    if p.strategy not in ("single", "focused", "mix"):
+        fail("proposer.strategy", f'{p.strategy!r}: use "single", "focused" or "mix"')
+    if p.strategy != "single" and not [f for f in p.focuses if f.strip()]:
+        fail("proposer.focuses", f'strategy "{p.strategy}" needs at least one focus')
+    if p.spend_cap_usd < 0 or p.timeout_s <= 0 or p.max_retries < 0 or p.digest_tokens < 0:
+        fail("proposer", "spend_cap_usd, max_retries, digest_tokens must be >= 0, timeout_s > 0")
+    for model, price in p.prices.items():
+        if min(price.input, price.output, price.cache_write, price.cache_read) < 0:
+            fail(f"proposer.prices.{model}", "prices must be >= 0 (USD per million tokens)")
+    if p.kind == "optuna" and not p.params:
+        fail("proposer.params", 'kind = "optuna" needs [[proposer.params]] tables to tune')
+    for i, par in enumerate(p.params):
+        key = f"proposer.params[{i}]"
+        if par.file not in cfg.editable:
+            fail(f"{key}.file", f"{par.file!r} is not an editable file")
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", par.name):
+            fail(f"{key}.name", f"{par.name!r} is not an UPPER_CASE module-level constant")
+        if not par.low < par.high:
+            fail(f"{key}.low", f"low ({par.low}) must be below high ({par.high})")
+        if par.log and par.low <= 0:
+            fail(f"{key}.log", "a log-scale parameter needs low > 0")
+        if par.int and not (par.low.is_integer() and par.high.is_integer()):
+            fail(f"{key}.int", "an integer parameter needs whole-number low and high")
+    names = [(par.file, par.name) for par in p.params]
+    if len(set(names)) != len(names):
+        fail("proposer.params", "a constant is declared twice")
     if cfg.sandbox.network not in ("auto", "isolated", "host"):
         fail("sandbox.network", f'{cfg.sandbox.network!r}: use "auto", "isolated" or "host"')
     if cfg.sandbox.output_cap_kb < 1 or cfg.sandbox.grace_s < 0 or cfg.sandbox.memory_mb < 0:
         fail("sandbox", "output_cap_kb must be >= 1, grace_s and memory_mb >= 0")
+    try:
+        cfg.metrics.host_port()
+    except ConfigError as e:
+        fail("metrics.address", str(e))

@@ -32,6 +32,8 @@ from proposer.validate import Rejected, validate_draft
 
 log = logging.getLogger(__name__)
 
+MIN_QUEUE = 2  # trials kept waiting when the slot count is unknown (separate dispatchers)
+
 
 class BaselineFailed(FarmError):
     """Fewer than two baseline runs succeeded: the target does not run as configured."""
@@ -57,8 +59,12 @@ class Controller:
         self.start_sha = camp.start_sha
 
     # -- the loop body ----------------------------------------------------------------------
-    def step(self, *, slots: int, promote: bool = True) -> list[Decision]:
-        """One reconcile pass. Returns the decisions made in it."""
+    def step(self, *, slots: int | None, promote: bool = True) -> list[Decision]:
+        """One reconcile pass. Returns the decisions made in it.
+
+        `slots`: how many trials the dispatchers run at once; None when they are other
+        processes and the number is unknown.
+        """
         made: list[Decision] = []
         self._reconcile_baseline()
         for cand in self.store.list_candidates(self.campaign, {CandidateState.RUNNING}):
@@ -122,10 +128,12 @@ class Controller:
         return "\n".join(lines)
 
     # -- candidates -----------------------------------------------------------------------
-    def _promote(self, slots: int) -> None:
+    def _promote(self, slots: int | None) -> None:
         """Start queued candidates while fewer trials are waiting than slots can take."""
         counts = self.store.count_trials(self.campaign)
-        demand = slots - counts[TrialState.QUEUED] - counts[TrialState.RUNNING]
+        queued, running = counts[TrialState.QUEUED], counts[TrialState.RUNNING]
+        # Slots unknown (separate dispatchers): keep as many trials waiting as are running.
+        demand = max(running, MIN_QUEUE) - queued if slots is None else slots - queued - running
         if demand <= 0:
             return
         for cand in self.store.list_candidates(self.campaign, {CandidateState.QUEUED})[:demand]:

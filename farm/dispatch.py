@@ -38,7 +38,9 @@ MAX_DELIVERIES = 3  # claims of one trial before it is dead (infrastructure kept
 @ray.remote(max_retries=0)
 def _trial_task(spec: dict[str, Any], bundle: bytes) -> dict[str, Any]:
     # Ray's own retries would bypass the store's delivery count; the store owns retries.
-    return run_trial(TrialSpec.from_dict(spec), bundle).to_dict()
+    result = run_trial(TrialSpec.from_dict(spec), bundle)
+    result.node = ray.get_runtime_context().get_node_id()  # where it ran, as Ray names nodes
+    return result.to_dict()
 
 
 def resource_options(cfg: TargetConfig) -> dict[str, Any]:
@@ -117,7 +119,8 @@ class Dispatcher:
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     )
     on_result: Callable[[Trial, TrialResult], None] | None = None
-    accepting: bool = True  # False: finish what runs, claim nothing new
+    lease_s: float = LEASE_S
+    heartbeat_s: float = HEARTBEAT_S
     _in_flight: dict[ray.ObjectRef, _InFlight] = field(default_factory=dict)
     _bundles: dict[str, ray.ObjectRef] = field(default_factory=dict)
     _hashes: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -158,15 +161,15 @@ class Dispatcher:
             for trial_id in self.store.reap(self.campaign, now=now, max_deliveries=MAX_DELIVERIES):
                 log.warning("trial %s: lease lapsed; back in the queue", trial_id)
         free = self.slots - len(self._in_flight)
-        if self.accepting and free > 0:
+        if free > 0:
             for trial in self.store.claim_trials(
-                self.campaign, worker=self.worker_id, n=free, lease_s=LEASE_S
+                self.campaign, worker=self.worker_id, n=free, lease_s=self.lease_s
             ):
                 self._submit(trial)
-        if now - self._last_beat >= HEARTBEAT_S and self._in_flight:
+        if now - self._last_beat >= self.heartbeat_s and self._in_flight:
             self._last_beat = now
             ids = [f.trial.id for f in self._in_flight.values()]
-            self.store.heartbeat(self.campaign, ids, worker=self.worker_id, lease_s=LEASE_S)
+            self.store.heartbeat(self.campaign, ids, worker=self.worker_id, lease_s=self.lease_s)
         if not self._in_flight:
             time.sleep(wait_s)
             return 0

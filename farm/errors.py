@@ -23,3 +23,11 @@ class StoreError(FarmError):
 
 class ResourceError(FarmError):
     """No node of the cluster can ever satisfy a trial's resource request."""
+
+
+class ProposerError(FarmError):
+    """A proposer backend cannot go on (the LLM API refused or stayed unavailable)."""
+
+
+class SpendCapReached(ProposerError):
+    """The ledger's LLM spend reached `proposer.spend_cap_usd`: a clean stop, not a failure."""

@@ -12,9 +12,11 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from farm.config import TargetConfig
+from farm.errors import SpendCapReached
 from farm.records import (
     Candidate,
     CandidateState,
@@ -38,8 +40,9 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     assert camp is not None
     inc = store.get_incumbent(campaign_id)
     decisions = {d.candidate_id: d for d in store.list_decisions(campaign_id)}
+    cands = store.list_candidates(campaign_id)
     history = []
-    for c in store.list_candidates(campaign_id):
+    for c in cands:
         d = decisions.get(c.id)
         history.append(
             LedgerEntry(
@@ -50,6 +53,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
                 edits=c.edits,
                 delta=d.delta if d else None,
                 metric=d.metric if d else None,
+                sigma=d.sigma if d else None,
                 detail=d.reason if d else "",
             )
         )
@@ -64,7 +68,8 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         incumbent_sha=inc.sha,
         sigma=camp.sigma,
         history=history,
-        seen_hashes={c.edit_hash for c in store.list_candidates(campaign_id)},
+        seen_hashes={c.edit_hash for c in cands},
+        spent_usd=sum(c.cost_usd for c in cands),
     )
 
 
@@ -136,12 +141,15 @@ class Feeder:
     proposer: Proposer
     max_candidates: int | None = None  # valid candidates to create in all; None = no limit
     exhausted: bool = False
+    stopped: str = ""  # why proposing ended on purpose (the spend cap), not by failure
     error: BaseException | None = None
+    on_call: Callable[[float], None] | None = None  # told each proposer call's seconds (metrics)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="farm-propose", daemon=True)
+        """Feed in a background thread (inside `farm run`)."""
+        self._thread = threading.Thread(target=self.run, name="farm-propose", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -152,7 +160,7 @@ class Feeder:
     @property
     def done(self) -> bool:
         """Nothing more will come: exhausted, at the limit, or failed."""
-        return self.exhausted or self.error is not None or self._at_limit()
+        return self.exhausted or bool(self.stopped) or self.error is not None or self._at_limit()
 
     def _at_limit(self) -> bool:
         if self.max_candidates is None:
@@ -164,7 +172,8 @@ class Feeder:
         ]
         return len(made) >= self.max_candidates
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Feed until done or stopped (in the foreground for `farm propose`)."""
         dry = 0
         try:
             while not self._stop.is_set() and not self.done:
@@ -184,7 +193,10 @@ class Feeder:
                     log.info("proposer %s has nothing new to propose", self.proposer.name)
                     self.exhausted = True
                 self._stop.wait(1.0 if busy else 0.0)
-        except BaseException as e:  # surfaced by the campaign loop, which stops cleanly
+        except SpendCapReached as e:  # queued candidates still run; the campaign ends cleanly
+            log.info("proposer %s stopped: %s", self.proposer.name, e)
+            self.stopped = str(e)
+        except Exception as e:  # surfaced by the campaign loop, which stops cleanly
             log.exception("proposer failed")
             self.error = e
 
@@ -198,6 +210,8 @@ class Feeder:
             return 0
         started = time.time()
         drafts = self.proposer.propose(ctx, n)
+        if self.on_call is not None:
+            self.on_call(time.time() - started)
         batch = uuid.uuid4().hex[:8]
         for d in drafts:
             d.batch_id = d.batch_id or batch

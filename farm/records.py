@@ -103,6 +103,9 @@ class Draft:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    # Set by a proposer when the model's answer could not be read as a draft: the draft is
+    # recorded as rejected with this reason (and keeps its cost in the ledger).
+    problem: str = ""
 
 
 @dataclass
@@ -154,7 +157,7 @@ class TrialResult:
     exit_code: int | None = None
     duration_s: float = 0.0  # training process wall time
     hardware: str = ""  # GPU model, or "cpu"
-    node: str = ""
+    node: str = ""  # the Ray node id it ran on
     protected_hash: str = ""
     output_tail: str = ""
     # Worker-side timings (unix seconds) for overhead accounting.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_anthropic import FakeAnthropic
 from helpers import SECRET, TOY_TOML, TOY_TRAIN, MakeTarget, git
 
 
@@ -63,3 +64,11 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    """A local Messages API on an ephemeral port; tests queue its replies."""
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()

@@ -1,0 +1,174 @@
+"""Each role as a process of its own against a shared store: `farm control`, `farm work`,
+`farm propose`. `farm run` (farm/campaign.py) composes the same components in one process.
+
+- control: the merge controller, and the only writer of the target repo's farm branches.
+- work: a dispatcher; needs a clone of the target that has the campaign's start commit.
+- propose: the proposer; needs only the store and farm.toml.
+
+Any of them can be killed and restarted: all state is in the store.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from farm.config import TargetConfig
+from farm.controller import Controller
+from farm.dispatch import Dispatcher
+from farm.errors import FarmError
+from farm.gitops import Repo
+from farm.progress import decision_line
+from farm.propose import Feeder
+from farm.records import CandidateState, TrialState
+from farm.store import Store
+from proposer.base import Proposer
+
+POLL_S = 0.5
+
+
+def wait_for_campaign(store: Store, campaign: str, *, out: TextIO, timeout_s: float) -> None:
+    """Roles other than control wait for it to create the campaign."""
+    deadline = time.time() + timeout_s
+    said = False
+    while store.get_campaign(campaign) is None:
+        if time.time() > deadline:
+            raise FarmError(
+                f"no campaign {campaign!r} appeared in {store.url} within {timeout_s:.0f}s: "
+                "start `farm control` (or `farm run`) for it first"
+            )
+        if not said:
+            print(
+                f"waiting for campaign {campaign!r} in {store.url} (farm control creates it)",
+                file=out,
+                flush=True,
+            )
+            said = True
+        time.sleep(POLL_S)
+
+
+def _idle(store: Store, campaign: str) -> bool:
+    """Nothing to run or decide now: no waiting or running trial or candidate."""
+    counts = store.count_trials(campaign)
+    if counts[TrialState.QUEUED] or counts[TrialState.RUNNING]:
+        return False
+    camp = store.get_campaign(campaign)
+    if camp is None or camp.sigma is None:
+        return False
+    return not store.list_candidates(campaign, {CandidateState.QUEUED, CandidateState.RUNNING})
+
+
+class _IdleClock:
+    """True once the campaign has been idle for `limit_s` in a row (None: never)."""
+
+    def __init__(self, limit_s: float | None) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def expired(self, idle: bool) -> bool:
+        if self.limit_s is None or not idle:
+            self.since = None
+            return False
+        self.since = self.since or time.time()
+        return time.time() - self.since >= self.limit_s
+
+
+def serve_control(
+    *,
+    store: Store,
+    repo: Repo,
+    cfg: TargetConfig,
+    slots: int | None,
+    idle_exit_s: float | None,
+    out: TextIO,
+) -> int:
+    controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
+    controller.sync_best_branch()
+    print(
+        f"farm control: campaign {cfg.campaign} on {repo.path} | store {store.url}",
+        file=out,
+        flush=True,
+    )
+    clock = _IdleClock(idle_exit_s)
+    while True:
+        for d in controller.step(slots=slots):
+            print(
+                decision_line(d, store.get_candidate(cfg.campaign, d.candidate_id), cfg.metric),
+                file=out,
+                flush=True,
+            )
+        if clock.expired(_idle(store, cfg.campaign)):
+            print("farm control: idle; exiting", file=out, flush=True)
+            return 0
+        time.sleep(POLL_S)
+
+
+def serve_work(
+    *,
+    store: Store,
+    repo: Repo,
+    cfg: TargetConfig,
+    slots: int,
+    lease_s: float,
+    idle_exit_s: float | None,
+    out: TextIO,
+) -> int:
+    dispatcher = Dispatcher(
+        store=store,
+        repo=repo,
+        cfg=cfg,
+        campaign=cfg.campaign,
+        slots=slots,
+        lease_s=lease_s,
+        heartbeat_s=max(0.2, lease_s / 6),
+    )
+    freed = dispatcher.reclaim_orphans()
+    print(
+        f"farm work: {dispatcher.worker_id} | {slots} slots | campaign {cfg.campaign} | "
+        f"store {store.url}" + (f" | {len(freed)} orphaned trials requeued" if freed else ""),
+        file=out,
+        flush=True,
+    )
+    clock = _IdleClock(idle_exit_s)
+    recorded = 0
+    try:
+        while True:
+            recorded += dispatcher.step(wait_s=POLL_S)
+            counts = store.count_trials(cfg.campaign)
+            idle = not dispatcher.busy and not counts[TrialState.QUEUED]
+            if clock.expired(idle):
+                print(f"farm work: idle; exiting after {recorded} results", file=out, flush=True)
+                return 0
+    except KeyboardInterrupt:
+        dispatcher.shutdown()
+        print(f"farm work: stopped; {recorded} results recorded", file=out, flush=True)
+        return 130
+
+
+def serve_propose(
+    *,
+    store: Store,
+    cfg: TargetConfig,
+    proposer: Proposer,
+    max_candidates: int | None,
+    out: TextIO,
+) -> int:
+    feeder = Feeder(
+        store=store,
+        cfg=cfg,
+        campaign=cfg.campaign,
+        proposer=proposer,
+        max_candidates=max_candidates,
+    )
+    print(
+        f"farm propose: {proposer.name} for campaign {cfg.campaign} | store {store.url}",
+        file=out,
+        flush=True,
+    )
+    feeder.run()
+    if feeder.error is not None:
+        print(f"farm propose: stopped: {feeder.error}", file=out, flush=True)
+        return 1
+    why = "nothing new to try" if feeder.exhausted else "candidate limit reached"
+    print(f"farm propose: done ({why})", file=out, flush=True)
+    return 0

@@ -1,0 +1,102 @@
+"""Loaders for the deployment files (k8s manifests, compose file, Dockerfile) shared by the
+deploy tests. A plain module with a unique name: `conftest` is taken by tests/conftest.py."""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+DOCKER = ROOT / "docker"
+# Written by the dashboard work of the same issue; checked fully once they exist.
+DASHBOARD_FILES = {
+    "k8s/grafana/farm-dashboard.json",
+    "docker/prometheus/prometheus.yml",
+    "docker/grafana/provisioning",
+}
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def farm_image() -> str:
+    return f"farm:{project_version()}"
+
+
+def dockerfile_ray_version() -> str:
+    m = re.search(r"^ARG RAY_VERSION=(\S+)$", (DOCKER / "Dockerfile").read_text(), re.M)
+    assert m, "docker/Dockerfile declares no ARG RAY_VERSION=<version>"
+    return m.group(1)
+
+
+def farm_run_args(target: str, args: list[str]) -> Any:
+    """Parse `farm run TARGET ARGS` with farm's own parser: exits (SystemExit) on a bad flag."""
+    from farm.cli import _parser
+
+    return _parser().parse_args(["run", target, *args])
+
+
+def split_farm_job(words: list[str]) -> tuple[str, str, list[str]]:
+    """`farm-job TARGET [--config FILE] [-- ARGS]` -> (target, config, farm run args)."""
+    target, rest = words[0], words[1:]
+    config = ""
+    if rest[:1] == ["--config"]:
+        config, rest = rest[1], rest[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return target, config, rest
+
+
+def after(words: list[str], word: str) -> list[str]:
+    return words[words.index(word) + 1 :]
+
+
+@functools.cache
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object in k8s/*.yaml (kustomization.yaml aside), by (kind, name)."""
+    objs: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objs, f"{path.name}: {key} defined twice"
+            objs[key] = doc
+    return objs
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod an object creates."""
+    spec = obj["spec"]
+    kind = obj["kind"]
+    if kind in ("StatefulSet", "Deployment"):
+        yield kind, spec["template"]["spec"]
+    elif kind == "RayCluster":
+        yield "head", spec["headGroupSpec"]["template"]["spec"]
+        for group in spec["workerGroupSpecs"]:
+            yield group["groupName"], group["template"]["spec"]
+    elif kind == "RayJob" and "submitterPodTemplate" in spec:
+        yield "submitter", spec["submitterPodTemplate"]["spec"]
+
+
+def containers(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, pod in pod_specs(obj):
+        for c in pod["containers"]:
+            yield where, c
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}

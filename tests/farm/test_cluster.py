@@ -1,0 +1,304 @@
+"""farm on a real two-node Ray cluster started by `ray start`: GPU-node pinning, each role
+as its own process (with a dispatcher killed mid-trial), and `ray job submit`.
+
+The cluster is this module's own (its own temp dir and process groups) and only it is
+stopped at the end; the session's in-process Ray and anyone else's are left alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import TOY_TOML, MakeTarget, git
+
+from farm.gitops import best_branch
+from farm.records import TrialState
+from farm.store import Store, open_store
+
+VENV_BIN = Path(sys.executable).parent
+REDIS_URL = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13").rsplit("/", 1)[0]
+ROLES_DB = f"{REDIS_URL}/14"
+
+SLOW_TRAIN = """\
+import os
+import random
+import time
+
+LR = 0.5  # the loss is lowest at LR = 2
+WD = 0.1  # a second knob that does nothing
+
+time.sleep(1.0)
+rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
+print(f"loss: {(LR - 2.0) ** 2 + rng.gauss(0, 0.05):.6f}")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    gcs: str  # host:port for ray.init / --ray-address
+    dashboard: str  # http://host:port for ray job submit
+    gpu_node: str  # node id of the node labelled gpu-model=rtx4090
+    other_node: str
+    env: dict[str, str]
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:{env['PATH']}"  # job entrypoints resolve `farm` through it
+    env["RAY_AUTH_MODE"] = "token"  # clients of a token-auth cluster must say so
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    env = _ray_env()
+    port, dash = free_port(), free_port()
+    # A short path of its own: Ray's unix socket paths must stay under ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="farm-ray-", dir="/tmp")
+    procs = [
+        subprocess.Popen(
+            [
+                str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+                "--num-cpus=2", '--resources={"rtx4090": 2}', "--labels=gpu-model=rtx4090",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            ],
+            env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        gcs = _wait_for_head(env, port)
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(VENV_BIN / "ray"), "start", "--block", f"--address={gcs}",
+                    "--num-cpus=1", '--resources={"a100": 1}', "--labels=gpu-model=a100",
+                    "--disable-usage-stats",
+                ],
+                env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        nodes = _wait_for_nodes(env, gcs, 2)
+        yield Cluster(
+            gcs=gcs,
+            dashboard=f"http://127.0.0.1:{dash}",
+            gpu_node=nodes["rtx4090"],
+            other_node=nodes["a100"],
+            env=env,
+        )
+    finally:
+        for p in reversed(procs):
+            _kill_group(p)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill_group(p: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def _nodes(env: dict[str, str], gcs: str) -> list[dict[str, object]]:
+    code = (
+        f"import json, ray; ray.init(address={gcs!r}, logging_level='ERROR');"
+        "print(json.dumps([{'id': n['NodeID'], 'labels': n.get('Labels', {})}"
+        " for n in ray.nodes() if n['Alive']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        return []
+    nodes: list[dict[str, object]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return nodes
+
+
+def _wait_for_head(env: dict[str, str], port: int) -> str:
+    # Ray binds the node's own address, not loopback: find it as Ray does.
+    from ray._private.services import get_node_ip_address
+
+    gcs = f"{get_node_ip_address()}:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            if _nodes(env, gcs):
+                return gcs
+        time.sleep(1)
+    raise AssertionError("the Ray head did not start within 90 s")
+
+
+def _wait_for_nodes(env: dict[str, str], gcs: str, n: int) -> dict[str, str]:
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        nodes = _nodes(env, gcs)
+        if len(nodes) >= n:
+            return {
+                str(dict(node["labels"]).get("gpu-model")): str(node["id"])  # type: ignore[call-overload]
+                for node in nodes
+            }
+        time.sleep(1)
+    raise AssertionError(f"{n} Ray nodes did not come up within 90 s")
+
+
+def farm(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(VENV_BIN / "farm"), *args],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def roles_store() -> Iterator[Store]:
+    store = open_store(ROLES_DB)
+    _flush(ROLES_DB)
+    yield store
+    _flush(ROLES_DB)
+    store.close()
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+FAST_TRAIN = SLOW_TRAIN.replace("time.sleep(1.0)", "time.sleep(0.2)")
+
+
+def _pinned_target(make_target: MakeTarget, resources: str, name: str) -> Path:
+    return make_target({"train.py": FAST_TRAIN}, toml=TOY_TOML + resources, name=name)
+
+
+@pytest.mark.parametrize(
+    ("resources", "node"),
+    [
+        ("[resources]\ncustom = { rtx4090 = 1 }\n", "gpu_node"),
+        ('[resources]\nlabels = { gpu-model = "a100" }\n', "other_node"),
+    ],
+)
+def test_trials_land_only_on_the_matching_node(
+    cluster: Cluster, make_target: MakeTarget, resources: str, node: str
+) -> None:
+    target = _pinned_target(make_target, resources, name=f"pin-{node}")
+    p = farm(cluster, "run", str(target), "--ray-address", cluster.gcs, "--max-candidates", "2")
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 0, out
+    store = open_store(f"sqlite:///{target / '.farm' / 'farm.db'}")
+    nodes = {t.result.node for t in store.list_trials("default") if t.result}
+    store.close()
+    assert nodes == {getattr(cluster, node)}
+
+
+def test_no_matching_node_is_said_at_once(cluster: Cluster, make_target: MakeTarget) -> None:
+    target = _pinned_target(make_target, "[resources]\ncustom = { h100 = 1 }\n", name="pin-none")
+    p = farm(cluster, "run", str(target), "--ray-address", cluster.gcs)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "no node of the Ray cluster can run a trial needing" in out
+    assert "'h100': 1.0" in out and "gpu-model" in out  # it lists what the nodes have
+
+
+def test_roles_as_processes_survive_a_dispatcher_killed_mid_trial(
+    cluster: Cluster, make_target: MakeTarget, roles_store: Store
+) -> None:
+    target = make_target({"train.py": SLOW_TRAIN}, name="roles")
+    store = ["--store", ROLES_DB]
+    controls = [farm(cluster, "control", str(target), *store, "--idle-exit", "4") for _ in "ab"]
+    works = [
+        farm(
+            cluster, "work", str(target), *store, "--ray-address", cluster.gcs, "--slots", "1",
+            "--lease", "3", "--idle-exit", "6",
+        )
+        for _ in "ab"
+    ]  # fmt: skip
+    propose = farm(cluster, "propose", str(target), *store, "--max-candidates", "5")
+    victim = works[0]
+    deadline = time.time() + 120
+    killed_holding: list[str] = []
+    while time.time() < deadline and not killed_holding:
+        if roles_store.get_campaign("default") is not None:
+            running = roles_store.list_trials("default", states={TrialState.RUNNING})
+            mine = [t.id for t in running if f":{victim.pid}:" in t.worker]
+            done = roles_store.count_trials("default")[TrialState.DONE]
+            if mine and done >= 2:
+                os.killpg(victim.pid, signal.SIGKILL)
+                killed_holding = mine
+        time.sleep(0.1)
+    if not killed_holding:
+        for p in [*controls, *works, propose]:
+            _kill_group(p)  # type: ignore[arg-type]
+        logs = "\n---\n".join(p.communicate()[0] for p in [*controls, *works, propose])
+        raise AssertionError(f"the first dispatcher never held a trial:\n{logs}")
+
+    outputs = []
+    for p in [*controls, works[1], propose]:
+        out, _ = p.communicate(timeout=240)
+        outputs.append(out)
+        assert p.returncode == 0, out
+    victim.wait()
+
+    trials = roles_store.list_trials("default")
+    assert all(t.state is TrialState.DONE and t.result is not None for t in trials), outputs
+    for trial_id in killed_holding:  # re-run elsewhere after the lease lapsed
+        t = roles_store.get_trial("default", trial_id)
+        assert t is not None and t.deliveries >= 2 and f":{victim.pid}:" not in t.worker
+    cands = roles_store.list_candidates("default")
+    assert len(cands) == 5 and all(c.state.is_finished() for c in cands)
+    decisions = roles_store.list_decisions("default")
+    assert collections.Counter(d.candidate_id for d in decisions) == {c.id: 1 for c in cands}
+    # Two controllers, one incumbent history: every keep moved it from the one before.
+    kept = [d for d in decisions if d.kind.value == "kept"]
+    assert [d.incumbent_before for d in kept[1:]] == [d.incumbent_after for d in kept[:-1]]
+    inc = roles_store.get_incumbent("default")
+    assert git(target, "rev-parse", best_branch("default")).strip() == inc.sha
+
+
+def test_ray_job_submit_runs_a_campaign(
+    cluster: Cluster, make_target: MakeTarget, roles_store: Store
+) -> None:
+    target = make_target({"train.py": FAST_TRAIN}, name="job")
+    job = subprocess.run(
+        [
+            str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
+            "--working-dir", str(target), "--",
+            "farm", "run", ".", "--store", ROLES_DB, "--max-candidates", "3",
+        ],
+        env=cluster.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "succeeded" in (job.stdout + job.stderr).lower()
+    trials = roles_store.list_trials("default")
+    assert len(trials) >= 3 + 3 and all(t.state is TrialState.DONE for t in trials)
+    assert len(roles_store.list_decisions("default")) == 3
