@@ -78,11 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--tsv", action="store_true", required=True, help="results.tsv format")
     export.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
 
-    report = sub.add_parser("report", help="compare proposers, strategies and models")
+    report = sub.add_parser(
+        "report", help="compare proposers; with --out, write progress.png and report.md"
+    )
     common(report)
     report.add_argument(
         "--by", choices=["proposer"], default="proposer", help="one row per proposer"
     )
+    report.add_argument("--out", type=Path, help="write progress.png and report.md here")
 
     init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
     init.add_argument("target", nargs="?", default=".", type=Path)
@@ -246,7 +249,25 @@ def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.report import proposer_table
 
     _known_campaign(cfg, store)
-    print(proposer_table(store, cfg.campaign))
+    if args.out is None:
+        print(proposer_table(store, cfg.campaign))
+        return 0
+    from farm.plots import progress_png
+    from farm.progress import snapshot
+    from farm.report import report_markdown
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    snap = snapshot(store, cfg.campaign)
+    png = progress_png(
+        snap.history,
+        args.out / "progress.png",
+        metric=snap.metric,
+        titles=snap.titles,
+        campaign=cfg.campaign,
+    )
+    md = args.out / "report.md"
+    md.write_text(report_markdown(store, cfg.campaign, image=png.name))
+    print(f"wrote {png} and {md}")
     return 0
 
 

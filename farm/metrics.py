@@ -17,7 +17,8 @@ import collections
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import (
@@ -29,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from farm.config import MetricsConfig
+from farm.progress import DEAD
 from farm.records import Candidate, CandidateState, DecisionKind, Outcome, TrialKind, TrialState
 from farm.store import Store
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 # Trials last from seconds (toy targets) to hours (a real training budget).
 TRIAL_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 PROPOSER_BUCKETS_S = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
-DEAD = "dead"  # the outcome label of a trial whose infrastructure kept failing
 
 
 class LedgerCollector(Collector):
@@ -83,9 +84,9 @@ class LedgerCollector(Collector):
             "Wall time of the training process of finished trials.",
             labels=["campaign", "kind"],
         )
-        for kind, values in durations.items():
+        for kind_name, values in durations.items():
             buckets = [(str(float(b)), sum(v <= b for v in values)) for b in TRIAL_BUCKETS_S]
-            hist.add_metric([c, kind], [*buckets, ("+Inf", len(values))], sum(values))
+            hist.add_metric([c, kind_name], [*buckets, ("+Inf", len(values))], sum(values))
         yield hist
 
         states = collections.Counter(t.state for t in trials)
@@ -113,12 +114,12 @@ class LedgerCollector(Collector):
         if camp.sigma is not None:
             yield _gauge("farm_baseline_sigma", "Seed noise σ of the baseline runs.", c, camp.sigma)
 
-        kinds = collections.Counter(d.kind.value for d in self.store.list_decisions(c))
+        made = collections.Counter(d.kind.value for d in self.store.list_decisions(c))
         decisions = CounterMetricFamily(
             "farm_decisions", "Decisions on candidates, by kind.", labels=["campaign", "decision"]
         )
-        for kind in DecisionKind:
-            decisions.add_metric([c, kind.value], kinds[kind.value])
+        for decision in DecisionKind:
+            decisions.add_metric([c, decision.value], made[decision.value])
         yield decisions
 
         yield from self._proposer_metrics(cands)
@@ -203,7 +204,7 @@ class MetricsServer:
 
     url: str
     driver: DriverMetrics
-    _server: Any
+    _server: WSGIServer
 
     def close(self) -> None:
         self._server.shutdown()

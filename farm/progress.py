@@ -5,11 +5,83 @@ Everything is read from the store, so it works from any machine that reaches it.
 
 from __future__ import annotations
 
+import bisect
 import collections
 from dataclasses import dataclass
 
-from farm.records import Candidate, CandidateState, Decision, DecisionKind, TrialState
+from farm.records import (
+    Candidate,
+    CandidateState,
+    Decision,
+    DecisionKind,
+    Direction,
+    Trial,
+    TrialKind,
+    TrialState,
+)
 from farm.store import Store
+
+DEAD = "dead"  # the outcome of a trial whose infrastructure kept failing
+
+
+@dataclass
+class Point:
+    """One finished trial; `n` numbers trials in the order their results came in."""
+
+    n: int
+    kind: TrialKind
+    outcome: str  # an Outcome value, or DEAD
+    metric: float | None
+    candidate_id: int | None
+    kept: bool  # its candidate was kept
+
+
+@dataclass
+class History:
+    """The campaign as a sequence: every finished trial, and the running best."""
+
+    direction: Direction
+    points: list[Point]
+    # (trial number, the incumbent's estimate from then on): the baseline, then each keep.
+    best: list[tuple[int, float]]
+    kept: list[tuple[int, Decision]]  # each keep, at the trial number it happened
+
+
+def history(
+    trials: list[Trial], decisions: list[Decision], *, start_sha: str, direction: Direction
+) -> History:
+    def finished_at(t: Trial) -> float:
+        return t.result.finished_at if t.result else t.lease_expires
+
+    done = sorted((t for t in trials if t.result or t.state is TrialState.DEAD), key=finished_at)
+    kept_ids = {d.candidate_id for d in decisions if d.kind is DecisionKind.KEPT}
+    points = [
+        Point(
+            n=i,
+            kind=t.kind,
+            outcome=t.result.outcome.value if t.result else DEAD,
+            metric=t.result.metric if t.result else None,
+            candidate_id=t.candidate_id,
+            kept=t.candidate_id in kept_ids,
+        )
+        for i, t in enumerate(done, start=1)
+    ]
+    times = [finished_at(t) for t in done]
+    best: list[tuple[int, float]] = []
+    base = [
+        (p.n, p.metric)
+        for p, t in zip(points, done, strict=True)
+        if p.kind is TrialKind.BASELINE and t.commit_sha == start_sha and p.metric is not None
+    ]
+    if base:
+        best.append((max(n for n, _ in base), sum(m for _, m in base) / len(base)))
+    kept = []
+    for d in decisions:
+        if d.kind is DecisionKind.KEPT and d.metric is not None:
+            n = max(1, bisect.bisect_right(times, d.created_at))
+            kept.append((n, d))
+            best.append((n, d.metric))
+    return History(direction=direction, points=points, best=best, kept=kept)
 
 
 @dataclass
@@ -25,6 +97,7 @@ class Snapshot:
     sigma: float | None
     decisions: list[Decision]
     titles: dict[int, str]
+    history: History
 
 
 def snapshot(store: Store, campaign: str) -> Snapshot:
@@ -56,6 +129,12 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
         sigma=camp.sigma,
         decisions=decisions,
         titles={c.id: c.title for c in cands},
+        history=history(
+            trials,
+            decisions,
+            start_sha=camp.start_sha,
+            direction=Direction(camp.config.get("direction", "minimize")),
+        ),
     )
 
 
@@ -106,6 +185,7 @@ def status_report(s: Snapshot, *, last: int = 10) -> str:
         + (", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items())) or "none"),
         "  candidates: "
         + (", ".join(f"{k} {v}" for k, v in sorted(s.candidates.items())) or "none"),
+        *picture(s.history, s.metric),
     ]
     kept = [d for d in s.decisions if d.kind is DecisionKind.KEPT]
     if kept:
@@ -124,3 +204,43 @@ def status_report(s: Snapshot, *, last: int = 10) -> str:
                 f"{s.titles.get(d.candidate_id, '')[:50]:<50} {d.reason[:90]}"
             )
     return "\n".join(lines)
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[round((v - lo) / span * (len(SPARK) - 1))] for v in values)
+
+
+def picture(h: History, metric: str, *, width: int = 40) -> list[str]:
+    """The running best as a sparkline, and the latest trials one character each."""
+    if not h.points:
+        return []
+    lines = []
+    if h.best:
+        first, last = h.best[0][0], h.points[-1].n
+        # The best sampled at `width` evenly spaced trial numbers, from the baseline on.
+        xs = [first + (last - first) * i / (width - 1) for i in range(width)]
+        values = [[v for n, v in h.best if n <= x][-1] for x in xs]
+        better = "lower" if h.direction is Direction.MINIMIZE else "higher"
+        lines.append(
+            f"  best {metric}: {_num(h.best[0][1])} {sparkline(values)} {_num(h.best[-1][1])} "
+            f"(trials {first}–{last}, {len(h.kept)} kept, {better} is better)"
+        )
+    recent = h.points[-width:]
+    lines.append(
+        f"  last {len(recent)} trials: {''.join(_mark(p) for p in recent)} "
+        "(b baseline, · ok, ✓ kept candidate, ✗ failed)"
+    )
+    return lines
+
+
+def _mark(p: Point) -> str:
+    if p.outcome != "ok":
+        return "✗"
+    if p.kind is TrialKind.BASELINE:
+        return "b"
+    return "✓" if p.kept else "·"

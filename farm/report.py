@@ -1,13 +1,15 @@
-"""Reports from the ledger: autoresearch's results.tsv (farm's columns after its own), and
-the per-proposer comparison of `farm report --by proposer`."""
+"""Reports from the ledger: autoresearch's results.tsv (farm's columns after its own), the
+per-proposer comparison of `farm report --by proposer`, and report.md of `farm report --out`."""
 
 from __future__ import annotations
 
+import collections
 import csv
+import difflib
 import io
 from dataclasses import dataclass
 
-from farm.records import CandidateState, DecisionKind, Trial, TrialKind
+from farm.records import Candidate, CandidateState, DecisionKind, Direction, Trial, TrialKind
 from farm.store import Store
 
 # autoresearch's results.tsv: commit, <metric>, memory_gb, status, description.
@@ -182,4 +184,125 @@ def proposer_table(store: Store, campaign: str) -> str:
         "|" + "|".join("---" for _ in PROPOSER_COLUMNS) + "|",
     ]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in proposer_rows(store, campaign)]
+    return "\n".join(lines)
+
+
+def edit_diff(cand: Candidate) -> str:
+    """The candidate's edits as a unified diff of each file it changes.
+
+    The file before is rebuilt by undoing the edits on the candidate's text; where an
+    edit's result is not unique in the file, the diff shows the edited blocks alone.
+    """
+    parts: list[str] = []
+    for path in dict.fromkeys(e.path for e in cand.edits):
+        edits = [e for e in cand.edits if e.path == path]
+        new = cand.files.get(path, "")
+        old: str | None = new
+        for e in reversed(edits):
+            if old is not None and not e.search:
+                old = ""  # the edit created the file
+            elif old is not None and e.replace and old.count(e.replace) == 1:
+                old = old.replace(e.replace, e.search)
+            else:
+                old = None
+        if old is None:
+            old, new = "".join(e.search for e in edits), "".join(e.replace for e in edits)
+        parts += difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            f"a/{path}",
+            f"b/{path}",
+            n=2,
+        )
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+def report_markdown(store: Store, campaign: str, *, image: str = "progress.png") -> str:
+    """report.md: the result, kept changes in order with diffs, outcomes, cost, proposers."""
+    from farm.progress import snapshot
+
+    s = snapshot(store, campaign)
+    camp = store.get_campaign(campaign)
+    assert camp is not None
+    h = s.history
+    cands = {c.id: c for c in store.list_candidates(campaign)}
+    trials = store.list_trials(campaign)
+    better = "lower" if h.direction is Direction.MINIMIZE else "higher"
+    slot_h = sum(t.result.duration_s for t in trials if t.result) / 3600
+    gpus = float(camp.config.get("resources", {}).get("gpus_per_trial", 0) or 0)
+    cost = sum(c.cost_usd for c in cands.values())
+    tokens_in = sum(c.tokens_in for c in cands.values())
+    tokens_out = sum(c.tokens_out for c in cands.values())
+
+    def num(x: float | None) -> str:
+        return "—" if x is None else f"{x:.5g}"
+
+    base_runs = sum(1 for p in h.points if p.kind is TrialKind.BASELINE and p.metric is not None)
+    gain = (
+        h.direction.improvement(old=s.start_metric, new=s.incumbent_metric)
+        if s.start_metric is not None and s.incumbent_metric is not None
+        else None
+    )
+    lines = [
+        f"# farm report: campaign `{campaign}`",
+        "",
+        f"Target `{camp.target}`, metric `{s.metric}` ({better} is better).",
+        "",
+        f"![progress]({image})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, σ {num(s.sigma)}) |",
+        f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
+        f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
+        f"| trials | {len(h.points)} finished, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items()))
+        + " |",
+        f"| candidates | {len(cands)}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(s.candidates.items()))
+        + " |",
+        f"| slot-hours | {slot_h:.3g}"
+        + (f" ({slot_h * gpus:.3g} GPU-hours)" if gpus else " (CPU trials)")
+        + " |",
+        f"| LLM | ${cost:.2f}, {tokens_in} tokens in, {tokens_out} out |",
+        "",
+        "## Kept changes, in order",
+        "",
+    ]
+    if not h.kept:
+        lines += ["None: no candidate beat the incumbent by more than the noise.", ""]
+    for i, (n, d) in enumerate(h.kept, start=1):
+        cand = cands.get(d.candidate_id)
+        title = cand.title if cand else ""
+        delta = "—" if d.delta is None else f"{d.delta:+.5g}"
+        lines += [
+            f"### {i}. c{d.candidate_id}: {title}",
+            "",
+            f"{s.metric} {num(d.metric)}, Δ {delta} ± {num(d.sigma)} (σ), kept at trial {n}. "
+            + d.reason,
+            "",
+        ]
+        if cand is not None:
+            if cand.hypothesis and cand.hypothesis != title:
+                lines += [f"> {cand.hypothesis}", ""]
+            lines += ["```diff", edit_diff(cand).rstrip("\n"), "```", ""]
+
+    kinds = [k for k in TrialKind if any(p.kind is k for p in h.points)]
+    outcomes = sorted({p.outcome for p in h.points})
+    counts = collections.Counter((p.kind, p.outcome) for p in h.points)
+    lines += [
+        "## Trials by kind and outcome",
+        "",
+        "| kind | " + " | ".join(outcomes) + " |",
+        "|---|" + "---|" * len(outcomes),
+        *(
+            f"| {k.value} | " + " | ".join(str(counts[k, o]) for o in outcomes) + " |"
+            for k in kinds
+        ),
+        "",
+        "## Proposers",
+        "",
+        proposer_table(store, campaign),
+        "",
+    ]
     return "\n".join(lines)

@@ -170,5 +170,6 @@ def serve_propose(
         print(f"farm propose: stopped: {feeder.error}", file=out, flush=True)
         return 1
     why = "nothing new to try" if feeder.exhausted else "candidate limit reached"
+    why = feeder.stopped or why  # the spend cap
     print(f"farm propose: done ({why})", file=out, flush=True)
     return 0

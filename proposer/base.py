@@ -19,6 +19,7 @@ class LedgerEntry:
     edits: list[Edit]
     delta: float | None = None  # improvement over the incumbent of its day; positive = better
     metric: float | None = None
+    sigma: float | None = None  # the noise the decision was made against
     detail: str = ""  # rejection reason, crash/timeout output tail, supersede reason
 
 
@@ -35,6 +36,7 @@ class ProposalContext:
     sigma: float | None = None
     history: list[LedgerEntry] = field(default_factory=list)  # oldest first
     seen_hashes: set[str] = field(default_factory=set)  # edit hashes of every earlier candidate
+    spent_usd: float = 0.0  # LLM cost of every candidate so far: the spend cap survives restarts
 
 
 class Proposer(abc.ABC):

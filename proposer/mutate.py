@@ -29,7 +29,7 @@ _NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 @dataclass(frozen=True)
-class _Constant:
+class Constant:
     path: str
     name: str
     value: int | float
@@ -41,7 +41,7 @@ class _Constant:
 
 @dataclass(frozen=True)
 class _Mutation:
-    constant: _Constant
+    constant: Constant
     literal: str  # the new value's source text
     description: str  # e.g. "Scale LR by 2.0"
 
@@ -60,7 +60,7 @@ class MutateProposer(Proposer):
             if len(drafts) >= n:
                 break
             c = m.constant
-            edit = _edit(ctx.files[c.path], c, m.literal)
+            edit = constant_edit(ctx.files[c.path], c, m.literal)
             digest = edit_hash([edit])
             if digest in skip:
                 continue
@@ -88,7 +88,7 @@ class MutateProposer(Proposer):
             c
             for path in editable
             if path.endswith(".py") and path in files
-            for c in _constants(path, files[path])
+            for c in find_constants(path, files[path])
         ]
         keyed = []
         for c in constants:
@@ -105,7 +105,7 @@ class MutateProposer(Proposer):
                         yield tiers[tier][round_]
 
 
-def _constants(path: str, text: str) -> list[_Constant]:
+def find_constants(path: str, text: str) -> list[Constant]:
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
@@ -137,12 +137,12 @@ def _constants(path: str, text: str) -> list[_Constant]:
         start = len(raw[: value.col_offset].decode())
         end = len(raw[: value.end_col_offset].decode())
         found.append(
-            _Constant(path, target.id, value.value, line[start:end], value.lineno - 1, start, end)
+            Constant(path, target.id, value.value, line[start:end], value.lineno - 1, start, end)
         )
     return found
 
 
-def _mutations(c: _Constant) -> list[list[_Mutation]]:
+def _mutations(c: Constant) -> list[list[_Mutation]]:
     """Two tiers of mutations of `c`, milder first; each new value differs from the old."""
     tiers: list[list[_Mutation]] = [[], []]
 
@@ -155,7 +155,7 @@ def _mutations(c: _Constant) -> list[list[_Mutation]]:
             scientific = "e" in c.literal.lower()
             for tier, factors in enumerate(((2.0, 0.5), (4.0, 0.25))):
                 for factor in factors:
-                    literal = _format_float(c.value * factor, scientific=scientific)
+                    literal = format_float(c.value * factor, scientific=scientific)
                     add(tier, literal, f"Scale {c.name} by {factor}")
     elif c.value >= 1:  # 0 and negative ints are usually switches or sentinels
         fmt = "{:_}" if "_" in c.literal else "{}"
@@ -168,7 +168,7 @@ def _mutations(c: _Constant) -> list[list[_Mutation]]:
     return tiers
 
 
-def _format_float(x: float, *, scientific: bool) -> str:
+def format_float(x: float, *, scientific: bool) -> str:
     """Six significant digits without float noise, in the literal's style: 6e-4, 0.001, 1.0."""
     text = f"{x:.6g}"
     if scientific or "e" in text:
@@ -177,7 +177,7 @@ def _format_float(x: float, *, scientific: bool) -> str:
     return text if "." in text else text + ".0"
 
 
-def _edit(text: str, c: _Constant, literal: str) -> Edit:
+def constant_edit(text: str, c: Constant, literal: str) -> Edit:
     """Replace the whole assignment line, widened with neighbours until it occurs once."""
     lines = text.split("\n")
     lo, hi = c.line, c.line + 1

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from farm.config import ProposerConfig
 from farm.errors import ConfigError
+from proposer.anthropic import AnthropicProposer, read_api_key
 from proposer.base import Proposer
 from proposer.mutate import MutateProposer
+from proposer.optuna import OptunaProposer
 from proposer.replay import ReplayProposer
 
 
@@ -21,10 +23,16 @@ def _replay(cfg: ProposerConfig, target: Path) -> Proposer:
     return ReplayProposer(target / cfg.replay_file)
 
 
-# kind -> factory(config, target directory). "anthropic" and "optuna" join here.
+def _anthropic(cfg: ProposerConfig, target: Path) -> Proposer:
+    return AnthropicProposer(cfg, api_key=read_api_key(cfg, target))
+
+
+# kind -> factory(config, target directory).
 KINDS: dict[str, Callable[[ProposerConfig, Path], Proposer]] = {
     "mutate": lambda cfg, target: MutateProposer(seed=cfg.seed),
     "replay": _replay,
+    "anthropic": _anthropic,
+    "optuna": lambda cfg, target: OptunaProposer(cfg.params, seed=cfg.seed),
 }
 
 

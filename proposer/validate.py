@@ -47,6 +47,8 @@ def validate_draft(
     only raise near-duplicate warnings.
     """
     digest = edit_hash(draft.edits)
+    if draft.problem:
+        return Rejected(draft.problem, digest)
     # First, so a repeat of a tried (perhaps since kept) change is called what it is.
     if digest in seen_hashes:
         return Rejected(

@@ -8,6 +8,7 @@ go to `farm run` (e.g. `--max-candidates 40`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,8 @@ def git(*args: str) -> None:
 
 
 def main() -> int:
+    # Trials run `python train.py` through PATH: make it this environment's python, with torch.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     if not (TARGET / ".git").exists():
         shutil.copytree(EXAMPLE, TARGET, ignore=shutil.ignore_patterns(".cache", "__pycache__"))
         git("init", "-q", "-b", "main")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,28 @@ loss = (LR - 2.0) ** 2 + rng.gauss(0, 0.05)
 print("---")
 print(f"loss: {loss:.6f}")
 """
+
+
+def _draft(title: str, search: str, replace: str) -> str:
+    edit = {"path": "train.py", "search": search, "replace": replace}
+    return json.dumps({"title": title, "hypothesis": f"{title}: a test", "edits": [edit]}) + "\n"
+
+
+_METRIC_LINE = 'print(f"loss: {loss:.6f}")'
+# Replay drafts for TOY_TRAIN that end every way that takes no time: one keep, a discard,
+# three failed trials and a rejected draft.
+MIXED_DRAFTS = "".join(
+    _draft(*d)
+    for d in [
+        ("LR 1.9", "LR = 0.5", "LR = 1.9"),
+        ("crash", _METRIC_LINE, 'raise SystemExit("diverged")'),
+        ("nan", _METRIC_LINE, 'print("loss: nan")'),
+        ("silent", _METRIC_LINE, "pass"),
+        ("LR 0.4", "LR = 0.5", "LR = 0.4"),
+        ("not applying", "LR = 0.7", "LR = 1.0"),
+    ]
+)
+MIXED_TOML = '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n'
 
 TOY_TOML = """\
 editable = ["train.py"]
@@ -65,3 +89,11 @@ class Finished:
 
 
 RunCampaign = Callable[..., Finished]
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

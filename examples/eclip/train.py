@@ -28,12 +28,12 @@ from transformers import DistilBertConfig, DistilBertModel
 LEARNING_RATE = 3e-3  # AdamW peak LR
 WEIGHT_DECAY = 0.05  # AdamW weight decay on matrices (not on norms, biases or the temperature)
 BATCH_SIZE = 64  # image-phrase pairs per step; the rest of the batch are the negatives
-NUM_STEPS = 300  # fixed step count, not wall clock: the same run gives the same result anywhere
+NUM_STEPS = 300  # fixed step count, not wall clock: the result depends on the seed, not on load
 WARMUP_STEPS = 60  # linear LR warmup, then cosine decay to zero
 EMBED_DIM = 64  # width of both encoders and of the shared embedding
 VIT_DEPTH = 4  # transformer blocks in the image encoder
 HEATMAP_WEIGHT = 1.0  # weight of the auxiliary heatmap loss
-LOGIT_SCALE_MAX = 1.0  # clamp on the learnable log-temperature
+LOGIT_SCALE_MAX = 0.5  # clamp on the learnable log-temperature
 
 # ---------------------------------------------------------------------------
 # Setup
@@ -60,6 +60,10 @@ class ECLIP(nn.Module):
             num_heads=4,
             mlp_ratio=2.0,
             num_classes=0,
+            # Mean-pool patches, no class token: trained from scratch for a few hundred
+            # steps, class-token pooling sat at chance loss for a seed-dependent while.
+            class_token=False,
+            global_pool="avg",
         )
         self.text = DistilBertModel(
             DistilBertConfig(
@@ -79,15 +83,16 @@ class ECLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def image_features(self, images):
-        tokens = self.visual.forward_features(images)  # (B, 1 + patches, D), class token first
-        return self.image_proj(self.visual.forward_head(tokens)), tokens[:, 1:]
+        tokens = self.visual.forward_features(images)  # (B, patches, D)
+        return self.image_proj(self.visual.forward_head(tokens)), tokens
 
     def encode_image(self, images):
         return self.image_features(images)[0]
 
     def encode_text(self, tokens):
-        hidden = self.text(input_ids=tokens, attention_mask=tokens != PAD_ID).last_hidden_state
-        return self.text_proj(hidden[:, 0])  # [CLS]
+        mask = (tokens != PAD_ID).unsqueeze(-1).float()
+        hidden = self.text(input_ids=tokens, attention_mask=mask.squeeze(-1)).last_hidden_state
+        return self.text_proj((hidden * mask).sum(1) / mask.sum(1))  # mean, for the same reason
 
 
 model = ECLIP()

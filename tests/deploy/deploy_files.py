@@ -80,7 +80,7 @@ def compose() -> dict[str, Any]:
 
 def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, pod spec) of every pod an object creates."""
-    spec = obj["spec"]
+    spec = obj.get("spec", {})
     kind = obj["kind"]
     if kind in ("StatefulSet", "Deployment"):
         yield kind, spec["template"]["spec"]

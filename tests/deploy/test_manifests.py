@@ -85,8 +85,9 @@ def test_every_referenced_secret_volume_claim_and_configmap_exists() -> None:
     have = {(k, n) for k, n in manifests()}
     secrets = {n for k, n in have if k == "Secret"} | made_by_docs
     claims = {n for k, n in have if k == "PersistentVolumeClaim"}
-    for (kind, name), o in manifests().items():
-        templates = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
+    for (_, name), o in manifests().items():
+        spec = o.get("spec", {})
+        templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
         for where, pod in pod_specs(o):
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             for c in pod["containers"]:
@@ -212,7 +213,8 @@ def test_the_entrypoint_commands_exist() -> None:
     assert pyproject["project"]["scripts"]["farm"] == "farm.cli:main"
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "docker/farm-job.sh /usr/local/bin/farm-job" in dockerfile
-    assert re.search(r'^exec farm run "\$repo" "\$@"$', (ROOT / "docker/farm-job.sh").read_text(), re.M)
+    farm_job = (ROOT / "docker" / "farm-job.sh").read_text()
+    assert re.search(r'^exec farm run "\$repo" "\$@"$', farm_job, re.M)
 
 
 def test_prometheus_scrapes_the_driver_on_the_head_service_and_ray_on_every_node() -> None:

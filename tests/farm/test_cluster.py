@@ -286,17 +286,25 @@ def test_roles_as_processes_survive_a_dispatcher_killed_mid_trial(
 
 
 def test_ray_job_submit_runs_a_campaign(
-    cluster: Cluster, make_target: MakeTarget, roles_store: Store
+    cluster: Cluster, make_target: MakeTarget, roles_store: Store, tmp_path: Path
 ) -> None:
     target = make_target({"train.py": FAST_TRAIN}, name="job")
-    job = subprocess.run(
-        [
-            str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
-            "--working-dir", str(target), "--",
-            "farm", "run", ".", "--store", ROLES_DB, "--max-candidates", "3",
-        ],
-        env=cluster.env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # Ray's working_dir upload leaves .git out: ship the target as a git bundle and clone
+    # it in the job, as scripts/submit.sh does.
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    git(target, "bundle", "create", str(upload / "target.bundle"), "--all")
+    submit = [
+        str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
+        "--working-dir", str(upload), "--",
+        f"git clone -q target.bundle target && farm run target --store {ROLES_DB} "
+        "--max-candidates 3",
+    ]  # fmt: skip
+    for _ in range(30):  # a fresh head's job agent takes a few seconds to come up
+        job = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(2)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "succeeded" in (job.stdout + job.stderr).lower()
     trials = roles_store.list_trials("default")

@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import re
 import socket
 import urllib.request
-from pathlib import Path
 
-from helpers import MakeTarget, RunCampaign
+import pytest
+from helpers import MIXED_DRAFTS, MIXED_TOML, MakeTarget, RunCampaign, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from farm.cli import main
 from farm.config import MetricsConfig
 from farm.metrics import DEAD, serve
 from farm.records import CandidateState
-
-METRIC_LINE = 'print(f"loss: {loss:.6f}")'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def mixed_target(make_target: MakeTarget, extra_toml: str = "") -> Path:
-    """A replay campaign whose drafts end every way that takes no time: ok, failed, rejected."""
-    drafts = [
-        ("LR 1.9", "LR = 0.5", "LR = 1.9"),
-        ("crash", METRIC_LINE, 'raise SystemExit("diverged")'),
-        ("nan", METRIC_LINE, 'print("loss: nan")'),
-        ("silent", METRIC_LINE, "pass"),
-        ("LR 0.4", "LR = 0.5", "LR = 0.4"),
-        ("not applying", "LR = 0.7", "LR = 1.0"),
-    ]
-    lines = "".join(
-        json.dumps(
-            {"title": t, "hypothesis": t, "edits": [{"path": "train.py", "search": a, "replace": b}]}
-        )
-        + "\n"
-        for t, a, b in drafts
-    )
-    return make_target(
-        {"drafts.jsonl": lines},
-        extra_toml='[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n' + extra_toml,
-    )
 
 
 def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -71,7 +39,11 @@ def test_metrics_endpoint_counts_exactly_what_the_store_holds(
     make_target: MakeTarget, run_campaign: RunCampaign
 ) -> None:
     port = free_port()
-    done = run_campaign(mixed_target(make_target, f'[metrics]\naddress = "127.0.0.1:{port}"\n'))
+    target = make_target(
+        {"drafts.jsonl": MIXED_DRAFTS},
+        extra_toml=MIXED_TOML + f'[metrics]\naddress = "127.0.0.1:{port}"\n',
+    )
+    done = run_campaign(target)
     assert done.code == 0, done.output
     assert f"metrics at http://127.0.0.1:{port}/metrics" in done.output
     with socket.socket() as s:  # the endpoint lives as long as the run
@@ -132,3 +104,14 @@ def test_metrics_endpoint_counts_exactly_what_the_store_holds(
     values = {v for k, v in labels if k != "le"}
     leaks = [v for v in values if re.search(r"[0-9a-f]{7,}|^c\d+|base-|screen|diverged", v)]
     assert not leaks, leaks
+
+
+def test_a_bad_metrics_address_is_refused_naming_the_key_or_the_flag(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = make_target(extra_toml='[metrics]\naddress = "9464"\n', name="bad")
+    assert main(["status", str(bad)]) == 2
+    assert "farm.toml: metrics.address: '9464' is not host:port" in capsys.readouterr().err
+    good = make_target(name="good")
+    assert main(["run", str(good), "--metrics-address", "localhost"]) == 2
+    assert "--metrics-address: 'localhost' is not host:port" in capsys.readouterr().err

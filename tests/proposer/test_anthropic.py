@@ -125,7 +125,7 @@ def test_an_answer_without_a_tool_call_gets_one_repair_request(
     fake_api.push(text_reply("Here are some ideas: raise the LR."), drafts_reply(GOOD[:1]))
     drafts = claude(fake_api).propose(ctx, 1)
     assert [d.title for d in drafts] == ["Raise the LR"]
-    first, repair = fake_api.requests
+    _, repair = fake_api.requests
     messages = repair.body["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert messages[1]["content"] == [
@@ -262,7 +262,7 @@ def test_a_refused_key_says_where_the_key_comes_from(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(error_reply(401, "authentication_error", "invalid x-api-key"))
-    with pytest.raises(ProposerError, match="ANTHROPIC_API_KEY or proposer.api_key_file"):
+    with pytest.raises(ProposerError, match=r"ANTHROPIC_API_KEY or proposer\.api_key_file"):
         claude(fake_api).propose(ctx, 1)
 
 
@@ -354,7 +354,9 @@ def test_key_from_the_environment_or_a_file_and_never_logged(
     assert "sk-from" not in caplog.text
 
     monkeypatch.delenv("ANTHROPIC_API_KEY")
-    with pytest.raises(ConfigError, match="export ANTHROPIC_API_KEY or set proposer.api_key_file"):
+    with pytest.raises(
+        ConfigError, match=r"export ANTHROPIC_API_KEY or set proposer\.api_key_file"
+    ):
         make_proposer(ProposerConfig(kind="anthropic"), target=tmp_path)
     with pytest.raises(ConfigError, match=r"proposer.api_key_file: cannot read .*missing"):
         make_proposer(ProposerConfig(kind="anthropic", api_key_file="missing"), target=tmp_path)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from farm.records import Edit
 from proposer.base import LedgerEntry, ProposalContext
 from proposer.prompt import CHARS_PER_TOKEN, digest, system_blocks
 
 
-def entry(i: int, status: str, **kw: object) -> LedgerEntry:
-    return LedgerEntry(i, f"idea {i}", f"because {i}", status, [Edit("train.py", "a", "b")], **kw)  # type: ignore[arg-type]
+def entry(i: int, status: str, **kw: Any) -> LedgerEntry:
+    return LedgerEntry(i, f"idea {i}", f"because {i}", status, [Edit("train.py", "a", "b")], **kw)
 
 
 def test_digest_holds_deltas_noise_crash_tails_and_in_flight_work(ctx: ProposalContext) -> None:

@@ -4,13 +4,13 @@ import tomllib
 
 import pytest
 
-from farm.config import ParamConfig, config_from_dict
+from farm.config import ParamConfig, TargetConfig, config_from_dict
 from farm.errors import ConfigError
 
 BASE = 'editable = ["train.py"]\ncommand = "python train.py"\nmetric = "loss"\n'
 
 
-def load(toml: str):  # type: ignore[no-untyped-def]
+def load(toml: str) -> TargetConfig:
     return config_from_dict(tomllib.loads(BASE + toml), source="farm.toml")
 
 
@@ -19,7 +19,8 @@ def test_params_tables_and_prices_are_read() -> None:
         '[proposer]\nkind = "optuna"\n'
         '[[proposer.params]]\nfile = "train.py"\nname = "LR"\nlow = 1e-4\nhigh = 1e-1\nlog = true\n'
         '[[proposer.params]]\nfile = "train.py"\nname = "DEPTH"\nlow = 2\nhigh = 8\nint = true\n'
-        '[proposer.prices."claude-next"]\ninput = 1\noutput = 2\ncache_write = 1.25\ncache_read = 0.1\n'
+        '[proposer.prices."claude-next"]\n'
+        "input = 1\noutput = 2\ncache_write = 1.25\ncache_read = 0.1\n"
     )
     assert cfg.proposer.params == [
         ParamConfig("train.py", "LR", 1e-4, 1e-1, log=True),

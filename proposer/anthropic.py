@@ -1,0 +1,393 @@
+"""The Claude proposer: drafts through the official `anthropic` SDK, with tool use.
+
+One conversation per call: the request (cached prefix + ledger digest) is answered with a
+`submit_drafts` tool call; drafts that fail validation get ONE repair request, as an
+error tool_result listing the reasons; what still fails is returned anyway, so the ledger
+records it as rejected with its reason and it never gets GPU time.
+
+Strategies (`[proposer] strategy`): `single` asks one call for N diverse drafts;
+`focused` makes N parallel calls of one draft, each with its own focus; `mix` does both,
+half and half. Every draft carries its share of its call's tokens and cost, so the
+ledger holds the whole spend; `spend_cap_usd` is checked against it before every call.
+Retries with backoff on 429, 529, 5xx and timeouts are the SDK's (`max_retries`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from farm.config import ModelPrice, ProposerConfig
+from farm.errors import ConfigError, ProposerError, SpendCapReached
+from farm.records import Draft, Edit
+from proposer import prompt
+from proposer.base import ProposalContext, Proposer
+from proposer.validate import Rejected, Validated, validate_batch
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+TITLE_CHARS = 200  # longer titles and hypotheses are clipped before they reach the ledger
+HYPOTHESIS_CHARS = 4_000
+
+# USD per million tokens (5-minute cache writes). A dated id (claude-sonnet-4-5-20250929)
+# takes the price of its longest listed prefix; `[proposer.prices]` adds or overrides.
+DEFAULT_PRICES = {
+    "claude-opus-4-8": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-opus-4-7": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+}
+
+
+def price_of(model: str, prices: dict[str, ModelPrice]) -> ModelPrice:
+    """The price of `model`; ConfigError when neither farm.toml nor the built-ins know it."""
+    table = {**DEFAULT_PRICES, **prices}
+    if model in table:
+        return table[model]
+    prefixes = [name for name in table if model.startswith(name)]
+    if not prefixes:
+        raise ConfigError(
+            f"proposer.prices: no price for model {model!r}: add "
+            f'[proposer.prices."{model}"] with input, output, cache_write and cache_read '
+            "(USD per million tokens), so spend_cap_usd can be enforced"
+        )
+    return table[max(prefixes, key=len)]
+
+
+def read_api_key(cfg: ProposerConfig, target: Path) -> str:
+    """From `api_key_file` (relative to the target) when set, else $ANTHROPIC_API_KEY."""
+    if cfg.api_key_file:
+        path = target / Path(cfg.api_key_file).expanduser()
+        try:
+            key = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"proposer.api_key_file: cannot read {path}: {e.strerror}") from None
+        if not key:
+            raise ConfigError(f"proposer.api_key_file: {path} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise ConfigError(
+            f'kind = "anthropic" needs an API key: export {API_KEY_ENV} or set '
+            "proposer.api_key_file"
+        )
+    return key
+
+
+@dataclass
+class _Spend:
+    """Tokens and cost of one conversation (a call and its repair)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, usage: Any, price: ModelPrice) -> None:
+        fresh = usage.input_tokens or 0
+        written = getattr(usage, "cache_creation_input_tokens", 0) or 0
+        read = getattr(usage, "cache_read_input_tokens", 0) or 0
+        out = usage.output_tokens or 0
+        self.tokens_in += fresh + written + read
+        self.tokens_out += out
+        self.cost_usd += (
+            fresh * price.input
+            + written * price.cache_write
+            + read * price.cache_read
+            + out * price.output
+        ) / 1e6
+
+
+@dataclass
+class _Answer:
+    """One response read as drafts, or the reason it could not be."""
+
+    drafts: list[Draft] = field(default_factory=list)
+    tool_ids: list[str] = field(default_factory=list)
+    problem: str = ""
+
+
+class AnthropicProposer(Proposer):
+    name = "anthropic"
+
+    def __init__(self, cfg: ProposerConfig, *, api_key: str) -> None:
+        self.cfg = cfg
+        self.price = price_of(cfg.model, cfg.prices)
+        # The key goes to the client only: never into logs, prompts, the ledger or trials.
+        self.client = anthropic.Anthropic(
+            api_key=api_key,
+            base_url=cfg.base_url or None,  # None: $ANTHROPIC_BASE_URL, else the API
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+        )
+
+    def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
+        self._check_cap(ctx.spent_usd)
+        digest = prompt.digest(ctx, self.cfg.digest_tokens)
+        batch_id = f"anthropic-{uuid.uuid4().hex[:8]}"
+        jobs = self._plan(n, offset=len(ctx.history))
+        if len(jobs) == 1:
+            (strategy, focus, count) = jobs[0]
+            return self._converse(ctx, digest, strategy, focus, count, batch_id)
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="farm-claude") as pool:
+            futures = [
+                pool.submit(self._converse, ctx, digest, strategy, focus, count, batch_id)
+                for strategy, focus, count in jobs
+            ]
+        drafts: list[Draft] = []
+        errors: list[BaseException] = []
+        for f in futures:
+            error = f.exception()
+            if error is None:
+                drafts += f.result()
+            else:
+                errors.append(error)
+        if errors and not drafts:
+            raise errors[0]
+        for error in errors:  # the calls that worked are paid for: keep their drafts
+            log.warning("one of %d parallel proposer calls failed: %s", len(jobs), error)
+        return drafts
+
+    def _plan(self, n: int, *, offset: int) -> list[tuple[str, str, int]]:
+        """(strategy label, focus, drafts) per call. Focuses rotate with the ledger's length."""
+        focuses = [f for f in self.cfg.focuses if f.strip()]
+
+        def focus(i: int) -> str:
+            return focuses[(offset + i) % len(focuses)]
+
+        if self.cfg.strategy == "focused":
+            return [(f"focused/{focus(i)}", focus(i), 1) for i in range(n)]
+        if self.cfg.strategy == "mix" and n > 1:
+            single = (n + 1) // 2
+            return [("mix", "", single)] + [
+                (f"mix/{focus(i)}", focus(i), 1) for i in range(n - single)
+            ]
+        return [(self.cfg.strategy, "", n)]
+
+    def _converse(
+        self,
+        ctx: ProposalContext,
+        digest: str,
+        strategy: str,
+        focus: str,
+        count: int,
+        batch_id: str,
+    ) -> list[Draft]:
+        request: dict[str, Any] = {
+            "model": self.cfg.model,
+            "max_tokens": self.cfg.max_tokens,
+            "system": prompt.system_blocks(ctx),
+            "tools": [prompt.TOOL],
+            "tool_choice": {"type": "tool", "name": prompt.TOOL_NAME},
+            "messages": [
+                {
+                    "role": "user",
+                    "content": prompt.request_text(ctx, n=count, focus=focus, digest=digest),
+                }
+            ],
+        }
+        if self.cfg.temperature is not None:
+            request["extra_body"] = {"temperature": self.cfg.temperature}
+        prompt_hash = prompt.prompt_hash(request)
+        spend = _Spend()
+        response = self._create(request)
+        spend.add(response.usage, self.price)
+        answer = _read(response)
+        drafts = answer.drafts
+        verdicts = validate_batch(
+            drafts,
+            files=ctx.files,
+            editable=ctx.editable,
+            seen_hashes=ctx.seen_hashes,
+            max_edit_bytes=self.cfg.max_edit_bytes,
+            earlier_hypotheses=[e.hypothesis or e.title for e in ctx.history],
+        )
+        for d, v in zip(drafts, verdicts, strict=True):
+            if isinstance(v, Validated) and v.warnings:  # flagged, still worth a run
+                log.info("draft %r: %s", d.title, "; ".join(v.warnings))
+        problems = [
+            f"draft {i} ({d.title!r}): {v.reason}"
+            for i, (d, v) in enumerate(zip(drafts, verdicts, strict=True), start=1)
+            if isinstance(v, Rejected)
+        ]
+        problem = answer.problem  # the whole answer's, when it held no readable drafts
+        if problem:
+            problems.append(problem)
+        cap = self.cfg.spend_cap_usd
+        if problems and not (cap and ctx.spent_usd + spend.cost_usd >= cap):
+            wanted = sum(isinstance(v, Rejected) for v in verdicts) or count
+            request["messages"] += [
+                {"role": "assistant", "content": _content_params(response)},
+                {"role": "user", "content": _repair_content(answer, problems, wanted)},
+            ]
+            try:
+                repaired = self._create(request)
+            except ProposerError as e:  # the first answer is paid for: keep it
+                log.warning("repair request failed: %s", e)
+            else:
+                spend.add(repaired.usage, self.price)
+                fixes = _read(repaired)
+                if fixes.drafts:
+                    kept = zip(drafts, verdicts, strict=True)
+                    drafts = [d for d, v in kept if not isinstance(v, Rejected)] + fixes.drafts
+                else:
+                    problem = f"{problems[-1]}; after a repair request: {fixes.problem}"
+        if not drafts:
+            # Nothing to record, but the call was paid for: a rejected placeholder keeps
+            # its cost in the ledger, so the spend cap holds across restarts.
+            drafts = [Draft(title="(no usable drafts)", hypothesis="", edits=[], problem=problem)]
+        _account(drafts, spend)
+        for d in drafts:
+            d.proposer, d.strategy, d.model = self.name, strategy, self.cfg.model
+            d.batch_id, d.prompt_hash = batch_id, prompt_hash
+        log.info(
+            "anthropic %s: %d drafts, %d+%d tokens, $%.4f",
+            strategy,
+            len(drafts),
+            spend.tokens_in,
+            spend.tokens_out,
+            spend.cost_usd,
+        )
+        return drafts
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        try:
+            return self.client.messages.create(**request)
+        except anthropic.AuthenticationError:
+            raise ProposerError(
+                f"the Anthropic API refused the key (401): check {API_KEY_ENV} or "
+                "proposer.api_key_file"
+            ) from None
+        except anthropic.APIStatusError as e:
+            raise ProposerError(
+                f"the Anthropic API answered {e.status_code} after {self.cfg.max_retries} "
+                f"retries: {e.message}; run again later to resume, or raise proposer.max_retries"
+            ) from None
+        except anthropic.APIConnectionError as e:  # timeouts included
+            raise ProposerError(
+                f"the Anthropic API did not answer after {self.cfg.max_retries} retries ({e}); "
+                "check the network or raise proposer.timeout_s, then run again to resume"
+            ) from None
+
+    def _check_cap(self, spent: float) -> None:
+        cap = self.cfg.spend_cap_usd
+        if cap and spent >= cap:
+            raise SpendCapReached(
+                f"spend cap reached: ${spent:.2f} spent on proposals, proposer.spend_cap_usd = "
+                f"${cap:.2f}; raise it in farm.toml to propose more"
+            )
+
+
+def _read(response: Any) -> _Answer:
+    """Drafts from the submit_drafts calls of a response, each with its own problem if any."""
+    answer = _Answer()
+    calls = [b for b in response.content if b.type == "tool_use"]
+    if not calls:
+        text = " ".join(b.text for b in response.content if b.type == "text").strip()
+        answer.problem = f"the answer did not call {prompt.TOOL_NAME}" + (
+            f": {text[:200]!r}" if text else f" (stop reason {response.stop_reason})"
+        )
+        return answer
+    for call in calls:
+        answer.tool_ids.append(call.id)
+        items = call.input.get("drafts") if isinstance(call.input, dict) else None
+        if call.name != prompt.TOOL_NAME or not isinstance(items, list):
+            answer.problem = (
+                f"the {call.name} input must be an object whose 'drafts' is a list of draft objects"
+            )
+            continue
+        answer.drafts += [_draft(i, item) for i, item in enumerate(items, start=1)]
+    if not answer.drafts and not answer.problem:
+        answer.problem = f"{prompt.TOOL_NAME} held no drafts"
+    return answer
+
+
+def _draft(number: int, item: Any) -> Draft:
+    """A draft from one tool-input item; what is malformed becomes its `problem`."""
+    if not isinstance(item, dict):
+        return Draft(
+            title=f"draft {number}",
+            hypothesis="",
+            edits=[],
+            problem=f"draft {number} must be an object with title, hypothesis, "
+            "expected_effect and edits",
+        )
+    problems = []
+    text = {}
+    for key in ("title", "hypothesis", "expected_effect"):
+        value = item.get(key)
+        if not isinstance(value, str) or (key == "title" and not value.strip()):
+            problems.append(
+                f"'{key}' must be a non-empty string"
+                if key == "title"
+                else f"'{key}' must be a string"
+            )
+            value = ""
+        text[key] = value
+    edits = []
+    raw_edits = item.get("edits")
+    if not isinstance(raw_edits, list) or not raw_edits:
+        problems.append("'edits' must be a non-empty list of {path, search, replace} objects")
+    else:
+        for i, e in enumerate(raw_edits, start=1):
+            if isinstance(e, dict) and all(
+                isinstance(e.get(k), str) for k in ("path", "search", "replace")
+            ):
+                edits.append(Edit(e["path"], e["search"], e["replace"]))
+            else:
+                problems.append(f"edit {i} must be an object with string path, search and replace")
+    title = " ".join(text["title"].split())
+    return Draft(
+        title=(title[:TITLE_CHARS] + "…" if len(title) > TITLE_CHARS else title)
+        or f"draft {number}",
+        hypothesis=text["hypothesis"][:HYPOTHESIS_CHARS],
+        expected_effect=text["expected_effect"][:TITLE_CHARS],
+        edits=edits,
+        problem=f"draft {number}: {'; '.join(problems)}" if problems else "",
+    )
+
+
+def _content_params(response: Any) -> list[dict[str, Any]]:
+    """The assistant turn to send back with a repair request."""
+    blocks: list[dict[str, Any]] = []
+    for b in response.content:
+        if b.type == "text":
+            blocks.append({"type": "text", "text": b.text})
+        elif b.type == "tool_use":
+            blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
+    return blocks or [{"type": "text", "text": "(no answer)"}]
+
+
+def _repair_content(answer: _Answer, problems: list[str], wanted: int) -> Any:
+    text = prompt.repair_text(problems, count=wanted)
+    if not answer.tool_ids:
+        return text
+    # Every tool_use needs its tool_result; the first one carries the errors.
+    return [
+        {
+            "type": "tool_result",
+            "tool_use_id": tool_id,
+            "is_error": True,
+            "content": text if i == 0 else "see the first tool result",
+        }
+        for i, tool_id in enumerate(answer.tool_ids)
+    ]
+
+
+def _account(drafts: list[Draft], spend: _Spend) -> None:
+    """Split a conversation's tokens and cost over its drafts; the totals stay exact."""
+    n = len(drafts)
+    for i, d in enumerate(drafts):
+        d.tokens_in = spend.tokens_in // n + (i < spend.tokens_in % n)
+        d.tokens_out = spend.tokens_out // n + (i < spend.tokens_out % n)
+        d.cost_usd = spend.cost_usd / n

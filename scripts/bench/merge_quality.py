@@ -1,0 +1,362 @@
+"""Merge quality under noise: how often the merge rule keeps a change that does nothing, and
+how often it keeps a real improvement of 1σ, 2σ, 3σ.
+
+    .venv/bin/python scripts/bench/merge_quality.py [--n 4000] [--check 200]
+
+The synthetic target's metric is a known function of its constants plus seeded noise:
+`loss = 1 - EFFECT·σ + σ·N(0, 1)`, the noise drawn from the trial's farm seed (and
+`SEED_OFFSET`, which changes only which numbers are drawn: a seed-only change). Each
+simulated candidate starts a campaign of its own (a fresh baseline, so the rates are
+averaged over campaigns), and is one edit of `EFFECT` (0 = no effect) and `SEED_OFFSET`.
+
+Two paths, on the same seeds:
+- `--check` candidates per effect run through the real `farm.controller.Controller` (real
+  SQLiteStore, trials claimed and recorded through the store; git replaced by a stub,
+  as commits play no part in a decision);
+- the sweep over thousands of candidates and 36 settings calls `farm.merge.judge` exactly
+  as `Controller._reconcile_candidate` does (baseline mean and sample-σ from `repeats`
+  runs, a screen at `screen_z`, then `confirm` runs at `z`, both against the baseline).
+The script asserts both paths make the same decision for every checked candidate, so the
+fast path is the controller's rule and not a paraphrase of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import random
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.config import MergeConfig, TargetConfig, config_from_dict
+from farm.controller import Controller, trial_seed
+from farm.merge import Verdict, judge, noise_sigma
+from farm.records import (
+    Campaign,
+    Candidate,
+    DecisionKind,
+    Direction,
+    Edit,
+    Incumbent,
+    Outcome,
+    TrialResult,
+)
+from farm.store.sqlite import SQLiteStore
+
+SIGMA = 0.05  # the true seed noise of one trial, in metric units
+EFFECTS = (0.0, 1.0, 2.0, 3.0)  # true improvement of a candidate, in units of SIGMA
+FALSE_KEEP_GOAL = 0.05  # at most this share of no-effect changes kept
+POWER_GOAL = 0.90  # at least this share of 2σ improvements kept
+START_SHA = "0" * 40
+
+BASE_TRAIN = "EFFECT = 0.0  # improvement in units of sigma\nSEED_OFFSET = 0\n"
+
+
+def candidate_train(effect: float) -> str:
+    # Every candidate also moves SEED_OFFSET, so a no-effect candidate is a seed-only change.
+    return f"EFFECT = {effect}  # improvement in units of sigma\nSEED_OFFSET = 1\n"
+
+
+def synthetic_loss(train_py: str, seed: int) -> float:
+    """The target's metric: a known function of its constants plus seeded Gaussian noise."""
+    effect = float(re.search(r"^EFFECT = (\S+)", train_py, re.M).group(1))  # type: ignore[union-attr]
+    offset = int(re.search(r"^SEED_OFFSET = (\d+)", train_py, re.M).group(1))  # type: ignore[union-attr]
+    rng = random.Random(seed * 1_000_003 + offset)
+    return 1.0 - effect * SIGMA + SIGMA * rng.gauss(0.0, 1.0)
+
+
+def sim_campaign(i: int) -> str:
+    return f"sim{i}"
+
+
+# -- the real controller ----------------------------------------------------------------------
+class StubRepo:
+    """Stands in for farm.gitops.Repo: the controller's git calls play no part in a decision."""
+
+    path = Path("/nonexistent")
+
+    def commit_files(self, base: str, files: dict[str, str], **_: object) -> str:
+        return hashlib.sha1((base + repr(sorted(files.items()))).encode()).hexdigest()
+
+    def set_branch(self, branch: str, sha: str) -> None:
+        pass
+
+    def fast_forward(self, branch: str, *, old: str, new: str) -> None:
+        pass
+
+
+def target_config(m: MergeConfig) -> TargetConfig:
+    merge = {k: getattr(m, k) for k in ("repeats", "confirm", "z", "screen_z", "min_delta")}
+    return config_from_dict(
+        {"editable": ["train.py"], "command": "true", "metric": "loss", "merge": merge},
+        source="merge_quality",
+    )
+
+
+def controller_decision(store: SQLiteStore, cfg: TargetConfig, i: int, effect: float) -> bool:
+    """Run one candidate through Controller.step until it decides; True if it was kept."""
+    cid = f"{sim_campaign(i)}-e{effect}"  # one store, one campaign per (candidate, effect)
+    base_files = {"train.py": BASE_TRAIN}
+    store.create_campaign(
+        Campaign(id=cid, target="", start_sha=START_SHA, config=cfg.to_dict()),
+        Incumbent(sha=START_SHA, files=base_files),
+    )
+    text = candidate_train(effect)
+    store.add_candidate(
+        Candidate(
+            campaign=cid,
+            id=store.next_candidate_id(cid),
+            base_sha=START_SHA,
+            title=f"effect {effect}",
+            hypothesis="",
+            edits=[Edit(path="train.py", search=BASE_TRAIN, replace=text)],
+            files={"train.py": text},
+            edit_hash=text,
+        )
+    )
+    ctl = Controller(store=store, repo=StubRepo(), cfg=cfg, campaign=cid)  # type: ignore[arg-type]
+    while True:
+        made = ctl.step(slots=8)
+        if made:
+            return made[0].kind is DecisionKind.KEPT
+        for t in store.claim_trials(cid, worker="bench", n=8, lease_s=600):
+            # The trial's seed as farm hands it to training; the files it would run.
+            loss = synthetic_loss((t.files or base_files)["train.py"], t.seed)
+            store.record_result(cid, TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=loss))
+
+
+# -- the same rule, called directly ------------------------------------------------------------
+@dataclass
+class Draws:
+    """One simulated candidate's trial metrics, keyed by the trial ids the controller uses."""
+
+    base: list[float]  # base-0, base-1, ... (the baseline commit)
+    screen: float  # c1-g0-screen
+    confirms: list[float]  # c1-g0-confirm0, ...
+
+
+def draws(cid: str, effect: float, max_repeats: int, max_confirm: int) -> Draws:
+    def loss(trial_id: str, text: str) -> float:
+        return synthetic_loss(text, trial_seed(f"{cid}/{trial_id}"))
+
+    text = candidate_train(effect)
+    return Draws(
+        base=[loss(f"base-{k}", BASE_TRAIN) for k in range(max_repeats)],
+        screen=loss("c1-g0-screen", text),
+        confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
+    )
+
+
+def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
+    """Controller._reconcile_candidate's decision against the starting baseline.
+
+    Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
+    """
+    base = d.base[: m.repeats]
+    sigma = noise_sigma(base)
+    inc, runs = sum(base) / len(base), len(base)  # as _reconcile_baseline computes them
+
+    def verdict(values: list[float], z: float) -> Verdict:
+        return judge(
+            values,
+            incumbent=inc,
+            incumbent_runs=runs,
+            sigma=sigma,
+            direction=Direction.MINIMIZE,
+            z=z,
+            min_delta=m.min_delta,
+        )
+
+    screen = verdict([d.screen], m.screen_z if m.confirm else m.z)
+    if not screen.passed or not m.confirm:
+        return screen.passed, 1, screen.estimate
+    confirmed = verdict(d.confirms[: m.confirm], m.z)
+    return confirmed.passed, 1 + m.confirm, confirmed.estimate
+
+
+def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[list[float], float]:
+    """A real campaign judges every candidate against one baseline and one σ estimate.
+
+    Returns each campaign's false-keep rate for no-effect candidates, and the mean error of
+    the metric recorded for kept 2σ candidates (in σ; negative = looks better than it is).
+    """
+    rates, errors = [], []
+    for j in range(campaigns):
+        cid = f"camp{j}"
+        base = draws(cid, 0.0, m.repeats, 0).base
+        for effect in (0.0, 2.0):
+            keeps = 0
+            for k in range(1, candidates + 1):
+                text = candidate_train(effect)
+                d = Draws(
+                    base=base,
+                    screen=synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-screen")),
+                    confirms=[
+                        synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-confirm{i}"))
+                        for i in range(m.confirm)
+                    ],
+                )
+                ok, _, estimate = kept(d, m)
+                keeps += ok
+                if ok and effect:
+                    errors.append((estimate - (1.0 - effect * SIGMA)) / SIGMA)
+            if not effect:
+                rates.append(keeps / candidates)
+    return rates, statistics.fmean(errors)
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+def settings(*axes: tuple[float, ...]) -> list[MergeConfig]:
+    return [
+        MergeConfig(repeats=int(r), confirm=int(c), z=z, screen_z=s)
+        for r, c, z, s in itertools.product(*axes)
+    ]
+
+
+GRID = settings((3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0))  # the alternatives issue #6 names
+# Beyond it, searched for the cheapest setting that meets both goals.
+SEARCH = settings((5, 8, 12), (2, 3, 4, 5, 6), (1.25, 1.5, 1.75, 2.0), (0, 0.5))
+
+
+def check_controller(n: int) -> int:
+    """Decisions of the real controller vs the direct path; returns how many were compared."""
+    m = MergeConfig()
+    cfg = target_config(m)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "farm.db")
+        try:
+            for effect in EFFECTS:
+                for i in range(n):
+                    real = controller_decision(store, cfg, i, effect)
+                    cid = f"{sim_campaign(i)}-e{effect}"
+                    direct, _, _ = kept(draws(cid, effect, m.repeats, m.confirm), m)
+                    assert real == direct, f"controller and direct path differ on {cid}"
+        finally:
+            store.close()
+    return n * len(EFFECTS)
+
+
+def rates_of(
+    m: MergeConfig, sims: dict[float, list[Draws]], effects: tuple[float, ...]
+) -> tuple[dict[float, float], float]:
+    """Keep rate per effect, and trials run per no-effect candidate (the common case)."""
+    rates, cost = {}, 0.0
+    for e in effects:
+        results = [kept(d, m) for d in sims[e]]
+        rates[e] = sum(k for k, _, _ in results) / len(results)
+        if e == 0.0:
+            cost = statistics.fmean(t for _, t, _ in results)
+    return rates, cost
+
+
+def p90(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=10)[-1]
+
+
+def meets(rates: dict[float, float]) -> bool:
+    return rates[0.0] <= FALSE_KEEP_GOAL and rates[2.0] >= POWER_GOAL
+
+
+def print_table(rows: list[tuple[MergeConfig, dict[float, float], float]]) -> None:
+    print(
+        "| repeats | confirm | z | screen_z | false keep (0σ) | keep 1σ | keep 2σ | keep 3σ "
+        "| trials / no-effect cand. | both goals |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
+    for m, rates, cost in rows:
+        mark = " **(default)**" if m == MergeConfig() else ""
+        print(
+            f"| {m.repeats} | {m.confirm} | {m.z:g} | {m.screen_z:g}{mark} "
+            + "".join(f"| {rates[e]:.1%} " for e in EFFECTS)
+            + f"| {cost:.2f} | {'yes' if meets(rates) else ''} |"
+        )
+
+
+def describe(m: MergeConfig, rates: dict[float, float], cost: float) -> str:
+    return (
+        f"repeats={m.repeats} confirm={m.confirm} z={m.z:g} screen_z={m.screen_z:g} "
+        f"({rates[0.0]:.1%} false keeps, {rates[2.0]:.1%} at 2σ, {cost:.2f} trials per "
+        "no-effect candidate)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=4000, help="candidates per effect size")
+    ap.add_argument("--check", type=int, default=200, help="per effect, via the controller")
+    ap.add_argument("--campaigns", type=int, default=300, help="for the in-campaign table")
+    ap.add_argument("--candidates", type=int, default=100, help="per campaign and effect")
+    ap.add_argument("--search-n", type=int, default=1000, help="first pass of the search")
+    args = ap.parse_args()
+
+    checked = check_controller(args.check) if args.check else 0
+    max_r = max(m.repeats for m in GRID + SEARCH)
+    max_c = max(m.confirm for m in GRID + SEARCH)
+    # Common random numbers: every setting and effect sees the same noise (same campaign and
+    # trial ids), so rows differ by the rule alone.
+    sims = {e: [draws(sim_campaign(i), e, max_r, max_c) for i in range(args.n)] for e in EFFECTS}
+    rows = [(m, *rates_of(m, sims, EFFECTS)) for m in GRID]
+    # The search looks at the two goals only, then the passing rows get every effect.
+    # A first pass on part of the draws (to stay within minutes), then the full draws.
+    part = {e: v[: args.search_n] for e, v in sims.items()}
+    found = [m for m in SEARCH if meets(rates_of(m, part, (0.0, 2.0))[0])]
+    full = [(m, *rates_of(m, sims, EFFECTS)) for m in found]
+    # Cheapest first; z does not change the cost, so among equals the fewest false keeps.
+    best = sorted((r for r in full if meets(r[1])), key=lambda r: (round(r[2], 3), r[1][0.0]))
+
+    print(f"n = {args.n} candidates per effect, each on a fresh baseline; σ = {SIGMA}")
+    print()
+    print_table(rows)
+    print()
+    print(f"Beyond that grid: the cheapest of {len(SEARCH)} settings that meet both goals")
+    print()
+    print_table(best[:5])
+    print()
+    print(
+        f"Inside one campaign ({args.campaigns} campaigns × {args.candidates} candidates "
+        "of each kind): one baseline, one σ estimate for all"
+    )
+    print()
+    print(
+        "| setting | false-keep rate per campaign: median | p90 | campaigns over 10% "
+        "| error of a kept 2σ candidate's recorded metric |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for m in [MergeConfig(), *(r[0] for r in best[:1])]:
+        rates, error = in_one_campaign(m, args.campaigns, args.candidates)
+        name = "defaults" if m == MergeConfig() else "cheapest meeting both"
+        share = sum(r > 0.10 for r in rates) / len(rates)
+        print(
+            f"| {name} (r={m.repeats} c={m.confirm} z={m.z:g} s={m.screen_z:g}) "
+            f"| {statistics.median(rates):.1%} | {p90(rates):.1%} | {share:.0%} "
+            f"| {error:+.2f}σ |"
+        )
+    print()
+    print(
+        f"controller check: {checked} candidates through farm.controller.Controller made the "
+        "same decisions as the direct path"
+        if checked
+        else "controller check skipped (--check 0)"
+    )
+    _, d_rates, d_cost = next(r for r in rows if r[0] == MergeConfig())
+    if meets(d_rates):
+        print(f"verdict: PASS: defaults {describe(MergeConfig(), d_rates, d_cost)}")
+        return
+    advice = (
+        "cheapest setting meeting both: " + describe(*best[0])
+        if best
+        else f"none of {len(SEARCH)} settings searched meets both"
+    )
+    print(
+        f"verdict: FAIL: defaults keep {d_rates[0.0]:.1%} of no-effect changes (goal ≤ 5%, "
+        f"{d_rates[0.0] - FALSE_KEEP_GOAL:+.1%}) and {d_rates[2.0]:.1%} of 2σ improvements "
+        f"(goal ≥ 90%, {d_rates[2.0] - POWER_GOAL:+.1%}); {advice}"
+    )
+
+
+if __name__ == "__main__":
+    main()
