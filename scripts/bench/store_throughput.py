@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import redis
 
+from farm.dispatch import HEARTBEAT_S, REAP_EVERY_S
 from farm.records import Campaign, Incumbent, Outcome, Trial, TrialKind, TrialResult
 from farm.store import open_store
 
@@ -27,6 +29,7 @@ CAMPAIGN = "bench"
 SHA = "0" * 40
 NEED = 1000 / 300  # trials/s at 1,000 slots of 5-minute trials
 PROCESSES = (1, 2, 4)
+LEASES = 1000  # trials in flight at 1,000 slots
 # A trial carries the candidate's editable files and comes back with an output tail:
 # sizes typical of an autoresearch train.py and a capped tail.
 FILES = {"train.py": "x = 1\n" * 2_000}
@@ -97,6 +100,40 @@ def measure(url: str, processes: int, seconds: float) -> float:
     return total / (time.time() - began)
 
 
+def lease_upkeep(url: str, leases: int) -> tuple[float, float]:
+    """Seconds one `heartbeat` and one `reap` take with `leases` trials running.
+
+    At scale these recur (every HEARTBEAT_S and REAP_EVERY_S) on top of the per-trial calls.
+    """
+    store = open_store(url)
+    store.create_campaign(
+        Campaign(id=CAMPAIGN, target="", start_sha=SHA, config={}), Incumbent(sha=SHA)
+    )
+    for i in range(leases):
+        store.enqueue_trial(
+            Trial(
+                id=f"lease-{i}",
+                campaign=CAMPAIGN,
+                kind=TrialKind.CANDIDATE,
+                commit_sha=SHA,
+                base_sha=SHA,
+                seed=i,
+                files=FILES,
+            )
+        )
+    ids = [t.id for t in store.claim_trials(CAMPAIGN, worker="w", n=leases, lease_s=60)]
+    beats, reaps = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        store.heartbeat(CAMPAIGN, ids, worker="w", lease_s=60)
+        beats.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        store.reap(CAMPAIGN, now=time.time(), max_deliveries=3)
+        reaps.append(time.perf_counter() - t0)
+    store.close()
+    return statistics.median(beats), statistics.median(reaps)
+
+
 def flush() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
@@ -111,17 +148,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{Path(tmp) / 'farm.db'}"
             rows.append(("sqlite", processes, measure(url, processes, args.seconds)))
+    with tempfile.TemporaryDirectory() as tmp:
+        upkeep = {"sqlite": lease_upkeep(f"sqlite:///{Path(tmp) / 'farm.db'}", LEASES)}
     for processes in PROCESSES:
         flush()
         try:
             rows.append(("redis", processes, measure(REDIS_URL, processes, args.seconds)))
         finally:
             flush()
+    flush()
+    try:
+        upkeep["redis"] = lease_upkeep(REDIS_URL, LEASES)
+    finally:
+        flush()
 
     print("| store | dispatcher processes | trials/s | × the need at 1,000 slots (3.3/s) |")
     print("|---|---:|---:|---:|")
     for store, processes, rate in rows:
         print(f"| {store} | {processes} | {rate:.0f} | {rate / NEED:.0f}× |")
+    print()
+    print(f"| store | heartbeat of {LEASES:,} leases | reap with {LEASES:,} running |")
+    print("|---|---:|---:|")
+    for store, (beat, reap) in upkeep.items():
+        print(
+            f"| {store} | {beat * 1000:.0f} ms ({beat / HEARTBEAT_S:.1%} of every "
+            f"{HEARTBEAT_S:g} s) | {reap * 1000:.0f} ms ({reap / REAP_EVERY_S:.1%} of every "
+            f"{REAP_EVERY_S:g} s) |"
+        )
     print()
     worst = min(rows, key=lambda r: r[2])
     verdict = "PASS" if worst[2] >= NEED else "FAIL"

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 from deploy_files import (
-    DASHBOARD_FILES,
     K8S,
     ROOT,
     after,
@@ -74,8 +73,6 @@ def test_kustomization_applies_the_stack_but_not_the_campaign_or_the_placeholder
     assert gen["files"] == ["grafana/farm-dashboard.json"]
     assert gen["options"]["labels"] == {"grafana_dashboard": "1"}
     dashboard = K8S / gen["files"][0]
-    if not dashboard.exists():
-        pytest.skip("k8s/grafana/farm-dashboard.json is not written yet (dashboard work)")
     json.loads(dashboard.read_text())
 
 
@@ -239,24 +236,10 @@ def test_prometheus_scrapes_the_driver_on_the_head_service_and_ray_on_every_node
         assert ports(c)[port_name] == int(group["rayStartParams"]["metrics-export-port"])
 
 
-def _kustomize_dir(tmp_path: Path) -> tuple[Path, str]:
-    missing = [f for f in DASHBOARD_FILES if f.startswith("k8s/") and not (ROOT / f).exists()]
-    if not missing:
-        return K8S, ""
-    # Build a copy with a placeholder dashboard, so the rest is still checked.
-    copy = tmp_path / "k8s"
-    shutil.copytree(K8S, copy)
-    for f in missing:
-        (copy / Path(f).relative_to("k8s")).parent.mkdir(parents=True, exist_ok=True)
-        (copy / Path(f).relative_to("k8s")).write_text("{}")
-    return copy, f"placeholder for {', '.join(missing)}"
-
-
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kustomize_builds_the_stack_offline(tmp_path: Path) -> None:
-    where, _ = _kustomize_dir(tmp_path)
+def test_kustomize_builds_the_stack_offline() -> None:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(where)], capture_output=True, text=True, timeout=30
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stderr
     built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout)}
@@ -271,31 +254,3 @@ def test_kustomize_builds_the_stack_offline(tmp_path: Path) -> None:
     # The image transformer reaches the RayCluster's containers (a custom resource).
     images = {c["image"] for _, c in containers(built[("RayCluster", "farm")])}
     assert images == {farm_image()}
-
-
-def _api_server_reachable() -> bool:
-    if shutil.which("kubectl") is None:
-        return False
-    probe = subprocess.run(
-        ["kubectl", "version", "--request-timeout=3s", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=15,
-    )
-    return probe.returncode == 0 and "serverVersion" in probe.stdout
-
-
-def test_kubectl_client_dry_run_accepts_the_stack(tmp_path: Path) -> None:
-    if not _api_server_reachable():
-        pytest.skip(
-            "kubectl apply --dry-run=client still needs an API server (discovery, and the "
-            "KubeRay CRDs for RayCluster/RayJob); none is reachable here"
-        )
-    where, _ = _kustomize_dir(tmp_path)
-    out = subprocess.run(
-        ["kubectl", "apply", "--dry-run=client", "-k", str(where)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr

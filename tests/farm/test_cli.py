@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from helpers import MakeTarget, git
+from helpers import MakeTarget
 
 from farm.cli import main
 from farm.config import load_config

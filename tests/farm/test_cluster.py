@@ -296,7 +296,7 @@ def test_ray_job_submit_runs_a_campaign(
     git(target, "bundle", "create", str(upload / "target.bundle"), "--all")
     submit = [
         str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
-        "--working-dir", str(upload), "--",
+        "--working-dir", str(upload), "--", "bash", "-c",
         f"git clone -q target.bundle target && farm run target --store {ROLES_DB} "
         "--max-candidates 3",
     ]  # fmt: skip
