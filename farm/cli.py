@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "init":
             return _init(args.target)
+        # Absolute now: inside a Ray job, ray.init() moves the working directory.
+        args.target = args.target.resolve()
         cfg = _config(args)
         store = open_store(args.store or cfg.store.url or default_url(args.target))
         try:

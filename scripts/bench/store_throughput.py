@@ -171,15 +171,15 @@ def main() -> None:
     print("|---|---:|---:|")
     for store, (beat, reap) in upkeep.items():
         print(
-            f"| {store} | {beat * 1000:.0f} ms ({beat / HEARTBEAT_S:.1%} of every "
-            f"{HEARTBEAT_S:g} s) | {reap * 1000:.0f} ms ({reap / REAP_EVERY_S:.1%} of every "
+            f"| {store} | {beat * 1000:.1f} ms ({beat / HEARTBEAT_S:.1%} of every "
+            f"{HEARTBEAT_S:g} s) | {reap * 1000:.1f} ms ({reap / REAP_EVERY_S:.1%} of every "
             f"{REAP_EVERY_S:g} s) |"
         )
     print()
     worst = min(rows, key=lambda r: r[2])
     verdict = "PASS" if worst[2] >= NEED else "FAIL"
     print(
-        f"verdict: {verdict}: the slowest configuration ({worst[0]}, {worst[1]} processes) "
+        f"verdict: {verdict}: the slowest configuration ({worst[0]}, {worst[1]} dispatcher(s)) "
         f"sustains {worst[2]:.0f} trials/s, {worst[2] / NEED:.0f}× the {NEED:.1f}/s that "
         "1,000 slots of 5-minute trials need"
     )

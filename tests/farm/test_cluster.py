@@ -297,7 +297,8 @@ def test_ray_job_submit_runs_a_campaign(
     submit = [
         str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
         "--working-dir", str(upload), "--", "bash", "-c",
-        f"git clone -q target.bundle target && farm run target --store {ROLES_DB} "
+        # Clone outside the working_dir: Ray replaces that directory when the driver connects.
+        f"d=$(mktemp -d) && git clone -q target.bundle $d/t && farm run $d/t --store {ROLES_DB} "
         "--max-candidates 3",
     ]  # fmt: skip
     for _ in range(30):  # a fresh head's job agent takes a few seconds to come up
