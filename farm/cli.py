@@ -309,7 +309,7 @@ gpus_per_trial = 0  # 1 on a GPU cluster
 # labels = {{ gpu-model = "rtx4090" }}  # Ray node labels (ray start --labels)
 
 [proposer]
-kind = "mutate"  # mutate | replay
+kind = "mutate"  # mutate | replay | optuna | anthropic
 batch_size = 4
 backlog = 4
 """

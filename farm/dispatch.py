@@ -139,13 +139,7 @@ class Dispatcher:
             w_host, _, rest = t.worker.partition(":")
             pid = rest.partition(":")[0]
             if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-                self.store.release(
-                    self.campaign,
-                    t.id,
-                    worker=t.worker,
-                    max_deliveries=MAX_DELIVERIES,
-                    failed=False,
-                )
+                self._give_back(t.id, worker=t.worker, failed=False)
                 freed.append(t.id)
         return freed
 
@@ -223,16 +217,15 @@ class Dispatcher:
         except (ray.exceptions.RayError, OSError) as e:
             # The worker, its node or materialising failed: not the candidate's fault.
             log.warning("trial %s: infrastructure failure, retrying: %s", trial.id, _first_line(e))
-            self.store.release(
-                self.campaign,
-                trial.id,
-                worker=self.worker_id,
-                max_deliveries=MAX_DELIVERIES,
-                failed=True,
-            )
+            self._give_back(trial.id, worker=self.worker_id, failed=True)
             return
         if self.store.record_result(self.campaign, result) and self.on_result:
             self.on_result(trial, result)
+
+    def _give_back(self, trial_id: str, *, worker: str, failed: bool) -> None:
+        self.store.release(
+            self.campaign, trial_id, worker=worker, max_deliveries=MAX_DELIVERIES, failed=failed
+        )
 
     def shutdown(self, *, timeout_s: float = 10.0) -> None:
         """Stop what runs (the worker kills each training process group) and give it back."""
@@ -243,13 +236,7 @@ class Dispatcher:
         while refs and time.time() < deadline:
             _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5)
         for flight in self._in_flight.values():
-            self.store.release(
-                self.campaign,
-                flight.trial.id,
-                worker=self.worker_id,
-                max_deliveries=MAX_DELIVERIES,
-                failed=False,
-            )
+            self._give_back(flight.trial.id, worker=self.worker_id, failed=False)
         self._in_flight.clear()
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from farm.config import TargetConfig
 from farm.gitops import Repo
 from farm.store import Store
@@ -97,3 +99,12 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run the `farm` CLI in this process: (exit code, everything it printed)."""
+    from farm.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

@@ -19,9 +19,15 @@ from proposer.registry import make_proposer
 def run_campaign(ray_local: None) -> RunCampaign:
     stores: list[Store] = []
 
-    def go(target: Path, *, slots: int = 2, max_candidates: int | None = None) -> Finished:
+    def go(
+        target: Path,
+        *,
+        slots: int = 2,
+        max_candidates: int | None = None,
+        store_url: str | None = None,
+    ) -> Finished:
         cfg = load_config(target)
-        store = open_store(default_url(target))
+        store = open_store(store_url or default_url(target))
         stores.append(store)
         prepare(target, cfg, store, check_command=True)
         out = io.StringIO()

@@ -5,15 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TOY_TOML, MakeTarget, git
-
-from farm.cli import main
-
-
-def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+from helpers import TOY_TOML, MakeTarget, farm, git
 
 
 def test_a_directory_that_is_not_a_git_repo(

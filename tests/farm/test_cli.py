@@ -7,16 +7,9 @@ import io
 from pathlib import Path
 
 import pytest
-from helpers import MakeTarget
+from helpers import MakeTarget, farm
 
-from farm.cli import main
 from farm.config import load_config
-
-
-def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_init_writes_a_config_that_loads_for_an_autoresearch_repo(

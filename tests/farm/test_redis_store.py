@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import TOY_TRAIN, MakeTarget, RunCampaign
 
 from farm.errors import StoreError
 from farm.records import Campaign, Incumbent, Outcome, Trial, TrialKind, TrialResult, TrialState
@@ -186,3 +187,39 @@ def test_a_redis_that_stays_down_is_a_clear_error(server: RedisServer) -> None:
     with pytest.raises(StoreError, match=r"lost Redis at .* did not come back after 2 retries"):
         store.list_campaigns()
     store.close()
+
+
+def test_a_campaign_survives_a_redis_kill_and_restart_with_nothing_lost(
+    server: RedisServer, make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    slow = TOY_TRAIN.replace("import random\n", "import random\nimport time\n\ntime.sleep(0.5)\n")
+    target = make_target({"train.py": slow})
+    watcher = RedisStore(server.url)
+    outage: dict[str, float] = {}
+
+    def kill_mid_campaign() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            started = watcher.get_campaign("default") is not None
+            if started and watcher.count_trials("default")[TrialState.DONE] >= 4:
+                break
+            time.sleep(0.1)
+        server.kill()
+        outage["killed"] = time.time()
+        time.sleep(2.0)
+        server.start()
+        outage["back"] = time.time()
+
+    chaos = threading.Thread(target=kill_mid_campaign)
+    chaos.start()
+    done = run_campaign(target, max_candidates=6, store_url=server.url)
+    chaos.join()
+    assert done.code == 0, done.output
+    assert "killed" in outage and "back" in outage  # the fault really happened mid-run
+    trials = done.store.list_trials("default")
+    assert all(t.state is TrialState.DONE and t.result is not None for t in trials)
+    cands = done.store.list_candidates("default")
+    assert len(cands) == 6
+    decisions = done.store.list_decisions("default")
+    assert sorted(d.candidate_id for d in decisions) == sorted(c.id for c in cands)
+    watcher.close()
