@@ -62,6 +62,17 @@ class Cluster:
     env: dict[str, str]
 
 
+def _node_ports() -> list[str]:
+    # Ports of their own: another Ray on this machine (the session's in-process one) holds
+    # the default agent ports, and a head without its job agent refuses `ray job submit`.
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
+
+
 def _ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"  # job entrypoints resolve `farm` through it
@@ -84,6 +95,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "--num-cpus=2", '--resources={"rtx4090": 2}', "--labels=gpu-model=rtx4090",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+                *_node_ports(),
             ],
             env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -96,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 [
                     str(VENV_BIN / "ray"), "start", "--block", f"--address={gcs}",
                     "--num-cpus=1", '--resources={"a100": 1}', "--labels=gpu-model=a100",
-                    "--disable-usage-stats",
+                    "--disable-usage-stats", *_node_ports(),
                 ],
                 env=env, start_new_session=True,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
