@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import signal
 import sys
@@ -161,7 +162,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         ray_address=args.ray_address,
     )
     proposer = _proposer(args, cfg)
-    local = not (opts.ray_address or _env_ray_address())
+    local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     prepare(args.target, cfg, store, check_command=local)
     started = init_ray(cfg, opts)
     try:
@@ -225,12 +226,6 @@ def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
         return make_proposer(cfg.proposer, target=args.target)
     except ConfigError as e:
         raise ConfigError(f"{args.target / CONFIG_NAME}: {e}") from None
-
-
-def _env_ray_address() -> str:
-    import os
-
-    return os.environ.get("RAY_ADDRESS", "")
 
 
 def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:

@@ -16,6 +16,7 @@ from farm.errors import FarmError
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import Verdict, judge, noise_sigma
 from farm.records import (
+    Campaign,
     Candidate,
     CandidateState,
     Decision,
@@ -99,7 +100,7 @@ class Controller:
             sha=inc.sha, metric=mean, runs=len(metrics), candidate_id=None, files=inc.files
         )
         self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
-        self.store.set_sigma(self.campaign, sigma)
+        self.store.set_baseline(self.campaign, metric=mean, runs=len(metrics), sigma=sigma)
         log.info("baseline %s = %.6g ± %.3g (%d runs)", self.cfg.metric, mean, sigma, len(metrics))
 
     def _baseline_ids(self) -> list[str]:
@@ -190,7 +191,7 @@ class Controller:
             return None  # the baseline is still running
         # A candidate first has to beat the commit it was written against; one on a stale
         # base that does is then rebased and judged again against the incumbent.
-        ref = inc if cand.base_sha == inc.sha else self._estimate_of(cand.base_sha, camp.start_sha)
+        ref = inc if cand.base_sha == inc.sha else self._estimate_of(cand.base_sha, camp)
         m = self.cfg.merge
         assert screen.result is not None and screen.result.metric is not None
         verdict = self._judge(
@@ -242,18 +243,10 @@ class Controller:
         self.repo.fast_forward(best_branch(self.campaign), old=inc.sha, new=cand.commit_sha)
         return self._record_keep(cand, new, before=inc.sha, verdict=verdict, sigma=camp.sigma)
 
-    def _estimate_of(self, sha: str, start_sha: str) -> Incumbent:
+    def _estimate_of(self, sha: str, camp: Campaign) -> Incumbent:
         """The metric estimate a former incumbent had: its baseline, or its keep decision."""
-        if sha == start_sha:
-            runs = [
-                t.result.metric
-                for t in self.store.list_trials(self.campaign)
-                if t.kind is TrialKind.BASELINE
-                and t.commit_sha == sha
-                and t.result
-                and t.result.metric is not None
-            ]
-            return Incumbent(sha=sha, metric=sum(runs) / len(runs), runs=len(runs))
+        if sha == camp.start_sha:
+            return Incumbent(sha=sha, metric=camp.baseline_metric, runs=camp.baseline_runs)
         kept = next(
             d
             for d in self.store.list_decisions(self.campaign)

@@ -187,7 +187,7 @@ class Dispatcher:
         sb = self.cfg.sandbox
         return TrialSpec(
             trial_id=trial.id,
-            repo_key=self.repo_key,
+            repo_key=f"{trial.base_sha[:12]}-{self.repo.path.name}",
             base_sha=trial.base_sha,
             files=trial.files,
             command=self.cfg.command,
@@ -204,11 +204,6 @@ class Dispatcher:
             memory_mb=sb.memory_mb,
             protected_hashes=self._hashes[trial.base_sha],
         )
-
-    @property
-    def repo_key(self) -> str:
-        start = self.store.get_campaign(self.campaign)
-        return (start.start_sha[:12] if start else "repo") + "-" + self.repo.path.name
 
     def _collect(self, flight: _InFlight) -> None:
         trial = flight.trial

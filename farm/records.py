@@ -292,6 +292,8 @@ class Campaign:
     config: dict[str, Any]
     program: str = ""  # program.md at the start: proposers read it from the store
     sigma: float | None = None  # baseline seed noise, once the baseline repeats are in
+    baseline_metric: float | None = None  # the start commit's mean over its baseline runs
+    baseline_runs: int = 0
     created_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:

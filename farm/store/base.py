@@ -60,7 +60,8 @@ class Store(abc.ABC):
     def list_campaigns(self) -> list[Campaign]: ...
 
     @abc.abstractmethod
-    def set_sigma(self, campaign_id: str, sigma: float) -> None: ...
+    def set_baseline(self, campaign_id: str, *, metric: float, runs: int, sigma: float) -> None:
+        """Record the start commit's baseline: its mean over `runs` runs and their noise σ."""
 
     @abc.abstractmethod
     def get_incumbent(self, campaign_id: str) -> Incumbent: ...

@@ -398,7 +398,7 @@ class RedisStore(Store):
 
         return [Campaign.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
 
-    def set_sigma(self, campaign_id: str, sigma: float) -> None:
+    def set_baseline(self, campaign_id: str, *, metric: float, runs: int, sigma: float) -> None:
         key = _Keys(campaign_id).campaign
 
         # The campaign is JSON rewritten in Python: WATCH makes the rewrite a compare-and-set.
@@ -407,7 +407,7 @@ class RedisStore(Store):
             if raw is None:
                 raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
             data = json.loads(raw)
-            data["sigma"] = sigma
+            data.update(sigma=sigma, baseline_metric=metric, baseline_runs=runs)
             pipe.multi()
             pipe.set(key, json.dumps(data))
 

@@ -135,13 +135,13 @@ class SQLiteStore(Store):
         rows = self._read("SELECT data FROM campaigns ORDER BY rowid")
         return [Campaign.from_dict(json.loads(r[0])) for r in rows]
 
-    def set_sigma(self, campaign_id: str, sigma: float) -> None:
+    def set_baseline(self, campaign_id: str, *, metric: float, runs: int, sigma: float) -> None:
         with self._tx() as db:
             row = db.execute("SELECT data FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
             data = json.loads(row[0])
-            data["sigma"] = sigma
+            data.update(sigma=sigma, baseline_metric=metric, baseline_runs=runs)
             db.execute(
                 "UPDATE campaigns SET data = ? WHERE id = ?", (json.dumps(data), campaign_id)
             )

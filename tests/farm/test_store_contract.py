@@ -238,10 +238,11 @@ def test_one_decision_per_candidate(store: Store) -> None:
     assert [x.reason for x in store.list_decisions("c")] == ["worse"]
 
 
-def test_sigma_is_kept(store: Store) -> None:
-    store.set_sigma("c", 0.25)
+def test_the_baseline_is_kept(store: Store) -> None:
+    store.set_baseline("c", metric=1.5, runs=3, sigma=0.25)
     camp = store.get_campaign("c")
-    assert camp is not None and camp.sigma == 0.25
+    assert camp is not None
+    assert (camp.sigma, camp.baseline_metric, camp.baseline_runs) == (0.25, 1.5, 3)
 
 
 def test_unknown_scheme_is_a_clear_error() -> None:
