@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.config import CONFIG_NAME, TargetConfig, load_config
+from farm.config import CONFIG_NAME, MergeConfig, TargetConfig, load_config
 from farm.errors import ConfigError, FarmError
 from farm.store import Store, default_url, open_store
 
@@ -90,7 +90,57 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
     init.add_argument("target", nargs="?", default=".", type=Path)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="a farm on a virtual clock: utilisation, time to target, batch tuning",
+        description="The real controller, merge rule and proposer scheduling on a virtual "
+        "clock, with modelled trials, failures, node loss and LLM latency, against a "
+        "synthetic target; each setting is compared with a one-slot sequential loop. "
+        "Comma-separated values sweep a setting.",
+    )
+    sim.add_argument("--slots", type=_ints, default=[1, 4, 16, 64], help="e.g. 16 or 1,16,1000")
+    sim.add_argument("--schedule", type=_words, default=["backlog"], help="backlog and/or rounds")
+    sim.add_argument("--batch-size", type=_ints, default=[4], help="drafts per proposer call")
+    sim.add_argument("--backlog", type=_ints, default=[4], help="candidates kept ready")
+    sim.add_argument("--trial", type=_duration, default=300.0, help="median trial duration")
+    sim.add_argument("--llm", type=_duration, default=75.0, help="median proposer call latency")
+    sim.add_argument("--crash-rate", type=float, default=0.05, help="share of candidates crashing")
+    sim.add_argument("--node-loss", type=float, default=0.0, help="node losses per node-hour")
+    sim.add_argument("--node-slots", type=int, default=8, help="slots per node")
+    sim.add_argument("--constants", type=int, default=16, help="knobs of the synthetic target")
+    sim.add_argument("--noise", type=float, default=0.5, help="its seed noise σ")
+    sim.add_argument(
+        "--target", type=float, default=0.2, help="stop at this share of the starting loss"
+    )
+    sim.add_argument(
+        "--max-rebases", type=_counts, default=[1], help="[merge] max_rebases to try, e.g. 0,1"
+    )
+    sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
+    sim.add_argument("--max-candidates", type=int, default=400, help="per run")
     return p
+
+
+def _numbers(text: str, low: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use whole numbers, e.g. 1,16,64") from None
+    if min(values) < low:
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= {low}")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    return _numbers(text, 1)
+
+
+def _counts(text: str) -> list[int]:
+    return _numbers(text, 0)
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip() for w in text.split(",") if w.strip()]
 
 
 def _sigterm(signum: int, frame: object) -> None:
@@ -108,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "init":
             return _init(args.target)
+        if args.cmd == "simulate":
+            return _simulate(args)
         # Absolute now: inside a Ray job, ray.init() moves the working directory.
         args.target = args.target.resolve()
         cfg = _config(args)
@@ -292,10 +344,11 @@ program = "program.md"     # instructions for the proposer
 # seed_env = "FARM_SEED"   # the trial's seed reaches training through this variable
 
 [merge]
-repeats = 3      # baseline runs that estimate seed noise σ
-confirm = 2      # re-runs a candidate needs before it is kept
+repeats = 12     # baseline runs that estimate seed noise σ
+confirm = 3      # re-runs a candidate needs before it is kept
 min_delta = 0.0  # smallest improvement worth keeping
-z = 2.0          # keep only improvements beyond z standard errors
+z = 1.5          # keep only improvements beyond z standard errors
+screen_z = 0.0   # a screening run earns its confirmations beyond screen_z·σ
 
 [resources]
 cpus_per_trial = 1
@@ -306,8 +359,58 @@ gpus_per_trial = 0  # 1 on a GPU cluster
 [proposer]
 kind = "mutate"  # mutate | replay | optuna | anthropic
 batch_size = 4
-backlog = 4
+backlog = 4        # `farm simulate` tells which batch_size and backlog keep N slots busy
+schedule = "backlog"  # or "rounds": wait for each batch to be decided (to compare against)
 """
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from farm.simulate import SimModel, cells, sweep, table
+
+    bad = [s for s in args.schedule if s not in ("backlog", "rounds")]
+    if bad:
+        raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
+    models = [
+        SimModel(
+            slots=slots,
+            schedule=schedule,
+            batch_size=batch,
+            backlog=backlog,
+            trial_s=args.trial,
+            llm_s=args.llm,
+            crash_rate=args.crash_rate,
+            node_loss_per_h=args.node_loss,
+            node_slots=args.node_slots,
+            constants=args.constants,
+            noise=args.noise,
+            target=args.target,
+            max_candidates=args.max_candidates,
+            merge=MergeConfig(max_rebases=rebases),
+        )
+        for slots in args.slots
+        for schedule in args.schedule
+        for batch in args.batch_size
+        for backlog in args.backlog
+        for rebases in args.max_rebases
+    ]
+    m = models[0]
+    print(
+        f"farm simulate: trials {m.trial_s:g} s (lognormal σ {m.trial_jitter:g}), "
+        f"{m.crash_rate:.0%} crash; LLM calls {m.llm_s:g} s; node loss {m.node_loss_per_h:g}"
+        f"/node-h ({m.node_slots} slots a node); merge repeats={m.merge.repeats} "
+        f"confirm={m.merge.confirm} z={m.merge.z:g} screen_z={m.merge.screen_z:g} "
+        f"max_rebases={','.join(map(str, args.max_rebases))}; "
+        f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}); "
+        f"{args.seeds} seeds, medians"
+    )
+    header = table([])
+    print(header, flush=True)
+    sweep(
+        models,
+        seeds=args.seeds,
+        on_row=lambda rows: print("| " + " | ".join(cells(rows)) + " |", flush=True),
+    )
+    return 0
 
 
 def _init(target: Path) -> int:

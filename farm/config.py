@@ -48,11 +48,17 @@ DEFAULT_ENV_ALLOW = [
 
 @dataclass
 class MergeConfig:
-    repeats: int = 3  # baseline runs used to estimate seed noise σ
-    confirm: int = 2  # independent re-runs before a candidate may be kept (0 = none)
+    # Defaults from scripts/bench/merge_quality.py (docs/performance.md): the cheapest
+    # setting that keeps <= 5% of no-effect changes and >= 90% of 2σ improvements.
+    repeats: int = 12  # baseline runs used to estimate seed noise σ
+    confirm: int = 3  # independent re-runs before a candidate may be kept (0 = none)
     min_delta: float = 0.0  # smallest improvement worth keeping, in metric units
-    z: float = 2.0  # keep only improvements beyond z standard errors of the difference
-    screen_z: float = 1.0  # a screening run earns confirmations beyond screen_z·σ
+    z: float = 1.5  # keep only improvements beyond z standard errors of the difference
+    screen_z: float = 0.0  # a screening run earns confirmations beyond screen_z·σ
+    # A winner on a stale base is re-run on the incumbent up to this many times; if the
+    # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
+    # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
+    max_rebases: int = 1
 
 
 @dataclass
@@ -101,6 +107,9 @@ class ProposerConfig:
     kind: str = "mutate"  # mutate | replay | anthropic | optuna
     batch_size: int = 4  # drafts asked for per proposer call
     backlog: int = 4  # validated candidates kept ready beyond the free slots
+    # backlog: refill the backlog while trials run (LLM latency hides behind training);
+    # rounds: a synchronous loop, the next batch only once the last is decided (to compare).
+    schedule: str = "backlog"
     seed: int = 0  # the offline proposers' random seed
     replay_file: str = ""  # JSONL of drafts, for kind = "replay"
     max_edit_bytes: int = 20_000  # a draft's edits larger than this are rejected
@@ -316,8 +325,8 @@ def _check(cfg: TargetConfig, source: str) -> None:
     m = cfg.merge
     if m.repeats < 2:
         fail("merge.repeats", "needs at least 2 baseline runs to estimate noise")
-    if m.confirm < 0:
-        fail("merge.confirm", "must be >= 0")
+    if m.confirm < 0 or m.max_rebases < 0:
+        fail("merge", "confirm and max_rebases must be >= 0")
     if m.min_delta < 0 or m.z < 0 or m.screen_z < 0:
         fail("merge", "min_delta, z and screen_z must be >= 0")
     r = cfg.resources
@@ -326,6 +335,8 @@ def _check(cfg: TargetConfig, source: str) -> None:
     p = cfg.proposer
     if p.batch_size < 1 or p.backlog < 0:
         fail("proposer", "batch_size must be >= 1 and backlog >= 0")
+    if p.schedule not in ("backlog", "rounds"):
+        fail("proposer.schedule", f'{p.schedule!r}: use "backlog" or "rounds"')
     if p.max_tokens < 1:
         fail("proposer.max_tokens", "must be >= 1")
     if p.temperature is not None and not 0 <= p.temperature <= 1:

@@ -8,13 +8,15 @@ resumes by simply stepping again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import statistics
 
 from farm.config import TargetConfig
 from farm.errors import FarmError
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.merge import Verdict, judge, noise_sigma
+from farm.merge import NoisePools, Verdict, judge, noise_sigma
 from farm.records import (
     Campaign,
     Candidate,
@@ -58,6 +60,10 @@ class Controller:
         # Every trial ships this one commit plus the editable files of what it runs, so
         # workers need one bundle per campaign and never the controller's own commits.
         self.start_sha = camp.start_sha
+        self._broken: set[int] = set()  # merges whose measuring runs all failed (said once)
+        self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
+        self._pools: NoisePools | None = None  # loaded at the first judgement
+        self._finished: dict[str, Trial] = {}  # a finished trial never changes again
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, *, slots: int | None, promote: bool = True) -> list[Decision]:
@@ -68,10 +74,16 @@ class Controller:
         """
         made: list[Decision] = []
         self._reconcile_baseline()
+        camp = self.store.get_campaign(self.campaign)
+        assert camp is not None
+        inc = self.store.get_incumbent(self.campaign)
         for cand in self.store.list_candidates(self.campaign, {CandidateState.RUNNING}):
-            decision = self._reconcile_candidate(cand)
+            decision = self._reconcile_candidate(cand, inc, camp)
             if decision is not None:
                 made.append(decision)
+                if decision.kind is DecisionKind.KEPT:
+                    inc = self.store.get_incumbent(self.campaign)
+        self._measure_incumbent()
         if promote:
             self._promote(slots)
         return made
@@ -89,11 +101,11 @@ class Controller:
         trials = [self._ensure_trial(tid, TrialKind.BASELINE, None) for tid in self._baseline_ids()]
         if not all(t.state.is_finished() for t in trials):
             return
-        ok = [t.result.metric for t in trials if t.result and t.result.outcome.is_ok()]
-        metrics = [m for m in ok if m is not None]
+        metrics = _metrics(trials)
         if len(metrics) < 2:
             raise BaselineFailed(self._baseline_failure(trials))
         sigma = noise_sigma(metrics)
+        self._pool(camp.start_sha, metrics, key="baseline")
         inc = self.store.get_incumbent(self.campaign)
         mean = sum(metrics) / len(metrics)
         updated = Incumbent(
@@ -137,26 +149,39 @@ class Controller:
         demand = max(running, MIN_QUEUE) - queued if slots is None else slots - queued - running
         if demand <= 0:
             return
-        for cand in self.store.list_candidates(self.campaign, {CandidateState.QUEUED})[:demand]:
-            cand.commit_sha = self.repo.commit_files(
-                cand.base_sha,
-                cand.files,
-                message=f"farm c{cand.id}: {cand.title}\n\n{cand.hypothesis}",
-                timestamp=cand.created_at,
-            )
-            self.repo.set_branch(candidate_branch(self.campaign, cand.id), cand.commit_sha)
+        inc = self.store.get_incumbent(self.campaign)
+        for cand in self.store.list_candidates(self.campaign, {CandidateState.QUEUED}):
+            if demand <= 0:
+                break
+            if cand.base_sha != inc.sha:
+                # Drafted before the incumbent last moved: start it on the incumbent now
+                # rather than rebase and re-run it after it wins (or not at all).
+                why = self._move_onto(cand, inc)
+                if why:
+                    self._decide(
+                        cand,
+                        DecisionKind.SUPERSEDED,
+                        f"drafted on {cand.base_sha[:10]}; no longer applies on the incumbent "
+                        f"{inc.sha[:10]}: {why}",
+                    )
+                    continue
+            demand -= 1
+            cand.commit_sha = self._commit(cand, rebased=False)
             cand.state = CandidateState.RUNNING
             self.store.update_candidate(cand)
             self._ensure_screen(cand)
 
     def _ensure_screen(self, cand: Candidate) -> Trial:
-        kind = TrialKind.REBASE if cand.generation else TrialKind.CANDIDATE
-        return self._ensure_trial(f"c{cand.id}-g{cand.generation}-screen", kind, cand)
+        return self._ensure_trial(f"c{cand.id}-g0-screen", TrialKind.CANDIDATE, cand)
 
     def _ensure_trial(self, trial_id: str, kind: TrialKind, cand: Candidate | None) -> Trial:
         """The trial with this id, queued now if it does not exist yet (None: the baseline)."""
+        if trial_id in self._finished:
+            return self._finished[trial_id]
         existing = self.store.get_trial(self.campaign, trial_id)
         if existing is not None:
+            if existing.state.is_finished():
+                self._finished[trial_id] = existing
             return existing
         trial = Trial(
             id=trial_id,
@@ -171,88 +196,206 @@ class Controller:
         self.store.enqueue_trial(trial)
         return trial
 
-    def _reconcile_candidate(self, cand: Candidate) -> Decision | None:
+    def _reconcile_candidate(
+        self, cand: Candidate, inc: Incumbent, camp: Campaign
+    ) -> Decision | None:
+        """Take the candidate as far as its finished trials allow (`inc`, `camp`: as read at
+        the start of this step; moving the incumbent is a compare-and-set all the same)."""
         decided = self._existing_decision(cand)
         if decided is not None:
             self._finish(cand, decided)
             return None
-        inc = self.store.get_incumbent(self.campaign)
         if inc.sha == cand.commit_sha:  # kept, but the decision was not written before a crash
             return self._record_keep(cand, inc, before=inc.sha)
-        screen = self._ensure_screen(cand)
-        if not screen.state.is_finished():
-            return None
-        failed = self._failure(screen, "screening run")
-        if failed:
-            return self._decide(cand, DecisionKind.CRASHED, failed)
-        camp = self.store.get_campaign(self.campaign)
-        assert camp is not None
-        if camp.sigma is None or inc.metric is None:
-            return None  # the baseline is still running
+        m = self.cfg.merge
         # A candidate first has to beat the commit it was written against; one on a stale
         # base that does is then rebased and judged again against the incumbent.
-        ref = inc if cand.base_sha == inc.sha else self._estimate_of(cand.base_sha, camp)
-        m = self.cfg.merge
-        assert screen.result is not None and screen.result.metric is not None
-        verdict = self._judge(
-            [screen.result.metric], ref, camp.sigma, m.screen_z if m.confirm else m.z
-        )
-        if not verdict.passed:
-            return self._decide(
-                cand,
-                DecisionKind.DISCARDED,
-                "screen: " + verdict.describe(self.cfg.metric),
-                verdict,
-                camp.sigma,
-            )
-        if m.confirm:
-            confirms = [
-                self._ensure_trial(
-                    f"c{cand.id}-g{cand.generation}-confirm{i}", TrialKind.CONFIRM, cand
-                )
-                for i in range(m.confirm)
-            ]
-            if not all(t.state.is_finished() for t in confirms):
+        ref = inc if cand.base_sha == inc.sha else None
+        if cand.generation == 0:
+            screen = self._ensure_screen(cand)
+            if not screen.state.is_finished():
                 return None
-            for i, t in enumerate(confirms):
-                failed = self._failure(t, f"confirmation run {i + 1}")
-                if failed:
-                    return self._decide(cand, DecisionKind.CRASHED, failed)
-            values = [t.result.metric for t in confirms if t.result and t.result.metric is not None]
-            verdict = self._judge(values, ref, camp.sigma, m.z)
+            failed = self._failure(screen, "screening run")
+            if failed:
+                return self._decide(cand, DecisionKind.CRASHED, failed)
+            if camp.sigma is None or inc.metric is None:
+                return None  # the baseline is still running
+            ref = ref or self._estimate_of(cand.base_sha, camp)
+            sigma = self._sigma_at(ref.sha, camp)
+            assert screen.result is not None and screen.result.metric is not None
+            verdict = self._judge(
+                [screen.result.metric], ref, sigma, m.screen_z if m.confirm else m.z
+            )
             if not verdict.passed:
                 return self._decide(
                     cand,
                     DecisionKind.DISCARDED,
-                    "screen looked better, confirmations did not: "
+                    "screen: " + verdict.describe(self.cfg.metric),
+                    verdict,
+                    sigma,
+                )
+            estimated_from = 1  # runs behind the kept metric
+        if cand.generation or m.confirm:
+            # Confirmations; a rebased winner has proved itself once and goes straight to
+            # its re-runs on the incumbent (at least one, even with confirm = 0).
+            runs = self._ensure_confirms(cand)
+            if not all(t.state.is_finished() for t in runs):
+                return None
+            for i, t in enumerate(runs):
+                failed = self._failure(t, f"confirmation run {i + 1}")
+                if failed:
+                    return self._decide(cand, DecisionKind.CRASHED, failed)
+            assert camp.sigma is not None and inc.metric is not None  # screened after the baseline
+            ref = ref or self._estimate_of(cand.base_sha, camp)
+            sigma = self._sigma_at(ref.sha, camp)
+            values = _metrics(runs)
+            verdict = self._judge(values, ref, sigma, m.z)
+            estimated_from = len(values)
+            if not verdict.passed:  # no better than `ref`: runs at its level
+                self._pool(ref.sha, values, key=f"c{cand.id}")
+                return self._decide(
+                    cand,
+                    DecisionKind.DISCARDED,
+                    (
+                        "rebased, its re-runs did not hold up: "
+                        if cand.generation
+                        else "screen looked better, confirmations did not: "
+                    )
                     + verdict.describe(self.cfg.metric),
                     verdict,
-                    camp.sigma,
+                    sigma,
                 )
+        metric = verdict.estimate
+        how = ""
         if cand.base_sha != inc.sha:
-            return self._rebase(cand, inc)
+            if cand.generation < m.max_rebases:
+                return self._rebase(cand, inc)
+            # Re-run on a newer incumbent as often as allowed, and it moved again meanwhile:
+            # with many slots, keeps would chase each other forever. Merge it on the
+            # evidence it has, its gain added to the incumbent's estimate.
+            superseded = self._move_winner(cand, inc)
+            if superseded:
+                return superseded
+            assert inc.metric is not None
+            metric = self.cfg.direction.shift(inc.metric, by=verdict.delta)
+            how = (
+                f"; merged onto {inc.sha[:10]} untried, {self.cfg.metric} estimated "
+                f"{metric:.6g} until its own runs measure it"
+            )
+            cand.commit_sha = self._commit(cand, rebased=True)
+            self.store.update_candidate(cand)  # so a crash from here on resumes as a keep
         new = Incumbent(
             sha=cand.commit_sha,
-            metric=verdict.estimate,
-            runs=m.confirm or 1,
+            metric=metric,
+            runs=0 if how else estimated_from,  # 0: estimated, to be measured
             candidate_id=cand.id,
             files=cand.files,
         )
         if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=new):
             return None  # another controller moved it; the next step rebases
         self.repo.fast_forward(best_branch(self.campaign), old=inc.sha, new=cand.commit_sha)
-        return self._record_keep(cand, new, before=inc.sha, verdict=verdict, sigma=camp.sigma)
+        if not how:  # its own runs, at its level
+            self._pool(new.sha, values if cand.generation or m.confirm else [], key=f"c{cand.id}")
+        return self._record_keep(cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how)
+
+    def _ensure_confirms(self, cand: Candidate) -> list[Trial]:
+        """The candidate's re-runs: `confirm` of them, or its rebase runs on the incumbent."""
+        kind = TrialKind.REBASE if cand.generation else TrialKind.CONFIRM
+        n = max(self.cfg.merge.confirm, 1) if cand.generation else self.cfg.merge.confirm
+        return [
+            self._ensure_trial(f"c{cand.id}-g{cand.generation}-confirm{i}", kind, cand)
+            for i in range(n)
+        ]
 
     def _estimate_of(self, sha: str, camp: Campaign) -> Incumbent:
         """The metric estimate a former incumbent had: its baseline, or its keep decision."""
         if sha == camp.start_sha:
             return Incumbent(sha=sha, metric=camp.baseline_metric, runs=camp.baseline_runs)
-        kept = next(
-            d
-            for d in self.store.list_decisions(self.campaign)
-            if d.kind is DecisionKind.KEPT and d.incumbent_after == sha
-        )
+        kept = self._kept_decision(sha)
+        measured = self._measured(kept.candidate_id, create=False)
+        if measured is not None:
+            return Incumbent(sha=sha, metric=statistics.fmean(measured), runs=len(measured))
         return Incumbent(sha=sha, metric=kept.metric, runs=self.cfg.merge.confirm or 1)
+
+    def _kept_decision(self, sha: str) -> Decision:
+        """The keep that made `sha` the incumbent."""
+        if sha not in self._kept:  # decisions are append-only: read them again only then
+            self._kept = {
+                d.incumbent_after: d
+                for d in self.store.list_decisions(self.campaign)
+                if d.kind is DecisionKind.KEPT
+            }
+        return self._kept[sha]
+
+    def _sigma_at(self, sha: str, camp: Campaign) -> float:
+        """The seed noise σ to judge against the commit `sha` with (see NoisePools)."""
+        if self._pools is None:
+            self._pools = self._load_pools(camp)
+        return self._pools.sigma(sha, lambda s: self._kept_decision(s).incumbent_before)
+
+    def _load_pools(self, camp: Campaign) -> NoisePools:
+        """The noise pools of what the store holds (once a process; then kept up to date)."""
+        pools = NoisePools(start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1))
+        by_cand: dict[int | None, list[Trial]] = {}
+        for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
+            by_cand.setdefault(t.candidate_id, []).append(t)
+        pools.add(camp.start_sha, _metrics(by_cand.get(None, [])), key="baseline")
+        cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
+        for d in self.store.list_decisions(self.campaign):
+            cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
+            repeats = [t for t in runs if t.kind is not TrialKind.CANDIDATE]
+            if d.kind is DecisionKind.KEPT:
+                own = [t for t in repeats if t.commit_sha == d.incumbent_after]
+                pools.add(d.incumbent_after, _metrics(own), key=f"c{cand.id}")
+            elif d.kind is DecisionKind.DISCARDED:
+                last = [t for t in repeats if t.commit_sha == cand.commit_sha]
+                pools.add(cand.base_sha, _metrics(last), key=f"c{cand.id}")
+        return pools
+
+    def _pool(self, sha: str, values: list[float], *, key: str) -> None:
+        if self._pools is not None:  # else they are loaded, this run included, when needed
+            self._pools.add(sha, values, key=key)
+
+    def _measure_incumbent(self) -> None:
+        """An incumbent merged on evidence is run until its own runs give its estimate.
+
+        Estimates added up keep every error of the gains behind them (the best of many
+        noisy runs looks better than it is), so each one is replaced by a measurement.
+        """
+        inc = self.store.get_incumbent(self.campaign)
+        if inc.runs or inc.candidate_id is None:
+            return
+        values = self._measured(inc.candidate_id, create=True)
+        if values is not None:
+            mean = statistics.fmean(values)
+            log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, mean)
+            updated = dataclasses.replace(inc, metric=mean, runs=len(values))
+            self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
+            self._pool(inc.sha, values, key=f"c{inc.candidate_id}")
+
+    def _measured(self, cand_id: int, *, create: bool) -> list[float] | None:
+        """The ok runs' metrics of a merged-untried keep, once all have finished."""
+        ids = [f"c{cand_id}-measure{i}" for i in range(max(self.cfg.merge.confirm, 1))]
+        if create:
+            cand = self.store.get_candidate(self.campaign, cand_id)
+            assert cand is not None
+            trials = [self._ensure_trial(t, TrialKind.CONFIRM, cand) for t in ids]
+        else:
+            found = [self.store.get_trial(self.campaign, t) for t in ids]
+            trials = [t for t in found if t is not None]
+        if len(trials) < len(ids) or not all(t.state.is_finished() for t in trials):
+            return None
+        values = _metrics(trials)
+        if not values:
+            if cand_id not in self._broken:
+                self._broken.add(cand_id)
+                log.error(
+                    "every run measuring c%d's untried merge failed: the incumbent may be "
+                    "broken; see `farm status` and its trials' output",
+                    cand_id,
+                )
+            return None
+        return values
 
     def _judge(self, values: list[float], inc: Incumbent, sigma: float, z: float) -> Verdict:
         assert inc.metric is not None
@@ -277,7 +420,8 @@ class Controller:
         detail = f"; last output: {last[:300]}" if last else ""
         return f"{what} {r.outcome.value} (exit {r.exit_code}){detail}"
 
-    def _rebase(self, cand: Candidate, inc: Incumbent) -> Decision | None:
+    def _move_onto(self, cand: Candidate, inc: Incumbent) -> str:
+        """Re-apply the candidate's edits on the incumbent. Returns why they do not apply."""
         draft_files = {p: inc.files[p] for p in self.cfg.editable if p in inc.files}
         res = validate_draft(
             Draft(title=cand.title, hypothesis=cand.hypothesis, edits=cand.edits),
@@ -287,24 +431,43 @@ class Controller:
             max_edit_bytes=self.cfg.proposer.max_edit_bytes,
         )
         if isinstance(res, Rejected):
-            return self._decide(
-                cand,
-                DecisionKind.SUPERSEDED,
-                f"won on {cand.base_sha[:10]} but no longer applies on the incumbent "
-                f"{inc.sha[:10]}: {res.reason}",
-            )
+            return res.reason
         cand.base_sha = inc.sha
         cand.files = {**inc.files, **res.files}
-        cand.generation += 1
-        cand.commit_sha = self.repo.commit_files(
-            inc.sha,
-            res.files,
-            message=f"farm c{cand.id} (rebased): {cand.title}\n\n{cand.hypothesis}",
+        return ""
+
+    def _commit(self, cand: Candidate, *, rebased: bool) -> str:
+        """Commit the candidate's files on its base and point its branch there."""
+        sha = self.repo.commit_files(
+            cand.base_sha,
+            {p: cand.files[p] for p in self.cfg.editable if p in cand.files},
+            message=f"farm c{cand.id}{' (rebased)' if rebased else ''}: {cand.title}\n\n"
+            f"{cand.hypothesis}",
             timestamp=cand.created_at,
         )
-        self.repo.set_branch(candidate_branch(self.campaign, cand.id), cand.commit_sha)
+        self.repo.set_branch(candidate_branch(self.campaign, cand.id), sha)
+        return sha
+
+    def _move_winner(self, cand: Candidate, inc: Incumbent) -> Decision | None:
+        """Move a winner on a stale base onto the incumbent, or supersede it if it can't be."""
+        base = cand.base_sha
+        why = self._move_onto(cand, inc)
+        if not why:
+            return None
+        return self._decide(
+            cand,
+            DecisionKind.SUPERSEDED,
+            f"won on {base[:10]} but no longer applies on the incumbent {inc.sha[:10]}: {why}",
+        )
+
+    def _rebase(self, cand: Candidate, inc: Incumbent) -> Decision | None:
+        superseded = self._move_winner(cand, inc)
+        if superseded:
+            return superseded
+        cand.generation += 1
+        cand.commit_sha = self._commit(cand, rebased=True)
         self.store.update_candidate(cand)
-        self._ensure_screen(cand)
+        self._ensure_confirms(cand)
         log.info(
             "c%d won on a stale base; rebased onto %s and re-evaluating", cand.id, inc.sha[:10]
         )
@@ -318,8 +481,10 @@ class Controller:
         before: str,
         verdict: Verdict | None = None,
         sigma: float | None = None,
+        how: str = "",
     ) -> Decision:
         reason = "kept: " + (verdict.describe(self.cfg.metric) if verdict else "incumbent moved")
+        reason += how
         decision = Decision(
             campaign=self.campaign,
             candidate_id=cand.id,
@@ -377,3 +542,8 @@ class Controller:
             self.repo.set_branch(branch, inc.sha)
         elif tip != inc.sha and self.repo.is_ancestor(tip, inc.sha):
             self.repo.fast_forward(branch, old=tip, new=inc.sha)
+
+
+def _metrics(trials: list[Trial]) -> list[float]:
+    """The metrics of the trials that ended ok (a metric is set only then)."""
+    return [t.result.metric for t in trials if t.result and t.result.metric is not None]

@@ -167,7 +167,11 @@ class Dispatcher:
         if not self._in_flight:
             time.sleep(wait_s)
             return 0
-        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=wait_s)
+        # Back as soon as one trial ends (a free slot waits for no poll period), with every
+        # other one that has ended by then.
+        ready, rest = ray.wait(list(self._in_flight), num_returns=1, timeout=wait_s)
+        if ready and rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in ready:
             self._collect(self._in_flight.pop(ref))
         return len(ready)

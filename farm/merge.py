@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from farm.records import Direction
@@ -37,6 +38,44 @@ def noise_sigma(values: list[float]) -> float:
     if len(values) < 2:
         raise ValueError("need at least two runs to estimate noise")
     return statistics.stdev(values)
+
+
+class NoisePools:
+    """Seed noise per incumbent, from repeated runs at its level.
+
+    Noise often scales with the metric (a model at mean rank 1.5 varies far less than one
+    at 11), so one σ from the baseline goes stale once a keep moves the metric far. Each
+    incumbent pools the within-commit variance of the repeated runs at its level: its own
+    runs, and the confirmation runs of candidates judged against it that did not beat it.
+    Its σ is its own once that pool has as many degrees of freedom as the baseline had;
+    until then, the nearest earlier incumbent's that has (the baseline's in the end).
+    """
+
+    def __init__(self, *, start: str, min_dof: int) -> None:
+        self.start = start
+        self.min_dof = min_dof
+        self._ss: dict[str, float] = {}
+        self._dof: dict[str, int] = {}
+        self._added: set[str] = set()
+
+    def add(self, sha: str, values: list[float], *, key: str) -> None:
+        """Runs of one commit at incumbent `sha`'s level; a second add of `key` is ignored."""
+        if key in self._added or len(values) < 2:
+            return
+        self._added.add(key)
+        mean = statistics.fmean(values)
+        self._ss[sha] = self._ss.get(sha, 0.0) + sum((x - mean) ** 2 for x in values)
+        self._dof[sha] = self._dof.get(sha, 0) + len(values) - 1
+
+    def sigma(self, sha: str, parent: Callable[[str], str]) -> float:
+        """σ at `sha`; `parent` names the incumbent each keep replaced."""
+        while True:
+            dof = self._dof.get(sha, 0)
+            if (dof >= self.min_dof or sha == self.start) and self._ss.get(sha, 0.0) > 0:
+                return math.sqrt(self._ss[sha] / dof)
+            if sha == self.start:
+                raise ValueError("no baseline runs in the noise pools")
+            sha = parent(sha)
 
 
 def judge(

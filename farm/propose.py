@@ -132,6 +132,15 @@ def record_drafts(
 
 
 @dataclass
+class ProposalBatch:
+    """What one proposer call returned, with the context it was drafted on."""
+
+    drafts: list[Draft]
+    ctx: ProposalContext
+    seconds: float  # how long the call took
+
+
+@dataclass
 class Feeder:
     """Background thread that keeps `backlog` validated candidates queued."""
 
@@ -146,6 +155,7 @@ class Feeder:
     on_call: Callable[[float], None] | None = None  # told each proposer call's seconds (metrics)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _dry: int = 0  # consecutive batches with nothing valid and nothing in flight
 
     def start(self) -> None:
         """Feed in a background thread (inside `farm run`)."""
@@ -163,36 +173,41 @@ class Feeder:
         return self.exhausted or bool(self.stopped) or self.error is not None or self._at_limit()
 
     def _at_limit(self) -> bool:
+        return self.max_candidates is not None and self._left() <= 0
+
+    def _left(self) -> int:
+        """Valid candidates still to create under `max_candidates`."""
+        assert self.max_candidates is not None
+        counts = self.store.count_candidates(self.campaign)
+        return self.max_candidates - sum(counts.values()) + counts[CandidateState.REJECTED]
+
+    def wanted(self) -> int:
+        """How many drafts to ask for now; 0 while the backlog is full or a round still runs.
+
+        `backlog` keeps validated candidates waiting so the slots never wait for the LLM;
+        `rounds` (to compare against) asks for the next batch only once every candidate of
+        the last one is decided, as a synchronous loop would.
+        """
+        p = self.cfg.proposer
+        counts = self.store.count_candidates(self.campaign)
+        queued = counts[CandidateState.QUEUED]
+        if p.schedule == "rounds" and queued + counts[CandidateState.RUNNING]:
+            return 0
+        if queued >= max(p.backlog, 1):
+            return 0
         if self.max_candidates is None:
-            return False
-        made = [
-            c
-            for c in self.store.list_candidates(self.campaign)
-            if c.state is not CandidateState.REJECTED
-        ]
-        return len(made) >= self.max_candidates
+            return p.batch_size
+        return max(0, min(p.batch_size, self._left()))
 
     def run(self) -> None:
         """Feed until done or stopped (in the foreground for `farm propose`)."""
-        dry = 0
         try:
             while not self._stop.is_set() and not self.done:
-                queued = self.store.list_candidates(self.campaign, {CandidateState.QUEUED})
-                if len(queued) >= max(self.cfg.proposer.backlog, 1):
+                n = self.wanted()
+                if not n:
                     self._stop.wait(0.2)
                     continue
-                if self.propose_once():
-                    dry = 0
-                    continue
-                # Nothing new now; a keep may still change what there is to try.
-                busy = self.store.list_candidates(
-                    self.campaign, {CandidateState.QUEUED, CandidateState.RUNNING}
-                )
-                dry = 0 if busy else dry + 1
-                if dry >= EXHAUSTED_AFTER:
-                    log.info("proposer %s has nothing new to propose", self.proposer.name)
-                    self.exhausted = True
-                self._stop.wait(1.0 if busy else 0.0)
+                self._stop.wait(self.settle(self.propose_once(n)))
         except SpendCapReached as e:  # queued candidates still run; the campaign ends cleanly
             log.info("proposer %s stopped: %s", self.proposer.name, e)
             self.stopped = str(e)
@@ -200,14 +215,31 @@ class Feeder:
             log.exception("proposer failed")
             self.error = e
 
-    def propose_once(self) -> int:
+    def settle(self, valid: int) -> float:
+        """Count batches that came back dry; returns how long to wait before the next call.
+
+        Nothing new while candidates are still in flight is no verdict (a keep may change
+        what there is to try); `EXHAUSTED_AFTER` dry batches with nothing in flight is.
+        """
+        if valid:
+            self._dry = 0
+            return 0.0
+        busy = self.store.list_candidates(
+            self.campaign, {CandidateState.QUEUED, CandidateState.RUNNING}
+        )
+        self._dry = 0 if busy else self._dry + 1
+        if self._dry >= EXHAUSTED_AFTER:
+            log.info("proposer %s has nothing new to propose", self.proposer.name)
+            self.exhausted = True
+        return 1.0 if busy else 0.0
+
+    def propose_once(self, n: int) -> int:
+        """Ask for `n` drafts and record them; returns how many were valid."""
+        return self.record(self.ask(n))
+
+    def ask(self, n: int) -> ProposalBatch:
+        """Call the proposer backend on the campaign as the store holds it now."""
         ctx = build_context(self.store, self.cfg, self.campaign)
-        n = self.cfg.proposer.batch_size
-        if self.max_candidates is not None:
-            made = sum(1 for e in ctx.history if e.status != CandidateState.REJECTED.value)
-            n = min(n, self.max_candidates - made)
-        if n <= 0:
-            return 0
         started = time.time()
         drafts = self.proposer.propose(ctx, n)
         if self.on_call is not None:
@@ -216,12 +248,18 @@ class Feeder:
         for d in drafts:
             d.batch_id = d.batch_id or batch
             d.proposer = d.proposer or self.proposer.name
-        valid, rejected = record_drafts(self.store, self.cfg, self.campaign, drafts, ctx)
+        return ProposalBatch(drafts=drafts, ctx=ctx, seconds=time.time() - started)
+
+    def record(self, batch: ProposalBatch) -> int:
+        """Validate a batch against the context it was drafted on and record every draft."""
+        valid, rejected = record_drafts(
+            self.store, self.cfg, self.campaign, batch.drafts, batch.ctx
+        )
         log.info(
             "proposer %s: %d drafts in %.1fs, %d valid, %d rejected",
             self.proposer.name,
-            len(drafts),
-            time.time() - started,
+            len(batch.drafts),
+            batch.seconds,
             valid,
             rejected,
         )

@@ -76,6 +76,10 @@ class Direction(enum.StrEnum):
         """Positive when `new` is better than `old`."""
         return old - new if self is Direction.MINIMIZE else new - old
 
+    def shift(self, value: float, *, by: float) -> float:
+        """`value` made better by `by` (the inverse of `improvement`)."""
+        return value - by if self is Direction.MINIMIZE else value + by
+
 
 @dataclass(frozen=True)
 class Edit:

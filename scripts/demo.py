@@ -22,23 +22,29 @@ TARGET = ROOT / "runs" / "eclip"
 MAX_CANDIDATES = 24  # enough for mutate to reach the planted clamp (see README)
 
 
-def git(*args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=farm-demo", "-c", "user.email=demo@localhost", *args],
-        cwd=TARGET,
-        check=True,
-        capture_output=True,
-    )
+def copy_example(target: Path) -> bool:
+    """examples/eclip as a git repo of its own at `target`, once; True if made now."""
+    if (target / ".git").exists():
+        return False
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".cache", "__pycache__"))
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["commit", "-q", "-m", "eCLIP example: baseline"],
+    ):
+        subprocess.run(
+            ["git", "-c", "user.name=farm-demo", "-c", "user.email=demo@localhost", *args],
+            cwd=target,
+            check=True,
+            capture_output=True,
+        )
+    return True
 
 
 def main() -> int:
     # Trials run `python train.py` through PATH: make it this environment's python, with torch.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    if not (TARGET / ".git").exists():
-        shutil.copytree(EXAMPLE, TARGET, ignore=shutil.ignore_patterns(".cache", "__pycache__"))
-        git("init", "-q", "-b", "main")
-        git("add", "-A")
-        git("commit", "-q", "-m", "eCLIP example: baseline")
+    if copy_example(TARGET):
         print(
             f"demo: copied {EXAMPLE.relative_to(ROOT)} to {TARGET.relative_to(ROOT)} (a git repo)"
         )

@@ -91,6 +91,13 @@ class Store(abc.ABC):
     ) -> list[Candidate]:
         """Candidates by id, optionally only those in `states`."""
 
+    def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
+        """How many candidates are in each state (every state present, zeros included)."""
+        counts = dict.fromkeys(CandidateState, 0)
+        for c in self.list_candidates(campaign_id):
+            counts[c.state] += 1
+        return counts
+
     # -- trials ---------------------------------------------------------------------------
     @abc.abstractmethod
     def enqueue_trial(self, trial: Trial) -> bool:

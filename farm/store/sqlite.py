@@ -217,6 +217,15 @@ class SQLiteStore(Store):
             if wanted is None or state in wanted
         ]
 
+    def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
+        rows = self._read(
+            "SELECT state, COUNT(*) FROM candidates WHERE campaign = ? GROUP BY state",
+            (campaign_id,),
+        )
+        counts = dict.fromkeys(CandidateState, 0)
+        counts.update({CandidateState(s): n for s, n in rows})
+        return counts
+
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:
         with self._tx() as db:

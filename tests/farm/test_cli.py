@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import MakeTarget, farm
 
-from farm.config import load_config
+from farm.config import MergeConfig, load_config
 
 
 def test_init_writes_a_config_that_loads_for_an_autoresearch_repo(
@@ -57,11 +57,12 @@ budget_s = 60
     rows = list(csv.DictReader(io.StringIO(tsv.read_text()), delimiter="\t"))
     header = tsv.read_text().splitlines()[0].split("\t")
     assert header[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert [r["status"] for r in rows[:3]] == ["baseline"] * 3
-    assert {r["status"] for r in rows[3:]} <= {"keep", "discard", "crash"}
+    n = MergeConfig().repeats  # the five-line farm.toml runs the default baseline
+    assert [r["status"] for r in rows[:n]] == ["baseline"] * n
+    assert {r["status"] for r in rows[n:]} <= {"keep", "discard", "crash"}
     assert all(r["memory_gb"] == "2.0" for r in rows)
     assert all(0.99 <= float(r["val_bpb"]) < 1.03 for r in rows if r["outcome"] == "ok")
-    assert len({r["candidate"] for r in rows[3:]}) == 3
+    assert len({r["candidate"] for r in rows[n:]}) == 3
 
     code, out = farm(capsys, "report", str(target), "--by", "proposer")
     assert code == 0

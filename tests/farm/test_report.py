@@ -41,4 +41,4 @@ def test_report_writes_the_progress_picture_and_the_kept_changes(
         for line in status.splitlines()
         if line.startswith("  last ") and " trials: " in line
     ]
-    assert marks.count("✗") == 3 and marks.count("b") == 3 and "✓" in marks
+    assert marks.count("✗") == 3 and marks.count("b") == done.cfg.merge.repeats and "✓" in marks

@@ -42,7 +42,8 @@ def farm_run(target: Path, *extra: str) -> subprocess.Popen[str]:
 def test_sigkill_then_rerun_loses_nothing_and_counts_nothing_twice(
     make_target: MakeTarget,
 ) -> None:
-    target = make_target({"train.py": SLOW_TRAIN})
+    # Three baseline runs, not the default twelve: the slow trials are what this test kills.
+    target = make_target({"train.py": SLOW_TRAIN}, extra_toml="[merge]\nrepeats = 3\n")
     first = farm_run(target, "--max-candidates", "6")
     store = open_store(default_url(target))
     deadline = time.time() + 120

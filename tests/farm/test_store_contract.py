@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -226,6 +227,10 @@ def test_candidate_ids_are_unique_and_records_round_trip(store: Store) -> None:
     assert got == cand
     assert store.list_candidates("c", {CandidateState.QUEUED}) == []
     assert store.seen_hashes("c") == {"h1"}
+    store.add_candidate(dataclasses.replace(cand, id=ids[1], state=CandidateState.QUEUED))
+    counts = store.count_candidates("c")
+    assert counts[CandidateState.RUNNING] == 1 and counts[CandidateState.QUEUED] == 1
+    assert sum(counts.values()) == 2 and set(counts) == set(CandidateState)
 
 
 def test_one_decision_per_candidate(store: Store) -> None:

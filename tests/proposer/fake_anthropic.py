@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -124,11 +125,13 @@ def draft(
 
 
 class FakeAnthropic:
-    """POST /v1/messages answered from a queue; `default` when the queue is empty."""
+    """POST /v1/messages answered from a queue; when it is empty, by `respond` (a model that
+    reads the request, as scripts/bench/proposers.py's does), else by `default`."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.default: Reply = error_reply(500, "api_error", "the test queued no reply")
+        self.respond: Callable[[Received], Reply] | None = None
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -163,7 +166,9 @@ class FakeAnthropic:
     def _next(self, received: Received) -> Reply:
         with self._lock:
             self.requests.append(received)
-            return self._queue.popleft() if self._queue else self.default
+            if self._queue:
+                return self._queue.popleft()
+        return self.respond(received) if self.respond else self.default
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

@@ -1,0 +1,557 @@
+"""`farm simulate`: the real controller, merge rule and proposer scheduling on a virtual clock.
+
+Nothing trains and nothing sleeps. Trials are modelled (lognormal durations, crashes, whole
+nodes lost and their leases lapsing), the proposer's calls take a modelled LLM latency, and
+a synthetic target scores each trial: its true metric is a known function of its constants,
+
+    loss = Σ_i w_i·d_i² + Σ_(i,j) v_ij·d_i·d_j   plus   noise · N(0, 1) per trial,
+
+with d_i = log2 x_i − log2 x*_i and some pairs of knobs coupled (v_ij: a change that helps
+alone can hurt next to another, as learning rate and batch size do),
+
+so the simulator knows how far every incumbent really is from the optimum and which keeps
+were mistakes. What is real: `Controller.step` (screens, confirmations, the noise-aware
+rule, rebases), the `Feeder` (backlog or synchronous rounds, batch size, validation,
+dedupe), the `mutate` proposer and a SQLite store. Git is modelled by `SimRepo`, since
+commits play no part in a decision.
+
+It answers two questions: how busy a farm of N slots stays, and how many experiments per
+slot-hour and how much wall time it takes to reach a target against a one-slot sequential
+loop (autoresearch: propose one change, train, decide, repeat); and, for batch proposal
+tuning, which batch size and backlog keep N slots busy for a given LLM latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import itertools
+import math
+import random
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import cast
+
+from farm.config import MergeConfig, TargetConfig, config_from_dict
+from farm.controller import Controller
+from farm.gitops import Repo
+from farm.propose import Feeder, ProposalBatch
+from farm.records import (
+    Campaign,
+    CandidateState,
+    DecisionKind,
+    Incumbent,
+    Outcome,
+    Trial,
+    TrialResult,
+    TrialState,
+)
+from farm.store.sqlite import SQLiteStore
+from proposer.mutate import MutateProposer, find_constants
+
+CAMPAIGN = "sim"
+START_SHA = "0" * 40
+TRAIN = "train.py"
+
+
+class SimRepo:
+    """The controller's git, modelled: a commit is a hash of its base and files."""
+
+    path = Path("simulated")
+
+    def __init__(self) -> None:
+        self.branches: dict[str, str] = {}
+        self.parents: dict[str, str] = {}
+
+    def commit_files(self, base: str, files: dict[str, str], **_: object) -> str:
+        sha = hashlib.sha1((base + repr(sorted(files.items()))).encode()).hexdigest()
+        self.parents[sha] = base
+        return sha
+
+    def set_branch(self, branch: str, sha: str) -> None:
+        self.branches[branch] = sha
+
+    def fast_forward(self, branch: str, *, old: str, new: str) -> None:
+        self.branches[branch] = new
+
+    def ref_sha(self, ref: str) -> str | None:
+        return self.branches.get(ref.removeprefix("refs/heads/"))
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        while new != old and new in self.parents:
+            new = self.parents[new]
+        return new == old
+
+
+# -- the synthetic target ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Landscape:
+    """A target whose true loss is known: every constant has an optimum a few doublings away."""
+
+    names: tuple[str, ...]
+    optima: tuple[float, ...]  # log2 of each constant's best value (all start at 1.0)
+    weights: tuple[float, ...]
+    pairs: tuple[tuple[int, int, float], ...]  # coupled knobs (i, j, v_ij)
+    noise: float  # σ of one trial
+
+    @classmethod
+    def make(cls, *, constants: int, noise: float, seed: int) -> Landscape:
+        rng = random.Random(f"landscape/{seed}")
+        weights = tuple(rng.uniform(0.5, 2.0) for _ in range(constants))
+        knobs = list(range(constants))
+        rng.shuffle(knobs)
+        # Half of the knobs coupled in pairs, strongly (|v| < 2·sqrt(w_i·w_j) keeps one
+        # optimum).
+        pairs = tuple(
+            (i, j, rng.choice((-1, 1)) * 1.2 * math.sqrt(weights[i] * weights[j]))
+            for i, j in zip(
+                knobs[: constants // 2 : 2], knobs[1 : constants // 2 : 2], strict=False
+            )
+        )
+        return cls(
+            names=tuple(f"K{i:03d}" for i in range(constants)),
+            optima=tuple(float(rng.choice((-3, -2, -1, 1, 2, 3))) for _ in range(constants)),
+            weights=weights,
+            pairs=pairs,
+            noise=noise,
+        )
+
+    def train_py(self) -> str:
+        """The start file: every constant at 1.0, as autoresearch-style globals."""
+        lines = ['"""Synthetic target of farm simulate."""', ""]
+        lines += [f"{name} = 1.0  # a knob" for name in self.names]
+        return "\n".join(lines) + "\n"
+
+    def true_loss(self, text: str) -> float:
+        values = {c.name: float(c.value) for c in find_constants(TRAIN, text)}
+        if min(values.values()) <= 0:
+            return math.inf
+        d = [math.log2(values[n]) - opt for n, opt in zip(self.names, self.optima, strict=True)]
+        return sum(w * x * x for w, x in zip(self.weights, d, strict=True)) + sum(
+            v * d[i] * d[j] for i, j, v in self.pairs
+        )
+
+    def draw(self, text: str, seed: int) -> float:
+        """One trial's metric: the true loss plus seed noise (the trial's farm seed)."""
+        return self.true_loss(text) + self.noise * random.Random(seed).gauss(0.0, 1.0)
+
+
+# -- the model of the farm --------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimModel:
+    """What the simulator assumes about the cluster, the trials and the LLM."""
+
+    slots: int = 16
+    schedule: str = "backlog"  # backlog | rounds (the proposer's scheduling, as in farm.toml)
+    batch_size: int = 4  # drafts per proposer call
+    backlog: int = 4  # validated candidates kept ready
+    trial_s: float = 300.0  # median trial duration
+    trial_jitter: float = 0.1  # lognormal σ of trial durations
+    crash_rate: float = 0.05  # share of candidates whose code crashes, part-way through
+    llm_s: float = 75.0  # median latency of one proposer call
+    llm_jitter: float = 0.3  # lognormal σ of that latency
+    node_slots: int = 8  # slots per node; a lost node takes all of its trials with it
+    node_loss_per_h: float = 0.0  # losses per node and hour
+    node_down_s: float = 600.0  # a lost node comes back after this long
+    lease_s: float = 30.0  # a lost trial returns to the queue when its lease lapses
+    tick_s: float = 1.0  # the roles' poll period
+    constants: int = 16  # knobs of the synthetic target
+    noise: float = 0.5  # its seed noise σ
+    target: float = 0.2  # stop at this share of the starting loss (0: run to the end)
+    max_candidates: int = 400
+    max_hours: float = 24 * 14
+    seed: int = 0
+    merge: MergeConfig = field(default_factory=MergeConfig)
+
+    def sequential(self) -> SimModel:
+        """The one-slot loop to compare with: propose one change, train, decide, repeat."""
+        return replace(self, slots=1, schedule="rounds", batch_size=1, backlog=0)
+
+
+@dataclass
+class SimResult:
+    model: SimModel
+    wall_s: float  # virtual time at the end (the target reached, or the run over)
+    trials: int  # trials with a result
+    busy_s: float  # slot-seconds of trials that produced a result
+    lost_s: float  # slot-seconds of trials lost with their node
+    candidates: int  # valid candidates created
+    kept: int
+    false_keeps: int  # kept although the true loss did not improve
+    start_loss: float
+    best_loss: float  # the final incumbent's true loss
+    reached_s: float | None  # when the incumbent first reached the target
+    proposer_calls: int
+    starved_s: float  # slot-seconds idle while no trial was queued and proposals were due
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_s / (self.model.slots * self.wall_s) if self.wall_s else 0.0
+
+    @property
+    def trials_per_slot_hour(self) -> float:
+        return self.trials / (self.model.slots * self.wall_s / 3600) if self.wall_s else 0.0
+
+
+@dataclass(order=True)
+class _Event:
+    at: float
+    seq: int
+    kind: str = field(compare=False)  # done | lost | node_up | node_down | proposal
+    data: object = field(compare=False, default=None)
+
+
+@dataclass
+class _Running:
+    trial: Trial
+    node: int
+    started: float
+    result: TrialResult
+
+
+class Simulation:
+    """One campaign on a virtual clock. `run` returns what happened."""
+
+    def __init__(self, model: SimModel, store_dir: Path) -> None:
+        self.model = model
+        self.land = Landscape.make(constants=model.constants, noise=model.noise, seed=model.seed)
+        self.start_text = self.land.train_py()
+        self.start_loss = self.land.true_loss(self.start_text)
+        self.cfg = sim_config(model)
+        self.store = SQLiteStore(store_dir / f"sim-{model.slots}-{model.seed}.db")
+        self.store.create_campaign(
+            Campaign(id=CAMPAIGN, target="", start_sha=START_SHA, config=self.cfg.to_dict()),
+            Incumbent(sha=START_SHA, files={TRAIN: self.start_text}),
+        )
+        self.repo = SimRepo()
+        self.controller = Controller(
+            store=self.store, repo=cast(Repo, self.repo), cfg=self.cfg, campaign=CAMPAIGN
+        )
+        self.feeder = Feeder(
+            store=self.store,
+            cfg=self.cfg,
+            campaign=CAMPAIGN,
+            proposer=MutateProposer(seed=model.seed),
+            max_candidates=model.max_candidates,
+        )
+        self.rng = random.Random(f"sim/{model.seed}")
+        self.now = 0.0
+        self._events: list[_Event] = []
+        self._seq = itertools.count()
+        self.nodes_up = [True] * math.ceil(model.slots / model.node_slots)
+        self.running: dict[str, _Running] = {}
+        self.calls = 0
+        self.calling = False
+        self.busy_s = self.lost_s = self.starved_s = 0.0
+        self.trials = 0
+        self.reached_s: float | None = None
+        for node in range(len(self.nodes_up)):
+            self._schedule_loss(node)
+
+    # -- events -------------------------------------------------------------------------
+    def _at(self, delay: float, kind: str, data: object = None) -> None:
+        heapq.heappush(self._events, _Event(self.now + delay, next(self._seq), kind, data))
+
+    def _schedule_loss(self, node: int) -> None:
+        if self.model.node_loss_per_h > 0:
+            self._at(self.rng.expovariate(self.model.node_loss_per_h / 3600), "node_down", node)
+
+    def _apply(self, ev: _Event) -> None:
+        if ev.kind == "done":
+            run = cast(_Running, ev.data)
+            if self.running.get(run.trial.id) is not run:
+                return  # lost with its node before it finished
+            del self.running[run.trial.id]
+            self.store.record_result(CAMPAIGN, run.result)
+            self.busy_s += run.result.duration_s
+            self.trials += 1
+        elif ev.kind == "proposal":
+            self.feeder.settle(self.feeder.record(cast(ProposalBatch, ev.data)))
+            self.calling = False
+        elif ev.kind == "node_down":
+            node = cast(int, ev.data)
+            self.nodes_up[node] = False
+            for run in [r for r in self.running.values() if r.node == node]:
+                del self.running[run.trial.id]
+                self.lost_s += self.now - run.started
+                self._at(self.model.lease_s, "lost", run.trial.id)  # the reaper's delay
+            self._at(self.model.node_down_s, "node_up", node)
+        elif ev.kind == "node_up":
+            node = cast(int, ev.data)
+            self.nodes_up[node] = True
+            self._schedule_loss(node)
+        elif ev.kind == "lost":
+            self.store.release(
+                CAMPAIGN, cast(str, ev.data), worker="sim", max_deliveries=3, failed=True
+            )
+
+    # -- the roles' poll loop -------------------------------------------------------------
+    def _free_slots(self) -> list[int]:
+        """The node of every free slot on a node that is up."""
+        used = [0] * len(self.nodes_up)
+        for r in self.running.values():
+            used[r.node] += 1
+        free = []
+        for node, up in enumerate(self.nodes_up):
+            size = min(self.model.node_slots, self.model.slots - node * self.model.node_slots)
+            free += [node] * ((size - used[node]) if up else 0)
+        return free
+
+    def _dispatch(self) -> None:
+        free = self._free_slots()
+        trials = self.store.claim_trials(CAMPAIGN, worker="sim", n=len(free), lease_s=1e9)
+        for trial, node in zip(trials, free, strict=False):
+            result = self._outcome(trial)
+            run = _Running(trial=trial, node=node, started=self.now, result=result)
+            self.running[trial.id] = run
+            self._at(result.duration_s, "done", run)
+
+    def _outcome(self, trial: Trial) -> TrialResult:
+        m = self.model
+        duration = m.trial_s * self.rng.lognormvariate(0.0, m.trial_jitter)
+        text = (trial.files or {TRAIN: self.start_text})[TRAIN]
+        # A crash belongs to the change (a bad value diverges, runs out of memory): every
+        # trial of a broken candidate crashes; the baseline and the merges work.
+        broken = random.Random(f"{m.seed}/c{trial.candidate_id}").random() < m.crash_rate
+        if trial.candidate_id is not None and broken:
+            return TrialResult(
+                trial_id=trial.id,
+                outcome=Outcome.CRASHED,
+                exit_code=1,
+                duration_s=duration * self.rng.uniform(0.05, 1.0),
+                output_tail="RuntimeError: CUDA error: an illegal memory access (simulated)",
+            )
+        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed)
+        return TrialResult(
+            trial_id=trial.id, outcome=Outcome.OK, metric=metric, duration_s=duration
+        )
+
+    def _propose(self) -> None:
+        if self.calling or self.feeder.done:
+            return
+        n = self.feeder.wanted()
+        if not n:
+            return
+        batch = self.feeder.ask(n)  # drafted from what the store holds now, landing later
+        self.calls += 1
+        self.calling = True
+        self._at(
+            self.model.llm_s * self.rng.lognormvariate(0.0, self.model.llm_jitter),
+            "proposal",
+            batch,
+        )
+
+    def _incumbent_loss(self) -> float:
+        return self.land.true_loss(self.store.get_incumbent(CAMPAIGN).files[TRAIN])
+
+    def _finished(self) -> bool:
+        if self.reached_s is not None:
+            return True
+        if self.calling or self.running or not self.feeder.done:
+            return False
+        counts = self.store.count_trials(CAMPAIGN)
+        waiting = self.store.list_candidates(
+            CAMPAIGN, {CandidateState.QUEUED, CandidateState.RUNNING}
+        )
+        return not (counts[TrialState.QUEUED] or waiting)
+
+    def run(self) -> SimResult:
+        target = self.model.target * self.start_loss
+        limit = self.model.max_hours * 3600
+        tick = self.model.tick_s
+        while True:
+            while self._events and self._events[0].at <= self.now:
+                self._apply(heapq.heappop(self._events))
+            self.controller.step(slots=self.model.slots)
+            if self.model.target and self._incumbent_loss() <= target:
+                self.reached_s = self.now
+            self._propose()
+            self._dispatch()
+            if self._finished() or self.now >= limit:
+                break
+            if not self._events:
+                break  # nothing can happen any more (a stuck campaign ends the run)
+            # Jump to the next event, on the poll grid: idle ticks change nothing.
+            nxt = max(self.now + tick, math.ceil(self._events[0].at / tick) * tick)
+            idle = len(self._free_slots())
+            if idle and not self.store.count_trials(CAMPAIGN)[TrialState.QUEUED]:
+                self.starved_s += idle * (nxt - self.now)
+            self.now = nxt
+        return self._result()
+
+    def _result(self) -> SimResult:
+        decisions = self.store.list_decisions(CAMPAIGN)
+        cands = {c.id: c for c in self.store.list_candidates(CAMPAIGN)}
+        false_keeps = 0
+        for d in decisions:
+            if d.kind is DecisionKind.KEPT:
+                before = self._loss_at(d.incumbent_before)
+                after = self.land.true_loss(cands[d.candidate_id].files[TRAIN])
+                false_keeps += after >= before
+        return SimResult(
+            model=self.model,
+            wall_s=self.now,
+            trials=self.trials,
+            busy_s=self.busy_s,
+            lost_s=self.lost_s,
+            candidates=sum(c.state is not CandidateState.REJECTED for c in cands.values()),
+            kept=sum(d.kind is DecisionKind.KEPT for d in decisions),
+            false_keeps=false_keeps,
+            start_loss=self.start_loss,
+            best_loss=self._incumbent_loss(),
+            reached_s=self.reached_s,
+            proposer_calls=self.calls,
+            starved_s=self.starved_s,
+        )
+
+    def _loss_at(self, sha: str) -> float:
+        if sha == START_SHA:
+            return self.start_loss
+        cand = next(c for c in self.store.list_candidates(CAMPAIGN) if c.commit_sha == sha)
+        return self.land.true_loss(cand.files[TRAIN])
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def sim_config(model: SimModel) -> TargetConfig:
+    """The farm.toml a simulated campaign runs with."""
+    return config_from_dict(
+        {
+            "editable": [TRAIN],
+            "command": "python train.py",
+            "metric": "loss",
+            "budget_s": model.trial_s * 3,
+            "merge": dataclasses.asdict(model.merge),
+            "proposer": {
+                "kind": "mutate",
+                "schedule": model.schedule,
+                "batch_size": model.batch_size,
+                "backlog": model.backlog,
+                "seed": model.seed,
+            },
+        },
+        source="farm simulate",
+    )
+
+
+def simulate(model: SimModel) -> SimResult:
+    with tempfile.TemporaryDirectory(prefix="farm-sim-", dir=_fast_tmp()) as tmp:
+        sim = Simulation(model, Path(tmp))
+        try:
+            return sim.run()
+        finally:
+            sim.close()
+
+
+def _fast_tmp() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
+
+
+# -- comparison with the sequential loop and the table -----------------------------------------
+@dataclass
+class Row:
+    farm: SimResult
+    sequential: SimResult
+
+    @property
+    def speedup(self) -> float | None:
+        f, s = self.farm.reached_s, self.sequential.reached_s
+        return s / f if f and s else None
+
+    @property
+    def efficiency(self) -> float | None:
+        """Sequential time ÷ (N × farm time) to the same target."""
+        sp = self.speedup
+        return sp / self.farm.model.slots if sp is not None else None
+
+
+COLUMNS = [
+    "slots",
+    "schedule",
+    "batch",
+    "backlog",
+    "max rebases",
+    "LLM s",
+    "utilisation",
+    "starved",
+    "trials/slot-h",
+    "to target (h)",
+    "sequential (h)",
+    "speed-up",
+    "parallel eff.",
+    "kept",
+    "false keeps",
+    "calls",
+]
+
+
+def cells(rows: list[Row]) -> list[str]:
+    """One table row for the runs of one setting (several seeds: medians)."""
+    m = rows[0].farm.model
+
+    def med(xs: list[float | None], fmt: str) -> str:
+        got = [x for x in xs if x is not None]
+        if not got:
+            return "not reached"
+        text = format(statistics.median(got), fmt)
+        return text if len(got) == len(xs) else f"{text} ({len(got)}/{len(xs)})"
+
+    def h(x: float | None) -> float | None:
+        return None if x is None else x / 3600
+
+    return [
+        str(m.slots),
+        m.schedule,
+        str(m.batch_size),
+        str(m.backlog),
+        str(m.merge.max_rebases),
+        f"{m.llm_s:g}",
+        med([r.farm.utilisation for r in rows], ".1%"),
+        med([r.farm.starved_s / (m.slots * r.farm.wall_s) for r in rows], ".1%"),
+        med([r.farm.trials_per_slot_hour for r in rows], ".2f"),
+        med([h(r.farm.reached_s) for r in rows], ".2f"),
+        med([h(r.sequential.reached_s) for r in rows], ".1f"),
+        med([r.speedup for r in rows], ".1f"),
+        med([r.efficiency for r in rows], ".0%"),
+        med([float(r.farm.kept) for r in rows], ".0f"),
+        med([float(r.farm.false_keeps) for r in rows], ".0f"),
+        med([float(r.farm.proposer_calls) for r in rows], ".0f"),
+    ]
+
+
+def table(results: list[list[Row]]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(cells(rows)) + " |" for rows in results]
+    return "\n".join(lines)
+
+
+def sweep(
+    models: list[SimModel],
+    *,
+    seeds: int,
+    on_row: Callable[[list[Row]], None] | None = None,
+) -> list[list[Row]]:
+    """Every model over `seeds` seeds, each against the sequential loop on the same seed."""
+    sequential: dict[str, SimResult] = {}  # by the model's repr (MergeConfig is unhashable)
+    out = []
+    for model in models:
+        rows = []
+        for s in range(seeds):
+            m = replace(model, seed=model.seed + s)
+            seq = m.sequential()
+            if repr(seq) not in sequential:
+                sequential[repr(seq)] = simulate(seq)
+            rows.append(Row(farm=simulate(m), sequential=sequential[repr(seq)]))
+        out.append(rows)
+        if on_row is not None:
+            on_row(rows)
+    return out

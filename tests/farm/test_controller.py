@@ -1,0 +1,243 @@
+"""The merge controller step by step: a real git target and SQLite store, results recorded
+by hand in place of workers (the worker path has tests of its own), so each test chooses
+exactly which trial finishes when and with what metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import MakeTarget, git
+
+from farm.campaign import prepare
+from farm.config import TargetConfig, load_config
+from farm.controller import Controller
+from farm.gitops import Repo, best_branch
+from farm.propose import record_drafts
+from farm.records import (
+    CandidateState,
+    DecisionKind,
+    Draft,
+    Edit,
+    Outcome,
+    TrialKind,
+    TrialResult,
+)
+from farm.store import Store, default_url, open_store
+
+TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
+
+
+class Bench:
+    """A campaign whose trials finish when the test says, with the metric it says."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.cfg: TargetConfig = load_config(target)
+        self.store: Store = open_store(default_url(target))
+        prepare(target, self.cfg, self.store, check_command=False)
+        self.repo = Repo(target)
+        self.ctl = Controller(store=self.store, repo=self.repo, cfg=self.cfg, campaign="default")
+        self.ctl.sync_best_branch()  # as `farm run` starts
+
+    def propose(self, *edits: tuple[str, str]) -> list[int]:
+        """Record one draft per (search, replace) on the incumbent as the proposer would."""
+        from farm.propose import build_context
+
+        ctx = build_context(self.store, self.cfg, "default")
+        drafts = [
+            Draft(title=f"{s} → {r}", hypothesis="", edits=[Edit("train.py", s, r)])
+            for s, r in edits
+        ]
+        before = {c.id for c in self.store.list_candidates("default")}
+        record_drafts(self.store, self.cfg, "default", drafts, ctx)
+        return sorted({c.id for c in self.store.list_candidates("default")} - before)
+
+    def finish(
+        self, metric_of: dict[str, float], *, slots: int = 8, only: bool = False
+    ) -> list[str]:
+        """Step, then finish the queued trials: metric by trial-id prefix, else 1.0.
+
+        `only`: finish just the trials a prefix names; the others stay queued.
+        """
+        self.ctl.step(slots=slots)
+        done = []
+        for t in self.store.claim_trials("default", worker="test", n=100, lease_s=60):
+            metric = next((v for k, v in metric_of.items() if t.id.startswith(k)), None)
+            if metric is None and only:
+                self.store.release("default", t.id, worker="test", max_deliveries=3, failed=False)
+                continue
+            self.store.record_result(
+                "default", TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=metric or 1.0)
+            )
+            done.append(t.id)
+        return done
+
+    def state(self, cand_id: int) -> CandidateState:
+        cand = self.store.get_candidate("default", cand_id)
+        assert cand is not None
+        return cand.state
+
+
+@pytest.fixture
+def bench(make_target: MakeTarget) -> Bench:
+    # Baseline runs alternate 0.9/1.1: mean 1.0, σ about 0.1.
+    target = make_target({"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 4\nconfirm = 2\n")
+    b = Bench(target)
+    b.ctl.step(slots=8)
+    for t in b.store.claim_trials("default", worker="test", n=10, lease_s=60):
+        metric = 0.9 if t.id in ("base-0", "base-2") else 1.1
+        b.store.record_result(
+            "default", TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=metric)
+        )
+    b.ctl.step(slots=8)
+    camp = b.store.get_campaign("default")
+    assert camp is not None and camp.sigma == pytest.approx(0.11547, rel=1e-3)
+    return b
+
+
+def tip_file(b: Bench) -> str:
+    tip = git(b.target, "rev-parse", best_branch("default")).strip()
+    return git(b.target, "show", f"{tip}:train.py")
+
+
+def test_a_queued_candidate_starts_on_the_incumbent_that_moved_since_it_was_drafted(
+    bench: Bench,
+) -> None:
+    lr, lr_too, mom = bench.propose(
+        ("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"), ("MOM = 0.1", "MOM = 0.9")
+    )
+    # One slot: lr runs (screen, then confirmations) while the other two wait in the queue.
+    for _ in range(2):
+        bench.finish({f"c{lr}-": 0.5}, slots=1)
+    bench.ctl.step(slots=1)  # lr is kept and the next candidates start
+    assert bench.state(lr) is CandidateState.KEPT
+    inc = bench.store.get_incumbent("default")
+    # lr_too edits the line lr changed: it can no longer apply, and never ran.
+    assert bench.state(lr_too) is CandidateState.SUPERSEDED
+    assert bench.store.list_trials("default", candidate_id=lr_too) == []
+    decision = bench.store.get_decision("default", lr_too)
+    assert decision is not None and "no longer applies on the incumbent" in decision.reason
+    # mom was drafted on the start commit but runs on the incumbent, as a fresh candidate.
+    cand = bench.store.get_candidate("default", mom)
+    assert cand is not None and cand.state is CandidateState.RUNNING
+    assert cand.base_sha == inc.sha and cand.generation == 0
+    assert "LR = 1.0" in cand.files["train.py"] and "MOM = 0.9" in cand.files["train.py"]
+    for _ in range(2):
+        bench.finish({f"c{mom}-": 0.2}, slots=1)
+    bench.ctl.step(slots=1)
+    assert bench.state(mom) is CandidateState.KEPT
+    kinds = {t.kind for t in bench.store.list_trials("default")}
+    assert TrialKind.REBASE not in kinds  # nothing was run twice
+    assert "LR = 1.0" in tip_file(bench) and "MOM = 0.9" in tip_file(bench)
+
+
+def test_a_stale_winner_is_rerun_once_on_the_incumbent_without_a_new_screen(
+    bench: Bench,
+) -> None:
+    lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
+    bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.6})  # both screens
+    bench.finish({f"c{lr}-": 0.5}, only=True)  # lr's confirmations; mom's stay queued
+    bench.ctl.step(slots=8)
+    assert bench.state(lr) is CandidateState.KEPT
+    ran = bench.finish({f"c{mom}-": 0.6})  # mom's confirmations, on its stale base
+    assert all(t.startswith(f"c{mom}-g0-confirm") for t in ran)
+    ran = bench.finish({f"c{mom}-": 0.3})  # mom won on a stale base: rebased, re-run
+    rebase = [t for t in bench.store.list_trials("default", candidate_id=mom) if t.id in ran]
+    assert {t.kind for t in rebase} == {TrialKind.REBASE}
+    assert sorted(t.id for t in rebase) == [f"c{mom}-g1-confirm0", f"c{mom}-g1-confirm1"]
+    assert all("LR = 1.0" in t.files["train.py"] for t in rebase)
+    bench.ctl.step(slots=8)
+    assert bench.state(mom) is CandidateState.KEPT
+    inc = bench.store.get_incumbent("default")
+    assert inc.metric == pytest.approx(0.3) and inc.runs == 2
+    assert "LR = 1.0" in tip_file(bench) and "MOM = 0.9" in tip_file(bench)
+
+
+def test_past_its_rebases_a_winner_merges_on_evidence_and_the_merge_is_measured(
+    make_target: MakeTarget,
+) -> None:
+    target = make_target(
+        {"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 2\nconfirm = 2\nmax_rebases = 0\n"
+    )
+    bench = Bench(target)
+    bench.finish({"base-0": 0.9, "base-1": 1.1})
+    lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
+    bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})  # screens
+    bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})  # confirmations of both
+    bench.ctl.step(slots=8)
+    assert bench.state(lr) is CandidateState.KEPT and bench.state(mom) is CandidateState.KEPT
+    decision = bench.store.get_decision("default", mom)
+    assert decision is not None and "untried" in decision.reason
+    inc = bench.store.get_incumbent("default")
+    # Estimated: lr's 0.5 improved by mom's gain over the start (1.0 - 0.7), not yet run.
+    assert inc.candidate_id == mom and inc.runs == 0 and inc.metric == pytest.approx(0.2)
+    assert "LR = 1.0" in tip_file(bench) and "MOM = 0.9" in tip_file(bench)
+
+    ran = bench.finish({f"c{mom}-measure": 0.35})
+    assert sorted(ran) == [f"c{mom}-measure0", f"c{mom}-measure1"]
+    measured = bench.store.list_trials("default", candidate_id=mom)
+    assert all(t.commit_sha == inc.sha for t in measured if t.id in ran)
+    bench.ctl.step(slots=8)
+    inc = bench.store.get_incumbent("default")
+    assert inc.runs == 2 and inc.metric == pytest.approx(0.35)
+
+
+def test_rounds_wait_for_the_whole_batch_and_backlog_does_not(bench: Bench) -> None:
+    from farm.propose import Feeder
+    from proposer.mutate import MutateProposer
+
+    def feeder(schedule: str) -> Feeder:
+        bench.cfg.proposer.schedule = schedule
+        return Feeder(
+            store=bench.store, cfg=bench.cfg, campaign="default", proposer=MutateProposer(0)
+        )
+
+    (lr,) = bench.propose(("LR = 0.5", "LR = 1.0"))
+    bench.ctl.step(slots=8)
+    assert bench.state(lr) is CandidateState.RUNNING
+    assert feeder("rounds").wanted() == 0  # a round is still running
+    assert feeder("backlog").wanted() == bench.cfg.proposer.batch_size
+    bench.finish({f"c{lr}-": 1.5})
+    bench.ctl.step(slots=8)
+    assert bench.state(lr) is CandidateState.DISCARDED
+    assert feeder("rounds").wanted() == bench.cfg.proposer.batch_size
+    f = feeder("backlog")
+    f.max_candidates = 3
+    assert f.wanted() == 2  # two more valid candidates allowed
+    assert f.propose_once(f.wanted()) == 2 and f.done
+    assert [d.kind for d in bench.store.list_decisions("default")] == [DecisionKind.DISCARDED]
+
+
+def test_each_incumbent_gets_its_own_noise_once_its_runs_tell_it(bench: Bench) -> None:
+    """A keep that takes the metric from 1.0 to 0.2 also takes its seed noise from about
+    0.1 to about 0.001: a later gain of 0.02 is real, though far below the baseline's σ."""
+
+    def runs(cand: int, screen: float, a: float, b: float) -> dict[str, float]:
+        return {f"c{cand}-g0-screen": screen, f"c{cand}-g0-confirm0": a, f"c{cand}-g0-confirm1": b}
+
+    (lr,) = bench.propose(("LR = 0.5", "LR = 1.0"))
+    bench.finish(runs(lr, 0.2, 0.201, 0.199))
+    bench.finish(runs(lr, 0.2, 0.201, 0.199))
+    bench.ctl.step(slots=8)
+    assert bench.state(lr) is CandidateState.KEPT
+    # Two no-effect changes on the new incumbent, each confirmed twice: with the incumbent's
+    # own two runs, 3 degrees of freedom, as many as the 4 baseline runs had.
+    a, b = bench.propose(("MOM = 0.1", "MOM = 0.11"), ("MOM = 0.1", "MOM = 0.09"))
+    for _ in range(2):
+        bench.finish({**runs(a, 0.199, 0.2005, 0.1995), **runs(b, 0.199, 0.2012, 0.1988)})
+    bench.ctl.step(slots=8)
+    assert bench.state(a) is CandidateState.DISCARDED
+    assert bench.state(b) is CandidateState.DISCARDED
+    # A restarted controller reads the same noise back from the store.
+    bench.ctl = Controller(store=bench.store, repo=bench.repo, cfg=bench.cfg, campaign="default")
+    (c,) = bench.propose(("MOM = 0.1", "MOM = 0.5"))
+    for _ in range(2):
+        bench.finish(runs(c, 0.18, 0.1805, 0.1795))
+    bench.ctl.step(slots=8)
+    decision = bench.store.get_decision("default", c)
+    assert decision is not None and decision.kind is DecisionKind.KEPT, decision
+    assert decision.sigma is not None and decision.sigma < 0.002
+    # The baseline's σ (about 0.115) would have asked for a gain above 0.17.
+    camp = bench.store.get_campaign("default")
+    assert camp is not None and camp.sigma is not None and camp.sigma > 0.1
