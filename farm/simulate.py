@@ -386,12 +386,15 @@ class Simulation:
     def _result(self) -> SimResult:
         decisions = self.store.list_decisions(CAMPAIGN)
         cands = {c.id: c for c in self.store.list_candidates(CAMPAIGN)}
-        false_keeps = 0
+        loss_at = {START_SHA: self.start_loss}  # of every incumbent
         for d in decisions:
             if d.kind is DecisionKind.KEPT:
-                before = self._loss_at(d.incumbent_before)
-                after = self.land.true_loss(cands[d.candidate_id].files[TRAIN])
-                false_keeps += after >= before
+                loss_at[d.incumbent_after] = self.land.true_loss(cands[d.candidate_id].files[TRAIN])
+        false_keeps = sum(
+            loss_at[d.incumbent_after] >= loss_at[d.incumbent_before]
+            for d in decisions
+            if d.kind is DecisionKind.KEPT
+        )
         return SimResult(
             model=self.model,
             wall_s=self.now,
@@ -407,12 +410,6 @@ class Simulation:
             proposer_calls=self.calls,
             starved_s=self.starved_s,
         )
-
-    def _loss_at(self, sha: str) -> float:
-        if sha == START_SHA:
-            return self.start_loss
-        cand = next(c for c in self.store.list_candidates(CAMPAIGN) if c.commit_sha == sha)
-        return self.land.true_loss(cand.files[TRAIN])
 
     def close(self) -> None:
         self.store.close()
@@ -457,11 +454,12 @@ def _fast_tmp() -> str | None:
 @dataclass
 class Row:
     farm: SimResult
-    sequential: SimResult
+    sequential: SimResult | None  # None: not run (`--no-sequential`, for large farms)
 
     @property
     def speedup(self) -> float | None:
-        f, s = self.farm.reached_s, self.sequential.reached_s
+        f = self.farm.reached_s
+        s = self.sequential.reached_s if self.sequential else None
         return s / f if f and s else None
 
     @property
@@ -516,9 +514,15 @@ def cells(rows: list[Row]) -> list[str]:
         med([r.farm.starved_s / (m.slots * r.farm.wall_s) for r in rows], ".1%"),
         med([r.farm.trials_per_slot_hour for r in rows], ".2f"),
         med([h(r.farm.reached_s) for r in rows], ".2f"),
-        med([h(r.sequential.reached_s) for r in rows], ".1f"),
-        med([r.speedup for r in rows], ".1f"),
-        med([r.efficiency for r in rows], ".0%"),
+        *(
+            [
+                med([h(r.sequential.reached_s) if r.sequential else None for r in rows], ".1f"),
+                med([r.speedup for r in rows], ".1f"),
+                med([r.efficiency for r in rows], ".0%"),
+            ]
+            if rows[0].sequential
+            else ["not run"] * 3
+        ),
         med([float(r.farm.kept) for r in rows], ".0f"),
         med([float(r.farm.false_keeps) for r in rows], ".0f"),
         med([float(r.farm.proposer_calls) for r in rows], ".0f"),
@@ -538,9 +542,11 @@ def sweep(
     models: list[SimModel],
     *,
     seeds: int,
+    compare: bool = True,
     on_row: Callable[[list[Row]], None] | None = None,
 ) -> list[list[Row]]:
-    """Every model over `seeds` seeds, each against the sequential loop on the same seed."""
+    """Every model over `seeds` seeds, each against the sequential loop on the same seed
+    (unless not `compare`: at 1,000 slots the sequential loop is the slow part)."""
     sequential: dict[str, SimResult] = {}  # by the model's repr (MergeConfig is unhashable)
     out = []
     for model in models:
@@ -548,9 +554,9 @@ def sweep(
         for s in range(seeds):
             m = replace(model, seed=model.seed + s)
             seq = m.sequential()
-            if repr(seq) not in sequential:
+            if compare and repr(seq) not in sequential:
                 sequential[repr(seq)] = simulate(seq)
-            rows.append(Row(farm=simulate(m), sequential=sequential[repr(seq)]))
+            rows.append(Row(farm=simulate(m), sequential=sequential.get(repr(seq))))
         out.append(rows)
         if on_row is not None:
             on_row(rows)

@@ -63,6 +63,7 @@ def make_target(root: Path, *, trial_s: float, schedule: str, batch: int, backlo
     root.mkdir(parents=True)
     (root / "train.py").write_text(train_py(trial_s, seed=0))
     (root / "prepare.py").write_text("# FIXED\n")
+    (root / "program.md").write_text("Lower the loss.\n")
     (root / "farm.toml").write_text(
         'editable = ["train.py"]\nprotected = ["prepare.py"]\ncommand = "python3 train.py"\n'
         f'metric = "loss"\nbudget_s = {trial_s * 4}\n\n[metrics]\nenabled = false\n\n'
