@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--crash-rate", type=float, default=0.05, help="share of candidates crashing")
     sim.add_argument("--node-loss", type=float, default=0.0, help="node losses per node-hour")
     sim.add_argument("--node-slots", type=int, default=8, help="slots per node")
-    sim.add_argument("--constants", type=int, default=16, help="knobs of the synthetic target")
+    sim.add_argument("--constants", type=int, default=64, help="knobs of the synthetic target")
     sim.add_argument("--noise", type=float, default=0.5, help="its seed noise σ")
     sim.add_argument(
         "--target", type=float, default=0.2, help="stop at this share of the starting loss"
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the one-slot comparison (it is the slow part for very large targets)",
     )
-    sim.add_argument("--max-candidates", type=int, default=400, help="per run")
+    sim.add_argument("--max-candidates", type=int, default=1000, help="per run")
     return p
 
 

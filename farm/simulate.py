@@ -186,7 +186,7 @@ class SimResult:
     best_loss: float  # the final incumbent's true loss
     reached_s: float | None  # when the incumbent first reached the target
     proposer_calls: int
-    starved_s: float  # slot-seconds idle while no trial was queued and proposals were due
+    starved_s: float  # slot-seconds idle while no trial waited in the queue
 
     @property
     def utilisation(self) -> float:

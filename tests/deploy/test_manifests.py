@@ -166,6 +166,7 @@ def test_the_cluster_farm_toml_pins_trials_to_the_worker_group_labels_and_resour
 def test_the_cluster_farm_toml_is_the_bundled_example_campaign() -> None:
     example = tomllib.loads((ROOT / "examples" / "eclip" / "farm.toml").read_text())
     ours = tomllib.loads((K8S / "eclip.farm.toml").read_text())
+
     def scalars(d: dict) -> dict:
         return {k: v for k, v in d.items() if not isinstance(v, dict)}
 
