@@ -224,9 +224,8 @@ class Feeder:
         if valid:
             self._dry = 0
             return 0.0
-        busy = self.store.list_candidates(
-            self.campaign, {CandidateState.QUEUED, CandidateState.RUNNING}
-        )
+        counts = self.store.count_candidates(self.campaign)
+        busy = counts[CandidateState.QUEUED] + counts[CandidateState.RUNNING]
         self._dry = 0 if busy else self._dry + 1
         if self._dry >= EXHAUSTED_AFTER:
             log.info("proposer %s has nothing new to propose", self.proposer.name)
