@@ -132,9 +132,13 @@ def main() -> int:
     ap.add_argument("--max-candidates", type=int, default=24)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--proposers", default=",".join(PROPOSERS))
+    ap.add_argument(
+        "--target", type=Path, default=TARGET, help="where the copy of the example goes"
+    )
     args = ap.parse_args()
+    target = args.target.resolve()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    copy_example(TARGET)
+    copy_example(target)
     api = FakeAnthropic().start()
     api.respond = EclipModel()
     os.environ["ANTHROPIC_BASE_URL"] = api.url
@@ -146,7 +150,7 @@ def main() -> int:
             code = farm(
                 [
                     "run",
-                    str(TARGET),
+                    str(target),
                     "--campaign",
                     kind,
                     "--proposer",
@@ -163,7 +167,7 @@ def main() -> int:
                 return code
     finally:
         api.stop()
-    store = open_store(f"sqlite:///{TARGET / '.farm' / 'farm.db'}")
+    store = open_store(f"sqlite:///{target / '.farm' / 'farm.db'}")
     print()
     print(f"examples/eclip, {args.slots} slots, {args.max_candidates} candidates per proposer")
     print()
