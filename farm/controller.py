@@ -83,9 +83,9 @@ class Controller:
                 made.append(decision)
                 if decision.kind is DecisionKind.KEPT:
                     inc = self.store.get_incumbent(self.campaign)
-        self._measure_incumbent()
+        self._measure_incumbent(inc)
         if promote:
-            self._promote(slots)
+            self._promote(slots, inc)
         return made
 
     def baseline_done(self) -> bool:
@@ -141,7 +141,7 @@ class Controller:
         return "\n".join(lines)
 
     # -- candidates -----------------------------------------------------------------------
-    def _promote(self, slots: int | None) -> None:
+    def _promote(self, slots: int | None, inc: Incumbent) -> None:
         """Start queued candidates while fewer trials are waiting than slots can take."""
         counts = self.store.count_trials(self.campaign)
         queued, running = counts[TrialState.QUEUED], counts[TrialState.RUNNING]
@@ -149,7 +149,6 @@ class Controller:
         demand = max(running, MIN_QUEUE) - queued if slots is None else slots - queued - running
         if demand <= 0:
             return
-        inc = self.store.get_incumbent(self.campaign)
         for cand in self.store.list_candidates(self.campaign, {CandidateState.QUEUED}):
             if demand <= 0:
                 break
@@ -356,13 +355,12 @@ class Controller:
         if self._pools is not None:  # else they are loaded, this run included, when needed
             self._pools.add(sha, values, key=key)
 
-    def _measure_incumbent(self) -> None:
+    def _measure_incumbent(self, inc: Incumbent) -> None:
         """An incumbent merged on evidence is run until its own runs give its estimate.
 
         Estimates added up keep every error of the gains behind them (the best of many
         noisy runs looks better than it is), so each one is replaced by a measurement.
         """
-        inc = self.store.get_incumbent(self.campaign)
         if inc.runs or inc.candidate_id is None:
             return
         values = self._measured(inc.candidate_id, create=True)
