@@ -63,7 +63,7 @@ class Controller:
         self._broken: set[int] = set()  # merges whose measuring runs all failed (said once)
         self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
         self._pools: NoisePools | None = None  # loaded at the first judgement
-        self._finished: dict[str, Trial] = {}  # a finished trial never changes again
+        self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, *, slots: int | None, promote: bool = True) -> list[Decision]:
@@ -179,8 +179,8 @@ class Controller:
             return self._finished[trial_id]
         existing = self.store.get_trial(self.campaign, trial_id)
         if existing is not None:
-            if existing.state.is_finished():
-                self._finished[trial_id] = existing
+            if existing.state.is_finished():  # kept without its files: state and result do
+                self._finished[trial_id] = dataclasses.replace(existing, files={})
             return existing
         trial = Trial(
             id=trial_id,
