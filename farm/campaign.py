@@ -27,7 +27,7 @@ from farm.gitops import Repo
 from farm.metrics import serve
 from farm.progress import decision_line, snapshot, status_line
 from farm.propose import Feeder
-from farm.records import Campaign, CandidateState, Incumbent, TrialState
+from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from proposer.base import Proposer
 
@@ -231,15 +231,7 @@ def run(
 
 def _finished(store: Store, campaign: str, *, feeder_done: bool, stopping: bool) -> bool:
     """Done when nothing runs or waits; when stopping early, queued candidates may wait."""
-    if not (feeder_done or stopping):
-        return False
-    camp = store.get_campaign(campaign)
-    if camp is None or camp.sigma is None:
-        return False
-    counts = store.count_trials(campaign)
-    if counts[TrialState.QUEUED] or counts[TrialState.RUNNING]:
-        return False
     waiting = (
         {CandidateState.RUNNING} if stopping else {CandidateState.RUNNING, CandidateState.QUEUED}
     )
-    return not store.list_candidates(campaign, waiting)
+    return (feeder_done or stopping) and store.is_quiet(campaign, waiting=waiting)

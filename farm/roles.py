@@ -47,17 +47,6 @@ def wait_for_campaign(store: Store, campaign: str, *, out: TextIO, timeout_s: fl
         time.sleep(POLL_S)
 
 
-def _idle(store: Store, campaign: str) -> bool:
-    """Nothing to run or decide now: no waiting or running trial or candidate."""
-    counts = store.count_trials(campaign)
-    if counts[TrialState.QUEUED] or counts[TrialState.RUNNING]:
-        return False
-    camp = store.get_campaign(campaign)
-    if camp is None or camp.sigma is None:
-        return False
-    return not store.list_candidates(campaign, {CandidateState.QUEUED, CandidateState.RUNNING})
-
-
 class _IdleClock:
     """True once the campaign has been idle for `limit_s` in a row (None: never)."""
 
@@ -97,7 +86,8 @@ def serve_control(
                 file=out,
                 flush=True,
             )
-        if clock.expired(_idle(store, cfg.campaign)):
+        waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
+        if clock.expired(store.is_quiet(cfg.campaign, waiting=waiting)):
             print("farm control: idle; exiting", file=out, flush=True)
             return 0
         time.sleep(POLL_S)

@@ -351,13 +351,9 @@ class Simulation:
     def _finished(self) -> bool:
         if self.reached_s is not None:
             return True
-        if self.calling or self.running or not self.feeder.done:
-            return False
-        counts = self.store.count_trials(CAMPAIGN)
-        waiting = self.store.list_candidates(
-            CAMPAIGN, {CandidateState.QUEUED, CandidateState.RUNNING}
-        )
-        return not (counts[TrialState.QUEUED] or waiting)
+        waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
+        done = not self.calling and self.feeder.done
+        return done and self.store.is_quiet(CAMPAIGN, waiting=waiting)
 
     def run(self) -> SimResult:
         target = self.model.target * self.start_loss

@@ -91,6 +91,18 @@ class Store(abc.ABC):
     ) -> list[Candidate]:
         """Candidates by id, optionally only those in `states`."""
 
+    def is_quiet(self, campaign_id: str, *, waiting: set[CandidateState]) -> bool:
+        """The baseline is measured, no trial is queued or running and no candidate is in
+        `waiting`: nothing more happens unless something new is proposed."""
+        camp = self.get_campaign(campaign_id)
+        if camp is None or camp.sigma is None:
+            return False
+        trials = self.count_trials(campaign_id)
+        if trials[TrialState.QUEUED] or trials[TrialState.RUNNING]:
+            return False
+        cands = self.count_candidates(campaign_id)
+        return not any(cands[state] for state in waiting)
+
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         """How many candidates are in each state (every state present, zeros included)."""
         counts = dict.fromkeys(CandidateState, 0)
