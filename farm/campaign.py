@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -21,9 +22,9 @@ import ray
 
 from farm.config import CONFIG_NAME, TargetConfig
 from farm.controller import Controller
-from farm.dispatch import Dispatcher, check_feasible
+from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
 from farm.errors import ConfigError, TargetError
-from farm.gitops import Repo
+from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import serve
 from farm.progress import decision_line, snapshot, status_line
 from farm.propose import Feeder
@@ -34,7 +35,20 @@ from proposer.base import Proposer
 log = logging.getLogger(__name__)
 
 # Settings that define what a campaign measures: resuming with others would mix results.
-_FIXED_KEYS = ("editable", "protected", "command", "metric", "metric_regex", "direction")
+_FIXED_KEYS = (
+    "editable",
+    "protected",
+    "command",
+    "metric",
+    "metric_regex",
+    "direction",
+    "evaluate",
+    "bounds",
+)
+# Environment variables that look like secrets: dropped before Ray starts, so neither its
+# workers nor a trial that reads their /proc/<pid>/environ can find them.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.I)
+_SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
 
 
 def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: bool) -> Campaign:
@@ -59,7 +73,10 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
     repo.exclude(".farm/")  # the default store lives there; keep it out of `git status`
     existing = store.get_campaign(cfg.campaign)
     if existing is not None:
-        changed = [k for k in _FIXED_KEYS if existing.config.get(k) != cfg.to_dict()[k]]
+        now = cfg.to_dict()
+        # A key the campaign's snapshot lacks (an older farm) had its default then.
+        then = {**TargetConfig(editable=[], command="", metric="").to_dict(), **existing.config}
+        changed = [k for k in _FIXED_KEYS if then[k] != now[k]]
         if changed:
             raise ConfigError(
                 f"{target / CONFIG_NAME}: {changed[0]} differs from what campaign "
@@ -79,6 +96,36 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
     return store.create_campaign(camp, inc)
+
+
+def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
+    """Point the campaign's farm branches back where the store says; returns what moved."""
+    wanted = {best_branch(campaign): store.get_incumbent(campaign).sha}
+    for cand in store.list_candidates(campaign):
+        if cand.commit_sha:
+            wanted[candidate_branch(campaign, cand.id)] = cand.commit_sha
+    moved = []
+    for branch, sha in wanted.items():
+        tip = repo.ref_sha(f"refs/heads/{branch}")
+        if tip != sha:
+            repo.set_branch(branch, sha)
+            moved.append(f"{branch}: {tip[:12] if tip else 'missing'} -> {sha[:12]}")
+    return moved
+
+
+def scrub_secrets(*, keep: list[str]) -> list[str]:
+    """Drop secret-looking variables from this process's environment (names in `keep` and
+    Ray's own stay); returns their names. Call it once the proposer holds its key."""
+    gone = [
+        name
+        for name, value in os.environ.items()
+        if name not in keep
+        and not name.startswith("RAY_")
+        and (_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
+    ]
+    for name in gone:
+        del os.environ[name]
+    return sorted(gone)
 
 
 def _check_command(command: str, cwd: Path) -> None:
@@ -107,10 +154,16 @@ class RunOptions:
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
 
 
-def init_ray(cfg: TargetConfig, opts: RunOptions) -> bool:
-    """Connect to Ray (or start a local instance). False if this process already had it."""
+def init_ray(cfg: TargetConfig, opts: RunOptions, *, out: TextIO | None = None) -> bool:
+    """Connect to Ray (or start a local instance). False if this process already had it.
+
+    Secrets leave this process's environment first: a local Ray's workers inherit it.
+    """
     if ray.is_initialized():
         return False
+    gone = scrub_secrets(keep=[*cfg.env_allow, *cfg.sandbox.env])
+    if gone and out is not None:
+        print(f"farm: kept from Ray and every trial: {', '.join(gone)}", file=out, flush=True)
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
@@ -177,6 +230,7 @@ def run(
         file=out,
         flush=True,
     )
+    announce_sandbox(cfg, out=out)
     feeder.start()
     try:
         while True:

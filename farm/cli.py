@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-address", help="serve Prometheus metrics at host:port (overrides [metrics])"
     )
+    run.add_argument(
+        "--repair-refs",
+        action="store_true",
+        help="first point farm's branches back where the store says (after a mismatch error)",
+    )
 
     control = sub.add_parser("control", help="run only the merge controller (a role process)")
     common(control)
@@ -208,7 +213,7 @@ def _config(args: argparse.Namespace) -> TargetConfig:
 def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     import ray
 
-    from farm.campaign import RunOptions, init_ray, prepare, run
+    from farm.campaign import RunOptions, init_ray, prepare, repair_refs, run
     from farm.gitops import Repo
 
     opts = RunOptions(
@@ -221,7 +226,10 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     proposer = _proposer(args, cfg)
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     prepare(args.target, cfg, store, check_command=local)
-    started = init_ray(cfg, opts)
+    if args.repair_refs:
+        for line in repair_refs(store, Repo(args.target), cfg.campaign) or ["nothing to repair"]:
+            print(f"farm: repaired {line}")
+    started = init_ray(cfg, opts, out=sys.stdout)
     try:
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
@@ -260,7 +268,9 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.dispatch import check_feasible
     from farm.gitops import Repo
 
-    started = init_ray(cfg, RunOptions(slots=args.slots, ray_address=args.ray_address))
+    started = init_ray(
+        cfg, RunOptions(slots=args.slots, ray_address=args.ray_address), out=sys.stdout
+    )
     try:
         return roles.serve_work(
             store=store,

@@ -133,12 +133,20 @@ class ProposerConfig:
 
 @dataclass
 class SandboxConfig:
+    # strict: bubblewrap namespaces or refuse to run; basic: a process group (guarantees
+    # missing, said at the start); auto: strict where bubblewrap works. docs/security.md.
+    isolation: str = "auto"
     env_allow: list[str] = field(default_factory=list)  # added to the built-in allow-list
     env: dict[str, str] = field(default_factory=dict)  # set for every trial
+    # Host paths a trial may read besides the system and the runtime found on PATH
+    # (datasets, a conda install); "~" is the worker's home. Never writable.
+    read_only_paths: list[str] = field(default_factory=list)
     output_cap_kb: int = 256  # captured output kept per trial (the tail)
     network: str = "auto"  # isolated | host | auto (isolated where the OS allows)
     grace_s: float = 5.0  # between SIGTERM and SIGKILL at the budget
-    memory_mb: int = 0  # address-space limit for the training process; 0 = none
+    # Memory a trial's processes may hold together, in MB; 0 = the node's memory (as Ray
+    # counts it) divided by the trials it runs at once.
+    memory_mb: int = 0
 
 
 @dataclass
@@ -169,6 +177,12 @@ class TargetConfig:
     metric_regex: str = ""  # overrides `metric` parsing: one capture group, the value
     direction: Direction = Direction.MINIMIZE
     budget_s: float = 300.0  # hard wall-clock budget per trial
+    # A protected command run after `command` in a fresh sandbox that sees the trial's
+    # directory read-only: when set, the metric is read from its output alone (measured,
+    # not claimed by code the candidate wrote).
+    evaluate: str = ""
+    evaluate_budget_s: float = 0.0  # 0: budget_s
+    bounds: list[float] = field(default_factory=list)  # [lo, hi]: a metric outside is invalid
     program: str = "program.md"  # instructions for the proposer
     seed_env: str = "FARM_SEED"  # the trial's seed reaches training through this variable
     campaign: str = "default"
@@ -315,8 +329,12 @@ def _check(cfg: TargetConfig, source: str) -> None:
         else:
             if rx.groups != 1:
                 fail("metric_regex", "needs exactly one capture group around the value")
-    if cfg.budget_s <= 0:
-        fail("budget_s", "must be > 0 seconds")
+    if cfg.budget_s <= 0 or cfg.evaluate_budget_s < 0:
+        fail("budget_s", "budget_s must be > 0 seconds, evaluate_budget_s >= 0")
+    if cfg.evaluate_budget_s and not cfg.evaluate.strip():
+        fail("evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
+    if cfg.bounds and not (len(cfg.bounds) == 2 and cfg.bounds[0] < cfg.bounds[1]):
+        fail("bounds", f"{cfg.bounds}: give [lowest, highest] plausible values, lowest first")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.campaign):
         fail(
             "campaign",
@@ -369,6 +387,11 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("proposer.params", "a constant is declared twice")
     if cfg.sandbox.network not in ("auto", "isolated", "host"):
         fail("sandbox.network", f'{cfg.sandbox.network!r}: use "auto", "isolated" or "host"')
+    if cfg.sandbox.isolation not in ("auto", "strict", "basic"):
+        fail("sandbox.isolation", f'{cfg.sandbox.isolation!r}: use "auto", "strict" or "basic"')
+    for path in cfg.sandbox.read_only_paths:
+        if not Path(path).expanduser().is_absolute():
+            fail("sandbox.read_only_paths", f"{path!r}: give an absolute path (or one under ~)")
     if cfg.sandbox.output_cap_kb < 1 or cfg.sandbox.grace_s < 0 or cfg.sandbox.memory_mb < 0:
         fail("sandbox", "output_cap_kb must be >= 1, grace_s and memory_mb >= 0")
     try:

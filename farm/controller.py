@@ -14,7 +14,7 @@ import logging
 import statistics
 
 from farm.config import TargetConfig
-from farm.errors import FarmError
+from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import NoisePools, Verdict, judge, noise_sigma
 from farm.records import (
@@ -532,13 +532,18 @@ class Controller:
 
     # -- startup --------------------------------------------------------------------------
     def sync_best_branch(self) -> None:
-        """After a crash between moving the incumbent and its branch, catch the branch up."""
+        """After a crash between moving the incumbent and its branch, catch the branch up.
+
+        A branch anywhere else was moved by something outside farm: RefMismatch.
+        """
         inc = self.store.get_incumbent(self.campaign)
         branch = best_branch(self.campaign)
         tip = self.repo.ref_sha(f"refs/heads/{branch}")
         if tip is None:
             self.repo.set_branch(branch, inc.sha)
-        elif tip != inc.sha and self.repo.is_ancestor(tip, inc.sha):
+        elif tip != inc.sha:
+            if not self.repo.is_ancestor(tip, inc.sha):
+                raise RefMismatch(branch, expected=inc.sha, found=tip)
             self.repo.fast_forward(branch, old=tip, new=inc.sha)
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import ray
 
@@ -24,6 +24,7 @@ from farm.errors import ResourceError
 from farm.gitops import Repo
 from farm.records import Trial, TrialResult, TrialSpec, TrialState
 from farm.store import Store
+from workers.isolation import Policy, SandboxError, resolve
 from workers.materialize import make_bundle
 from workers.trial import run_trial
 
@@ -41,6 +42,40 @@ def _trial_task(spec: dict[str, Any], bundle: bytes) -> dict[str, Any]:
     result = run_trial(TrialSpec.from_dict(spec), bundle)
     result.node = ray.get_runtime_context().get_node_id()  # where it ran, as Ray names nodes
     return result.to_dict()
+
+
+@ray.remote(max_retries=0)
+def _policy_task(isolation: str, network: str) -> dict[str, Any]:
+    return resolve(isolation, network).to_dict()
+
+
+def sandbox_policy(cfg: TargetConfig) -> Policy:
+    """The sandbox a trial gets, probed on a node that runs trials.
+
+    Raises SandboxError when `[sandbox]` asks for what that node cannot give.
+    """
+    task = _policy_task.options(**{**resource_options(cfg), "num_cpus": 0, "num_gpus": 0})
+    try:
+        found: dict[str, Any] = ray.get(task.remote(cfg.sandbox.isolation, cfg.sandbox.network))
+        return Policy.from_dict(found)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, SandboxError):
+            raise SandboxError(str(e.cause)) from None
+        raise
+
+
+def trial_memory_mb(cfg: TargetConfig) -> int:
+    """`[sandbox] memory_mb`, or else a fair share: the least memory any node that runs trials
+    has per trial it holds at once (Ray's `memory` resource, which respects container limits)."""
+    if cfg.sandbox.memory_mb:
+        return cfg.sandbox.memory_mb
+    fits = fitting_nodes(cfg)
+    shares = [
+        n["Resources"].get("memory", 0) / fits[n["NodeID"]]
+        for n in ray.nodes()
+        if n.get("NodeID") in fits and fits[n["NodeID"]] > 0
+    ]
+    return int(min(shares) // 2**20) if shares else 0
 
 
 def resource_options(cfg: TargetConfig) -> dict[str, Any]:
@@ -124,6 +159,7 @@ class Dispatcher:
     _in_flight: dict[ray.ObjectRef, _InFlight] = field(default_factory=dict)
     _bundles: dict[str, ray.ObjectRef] = field(default_factory=dict)
     _hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    _memory_mb: int | None = None
     _last_beat: float = 0.0
     _last_reap: float = 0.0
 
@@ -189,6 +225,8 @@ class Dispatcher:
         if trial.base_sha not in self._hashes:
             self._hashes[trial.base_sha] = self.repo.file_hashes(trial.base_sha, self.cfg.protected)
         sb = self.cfg.sandbox
+        if self._memory_mb is None:
+            self._memory_mb = trial_memory_mb(self.cfg)
         return TrialSpec(
             trial_id=trial.id,
             repo_key=f"{trial.base_sha[:12]}-{self.repo.path.name}",
@@ -205,8 +243,16 @@ class Dispatcher:
             env=dict(sb.env),
             output_cap_bytes=sb.output_cap_kb * 1024,
             network=sb.network,
-            memory_mb=sb.memory_mb,
+            memory_mb=self._memory_mb,
             protected_hashes=self._hashes[trial.base_sha],
+            isolation=sb.isolation,
+            read_only_paths=list(sb.read_only_paths),
+            # Where this driver keeps the repo and the store: never shown to a trial, not
+            # even as part of a runtime path.
+            deny_paths=[str(self.repo.path), *self.store.local_paths()],
+            evaluate=self.cfg.evaluate,
+            evaluate_budget_s=self.cfg.evaluate_budget_s,
+            bounds=list(self.cfg.bounds),
         )
 
     def _collect(self, flight: _InFlight) -> None:
@@ -252,3 +298,18 @@ def _pid_alive(pid: int) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__
+
+
+def announce_sandbox(cfg: TargetConfig, *, out: TextIO) -> Policy:
+    """Say which sandbox trials get and what it leaves out (SandboxError when refused)."""
+    policy = sandbox_policy(cfg)
+    for line in policy.describe(evaluate=bool(cfg.evaluate)):
+        print(f"farm: {line}", file=out, flush=True)
+    if not cfg.evaluate:
+        print(
+            f"farm: note: {cfg.metric} comes from code the candidate can edit (no `evaluate` "
+            "in farm.toml): it is a claim, not a measurement (docs/security.md)",
+            file=out,
+            flush=True,
+        )
+    return policy

@@ -31,3 +31,16 @@ class ProposerError(FarmError):
 
 class SpendCapReached(ProposerError):
     """The ledger's LLM spend reached `proposer.spend_cap_usd`: a clean stop, not a failure."""
+
+
+class RefMismatch(GitError):
+    """A farm branch is not where the store says: something outside farm moved it."""
+
+    def __init__(self, branch: str, *, expected: str, found: str | None) -> None:
+        self.branch, self.expected, self.found = branch, expected, found
+        super().__init__(
+            f"{branch} is at {found[:12] if found else 'nothing (deleted)'}, but the store says "
+            f"{expected[:12]}: something outside farm moved it (a candidate outside a strict "
+            "sandbox can). Inspect it, then run `farm run --repair-refs` to put farm's "
+            "branches back where the store says and resume"
+        )

@@ -14,9 +14,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from farm.errors import GitError, TargetError
+from farm.errors import GitError, RefMismatch, TargetError
 
 GIT_TIMEOUT_S = 60.0
+# On every git call farm makes, on every repo: a candidate outside a strict sandbox can write
+# a repo's hooks or config, and none of it may run code in farm's process.
+SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 MISSING = "missing"  # the hash of a protected file that does not exist
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -59,7 +62,7 @@ class Repo:
         data = input.encode() if isinstance(input, str) else input
         try:
             proc = subprocess.run(
-                ["git", *args],
+                ["git", *SAFE_CONFIG, *args],
                 cwd=self.path,
                 input=data,
                 capture_output=True,
@@ -157,9 +160,13 @@ class Repo:
     def fast_forward(self, branch: str, *, old: str, new: str) -> None:
         """Move `branch` from `old` to `new`, only as a fast-forward and only if still at `old`.
 
-        update-ref's compare-and-set does not check ancestry, so check that first.
+        update-ref's compare-and-set does not check ancestry, so check that first. Raises
+        RefMismatch when the branch is not at `old`: something outside farm moved it.
         """
         with self._lock:
+            tip = self.ref_sha(f"refs/heads/{branch}")
+            if tip != old:
+                raise RefMismatch(branch, expected=old, found=tip)
             try:
                 self.git("merge-base", "--is-ancestor", old, new)
             except GitError:

@@ -20,6 +20,7 @@ from farm.records import (
     TrialState,
 )
 from farm.store import Store
+from farm.text import clean_line
 
 DEAD = "dead"  # the outcome of a trial whose infrastructure kept failing
 
@@ -128,7 +129,7 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
         start_metric=sum(base_ok) / len(base_ok) if base_ok else None,
         sigma=camp.sigma,
         decisions=decisions,
-        titles={c.id: c.title for c in cands},
+        titles={c.id: clean_line(c.title) for c in cands},
         history=history(
             trials,
             decisions,
@@ -167,11 +168,12 @@ def status_line(s: Snapshot, *, slots: int, busy: int, elapsed_s: float) -> str:
 
 
 def decision_line(d: Decision, cand: Candidate | None, metric: str) -> str:
-    title = cand.title if cand else ""
+    title = clean_line(cand.title) if cand else ""
     detail = ""
     if d.kind is DecisionKind.KEPT and d.metric is not None:
         detail = f" -> {metric} {d.metric:.5g}"
-    return f"  c{d.candidate_id:<4} {d.kind.value.upper():<10} {title}{detail}\n         {d.reason}"
+    reason = clean_line(d.reason)
+    return f"  c{d.candidate_id:<4} {d.kind.value.upper():<10} {title}{detail}\n         {reason}"
 
 
 def status_report(s: Snapshot, *, last: int = 10) -> str:
@@ -201,7 +203,7 @@ def status_report(s: Snapshot, *, last: int = 10) -> str:
         for d in s.decisions[-last:]:
             lines.append(
                 f"    c{d.candidate_id:<4} {d.kind.value:<10} "
-                f"{s.titles.get(d.candidate_id, '')[:50]:<50} {d.reason[:90]}"
+                f"{s.titles.get(d.candidate_id, '')[:50]:<50} {clean_line(d.reason)[:90]}"
             )
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from farm.records import (
 )
 from farm.store import Store
 from proposer.base import LedgerEntry, ProposalContext, Proposer
-from proposer.validate import Rejected, Validated, validate_batch
+from proposer.validate import Rejected, ScoreGuard, Validated, validate_batch
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def record_drafts(
         editable=cfg.editable,
         seen_hashes=ctx.seen_hashes,
         max_edit_bytes=cfg.proposer.max_edit_bytes,
+        # With a protected `evaluate`, whatever training prints is only a log.
+        guard=None if cfg.evaluate else ScoreGuard(metric=cfg.metric, protected=cfg.protected),
     )
     valid = rejected = 0
     for draft, res in zip(drafts, results, strict=True):

@@ -164,6 +164,8 @@ class TrialResult:
     node: str = ""  # the Ray node id it ran on
     protected_hash: str = ""
     output_tail: str = ""
+    isolation: str = ""  # the sandbox it ran in: strict | basic
+    peak_memory_mb: float = 0.0  # the most its processes held together
     # Worker-side timings (unix seconds) for overhead accounting.
     started_at: float = 0.0  # worker began materialising
     process_started_at: float = 0.0
@@ -199,8 +201,14 @@ class TrialSpec:
     env: dict[str, str]
     output_cap_bytes: int
     network: str  # isolated | host | auto
-    memory_mb: int
+    memory_mb: int  # 0: no limit
     protected_hashes: dict[str, str]  # path -> sha256 hex expected before and after the run
+    isolation: str = "auto"  # auto | strict | basic
+    read_only_paths: list[str] = field(default_factory=list)  # beyond the runtime
+    deny_paths: list[str] = field(default_factory=list)  # never shown, even as runtime
+    evaluate: str = ""  # the protected measuring command; "" = the metric is the command's
+    evaluate_budget_s: float = 0.0
+    bounds: list[float] = field(default_factory=list)  # [lo, hi]; a metric outside is invalid
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from farm.records import Candidate, CandidateState, DecisionKind, Direction, Trial, TrialKind
 from farm.store import Store
+from farm.text import clean_line
 
 # autoresearch's results.tsv: commit, <metric>, memory_gb, status, description.
 _STATUS = {
@@ -53,7 +54,7 @@ def export_tsv(store: Store, campaign: str) -> str:
             status, description = "baseline", "baseline"
         else:
             status = _STATUS[d.kind] if d else "running"
-            description = cand.title if cand else ""
+            description = clean_line(cand.title) if cand else ""
         mem_mb = r.summary.get("peak_vram_mb", 0.0) if r else 0.0
         w.writerow(
             [
@@ -71,7 +72,7 @@ def export_tsv(store: Store, campaign: str) -> str:
                 r.hardware if r else "",
                 f"{d.delta:.6g}" if d and d.delta is not None else "",
                 f"{d.sigma:.6g}" if d and d.sigma is not None else "",
-                d.reason if d else "",
+                clean_line(d.reason) if d else "",
             ]
         )
     for c in cands.values():
@@ -83,7 +84,7 @@ def export_tsv(store: Store, campaign: str) -> str:
                     "0.000000",
                     "0.0",
                     "rejected",
-                    c.title,
+                    clean_line(c.title),
                     c.id,
                     "",
                     "",
@@ -93,7 +94,7 @@ def export_tsv(store: Store, campaign: str) -> str:
                     "",
                     "",
                     "",
-                    d.reason,
+                    clean_line(d.reason),
                 ]
             )
     return buf.getvalue()
@@ -273,18 +274,18 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         lines += ["None: no candidate beat the incumbent by more than the noise.", ""]
     for i, (n, d) in enumerate(h.kept, start=1):
         cand = cands.get(d.candidate_id)
-        title = cand.title if cand else ""
+        title = clean_line(cand.title) if cand else ""
         delta = "—" if d.delta is None else f"{d.delta:+.5g}"
         lines += [
             f"### {i}. c{d.candidate_id}: {title}",
             "",
             f"{s.metric} {num(d.metric)}, Δ {delta} ± {num(d.sigma)} (σ), kept at trial {n}. "
-            + d.reason,
+            + clean_line(d.reason),
             "",
         ]
         if cand is not None:
             if cand.hypothesis and cand.hypothesis != title:
-                lines += [f"> {cand.hypothesis}", ""]
+                lines += [f"> {clean_line(cand.hypothesis)}", ""]
             lines += ["```diff", edit_diff(cand).rstrip("\n"), "```", ""]
 
     kinds = [k for k in TrialKind if any(p.kind is k for p in h.points)]

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from farm.config import TargetConfig
 from farm.controller import Controller
-from farm.dispatch import Dispatcher
+from farm.dispatch import Dispatcher, announce_sandbox
 from farm.errors import FarmError
 from farm.gitops import Repo
 from farm.progress import decision_line
@@ -119,6 +119,7 @@ def serve_work(
         file=out,
         flush=True,
     )
+    announce_sandbox(cfg, out=out)
     clock = _IdleClock(idle_exit_s)
     recorded = 0
     try:

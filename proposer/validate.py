@@ -15,8 +15,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from farm.records import Draft, edit_hash
+from farm.text import clean_line, clean_text
 
 NEAR_DUPLICATE_JACCARD = 0.8  # token overlap above which two hypotheses read as the same idea
+TITLE_CHARS = 200
+HYPOTHESIS_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ScoreGuard:
+    """Without a protected `evaluate` command the metric is whatever the editable code
+    prints, so drafts that print the metric line themselves or patch a protected module
+    are refused. Heuristics that catch the plain forms only: `evaluate` is the guarantee.
+    """
+
+    metric: str
+    protected: Sequence[str]
+
+    def problem(self, path: str, added: list[str]) -> str:
+        """Why the lines a draft adds to `path` look like forging the score ("" if not)."""
+        prints = re.compile(rf"""[\"']\s*{re.escape(self.metric)}\s*[:=]""")
+        modules = [m for p in self.protected if p.endswith(".py") for m in _module_names(p)]
+        patches = [rf"\b{re.escape(m)}\s*\.\s*\w+\s*=(?!=)" for m in modules]
+        patches += [rf"setattr\(\s*{re.escape(m)}\b" for m in modules]
+        patches += [r"\bsys\s*\.\s*modules\b", r"__builtins__", r"\bbuiltins\s*\.\s*\w+\s*=(?!=)"]
+        for line in added:
+            if self.metric and prints.search(line):
+                return (
+                    f"{path}: an added line prints the metric `{self.metric}` itself "
+                    f"({line.strip()[:80]!r}); the metric must come from the evaluation: "
+                    "change what is trained, not what is reported"
+                )
+            if any(re.search(p, line) for p in patches):
+                return (
+                    f"{path}: an added line patches a protected module or the interpreter "
+                    f"({line.strip()[:80]!r}); protected code must run as committed"
+                )
+        return ""
+
+
+def _module_names(path: str) -> list[str]:
+    """How code can name the module at `path`: `pkg.mod` and `mod`."""
+    dotted = path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    return sorted({dotted, dotted.rsplit(".", 1)[-1]})
 
 
 @dataclass(frozen=True)
@@ -40,12 +81,16 @@ def validate_draft(
     seen_hashes: set[str],
     max_edit_bytes: int,
     earlier_hypotheses: Sequence[str] = (),
+    guard: ScoreGuard | None = None,
 ) -> Validated | Rejected:
     """Apply `draft` to `files` (the base's editable files) and check the result.
 
     `seen_hashes` are the edit hashes of every earlier candidate; `earlier_hypotheses`
-    only raise near-duplicate warnings.
+    only raise near-duplicate warnings. The draft's title and hypothesis are cleaned in
+    place first: they are printed, committed and quoted to the LLM later.
     """
+    draft.title = clean_line(draft.title, limit=TITLE_CHARS)
+    draft.hypothesis = clean_text(draft.hypothesis)[:HYPOTHESIS_CHARS]
     digest = edit_hash(draft.edits)
     if draft.problem:
         return Rejected(draft.problem, digest)
@@ -63,6 +108,12 @@ def validate_draft(
             problem = _syntax_problem(path, text)
             if problem:
                 return Rejected(problem, digest)
+    if guard is not None:
+        for e in draft.edits:
+            old = set(e.search.splitlines())
+            problem = guard.problem(e.path, [ln for ln in e.replace.splitlines() if ln not in old])
+            if problem:
+                return Rejected(problem, digest)
     similar = near_duplicates(draft.hypothesis or draft.title, list(earlier_hypotheses))
     warnings = [f"hypothesis resembles an earlier one: {s!r}" for s in similar]
     return Validated(outcome, digest, warnings)
@@ -76,6 +127,7 @@ def validate_batch(
     seen_hashes: set[str],
     max_edit_bytes: int,
     earlier_hypotheses: Sequence[str] = (),
+    guard: ScoreGuard | None = None,
 ) -> list[Validated | Rejected]:
     """Validate drafts in order; a draft repeating an earlier one of the batch is a duplicate.
 
@@ -94,6 +146,7 @@ def validate_batch(
             seen_hashes=seen,
             max_edit_bytes=max_edit_bytes,
             earlier_hypotheses=hypotheses,
+            guard=guard,
         )
         if isinstance(verdict, Validated):
             fingerprint = _fingerprint(verdict.files)

@@ -1,10 +1,11 @@
-"""A trial's code on a worker: a per-node cache repo and a throwaway worktree per trial.
+"""A trial's code on a worker: a per-node cache repo and a throwaway plain directory per trial.
 
 The driver ships the base commit as a git bundle (`make_bundle`) and the candidate's changed
 files as text. A worker keeps one bare cache repo per target (`repo_key`), fetches a bundle
-only when the base commit is not cached yet, and checks each trial out in its own detached
-worktree, so concurrent trials never share an index. Git runs as a subprocess with a timeout:
-GitPython leaks resources in long-running processes.
+only when the base commit is not cached yet, and checks each trial out into a directory of
+its own through a private index: no `.git` in it, so a candidate finds no git metadata or
+hooks to plant, and concurrent trials never share an index. git runs as a subprocess with a
+timeout (GitPython leaks resources in long-running processes) and never runs hooks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from farm.errors import FarmError, GitError
+from farm.gitops import SAFE_CONFIG
 
 GIT_TIMEOUT_S = 300.0  # unbundling a large history is the slowest call
 CACHE_ENV = "FARM_CACHE_DIR"  # root of the per-node cache repos
@@ -34,16 +36,18 @@ class SpecError(FarmError):
     """A trial spec cannot be run as given (a file path outside the worktree, a bad repo key)."""
 
 
-def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(
+    *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run git in `cwd`; raise GitError on failure (when `check`) or after GIT_TIMEOUT_S."""
     # Inherited GIT_DIR / GIT_WORK_TREE (e.g. when run from a git hook) would redirect every
     # call to another repo; no prompt may ever block a worker.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | (env or {})
     env["GIT_TERMINAL_PROMPT"] = "0"
     cmd = " ".join(("git", *args))
     try:
         proc = subprocess.run(
-            ["git", *args],
+            ["git", *SAFE_CONFIG, *args],
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -93,32 +97,31 @@ def checkout(
     repo_key: str,
     cache_dir: Path | None = None,
 ) -> Iterator[Path]:
-    """Yield a fresh worktree of `base_sha` with `files` written on top; remove it afterwards.
+    """Yield a fresh plain directory of `base_sha` with `files` written on top; remove it after.
 
     `bundle` is fetched into the cache repo only when `base_sha` is not there yet, so it may
     be empty for a base this node has seen. Raises SpecError for a file path that is absolute,
-    contains `..` or `.git`, or resolves outside the worktree; GitError when git fails.
+    contains `..` or `.git`, or resolves outside the directory; GitError when git fails.
     """
     for path in files:
         _check_relative(path)
     repo = cache_repo_path(repo_key, cache_dir)
     parent = Path(tempfile.mkdtemp(prefix=f"farm-{repo_key}-"))
-    worktree = parent / "worktree"
+    tree = parent / "worktree"
     try:
         with _locked(repo):
             _ensure_commit(repo, base_sha, bundle)
-            git("worktree", "add", "--detach", str(worktree), base_sha, cwd=repo)
-        _write_files(worktree, files)
-        yield worktree
+        tree.mkdir()
+        # A private index: reading objects needs no lock, and nothing is left in the repo.
+        index = {"GIT_INDEX_FILE": str(parent / "index")}
+        for args in (("read-tree", base_sha), ("checkout-index", "--all")):
+            git(f"--git-dir={repo}", f"--work-tree={tree}", *args, cwd=parent, env=index)
+        (parent / "index").unlink()
+        write_files(tree, files)
+        yield tree
     finally:
         # Best effort and never raising: a failure here must not hide the trial's own error.
-        with _locked(repo):
-            if worktree.exists():
-                with contextlib.suppress(GitError):
-                    git("worktree", "remove", "--force", str(worktree), cwd=repo, check=False)
-            shutil.rmtree(parent, ignore_errors=True)
-            with contextlib.suppress(GitError):
-                git("worktree", "prune", cwd=repo, check=False)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def hash_files(root: Path, paths: list[str]) -> dict[str, str]:
@@ -173,12 +176,20 @@ def _check_relative(path: str) -> None:
         raise SpecError(f"file path {path!r} must be relative, inside the repo and outside .git")
 
 
-def _write_files(worktree: Path, files: Mapping[str, str]) -> None:
-    root = worktree.resolve()
-    for path, text in files.items():
-        target = worktree / path
-        # A symlink in the checked-out tree could point the write anywhere on the node.
-        if not target.resolve().is_relative_to(root):
+def write_files(tree: Path, files: Mapping[str, str | bytes]) -> None:
+    """Write `files` under `tree`, replacing whatever stands at each path (a symlink too).
+
+    Raises SpecError when a path leads outside `tree` through a symlinked directory.
+    """
+    root = tree.resolve()
+    for path, content in files.items():
+        target = tree / path
+        # A symlink in the tree could point the write anywhere on the node.
+        if not target.parent.resolve().is_relative_to(root):
             raise SpecError(f"file path {path!r} resolves outside the worktree (through a symlink)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(text.encode())
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        target.write_bytes(content.encode() if isinstance(content, str) else content)

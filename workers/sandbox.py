@@ -1,39 +1,41 @@
-"""Run a trial's command in its worktree: own process group, hard budget, capped output.
+"""Run one command of a trial, sandboxed: hard budget, memory limit, capped output.
 
-The child gets an environment built only from an allow-list, so API keys and tokens in the
-worker's environment never reach training code. The worker owns the child: `ray.cancel` does
-not reliably stop a subprocess, so every exit path (budget, exception, cancellation) kills
-the whole process group, and the command's output is kept only as a bounded tail.
+The policy (workers/isolation.py) says what the command may see; this module launches it
+(under bubblewrap in strict mode, as a process group in basic mode) and owns it until it is
+gone: `ray.cancel` does not reliably stop a subprocess, so every exit path (budget, memory,
+exception, cancellation) kills it, and the output is kept only as a bounded tail. The
+environment is built from an allow-list, so API keys and tokens never reach training code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import resource
 import select
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from farm.errors import FarmError
 from farm.records import TrialSpec
+from workers.isolation import (
+    Isolation,
+    Policy,
+    SandboxError,
+    View,
+    basic_network_prefix,
+    runtime_paths,
+)
 
-NETWORK_MODES = ("isolated", "host", "auto")
+__all__ = ["RunResult", "SandboxError", "build_env", "run"]
+
 POLL_S = 0.1  # how often the budget is checked while the command is quiet
+MEMORY_EVERY_S = 0.5  # how often the trial's memory is measured
 DRAIN_S = 2.0  # how long to read output after exit, in case an escaped process holds the pipe
 READ_CHUNK = 1 << 16
-PROBE_TIMEOUT_S = 10.0
-
-
-class SandboxError(FarmError):
-    """The sandbox cannot run as configured on this node (e.g. no network isolation)."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class RunResult:
     started_at: float  # unix seconds
     ended_at: float
     duration_s: float  # monotonic, immune to clock steps
+    peak_memory_mb: float = 0.0  # the most its processes held together (proportional set size)
+    memory_exceeded: bool = False  # killed at the memory limit
 
 
 def build_env(spec: TrialSpec) -> dict[str, str]:
@@ -69,36 +73,45 @@ def run(
     budget_s: float,
     grace_s: float,
     output_cap_bytes: int,
-    network: str = "host",
+    policy: Policy,
+    view: View | None = None,
     memory_mb: int = 0,
 ) -> RunResult:
-    """Run `command` through /bin/sh in `cwd`; SIGTERM its group at `budget_s`, SIGKILL after
-    `grace_s`. Raises SandboxError when `network="isolated"` is impossible on this node.
+    """Run `command` through /bin/sh in `cwd` under `policy`; SIGTERM it at `budget_s`,
+    SIGKILL after `grace_s`, SIGKILL at once when its processes hold over `memory_mb`.
 
-    `memory_mb` caps the address space (RLIMIT_AS): CUDA maps far more virtual memory than it
-    uses, so leave it 0 for GPU training.
+    In strict mode `view` says what it sees (default: `cwd` writable, the runtime of `env`
+    read-only); basic mode ignores it.
     """
-    argv = [*_network_prefix(network), "/bin/sh", "-c", command]
+    strict = policy.isolation is Isolation.STRICT
+    if strict:
+        view = view or View(workdir=cwd, runtime=runtime_paths(env, command))
+        env = {**env, "HOME": env.get("HOME") or os.path.expanduser("~"), "TMPDIR": "/tmp"}
+        prefix = view.argv(network_isolated=policy.network_isolated, home=env["HOME"])
+    else:
+        prefix = list(basic_network_prefix("auto" if policy.network_isolated else "host"))
     proc = subprocess.Popen(
-        argv,
+        [*prefix, "/bin/sh", "-c", command],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so one killpg reaches every child
-        preexec_fn=_limits(memory_mb),
+        start_new_session=True,  # its own session and group: no terminal, one killpg for all
+        preexec_fn=_no_core_dumps,
     )
     started_at, start = time.time(), time.monotonic()
     assert proc.stdout is not None
+    memory = _MemoryWatch(proc.pid, memory_mb)
     try:
         tail = _Tail(proc.stdout, output_cap_bytes)
         deadline = start + budget_s
-        while proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline and not memory.exceeded:
             tail.pump(deadline)
-        timed_out = proc.poll() is None
+            memory.check()
+        timed_out = proc.poll() is None and not memory.exceeded
         if timed_out:
-            _killpg(proc.pid, signal.SIGTERM)
+            _terminate(proc.pid, strict=strict)
             grace_end = time.monotonic() + grace_s
             while proc.poll() is None and time.monotonic() < grace_end:
                 tail.pump(grace_end)
@@ -114,13 +127,21 @@ def run(
         _killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+    output = tail.text()
+    if memory.exceeded:
+        output += (
+            f"\nfarm: killed at the memory limit: its processes held {memory.peak_mb:.0f} MB, "
+            f"over [sandbox] memory_mb = {memory_mb}\n"
+        )
     return RunResult(
         exit_code=proc.returncode,
         timed_out=timed_out,
-        output_tail=tail.text(),
+        output_tail=output,
         started_at=started_at,
         ended_at=ended_at,
         duration_s=end - start,
+        peak_memory_mb=memory.peak_mb,
+        memory_exceeded=memory.exceeded,
     )
 
 
@@ -161,65 +182,92 @@ class _Tail:
         return bytes(self.data[-self.cap :]).decode(errors="replace")
 
 
+class _MemoryWatch:
+    """The memory the command's process tree holds, measured every MEMORY_EVERY_S.
+
+    Proportional set size, so pages that forked data-loader workers share count once;
+    resident size where smaps_rollup is missing. No /proc (not Linux): not measured.
+    """
+
+    def __init__(self, root: int, limit_mb: int) -> None:
+        self.root = root
+        self.limit_mb = limit_mb
+        self.peak_mb = 0.0
+        self.exceeded = False
+        self._next = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + MEMORY_EVERY_S
+        held = sum(_memory_kb(pid) for pid in descendants(self.root)) / 1024
+        self.peak_mb = max(self.peak_mb, held)
+        if self.limit_mb and held > self.limit_mb:
+            self.exceeded = True
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (empty when /proc cannot be read)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _memory_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _terminate(root: int, *, strict: bool) -> None:
+    """SIGTERM the command, so it can end cleanly within the grace period.
+
+    Under bubblewrap, SIGTERM to bwrap itself would kill the namespace at once: the
+    signal goes to the processes inside instead.
+    """
+    if not strict:
+        _killpg(root, signal.SIGTERM)
+        return
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "bwrap":
+                    continue
+            os.kill(pid, signal.SIGTERM)
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _limits(memory_mb: int) -> Callable[[], None]:
-    """The child's rlimits, applied between fork and exec (values computed here, not there)."""
-    memory_bytes = memory_mb * 1024 * 1024
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no multi-GB core dumps of a crash
-        if memory_bytes > 0:
-            # Some kernels (macOS) refuse RLIMIT_AS; the limit is applied where the OS allows.
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
-    return apply
-
-
-def _network_prefix(network: str) -> list[str]:
-    if network not in NETWORK_MODES:
-        raise SandboxError(f"network = {network!r}: use one of {', '.join(NETWORK_MODES)}")
-    if network == "host":
-        return []
-    prefix = isolation_prefix()
-    if prefix is None:
-        if network == "isolated":
-            raise SandboxError(
-                'network = "isolated" needs a new network namespace, and `unshare --net` '
-                "(or `unshare -rn`) fails on this node: allow user namespaces, run the worker "
-                'with CAP_SYS_ADMIN, or set [sandbox] network = "auto" or "host"'
-            )
-        return []
-    return prefix
-
-
-@functools.cache
-def isolation_prefix() -> list[str] | None:
-    """The argv prefix that runs a command without network on this node, or None (probed once).
-
-    Inside the namespace the loopback interface is brought up when `ip` exists, so
-    single-node tools that talk over localhost (torchrun rendezvous, NCCL/gloo) still work.
-    """
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    ip = shutil.which("ip")
-    # `--net` alone needs privilege; `-r` maps the user to root in a new user namespace.
-    for flags in (["--net"], ["-rn"]):
-        prefix = [unshare, *flags, "--"]
-        if ip is not None:
-            # $0 is a name for error messages; the real command arrives as "$@".
-            prefix += ["/bin/sh", "-c", f'{ip} link set lo up 2>/dev/null; exec "$@"', "sandbox"]
-        try:
-            probe = subprocess.run(
-                [*prefix, "true"], capture_output=True, timeout=PROBE_TIMEOUT_S, env={}
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return prefix
-    return None
+def _no_core_dumps() -> None:
+    # Between fork and exec: no multi-GB core dump of a crashed trial.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -1,8 +1,13 @@
-"""One trial on a worker node: materialise, check protected files, run sandboxed, classify.
+"""One trial on a worker node: materialise, check protected files, run sandboxed, measure.
 
 A failure of the candidate is an outcome (crashed, timeout, no_metric, invalid_metric,
 tampered), never a score and never an exception. Exceptions are left for what is not the
 candidate's fault: a bad spec (SpecError), git (GitError) or the node (SandboxError).
+
+With `evaluate` set, the training command's output is only a log: the metric is read from
+the protected evaluation command, run afterwards in a fresh sandbox that sees the trial's
+directory read-only, with the committed files put back as committed and nothing the run
+wrote that Python could import in its place.
 """
 
 from __future__ import annotations
@@ -17,39 +22,39 @@ from pathlib import Path
 
 from farm.records import Outcome, TrialResult, TrialSpec
 from workers import metric, sandbox
-from workers.materialize import checkout, hash_files, protected_digest
+from workers.isolation import Policy, View, resolve, runtime_paths
+from workers.materialize import (
+    SpecError,
+    cache_repo_path,
+    checkout,
+    hash_files,
+    protected_digest,
+    write_files,
+)
 
 NVIDIA_SMI_TIMEOUT_S = 30.0
+# What Python (or the loader) would run if a trial left it beside the evaluator.
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth")
+EVALUATE_RULE = "\n--- evaluate ---\n"
 
 
 def run_trial(spec: TrialSpec, bundle: bytes, *, cache_dir: Path | None = None) -> TrialResult:
     """Run `spec` on `bundle`'s base commit and report how it went."""
     started_at = time.time()
     hardware = detect_hardware()
+    policy = resolve(spec.isolation, spec.network)
     protected = sorted(spec.protected_hashes)
-    with checkout(spec.base_sha, bundle, spec.files, spec.repo_key, cache_dir) as worktree:
+    with checkout(spec.base_sha, bundle, spec.files, spec.repo_key, cache_dir) as tree:
         # Checked after the candidate's files are written: a candidate may not edit them either.
-        before = hash_files(worktree, protected)
+        before = hash_files(tree, protected)
         if before != spec.protected_hashes:
             note = _tamper_note("differ from the spec before the run", before, spec)
             result = TrialResult(trial_id=spec.trial_id, outcome=Outcome.TAMPERED, output_tail=note)
         else:
-            run = sandbox.run(
-                spec.command,
-                cwd=worktree,
-                env=sandbox.build_env(spec),
-                budget_s=spec.budget_s,
-                grace_s=spec.grace_s,
-                output_cap_bytes=spec.output_cap_bytes,
-                network=spec.network,
-                memory_mb=spec.memory_mb,
-            )
-            result = _classify(spec, run)
-            after = hash_files(worktree, protected)
-            if after != before:
-                result.outcome, result.metric = Outcome.TAMPERED, None
-                result.output_tail += _tamper_note("changed during the run", after, spec)
+            trial = _Trial(spec, tree, policy, cache_repo_path(spec.repo_key, cache_dir))
+            result = trial.run(protected, before)
     result.hardware = hardware
+    result.isolation = policy.isolation.value
     result.node = socket.gethostname()
     result.protected_hash = protected_digest(before)
     result.started_at = started_at
@@ -57,7 +62,91 @@ def run_trial(spec: TrialSpec, bundle: bytes, *, cache_dir: Path | None = None) 
     return result
 
 
-def _classify(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
+class _Trial:
+    """The commands of one trial in its checkout `tree`."""
+
+    def __init__(self, spec: TrialSpec, tree: Path, policy: Policy, cache_repo: Path) -> None:
+        self.spec, self.tree, self.policy = spec, tree, policy
+        self.env = sandbox.build_env(spec)
+        self.deny = [*spec.deny_paths, str(tree.parent), str(cache_repo)]
+        # What was committed, as committed: the evaluator runs on exactly this.
+        self.committed = _listing(tree)
+        self.pristine: dict[str, str | bytes] = {
+            p: (tree / p).read_bytes() for p in spec.protected_hashes if (tree / p).is_file()
+        }
+        self.pristine.update(spec.files)
+
+    def run(self, protected: list[str], before: dict[str, str]) -> TrialResult:
+        spec = self.spec
+        run = self._sandboxed(spec.command, budget_s=spec.budget_s, writable=True)
+        result = _classify(spec, run, measures=not spec.evaluate)
+        after = hash_files(self.tree, protected)
+        if after != before:
+            result.outcome, result.metric = Outcome.TAMPERED, None
+            result.output_tail += _tamper_note("changed during the run", after, spec)
+        elif spec.evaluate and result.outcome is Outcome.OK:
+            result = self._evaluate(result)
+        return result
+
+    def _evaluate(self, trained: TrialResult) -> TrialResult:
+        """The metric, measured by the protected `evaluate` command on what training left."""
+        spec = self.spec
+        planted = sorted(
+            p for p in _listing(self.tree) - self.committed if p.endswith(CODE_SUFFIXES)
+        )
+        problem = ""
+        if planted:
+            problem = f"the run left code beside the evaluator: {', '.join(planted[:10])}"
+        else:
+            try:
+                write_files(self.tree, self.pristine)
+            except SpecError as e:
+                problem = f"the run replaced a committed path: {e}"
+        if problem:
+            trained.outcome = Outcome.TAMPERED
+            trained.output_tail += f"\nfarm: {problem}\n"
+            return trained
+        _remove_bytecode(self.tree)
+        budget = spec.evaluate_budget_s or spec.budget_s
+        run = self._sandboxed(spec.evaluate, budget_s=budget, writable=False)
+        measured = _classify(spec, run, measures=True)
+        half = spec.output_cap_bytes // 2
+        measured.output_tail = trained.output_tail[-half:] + EVALUATE_RULE + run.output_tail
+        measured.summary = {
+            **{k: v for k, v in trained.summary.items() if k != spec.metric},
+            **measured.summary,
+        }
+        measured.duration_s += trained.duration_s
+        measured.peak_memory_mb = max(measured.peak_memory_mb, trained.peak_memory_mb)
+        measured.process_started_at = trained.process_started_at
+        return measured
+
+    def _sandboxed(self, command: str, *, budget_s: float, writable: bool) -> sandbox.RunResult:
+        runtime = runtime_paths(self.env, command, extra=self.spec.read_only_paths, deny=self.deny)
+        view = View(
+            workdir=self.tree,
+            runtime=runtime,
+            writable=writable,
+            protect=tuple(self.spec.protected_hashes) if writable else (),
+            tmp_size_mb=self.spec.memory_mb,
+            # No CUDA_VISIBLE_DEVICES at all: nothing assigns GPUs here, so all are usable.
+            gpus=self.env.get("CUDA_VISIBLE_DEVICES", "unset").strip() != "",
+        )
+        return sandbox.run(
+            command,
+            cwd=self.tree,
+            env=self.env,
+            budget_s=budget_s,
+            grace_s=self.spec.grace_s,
+            output_cap_bytes=self.spec.output_cap_bytes,
+            policy=self.policy,
+            view=view,
+            memory_mb=self.spec.memory_mb,
+        )
+
+
+def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> TrialResult:
+    """The outcome of one command; with `measures`, its metric too."""
     result = TrialResult(
         trial_id=spec.trial_id,
         outcome=Outcome.OK,
@@ -66,22 +155,57 @@ def _classify(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
         output_tail=run.output_tail,
         process_started_at=run.started_at,
         process_ended_at=run.ended_at,
+        peak_memory_mb=run.peak_memory_mb,
     )
+    if run.memory_exceeded:
+        result.outcome = Outcome.CRASHED  # the reason is in the output tail
+        return result
     if run.timed_out:
         # A killed run reports no numbers, even if it printed its metric before the budget.
         result.outcome = Outcome.TIMEOUT
         return result
     result.summary = metric.parse_summary(run.output_tail)
-    value = metric.parse_metric(run.output_tail, name=spec.metric, regex=spec.metric_regex)
     if run.exit_code != 0:
         result.outcome = Outcome.CRASHED
-    elif value is None:
+        return result
+    if not measures:
+        return result
+    value = metric.parse_metric(run.output_tail, name=spec.metric, regex=spec.metric_regex)
+    if value is None:
         result.outcome = Outcome.NO_METRIC
     elif not math.isfinite(value):
         result.outcome = Outcome.INVALID_METRIC
+    elif spec.bounds and not spec.bounds[0] <= value <= spec.bounds[1]:
+        result.outcome = Outcome.INVALID_METRIC
+        result.output_tail += (
+            f"\nfarm: {spec.metric} = {value:g} is outside bounds "
+            f"[{spec.bounds[0]:g}, {spec.bounds[1]:g}] (farm.toml)\n"
+        )
     else:
         result.metric = value
     return result
+
+
+def _listing(tree: Path) -> set[str]:
+    """Every file and symlink under `tree`, relative, without following symlinks."""
+    found = set()
+    for root, dirs, files in os.walk(tree):
+        rel = Path(root).relative_to(tree)
+        found |= {str(rel / name) for name in files}
+        found |= {str(rel / name) for name in dirs if (Path(root) / name).is_symlink()}
+    return {p.removeprefix("./") for p in found}
+
+
+def _remove_bytecode(tree: Path) -> None:
+    """Drop every __pycache__ under `tree` (bytecode the run may have forged), links unfollowed."""
+    for root, dirs, files in os.walk(tree):
+        for name in [n for n in (*dirs, *files) if n == "__pycache__"]:
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+            else:
+                shutil.rmtree(path)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
 
 
 def _tamper_note(what: str, seen: dict[str, str], spec: TrialSpec) -> str:

@@ -48,6 +48,10 @@ KIND_PRIORITY = {
 class Store(abc.ABC):
     url: str = ""
 
+    def local_paths(self) -> list[str]:
+        """Where this store keeps its files on this machine (none for a server)."""
+        return []
+
     # -- campaigns and the incumbent ------------------------------------------------------
     @abc.abstractmethod
     def create_campaign(self, campaign: Campaign, incumbent: Incumbent) -> Campaign:

@@ -61,6 +61,9 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._init_schema()
 
+    def local_paths(self) -> list[str]:
+        return [str(self.path.parent)]
+
     # -- connection handling ----------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

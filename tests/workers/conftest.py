@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,53 @@ def is_gone() -> Callable[[int], bool]:
         return False
 
     return gone
+
+
+@dataclass
+class Marked:
+    """A long-lived process the test can find from the host by a unique word in its argv."""
+
+    word: str
+    command: str  # a shell command that starts it (in the foreground)
+
+    def pids(self) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if self.word.encode() in cmdline:
+                    found.append(int(entry.name))
+        return found
+
+    def gone(self, within_s: float = 3.0) -> bool:
+        """True once no process with the word runs (zombies count as gone)."""
+        end = time.monotonic() + within_s
+        while time.monotonic() < end:
+            if not self.pids():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+@pytest.fixture
+def live_marked() -> Iterator[Callable[[], Marked]]:
+    """`live_marked()`: a fresh marked sleeper; survivors are killed after the test."""
+    made: list[Marked] = []
+
+    def make() -> Marked:
+        word = f"farm-marker-{uuid.uuid4().hex[:12]}"
+        marked = Marked(word, f"python3 -c 'import time; time.sleep(1000)' {word}")
+        made.append(marked)
+        return marked
+
+    yield make
+    for marked in made:
+        marked.kill()

@@ -61,7 +61,7 @@ def test_run_past_the_budget_is_timeout_without_a_metric(trial, make_spec) -> No
     result = trial(spec)
     assert result.outcome is Outcome.TIMEOUT
     assert (result.metric, result.summary) == (None, {})
-    assert result.exit_code is not None and result.exit_code < 0
+    assert result.exit_code not in (None, 0)
     assert "val_bpb: 0.1" in result.output_tail
 
 
@@ -109,13 +109,22 @@ def test_candidate_editing_a_protected_file_is_tampered(trial, make_spec, tmp_pa
     assert not marker.exists()
 
 
-def test_run_that_rewrites_a_protected_file_is_tampered(trial, make_spec) -> None:
-    spec = make_spec(command="echo 'VOCAB_SIZE = 1' >> prepare.py; echo 'val_bpb: 0.1'")
+def test_run_that_rewrites_a_protected_file_is_tampered_in_basic_mode(trial, make_spec) -> None:
+    spec = make_spec(
+        command="echo 'VOCAB_SIZE = 1' >> prepare.py; echo 'val_bpb: 0.1'", isolation="basic"
+    )
     result = trial(spec)
-    assert result.outcome is Outcome.TAMPERED
+    assert (result.outcome, result.isolation) == (Outcome.TAMPERED, "basic")
     assert result.metric is None
     assert result.exit_code == 0
     assert "protected files changed during the run: prepare.py" in result.output_tail
+
+
+def test_run_cannot_write_a_protected_file_in_strict_mode(trial, make_spec) -> None:
+    script = "echo 'VOCAB_SIZE = 1' >> prepare.py || exit 3; echo 'val_bpb: 0.1'"
+    result = trial(make_spec(command=script, isolation="strict"))
+    assert (result.outcome, result.exit_code, result.isolation) == (Outcome.CRASHED, 3, "strict")
+    assert "Read-only file system" in result.output_tail
 
 
 def test_output_flood_is_capped_and_still_ok(trial, make_spec) -> None:
@@ -136,13 +145,28 @@ def test_api_keys_never_reach_the_training_process(
     assert {"FARM_SEED=11", "FARM_TEST_ALLOWED=yes"} <= set(result.output_tail.splitlines())
 
 
-def test_worktree_is_removed_after_the_trial(
-    trial, make_spec, cache_dir: Path, tmp_path: Path
-) -> None:
-    where = tmp_path / "where"
-    trial(make_spec(command=f"pwd > {where}"))
-    assert not Path(where.read_text().strip()).exists()
-    assert not list((cache_dir / "target" / "worktrees").glob("*"))
+def test_trial_gets_a_plain_directory_removed_afterwards(trial, make_spec, cache_dir: Path) -> None:
+    result = trial(make_spec(command="pwd; ls -A; git rev-parse --git-dir 2>&1"))
+    lines = result.output_tail.splitlines()
+    assert lines[1:3] == ["prepare.py", "train.py"]  # no .git to plant hooks in
+    assert "not a git repository" in lines[3]
+    assert not Path(lines[0]).exists()
+    assert not (cache_dir / "target" / "worktrees").exists()
+
+
+def test_metric_outside_bounds_is_invalid(trial, make_spec) -> None:
+    result = trial(make_spec(command="echo 'val_bpb: -1e308'", bounds=[0.0, 10.0]))
+    assert (result.outcome, result.metric) == (Outcome.INVALID_METRIC, None)
+    assert "outside bounds [0, 10]" in result.output_tail
+    assert trial(make_spec(command="echo 'val_bpb: 10'", bounds=[0.0, 10.0])).metric == 10.0
+
+
+def test_memory_over_the_limit_is_crashed_with_the_reason(trial, make_spec) -> None:
+    hog = f"{sys.executable} -c 'import time; x = b\"x\" * (500 * 2**20); time.sleep(30)'"
+    result = trial(make_spec(command=hog, memory_mb=150))
+    assert result.outcome is Outcome.CRASHED
+    assert "killed at the memory limit" in result.output_tail
+    assert result.peak_memory_mb > 150
 
 
 def test_second_trial_on_a_cached_base_needs_no_bundle(trial, make_spec, cache_dir: Path) -> None:

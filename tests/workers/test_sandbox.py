@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import sys
@@ -10,20 +11,31 @@ from typing import Any
 
 import pytest
 
-from workers import sandbox
-from workers.sandbox import SandboxError, build_env, run
+from workers import isolation, sandbox
+from workers.isolation import Isolation, Policy, SandboxError, View, resolve
+from workers.sandbox import build_env, run
 
 # A shell with a grandchild: the outer sh starts an inner sh, whose `sleep` writes its pid.
 GRANDCHILD = "sh -c 'sleep 1000 & echo $! > grandchild.pid; wait' & wait"
+BASIC = resolve("basic", "host")
+PATH = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # python3 with this venv's packages
+STRICT = resolve("strict", "auto")  # scripts/test.sh installs bubblewrap
+
+
+@pytest.fixture(params=[STRICT, BASIC], ids=["strict", "basic"])
+def policy(request: pytest.FixtureRequest) -> Policy:
+    """Each process-handling test runs at both isolation levels."""
+    return request.param
 
 
 def run_in(cwd: Path, command: str, **overrides: Any) -> sandbox.RunResult:
     kwargs: dict[str, Any] = {
         "cwd": cwd,
-        "env": {"PATH": "/usr/bin:/bin"},
+        "env": {"PATH": PATH},
         "budget_s": 30.0,
         "grace_s": 0.5,
         "output_cap_bytes": 4096,
+        "policy": BASIC,
     }
     kwargs.update(overrides)
     return run(command, **kwargs)
@@ -37,8 +49,8 @@ def wait_for_pid(path: Path) -> int:
     return int(path.read_text())
 
 
-def test_exit_code_and_merged_output_are_reported(tmp_path: Path) -> None:
-    result = run_in(tmp_path, "echo out; echo err >&2; exit 3")
+def test_exit_code_and_merged_output_are_reported(tmp_path: Path, policy: Policy) -> None:
+    result = run_in(tmp_path, "echo out; echo err >&2; exit 3", policy=policy)
     assert result.exit_code == 3
     assert not result.timed_out
     assert result.output_tail == "out\nerr\n"
@@ -46,30 +58,62 @@ def test_exit_code_and_merged_output_are_reported(tmp_path: Path) -> None:
     assert result.duration_s < 5
 
 
-def test_budget_kills_the_whole_process_group(tmp_path: Path, is_gone) -> None:
+def test_budget_kills_every_process_of_the_trial(
+    tmp_path: Path, is_gone, live_marked, policy: Policy
+) -> None:
+    marker = live_marked()
     start = time.monotonic()
-    result = run_in(tmp_path, GRANDCHILD, budget_s=1.0)
+    result = run_in(tmp_path, f"{GRANDCHILD} & {marker.command}", budget_s=1.0, policy=policy)
     assert result.timed_out
-    assert result.exit_code < 0
     assert time.monotonic() - start < 5
-    assert is_gone(int((tmp_path / "grandchild.pid").read_text()))
+    assert marker.gone()
+    if policy is BASIC:  # under bubblewrap the pid in the file is one of its own namespace
+        assert is_gone(int((tmp_path / "grandchild.pid").read_text()))
 
 
-def test_command_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path, is_gone) -> None:
-    result = run_in(tmp_path, f"trap '' TERM; {GRANDCHILD}", budget_s=1.0, grace_s=0.5)
+def test_command_ignoring_sigterm_is_killed_after_the_grace_period(
+    tmp_path: Path, live_marked, policy: Policy
+) -> None:
+    marker = live_marked()
+    result = run_in(
+        tmp_path, f"trap '' TERM; {marker.command}; wait", budget_s=1.0, grace_s=0.5, policy=policy
+    )
     assert result.timed_out
-    assert result.exit_code == -signal.SIGKILL
     assert 1.4 < result.duration_s < 5
-    assert is_gone(int((tmp_path / "grandchild.pid").read_text()))
+    assert marker.gone()
 
 
-def test_background_process_left_after_exit_is_killed(tmp_path: Path, is_gone) -> None:
+def test_budget_sends_sigterm_first_so_the_command_can_end_cleanly(
+    tmp_path: Path, policy: Policy
+) -> None:
+    script = "trap 'echo got TERM; exit 0' TERM; while true; do sleep 0.05; done"
+    result = run_in(tmp_path, script, budget_s=1.0, grace_s=3.0, policy=policy)
+    assert result.timed_out
+    assert "got TERM" in result.output_tail
+    assert result.duration_s < 3.5
+
+
+def test_background_process_left_after_exit_is_killed(
+    tmp_path: Path, live_marked, policy: Policy
+) -> None:
+    marker = live_marked()
     start = time.monotonic()
-    result = run_in(tmp_path, "sleep 1000 & echo $! > bg.pid; echo done")
+    result = run_in(tmp_path, f"{marker.command} & echo done", policy=policy)
     assert (result.exit_code, result.timed_out) == (0, False)
     assert result.output_tail == "done\n"
     assert time.monotonic() - start < sandbox.DRAIN_S  # no wait on the pipe it held
-    assert is_gone(int((tmp_path / "bg.pid").read_text()))
+    assert marker.gone()
+
+
+def test_setsid_escape_outlives_basic_but_not_strict(tmp_path: Path, live_marked) -> None:
+    """A double fork into a new session leaves the process group: only a PID namespace
+    reaches it (basic mode's known gap, said at the start of a campaign)."""
+    for policy, survives in ((STRICT, False), (BASIC, True)):
+        marker = live_marked()
+        result = run_in(tmp_path, f'setsid sh -c "{marker.command} &" ; echo ok', policy=policy)
+        assert result.exit_code == 0
+        assert marker.gone() is not survives
+        marker.kill()
 
 
 @pytest.fixture
@@ -86,15 +130,18 @@ def alarm_in(request: pytest.FixtureRequest) -> Iterator[None]:
     signal.signal(signal.SIGALRM, previous)
 
 
-def test_exception_while_running_kills_the_group(tmp_path: Path, is_gone, alarm_in) -> None:
+def test_exception_while_running_kills_the_trial(
+    tmp_path: Path, live_marked, alarm_in, policy: Policy
+) -> None:
+    marker = live_marked()
     with pytest.raises(RuntimeError, match="cancelled"):
-        run_in(tmp_path, GRANDCHILD, budget_s=60.0)
-    assert is_gone(wait_for_pid(tmp_path / "grandchild.pid"))
+        run_in(tmp_path, f"{marker.command}; wait", budget_s=60.0, policy=policy)
+    assert marker.gone()
 
 
-def test_output_flood_keeps_only_the_tail(tmp_path: Path) -> None:
+def test_output_flood_keeps_only_the_tail(tmp_path: Path, policy: Policy) -> None:
     flood = "head -c 50000000 /dev/zero | tr '\\0' x; echo; echo 'val_bpb: 1.5'"
-    result = run_in(tmp_path, flood, output_cap_bytes=1000)
+    result = run_in(tmp_path, flood, output_cap_bytes=1000, policy=policy)
     assert result.exit_code == 0
     assert len(result.output_tail) == 1000
     assert result.output_tail.endswith("x\nval_bpb: 1.5\n")
@@ -106,7 +153,7 @@ def test_output_tail_decodes_invalid_utf8(tmp_path: Path) -> None:
 
 
 def test_env_holds_only_allowed_variables_the_seed_and_gpu_ids(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec, policy: Policy
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-secret")
     monkeypatch.setenv("FARM_TEST_ALLOWED", "yes")
@@ -116,7 +163,7 @@ def test_env_holds_only_allowed_variables_the_seed_and_gpu_ids(
         env={"EXTRA": "1", "CUDA_VISIBLE_DEVICES": "0"},
         seed=42,
     )
-    result = run_in(tmp_path, "env", env=build_env(spec))
+    result = run_in(tmp_path, "env", env=build_env(spec), policy=policy)
     lines = set(result.output_tail.splitlines())
     assert "sk-test-secret" not in result.output_tail
     assert {"FARM_SEED=42", "FARM_TEST_ALLOWED=yes", "EXTRA=1"} <= lines
@@ -124,12 +171,24 @@ def test_env_holds_only_allowed_variables_the_seed_and_gpu_ids(
     assert not any(line.startswith("NOT_SET_ANYWHERE") for line in lines)
 
 
-def test_core_dumps_are_disabled_and_memory_is_capped(tmp_path: Path) -> None:
-    assert run_in(tmp_path, "ulimit -c").output_tail.strip() == "0"
-    hog = f"{sys.executable} -c 'bytearray(2 * 1024**3)'"
-    result = run_in(tmp_path, hog, memory_mb=512, env={})
-    assert result.exit_code == 1
-    assert "MemoryError" in result.output_tail
+def test_core_dumps_are_disabled(tmp_path: Path, policy: Policy) -> None:
+    assert run_in(tmp_path, "ulimit -c", policy=policy).output_tail.strip() == "0"
+
+
+def test_memory_over_the_limit_is_killed_and_said(tmp_path: Path, policy: Policy) -> None:
+    hog = f"{sys.executable} -c 'import time; x = b\"x\" * (600 * 2**20); time.sleep(30)'"
+    result = run_in(tmp_path, hog, memory_mb=200, env={}, policy=policy)
+    assert result.memory_exceeded and not result.timed_out
+    assert result.duration_s < 20
+    assert result.peak_memory_mb > 200
+    assert "memory limit" in result.output_tail and "memory_mb = 200" in result.output_tail
+
+
+def test_memory_under_the_limit_is_measured(tmp_path: Path, policy: Policy) -> None:
+    script = f"{sys.executable} -c 'import time; x = b\"x\" * (100 * 2**20); time.sleep(1.5)'"
+    result = run_in(tmp_path, script, memory_mb=1000, env={}, policy=policy)
+    assert result.exit_code == 0 and not result.memory_exceeded
+    assert 90 < result.peak_memory_mb < 400
 
 
 CONNECT = f"{sys.executable} -c \"import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)\""  # noqa: E501
@@ -143,44 +202,181 @@ def host_port() -> Iterator[int]:
 
 
 needs_netns = pytest.mark.skipif(
-    sandbox.isolation_prefix() is None, reason="no network namespaces on this OS"
+    not isolation.basic_network_prefix("auto"), reason="no network namespaces on this OS"
 )
 
 
 def test_host_network_reaches_host_services(tmp_path: Path, host_port: int) -> None:
-    assert run_in(tmp_path, f"{CONNECT} {host_port}", network="host").exit_code == 0
+    for policy in (BASIC, resolve("strict", "host")):
+        assert run_in(tmp_path, f"{CONNECT} {host_port}", policy=policy).exit_code == 0
 
 
 @needs_netns
-@pytest.mark.parametrize("network", ["isolated", "auto"])
+@pytest.mark.parametrize(
+    "isolation_level,network",
+    [("basic", "isolated"), ("basic", "auto"), ("strict", "auto"), ("strict", "isolated")],
+)
 def test_isolated_network_cannot_reach_host_services(
-    tmp_path: Path, host_port: int, network: str
+    tmp_path: Path, host_port: int, isolation_level: str, network: str
 ) -> None:
-    result = run_in(tmp_path, f"{CONNECT} {host_port}", network=network)
+    policy = resolve(isolation_level, network)
+    assert policy.network_isolated
+    result = run_in(tmp_path, f"{CONNECT} {host_port}", policy=policy)
     assert result.exit_code == 1
     assert "ConnectionRefusedError" in result.output_tail
 
 
 @needs_netns
-def test_isolated_network_has_only_a_working_loopback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["basic", "strict"])
+def test_isolated_network_has_only_a_working_loopback(tmp_path: Path, level: str) -> None:
     script = (
         "import socket; print([n for _, n in socket.if_nameindex()]); "
         "s = socket.create_server(('127.0.0.1', 0)); "
         "socket.create_connection(s.getsockname(), 1); print('loopback ok')"
     )
-    result = run_in(tmp_path, f'{sys.executable} -c "{script}"', network="isolated")
+    result = run_in(
+        tmp_path, f'{sys.executable} -c "{script}"', policy=resolve(level, "isolated"), env={}
+    )
     assert result.output_tail == "['lo']\nloopback ok\n"
 
 
-def test_isolated_network_where_impossible_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sandbox, "isolation_prefix", lambda: None)
+def test_isolated_network_where_impossible_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_netns(network: str) -> tuple[str, ...]:
+        if network == "isolated":
+            raise SandboxError("`unshare --net` fails on this node")
+        return ()
+
+    monkeypatch.setattr(isolation, "basic_network_prefix", no_netns)
     with pytest.raises(SandboxError, match="unshare"):
-        run_in(tmp_path, "true", network="isolated")
-    assert run_in(tmp_path, "true", network="auto").exit_code == 0
+        resolve("basic", "isolated")
+    assert not resolve("basic", "auto").network_isolated
 
 
-def test_unknown_network_mode_is_an_error(tmp_path: Path) -> None:
+def test_unknown_settings_are_errors() -> None:
     with pytest.raises(SandboxError, match="network"):
-        run_in(tmp_path, "true", network="none")
+        resolve("basic", "none")
+    with pytest.raises(SandboxError, match="isolation"):
+        resolve("paranoid", "auto")
+
+
+def test_strict_where_bubblewrap_cannot_run_refuses_and_auto_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(isolation, "bwrap_probe", lambda: ("", "bwrap is not installed"))
+    with pytest.raises(SandboxError, match=r'isolation = "strict".*bwrap is not installed'):
+        resolve("strict", "auto")
+    policy = resolve("auto", "auto")
+    assert policy.isolation is Isolation.BASIC
+    assert "bwrap is not installed" in policy.describe(evaluate=False)[0]
+
+
+def test_the_policy_says_what_each_level_leaves_out() -> None:
+    assert STRICT.missing(evaluate=True) == []
+    assert [str(g) for g in STRICT.missing(evaluate=False)] == ["score"]
+    assert [str(g) for g in BASIC.missing(evaluate=True)] == [
+        "filesystem",
+        "processes",
+        "network",
+        "secrets",
+        "reaped",
+        "protected",
+        "privileges",
+        "score",
+    ]
+    lines = BASIC.describe(evaluate=True)
+    assert lines[0] == "sandbox: basic (process group)"
+    assert any(line.startswith("  missing guarantee reaped: nothing it starts") for line in lines)
+    assert Policy.from_dict(STRICT.to_dict()) == STRICT
+
+
+# -- what a strict sandbox shows -------------------------------------------------------------
+
+
+def strict_in(tmp_path: Path, script: str, **view: Any) -> sandbox.RunResult:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    env = {"PATH": PATH, "HOME": str(Path.home())}
+    v = View(workdir=work, runtime=isolation.runtime_paths(env, "sh"), **view)
+    return run_in(work, script, policy=STRICT, view=v, env=env)
+
+
+def test_strict_shows_only_the_workdir_the_system_and_empty_temp_and_home(tmp_path: Path) -> None:
+    (tmp_path / "beside.txt").write_text("not for the trial")
+    script = (
+        "echo @tmp; ls -A /tmp; echo @home; ls -A ~; echo @root; ls -A /; "
+        "echo @beside; cat ../beside.txt 2>&1; echo @write; echo x > w && cat w"
+    )
+    out = strict_in(tmp_path, script).output_tail
+    seen = {
+        part.split("\n", 1)[0]: set(part.split("\n", 1)[1].split()) for part in out.split("@")[1:]
+    }
+    work = tmp_path / "work"
+    assert seen["tmp"] == ({work.parts[2]} if work.parts[1] == "tmp" else set())
+    home = Path.home()
+    runtime = isolation.runtime_paths({"PATH": PATH}, "sh")
+    assert seen["home"] == {
+        Path(p).relative_to(home).parts[0] for p in runtime if Path(p).is_relative_to(home)
+    }
+    system = {p.strip("/") for p in isolation.SYSTEM_PATHS}
+    shown = {"proc", "dev", "sys", "tmp", home.parts[1], *(Path(p).parts[1] for p in runtime)}
+    assert seen["root"] <= system | shown
+    assert {"No", "such", "file"} <= seen["beside"]
+    assert seen["write"] == {"x"}
+
+
+def test_strict_cannot_write_protected_files_nor_rename_their_directory(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "eval").mkdir(parents=True)
+    (work / "eval" / "metric.py").write_text("SCORE = 1\n")
+    script = (
+        "echo 'SCORE = 0' > eval/metric.py; echo write $?; "
+        "mv eval eval2; echo rename $?; "
+        "rm -f eval/metric.py; echo remove $?; "
+        "ln -sf /tmp/fake eval/metric.py; echo link $?; "
+        "echo new > eval/extra.txt; echo beside $?"
+    )
+    result = strict_in(tmp_path, script, protect=("eval/metric.py",))
+    codes = dict(
+        line.split() for line in result.output_tail.splitlines() if re.fullmatch(r"\w+ \d+", line)
+    )
+    assert codes["write"] != "0" and codes["rename"] != "0" and codes["remove"] != "0"
+    assert codes["link"] != "0"
+    assert codes["beside"] == "0"  # the directory itself stays writable
+    assert (work / "eval" / "metric.py").read_text() == "SCORE = 1\n"
+
+
+def test_strict_read_only_view_refuses_every_write(tmp_path: Path) -> None:
+    result = strict_in(tmp_path, "touch new; echo $?", writable=False)
+    assert "Read-only file system" in result.output_tail
+
+
+def test_strict_has_its_own_processes_no_capabilities_and_no_new_namespaces(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "ls /proc | grep -c '^[0-9]'; grep CapEff /proc/self/status; hostname; "
+        "unshare -U true 2>/dev/null; echo userns $?"
+    )
+    lines = strict_in(tmp_path, script).output_tail.splitlines()
+    assert int(lines[0]) < 10  # the host runs hundreds
+    assert lines[1].split()[1] == "0000000000000000"
+    assert lines[2] == isolation.TRIAL_HOSTNAME
+    assert lines[3] != "userns 0"
+
+
+def test_runtime_paths_find_interpreters_but_never_home_temp_or_denied_paths(
+    tmp_path: Path,
+) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    base = tmp_path / "base" / "bin"
+    base.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {base}\n")
+    secret = tmp_path / "store"
+    secret.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:{Path.home()}/bin", "PYTHONPATH": str(tmp_path)}
+    found = isolation.runtime_paths(env, f"{venv}/bin/python x.py", deny=[str(secret)])
+    assert str(venv) in found and str(base.parent) in found
+    assert "/usr/bin" not in found  # a system directory: bound already
+    assert str(tmp_path) not in found  # would show the denied store
+    assert not any(p in ("/", str(Path.home()), "/tmp") for p in found)
