@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -45,7 +46,7 @@ MIXED_DRAFTS = "".join(
     for d in [
         ("LR 1.9", "LR = 0.5", "LR = 1.9"),
         ("crash", _METRIC_LINE, 'raise SystemExit("diverged")'),
-        ("nan", _METRIC_LINE, 'print("loss: nan")'),
+        ("nan", "loss = (LR - 2.0)", 'loss = float("nan") * (LR - 2.0)'),
         ("silent", _METRIC_LINE, "pass"),
         ("LR 0.4", "LR = 0.5", "LR = 0.4"),
         ("not applying", "LR = 0.7", "LR = 1.0"),
@@ -91,6 +92,34 @@ class Finished:
 
 
 RunCampaign = Callable[..., Finished]
+
+
+def run_to_end(
+    target: Path,
+    *,
+    slots: int = 2,
+    max_candidates: int | None = None,
+    store_url: str | None = None,
+) -> Finished:
+    """Run the campaign of `target` in this process (on an initialised Ray) to its end."""
+    from farm.campaign import RunOptions, prepare, run
+    from farm.config import load_config
+    from farm.store import default_url, open_store
+    from proposer.registry import make_proposer
+
+    cfg = load_config(target)
+    store = open_store(store_url or default_url(target))
+    prepare(target, cfg, store, check_command=True)
+    out = io.StringIO()
+    code = run(
+        store=store,
+        repo=Repo(target),
+        cfg=cfg,
+        proposer=make_proposer(cfg.proposer, target=target),
+        opts=RunOptions(slots=slots, max_candidates=max_candidates, progress_every_s=1e9),
+        out=out,
+    )
+    return Finished(code, out.getvalue(), store, cfg, Repo(target))
 
 
 def free_port() -> int:

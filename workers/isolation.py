@@ -104,7 +104,9 @@ class Policy:
         return {
             Guarantee.FILESYSTEM: strict,
             Guarantee.PROCESSES: strict,
-            Guarantee.NETWORK: self.network_isolated,
+            # A namespace of its own is not enough without the others: as root, a trial can
+            # setns() into a host process's network namespace through /proc.
+            Guarantee.NETWORK: strict and self.network_isolated,
             # The trial's own environment is allow-listed at both levels, but without a PID
             # namespace it can read /proc/<pid>/environ of the worker and the driver.
             Guarantee.SECRETS: strict,

@@ -111,7 +111,7 @@ class _Trial:
         run = self._sandboxed(spec.evaluate, budget_s=budget, writable=False)
         measured = _classify(spec, run, measures=True)
         half = spec.output_cap_bytes // 2
-        measured.output_tail = trained.output_tail[-half:] + EVALUATE_RULE + run.output_tail
+        measured.output_tail = trained.output_tail[-half:] + EVALUATE_RULE + measured.output_tail
         measured.summary = {
             **{k: v for k, v in trained.summary.items() if k != spec.metric},
             **measured.summary,

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Finished, RunCampaign
-
-from farm.campaign import RunOptions, prepare, run
-from farm.config import load_config
-from farm.gitops import Repo
-from farm.store import Store, default_url, open_store
-from proposer.registry import make_proposer
+from helpers import Finished, RunCampaign, run_to_end
 
 
 @pytest.fixture
-def run_campaign(ray_local: None) -> RunCampaign:
-    stores: list[Store] = []
+def run_campaign(ray_local: None) -> Iterator[RunCampaign]:
+    finished: list[Finished] = []
 
-    def go(
-        target: Path,
-        *,
-        slots: int = 2,
-        max_candidates: int | None = None,
-        store_url: str | None = None,
-    ) -> Finished:
-        cfg = load_config(target)
-        store = open_store(store_url or default_url(target))
-        stores.append(store)
-        prepare(target, cfg, store, check_command=True)
-        out = io.StringIO()
-        code = run(
-            store=store,
-            repo=Repo(target),
-            cfg=cfg,
-            proposer=make_proposer(cfg.proposer, target=target),
-            opts=RunOptions(slots=slots, max_candidates=max_candidates, progress_every_s=1e9),
-            out=out,
-        )
-        return Finished(code, out.getvalue(), store, cfg, Repo(target))
+    def go(target: Path, **options: object) -> Finished:
+        done = run_to_end(target, **options)  # type: ignore[arg-type]
+        finished.append(done)
+        return done
 
-    return go
+    yield go
+    for done in finished:
+        done.store.close()

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import commit_all, git
 
 from farm.records import Outcome, TrialResult, TrialSpec
 from workers.materialize import hash_files, make_bundle
@@ -34,14 +33,16 @@ print(f"val_bpb: {2 * weight:.4f}")
 
 
 @pytest.fixture
-def evaluated(tmp_path: Path, make_spec) -> Callable[..., TrialResult]:
+def evaluated(tmp_path: Path, make_spec, run_git) -> Callable[..., TrialResult]:
     """Run a trial of a target whose protected evaluate.py measures training's model.txt."""
     repo = tmp_path / "evaluated"
     repo.mkdir()
-    git(repo, "init", "--quiet")
+    run_git(repo, "init", "--quiet")
     (repo / "train.py").write_text(TRAIN)
     (repo / "evaluate.py").write_text(EVALUATE)
-    sha = commit_all(repo, "base")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "--quiet", "-m", "base")
+    sha = run_git(repo, "rev-parse", "HEAD")
     bundle = make_bundle(repo, sha)
 
     def run(train: str = TRAIN, **overrides: object) -> TrialResult:
