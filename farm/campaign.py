@@ -266,6 +266,8 @@ def run(
     feeder.stop()
     if metrics:
         metrics.close()
+    # A branch moved behind farm's back since its last keep would otherwise go unnoticed.
+    controller.sync_best_branch()
     snap = snapshot(store, cfg.campaign)
     print(status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started), file=out)
     if feeder.error is not None:

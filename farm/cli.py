@@ -227,7 +227,8 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     prepare(args.target, cfg, store, check_command=local)
     if args.repair_refs:
-        for line in repair_refs(store, Repo(args.target), cfg.campaign) or ["nothing to repair"]:
+        moved = repair_refs(store, Repo(args.target), cfg.campaign)
+        for line in moved or ["none: every farm branch is where the store says"]:
             print(f"farm: repaired {line}")
     started = init_ray(cfg, opts, out=sys.stdout)
     try:

@@ -1,0 +1,56 @@
+"""[sandbox], `evaluate` and `bounds` in farm.toml: bad values name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import TOY_TOML, MakeTarget, farm
+
+from farm.config import config_from_dict
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ('[sandbox]\nisolation = "paranoid"\n', "sandbox.isolation: 'paranoid': use \"auto\""),
+        ('[sandbox]\nread_only_paths = ["data"]\n', "sandbox.read_only_paths: 'data'"),
+        ("bounds = [5, 1]\n", "bounds: [5.0, 1.0]: give [lowest, highest]"),
+        ("bounds = [1]\n", "bounds: [1.0]: give [lowest, highest]"),
+        ("evaluate_budget_s = 30\n", "evaluate_budget_s: set `evaluate` too"),
+    ],
+)
+def test_sandbox_settings_errors_name_the_key(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str], extra: str, message: str
+) -> None:
+    # Top-level keys go before the tables of the file.
+    toml = TOY_TOML + extra if extra.startswith("[") else extra + TOY_TOML
+    target = make_target(toml=toml)
+    code, out = farm(capsys, "run", str(target))
+    assert code == 2
+    assert message in out and str(target / "farm.toml") in out
+
+
+def test_sandbox_defaults_are_auto_isolation_and_a_fair_memory_share() -> None:
+    cfg = config_from_dict(
+        {"editable": ["train.py"], "command": "python train.py", "metric": "loss"}, source="t"
+    )
+    assert (cfg.sandbox.isolation, cfg.sandbox.memory_mb, cfg.evaluate, cfg.bounds) == (
+        "auto",
+        0,
+        "",
+        [],
+    )
+
+
+def test_trials_get_a_share_of_the_node_memory_by_default(ray_local: None) -> None:
+    import ray
+
+    from farm.dispatch import fitting_nodes, trial_memory_mb
+
+    cfg = config_from_dict(
+        {"editable": ["train.py"], "command": "python train.py", "metric": "loss"}, source="t"
+    )
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    per_node = fitting_nodes(cfg)[node["NodeID"]]
+    assert trial_memory_mb(cfg) == int(node["Resources"]["memory"] / per_node // 2**20)
+    cfg.sandbox.memory_mb = 123
+    assert trial_memory_mb(cfg) == 123
