@@ -380,3 +380,17 @@ def test_runtime_paths_find_interpreters_but_never_home_temp_or_denied_paths(
     assert "/usr/bin" not in found  # a system directory: bound already
     assert str(tmp_path) not in found  # would show the denied store
     assert not any(p in ("/", str(Path.home()), "/tmp") for p in found)
+
+
+def test_docs_state_each_guarantee_as_the_policy_does() -> None:
+    """docs/security.md's table is the policy in words: the two may not drift apart."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    rows = {
+        m.group(1): (m.group(2), m.group(3).strip(), m.group(4).strip())
+        for m in re.finditer(r"^\| \*\*(\w+)\*\* — (.+?) \| (.+?) \| (.+?) \|$", doc, re.M)
+    }
+    for g in isolation.Guarantee:
+        meaning, strict, basic = rows[g.value]
+        assert meaning == g.meaning
+        assert strict.startswith("✓") is STRICT.guarantees(evaluate=True)[g]
+        assert (basic == "✓") is BASIC.guarantees(evaluate=True)[g]
