@@ -54,3 +54,16 @@ def test_trials_get_a_share_of_the_node_memory_by_default(ray_local: None) -> No
     assert trial_memory_mb(cfg) == int(node["Resources"]["memory"] / per_node // 2**20)
     cfg.sandbox.memory_mb = 123
     assert trial_memory_mb(cfg) == 123
+
+
+def test_a_sandbox_a_node_cannot_give_is_refused_with_the_nodes_reason(ray_local: None) -> None:
+    from farm.dispatch import sandbox_policy
+    from workers.isolation import SandboxError
+
+    cfg = config_from_dict(
+        {"editable": ["train.py"], "command": "python train.py", "metric": "loss"}, source="t"
+    )
+    assert sandbox_policy(cfg).isolation == "strict"  # scripts/test.sh installs bubblewrap
+    cfg.sandbox.network = "none"  # past the config check: as a node would refuse it
+    with pytest.raises(SandboxError, match="network = 'none'"):
+        sandbox_policy(cfg)
