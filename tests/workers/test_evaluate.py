@@ -108,3 +108,14 @@ def test_an_evaluator_that_fails_or_prints_no_metric_is_said_so(evaluated) -> No
     assert "FileNotFoundError" in result.output_tail
     silent = evaluated(evaluate=f"{sys.executable} -c 'print(1)'")
     assert silent.outcome is Outcome.NO_METRIC
+
+
+def test_restoring_committed_files_never_writes_through_a_planted_symlink(
+    evaluated, tmp_path: Path
+) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_text("the host's own\n")
+    train = TRAIN + f'import os\nos.remove("train.py")\nos.symlink({str(host_file)!r}, "train.py")\n'
+    result = evaluated(train, isolation="basic")  # strict hides the host file altogether
+    assert (result.outcome, result.metric) == (Outcome.OK, 0.8)
+    assert host_file.read_text() == "the host's own\n"
