@@ -115,7 +115,8 @@ def test_restoring_committed_files_never_writes_through_a_planted_symlink(
 ) -> None:
     host_file = tmp_path / "host-file"
     host_file.write_text("the host's own\n")
-    train = TRAIN + f'import os\nos.remove("train.py")\nos.symlink({str(host_file)!r}, "train.py")\n'
+    swap = f'os.remove("train.py")\nos.symlink({str(host_file)!r}, "train.py")\n'
+    train = TRAIN + "import os\n" + swap
     result = evaluated(train, isolation="basic")  # strict hides the host file altogether
     assert (result.outcome, result.metric) == (Outcome.OK, 0.8)
     assert host_file.read_text() == "the host's own\n"
