@@ -22,11 +22,11 @@ import ray
 from farm.config import CONFIG_NAME, TargetConfig
 from farm.controller import Controller
 from farm.dispatch import Dispatcher, check_feasible
-from farm.errors import ConfigError, TargetError
+from farm.errors import ConfigError, ProposerError, TargetError
 from farm.gitops import Repo
 from farm.metrics import serve
-from farm.progress import decision_line, snapshot, status_line
-from farm.propose import Feeder
+from farm.progress import decision_line, plural, snapshot, status_line
+from farm.propose import Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from proposer.base import Proposer
@@ -140,11 +140,15 @@ def run(
 
     Returns a process exit code. Ctrl-C stops cleanly; the next `run` resumes.
     """
+    nothing = proposer.nothing_to_try(build_context(store, cfg, cfg.campaign))
+    if nothing:  # before the baseline: its trials would be spent on nothing
+        raise ProposerError(f"{nothing}; stopping before any trial runs")
     capacity = check_feasible(cfg)
     slots = opts.slots or cfg.resources.slots or capacity
     if slots > capacity:
         print(
-            f"note: {slots} slots asked for, the cluster holds {capacity} trials at once", file=out
+            f"note: {plural(slots, 'slot')} asked for, the cluster holds {capacity} trials at once",
+            file=out,
         )
     controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
     controller.sync_best_branch()
@@ -172,7 +176,7 @@ def run(
     started = time.time()
     last_print = 0.0
     print(
-        f"farm: campaign {cfg.campaign} on {repo.path} | {slots} slots | proposer "
+        f"farm: campaign {cfg.campaign} on {repo.path} | {plural(slots, 'slot')} | proposer "
         f"{proposer.name} | store {store.url}",
         file=out,
         flush=True,

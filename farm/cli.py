@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slots", type=int, default=0, help="concurrent trials")
     run.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
     run.add_argument("--max-candidates", type=int, help="stop after this many candidates")
-    run.add_argument("--time-limit", type=_duration, help="stop starting candidates after this")
+    run.add_argument(
+        "--time-limit",
+        type=_duration,
+        help="stop starting candidates after this long: seconds, or with s, m or h (90m, 2h)",
+    )
     run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     run.add_argument("--progress-every", type=_duration, default=15.0, help="status line period")
     run.add_argument(

@@ -138,6 +138,11 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
     )
 
 
+def plural(n: int, word: str) -> str:
+    """`1 slot`, `2 slots`, `0 slots`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.5g}"
 

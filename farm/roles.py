@@ -18,7 +18,7 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher
 from farm.errors import FarmError
 from farm.gitops import Repo
-from farm.progress import decision_line
+from farm.progress import decision_line, plural
 from farm.propose import Feeder
 from farm.records import CandidateState, TrialState
 from farm.store import Store
@@ -114,7 +114,7 @@ def serve_work(
     )
     freed = dispatcher.reclaim_orphans()
     print(
-        f"farm work: {dispatcher.worker_id} | {slots} slots | campaign {cfg.campaign} | "
+        f"farm work: {dispatcher.worker_id} | {plural(slots, 'slot')} | campaign {cfg.campaign} | "
         f"store {store.url}" + (f" | {len(freed)} orphaned trials requeued" if freed else ""),
         file=out,
         flush=True,
