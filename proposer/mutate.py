@@ -115,7 +115,14 @@ def _mutations(c: Knob) -> list[list[_Mutation]]:
         if literal != c.literal and all(m.literal != literal for t in tiers for m in t):
             tiers[tier].append(_Mutation(c, literal, description))
 
-    if isinstance(c.value, float):
+    if isinstance(c.value, float) and 0.5 < c.value < 1.0:
+        # A decay, momentum or beta: what matters is its distance to 1 (0.9 x2 is not 1.8).
+        for tier, factors in enumerate(((2.0, 0.5), (4.0, 0.25))):
+            for factor in factors:
+                literal = format_float(1 - (1 - c.value) * factor, scientific=False)
+                if 0.0 < float(literal) < 1.0:
+                    add(tier, literal, f"Scale 1 - {c.name} by {factor}")
+    elif isinstance(c.value, float):
         if c.value != 0.0:
             scientific = "e" in c.literal.lower()
             for tier, factors in enumerate(((2.0, 0.5), (4.0, 0.25))):

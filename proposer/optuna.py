@@ -172,7 +172,8 @@ def _assigned(edits: list[Edit], p: ParamConfig, knob: Knob, text: str) -> float
 def default_params(ctx: ProposalContext) -> list[ParamConfig]:
     """A search space from the knobs of the editable files: declared knobs if there are any
     (constants, config blocks), else inline ones; each from a quarter to four times its
-    value, log scale. Zero and negative values are switches or sentinels: left alone."""
+    value on a log scale, or for a value just below 1 (a decay, a beta) its distance to 1 so.
+    Zero and negative values are switches or sentinels: left alone."""
     knobs = [
         k
         for path in ctx.editable
@@ -180,15 +181,23 @@ def default_params(ctx: ProposalContext) -> list[ParamConfig]:
         for k in find_knobs(path, ctx.files[path])
         if k.value > 0
     ]
-    declared = [k for k in knobs if k.kind.is_declared()]
-    return [
-        ParamConfig(
-            file=k.path,
-            name=k.name,
-            low=float(max(1, k.value // 4) if isinstance(k.value, int) else k.value / 4),
-            high=float(k.value * 4),
-            log=True,
-            int=isinstance(k.value, int),
+    params = []
+    for k in [k for k in knobs if k.kind.is_declared()] or knobs:
+        v = k.value
+        if isinstance(v, int):
+            low, high = float(max(1, v // 4)), float(v * 4)
+        elif 0.5 < v < 1:
+            low, high = 1 - (1 - v) * 4, 1 - (1 - v) / 4
+        else:
+            low, high = v / 4, v * 4
+        params.append(
+            ParamConfig(
+                file=k.path,
+                name=k.name,
+                low=max(low, 1e-12),
+                high=high,
+                log=True,
+                int=isinstance(v, int),
+            )
         )
-        for k in declared or knobs
-    ]
+    return params

@@ -220,3 +220,16 @@ def test_a_file_without_knobs_says_there_is_nothing_to_try() -> None:
     why = MutateProposer(seed=0).nothing_to_try(ctx)
     assert "found no number it can change in the editable files (run.py)" in why
     assert MutateProposer(seed=0).propose(ctx, 4) == []
+
+
+def test_values_just_below_one_move_their_distance_to_one() -> None:
+    text = "opt = AdamW(params, betas=(0.9, 0.999))\nCOOLING = 0.9995\n"
+    ctx = ProposalContext("c", "", {"m.py": text}, ["m.py"], "loss", Direction.MINIMIZE)
+    titles = {d.title for d in propose_all(MutateProposer(seed=0), ctx)}
+    assert {
+        "AdamW.betas[0] 0.9 → 0.8",
+        "AdamW.betas[0] 0.9 → 0.95",
+        "AdamW.betas[0] 0.9 → 0.6",
+    } <= titles
+    assert {"COOLING 0.9995 → 0.999", "COOLING 0.9995 → 0.99975"} <= titles
+    assert all(0 < float(t.split(" → ")[1]) < 1 for t in titles)

@@ -128,3 +128,14 @@ def test_nothing_to_tune_is_said_before_anything_runs() -> None:
     assert "LR is not a number knob in run.py" in OptunaProposer(missing, seed=0).nothing_to_try(
         ctx
     )
+
+
+def test_the_default_range_of_a_value_just_below_one_stays_below_one() -> None:
+    ctx = ProposalContext(
+        "c", "", {"train.py": "BETA = 0.9\n"}, ["train.py"], "loss", Direction.MINIMIZE
+    )
+    proposer = OptunaProposer([], seed=0)
+    drafts = proposer.propose(ctx, 3)
+    (p,) = proposer.params
+    assert (round(p.low, 9), round(p.high, 9)) == (0.6, 0.975)
+    assert all(0.6 <= float(d.title.split("=")[1]) <= 0.975 for d in drafts)
