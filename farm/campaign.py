@@ -25,7 +25,7 @@ from farm.dispatch import Dispatcher, check_feasible
 from farm.errors import ConfigError, ProposerError, TargetError
 from farm.gitops import Repo
 from farm.metrics import serve
-from farm.progress import decision_line, plural, snapshot, status_line
+from farm.progress import decision_text, plural, snapshot, status_line
 from farm.propose import Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
@@ -186,8 +186,7 @@ def run(
         while True:
             stopping = opts.time_limit_s is not None and time.time() - started > opts.time_limit_s
             for d in controller.step(slots=slots, promote=not stopping):
-                cand = store.get_candidate(cfg.campaign, d.candidate_id)
-                print(decision_line(d, cand, cfg.metric), file=out, flush=True)
+                print(decision_text(store, cfg.campaign, d, cfg.metric), file=out, flush=True)
             dispatcher.step(wait_s=0.5)
             if time.time() - last_print >= opts.progress_every_s:
                 last_print = time.time()
