@@ -76,13 +76,14 @@ class MutateProposer(Proposer):
         )
 
     def _plan(self, files: dict[str, str], editable: list[str]) -> Iterator[_Mutation]:
-        """Every mutation, mildest tier first; within a tier, declared knobs (constants,
-        config blocks) before inline ones (call keywords, defaults), round-robin over each.
+        """Every mutation: the declared knobs' (constants, config blocks: the author's list)
+        before the inline ones' (call keywords, defaults); within each, mildest tier first,
+        round-robin over the knobs.
 
         So the first 2x(number of constants) mutations try every constant x2 and x0.5
-        before any keyword argument, and every knob x2 and x0.5 before any x4, x0.25 or ±1.
-        The order of knobs is a seeded shuffle that depends only on each knob's own name,
-        so it stays put when values change.
+        before any x4, x0.25 or ±1, and keyword arguments come after the constants. The
+        order of knobs is a seeded shuffle that depends only on each knob's own name, so
+        it stays put when values change.
         """
         knobs = [
             k
@@ -98,9 +99,9 @@ class MutateProposer(Proposer):
                 rng.shuffle(mutations)  # about half the knobs go up first, half down
             keyed.append((not k.kind.is_declared(), rng.random(), tiers))
         keyed.sort(key=lambda entry: entry[:2])
-        for tier in range(2):
-            for inline in (False, True):
-                group = [tiers for is_inline, _, tiers in keyed if is_inline == inline]
+        for inline in (False, True):
+            group = [tiers for is_inline, _, tiers in keyed if is_inline == inline]
+            for tier in range(2):
                 for round_ in range(2):
                     for tiers in group:
                         if round_ < len(tiers[tier]):

@@ -205,13 +205,14 @@ def test_keyword_argument_hyperparameters_are_mutated() -> None:
     assert all(isinstance(v, Validated) for v in verdicts)
 
 
-def test_declared_constants_go_before_inline_keywords_in_each_tier() -> None:
-    text = "LR = 0.1\nDEPTH = 4\nmodel = Net(width=64, dropout=0.5)\n"
+def test_declared_constants_go_before_inline_keywords() -> None:
+    text = "LR = 0.1\nDEPTH = 4\nmodel = Net(width=64, dropout=0.4)\n"
     ctx = ProposalContext("c", "", {"m.py": text}, ["m.py"], "loss", Direction.MINIMIZE)
     names = [d.title.split()[0] for d in propose_all(MutateProposer(seed=1), ctx)]
-    assert set(names[:4]) == {"LR", "DEPTH"}
-    assert set(names[4:8]) == {"Net.width", "Net.dropout"}
-    assert names[8:] and set(names[8:]) <= {"LR", "DEPTH", "Net.dropout"}  # x4, x0.25, ±1
+    assert len(names) == 8 + 6  # LR, DEPTH: x2 x0.5 then x4 x0.25 / ±1; Net.width x2 x0.5
+    assert set(names[:4]) == {"LR", "DEPTH"}  # x2 and x0.5 of every constant first
+    assert set(names[4:8]) == {"LR", "DEPTH"}
+    assert set(names[8:10]) == {"Net.width", "Net.dropout"}
 
 
 def test_a_file_without_knobs_says_there_is_nothing_to_try() -> None:
