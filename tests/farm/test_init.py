@@ -265,3 +265,17 @@ def test_a_command_whose_program_is_missing_says_what_to_do(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(FarmError, match=r"`uv` .* is not on PATH here"):
         init_target(root, out=io.StringIO())
+
+
+def test_equally_likely_metrics_are_asked_about_or_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = repo(tmp_path, {"train.py": 'print("loss: 0.7")\nprint("accuracy: 0.6")\n'})
+    init_target(root, ask=lambda question: "accuracy", out=io.StringIO())
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert (spec["metric"], spec["direction"]) == ("accuracy", "maximize")
+
+    (root / "farm.toml").unlink()
+    code, out = farm(capsys, "init", str(root))
+    assert code == 0
+    assert "metric 'loss' is a guess among equally likely lines (accuracy)" in out
