@@ -23,11 +23,11 @@ import ray
 from farm.config import CONFIG_NAME, TargetConfig
 from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
-from farm.errors import ConfigError, TargetError
+from farm.errors import ConfigError, ProposerError, TargetError
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import serve
-from farm.progress import decision_line, snapshot, status_line
-from farm.propose import Feeder
+from farm.progress import decision_text, plural, snapshot, status_line
+from farm.propose import Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from proposer.base import Proposer
@@ -193,11 +193,15 @@ def run(
 
     Returns a process exit code. Ctrl-C stops cleanly; the next `run` resumes.
     """
+    nothing = proposer.nothing_to_try(build_context(store, cfg, cfg.campaign))
+    if nothing:  # before the baseline: its trials would be spent on nothing
+        raise ProposerError(f"{nothing}; stopping before any trial runs")
     capacity = check_feasible(cfg)
     slots = opts.slots or cfg.resources.slots or capacity
     if slots > capacity:
         print(
-            f"note: {slots} slots asked for, the cluster holds {capacity} trials at once", file=out
+            f"note: {plural(slots, 'slot')} asked for, the cluster holds {capacity} trials at once",
+            file=out,
         )
     controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
     controller.sync_best_branch()
@@ -225,7 +229,7 @@ def run(
     started = time.time()
     last_print = 0.0
     print(
-        f"farm: campaign {cfg.campaign} on {repo.path} | {slots} slots | proposer "
+        f"farm: campaign {cfg.campaign} on {repo.path} | {plural(slots, 'slot')} | proposer "
         f"{proposer.name} | store {store.url}",
         file=out,
         flush=True,
@@ -236,8 +240,7 @@ def run(
         while True:
             stopping = opts.time_limit_s is not None and time.time() - started > opts.time_limit_s
             for d in controller.step(slots=slots, promote=not stopping):
-                cand = store.get_candidate(cfg.campaign, d.candidate_id)
-                print(decision_line(d, cand, cfg.metric), file=out, flush=True)
+                print(decision_text(store, cfg.campaign, d, cfg.metric), file=out, flush=True)
             dispatcher.step(wait_s=0.5)
             if time.time() - last_print >= opts.progress_every_s:
                 last_print = time.time()

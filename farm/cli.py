@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slots", type=int, default=0, help="concurrent trials")
     run.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
     run.add_argument("--max-candidates", type=int, help="stop after this many candidates")
-    run.add_argument("--time-limit", type=_duration, help="stop starting candidates after this")
+    run.add_argument(
+        "--time-limit",
+        type=_duration,
+        help="stop starting candidates after this long: seconds, or with s, m or h (90m, 2h)",
+    )
     run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     run.add_argument("--progress-every", type=_duration, default=15.0, help="status line period")
     run.add_argument(
@@ -93,8 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--out", type=Path, help="write progress.png and report.md here")
 
-    init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
-    init.add_argument("target", nargs="?", default=".", type=Path)
+    _init_parser(sub)
 
     sim = sub.add_parser(
         "simulate",
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.cmd == "init":
-            return _init(args.target)
+            return _init(args)
         if args.cmd == "simulate":
             return _simulate(args)
         # Absolute now: inside a Ray job, ray.init() moves the working directory.
@@ -348,38 +351,6 @@ def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     return 0
 
 
-_TEMPLATE = """\
-# farm target spec. Only editable, command and metric are required.
-editable = {editable}      # files proposals may change
-protected = {protected}    # must be byte-identical at run time (evaluation, data prep)
-command = "{command}"      # runs one trial in a fresh checkout
-metric = "{metric}"        # name of a `{metric}: <value>` summary line the command prints
-direction = "minimize"     # or "maximize"
-budget_s = 300             # hard wall-clock budget per trial (SIGTERM, grace, SIGKILL)
-program = "program.md"     # instructions for the proposer
-# seed_env = "FARM_SEED"   # the trial's seed reaches training through this variable
-
-[merge]
-repeats = 12     # baseline runs that estimate seed noise σ
-confirm = 3      # re-runs a candidate needs before it is kept
-min_delta = 0.0  # smallest improvement worth keeping
-z = 1.5          # keep only improvements beyond z standard errors
-screen_z = 0.0   # a screening run earns its confirmations beyond screen_z·σ
-
-[resources]
-cpus_per_trial = 1
-gpus_per_trial = 0  # 1 on a GPU cluster
-# accelerator_type = "A100"            # Ray accelerator type
-# labels = {{ gpu-model = "rtx4090" }}  # Ray node labels (ray start --labels)
-
-[proposer]
-kind = "mutate"  # mutate | replay | optuna | anthropic
-batch_size = 4
-backlog = 4        # `farm simulate` tells which batch_size and backlog keep N slots busy
-schedule = "backlog"  # or "rounds": wait for each batch to be decided (to compare against)
-"""
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from farm.simulate import SimModel, cells, sweep, table
 
@@ -430,29 +401,42 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init(target: Path) -> int:
-    path = target / CONFIG_NAME
-    if path.exists():
-        raise FarmError(f"{path} exists already; edit it, or remove it to start over")
-    if not target.is_dir():
-        raise FarmError(f"{target} is not a directory")
-    editable = ["train.py"] if (target / "train.py").exists() else []
-    protected = [p for p in ("prepare.py", "evaluate.py") if (target / p).exists()]
-    metric = "val_bpb"
-    for name in editable:
-        found = re.findall(r"print\(f?[\"']([A-Za-z_]\w*):", (target / name).read_text())
-        if found:
-            metric = found[0]
-            break
-    path.write_text(
-        _TEMPLATE.format(
-            editable=editable or ["train.py"],
-            protected=protected,
-            command=f"python {editable[0]}" if editable else "python train.py",
-            metric=metric,
-        ).replace("'", '"')
+def _init_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = sub.add_parser(
+        "init",
+        help="look at a repo, run its command once, write a commented farm.toml",
+        description="Reads program*.md, the README and the imports to find the editable and "
+        "protected files and the command, runs the command once in the sandbox to find the "
+        "metric and time it, and writes farm.toml with a warning for every guess.",
     )
-    print(f"wrote {path}: check editable, protected, command and metric, then commit it")
+    init.add_argument("target", nargs="?", default=".", type=Path)
+    init.add_argument(
+        "--no-probe", action="store_true", help="do not run the command (nothing is checked)"
+    )
+    init.add_argument(
+        "--probe-budget",
+        type=_duration,
+        default=300.0,
+        help="time limit of the probe run: seconds, or with s, m or h (default 300)",
+    )
+    init.add_argument("--command", help="the command that runs one trial, if not found")
+    init.add_argument("--metric", help="the summary line to optimise, if not the likeliest")
+    init.add_argument("--direction", choices=["minimize", "maximize"], help="if not guessed")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from farm.init import init_target
+    from farm.records import Direction
+
+    init_target(
+        args.target,
+        probe=not args.no_probe,
+        probe_budget_s=args.probe_budget,
+        command=args.command,
+        metric=args.metric,
+        direction=Direction(args.direction) if args.direction else None,
+        ask=input if sys.stdin.isatty() and sys.stdout.isatty() else None,
+    )
     return 0
 
 

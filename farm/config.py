@@ -83,10 +83,11 @@ class ModelPrice:
 
 @dataclass
 class ParamConfig:
-    """One `[[proposer.params]]` table: a module-level UPPER_CASE constant optuna may tune."""
+    """One `[[proposer.params]]` table: a knob optuna may tune (named as proposer/knobs.py
+    names it: a constant, a config entry, a call keyword, a default)."""
 
     file: str  # an editable file
-    name: str  # e.g. "LEARNING_RATE"
+    name: str  # e.g. "LEARNING_RATE", "RandomForestClassifier.max_depth", "CONFIG.lr"
     low: float
     high: float
     log: bool = False  # sample on a log scale (learning rates, weight decays)
@@ -368,14 +369,15 @@ def _check(cfg: TargetConfig, source: str) -> None:
     for model, price in p.prices.items():
         if min(price.input, price.output, price.cache_write, price.cache_read) < 0:
             fail(f"proposer.prices.{model}", "prices must be >= 0 (USD per million tokens)")
-    if p.kind == "optuna" and not p.params:
-        fail("proposer.params", 'kind = "optuna" needs [[proposer.params]] tables to tune')
     for i, par in enumerate(p.params):
         key = f"proposer.params[{i}]"
         if par.file not in cfg.editable:
             fail(f"{key}.file", f"{par.file!r} is not an editable file")
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", par.name):
-            fail(f"{key}.name", f"{par.name!r} is not an UPPER_CASE module-level constant")
+        if not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*(?:#\d+)?", par.name):
+            fail(
+                f"{key}.name",
+                f"{par.name!r} is not a knob name like LR, CONFIG.lr or AdamW.betas[0]",
+            )
         if not par.low < par.high:
             fail(f"{key}.low", f"low ({par.low}) must be below high ({par.high})")
         if par.log and par.low <= 0:

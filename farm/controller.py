@@ -32,6 +32,7 @@ from farm.records import (
 )
 from farm.store import Store
 from proposer.validate import Rejected, validate_draft
+from workers.metric import missing_metric_note
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +415,11 @@ class Controller:
         assert r is not None
         if r.outcome.is_ok():
             return ""
+        if r.outcome is Outcome.NO_METRIC:
+            note = missing_metric_note(
+                r.output_tail, name=self.cfg.metric, regex=self.cfg.metric_regex
+            )
+            return f"{what} {r.outcome.value} (exit {r.exit_code}): {note}"
         last = next((ln.strip() for ln in reversed(r.output_tail.splitlines()) if ln.strip()), "")
         detail = f"; last output: {last[:300]}" if last else ""
         return f"{what} {r.outcome.value} (exit {r.exit_code}){detail}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from farm.records import (
     Candidate,
@@ -99,6 +99,26 @@ class Snapshot:
     decisions: list[Decision]
     titles: dict[int, str]
     history: History
+    # A failed candidate's outcome (no_metric, timeout, tampered...): its decision says
+    # `crashed` for every way a trial can fail; these say which.
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def label(self, d: Decision) -> str:
+        """What became of the candidate: its decision, or how its failed trial ended."""
+        return self.failures.get(d.candidate_id, d.kind.value)
+
+    def candidate_counts(self) -> str:
+        """`crashed 3 (no_metric 2, timeout 1), discarded 4, kept 1`, or `none`."""
+        failed = collections.Counter(self.failures.values())
+        parts = []
+        for state, n in sorted(self.candidates.items()):
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
+            parts.append(
+                f"{state} {n} ({detail})"
+                if state == DecisionKind.CRASHED.value and failed
+                else f"{state} {n}"
+            )
+        return ", ".join(parts) or "none"
 
 
 def snapshot(store: Store, campaign: str) -> Snapshot:
@@ -110,6 +130,9 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
     cands = store.list_candidates(campaign)
     decisions = store.list_decisions(campaign)
     inc = store.get_incumbent(campaign)
+    by_candidate: dict[int | None, list[Trial]] = collections.defaultdict(list)
+    for t in trials:
+        by_candidate[t.candidate_id].append(t)
     base_ok = [
         t.result.metric
         for t in trials
@@ -130,6 +153,11 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
         sigma=camp.sigma,
         decisions=decisions,
         titles={c.id: clean_line(c.title) for c in cands},
+        failures={
+            d.candidate_id: failure_outcome(by_candidate.get(d.candidate_id, []))
+            for d in decisions
+            if d.kind is DecisionKind.CRASHED
+        },
         history=history(
             trials,
             decisions,
@@ -137,6 +165,11 @@ def snapshot(store: Store, campaign: str) -> Snapshot:
             direction=Direction(camp.config.get("direction", "minimize")),
         ),
     )
+
+
+def plural(n: int, word: str) -> str:
+    """`1 slot`, `2 slots`, `0 slots`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _num(x: float | None) -> str:
@@ -167,13 +200,32 @@ def status_line(s: Snapshot, *, slots: int, busy: int, elapsed_s: float) -> str:
     )
 
 
-def decision_line(d: Decision, cand: Candidate | None, metric: str) -> str:
+def failure_outcome(trials: list[Trial]) -> str:
+    """How the first failed trial of a candidate ended (an Outcome value, or `dead`)."""
+    for t in trials:
+        if t.state is TrialState.DEAD:
+            return DEAD
+        if t.result is not None and not t.result.outcome.is_ok():
+            return t.result.outcome.value
+    return DecisionKind.CRASHED.value
+
+
+def decision_line(d: Decision, cand: Candidate | None, metric: str, *, label: str = "") -> str:
     title = clean_line(cand.title) if cand else ""
     detail = ""
     if d.kind is DecisionKind.KEPT and d.metric is not None:
         detail = f" -> {metric} {d.metric:.5g}"
+    label = label or d.kind.value
     reason = clean_line(d.reason)
-    return f"  c{d.candidate_id:<4} {d.kind.value.upper():<10} {title}{detail}\n         {reason}"
+    return f"  c{d.candidate_id:<4} {label.upper():<10} {title}{detail}\n         {reason}"
+
+
+def decision_text(store: Store, campaign: str, d: Decision, metric: str) -> str:
+    """The decision as `farm run` prints it when it is made, naming a failure's outcome."""
+    label = ""
+    if d.kind is DecisionKind.CRASHED:
+        label = failure_outcome(store.list_trials(campaign, candidate_id=d.candidate_id))
+    return decision_line(d, store.get_candidate(campaign, d.candidate_id), metric, label=label)
 
 
 def status_report(s: Snapshot, *, last: int = 10) -> str:
@@ -185,8 +237,7 @@ def status_report(s: Snapshot, *, last: int = 10) -> str:
         + ", ".join(f"{st.value} {s.trial_states.get(st, 0)}" for st in TrialState)
         + " | outcomes: "
         + (", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items())) or "none"),
-        "  candidates: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(s.candidates.items())) or "none"),
+        "  candidates: " + s.candidate_counts(),
         *picture(s.history, s.metric),
     ]
     kept = [d for d in s.decisions if d.kind is DecisionKind.KEPT]
@@ -202,7 +253,7 @@ def status_report(s: Snapshot, *, last: int = 10) -> str:
         lines.append(f"  last {min(last, len(s.decisions))} decisions:")
         for d in s.decisions[-last:]:
             lines.append(
-                f"    c{d.candidate_id:<4} {d.kind.value:<10} "
+                f"    c{d.candidate_id:<4} {s.label(d):<14} "
                 f"{s.titles.get(d.candidate_id, '')[:50]:<50} {clean_line(d.reason)[:90]}"
             )
     return "\n".join(lines)

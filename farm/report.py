@@ -36,7 +36,8 @@ FARM_COLUMNS = [
 
 
 def export_tsv(store: Store, campaign: str) -> str:
-    """One row per trial (a rejected draft: one row with no trial), oldest first."""
+    """One row per trial (a rejected draft: one row with no trial), oldest first. A metric or
+    memory that was not measured is left empty, never written as 0."""
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
@@ -55,12 +56,13 @@ def export_tsv(store: Store, campaign: str) -> str:
         else:
             status = _STATUS[d.kind] if d else "running"
             description = clean_line(cand.title) if cand else ""
-        mem_mb = r.summary.get("peak_vram_mb", 0.0) if r else 0.0
+        # No number where nothing was measured (a queued or failed trial, no memory line).
+        mem_mb = r.summary.get("peak_vram_mb") if r else None
         w.writerow(
             [
                 t.commit_sha[:7],
-                f"{r.metric:.6f}" if r and r.metric is not None else "0.000000",
-                f"{mem_mb / 1024:.1f}",
+                f"{r.metric:.6f}" if r and r.metric is not None else "",
+                f"{mem_mb / 1024:.1f}" if mem_mb is not None else "",
                 status,
                 description,
                 t.candidate_id if t.candidate_id is not None else "",
@@ -81,8 +83,8 @@ def export_tsv(store: Store, campaign: str) -> str:
             w.writerow(
                 [
                     c.base_sha[:7],
-                    "0.000000",
-                    "0.0",
+                    "",
+                    "",
                     "rejected",
                     clean_line(c.title),
                     c.id,
@@ -256,12 +258,10 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, σ {num(s.sigma)}) |",
         f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
-        f"| trials | {len(h.points)} finished, "
-        + ", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items()))
+        f"| trials | {len(h.points)} finished"
+        + "".join(f", {k} {v}" for k, v in sorted(s.outcomes.items()))
         + " |",
-        f"| candidates | {len(cands)}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(s.candidates.items()))
-        + " |",
+        f"| candidates | {len(cands)}" + (f": {s.candidate_counts()}" if cands else "") + " |",
         f"| slot-hours | {slot_h:.3g}"
         + (f" ({slot_h * gpus:.3g} GPU-hours)" if gpus else " (CPU trials)")
         + " |",

@@ -18,7 +18,7 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox
 from farm.errors import FarmError
 from farm.gitops import Repo
-from farm.progress import decision_line
+from farm.progress import decision_text, plural
 from farm.propose import Feeder
 from farm.records import CandidateState, TrialState
 from farm.store import Store
@@ -81,11 +81,7 @@ def serve_control(
     clock = _IdleClock(idle_exit_s)
     while True:
         for d in controller.step(slots=slots):
-            print(
-                decision_line(d, store.get_candidate(cfg.campaign, d.candidate_id), cfg.metric),
-                file=out,
-                flush=True,
-            )
+            print(decision_text(store, cfg.campaign, d, cfg.metric), file=out, flush=True)
         waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
         if clock.expired(store.is_quiet(cfg.campaign, waiting=waiting)):
             print("farm control: idle; exiting", file=out, flush=True)
@@ -114,7 +110,7 @@ def serve_work(
     )
     freed = dispatcher.reclaim_orphans()
     print(
-        f"farm work: {dispatcher.worker_id} | {slots} slots | campaign {cfg.campaign} | "
+        f"farm work: {dispatcher.worker_id} | {plural(slots, 'slot')} | campaign {cfg.campaign} | "
         f"store {store.url}" + (f" | {len(freed)} orphaned trials requeued" if freed else ""),
         file=out,
         flush=True,

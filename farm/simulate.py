@@ -51,7 +51,8 @@ from farm.records import (
     TrialState,
 )
 from farm.store.sqlite import SQLiteStore
-from proposer.mutate import MutateProposer, find_constants
+from proposer.knobs import find_knobs
+from proposer.mutate import MutateProposer
 
 CAMPAIGN = "sim"
 START_SHA = "0" * 40
@@ -127,7 +128,7 @@ class Landscape:
         return "\n".join(lines) + "\n"
 
     def true_loss(self, text: str) -> float:
-        values = {c.name: float(c.value) for c in find_constants(TRAIN, text)}
+        values = {c.name: float(c.value) for c in find_knobs(TRAIN, text)}
         if min(values.values()) <= 0:
             return math.inf
         d = [math.log2(values[n]) - opt for n, opt in zip(self.names, self.optima, strict=True)]

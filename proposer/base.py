@@ -48,5 +48,13 @@ class Proposer(abc.ABC):
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
         """Return up to `n` drafts. Returning fewer (or none) means nothing new to try."""
 
+    def nothing_to_try(self, ctx: ProposalContext) -> str:
+        """Why this backend can propose nothing at all for `ctx`'s files ("" when it can).
+
+        Asked once before the baseline runs, so a campaign with nothing to try stops before
+        spending trials on it; running dry later is said by `propose` returning nothing.
+        """
+        return ""
+
     def tell(self, candidate_id: int, *, metric: float | None, ok: bool) -> None:  # noqa: B027
         """Learn a candidate's outcome (for model-based proposers); default ignores it."""

@@ -1,4 +1,8 @@
-"""The optuna proposer: TPE over the constants declared in `[[proposer.params]]`.
+"""The optuna proposer: TPE over the knobs declared in `[[proposer.params]]`.
+
+With no `[[proposer.params]]`, it tunes the knobs proposer/knobs.py finds (the declared
+ones, else the inline ones) over a quarter to four times their value on a log scale; the
+ranges come from the files it first sees, and from the incumbent's after a restart.
 
 The honest baseline for LLM proposers: no language model, only a sampler that learns
 from measured outcomes. It keeps no state of its own. Each `propose` rebuilds the study
@@ -7,13 +11,11 @@ assignment lines it wrote), its objective is its decision's metric; crashed cand
 are FAIL trials and queued or running ones RUNNING trials (TPE's constant liar keeps new
 suggestions away from them). So a restarted campaign samples where it left off.
 
-Each draft sets every declared constant that changes, one edit per assignment line.
+Each draft sets every knob that changes, one edit per group of changed lines.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 import uuid
 
 import optuna
@@ -25,7 +27,7 @@ from farm.config import ParamConfig
 from farm.errors import ConfigError
 from farm.records import DecisionKind, Direction, Draft, Edit, edit_hash
 from proposer.base import LedgerEntry, ProposalContext, Proposer
-from proposer.mutate import Constant, constant_edit, find_constants, format_float
+from proposer.knobs import Knob, find_knobs, format_float, knob_edits, value_in
 
 ASKS_PER_DRAFT = 5  # suggestions tried per draft before giving up on finding a new one
 _RAN = {DecisionKind.KEPT.value, DecisionKind.DISCARDED.value, DecisionKind.SUPERSEDED.value}
@@ -39,8 +41,24 @@ class OptunaProposer(Proposer):
         self.seed = seed
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    def nothing_to_try(self, ctx: ProposalContext) -> str:
+        if not self.params and not default_params(ctx):
+            return (
+                "the optuna proposer found no number to tune in the editable files: declare "
+                "[[proposer.params]] in farm.toml, or make the hyperparameters numbers it can "
+                'find (see README, "Using it on your own repo")'
+            )
+        try:
+            for p in self.params:
+                self._knob(ctx, p)
+        except ConfigError as e:
+            return str(e)
+        return ""
+
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
-        constants = {p.name: self._constant(ctx, p) for p in self.params}
+        if not self.params:
+            self.params = default_params(ctx)
+        knobs = {p.name: self._knob(ctx, p) for p in self.params}
         space = {p.name: _distribution(p) for p in self.params}
         # Seeded by the ledger's length too: a rebuilt study that saw nothing new (say,
         # all of its drafts were rejected) must not suggest the same values again.
@@ -52,7 +70,7 @@ class OptunaProposer(Proposer):
         )
         study = optuna.create_study(direction=direction, sampler=sampler)
         for entry in ctx.history:
-            past = self._past_trial(entry, space)
+            past = self._past_trial(entry, space, knobs, ctx.files)
             if past is not None:
                 study.add_trial(past)
         batch_id = f"optuna-{uuid.uuid4().hex[:8]}"
@@ -62,13 +80,15 @@ class OptunaProposer(Proposer):
             if len(drafts) >= n:
                 break
             trial = study.ask(space)  # stays RUNNING: later asks of this batch avoid it
-            edits, shown = [], []
+            changes: dict[str, list[tuple[Knob, str]]] = {}
+            shown = []
             for p in self.params:
-                c = constants[p.name]
-                literal = _literal(trial.params[p.name], p, c)
-                if literal != c.literal:
-                    edits.append(constant_edit(ctx.files[p.file], c, literal))
+                k = knobs[p.name]
+                literal = _literal(trial.params[p.name], p, k)
+                if literal != k.literal:
+                    changes.setdefault(p.file, []).append((k, literal))
                     shown.append(f"{p.name}={literal}")
+            edits = [e for path, c in changes.items() for e in knob_edits(ctx.files[path], c)]
             digest = edit_hash(edits)
             if not edits or digest in seen:
                 study.tell(trial, state=TrialState.FAIL)
@@ -86,24 +106,28 @@ class OptunaProposer(Proposer):
             )
         return drafts
 
-    def _constant(self, ctx: ProposalContext, p: ParamConfig) -> Constant:
-        found = [c for c in find_constants(p.file, ctx.files.get(p.file, "")) if c.name == p.name]
+    def _knob(self, ctx: ProposalContext, p: ParamConfig) -> Knob:
+        found = [k for k in find_knobs(p.file, ctx.files.get(p.file, "")) if k.name == p.name]
         if not found:
             raise ConfigError(
-                f"proposer.params: {p.name} is not a module-level number assignment in "
-                f"{p.file} (or it is marked `# farm: frozen`)"
+                f"proposer.params: {p.name} is not a number knob in {p.file} (a constant, "
+                "config entry, call keyword or default, not marked `# farm: frozen`)"
             )
         return found[0]
 
     def _past_trial(
-        self, entry: LedgerEntry, space: dict[str, BaseDistribution]
+        self,
+        entry: LedgerEntry,
+        space: dict[str, BaseDistribution],
+        knobs: dict[str, Knob],
+        files: dict[str, str],
     ) -> optuna.trial.FrozenTrial | None:
         """The entry as a finished or running trial, if its edits set every parameter."""
         if entry.status == DecisionKind.REJECTED.value:
             return None  # never ran: it says nothing about the objective
         values = {}
         for p in self.params:
-            value = _assigned(entry.edits, p)
+            value = _assigned(entry.edits, p, knobs[p.name], files[p.file])
             if value is None or not p.low <= value <= p.high:
                 return None  # not set by this candidate, or outside today's range
             values[p.name] = value
@@ -126,25 +150,54 @@ def _distribution(p: ParamConfig) -> BaseDistribution:
     return FloatDistribution(p.low, p.high, log=p.log)
 
 
-def _literal(value: float, p: ParamConfig, c: Constant) -> str:
+def _literal(value: float, p: ParamConfig, c: Knob) -> str:
     """The value as source text, in the style of the literal it replaces."""
     if p.int:
         return f"{int(value):_}" if "_" in c.literal else str(int(value))
     return format_float(value, scientific="e" in c.literal.lower())
 
 
-def _assigned(edits: list[Edit], p: ParamConfig) -> float | None:
-    """The value the edits assign to `p` (the last assignment wins), or None."""
-    line = re.compile(rf"^{p.name}\s*(?::[^=]*)?=\s*([^#\n]+?)\s*(?:#.*)?$", re.MULTILINE)
+def _assigned(edits: list[Edit], p: ParamConfig, knob: Knob, text: str) -> float | None:
+    """The value the edits assign to `p` (the last edit that sets it wins), or None."""
     value = None
     for e in edits:
         if e.path != p.file:
             continue
-        for m in line.finditer(e.replace):
-            try:
-                v = ast.literal_eval(m.group(1))
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                value = int(v) if p.int else float(v)
+        v = value_in(knob, text, e.replace)
+        if v is not None:
+            value = int(v) if p.int else float(v)
     return value
+
+
+def default_params(ctx: ProposalContext) -> list[ParamConfig]:
+    """A search space from the knobs of the editable files: declared knobs if there are any
+    (constants, config blocks), else inline ones; each from a quarter to four times its
+    value on a log scale, or for a value just below 1 (a decay, a beta) its distance to 1 so.
+    Zero and negative values are switches or sentinels: left alone."""
+    knobs = [
+        k
+        for path in ctx.editable
+        if path.endswith(".py") and path in ctx.files
+        for k in find_knobs(path, ctx.files[path])
+        if k.value > 0
+    ]
+    params = []
+    for k in [k for k in knobs if k.kind.is_declared()] or knobs:
+        v = k.value
+        if isinstance(v, int):
+            low, high = float(max(1, v // 4)), float(v * 4)
+        elif 0.5 < v < 1:
+            low, high = 1 - (1 - v) * 4, 1 - (1 - v) / 4
+        else:
+            low, high = v / 4, v * 4
+        params.append(
+            ParamConfig(
+                file=k.path,
+                name=k.name,
+                low=max(low, 1e-12),
+                high=high,
+                log=True,
+                int=isinstance(v, int),
+            )
+        )
+    return params

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import SECRET, TOY_TOML, TOY_TRAIN, MakeTarget, RunCampaign, git
 
+from farm.errors import ProposerError
 from farm.gitops import best_branch
 from farm.records import CandidateState, DecisionKind, Outcome, TrialKind, TrialState
+from farm.store import default_url, open_store
 
 METRIC_LINE = 'print(f"loss: {loss:.6f}")'
 
@@ -192,3 +195,18 @@ def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
     tip = git(target, "rev-parse", best_branch("default")).strip()
     final = git(target, "show", f"{tip}:train.py")
     assert "MOM = 0.8" in final and ("LR = 1.5" in final or "LR = 1.8" in final)
+
+
+def test_a_proposer_with_nothing_to_try_stops_before_the_baseline(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    no_knobs = "import os\nprint(f\"loss: {int(os.environ.get('FARM_SEED', 0)) * 0.1}\")\n"
+    target = make_target({"train.py": no_knobs})
+    with pytest.raises(ProposerError, match="found no number it can change") as err:
+        run_campaign(target)
+    assert "stopping before any trial runs" in str(err.value)
+    store = open_store(default_url(target))
+    try:
+        assert store.list_trials("default") == []
+    finally:
+        store.close()

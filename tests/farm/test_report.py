@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
+
 import pytest
 from helpers import MIXED_DRAFTS, MIXED_TOML, MakeTarget, RunCampaign
 from matplotlib.image import imread
 
+from farm.campaign import prepare
 from farm.cli import main
+from farm.config import load_config
 from farm.records import DecisionKind
+from farm.report import report_markdown
+from farm.store import default_url, open_store
 
 
-def test_report_writes_the_progress_picture_and_the_kept_changes(
+def test_report_status_and_export_of_a_campaign_that_ends_every_way(
     make_target: MakeTarget, run_campaign: RunCampaign, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = make_target({"drafts.jsonl": MIXED_DRAFTS}, extra_toml=MIXED_TOML)
@@ -42,3 +50,38 @@ def test_report_writes_the_progress_picture_and_the_kept_changes(
         if line.startswith("  last ") and " trials: " in line
     ]
     assert marks.count("✗") == 3 and marks.count("b") == done.cfg.merge.repeats and "✓" in marks
+
+    # Failures are named by how they ended, everywhere a decision is shown.
+    failed = "crashed 3 (crashed 1, invalid_metric 1, no_metric 1)"
+    assert f"| candidates | 6: {failed}, " in md
+    assert f"  candidates: {failed}, " in status
+    by_title = {c.title: c.id for c in done.store.list_candidates("default")}
+    for title, label in (("crash", "crashed"), ("nan", "invalid_metric"), ("silent", "no_metric")):
+        (line,) = [ln for ln in status.splitlines() if ln.startswith(f"    c{by_title[title]} ")]
+        assert line.split()[1] == label
+        assert f"  c{by_title[title]:<4} {label.upper():<10} {title}\n" in done.output
+    silent = done.store.get_decision("default", by_title["silent"])
+    assert silent is not None
+    assert "printed no `loss: <value>` line, nor anything like one" in silent.reason
+
+    # The export leaves empty what was never measured, rather than writing 0.
+    assert main(["export", str(target), "--tsv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
+    for row in rows:
+        assert (row["loss"] != "") == (row["outcome"] == "ok"), row
+        assert row["memory_gb"] == ""  # the toy target prints no peak_vram_mb
+    (rejected,) = [r for r in rows if r["status"] == "rejected"]
+    assert rejected["description"] == "not applying"
+
+
+def test_report_of_a_campaign_without_candidates_says_0(
+    make_target: MakeTarget, tmp_path: Path
+) -> None:
+    target = make_target()
+    store = open_store(default_url(target))
+    try:
+        prepare(target, load_config(target), store, check_command=False)
+        md = report_markdown(store, "default")
+    finally:
+        store.close()
+    assert "| candidates | 0 |" in md and "| trials | 0 finished |" in md

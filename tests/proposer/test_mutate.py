@@ -57,7 +57,7 @@ def test_every_draft_validates_and_changes_exactly_one_constant(ctx: ProposalCon
         assert len(differing) == 1
 
 
-def test_only_numeric_upper_case_unfrozen_assignments_are_mutated(
+def test_only_numeric_unfrozen_knobs_are_mutated_not_locals_or_switches(
     ctx: ProposalContext, constants: set[str]
 ) -> None:
     drafts = propose_all(MutateProposer(seed=0), ctx)
@@ -169,3 +169,68 @@ def test_bundled_example_mutations_all_validate(ctx: ProposalContext) -> None:
     )
     assert drafts
     assert all(isinstance(v, Validated) for v in verdicts)
+
+
+CLASSIFIER = """\
+import os
+
+from minisk import RandomForestClassifier, accuracy_score, load_data
+
+seed = int(os.environ.get("FARM_SEED", "0"))
+X_train, X_val, y_train, y_val = load_data(test_size=0.25)
+clf = RandomForestClassifier(n_estimators=100, max_depth=5, random_state=seed)
+clf.fit(X_train, y_train)
+print(f"accuracy: {accuracy_score(y_val, clf.predict(X_val)):.4f}")
+"""
+
+
+def test_keyword_argument_hyperparameters_are_mutated() -> None:
+    ctx = ProposalContext(
+        "c", "", {"train.py": CLASSIFIER}, ["train.py"], "acc", Direction.MAXIMIZE
+    )
+    proposer = MutateProposer(seed=0)
+    assert proposer.nothing_to_try(ctx) == ""
+    drafts = propose_all(proposer, ctx)
+    assert {d.title for d in drafts} == {
+        "RandomForestClassifier.n_estimators 100 → 200",
+        "RandomForestClassifier.n_estimators 100 → 50",
+        "RandomForestClassifier.max_depth 5 → 10",
+        "RandomForestClassifier.max_depth 5 → 2",
+        "RandomForestClassifier.max_depth 5 → 6",
+        "RandomForestClassifier.max_depth 5 → 4",
+    }
+    verdicts = validate_batch(
+        drafts, files=ctx.files, editable=ctx.editable, seen_hashes=set(), max_edit_bytes=20_000
+    )
+    assert all(isinstance(v, Validated) for v in verdicts)
+
+
+def test_declared_constants_go_before_inline_keywords() -> None:
+    text = "LR = 0.1\nDEPTH = 4\nmodel = Net(width=64, dropout=0.4)\n"
+    ctx = ProposalContext("c", "", {"m.py": text}, ["m.py"], "loss", Direction.MINIMIZE)
+    names = [d.title.split()[0] for d in propose_all(MutateProposer(seed=1), ctx)]
+    assert len(names) == 8 + 6  # LR, DEPTH: x2 x0.5 then x4 x0.25 / ±1; Net.width x2 x0.5
+    assert set(names[:4]) == {"LR", "DEPTH"}  # x2 and x0.5 of every constant first
+    assert set(names[4:8]) == {"LR", "DEPTH"}
+    assert set(names[8:10]) == {"Net.width", "Net.dropout"}
+
+
+def test_a_file_without_knobs_says_there_is_nothing_to_try() -> None:
+    text = "import os\nseed = int(os.environ['FARM_SEED'])\nprint(f'loss: {seed * 0.1}')\n"
+    ctx = ProposalContext("c", "", {"run.py": text}, ["run.py"], "loss", Direction.MINIMIZE)
+    why = MutateProposer(seed=0).nothing_to_try(ctx)
+    assert "found no number it can change in the editable files (run.py)" in why
+    assert MutateProposer(seed=0).propose(ctx, 4) == []
+
+
+def test_values_just_below_one_move_their_distance_to_one() -> None:
+    text = "opt = AdamW(params, betas=(0.9, 0.999))\nCOOLING = 0.9995\n"
+    ctx = ProposalContext("c", "", {"m.py": text}, ["m.py"], "loss", Direction.MINIMIZE)
+    titles = {d.title for d in propose_all(MutateProposer(seed=0), ctx)}
+    assert {
+        "AdamW.betas[0] 0.9 → 0.8",
+        "AdamW.betas[0] 0.9 → 0.95",
+        "AdamW.betas[0] 0.9 → 0.6",
+    } <= titles
+    assert {"COOLING 0.9995 → 0.999", "COOLING 0.9995 → 0.99975"} <= titles
+    assert all(0 < float(t.split(" → ")[1]) < 1 for t in titles)

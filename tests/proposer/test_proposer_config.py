@@ -33,7 +33,6 @@ def test_params_tables_and_prices_are_read() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('[proposer]\nkind = "optuna"\n', "proposer.params: kind"),
         (
             '[[proposer.params]]\nfile = "train.py"\nname = "LR"\nlow = 1\n',
             "proposer.params[0].high",
@@ -43,7 +42,7 @@ def test_params_tables_and_prices_are_read() -> None:
             "params[0].file",
         ),
         (
-            '[[proposer.params]]\nfile = "train.py"\nname = "lr"\nlow = 1\nhigh = 2\n',
+            '[[proposer.params]]\nfile = "train.py"\nname = "2lr"\nlow = 1\nhigh = 2\n',
             "params[0].name",
         ),
         (

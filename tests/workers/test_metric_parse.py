@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from workers.metric import parse_metric, parse_summary
+from workers.metric import (
+    missing_metric_note,
+    near_misses,
+    parse_metric,
+    parse_summary,
+    summary_names,
+)
 
 AUTORESEARCH_TAIL = """\
 step 00950 (99.1%) | loss: 3.021 | lr: 1.2e-04
@@ -81,3 +87,50 @@ def test_regex_takes_last_match_of_its_capture_group() -> None:
 
 def test_regex_capture_that_is_not_a_number_is_none() -> None:
     assert parse_metric("score=high\n", name="x", regex=r"score=(\w+)") is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "score: 1.23",
+        "score : 1.23",
+        "score=1.23",
+        "score = 1.23",
+        "[run] score=1.23",
+        "[eval 3/3]  score: 1.23",
+    ],
+)
+def test_every_summary_line_format_in_use_parses(line: str) -> None:
+    assert parse_metric(f"start\n{line}\n", name="score") == 1.23
+    assert parse_summary(line) == {"score": 1.23}
+
+
+def test_last_occurrence_wins_across_formats() -> None:
+    assert parse_metric("[run] score=1.0\nscore: 2.0\nscore = 3.0\n", name="score") == 3.0
+
+
+def test_words_and_pairs_inside_a_sentence_are_not_summary_lines() -> None:
+    text = "WARNING: 3 features have zero variance\nstep 5 | loss=2.0 | lr=0.1\nx=1 y=2\n"
+    assert parse_summary(text) == {}
+
+
+def test_summary_names_lists_each_name_once_in_order_of_last_use() -> None:
+    assert summary_names("a: 1\nb=2\na: nan\n[t] c=3\n") == ["b", "a", "c"]
+
+
+def test_near_misses_rank_lines_naming_the_metric_first() -> None:
+    text = (
+        "epoch 1 val_rmse 0.52\n"
+        "WARNING: val_rmse is noisy\n"
+        "val_rms: 0.40\n"
+        "done in 3.1s\n"
+        "totally unrelated last line 7\n"
+    )
+    assert near_misses(text, name="val_rmse") == ["epoch 1 val_rmse 0.52", "val_rms: 0.40"]
+
+
+def test_missing_metric_note_quotes_the_closest_lines_not_the_last_one() -> None:
+    note = missing_metric_note("accuracy = 0.91 (test)\nbye 1\n", name="accuracy")
+    assert note == ("it printed no `accuracy: <value>` line; closest: 'accuracy = 0.91 (test)'")
+    assert "nor anything like one" in missing_metric_note("all done\n", name="accuracy")
+    assert "metric_regex" in missing_metric_note("x\n", name="a", regex=r"a=(\d+)")

@@ -1,0 +1,397 @@
+"""`farm init`: look at a repo, run its command once, and write a farm.toml that says what it
+guessed and how.
+
+farm/survey.py reads what the repo says about itself (docs, docstrings, imports): the
+editable and protected files and the command. Then one probe run of the command in the
+sandbox (a copy of the repo, the trial environment, a time limit) shows the summary lines
+it prints, read by the trials' own parser: the metric. Its name and the docs ("lower is
+better") give the direction, the run's duration the budget. Whatever could not be checked
+is a warning, in the terminal and as a CHECK comment in the file; a path that does not
+exist is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from farm.config import CONFIG_NAME, DEFAULT_ENV_ALLOW
+from farm.errors import FarmError
+from farm.records import Direction
+from farm.survey import (
+    Found,
+    Inspection,
+    blocks,
+    clauses,
+    find_command,
+    find_seed_env,
+    quote,
+    roles,
+    split_files,
+    survey,
+)
+from workers import sandbox
+from workers.isolation import resolve
+from workers.metric import near_misses, parse_metric, summary_names
+from workers.sandbox import RunResult
+
+PROBE_BUDGET_S = 300.0
+PROBE_OUTPUT_CAP = 256 * 1024
+# A metric's name says its direction: words of each kind, matched on the name's parts.
+_MAXIMIZE = {
+    "acc", "accuracy", "auc", "auroc", "f1", "score", "r2", "precision", "recall", "map",
+    "ndcg", "bleu", "rouge", "reward", "return", "iou", "dice", "fitness", "top1", "top5",
+    "mrr", "hits", "psnr", "ssim", "correlation", "spearman", "pearson", "profit", "winrate",
+}  # fmt: skip
+_MINIMIZE = {
+    "loss", "error", "err", "rmse", "mse", "mae", "mape", "bpb", "bpc", "perplexity", "ppl",
+    "rank", "cost", "nll", "wer", "cer", "regret", "length", "distance", "latency", "fid",
+    "kl", "brier", "logloss", "gap",
+}  # fmt: skip
+# Parts of a name that say it is bookkeeping, not the objective.
+_BOOKKEEPING = {
+    "seconds", "second", "sec", "time", "elapsed", "duration", "vram", "memory", "mem", "mb",
+    "gb", "mfu", "tokens", "steps", "step", "epoch", "epochs", "iter", "iters", "params",
+    "num", "count", "instances", "lr", "batch", "depth", "size", "items", "seed", "total",
+}  # fmt: skip
+_LOWER_BETTER = re.compile(
+    r"(?i)\b(lower|lowest|smaller|smallest|shorter|shortest|minimi[sz]\w*|decrease|reduce)\b"
+)
+_HIGHER_BETTER = re.compile(
+    r"(?i)\b(higher|highest|larger|largest|greater|maximi[sz]\w*|increase|raise)\b"
+)
+
+
+Ask = Callable[[str], str]
+
+
+def init_target(
+    target: Path,
+    *,
+    probe: bool = True,
+    probe_budget_s: float = PROBE_BUDGET_S,
+    command: str | None = None,
+    metric: str | None = None,
+    direction: Direction | None = None,
+    ask: Ask | None = None,
+    out: TextIO | None = None,
+) -> Path:
+    """Inspect `target`, probe its command, write `<target>/farm.toml`; returns its path.
+
+    `ask` (a prompt function) is used when a guess is unsure and a person is there to
+    answer; without it the guess is written with a warning.
+    """
+    out = out or sys.stdout  # looked up now: tests and callers replace sys.stdout
+    path = target / CONFIG_NAME
+    if path.exists():
+        raise FarmError(f"{path} exists already; edit it, or remove it to start over")
+    if not target.is_dir():
+        raise FarmError(f"{target} is not a directory")
+    print(f"farm init: looking at {target}", file=out, flush=True)
+    ins = survey(target)
+    roles(ins)
+    find_command(ins, override=command)
+    split_files(ins)
+    find_seed_env(ins)
+    run = None
+    if probe:
+        cmd = str(ins.found["command"].value)
+        print(
+            f"  running `{cmd}` once to read its output (budget {probe_budget_s:g} s)…",
+            file=out,
+            flush=True,
+        )
+        run = probe_command(ins, cmd, budget_s=probe_budget_s)
+        print(f"  it exited {run.exit_code} after {run.duration_s:.1f} s", file=out, flush=True)
+    choose_metric(ins, run, override=metric, ask=ask)
+    choose_direction(ins, override=direction, ask=ask)
+    choose_budget(ins, run)
+    path.write_text(render(ins))
+    print(f"wrote {path}:", file=out)
+    for key in ("editable", "protected", "command", "metric", "direction", "budget_s"):
+        f = ins.found[key]
+        print(f"  {key:<10} {_toml(f.value):<28} {f.how}", file=out)
+    for w in ins.warnings:
+        print(f"  warning: {w}", file=out)
+    print(
+        f"note: {ins.found['metric'].value} comes from code a candidate can edit; set "
+        "`evaluate` to measure it with a protected command (docs/security.md)",
+        file=out,
+    )
+    print("check it (above all the warnings), then commit it", file=out)
+    return path
+
+
+# -- the probe ---------------------------------------------------------------------------
+
+
+def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResult:
+    """Run `command` once in the sandbox, in a copy of the repo, as a trial would run."""
+    words = shlex.split(command)
+    exe = next((w for w in words if "=" not in w), "")
+    if exe and "/" not in exe and shutil.which(exe) is None:
+        raise FarmError(
+            f"`{exe}` (from the command {command!r}) is not on PATH here: install it, or "
+            "rerun with --command (e.g. --command 'python train.py')"
+        )
+    env = {k: os.environ[k] for k in DEFAULT_ENV_ALLOW if k in os.environ}
+    env[str(ins.found["seed_env"].value)] = "0"
+    with tempfile.TemporaryDirectory(prefix="farm-init-") as tmp:
+        work = Path(tmp)
+        for f in ins.files:
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ins.root / f, work / f)
+        run = sandbox.run(
+            command,
+            cwd=work,
+            env=env,
+            budget_s=budget_s,
+            grace_s=5.0,
+            output_cap_bytes=PROBE_OUTPUT_CAP,
+            policy=resolve("auto", "auto"),
+        )
+    if run.timed_out:
+        raise FarmError(
+            f"`{command}` did not finish within {budget_s:g} s: rerun with a larger "
+            "--probe-budget, or with --no-probe and check the metric by hand"
+        )
+    if run.exit_code != 0:
+        raise FarmError(
+            f"`{command}` exited {run.exit_code} in a copy of the repo:\n"
+            f"{_tail(run.output_tail, 15)}\n"
+            "fix the target (or pass --command) so it runs, then rerun farm init"
+        )
+    return run
+
+
+def _tail(output: str, n: int) -> str:
+    """The last `n` non-empty lines, quoted (escape sequences shown, never sent to the
+    terminal) and cut to 160 characters, one per indented line."""
+    lines = [ln.strip() for ln in output.replace("\r", "\n").splitlines() if ln.strip()]
+    return "\n".join(f"    {ln[:160]!r}" for ln in lines[-n:])
+
+
+# -- the metric, its direction and the budget ---------------------------------------------
+
+
+def _parts(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [p for p in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if p]
+
+
+def choose_metric(
+    ins: Inspection, run: RunResult | None, *, override: str | None, ask: Ask | None
+) -> None:
+    docs = "\n".join(ins.docs.values())
+    if run is None:
+        name = override or _metric_from_docs(docs)
+        if not name:
+            raise FarmError(
+                "without a probe run, pass --metric NAME (the name of the summary line the "
+                "command prints)"
+            )
+        ins.found["metric"] = Found(name, "from --metric" if override else "named in the docs",
+                                    checked=False)  # fmt: skip
+        ins.warnings.append(f"metric {name!r} was not checked: no probe run (--no-probe)")
+        return
+    names = summary_names(run.output_tail)
+    if override:
+        if override not in names:
+            close = near_misses(run.output_tail, name=override)
+            raise FarmError(
+                f"--metric {override}: the probe printed no `{override}: <value>` line"
+                + (f" (closest: {'; '.join(map(repr, close))})" if close else "")
+                + "; print one, or write farm.toml by hand with a metric_regex"
+            )
+        ins.found["metric"] = Found(override, "from --metric, printed by the probe")
+        return
+    if not names:
+        raise FarmError(
+            "the probe printed no summary line (`name: value`, `name=value`, "
+            f"`[tag] name=value`); its last lines:\n{_tail(run.output_tail, 5)}"
+            "\nprint the metric as such a line, or rerun with --no-probe --metric NAME and "
+            "set metric_regex (one capture group around the value) in farm.toml"
+        )
+
+    def score(name: str) -> float:
+        parts = _parts(name)
+        s = 0.0
+        if _names(name, docs):
+            s += 4
+        if set(parts) & (_MAXIMIZE | _MINIMIZE):
+            s += 2
+        if set(parts) & _BOOKKEEPING:
+            s -= 3
+        if parts and parts[0] in ("val", "valid", "validation", "test", "eval"):
+            s += 1
+        return s
+
+    ranked = sorted(names, key=lambda n: (-score(n), names.index(n)))
+    best = ranked[0]
+    value = parse_metric(run.output_tail, name=best)
+    how = f"printed by the probe: {value:.6g}" if value is not None else "printed by the probe"
+    if len(ranked) > 1 and score(ranked[1]) == score(best):
+        others = ", ".join(ranked[1:4])
+        question = f"the probe printed {', '.join(ranked)}: which is the metric? [{best}] "
+        answer = ask(question).strip() if ask else ""
+        if answer in names:
+            ins.found["metric"] = Found(answer, "your answer")
+            return
+        ins.found["metric"] = Found(best, how, checked=False)
+        ins.warnings.append(
+            f"metric {best!r} is a guess among equally likely lines ({others}); pass --metric"
+        )
+        return
+    ins.found["metric"] = Found(best, how)
+
+
+def _names(name: str, text: str) -> bool:
+    """`text` mentions `name` as a word (`val_loss`, not `val_loss_ema`)."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", text) is not None
+
+
+def _metric_from_docs(docs: str) -> str:
+    for m in re.finditer(r"`([A-Za-z_][\w./-]*)\s*[:=]\s*<?value>?`", docs):
+        return m.group(1)
+    return ""
+
+
+def choose_direction(ins: Inspection, *, override: Direction | None, ask: Ask | None) -> None:
+    name = str(ins.found["metric"].value)
+    if override is not None:
+        ins.found["direction"] = Found(override.value, "from --direction")
+        return
+    parts = set(_parts(name))
+    by_name = None
+    if parts & _MAXIMIZE and not parts & _MINIMIZE:
+        by_name = Direction.MAXIMIZE
+    elif parts & _MINIMIZE and not parts & _MAXIMIZE:
+        by_name = Direction.MINIMIZE
+    by_docs, said = None, ""
+    units = [
+        c
+        for text in ins.docs.values()
+        for b, _ in blocks(text)
+        for c in clauses(b, ".!?")
+        if _names(name, c)
+    ]
+    for unit in units:
+        lower, higher = _LOWER_BETTER.search(unit), _HIGHER_BETTER.search(unit)
+        if bool(lower) != bool(higher):  # a statement that says one thing
+            by_docs = Direction.MINIMIZE if lower else Direction.MAXIMIZE
+            said = quote(unit)
+            break
+    if by_docs and by_name and by_docs is not by_name:
+        ins.warnings.append(
+            f"the docs say {by_docs.value} ({said}) but the name {name!r} suggests "
+            f"{by_name.value}: wrote {by_docs.value}; check it"
+        )
+    if by_docs:
+        ins.found["direction"] = Found(by_docs.value, f"the docs: {said}")
+        return
+    if by_name:
+        ins.found["direction"] = Found(by_name.value, f"the name {name!r}")
+        return
+    answer = ask(f"is a higher {name} better? [y/N] ").strip().lower() if ask else ""
+    if answer:
+        chosen = Direction.MAXIMIZE if answer.startswith("y") else Direction.MINIMIZE
+        ins.found["direction"] = Found(chosen.value, "your answer")
+        return
+    ins.found["direction"] = Found(Direction.MINIMIZE.value, "a guess", checked=False)
+    ins.warnings.append(
+        f"nothing says whether a lower or higher {name} is better: wrote minimize; "
+        "pass --direction maximize if higher is better"
+    )
+
+
+def choose_budget(ins: Inspection, run: RunResult | None) -> None:
+    if run is None:
+        ins.found["budget_s"] = Found(300, "the default", checked=False)
+        ins.warnings.append("budget_s = 300 is the default: no probe run timed the command")
+        return
+    # Twice the probe plus slack, in tens of seconds: trials on a busy node run slower.
+    budget = max(60, math.ceil((2 * run.duration_s + 30) / 10) * 10)
+    ins.found["budget_s"] = Found(budget, f"the probe ran {run.duration_s:.1f} s")
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str | list):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string or array is valid TOML
+    return str(value)
+
+
+def render(ins: Inspection) -> str:
+    f = ins.found
+
+    def line(key: str, comment: str) -> str:
+        text = f"{key} = {_toml(f[key].value)}"
+        mark = "" if f[key].checked else "CHECK: "
+        return (
+            f"{text:<40} # {mark}{comment} ({f[key].how})"
+            if f[key].how
+            else f"{text:<40} # {comment}"
+        )
+
+    head = ["# farm target spec, written by `farm init`. Only editable, command and metric are"]
+    head.append('# required; see README, "Using it on your own repo".')
+    head += [f"# CHECK: {w}" for w in ins.warnings]
+    body = [
+        line("editable", "files proposals may change"),
+        line("protected", "byte-identical at run time"),
+        line("command", "runs one trial in a fresh checkout"),
+        line("metric", "the summary line trials read"),
+        line("direction", "minimize or maximize"),
+        line("budget_s", "hard wall-clock limit per trial"),
+    ]
+    if ins.program:
+        body.append(f"{'program = ' + _toml(ins.program):<40} # instructions for the proposer")
+    seed = f["seed_env"]
+    body.append(
+        f"{'seed_env = ' + _toml(seed.value):<40} # the trial's seed reaches the command here"
+        + ("" if seed.how else " (CHECK: nothing reads it yet)")
+    )
+    return "\n".join([*head, *body]) + "\n" + _SECTIONS
+
+
+_SECTIONS = """
+# metric_regex = 'loss (\\S+) at end'  # instead of a summary line: one capture group
+# The metric is printed by code a candidate can edit: a claim, not a measurement, until a
+# protected command measures what training left (docs/security.md):
+# evaluate = "python evaluate.py"
+# bounds = [0, 100]                    # a metric outside is invalid_metric
+
+[sandbox]
+isolation = "auto"  # strict (bubblewrap) where it works, else basic; "strict" insists
+# read_only_paths = ["~/.cache/data"]  # what a trial may read besides its runtime
+
+[merge]
+repeats = 12     # baseline runs that estimate seed noise σ
+confirm = 3      # re-runs a candidate needs before it is kept
+min_delta = 0.0  # smallest improvement worth keeping, in metric units
+z = 1.5          # keep only improvements beyond z standard errors
+screen_z = 0.0   # a screening run earns its confirmations beyond screen_z·σ
+
+[resources]
+cpus_per_trial = 1
+gpus_per_trial = 0  # 1 on a GPU cluster
+# accelerator_type = "A100"            # Ray accelerator type
+# labels = { gpu-model = "rtx4090" }  # Ray node labels (ray start --labels)
+
+[proposer]
+kind = "mutate"  # mutate | replay | optuna | anthropic
+batch_size = 4
+backlog = 4        # `farm simulate` tells which batch_size and backlog keep N slots busy
+schedule = "backlog"  # or "rounds": wait for each batch to be decided (to compare against)
+"""

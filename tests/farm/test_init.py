@@ -1,0 +1,281 @@
+"""`farm init` on a corpus of autoresearch-format repos (tests/targets/): the farm.toml it
+writes, then a short campaign on it; and how it says what it could not find."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from helpers import RunCampaign, farm, git
+
+from farm.errors import FarmError
+from farm.init import init_target
+from farm.records import DecisionKind, Direction, TrialState
+
+TARGETS = Path(__file__).resolve().parents[1] / "targets"
+DETERMINISTIC = pytest.mark.xfail(
+    strict=True, reason="needs the deterministic merge rule (issue 12 branch)"
+)
+NO_SEED = "no file reads $FARM_SEED"
+
+# target -> (the spec farm init must write, a piece of each warning it must give)
+CORPUS: dict[str, tuple[dict[str, object], list[str]]] = {
+    # scikit-learn-style regression, fixed random_state: every run prints the same number.
+    "ridge_regression": (
+        {
+            "editable": ["train.py"],
+            "protected": ["minisk.py", "prepare.py"],
+            "command": "python train.py",
+            "metric": "val_rmse",
+            "direction": "minimize",
+            "program": "program.md",
+        },
+        [NO_SEED],
+    ),
+    # Classifier with keyword-argument hyperparameters, accuracy, a warning line printed.
+    "forest_classifier": (
+        {
+            "editable": ["train.py"],
+            "protected": ["minisk.py", "prepare.py"],
+            "command": "python train.py",
+            "metric": "accuracy",
+            "direction": "maximize",
+            "program": "program.md",
+        },
+        [NO_SEED],
+    ),
+    # Stdlib heuristic under a wall-clock budget, program_TSP.md, `name : value`, a doc
+    # naming a file that does not exist.
+    "tsp_heuristic": (
+        {
+            "editable": ["optimize.py"],
+            "protected": ["evaluate.py"],
+            "command": "python optimize.py",
+            "metric": "tour_length",
+            "direction": "minimize",
+            "program": "program_TSP.md",
+        },
+        ["program_TSP.md names instances.py, which is not in the repo"],
+    ),
+    # `python run.py` (from the README) evaluates the model of train.py and prints the metric
+    # as `name=value`: run.py is protected because it is what the command runs.
+    "evaluator_run": (
+        {
+            "editable": ["train.py"],
+            "protected": ["run.py"],
+            "command": "python run.py",
+            "metric": "val_loss",
+            "direction": "minimize",
+            "program": "program.md",
+        },
+        [],
+    ),
+    # `[run] score=...` lines, a config dict of knobs, higher is better.
+    "tagged_score": (
+        {
+            "editable": ["solve.py"],
+            "protected": ["data.py"],
+            "command": "python solve.py",
+            "metric": "score",
+            "direction": "maximize",
+            "program": "program.md",
+        },
+        [],
+    ),
+    # karpathy/autoresearch's own layout: a summary block of several lines after `---`, a
+    # command with a redirection, "What you CANNOT do".
+    "autoresearch_mlp": (
+        {
+            "editable": ["train.py"],
+            "protected": ["prepare.py"],
+            "command": "python train.py",
+            "metric": "val_loss",
+            "direction": "minimize",
+            "program": "program.md",
+        },
+        [],
+    ),
+}
+
+
+def corpus_repo(tmp_path: Path, name: str) -> Path:
+    """A committed git repo holding tests/targets/<name>, with no farm.toml yet."""
+    root = tmp_path / name
+    shutil.copytree(TARGETS / name, root, ignore=shutil.ignore_patterns("__pycache__"))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "baseline")
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_init_writes_the_right_spec_for_each_corpus_repo(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = corpus_repo(tmp_path, name)
+    code, out = farm(capsys, "init", str(root))
+    assert code == 0, out
+    assert f"running `{CORPUS[name][0]['command']}` once to read its output" in out
+    text = (root / "farm.toml").read_text()
+    spec = tomllib.loads(text)
+    expected, warnings = CORPUS[name]
+    assert {k: spec[k] for k in expected} == expected
+    assert spec["seed_env"] == "FARM_SEED"
+    assert 60 <= spec["budget_s"] <= 120  # twice a probe of well under a second, plus slack
+    for w in warnings:
+        assert w in out and f"# CHECK: {w}" in text
+    assert out.count("warning:") == len(warnings), out
+    for path in [*spec["editable"], *spec["protected"]]:  # never a file that does not exist
+        assert (root / path).is_file()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=DETERMINISTIC) if NO_SEED in CORPUS[n][1] else n
+        for n in sorted(CORPUS)
+    ],
+)
+def test_a_short_campaign_runs_to_a_decision_on_what_init_wrote(
+    tmp_path: Path, name: str, run_campaign: RunCampaign
+) -> None:
+    root = corpus_repo(tmp_path, name)
+    toml = init_target(root, out=io.StringIO())
+    # Shorter than the defaults, so a campaign fits in a test.
+    toml.write_text(
+        toml.read_text()
+        .replace("repeats = 12", "repeats = 4")
+        .replace("confirm = 3", "confirm = 1")
+    )
+    git(root, "add", "farm.toml")
+    git(root, "commit", "-q", "-m", "farm.toml")
+    done = run_campaign(root, max_candidates=2)
+    assert done.code == 0, done.output
+    decisions = done.store.list_decisions("default")
+    assert len(decisions) == 2, done.output
+    assert {d.kind for d in decisions} <= {DecisionKind.KEPT, DecisionKind.DISCARDED}
+    trials = done.store.list_trials("default")
+    assert trials and all(t.state is TrialState.DONE for t in trials)
+    camp = done.store.get_campaign("default")
+    assert camp is not None and camp.sigma is not None
+
+
+def repo(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    return root
+
+
+def test_a_failing_command_writes_nothing_and_shows_its_output(tmp_path: Path) -> None:
+    root = repo(tmp_path, {"train.py": 'raise SystemExit("no data in ./data: run prepare")\n'})
+    with pytest.raises(FarmError, match="exited 1 in a copy of the repo") as err:
+        init_target(root, out=io.StringIO())
+    assert "no data in ./data" in str(err.value)
+    assert not (root / "farm.toml").exists()
+
+
+def test_output_without_a_summary_line_says_which_formats_are_read(tmp_path: Path) -> None:
+    root = repo(tmp_path, {"train.py": 'print("final accuracy is 0.93 (best)")\n'})
+    with pytest.raises(FarmError, match="no summary line") as err:
+        init_target(root, out=io.StringIO())
+    assert "'final accuracy is 0.93 (best)'" in str(err.value)
+    assert "metric_regex" in str(err.value)
+    assert not (root / "farm.toml").exists()
+
+
+def test_a_metric_that_is_not_printed_is_refused_with_the_closest_lines(tmp_path: Path) -> None:
+    root = repo(tmp_path, {"train.py": 'print("val_los: 0.5")\nprint("step: 3")\n'})
+    with pytest.raises(FarmError, match="--metric val_loss: the probe printed no") as err:
+        init_target(root, metric="val_loss", out=io.StringIO())
+    assert "'val_los: 0.5'" in str(err.value)
+
+
+def test_an_unsure_direction_is_asked_when_someone_can_answer(tmp_path: Path) -> None:
+    root = repo(tmp_path, {"train.py": 'print("zeta: 0.5")\n'})
+    asked: list[str] = []
+
+    def answer(question: str) -> str:
+        asked.append(question)
+        return "y"
+
+    init_target(root, ask=answer, out=io.StringIO())
+    assert asked == ["is a higher zeta better? [y/N] "]
+    assert tomllib.loads((root / "farm.toml").read_text())["direction"] == "maximize"
+
+
+def test_an_unsure_direction_without_anyone_to_ask_is_a_marked_guess(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = repo(tmp_path, {"train.py": 'print("zeta: 0.5")\n'})
+    code, out = farm(capsys, "init", str(root))
+    assert code == 0
+    text = (root / "farm.toml").read_text()
+    assert "whether a lower or higher zeta is better" in out
+    assert 'direction = "minimize"' in text and "# CHECK: minimize or maximize (a guess)" in text
+    assert "the trial's seed" in text  # a plain apostrophe, not `the trial"s`
+
+
+def test_without_a_probe_every_unchecked_value_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = "Edit `train.py` only. Do not modify `prepare.py`.\n\nIt prints `loss: <value>`.\n"
+    root = repo(tmp_path, {"train.py": "x = 1\n", "prepare.py": "", "program.md": docs})
+    code, out = farm(capsys, "init", str(root), "--no-probe")
+    assert code == 0, out
+    assert "running" not in out
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert (spec["editable"], spec["protected"], spec["metric"]) == (
+        ["train.py"],
+        ["prepare.py"],
+        "loss",
+    )
+    assert "metric 'loss' was not checked" in out and "budget_s = 300 is the default" in out
+
+
+def test_the_docs_may_name_the_editable_file_by_exception(tmp_path: Path) -> None:
+    docs = "Do not modify any file other than `model.py`. `data.py` is read-only.\n"
+    root = repo(
+        tmp_path,
+        {
+            "model.py": "LR = 0.1\n",
+            "data.py": "ROWS = 3\n",
+            "main.py": "import data\nimport model\nprint(f'loss: {model.LR}')\n",
+            "README.md": "Run `python main.py`.\n",
+            "program.md": docs,
+        },
+    )
+    init_target(root, direction=Direction.MINIMIZE, out=io.StringIO())
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert (spec["editable"], spec["protected"], spec["command"]) == (
+        ["model.py"],
+        ["data.py", "main.py"],
+        "python main.py",
+    )
+
+
+def test_a_command_whose_program_is_missing_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = repo(tmp_path, {"train.py": "", "program.md": "Run `uv run train.py`.\n"})
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FarmError, match=r"`uv` .* is not on PATH here"):
+        init_target(root, out=io.StringIO())
+
+
+def test_equally_likely_metrics_are_asked_about_or_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = repo(tmp_path, {"train.py": 'print("loss: 0.7")\nprint("accuracy: 0.6")\n'})
+    init_target(root, ask=lambda question: "accuracy", out=io.StringIO())
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert (spec["metric"], spec["direction"]) == ("accuracy", "maximize")
+
+    (root / "farm.toml").unlink()
+    code, out = farm(capsys, "init", str(root))
+    assert code == 0
+    assert "metric 'loss' is a guess among equally likely lines (accuracy)" in out
