@@ -43,14 +43,15 @@ def ray_env(path_first: str) -> dict[str, str]:
 
 
 def kill_group(p: subprocess.Popen[bytes]) -> None:
-    """Stop a node started with start_new_session=True, and everything it started."""
-    try:
+    """Stop a node started with start_new_session=True, and everything it started: what is
+    left of the group once its leader exits (a draining raylet, say) is killed."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         p.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
 
 
 def alive_nodes(python: str, env: Mapping[str, str], gcs: str) -> list[dict[str, object]]:
