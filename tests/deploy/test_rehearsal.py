@@ -39,6 +39,7 @@ import pytest
 import redis
 from deploy_files import (
     K8S,
+    ROOT,
     manifests,
     split_farm_job,
 )
@@ -138,16 +139,15 @@ def rehearsal(tmp_path: Path) -> Iterator[Rehearsal]:
     worker_home = tmp_path / "worker-home"  # a pod of its own: a filesystem of its own
     shutil.copytree(home, worker_home)
 
-    # The Secrets, as files of a mounted Secret volume.
+    # The Secrets docs/gpu-cluster.md has the user create, as files of a Secret volume.
     token = secrets.token_hex(32)
     folder = tmp_path / "secrets"
-    for name, data in {
-        token_secret(cluster): {"auth_token": token},
-        "farm-anthropic": {"ANTHROPIC_API_KEY": "sk-ant-rehearsal-not-a-key"},
-    }.items():
-        (folder / str(name)).mkdir(parents=True)
-        for key, value in data.items():
-            (folder / str(name) / key).write_text(value)
+    docs = (ROOT / "docs" / "gpu-cluster.md").read_text()
+    made = re.findall(r"create secret generic ([a-z0-9-]+) --from-literal=(\w+)=", docs)
+    assert {key for _, key in made} == {"auth_token", "ANTHROPIC_API_KEY"}, made
+    for name, key in made:
+        (folder / name).mkdir(parents=True)
+        (folder / name / key).write_text(token if key == "auth_token" else "sk-ant-not-a-key")
 
     gcs_port, dash_port = free_port(), free_port()
     gcs = head_address(gcs_port)
@@ -228,11 +228,14 @@ def alive_nodes(r: Rehearsal) -> list[dict[str, Any]]:
 
 
 def submitter(r: Rehearsal, job_id: str, entrypoint: str) -> tuple[list[str], dict[str, str]]:
-    """The submitter pod's command and environment, as the operator builds them."""
+    """The submitter pod's command and environment, as the operator builds them: its
+    default container, or the first of submitterPodTemplate's, with what it injects."""
     job = {**r.job, "spec": {**r.job["spec"], "entrypoint": entrypoint}}
     line = submitter_command(job, dashboard=r.dashboard, job_id=job_id, python="python")
     injected = submitter_env(job, r.cluster, dashboard=r.dashboard, job_id=job_id)
-    env = base_env(r.image) | container_env({"env": []}, injected, r.secrets)
+    template = job["spec"].get("submitterPodTemplate")
+    container = template["spec"]["containers"][0] if template else {}
+    env = base_env(r.image) | container_env(container, injected, r.secrets)
     return ["bash", "-ce", "--", line], env
 
 
