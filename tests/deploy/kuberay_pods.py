@@ -165,7 +165,7 @@ def submitter_command(job: Doc, *, dashboard: str, job_id: str, python: str) -> 
     )  # fmt: skip
 
 
-def submitter_env(job: Doc, cluster: Doc, *, dashboard: str, job_id: str) -> list[Doc]:
+def submitter_env(cluster: Doc, *, dashboard: str, job_id: str) -> list[Doc]:
     """The submitter container's variables (configureSubmitterContainer)."""
     return [
         {"name": "PYTHONUNBUFFERED", "value": "1"},

@@ -124,6 +124,33 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
+def node(
+    image: Image,
+    *,
+    cluster: dict[str, Any],
+    group: dict[str, Any],
+    home: Path,
+    gcs_port: int,
+    secret_files: Path,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """A Ray pod of the group: its `ray start` line, run as the container runs it, with
+    the image at /home/ray, and its environment. Ports of its own (`extra`: the head's)."""
+    head = group is cluster["spec"]["headGroupSpec"]
+    gcs = head_address(gcs_port)
+    params = ray_start_params(group, head=head, head_address=gcs)
+    for key in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                "runtime-env-agent-port", "metrics-export-port"):  # fmt: skip
+        params[key] = str(free_port())
+    params |= {k: str(v) for k, v in (extra or {}).items()} | {"disable-usage-stats": "true"}
+    host = gcs.rsplit(":", 1)[0]
+    injected = operator_env(cluster, head=head, head_host=host, head_port=str(gcs_port))
+    env = base_env(image) | container_env(ray_container(group), injected, secret_files)
+    ulimit = "ulimit -n ${RAY_START_ULIMIT_OPEN_FILES:-65536}"  # as the operator's line
+    line = f"{ulimit}; {ray_start_command(params, head=head)}"
+    return under_image(home, ["bash", "-c", line]), env
+
+
 @pytest.fixture
 def rehearsal(tmp_path: Path) -> Iterator[Rehearsal]:
     cluster, job = manifests()[("RayCluster", "farm")], manifests()[("RayJob", "farm-eclip")]
@@ -150,30 +177,17 @@ def rehearsal(tmp_path: Path) -> Iterator[Rehearsal]:
         (folder / name / key).write_text(token if key == "auth_token" else "sk-ant-not-a-key")
 
     gcs_port, dash_port = free_port(), free_port()
-    gcs = head_address(gcs_port)
-    host = gcs.rsplit(":", 1)[0]
-    nodes = []
-    for head, group, node_home in (
-        (True, cluster["spec"]["headGroupSpec"], home),
-        (False, cluster["spec"]["workerGroupSpecs"][0], worker_home),
-    ):
-        params = ray_start_params(group, head=head, head_address=gcs)
-        params |= {
-            key: str(free_port())
-            for key in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                        "runtime-env-agent-port", "metrics-export-port")
-        }  # fmt: skip
-        params["disable-usage-stats"] = "true"
-        if head:
-            params |= {
-                "port": str(gcs_port), "dashboard-port": str(dash_port),
-                "ray-client-server-port": str(free_port()), "temp-dir": str(temp),
-            }  # fmt: skip
-        injected = operator_env(cluster, head=head, head_host=host, head_port=str(gcs_port))
-        env = base_env(image) | container_env(ray_container(group), injected, folder)
-        ulimit = "ulimit -n ${RAY_START_ULIMIT_OPEN_FILES:-65536}"  # as the operator's line
-        line = f"{ulimit}; {ray_start_command(params, head=head)}"
-        nodes.append((under_image(node_home, ["bash", "-c", line]), env))
+    head_group, worker_group = (
+        cluster["spec"]["headGroupSpec"],
+        cluster["spec"]["workerGroupSpecs"][0],
+    )
+    common = {"cluster": cluster, "gcs_port": gcs_port, "secret_files": folder}
+    head_ports = {"port": gcs_port, "dashboard-port": dash_port, "temp-dir": temp,
+                  "ray-client-server-port": free_port()}  # fmt: skip
+    nodes = [
+        node(image, group=head_group, home=home, extra=head_ports, **common),
+        node(image, group=worker_group, home=worker_home, **common),
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     r = Rehearsal(
         image=image, job=job, cluster=cluster, dashboard=f"127.0.0.1:{dash_port}",
@@ -232,7 +246,7 @@ def submitter(r: Rehearsal, job_id: str, entrypoint: str) -> tuple[list[str], di
     default container, or the first of submitterPodTemplate's, with what it injects."""
     job = {**r.job, "spec": {**r.job["spec"], "entrypoint": entrypoint}}
     line = submitter_command(job, dashboard=r.dashboard, job_id=job_id, python="python")
-    injected = submitter_env(job, r.cluster, dashboard=r.dashboard, job_id=job_id)
+    injected = submitter_env(r.cluster, dashboard=r.dashboard, job_id=job_id)
     template = job["spec"].get("submitterPodTemplate")
     container = template["spec"]["containers"][0] if template else {}
     env = base_env(r.image) | container_env(container, injected, r.secrets)

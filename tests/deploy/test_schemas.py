@@ -242,7 +242,7 @@ def test_each_check_fails_on_a_manifest_broken_on_purpose(case: str) -> None:
 
 def test_promtool_fails_on_a_broken_scrape_config(tmp_path: Path) -> None:
     cfg = yaml.safe_load(prometheus_configs()["k8s"])
-    (job,) = [j for j in cfg["scrape_configs"] if j.get("relabel_configs")][:1]
+    job = next(j for j in cfg["scrape_configs"] if j.get("relabel_configs"))
     job["relabel_configs"][0]["action"] = "kep"
     out = promtool(yaml.safe_dump(cfg), tmp_path)
     assert out.returncode != 0
