@@ -3,8 +3,12 @@ deploy tests. A plain module with a unique name: `conftest` is taken by tests/co
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
+import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +19,44 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
-# Written by the dashboard work of the same issue; checked fully once they exist.
-DASHBOARD_FILES = {
-    "k8s/grafana/farm-dashboard.json",
-    "docker/prometheus/prometheus.yml",
-    "docker/grafana/provisioning",
-}
+
+
+def instructions() -> list[tuple[str, list[str]]]:
+    """docker/Dockerfile as (INSTRUCTION, shell-split arguments), continuations joined."""
+    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), shlex.split(rest)))
+    return out
+
+
+def dockerfile_values(instruction: str) -> dict[str, str]:
+    """The Dockerfile's ARG defaults, ENV or LABEL values (`KEY=value` forms)."""
+    return dict(
+        a.split("=", 1)
+        for word, args in instructions()
+        if word == instruction
+        for a in args
+        if "=" in a
+    )
+
+
+def dockerignored(rel: str) -> bool:
+    """Whether .dockerignore keeps `rel` (a repo-relative path) out of the build context."""
+    patterns = [
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+    parts = Path(rel).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatch(prefix, pat) or fnmatch.fnmatch(prefix, pat.removeprefix("**/"))
+        for pat in patterns
+        for prefix in prefixes
+    )
 
 
 def project_version() -> str:
@@ -32,9 +68,9 @@ def farm_image() -> str:
 
 
 def dockerfile_ray_version() -> str:
-    m = re.search(r"^ARG RAY_VERSION=(\S+)$", (DOCKER / "Dockerfile").read_text(), re.M)
-    assert m, "docker/Dockerfile declares no ARG RAY_VERSION=<version>"
-    return m.group(1)
+    version = dockerfile_values("ARG").get("RAY_VERSION")
+    assert version, "docker/Dockerfile declares no ARG RAY_VERSION=<version>"
+    return version
 
 
 def farm_run_args(target: str, args: list[str]) -> Any:
@@ -74,6 +110,24 @@ def manifests() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @functools.cache
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+@functools.cache
+def rendered() -> list[dict[str, Any]] | None:
+    """What `kubectl apply -k k8s/` would send (namespace, labels and images set), or None
+    without kubectl."""
+    if shutil.which("kubectl") is None:
+        return None
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return list(yaml.safe_load_all(out.stdout))
+
+
+@functools.cache
 def compose() -> dict[str, Any]:
     return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 
@@ -96,7 +150,3 @@ def containers(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for where, pod in pod_specs(obj):
         for c in pod["containers"]:
             yield where, c
-
-
-def env_of(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}

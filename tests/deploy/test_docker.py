@@ -6,52 +6,29 @@ check what a build or `docker compose up` would trip over first.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from deploy_files import (
     DOCKER,
     ROOT,
     dockerfile_ray_version,
+    dockerfile_values,
+    dockerignored,
     farm_image,
     farm_run_args,
+    instructions,
     split_farm_job,
 )
 from deploy_files import compose as load_compose
+from k8s_semantics import docker_bytes
 
 from farm.config import config_from_dict
-
-DOCKERFILE = (DOCKER / "Dockerfile").read_text()
-
-
-def instructions() -> list[tuple[str, list[str]]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE)
-    out = []
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            word, _, rest = line.strip().partition(" ")
-            out.append((word.upper(), shlex.split(rest)))
-    return out
-
-
-def dockerignored(rel: str) -> bool:
-    patterns = [
-        p.strip()
-        for p in (ROOT / ".dockerignore").read_text().splitlines()
-        if p.strip() and not p.startswith("#")
-    ]
-    parts = Path(rel).parts
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(
-        fnmatch.fnmatch(prefix, pat) or fnmatch.fnmatch(prefix, pat.removeprefix("**/"))
-        for pat in patterns
-        for prefix in prefixes
-    )
 
 
 def service(name: str) -> dict[str, Any]:
@@ -86,13 +63,66 @@ def test_image_installs_farm_with_ray_default_pinned_to_the_base_images_ray() ->
     (base,) = [args[0] for word, args in instructions() if word == "FROM"]
     assert base == "rayproject/ray:${RAY_VERSION}-py311-gpu"
     pip = [" ".join(a) for w, a in instructions() if w == "RUN" and "pip" in a]
-    assert pip == ["pip install --no-cache-dir ray[default]==${RAY_VERSION} ."]
+    assert pip[-1] == "pip install --no-cache-dir ray[default]==${RAY_VERSION} ."
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert requires["requires-python"] == ">=3.11"
     ray_req = next(d for d in requires["dependencies"] if d.startswith("ray[default]"))
     floor = tuple(int(x) for x in ray_req.split(">=")[1].split("."))
     assert tuple(int(x) for x in version.split(".")) >= floor
-    assert any(w == "RUN" and "git" in a for w, a in instructions())  # gitops needs git
+
+
+def test_image_installs_git_and_bubblewrap() -> None:
+    apt = [a for w, a in instructions() if w == "RUN" and "apt-get" in a]
+    packages = {word for args in apt for word in args}
+    assert {"git", "bubblewrap"} <= packages  # gitops; every trial runs under bwrap
+
+
+def test_image_pins_the_torch_the_tests_run_and_states_its_cuda_and_driver() -> None:
+    args, labels = dockerfile_values("ARG"), dockerfile_values("LABEL")
+    makefile = (ROOT / "Makefile").read_text()
+    pins = dict(re.findall(r"\b(torch|torchvision)==(\S+)", makefile))
+    assert pins == {"torch": args["TORCH_VERSION"], "torchvision": args["TORCHVISION_VERSION"]}
+    pip = [" ".join(a) for w, a in instructions() if w == "RUN" and "pip" in a]
+    assert "torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}" in pip[0]
+    cuda, driver = labels["farm.torch-cuda"], labels["farm.nvidia-driver-min"]
+    docs = (ROOT / "docs" / "gpu-cluster.md").read_text()
+    assert f"CUDA {cuda}" in docs and f"driver {driver} or newer" in docs
+    import torch
+
+    if torch.__version__.split("+")[0] != args["TORCH_VERSION"] or torch.version.cuda is None:
+        pytest.skip(f"torch {torch.__version__} here is not the CUDA build the image installs")
+    # The build the image installs is this one: say what it really is.
+    assert torch.version.cuda == cuda
+    archs = torch._C._cuda_getArchFlags().split()
+    # An RTX 4090 is sm_89: it runs kernels built for sm_80..sm_89 (same major version)
+    # and can JIT-compile PTX for compute_80..89.
+    assert any(re.fullmatch(r"(sm|compute)_8[0-9]", a) for a in archs), archs
+
+
+def test_the_work_volume_mounts_on_a_directory_the_image_made_for_ray() -> None:
+    """A fresh named volume takes the owner of the image's directory it is mounted on; a
+    directory the image lacks is made by root, and farm-job (user ray) cannot write it."""
+    work = dockerfile_values("ENV")["FARM_WORK_DIR"]
+    steps = instructions()
+    users = [(i, a[0]) for i, (w, a) in enumerate(steps) if w == "USER"]
+    (mkdir,) = [i for i, (w, a) in enumerate(steps) if w == "RUN" and a[:2] == ["mkdir", "-p"]]
+    assert steps[mkdir][1][2:] == ["$FARM_WORK_DIR"]
+    assert max((i, u) for i, u in users if i < mkdir)[1] == "ray"
+    assert f"farm-work:{work}" in service("ray-head")["volumes"]
+
+
+def test_every_compose_ray_node_has_shared_memory_for_its_object_store() -> None:
+    for name in ("ray-head", "ray-worker-gpu"):
+        svc = service(name)
+        flags = dict(w.split("=", 1) for w in shlex.split(svc["command"]) if "=" in w)
+        store = int(flags["--object-store-memory"])
+        assert docker_bytes(svc["shm_size"]) >= store + 2**30, name  # + 1 GiB for trials
+
+
+def test_compose_ray_nodes_may_create_the_trial_sandbox() -> None:
+    for name in ("ray-head", "ray-worker-gpu"):  # the head runs CPU trials without the gpu profile
+        opts = set(service(name)["security_opt"])
+        assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= opts
 
 
 def test_compose_builds_from_the_repo_root_and_every_mounted_path_exists() -> None:

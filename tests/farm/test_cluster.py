@@ -8,12 +8,9 @@ stopped at the end; the session's in-process Ray and anyone else's are left alon
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import TOY_TOML, MakeTarget, git
+from helpers import TOY_TOML, MakeTarget, free_port, git
+from local_ray import head_address, kill_group, node_ports, ray_env, wait_for_nodes
 
 from farm.gitops import best_branch
 from farm.records import TrialState
@@ -47,12 +45,6 @@ print(f"loss: {(LR - 2.0) ** 2 + rng.gauss(0, 0.05):.6f}")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Cluster:
     gcs: str  # host:port for ray.init / --ray-address
@@ -62,29 +54,9 @@ class Cluster:
     env: dict[str, str]
 
 
-def _node_ports() -> list[str]:
-    # Ports of their own: another Ray on this machine (the session's in-process one) holds
-    # the default agent ports, and a head without its job agent refuses `ray job submit`.
-    return [
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-    ]
-
-
-def _ray_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}:{env['PATH']}"  # job entrypoints resolve `farm` through it
-    env["RAY_AUTH_MODE"] = "token"  # clients of a token-auth cluster must say so
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    env = _ray_env()
+    env = ray_env(str(VENV_BIN))
     port, dash = free_port(), free_port()
     # A short path of its own: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="farm-ray-", dir="/tmp")
@@ -95,26 +67,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "--num-cpus=2", '--resources={"rtx4090": 2}', "--labels=gpu-model=rtx4090",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                *_node_ports(),
+                *node_ports(),
             ],
             env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
     ]  # fmt: skip
     try:
-        gcs = _wait_for_head(env, port)
+        gcs = head_address(port)
+        wait_for_nodes(sys.executable, env, gcs, 1)
         procs.append(
             subprocess.Popen(
                 [
                     str(VENV_BIN / "ray"), "start", "--block", f"--address={gcs}",
                     "--num-cpus=1", '--resources={"a100": 1}', "--labels=gpu-model=a100",
-                    "--disable-usage-stats", *_node_ports(),
+                    "--disable-usage-stats", *node_ports(),
                 ],
                 env=env, start_new_session=True,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
-        nodes = _wait_for_nodes(env, gcs, 2)
+        nodes = {
+            str(dict(n["labels"]).get("gpu-model")): str(n["id"])  # type: ignore[call-overload]
+            for n in wait_for_nodes(sys.executable, env, gcs, 2)
+        }
         yield Cluster(
             gcs=gcs,
             dashboard=f"http://127.0.0.1:{dash}",
@@ -124,60 +100,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
     finally:
         for p in reversed(procs):
-            _kill_group(p)
+            kill_group(p)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _kill_group(p: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-
-
-def _nodes(env: dict[str, str], gcs: str) -> list[dict[str, object]]:
-    code = (
-        f"import json, ray; ray.init(address={gcs!r}, logging_level='ERROR');"
-        "print(json.dumps([{'id': n['NodeID'], 'labels': n.get('Labels', {})}"
-        " for n in ray.nodes() if n['Alive']]))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    if out.returncode != 0:
-        return []
-    nodes: list[dict[str, object]] = json.loads(out.stdout.strip().splitlines()[-1])
-    return nodes
-
-
-def _wait_for_head(env: dict[str, str], port: int) -> str:
-    # Ray binds the node's own address, not loopback: find it as Ray does.
-    from ray._private.services import get_node_ip_address
-
-    gcs = f"{get_node_ip_address()}:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            if _nodes(env, gcs):
-                return gcs
-        time.sleep(1)
-    raise AssertionError("the Ray head did not start within 90 s")
-
-
-def _wait_for_nodes(env: dict[str, str], gcs: str, n: int) -> dict[str, str]:
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        nodes = _nodes(env, gcs)
-        if len(nodes) >= n:
-            return {
-                str(dict(node["labels"]).get("gpu-model")): str(node["id"])  # type: ignore[call-overload]
-                for node in nodes
-            }
-        time.sleep(1)
-    raise AssertionError(f"{n} Ray nodes did not come up within 90 s")
 
 
 def farm(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
@@ -270,7 +194,7 @@ def test_roles_as_processes_survive_a_dispatcher_killed_mid_trial(
         time.sleep(0.1)
     if not killed_holding:
         for p in [*controls, *works, propose]:
-            _kill_group(p)  # type: ignore[arg-type]
+            kill_group(p)  # type: ignore[arg-type]
         logs = "\n---\n".join(p.communicate()[0] for p in [*controls, *works, propose])
         raise AssertionError(f"the first dispatcher never held a trial:\n{logs}")
 
