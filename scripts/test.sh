@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# The whole test suite. Tests need a real Redis on loopback: start one if none answers.
+# The whole test suite, with the real services and tools it needs (Debian packages,
+# installed once when missing): Redis on loopback (started if none answers), bubblewrap
+# (trials run under it), Prometheus and promtool (dashboard, alert and config tests) and
+# the job scripts need ShellCheck.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FARM_TEST_REDIS_URL="${FARM_TEST_REDIS_URL:-redis://127.0.0.1:6379/13}"
-if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-  if ! command -v redis-server >/dev/null; then
-    echo "test.sh: installing redis-server (Debian package)"
-    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
-  fi
+
+redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
+missing=()
+redis_up || command -v redis-server >/dev/null || missing+=(redis-server)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} (Debian packages)"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}") \
+    >/dev/null || echo "test.sh: could not install all of ${missing[*]}; tests that need them fail or skip"
+fi
+if ! redis_up; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
-fi
-# Trials run under bubblewrap (strict isolation); the sandbox and attack tests need it.
-if ! command -v bwrap >/dev/null; then
-  echo "test.sh: installing bubblewrap (Debian package)"
-  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null
-fi
-# The dashboard test scrapes a campaign with a real Prometheus; it skips only without one.
-if ! command -v prometheus >/dev/null; then
-  echo "test.sh: installing prometheus (Debian package)"
-  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null \
-    || echo "test.sh: could not install prometheus; the dashboard test will skip"
+  for _ in $(seq 50); do redis_up && break; sleep 0.1; done
 fi
 exec .venv/bin/python -m pytest "$@"
