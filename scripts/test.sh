@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services and tools it needs (Debian packages,
 # installed once when missing): Redis on loopback (started if none answers), bubblewrap
-# (trials run under it), Prometheus and promtool (dashboard, alert and config tests) and
-# the job scripts need ShellCheck.
+# (trials run under it), Prometheus and promtool (dashboard, alert and config tests), and
+# ShellCheck for the job scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FARM_TEST_REDIS_URL="${FARM_TEST_REDIS_URL:-redis://127.0.0.1:6379/13}"
