@@ -24,7 +24,7 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher, check_feasible
 from farm.errors import ConfigError, TargetError
 from farm.gitops import Repo
-from farm.metrics import serve
+from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import decision_line, snapshot, status_line
 from farm.propose import Feeder
 from farm.records import Campaign, CandidateState, Incumbent
@@ -146,28 +146,27 @@ def run(
         print(
             f"note: {slots} slots asked for, the cluster holds {capacity} trials at once", file=out
         )
+    role = RoleMetrics(campaign=cfg.campaign, role="run")
+    role.registry.register(LedgerCollector(store, [cfg.campaign]))
+    metrics = (
+        serve(cfg.metrics.address, role.registry, out=out, what="campaign")
+        if cfg.metrics.enabled
+        else None
+    )
+    store, proposer = role.instrument(store), role.measure(proposer)
     controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
     controller.sync_best_branch()
     dispatcher = Dispatcher(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign, slots=slots)
     orphans = dispatcher.reclaim_orphans()
     if orphans:
         print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
-    metrics = serve(
-        cfg.metrics,
-        store=store,
-        campaign=cfg.campaign,
-        slots=slots,
-        busy=lambda: dispatcher.busy,
-        proposer=proposer.name,
-        out=out,
-    )
+    role.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
     feeder = Feeder(
         store=store,
         cfg=cfg,
         campaign=cfg.campaign,
         proposer=proposer,
         max_candidates=opts.max_candidates,
-        on_call=metrics.driver.observe_proposal if metrics else None,
     )
     started = time.time()
     last_print = 0.0

@@ -1,4 +1,5 @@
-"""The `farm` command: run, status, export, init."""
+"""The `farm` command: run, status, export, report, init, simulate, the role processes
+(control, work, propose) and the metrics exporter."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.config import CONFIG_NAME, MergeConfig, TargetConfig, load_config
+from farm.config import (
+    CONFIG_NAME,
+    EXPORTER_ADDRESS,
+    ROLE_PORT_OFFSETS,
+    MergeConfig,
+    TargetConfig,
+    load_config,
+)
 from farm.errors import ConfigError, FarmError
 from farm.store import Store, default_url, open_store
 
 if TYPE_CHECKING:
+    from farm.metrics import RoleMetrics
     from proposer.base import Proposer
 
 
@@ -51,13 +60,22 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-address", help="serve Prometheus metrics at host:port (overrides [metrics])"
     )
 
+    def role_metrics(sp: argparse.ArgumentParser, offset: int) -> None:
+        sp.add_argument(
+            "--metrics-address",
+            help="serve this role's metrics at host:port (default: [metrics] address's host, "
+            f"its port + {offset})",
+        )
+
     control = sub.add_parser("control", help="run only the merge controller (a role process)")
     common(control)
+    role_metrics(control, ROLE_PORT_OFFSETS["control"])
     control.add_argument("--slots", type=int, help="total slots of all dispatchers, if known")
     control.add_argument("--idle-exit", type=_duration, help="exit after idling this long")
 
     work = sub.add_parser("work", help="run only a dispatcher of trials (a role process)")
     common(work)
+    role_metrics(work, ROLE_PORT_OFFSETS["work"])
     work.add_argument("--slots", type=int, default=0, help="concurrent trials of this process")
     work.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     work.add_argument("--lease", type=_duration, default=30.0, help="claim lease (renewed)")
@@ -66,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     propose = sub.add_parser("propose", help="run only the proposer (a role process)")
     common(propose)
+    role_metrics(propose, ROLE_PORT_OFFSETS["propose"])
     propose.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
     propose.add_argument("--max-candidates", type=int, help="stop after this many candidates")
     propose.add_argument("--wait", type=_duration, default=600.0, help="wait this long for control")
@@ -87,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         "--by", choices=["proposer"], default="proposer", help="one row per proposer"
     )
     report.add_argument("--out", type=Path, help="write progress.png and report.md here")
+
+    exporter = sub.add_parser(
+        "exporter", help="serve the metrics of every campaign of a store (long-lived)"
+    )
+    exporter.add_argument("--store", required=True, help="store URL, e.g. redis://host:6379/0")
+    exporter.add_argument(
+        "--address", default=EXPORTER_ADDRESS, help=f"host:port (default {EXPORTER_ADDRESS})"
+    )
 
     init = sub.add_parser("init", help="write a commented farm.toml for an existing repo")
     init.add_argument("target", nargs="?", default=".", type=Path)
@@ -165,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args.target)
         if args.cmd == "simulate":
             return _simulate(args)
+        if args.cmd == "exporter":
+            return _exporter(args)
         # Absolute now: inside a Ray job, ray.init() moves the working directory.
         args.target = args.target.resolve()
         cfg = _config(args)
@@ -230,6 +259,23 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 
 
 def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm.metrics import RoleMetrics, serve
+
+    metrics = RoleMetrics(campaign=cfg.campaign, role=args.cmd)
+    address = args.metrics_address or cfg.metrics.role_address(args.cmd)
+    server = None
+    if cfg.metrics.enabled or args.metrics_address:
+        server = serve(address, metrics.registry, out=sys.stdout, what=f"farm {args.cmd}")
+    try:
+        return _serve_role(args, cfg, metrics.instrument(store), metrics)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve_role(
+    args: argparse.Namespace, cfg: TargetConfig, store: Store, metrics: RoleMetrics
+) -> int:
     from farm import roles
     from farm.campaign import prepare
 
@@ -250,7 +296,7 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         return roles.serve_propose(
             store=store,
             cfg=cfg,
-            proposer=_proposer(args, cfg),
+            proposer=metrics.measure(_proposer(args, cfg)),
             max_candidates=args.max_candidates,
             out=sys.stdout,
         )
@@ -270,10 +316,25 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
             lease_s=args.lease,
             idle_exit_s=args.idle_exit,
             out=sys.stdout,
+            metrics=metrics,
         )
     finally:
         if started:
             ray.shutdown()
+
+
+def _exporter(args: argparse.Namespace) -> int:
+    import threading
+
+    from farm.exporter import run_exporter
+
+    store = open_store(args.store)
+    try:
+        return run_exporter(
+            store=store, address=args.address, out=sys.stdout, stop=threading.Event()
+        )
+    finally:
+        store.close()
 
 
 def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
