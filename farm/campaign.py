@@ -25,10 +25,11 @@ from farm.dispatch import Dispatcher, check_feasible
 from farm.errors import ConfigError, TargetError
 from farm.gitops import Repo
 from farm.metrics import LedgerCollector, RoleMetrics, serve
-from farm.progress import decision_line, snapshot, status_line
+from farm.progress import WIDTH, fit, snapshot
 from farm.propose import Feeder
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
+from farm.terminal import open_view
 from proposer.base import Proposer
 
 log = logging.getLogger(__name__)
@@ -169,12 +170,16 @@ def run(
         max_candidates=opts.max_candidates,
     )
     started = time.time()
-    last_print = 0.0
     print(
-        f"farm: campaign {cfg.campaign} on {repo.path} | {slots} slots | proposer "
-        f"{proposer.name} | store {store.url}",
+        fit(f"farm: campaign {cfg.campaign} · {slots} slots · proposer {proposer.name}", WIDTH),
+        "  " + fit(f"target {repo.path}", WIDTH - 2),
+        "  " + fit(f"store {store.url}", WIDTH - 2),
+        sep="\n",
         file=out,
         flush=True,
+    )
+    view = open_view(
+        out, slots=slots, max_candidates=opts.max_candidates, every_s=opts.progress_every_s
     )
     feeder.start()
     try:
@@ -182,18 +187,13 @@ def run(
             stopping = opts.time_limit_s is not None and time.time() - started > opts.time_limit_s
             for d in controller.step(slots=slots, promote=not stopping):
                 cand = store.get_candidate(cfg.campaign, d.candidate_id)
-                print(decision_line(d, cand, cfg.metric), file=out, flush=True)
+                view.decision(d, cand.title if cand else "", cfg.metric)
             dispatcher.step(wait_s=0.5)
-            if time.time() - last_print >= opts.progress_every_s:
-                last_print = time.time()
-                snap = snapshot(store, cfg.campaign)
-                line = status_line(
-                    snap, slots=slots, busy=dispatcher.busy, elapsed_s=time.time() - started
-                )
-                print(line, file=out, flush=True)
+            view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=dispatcher.busy)
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):
                 break
     except KeyboardInterrupt:
+        view.close()
         print(
             "\ninterrupted: stopping trials; run the same command to resume", file=out, flush=True
         )
@@ -203,6 +203,7 @@ def run(
             metrics.close()
         return 130
     except BaseException:
+        view.close()
         feeder.stop()
         dispatcher.shutdown()
         if metrics:
@@ -211,8 +212,8 @@ def run(
     feeder.stop()
     if metrics:
         metrics.close()
-    snap = snapshot(store, cfg.campaign)
-    print(status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started), file=out)
+    view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=0, force=True)
+    view.close()
     if feeder.error is not None:
         print(f"farm: proposing stopped: {feeder.error}", file=out)
         return 1

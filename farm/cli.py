@@ -181,6 +181,16 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `farm status | head`: the reader has gone. Nothing more to say, not even at exit,
+        # when Python would flush stdout into the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     logging.basicConfig(
@@ -249,6 +259,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     )
     proposer = _proposer(args, cfg)
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
+    _starting_ray(cfg, opts.ray_address)
     prepare(args.target, cfg, store, check_command=local)
     started = init_ray(cfg, opts)
     try:
@@ -306,6 +317,7 @@ def _serve_role(
     from farm.dispatch import check_feasible
     from farm.gitops import Repo
 
+    _starting_ray(cfg, args.ray_address)
     started = init_ray(cfg, RunOptions(slots=args.slots, ray_address=args.ray_address))
     try:
         return roles.serve_work(
@@ -337,6 +349,13 @@ def _exporter(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _starting_ray(cfg: TargetConfig, address: str | None) -> None:
+    """Said at once: connecting to Ray, or starting it, takes seconds before farm can talk."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    where = f"connecting to the Ray cluster at {address}" if address else "starting a local Ray"
+    print(f"farm: campaign {cfg.campaign}: {where} …", flush=True)
+
+
 def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
     from proposer.registry import make_proposer
 
@@ -350,7 +369,7 @@ def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.progress import snapshot, status_report
 
     _known_campaign(cfg, store)
-    print(status_report(snapshot(store, cfg.campaign), last=args.last))
+    print(status_report(snapshot(store, cfg.campaign, last=args.last)))
     return 0
 
 
@@ -368,16 +387,15 @@ def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         print(proposer_table(store, cfg.campaign))
         return 0
     from farm.plots import progress_png
-    from farm.progress import snapshot
+    from farm.progress import full_history
     from farm.report import report_markdown
 
     args.out.mkdir(parents=True, exist_ok=True)
-    snap = snapshot(store, cfg.campaign)
     png = progress_png(
-        snap.history,
+        full_history(store, cfg.campaign),
         args.out / "progress.png",
-        metric=snap.metric,
-        titles=snap.titles,
+        metric=cfg.metric,
+        titles={c.id: c.title for c in store.list_candidates(cfg.campaign)},
         campaign=cfg.campaign,
     )
     md = args.out / "report.md"

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from farm.config import MetricsConfig
 from farm.errors import ConfigError, StoreError
-from farm.merge import judge
+from farm.progress import keep_threshold
 from farm.records import (
     Campaign,
     CandidateState,
@@ -269,22 +269,6 @@ class _LedgerFamilies:
         if kept:
             llm = sum(p.cost_usd for p in s.proposers.values())
             self.cost_per_kept.add_metric([c], (compute + llm) / kept)
-
-
-def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
-    """The improvement a confirmed candidate must show against the incumbent now."""
-    m = config.get("merge", {})
-    runs = max(int(m.get("confirm", 1)), 1)
-    metric = inc.metric if inc.metric is not None else 0.0
-    return judge(
-        [metric] * runs,
-        incumbent=metric,
-        incumbent_runs=max(inc.runs, 1),
-        sigma=sigma,
-        direction=Direction(config.get("direction", Direction.MINIMIZE)),
-        z=float(m.get("z", 0.0)),
-        min_delta=float(m.get("min_delta", 0.0)),
-    ).threshold
 
 
 class RoleMetrics:

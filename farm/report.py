@@ -219,13 +219,15 @@ def edit_diff(cand: Candidate) -> str:
 
 def report_markdown(store: Store, campaign: str, *, image: str = "progress.png") -> str:
     """report.md: the result, kept changes in order with diffs, outcomes, cost, proposers."""
-    from farm.progress import snapshot
+    from farm.progress import full_history, snapshot
 
-    s = snapshot(store, campaign)
+    s = snapshot(store, campaign, last=0, results=0)
     camp = store.get_campaign(campaign)
     assert camp is not None
-    h = s.history
+    h = full_history(store, campaign)
+    finished = collections.Counter(p.outcome for p in h.points)
     cands = {c.id: c for c in store.list_candidates(campaign)}
+    states = collections.Counter(c.state.value for c in cands.values())
     trials = store.list_trials(campaign)
     better = "lower" if h.direction is Direction.MINIMIZE else "higher"
     slot_h = sum(t.result.duration_s for t in trials if t.result) / 3600
@@ -252,14 +254,15 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         "",
         "| | |",
         "|---|---|",
-        f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, σ {num(s.sigma)}) |",
+        f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, "
+        f"σ {num(s.baseline_sigma)}) |",
         f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
         f"| trials | {len(h.points)} finished, "
-        + ", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items()))
+        + ", ".join(f"{k} {v}" for k, v in sorted(finished.items()) if k != "dead")
         + " |",
         f"| candidates | {len(cands)}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(s.candidates.items()))
+        + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
         + " |",
         f"| slot-hours | {slot_h:.3g}"
         + (f" ({slot_h * gpus:.3g} GPU-hours)" if gpus else " (CPU trials)")

@@ -82,11 +82,8 @@ def serve_control(
     clock = _IdleClock(idle_exit_s)
     while True:
         for d in controller.step(slots=slots):
-            print(
-                decision_line(d, store.get_candidate(cfg.campaign, d.candidate_id), cfg.metric),
-                file=out,
-                flush=True,
-            )
+            cand = store.get_candidate(cfg.campaign, d.candidate_id)
+            print(decision_line(d, cand.title if cand else "", cfg.metric), file=out, flush=True)
         waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
         if clock.expired(store.is_quiet(cfg.campaign, waiting=waiting)):
             print("farm control: idle; exiting", file=out, flush=True)

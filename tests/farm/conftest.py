@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 from helpers import Finished, RunCampaign
@@ -25,20 +26,21 @@ def run_campaign(ray_local: None) -> RunCampaign:
         slots: int = 2,
         max_candidates: int | None = None,
         store_url: str | None = None,
+        out: TextIO | None = None,
     ) -> Finished:
         cfg = load_config(target)
         store = open_store(store_url or default_url(target))
         stores.append(store)
         prepare(target, cfg, store, check_command=True)
-        out = io.StringIO()
+        captured = io.StringIO()
         code = run(
             store=store,
             repo=Repo(target),
             cfg=cfg,
             proposer=make_proposer(cfg.proposer, target=target),
             opts=RunOptions(slots=slots, max_candidates=max_candidates, progress_every_s=1e9),
-            out=out,
+            out=out or captured,
         )
-        return Finished(code, out.getvalue(), store, cfg, Repo(target))
+        return Finished(code, captured.getvalue(), store, cfg, Repo(target))
 
     return go
