@@ -63,11 +63,19 @@ class History:
     best: list[tuple[int, float]]
     kept: list[tuple[int, Decision]]  # each keep, at the trial number it happened
     sigmas: list[float | None]  # the σ in force from each `best` entry on
+    thresholds: list[float | None]  # what a candidate had to improve by, from each on
 
 
 def history(
-    trials: list[Trial], decisions: list[Decision], *, start_sha: str, direction: Direction
+    trials: list[Trial],
+    decisions: list[Decision],
+    *,
+    start_sha: str,
+    direction: Direction,
+    config: dict[str, Any] | None = None,
 ) -> History:
+    """`config`: the campaign's farm.toml snapshot, for the keep threshold at each step."""
+
     def finished_at(t: Trial) -> float:
         return t.result.finished_at if t.result else t.lease_expires
 
@@ -92,17 +100,34 @@ def history(
         for p, t in zip(points, done, strict=True)
         if p.kind is TrialKind.BASELINE and t.commit_sha == start_sha and p.metric is not None
     ]
+    runs: list[int] = []  # how many runs each estimate averages
     if base:
         best.append((max(n for n, _ in base), sum(m for _, m in base) / len(base)))
         sigmas.append(_stdev([m for _, m in base]))
+        runs.append(len(base))
     kept = []
+    confirm = max(int((config or {}).get("merge", {}).get("confirm", 1)), 1)
     for d in decisions:
         if d.kind is DecisionKind.KEPT and d.metric is not None:
             n = max(1, bisect.bisect_right(times, d.created_at))
             kept.append((n, d))
             best.append((n, d.metric))
             sigmas.append(d.sigma if d.sigma is not None else (sigmas[-1] if sigmas else None))
-    return History(direction=direction, points=points, best=best, kept=kept, sigmas=sigmas)
+            runs.append(confirm)
+    thresholds = [
+        keep_threshold(config, sigma, Incumbent(sha="", metric=v, runs=r))
+        if config is not None and sigma is not None
+        else None
+        for (_, v), sigma, r in zip(best, sigmas, runs, strict=True)
+    ]
+    return History(
+        direction=direction,
+        points=points,
+        best=best,
+        kept=kept,
+        sigmas=sigmas,
+        thresholds=thresholds,
+    )
 
 
 def full_history(store: Store, campaign: str) -> History:
@@ -115,6 +140,7 @@ def full_history(store: Store, campaign: str) -> History:
         store.list_decisions(campaign),
         start_sha=camp.start_sha,
         direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        config=camp.config,
     )
 
 
