@@ -108,3 +108,48 @@ def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def farm_metric_names(tmp: Path) -> set[str]:
+    """Every sample name farm serves (the ledger's and a role's), for checking the PromQL
+    of dashboards and alert rules against: a campaign with a result and a keep in a real
+    SQLite store, and a role process's registry with slots and a proposer."""
+    from prometheus_client import CollectorRegistry
+
+    from farm.config import ProposerConfig
+    from farm.metrics import LedgerCollector, RoleMetrics
+    from farm.records import (
+        Campaign,
+        Decision,
+        DecisionKind,
+        Incumbent,
+        Outcome,
+        Trial,
+        TrialKind,
+        TrialResult,
+    )
+    from farm.store import open_store
+    from proposer.registry import make_proposer
+
+    store = open_store(f"sqlite:///{tmp / 'names.db'}")
+    store.create_campaign(
+        Campaign(id="c", target="/t", start_sha="a" * 40, config={"budget_s": 60}),
+        Incumbent(sha="a" * 40, metric=1.0),
+    )
+    store.set_baseline("c", metric=1.0, runs=3, sigma=0.1)
+    trial = Trial(id="t", campaign="c", kind=TrialKind.CANDIDATE, commit_sha="b", base_sha="a",
+                  seed=0, candidate_id=1)  # fmt: skip
+    store.enqueue_trial(trial)
+    store.record_result("c", TrialResult(trial_id="t", outcome=Outcome.OK, metric=0.5))
+    store.record_decision(
+        Decision(campaign="c", candidate_id=1, kind=DecisionKind.KEPT, reason="", sigma=0.1)
+    )
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(store))
+    role = RoleMetrics(campaign="c", role="run")
+    role.watch_slots(slots=1, busy=lambda: 0)
+    role.measure(make_proposer(ProposerConfig(kind="mutate"), target=tmp))
+    role.instrument(store).get_campaign("c")  # a role's store series appear with its first call
+    names = {s.name for r in (registry, role.registry) for m in r.collect() for s in m.samples}
+    store.close()
+    return names

@@ -255,6 +255,8 @@ def test_kustomize_builds_the_stack_offline() -> None:
         ("RayCluster", "farm"),
         ("ConfigMap", "farm-prometheus-scrape"),
         ("ConfigMap", "farm-grafana-dashboard"),
+        ("Deployment", "farm-exporter"),
+        ("Service", "farm-exporter"),
     }
     # The image transformer reaches the RayCluster's containers (a custom resource).
     images = {c["image"] for _, c in containers(built[("RayCluster", "farm")])}
