@@ -296,28 +296,7 @@ class RoleMetrics:
         self._store_errors = self._new(
             Counter, "farm_store_errors", "role", "op", doc="Store operations that failed."
         )
-        self._claims = self._new(Counter, "farm_dispatcher_claims", doc="Trials claimed.")
-        self._reclaims = self._new(
-            Counter,
-            "farm_dispatcher_lease_reclaims",
-            doc="Lapsed leases returned to the queue (or to dead) by this process.",
-        )
-        self._retries = self._new(
-            Counter,
-            "farm_dispatcher_infra_retries",
-            doc="Trials given back after an infrastructure failure (a worker or node died).",
-        )
-        self._interrupted = self._new(
-            Counter,
-            "farm_dispatcher_interrupted",
-            doc="Trials given back unrun: this process stopped, or reclaimed a dead one's.",
-        )
-        self._queue_wait = self._new(
-            Histogram,
-            "farm_queue_wait_seconds",
-            doc="Time from a trial's enqueue to its claim.",
-            buckets=QUEUE_WAIT_BUCKETS_S,
-        )
+        self._dispatch: _DispatchSeries | None = None  # once this process dispatches
 
     def _new(self, cls: type, name: str, *labels: str, doc: str, **kwargs: Any) -> Any:
         return cls(name, doc, ["campaign", *labels], registry=self.registry, **kwargs)
@@ -327,12 +306,37 @@ class RoleMetrics:
         return cast(Store, _InstrumentedStore(store, self))
 
     def watch_slots(self, *, slots: int, busy: Callable[[], int]) -> None:
-        self._new(Gauge, "farm_slots", doc="Trial slots this process fills.").labels(
-            self.campaign
-        ).set(slots)
+        """This process dispatches: its slots, and every dispatcher series from zero."""
+        c = self.campaign
+        self._new(Gauge, "farm_slots", doc="Trial slots this process fills.").labels(c).set(slots)
         self._new(Gauge, "farm_slots_busy", doc="Slots running a trial now.").labels(
-            self.campaign
+            c
         ).set_function(lambda: float(busy()))
+
+        def counter(name: str, doc: str) -> Any:
+            return self._new(Counter, name, doc=doc).labels(c)
+
+        self._dispatch = _DispatchSeries(
+            claims=counter("farm_dispatcher_claims", "Trials claimed."),
+            reclaims=counter(
+                "farm_dispatcher_lease_reclaims",
+                "Lapsed leases returned to the queue (or to dead) by this process.",
+            ),
+            retries=counter(
+                "farm_dispatcher_infra_retries",
+                "Trials given back after an infrastructure failure (a worker or node died).",
+            ),
+            interrupted=counter(
+                "farm_dispatcher_interrupted",
+                "Trials given back unrun: this process stopped, or reclaimed a dead one's.",
+            ),
+            queue_wait=self._new(
+                Histogram,
+                "farm_queue_wait_seconds",
+                doc="Time from a trial's enqueue to its claim.",
+                buckets=QUEUE_WAIT_BUCKETS_S,
+            ).labels(c),
+        )
 
     def measure(self, proposer: Proposer) -> Proposer:
         """The proposer, with its calls, errors, latency and LLM retries counted."""
@@ -365,16 +369,29 @@ class RoleMetrics:
         )
 
     def _observe(self, op: str, value: Any, kwargs: dict[str, Any]) -> None:
-        c = self.campaign
+        d = self._dispatch
+        if d is None:
+            return
         if op == "claim_trials":
             now = time.time()
             for t in cast(list[Trial], value):
-                self._claims.labels(c).inc()
-                self._queue_wait.labels(c).observe(max(0.0, now - t.created_at))
+                d.claims.inc()
+                d.queue_wait.observe(max(0.0, now - t.created_at))
         elif op == "reap":
-            self._reclaims.labels(c).inc(len(value))
+            d.reclaims.inc(len(value))
         elif op == "release" and value:
-            (self._retries if kwargs.get("failed") else self._interrupted).labels(c).inc()
+            (d.retries if kwargs.get("failed") else d.interrupted).inc()
+
+
+@dataclass
+class _DispatchSeries:
+    """A dispatching process's series, read off its claims and give-backs."""
+
+    claims: Any
+    reclaims: Any
+    retries: Any
+    interrupted: Any
+    queue_wait: Any
 
 
 class _InstrumentedStore:
