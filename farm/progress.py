@@ -30,6 +30,7 @@ from farm.store import Store
 from farm.store.stats import DEAD, CampaignStats
 
 WIDTH = 80
+KEPT_SHOWN = 10  # `farm status` lists the last keeps by title; the sparkline has them all
 MARKS = "(b baseline · ok ✓ kept ✗ failed)"
 # Candidates that have been decided (a rejected draft never got a slot).
 DECIDED = (
@@ -169,7 +170,7 @@ class Snapshot:
     kept: list[Decision]  # every keep, in order
     recent: list[Decision]  # the last decisions, in order
     results: list[Trial]  # the last results, in the order they came in
-    titles: dict[int, str]  # of the candidates in `kept` and `recent`
+    titles: dict[int, str]  # of the last KEPT_SHOWN keeps and of `recent`
 
     @property
     def decided(self) -> int:
@@ -194,7 +195,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     kept = store.list_decisions(campaign, kinds={DecisionKind.KEPT})
     recent = store.list_decisions(campaign, last=last) if last else []
     titles = {}
-    for cid in {d.candidate_id for d in [*kept, *recent]}:
+    for cid in {d.candidate_id for d in [*kept[-KEPT_SHOWN:], *recent]}:
         cand = store.get_candidate(campaign, cid)
         titles[cid] = cand.title if cand else ""
     sigma = stats.sigma if stats.sigma is not None else camp.sigma
@@ -364,8 +365,9 @@ def status_report(s: Snapshot, *, width: int = WIDTH) -> str:
         *picture(s, width=width),
     ]
     if s.kept:
-        lines.append("  kept, in order:")
-        for d in s.kept:
+        more = f" (the last {KEPT_SHOWN} of {len(s.kept)})" if len(s.kept) > KEPT_SHOWN else ""
+        lines.append(f"  kept, in order{more}:")
+        for d in s.kept[-KEPT_SHOWN:]:
             tail = f" {s.metric} {num(d.metric)}" + (f" Δ {d.delta:+.4g}" if d.delta else "")
             head = f"    c{d.candidate_id:<4} "
             title = fit(s.titles.get(d.candidate_id, ""), width - len(head) - len(tail) - 1)

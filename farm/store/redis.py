@@ -714,17 +714,33 @@ class RedisStore(Store):
         return [t for t in trials if states is None or t.state in states]
 
     def count_trials(self, campaign_id: str) -> dict[TrialState, int]:
+        return self._counts(campaign_id, with_stats=False)[1]
+
+    def _counts(
+        self, campaign_id: str, *, with_stats: bool
+    ) -> tuple[dict[str, str], dict[TrialState, int]]:
+        """(the stats hash, trial states from the sets), in one consistent snapshot."""
         keys = _Keys(campaign_id)
 
-        def read() -> list[int]:
-            with self._r.pipeline() as pipe:  # MULTI: one consistent snapshot
+        def read() -> list[Any]:
+            with self._r.pipeline() as pipe:  # MULTI
+                if with_stats:
+                    pipe.hgetall(keys.stats)
                 pipe.llen(keys.trials)
                 pipe.zcard(keys.queue)
                 pipe.zcard(keys.running)
                 pipe.scard(keys.dead)
                 return pipe.execute()
 
-        return _states(*self._call(read))
+        found = self._call(read)
+        fields = found.pop(0) if with_stats else {}
+        total, queued, running, dead = found
+        return fields, {
+            TrialState.QUEUED: queued,
+            TrialState.RUNNING: running,
+            TrialState.DONE: total - queued - running - dead,
+            TrialState.DEAD: dead,
+        }
 
     def recent_results(self, campaign_id: str, n: int) -> list[Trial]:
         keys = _Keys(campaign_id)
@@ -732,21 +748,8 @@ class RedisStore(Store):
         return self._trials(keys, ids)
 
     def stats(self, campaign_id: str) -> CampaignStats:
-        keys = _Keys(campaign_id)
-
-        def read() -> list[Any]:
-            with self._r.pipeline() as pipe:  # MULTI: one consistent snapshot
-                pipe.hgetall(keys.stats)
-                pipe.llen(keys.trials)
-                pipe.zcard(keys.queue)
-                pipe.zcard(keys.running)
-                pipe.scard(keys.dead)
-                return pipe.execute()
-
-        fields, *counts = self._call(read)
-        return CampaignStats.parse(
-            {k: float(v) for k, v in fields.items()}, trials=_states(*counts)
-        )
+        fields, states = self._counts(campaign_id, with_stats=True)
+        return CampaignStats.parse({k: float(v) for k, v in fields.items()}, trials=states)
 
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
@@ -789,12 +792,3 @@ class RedisStore(Store):
         if len(lists) > 1:  # several kinds: merge their lists by when each was made
             found.sort(key=lambda d: d.created_at)
         return found if last is None else found[-last:]
-
-
-def _states(total: int, queued: int, running: int, dead: int) -> dict[TrialState, int]:
-    return {
-        TrialState.QUEUED: queued,
-        TrialState.RUNNING: running,
-        TrialState.DONE: total - queued - running - dead,
-        TrialState.DEAD: dead,
-    }

@@ -62,6 +62,7 @@ ALTER TABLE trials ADD COLUMN done_seq INTEGER;
 CREATE INDEX trials_done ON trials (campaign, done_seq);
 ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL DEFAULT '';
 CREATE INDEX decisions_kind ON decisions (campaign, kind, seq);
+CREATE INDEX decisions_seq ON decisions (campaign, seq);
 """
 
 

@@ -466,6 +466,7 @@ def downgrade_to_v1(store: Store) -> None:
         with sqlite3.connect(store.path) as db:
             db.executescript(
                 "DROP TABLE stats; DROP INDEX trials_done; DROP INDEX decisions_kind;"
+                "DROP INDEX decisions_seq;"
                 "ALTER TABLE trials DROP COLUMN done_seq; ALTER TABLE decisions DROP COLUMN kind;"
                 "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
             )
