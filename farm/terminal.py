@@ -158,9 +158,11 @@ def _bar(pace: Pace, width: int) -> Text:
         return Text(label)
     room = max(10, width - len(label) - 1)
     done = min(room, round(room * pace.decided / max(pace.total, 1)))
-    bar = Text("━" * done, style="green")
+    bar = Text()
+    bar.append("━" * done, style="green")
     bar.append("━" * (room - done), style="grey37")
-    return bar + Text(" " + label)
+    bar.append(" " + label)
+    return bar
 
 
 def _columns(out: TextIO) -> int:
