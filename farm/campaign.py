@@ -25,11 +25,12 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
 from farm.errors import ConfigError, ProposerError, TargetError
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.metrics import serve
-from farm.progress import decision_text, plural, snapshot, status_line
+from farm.metrics import LedgerCollector, RoleMetrics, serve
+from farm.progress import WIDTH, failure_label, fit, plural, snapshot
 from farm.propose import Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
+from farm.terminal import open_view
 from proposer.base import Proposer
 
 log = logging.getLogger(__name__)
@@ -203,55 +204,58 @@ def run(
             f"note: {plural(slots, 'slot')} asked for, the cluster holds {capacity} trials at once",
             file=out,
         )
+    role = RoleMetrics(campaign=cfg.campaign, role="run")
+    role.registry.register(LedgerCollector(store, [cfg.campaign]))
+    metrics = (
+        serve(cfg.metrics.address, role.registry, out=out, what="campaign")
+        if cfg.metrics.enabled
+        else None
+    )
+    store, proposer = role.instrument(store), role.measure(proposer)
     controller = Controller(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign)
     controller.sync_best_branch()
     dispatcher = Dispatcher(store=store, repo=repo, cfg=cfg, campaign=cfg.campaign, slots=slots)
     orphans = dispatcher.reclaim_orphans()
     if orphans:
         print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
-    metrics = serve(
-        cfg.metrics,
-        store=store,
-        campaign=cfg.campaign,
-        slots=slots,
-        busy=lambda: dispatcher.busy,
-        proposer=proposer.name,
-        out=out,
-    )
+    role.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
     feeder = Feeder(
         store=store,
         cfg=cfg,
         campaign=cfg.campaign,
         proposer=proposer,
         max_candidates=opts.max_candidates,
-        on_call=metrics.driver.observe_proposal if metrics else None,
     )
     started = time.time()
-    last_print = 0.0
     print(
-        f"farm: campaign {cfg.campaign} on {repo.path} | {plural(slots, 'slot')} | proposer "
-        f"{proposer.name} | store {store.url}",
+        fit(
+            f"farm: campaign {cfg.campaign} · {plural(slots, 'slot')} · proposer {proposer.name}",
+            WIDTH,
+        ),
+        "  " + fit(f"target {repo.path}", WIDTH - 2),
+        "  " + fit(f"store {store.url}", WIDTH - 2),
+        sep="\n",
         file=out,
         flush=True,
     )
     announce_sandbox(cfg, out=out)
+    view = open_view(
+        out, slots=slots, max_candidates=opts.max_candidates, every_s=opts.progress_every_s
+    )
     feeder.start()
     try:
         while True:
             stopping = opts.time_limit_s is not None and time.time() - started > opts.time_limit_s
             for d in controller.step(slots=slots, promote=not stopping):
-                print(decision_text(store, cfg.campaign, d, cfg.metric), file=out, flush=True)
+                cand = store.get_candidate(cfg.campaign, d.candidate_id)
+                label = failure_label(store, cfg.campaign, d)
+                view.decision(d, cand.title if cand else "", cfg.metric, label=label)
             dispatcher.step(wait_s=0.5)
-            if time.time() - last_print >= opts.progress_every_s:
-                last_print = time.time()
-                snap = snapshot(store, cfg.campaign)
-                line = status_line(
-                    snap, slots=slots, busy=dispatcher.busy, elapsed_s=time.time() - started
-                )
-                print(line, file=out, flush=True)
+            view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=dispatcher.busy)
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):
                 break
     except KeyboardInterrupt:
+        view.close()
         print(
             "\ninterrupted: stopping trials; run the same command to resume", file=out, flush=True
         )
@@ -261,6 +265,7 @@ def run(
             metrics.close()
         return 130
     except BaseException:
+        view.close()
         feeder.stop()
         dispatcher.shutdown()
         if metrics:
@@ -269,10 +274,10 @@ def run(
     feeder.stop()
     if metrics:
         metrics.close()
+    view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=0, force=True)
+    view.close()
     # A branch moved behind farm's back since its last keep would otherwise go unnoticed.
     controller.sync_best_branch()
-    snap = snapshot(store, cfg.campaign)
-    print(status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started), file=out)
     if feeder.error is not None:
         print(f"farm: proposing stopped: {feeder.error}", file=out)
         return 1

@@ -1,4 +1,5 @@
-"""The `farm` command: run, status, export, init."""
+"""The `farm` command: run, status, export, report, init, simulate, the role processes
+(control, work, propose) and the metrics exporter."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.config import CONFIG_NAME, MergeConfig, TargetConfig, load_config
+from farm.config import (
+    CONFIG_NAME,
+    EXPORTER_ADDRESS,
+    ROLE_PORT_OFFSETS,
+    MergeConfig,
+    TargetConfig,
+    load_config,
+)
 from farm.errors import ConfigError, FarmError
 from farm.store import Store, default_url, open_store
 
 if TYPE_CHECKING:
+    from farm.metrics import RoleMetrics
     from proposer.base import Proposer
 
 
@@ -60,13 +69,22 @@ def _parser() -> argparse.ArgumentParser:
         help="first point farm's branches back where the store says (after a mismatch error)",
     )
 
+    def role_metrics(sp: argparse.ArgumentParser, offset: int) -> None:
+        sp.add_argument(
+            "--metrics-address",
+            help="serve this role's metrics at host:port (default: [metrics] address's host, "
+            f"its port + {offset})",
+        )
+
     control = sub.add_parser("control", help="run only the merge controller (a role process)")
     common(control)
+    role_metrics(control, ROLE_PORT_OFFSETS["control"])
     control.add_argument("--slots", type=int, help="total slots of all dispatchers, if known")
     control.add_argument("--idle-exit", type=_duration, help="exit after idling this long")
 
     work = sub.add_parser("work", help="run only a dispatcher of trials (a role process)")
     common(work)
+    role_metrics(work, ROLE_PORT_OFFSETS["work"])
     work.add_argument("--slots", type=int, default=0, help="concurrent trials of this process")
     work.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     work.add_argument("--lease", type=_duration, default=30.0, help="claim lease (renewed)")
@@ -75,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     propose = sub.add_parser("propose", help="run only the proposer (a role process)")
     common(propose)
+    role_metrics(propose, ROLE_PORT_OFFSETS["propose"])
     propose.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
     propose.add_argument("--max-candidates", type=int, help="stop after this many candidates")
     propose.add_argument("--wait", type=_duration, default=600.0, help="wait this long for control")
@@ -96,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
         "--by", choices=["proposer"], default="proposer", help="one row per proposer"
     )
     report.add_argument("--out", type=Path, help="write progress.png and report.md here")
+
+    exporter = sub.add_parser(
+        "exporter", help="serve the metrics of every campaign of a store (long-lived)"
+    )
+    exporter.add_argument("--store", required=True, help="store URL, e.g. redis://host:6379/0")
+    exporter.add_argument(
+        "--address", default=EXPORTER_ADDRESS, help=f"host:port (default {EXPORTER_ADDRESS})"
+    )
 
     _init_parser(sub)
 
@@ -162,6 +189,16 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `farm status | head`: the reader has gone. Nothing more to say, not even at exit,
+        # when Python would flush stdout into the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     logging.basicConfig(
@@ -173,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         if args.cmd == "simulate":
             return _simulate(args)
+        if args.cmd == "exporter":
+            return _exporter(args)
         # Absolute now: inside a Ray job, ray.init() moves the working directory.
         args.target = args.target.resolve()
         cfg = _config(args)
@@ -228,6 +267,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     )
     proposer = _proposer(args, cfg)
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
+    _starting_ray(cfg, opts.ray_address)
     prepare(args.target, cfg, store, check_command=local)
     if args.repair_refs:
         moved = repair_refs(store, Repo(args.target), cfg.campaign)
@@ -242,6 +282,23 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 
 
 def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
+    from farm.metrics import RoleMetrics, serve
+
+    metrics = RoleMetrics(campaign=cfg.campaign, role=args.cmd)
+    address = args.metrics_address or cfg.metrics.role_address(args.cmd)
+    server = None
+    if cfg.metrics.enabled or args.metrics_address:
+        server = serve(address, metrics.registry, out=sys.stdout, what=f"farm {args.cmd}")
+    try:
+        return _serve_role(args, cfg, metrics.instrument(store), metrics)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve_role(
+    args: argparse.Namespace, cfg: TargetConfig, store: Store, metrics: RoleMetrics
+) -> int:
     from farm import roles
     from farm.campaign import prepare
 
@@ -262,7 +319,7 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         return roles.serve_propose(
             store=store,
             cfg=cfg,
-            proposer=_proposer(args, cfg),
+            proposer=metrics.measure(_proposer(args, cfg)),
             max_candidates=args.max_candidates,
             out=sys.stdout,
         )
@@ -272,6 +329,7 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.dispatch import check_feasible
     from farm.gitops import Repo
 
+    _starting_ray(cfg, args.ray_address)
     started = init_ray(
         cfg, RunOptions(slots=args.slots, ray_address=args.ray_address), out=sys.stdout
     )
@@ -284,10 +342,32 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
             lease_s=args.lease,
             idle_exit_s=args.idle_exit,
             out=sys.stdout,
+            metrics=metrics,
         )
     finally:
         if started:
             ray.shutdown()
+
+
+def _exporter(args: argparse.Namespace) -> int:
+    import threading
+
+    from farm.exporter import run_exporter
+
+    store = open_store(args.store)
+    try:
+        return run_exporter(
+            store=store, address=args.address, out=sys.stdout, stop=threading.Event()
+        )
+    finally:
+        store.close()
+
+
+def _starting_ray(cfg: TargetConfig, address: str | None) -> None:
+    """Said at once: connecting to Ray, or starting it, takes seconds before farm can talk."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    where = f"connecting to the Ray cluster at {address}" if address else "starting a local Ray"
+    print(f"farm: campaign {cfg.campaign}: {where} …", flush=True)
 
 
 def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
@@ -303,7 +383,7 @@ def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.progress import snapshot, status_report
 
     _known_campaign(cfg, store)
-    print(status_report(snapshot(store, cfg.campaign), last=args.last))
+    print(status_report(snapshot(store, cfg.campaign, last=args.last)))
     return 0
 
 
@@ -321,16 +401,15 @@ def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         print(proposer_table(store, cfg.campaign))
         return 0
     from farm.plots import progress_png
-    from farm.progress import snapshot
+    from farm.progress import full_history
     from farm.report import report_markdown
 
     args.out.mkdir(parents=True, exist_ok=True)
-    snap = snapshot(store, cfg.campaign)
     png = progress_png(
-        snap.history,
+        full_history(store, cfg.campaign),
         args.out / "progress.png",
-        metric=snap.metric,
-        titles=snap.titles,
+        metric=cfg.metric,
+        titles={c.id: c.title for c in store.list_candidates(cfg.campaign)},
         campaign=cfg.campaign,
     )
     md = args.out / "report.md"

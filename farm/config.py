@@ -155,10 +155,25 @@ class StoreConfig:
     url: str = ""  # default: sqlite:///<target>/.farm/farm.db
 
 
+# Role processes serve their metrics next to `farm run`'s port: [metrics] address + offset.
+ROLE_PORT_OFFSETS = {"run": 0, "control": 1, "work": 2, "propose": 3}
+EXPORTER_ADDRESS = "127.0.0.1:9463"  # `farm exporter --address` default
+
+
 @dataclass
 class MetricsConfig:
-    enabled: bool = True  # `farm run` serves Prometheus metrics at /metrics
+    enabled: bool = True  # farm run/control/work/propose serve Prometheus metrics
     address: str = "127.0.0.1:9464"  # host:port; loopback unless you mean to expose it
+    # USD per hour of training by hardware class (a trial's `hardware`: a GPU model such as
+    # "NVIDIA GeForce RTX 4090", or "cpu"); "default" for any other. Prices compute in
+    # farm_cost_per_kept_usd; read from the farm.toml a campaign started with.
+    hour_usd: dict[str, float] = field(default_factory=dict)
+
+    def role_address(self, role: str) -> str:
+        """Where a role process serves: `address`'s host, its port + the role's offset."""
+        host, port = self.host_port()
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{port + ROLE_PORT_OFFSETS[role]}"
 
     def host_port(self) -> tuple[str, int]:
         """`address` split; "[::1]:9464" for IPv6. ConfigError when it is not host:port."""
@@ -400,3 +415,5 @@ def _check(cfg: TargetConfig, source: str) -> None:
         cfg.metrics.host_port()
     except ConfigError as e:
         fail("metrics.address", str(e))
+    if any(price < 0 for price in cfg.metrics.hour_usd.values()):
+        fail("metrics.hour_usd", "prices must be >= 0 (USD per hour of training)")

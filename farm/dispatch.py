@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import textwrap
 import time
 import uuid
 from collections.abc import Callable
@@ -303,13 +304,13 @@ def _first_line(e: BaseException) -> str:
 def announce_sandbox(cfg: TargetConfig, *, out: TextIO) -> Policy:
     """Say which sandbox trials get and what it leaves out (SandboxError when refused)."""
     policy = sandbox_policy(cfg)
-    for line in policy.describe(evaluate=bool(cfg.evaluate)):
-        print(f"farm: {line}", file=out, flush=True)
+    lines = policy.describe(evaluate=bool(cfg.evaluate))
     if not cfg.evaluate:
-        print(
-            f"farm: note: {cfg.metric} comes from code the candidate can edit (no `evaluate` "
-            "in farm.toml): it is a claim, not a measurement (docs/security.md)",
-            file=out,
-            flush=True,
+        lines.append(
+            f"note: {cfg.metric} comes from code the candidate can edit (no `evaluate` in "
+            "farm.toml): a claim, not a measurement"
         )
+    for line in lines:  # 80 columns, as every line of a campaign
+        print(textwrap.fill(line, 80, initial_indent="farm: ", subsequent_indent="  "), file=out)
+    out.flush()
     return policy

@@ -1,26 +1,31 @@
-"""Prometheus metrics of a campaign, all defined here.
+"""Prometheus metrics, all defined here. Two kinds, never mixed in one series:
 
-Two sources, both served by the driver (`farm run`) on one loopback address by default:
+- Ledger metrics (`LedgerCollector`): campaigns as the store holds them, read from its running
+  aggregates at scrape time (farm/store/stats.py), so a scrape costs the same at 40,000
+  trials as at 40. `farm exporter` serves them for every campaign of a store and outlives
+  any driver; `farm run` serves them for its own campaign too, for local use. Any server
+  gives the same numbers: dashboards and alerts take `max` across instances.
+- Role metrics (`RoleMetrics`): what one process knows, served on its own port by
+  `farm run|control|work|propose`: its slots and busy slots, claims, lease reclaims,
+  interrupted trials and infrastructure retries, queue wait (all read off its store calls),
+  its proposer's calls, errors, latency and LLM retries, and its store's latency and errors.
 
-- `LedgerCollector` reads the store at scrape time. The ledger is the source of truth, so
-  the counters are exact, survive restarts of the driver, and agree with `farm status`.
-- `DriverMetrics` holds what only the running driver knows: its slots, how many are busy
-  right now, and how long proposer calls take.
-
-Labels stay few and bounded (campaign, kind, outcome, state, decision, proposer, type):
-never a trial id, a sha or error text, which would make one series per trial.
+Labels stay few and bounded (campaign, kind, outcome, state, decision, proposer, type,
+hardware, role, op): never a trial id, a sha or error text, which would make one series per
+trial. Metrics come from long-lived processes only, never from a trial's Ray task.
 """
 
 from __future__ import annotations
 
-import collections
+import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO, cast
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -30,180 +35,450 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from farm.config import MetricsConfig
-from farm.progress import DEAD
-from farm.records import Candidate, CandidateState, DecisionKind, Outcome, TrialKind, TrialState
+from farm.errors import ConfigError, StoreError
+from farm.progress import keep_threshold
+from farm.records import (
+    Campaign,
+    CandidateState,
+    DecisionKind,
+    Direction,
+    Draft,
+    Incumbent,
+    Trial,
+    TrialState,
+)
 from farm.store import Store
+from farm.store.stats import CampaignStats, ProposerTally
+from proposer.base import ProposalContext, Proposer
 
 log = logging.getLogger(__name__)
 
-# Trials last from seconds (toy targets) to hours (a real training budget).
-TRIAL_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 PROPOSER_BUCKETS_S = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+STORE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
+QUEUE_WAIT_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
+# The SDK says so at INFO before each retry (429, 529, 5xx, timeouts): counted, not printed.
+LLM_RETRY_LOGGER = "anthropic._base_client"
+LLM_RETRY_MESSAGE = "Retrying request"
 
 
 class LedgerCollector(Collector):
-    """Campaign metrics computed from the store on every scrape.
+    """Campaign metrics from the store's aggregates, on every scrape.
 
-    Every label combination a campaign can reach is exported from the start, zeros
-    included, so `rate()` sees a counter's first increment.
+    `campaigns`: the campaigns to export; None for every campaign of the store (the
+    exporter), found anew at each scrape. Every label combination a campaign can reach is
+    exported from the start, zeros included, so `rate()` sees a counter's first increment.
     """
 
-    def __init__(self, store: Store, campaign: str, *, proposer: str) -> None:
+    def __init__(self, store: Store, campaigns: list[str] | None = None) -> None:
         self.store = store
-        self.campaign = campaign
-        self.proposer = proposer  # exported with zeros before its first draft
+        self.campaigns = campaigns
 
     def collect(self) -> Iterator[Metric]:
-        c = self.campaign
-        camp = self.store.get_campaign(c)
-        if camp is None:
+        out = _LedgerFamilies()
+        up = GaugeMetricFamily(
+            "farm_ledger_up", "1 when this scrape read the store; 0 when it failed (see the log)."
+        )
+        try:
+            if self.campaigns is None:
+                found = self.store.list_campaigns()
+            else:
+                found = [c for c in map(self.store.get_campaign, self.campaigns) if c is not None]
+            for camp in found:
+                out.add(camp, self.store.get_incumbent(camp.id), self.store.stats(camp.id))
+        except StoreError as e:
+            log.warning("metrics: cannot read the store: %s", e)
+            up.add_metric([], 0)
+            yield up
             return
-        trials = self.store.list_trials(c)
-        cands = self.store.list_candidates(c)
+        up.add_metric([], 1)
+        yield up
+        yield from out.families
 
-        by_outcome: collections.Counter[tuple[str, str]] = collections.Counter()
-        durations: dict[str, list[float]] = {k.value: [] for k in TrialKind}
-        for t in trials:
-            if t.result is not None:
-                by_outcome[t.kind.value, t.result.outcome.value] += 1
-                durations[t.kind.value].append(t.result.duration_s)
-            elif t.state is TrialState.DEAD:
-                by_outcome[t.kind.value, DEAD] += 1
-        done = CounterMetricFamily(
+
+class _LedgerFamilies:
+    """The ledger's metric families, filled campaign by campaign."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        self.info = self._new(
+            gauge,
+            "farm_campaign_info",
+            "metric",
+            "direction",
+            doc="The campaign's metric and its direction (value 1).",
+        )
+        self.trials = self._new(
+            counter,
             "farm_trials",
-            "Trials finished, by kind and outcome (dead: infrastructure kept failing).",
-            labels=["campaign", "kind", "outcome"],
+            "kind",
+            "outcome",
+            doc="Trials finished, by kind and outcome (dead: infrastructure kept failing).",
         )
-        for kind in TrialKind:
-            for outcome in [*(o.value for o in Outcome), DEAD]:
-                done.add_metric([c, kind.value, outcome], by_outcome[kind.value, outcome])
-        yield done
-
-        hist = HistogramMetricFamily(
+        self.durations = self._new(
+            HistogramMetricFamily,
             "farm_trial_duration_seconds",
-            "Wall time of the training process of finished trials.",
-            labels=["campaign", "kind"],
+            "kind",
+            doc="Wall time of finished trials' training; buckets are fractions of budget_s.",
         )
-        for kind_name, values in durations.items():
-            buckets = [(str(float(b)), sum(v <= b for v in values)) for b in TRIAL_BUCKETS_S]
-            hist.add_metric([c, kind_name], [*buckets, ("+Inf", len(values))], sum(values))
-        yield hist
-
-        states = collections.Counter(t.state for t in trials)
-        yield _gauge("farm_queue_depth", "Trials waiting for a slot.", c, states[TrialState.QUEUED])
-        yield _gauge(
+        self.queue = self._new(gauge, "farm_queue_depth", doc="Trials waiting for a slot.")
+        self.running = self._new(
+            gauge,
             "farm_trials_running",
-            "Trials leased to a dispatcher (any driver of this campaign).",
-            c,
-            states[TrialState.RUNNING],
+            doc="Trials leased to a dispatcher (any process of this campaign).",
         )
-
-        by_state = collections.Counter(x.state.value for x in cands)
-        gauge = GaugeMetricFamily(
+        self.candidates = self._new(
+            gauge,
             "farm_candidates",
-            "Candidates by state; state=queued is the backlog of validated candidates.",
-            labels=["campaign", "state"],
+            "state",
+            doc="Candidates by state; state=queued is the backlog of validated candidates.",
         )
-        for state in CandidateState:
-            gauge.add_metric([c, state.value], by_state[state.value])
-        yield gauge
-
-        inc = self.store.get_incumbent(c)
-        if inc.metric is not None:
-            yield _gauge("farm_incumbent_metric", "The incumbent's metric estimate.", c, inc.metric)
-        if camp.sigma is not None:
-            yield _gauge("farm_baseline_sigma", "Seed noise σ of the baseline runs.", c, camp.sigma)
-
-        made = collections.Counter(d.kind.value for d in self.store.list_decisions(c))
-        decisions = CounterMetricFamily(
-            "farm_decisions", "Decisions on candidates, by kind.", labels=["campaign", "decision"]
+        self.decisions = self._new(
+            counter, "farm_decisions", "decision", doc="Decisions on candidates, by kind."
         )
-        for decision in DecisionKind:
-            decisions.add_metric([c, decision.value], made[decision.value])
-        yield decisions
-
-        yield from self._proposer_metrics(cands)
-
-    def _proposer_metrics(self, cands: list[Candidate]) -> Iterator[Metric]:
-        c = self.campaign
-        # This driver's proposer is exported with zeros before its first draft.
-        tallies: dict[str, dict[str, float]] = {self.proposer: collections.defaultdict(float)}
-        for x in cands:
-            tally = tallies.setdefault(x.proposer or "unknown", collections.defaultdict(float))
-            tally["rejected" if x.state is CandidateState.REJECTED else "valid"] += 1
-            tally["input"] += x.tokens_in
-            tally["output"] += x.tokens_out
-            tally["cost"] += x.cost_usd
-        proposals = CounterMetricFamily(
+        self.incumbent = self._new(
+            gauge, "farm_incumbent_metric", doc="The incumbent's metric estimate."
+        )
+        self.baseline_sigma = self._new(
+            gauge, "farm_baseline_sigma", doc="Seed noise σ of the baseline runs."
+        )
+        self.sigma = self._new(
+            gauge,
+            "farm_sigma",
+            doc="Seed noise σ in force: the latest decision's (the baseline's before any).",
+        )
+        self.threshold = self._new(
+            gauge,
+            "farm_keep_threshold",
+            doc="Improvement a confirmed candidate must show now to be kept, in metric units.",
+        )
+        self.budget = self._new(
+            gauge, "farm_trial_budget_seconds", doc="The wall-clock budget of one trial (budget_s)."
+        )
+        self.last_result = self._new(
+            gauge,
+            "farm_last_result_timestamp_seconds",
+            doc="When the latest trial result came in (unix time).",
+        )
+        self.last_decision = self._new(
+            gauge,
+            "farm_last_decision_timestamp_seconds",
+            doc="When the latest decision was made (unix time).",
+        )
+        self.proposals = self._new(
+            counter,
             "farm_proposals",
-            "Drafts from the proposer, by validation result.",
-            labels=["campaign", "proposer", "result"],
+            "proposer",
+            "result",
+            doc="Drafts from the proposer, by validation result.",
         )
-        tokens = CounterMetricFamily(
+        self.tokens = self._new(
+            counter,
             "farm_llm_tokens",
-            "LLM tokens the proposer used, by type (input, output).",
-            labels=["campaign", "proposer", "type"],
+            "proposer",
+            "type",
+            doc="LLM tokens the proposer used, by type (input, output).",
         )
-        cost = CounterMetricFamily(
+        self.llm_cost = self._new(
+            counter,
             "farm_llm_cost_usd",
-            "LLM spend of the proposer, in US dollars.",
-            labels=["campaign", "proposer"],
+            "proposer",
+            doc="LLM spend of the proposer, in US dollars.",
         )
-        for name, tally in sorted(tallies.items()):
-            for result in ("valid", "rejected"):
-                proposals.add_metric([c, name, result], tally[result])
-            for kind in ("input", "output"):
-                tokens.add_metric([c, name, kind], tally[kind])
-            cost.add_metric([c, name], tally["cost"])
-        yield from (proposals, tokens, cost)
+        self.spend_cap = self._new(
+            gauge, "farm_llm_spend_cap_usd", doc="[proposer] spend_cap_usd: proposing stops there."
+        )
+        self.hw_trials = self._new(
+            counter,
+            "farm_hardware_trials",
+            "hardware",
+            doc="Trials with a result, by the hardware class they ran on.",
+        )
+        self.hw_seconds = self._new(
+            counter,
+            "farm_hardware_seconds",
+            "hardware",
+            doc="Training time of trials with a result, by hardware class.",
+        )
+        self.compute_cost = self._new(
+            counter,
+            "farm_compute_cost_usd",
+            doc="Training time priced at [metrics] hour_usd of its hardware class.",
+        )
+        self.cost_per_kept = self._new(
+            gauge,
+            "farm_cost_per_kept_usd",
+            doc="Compute plus LLM spend per kept change: what one improvement costs.",
+        )
+
+    def _new(self, cls: type, name: str, *labels: str, doc: str) -> Any:
+        family = cls(name, doc, labels=["campaign", *labels])
+        self.families.append(family)
+        return family
+
+    def add(self, camp: Campaign, inc: Incumbent, s: CampaignStats) -> None:
+        c, cfg = camp.id, camp.config
+        self.info.add_metric(
+            [c, str(cfg.get("metric", "")), str(cfg.get("direction", Direction.MINIMIZE))], 1
+        )
+        for (kind, outcome), n in sorted(s.outcomes.items()):
+            self.trials.add_metric([c, kind, outcome], n)
+        for kind, hist in sorted(s.durations.items()):
+            self.durations.add_metric([c, kind], hist.cumulative(), hist.sum)
+        self.queue.add_metric([c], s.trials[TrialState.QUEUED])
+        self.running.add_metric([c], s.trials[TrialState.RUNNING])
+        for state in CandidateState:
+            self.candidates.add_metric([c, state.value], s.candidates[state])
+        for decision in DecisionKind:
+            self.decisions.add_metric([c, decision.value], s.decisions[decision])
+        self.budget.add_metric([c], float(cfg.get("budget_s", 0.0)))
+        if inc.metric is not None:
+            self.incumbent.add_metric([c], inc.metric)
+        if camp.sigma is not None:
+            self.baseline_sigma.add_metric([c], camp.sigma)
+            sigma = s.sigma if s.sigma is not None else camp.sigma
+            self.sigma.add_metric([c], sigma)
+            self.threshold.add_metric([c], keep_threshold(cfg, sigma, inc))
+        if s.last_result_at is not None:
+            self.last_result.add_metric([c], s.last_result_at)
+        if s.last_decision_at is not None:
+            self.last_decision.add_metric([c], s.last_decision_at)
+        self._costs(camp, s)
+
+    def _costs(self, camp: Campaign, s: CampaignStats) -> None:
+        c = camp.id
+        proposer_cfg = camp.config.get("proposer", {})
+        # The configured proposer is exported with zeros before its first draft.
+        proposers = dict(s.proposers)
+        proposers.setdefault(str(proposer_cfg.get("kind", "unknown")), ProposerTally())
+        for name, p in sorted(proposers.items()):
+            self.proposals.add_metric([c, name, "valid"], p.valid)
+            self.proposals.add_metric([c, name, "rejected"], p.rejected)
+            self.tokens.add_metric([c, name, "input"], p.tokens_in)
+            self.tokens.add_metric([c, name, "output"], p.tokens_out)
+            self.llm_cost.add_metric([c, name], p.cost_usd)
+        self.spend_cap.add_metric([c], float(proposer_cfg.get("spend_cap_usd", 0.0)))
+        prices = camp.config.get("metrics", {}).get("hour_usd", {})
+        compute = 0.0
+        for hw, tally in sorted(s.hardware.items()):
+            self.hw_trials.add_metric([c, hw], tally.trials)
+            self.hw_seconds.add_metric([c, hw], tally.seconds)
+            compute += tally.seconds / 3600 * float(prices.get(hw, prices.get("default", 0.0)))
+        self.compute_cost.add_metric([c], compute)
+        kept = s.decisions[DecisionKind.KEPT]
+        if kept:
+            llm = sum(p.cost_usd for p in s.proposers.values())
+            self.cost_per_kept.add_metric([c], (compute + llm) / kept)
 
 
-def _gauge(name: str, doc: str, campaign: str, value: float) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc, labels=["campaign"])
-    g.add_metric([campaign], value)
-    return g
+class RoleMetrics:
+    """One role process's own metrics, on a registry of its own.
 
+    Wrap the process's store with `instrument` and its proposer with `measure`: the
+    dispatcher's and proposer's signals are read off those calls, in one place, so the
+    roles themselves carry no metrics code.
+    """
 
-class DriverMetrics(Collector):
-    """What only the running driver knows: slots, busy slots, proposer call latency."""
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        campaign: str,
-        slots: int,
-        busy: Callable[[], int],
-        proposer: str,
-    ) -> None:
+    def __init__(self, *, campaign: str, role: str) -> None:
         self.campaign = campaign
-        self.slots = slots
-        self.busy = busy
-        self._latency = Histogram(
-            "farm_proposer_call_seconds",
-            "Time of one proposer call (a batch of drafts).",
-            ["campaign", "proposer"],
-            buckets=PROPOSER_BUCKETS_S,
-            registry=registry,
-        ).labels(campaign, proposer)
-        registry.register(self)
-
-    def observe_proposal(self, seconds: float) -> None:
-        self._latency.observe(seconds)
-
-    def collect(self) -> Iterator[Metric]:
-        yield _gauge("farm_slots", "Trial slots this driver fills.", self.campaign, self.slots)
-        yield _gauge(
-            "farm_slots_busy", "Slots running a trial now.", self.campaign, float(self.busy())
+        self.role = role
+        self.registry = CollectorRegistry()
+        info = self._new(Gauge, "farm_role_info", "role", doc="A farm process (value 1).")
+        info.labels(campaign, role).set(1)
+        self._store_seconds = self._new(
+            Histogram,
+            "farm_store_operation_seconds",
+            "role",
+            "op",
+            doc="Latency of store operations (retries of transient failures included).",
+            buckets=STORE_BUCKETS_S,
         )
+        self._store_errors = self._new(
+            Counter, "farm_store_errors", "role", "op", doc="Store operations that failed."
+        )
+        self._dispatch: _DispatchSeries | None = None  # once this process dispatches
+
+    def _new(self, cls: type, name: str, *labels: str, doc: str, **kwargs: Any) -> Any:
+        return cls(name, doc, ["campaign", *labels], registry=self.registry, **kwargs)
+
+    def instrument(self, store: Store) -> Store:
+        """The store, timed and counted per operation; claims and give-backs observed."""
+        return cast(Store, _InstrumentedStore(store, self))
+
+    def watch_slots(self, *, slots: int, busy: Callable[[], int]) -> None:
+        """This process dispatches: its slots, and every dispatcher series from zero."""
+        c = self.campaign
+        self._new(Gauge, "farm_slots", doc="Trial slots this process fills.").labels(c).set(slots)
+        self._new(Gauge, "farm_slots_busy", doc="Slots running a trial now.").labels(
+            c
+        ).set_function(lambda: float(busy()))
+
+        def counter(name: str, doc: str) -> Any:
+            return self._new(Counter, name, doc=doc).labels(c)
+
+        self._dispatch = _DispatchSeries(
+            claims=counter("farm_dispatcher_claims", "Trials claimed."),
+            reclaims=counter(
+                "farm_dispatcher_lease_reclaims",
+                "Lapsed leases returned to the queue (or to dead) by this process.",
+            ),
+            retries=counter(
+                "farm_dispatcher_infra_retries",
+                "Trials given back after an infrastructure failure (a worker or node died).",
+            ),
+            interrupted=counter(
+                "farm_dispatcher_interrupted",
+                "Trials given back unrun: this process stopped, or reclaimed a dead one's.",
+            ),
+            queue_wait=self._new(
+                Histogram,
+                "farm_queue_wait_seconds",
+                doc="Time from a trial's enqueue to its claim.",
+                buckets=QUEUE_WAIT_BUCKETS_S,
+            ).labels(c),
+        )
+
+    def measure(self, proposer: Proposer) -> Proposer:
+        """The proposer, with its calls, errors, latency and LLM retries counted."""
+
+        def new(cls: type, name: str, doc: str, **kwargs: Any) -> Any:
+            family = self._new(cls, name, "proposer", doc=doc, **kwargs)
+            return family.labels(self.campaign, proposer.name)
+
+        _count_llm_retries(
+            new(
+                Counter,
+                "farm_llm_retries",
+                "LLM API requests retried (429, 529, 5xx, timeouts) inside proposer calls.",
+            )
+        )
+        return _MeasuredProposer(
+            proposer,
+            calls=new(Counter, "farm_proposer_calls", "Proposer calls (a batch of drafts each)."),
+            errors=new(
+                Counter,
+                "farm_proposer_errors",
+                "Proposer calls that failed (the spend cap is no failure).",
+            ),
+            latency=new(
+                Histogram,
+                "farm_proposer_call_seconds",
+                "Time of one proposer call.",
+                buckets=PROPOSER_BUCKETS_S,
+            ),
+        )
+
+    def _observe(self, op: str, value: Any, kwargs: dict[str, Any]) -> None:
+        d = self._dispatch
+        if d is None:
+            return
+        if op == "claim_trials":
+            now = time.time()
+            for t in cast(list[Trial], value):
+                d.claims.inc()
+                d.queue_wait.observe(max(0.0, now - t.created_at))
+        elif op == "reap":
+            d.reclaims.inc(len(value))
+        elif op == "release" and value:
+            (d.retries if kwargs.get("failed") else d.interrupted).inc()
+
+
+@dataclass
+class _DispatchSeries:
+    """A dispatching process's series, read off its claims and give-backs."""
+
+    claims: Any
+    reclaims: Any
+    retries: Any
+    interrupted: Any
+    queue_wait: Any
+
+
+class _InstrumentedStore:
+    """A Store proxy: every public method timed, its failures counted."""
+
+    def __init__(self, store: Store, metrics: RoleMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        m = self._metrics
+        seconds = m._store_seconds.labels(m.campaign, m.role, name)
+        errors = m._store_errors.labels(m.campaign, m.role, name)
+
+        @functools.wraps(attr)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                value = attr(*args, **kwargs)
+            except StoreError:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+            m._observe(name, value, kwargs)
+            return value
+
+        return timed
+
+
+class _MeasuredProposer(Proposer):
+    def __init__(self, inner: Proposer, *, calls: Any, errors: Any, latency: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._calls, self._errors, self._latency = calls, errors, latency
+
+    def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
+        from farm.errors import SpendCapReached
+
+        self._calls.inc()
+        started = time.perf_counter()
+        try:
+            return self.inner.propose(ctx, n)
+        except SpendCapReached:
+            raise
+        except Exception:
+            self._errors.inc()
+            raise
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    def tell(self, candidate_id: int, *, metric: float | None, ok: bool) -> None:
+        self.inner.tell(candidate_id, metric=metric, ok=ok)
+
+
+class _RetryCounter(logging.Filter):
+    """Counts the SDK's retry notes; lets through only what its logger showed before."""
+
+    def __init__(self, counter: Any, *, shown_from: int) -> None:
+        super().__init__()
+        self.counter = counter
+        self.shown_from = shown_from
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(LLM_RETRY_MESSAGE):
+            self.counter.inc()
+        return record.levelno >= self.shown_from
+
+
+def _count_llm_retries(counter: Any) -> None:
+    logger = logging.getLogger(LLM_RETRY_LOGGER)
+    shown_from = logger.getEffectiveLevel()
+    for f in [f for f in logger.filters if isinstance(f, _RetryCounter)]:
+        shown_from = f.shown_from  # what showed before the first counter lowered the level
+        logger.removeFilter(f)  # one proposer per process: the newest counts
+    logger.addFilter(_RetryCounter(counter, shown_from=shown_from))
+    logger.setLevel(min(shown_from, logging.INFO))
 
 
 @dataclass
 class MetricsServer:
-    """The driver's /metrics endpoint; `close` stops it."""
+    """A /metrics endpoint; `close` stops it."""
 
     url: str
-    driver: DriverMetrics
     _server: WSGIServer
 
     def close(self) -> None:
@@ -212,32 +487,20 @@ class MetricsServer:
 
 
 def serve(
-    cfg: MetricsConfig,
-    *,
-    store: Store,
-    campaign: str,
-    slots: int,
-    busy: Callable[[], int],
-    proposer: str,
-    out: TextIO,
+    address: str, registry: CollectorRegistry, *, out: TextIO, what: str
 ) -> MetricsServer | None:
-    """Serve the campaign's metrics at `cfg.address`, when enabled.
-
-    A taken address is a note on `out`, not a failure: a campaign runs without its metrics.
-    """
-    if not cfg.enabled:
-        return None
-    host, port = cfg.host_port()
-    # A registry of its own: the process-global one would refuse a second campaign's metrics.
-    registry = CollectorRegistry()
-    registry.register(LedgerCollector(store, campaign, proposer=proposer))
-    driver = DriverMetrics(registry, campaign=campaign, slots=slots, busy=busy, proposer=proposer)
+    """Serve `registry` at `address` (host:port). A taken address is a note on `out`, not a
+    failure: the process runs without its metrics."""
+    try:
+        host, port = MetricsConfig(address=address).host_port()
+    except ConfigError as e:
+        raise ConfigError(f"metrics address of {what}: {e}") from None
     try:
         server, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
-        print(f"note: metrics not served at {cfg.address}: {e.strerror or e}", file=out)
+        print(f"note: {what} metrics not served at {address}: {e.strerror or e}", file=out)
         return None
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/metrics"
-    print(f"farm: metrics at {url}", file=out, flush=True)
-    return MetricsServer(url=url, driver=driver, _server=server)
+    url = f"http://{shown}:{server.server_port}/metrics"
+    print(f"farm: {what} metrics at {url}", file=out, flush=True)
+    return MetricsServer(url=url, _server=server)

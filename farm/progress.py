@@ -1,30 +1,47 @@
-"""What a person sees of a campaign: a live line while it runs, `farm status` at any time.
+"""What a person sees of a campaign: `farm status`, the decision and status lines of a running
+one (farm/terminal.py draws them live), and its trials as a sequence for progress.png.
 
-Everything is read from the store, so it works from any machine that reaches it.
+`snapshot` reads the store's running aggregates and only the records it shows (the keeps,
+the last decisions, the last results), so `farm status` costs the same at 40,000 trials as
+at 40. Every line fits `WIDTH` columns: titles and reasons are cut at a word, never inside
+one, and a candidate's words have their control characters replaced before they are shown.
 """
 
 from __future__ import annotations
 
 import bisect
-import collections
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass
+from typing import Any
 
+from farm.merge import judge
 from farm.records import (
-    Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Direction,
+    Incumbent,
     Trial,
     TrialKind,
     TrialState,
 )
 from farm.store import Store
+from farm.store.stats import DEAD, CampaignStats
 from farm.text import clean_line
 
-DEAD = "dead"  # the outcome of a trial whose infrastructure kept failing
+WIDTH = 80
+KEPT_SHOWN = 10  # `farm status` lists the last keeps by title; the sparkline has them all
+MARKS = "(b baseline · ok ✓ kept ✗ failed)"
+# Candidates that have been decided (a rejected draft never got a slot).
+DECIDED = (
+    CandidateState.KEPT,
+    CandidateState.DISCARDED,
+    CandidateState.CRASHED,
+    CandidateState.SUPERSEDED,
+)
 
 
+# -- the campaign as a sequence of trials (progress.png, report.md) ---------------------------
 @dataclass
 class Point:
     """One finished trial; `n` numbers trials in the order their results came in."""
@@ -46,11 +63,20 @@ class History:
     # (trial number, the incumbent's estimate from then on): the baseline, then each keep.
     best: list[tuple[int, float]]
     kept: list[tuple[int, Decision]]  # each keep, at the trial number it happened
+    sigmas: list[float | None]  # the σ in force from each `best` entry on
+    thresholds: list[float | None]  # what a candidate had to improve by, from each on
 
 
 def history(
-    trials: list[Trial], decisions: list[Decision], *, start_sha: str, direction: Direction
+    trials: list[Trial],
+    decisions: list[Decision],
+    *,
+    start_sha: str,
+    direction: Direction,
+    config: dict[str, Any] | None = None,
 ) -> History:
+    """`config`: the campaign's farm.toml snapshot, for the keep threshold at each step."""
+
     def finished_at(t: Trial) -> float:
         return t.result.finished_at if t.result else t.lease_expires
 
@@ -69,135 +95,185 @@ def history(
     ]
     times = [finished_at(t) for t in done]
     best: list[tuple[int, float]] = []
+    sigmas: list[float | None] = []
     base = [
         (p.n, p.metric)
         for p, t in zip(points, done, strict=True)
         if p.kind is TrialKind.BASELINE and t.commit_sha == start_sha and p.metric is not None
     ]
+    runs: list[int] = []  # how many runs each estimate averages
     if base:
         best.append((max(n for n, _ in base), sum(m for _, m in base) / len(base)))
+        sigmas.append(_stdev([m for _, m in base]))
+        runs.append(len(base))
     kept = []
+    confirm = max(int((config or {}).get("merge", {}).get("confirm", 1)), 1)
     for d in decisions:
         if d.kind is DecisionKind.KEPT and d.metric is not None:
             n = max(1, bisect.bisect_right(times, d.created_at))
             kept.append((n, d))
             best.append((n, d.metric))
-    return History(direction=direction, points=points, best=best, kept=kept)
+            sigmas.append(d.sigma if d.sigma is not None else (sigmas[-1] if sigmas else None))
+            runs.append(confirm)
+    thresholds = [
+        keep_threshold(config, sigma, Incumbent(sha="", metric=v, runs=r))
+        if config is not None and sigma is not None
+        else None
+        for (_, v), sigma, r in zip(best, sigmas, runs, strict=True)
+    ]
+    return History(
+        direction=direction,
+        points=points,
+        best=best,
+        kept=kept,
+        sigmas=sigmas,
+        thresholds=thresholds,
+    )
 
 
+def full_history(store: Store, campaign: str) -> History:
+    """Every trial of a campaign (reads the whole ledger: for reports, not for status)."""
+    camp = store.get_campaign(campaign)
+    if camp is None:
+        raise KeyError(campaign)
+    return history(
+        store.list_trials(campaign),
+        store.list_decisions(campaign),
+        start_sha=camp.start_sha,
+        direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        config=camp.config,
+    )
+
+
+def _stdev(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+# -- where a campaign stands, from the aggregates ----------------------------------------------
 @dataclass
 class Snapshot:
     campaign: str
     metric: str
-    trial_states: dict[TrialState, int]
-    outcomes: dict[str, int]
-    candidates: dict[str, int]
+    direction: Direction
+    stats: CampaignStats
     incumbent_sha: str
     incumbent_metric: float | None
-    start_metric: float | None
-    sigma: float | None
-    decisions: list[Decision]
-    titles: dict[int, str]
-    history: History
-    # A failed candidate's outcome (no_metric, timeout, tampered...): its decision says
-    # `crashed` for every way a trial can fail; these say which.
-    failures: dict[int, str] = field(default_factory=dict)
+    start_metric: float | None  # the start commit's baseline mean
+    baseline_sigma: float | None
+    sigma: float | None  # in force: the latest decision's, else the baseline's
+    threshold: float | None  # what a confirmed candidate must improve by now
+    repeats: int  # baseline runs the campaign asks for
+    started_at: float
+    kept: list[Decision]  # every keep, in order
+    recent: list[Decision]  # the last decisions, in order
+    results: list[Trial]  # the last results, in the order they came in
+    titles: dict[int, str]  # of the last KEPT_SHOWN keeps and of `recent`
+    # How the recent failed candidates failed (no_metric, timeout, tampered…): a decision
+    # says `crashed` for every way a trial can fail.
+    failures: dict[int, str]
 
-    def label(self, d: Decision) -> str:
-        """What became of the candidate: its decision, or how its failed trial ended."""
-        return self.failures.get(d.candidate_id, d.kind.value)
+    @property
+    def decided(self) -> int:
+        return sum(self.stats.candidates[s] for s in DECIDED)
 
-    def candidate_counts(self) -> str:
-        """`crashed 3 (no_metric 2, timeout 1), discarded 4, kept 1`, or `none`."""
-        failed = collections.Counter(self.failures.values())
-        parts = []
-        for state, n in sorted(self.candidates.items()):
-            detail = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
-            parts.append(
-                f"{state} {n} ({detail})"
-                if state == DecisionKind.CRASHED.value and failed
-                else f"{state} {n}"
-            )
-        return ", ".join(parts) or "none"
+    @property
+    def failed(self) -> int:
+        """Trials that ended without a metric (dead ones included)."""
+        return sum(n for (_, outcome), n in self.stats.outcomes.items() if outcome != "ok")
+
+    @property
+    def finished(self) -> int:
+        return sum(self.stats.outcomes.values())
 
 
-def snapshot(store: Store, campaign: str) -> Snapshot:
+def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) -> Snapshot:
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
-    trials = store.list_trials(campaign)
-    outcomes = collections.Counter(t.result.outcome.value for t in trials if t.result)
-    cands = store.list_candidates(campaign)
-    decisions = store.list_decisions(campaign)
     inc = store.get_incumbent(campaign)
-    by_candidate: dict[int | None, list[Trial]] = collections.defaultdict(list)
-    for t in trials:
-        by_candidate[t.candidate_id].append(t)
-    base_ok = [
-        t.result.metric
-        for t in trials
-        if t.commit_sha == camp.start_sha
-        and t.candidate_id is None
-        and t.result
-        and t.result.metric is not None
-    ]
+    stats = store.stats(campaign)
+    kept = store.list_decisions(campaign, kinds={DecisionKind.KEPT})
+    recent = store.list_decisions(campaign, last=last) if last else []
+    titles = {}
+    for cid in {d.candidate_id for d in [*kept[-KEPT_SHOWN:], *recent]}:
+        cand = store.get_candidate(campaign, cid)
+        titles[cid] = cand.title if cand else ""
+    sigma = stats.sigma if stats.sigma is not None else camp.sigma
     return Snapshot(
         campaign=campaign,
         metric=str(camp.config.get("metric", "metric")),
-        trial_states=collections.Counter(t.state for t in trials),
-        outcomes=dict(outcomes),
-        candidates=dict(collections.Counter(c.state.value for c in cands)),
+        direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        stats=stats,
         incumbent_sha=inc.sha,
         incumbent_metric=inc.metric,
-        start_metric=sum(base_ok) / len(base_ok) if base_ok else None,
-        sigma=camp.sigma,
-        decisions=decisions,
-        titles={c.id: clean_line(c.title) for c in cands},
-        failures={
-            d.candidate_id: failure_outcome(by_candidate.get(d.candidate_id, []))
-            for d in decisions
-            if d.kind is DecisionKind.CRASHED
-        },
-        history=history(
-            trials,
-            decisions,
-            start_sha=camp.start_sha,
-            direction=Direction(camp.config.get("direction", "minimize")),
-        ),
+        start_metric=camp.baseline_metric,
+        baseline_sigma=camp.sigma,
+        sigma=sigma,
+        threshold=keep_threshold(camp.config, sigma, inc) if sigma is not None else None,
+        repeats=int(camp.config.get("merge", {}).get("repeats", 0)),
+        started_at=camp.created_at,
+        kept=kept,
+        recent=recent,
+        results=store.recent_results(campaign, results) if results else [],
+        titles=titles,
+        failures={d.candidate_id: failure_label(store, campaign, d) for d in recent},
     )
 
 
-def plural(n: int, word: str) -> str:
-    """`1 slot`, `2 slots`, `0 slots`."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
+    """The improvement a confirmed candidate must show against the incumbent now: the merge
+    rule's own threshold for `confirm` runs against the incumbent's runs."""
+    m = config.get("merge", {})
+    runs = max(int(m.get("confirm", 1)), 1)
+    metric = inc.metric if inc.metric is not None else 0.0
+    return judge(
+        [metric] * runs,
+        incumbent=metric,
+        incumbent_runs=max(inc.runs, 1),
+        sigma=sigma,
+        direction=Direction(config.get("direction", Direction.MINIMIZE)),
+        z=float(m.get("z", 0.0)),
+        min_delta=float(m.get("min_delta", 0.0)),
+    ).threshold
 
 
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.5g}"
+@dataclass
+class Pace:
+    """A run against its candidate budget: how many decided, how many to go, when done."""
+
+    decided: int
+    total: int | None  # --max-candidates, when given
+    eta_s: float | None  # at this run's pace; None until one candidate is decided
+    baseline: tuple[int, int] | None = None  # (runs done, asked) until the baseline is in
+
+    @classmethod
+    def of(
+        cls, s: Snapshot, *, max_candidates: int | None, decided_before: int, elapsed_s: float
+    ) -> Pace:
+        done_now = s.decided - decided_before
+        eta = None
+        if max_candidates is not None and done_now > 0:
+            eta = max(0.0, (max_candidates - s.decided) * elapsed_s / done_now)
+        return cls(decided=s.decided, total=max_candidates, eta_s=eta, baseline=_baseline(s))
+
+    def text(self) -> str:
+        if self.baseline is not None:
+            return f"baseline {self.baseline[0]}/{self.baseline[1]} runs"
+        if self.total is None:
+            return f"cand {self.decided} decided"
+        eta = f" ETA {clock(self.eta_s)}" if self.eta_s is not None else ""
+        return f"cand {self.decided}/{self.total}{eta}"
 
 
-def status_line(s: Snapshot, *, slots: int, busy: int, elapsed_s: float) -> str:
-    m, sec = divmod(int(elapsed_s), 60)
-    h, m = divmod(m, 60)
-    done = s.trial_states.get(TrialState.DONE, 0)
-    outcome = ", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items())) or "none yet"
-    cand = ", ".join(
-        f"{s.candidates.get(state.value, 0)} {state.value}"
-        for state in (
-            CandidateState.KEPT,
-            CandidateState.DISCARDED,
-            CandidateState.CRASHED,
-            CandidateState.REJECTED,
-            CandidateState.RUNNING,
-            CandidateState.QUEUED,
-        )
-        if s.candidates.get(state.value)
-    )
-    return (
-        f"[{h:d}:{m:02d}:{sec:02d}] slots {busy}/{slots} busy | trials {done} done ({outcome}), "
-        f"{s.trial_states.get(TrialState.QUEUED, 0)} queued | candidates: {cand or 'none yet'} | "
-        f"{s.metric} {_num(s.incumbent_metric)} (start {_num(s.start_metric)}, σ {_num(s.sigma)})"
-    )
+def _baseline(s: Snapshot) -> tuple[int, int] | None:
+    """(runs done, runs asked) while the baseline is still being measured."""
+    if s.start_metric is not None:
+        return None
+    done = sum(n for (kind, _), n in s.stats.outcomes.items() if kind == TrialKind.BASELINE)
+    return done, s.repeats
 
 
 def failure_outcome(trials: list[Trial]) -> str:
@@ -210,53 +286,135 @@ def failure_outcome(trials: list[Trial]) -> str:
     return DecisionKind.CRASHED.value
 
 
-def decision_line(d: Decision, cand: Candidate | None, metric: str, *, label: str = "") -> str:
-    title = clean_line(cand.title) if cand else ""
-    detail = ""
-    if d.kind is DecisionKind.KEPT and d.metric is not None:
-        detail = f" -> {metric} {d.metric:.5g}"
-    label = label or d.kind.value
-    reason = clean_line(d.reason)
-    return f"  c{d.candidate_id:<4} {label.upper():<10} {title}{detail}\n         {reason}"
+def failure_label(store: Store, campaign: str, d: Decision) -> str:
+    """A failed candidate's outcome for its decision line; "" for any other decision."""
+    if d.kind is not DecisionKind.CRASHED:
+        return ""
+    return failure_outcome(store.list_trials(campaign, candidate_id=d.candidate_id))
+
+
+# -- text ---------------------------------------------------------------------------------
+def plural(n: int, word: str) -> str:
+    """`1 slot`, `2 slots`, `0 slots`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def fit(text: str, width: int) -> str:
+    """`text` on one line of at most `width` columns, cut with '…' (at a word if it can).
+
+    A candidate's words are cleaned first: no escape sequence reaches the terminal."""
+    text = clean_line(text)
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    cut = text[: width - 1]
+    # At the last word that keeps half the line; a long path or word is cut where it must be.
+    if not text[width - 1].isspace() and cut.rfind(" ") >= width // 2:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip() + "…"
+
+
+def num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.5g}"
+
+
+def clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def decision_line(
+    d: Decision, title: str, metric: str, *, label: str = "", width: int = WIDTH
+) -> str:
+    """Two lines: the candidate, its decision (or `label`: how it failed) and title; then
+    the reason, wrapped."""
+    detail = f" -> {metric} {d.metric:.5g}" if d.kind is DecisionKind.KEPT and d.metric else ""
+    head = f"  c{d.candidate_id:<4} {(label or d.kind.value).upper():<10} "
+    head += fit(title, width - len(head) - len(detail)) + detail
+    indent = " " * 9
+    reason = textwrap.wrap(clean_line(d.reason), width - len(indent), max_lines=2, placeholder=" …")
+    return "\n".join([head, *(indent + line for line in reason)])
 
 
 def decision_text(store: Store, campaign: str, d: Decision, metric: str) -> str:
-    """The decision as `farm run` prints it when it is made, naming a failure's outcome."""
-    label = ""
-    if d.kind is DecisionKind.CRASHED:
-        label = failure_outcome(store.list_trials(campaign, candidate_id=d.candidate_id))
-    return decision_line(d, store.get_candidate(campaign, d.candidate_id), metric, label=label)
+    """The decision as a role prints it when it is made, naming a failure's outcome."""
+    cand = store.get_candidate(campaign, d.candidate_id)
+    label = failure_label(store, campaign, d)
+    return decision_line(d, cand.title if cand else "", metric, label=label)
 
 
-def status_report(s: Snapshot, *, last: int = 10) -> str:
-    lines = [
-        f"campaign {s.campaign}",
-        f"  incumbent {s.incumbent_sha[:10]}  {s.metric} {_num(s.incumbent_metric)} "
-        f"(start {_num(s.start_metric)}, baseline σ {_num(s.sigma)})",
-        "  trials: "
-        + ", ".join(f"{st.value} {s.trial_states.get(st, 0)}" for st in TrialState)
-        + " | outcomes: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items())) or "none"),
-        "  candidates: " + s.candidate_counts(),
-        *picture(s.history, s.metric),
+def status_line(
+    s: Snapshot, *, slots: int, busy: int, elapsed_s: float, pace: Pace, width: int = WIDTH
+) -> str:
+    """One line: time, candidates against the budget with ETA, slots, trials, the best.
+
+    What does not fit goes, least useful first: the failure count, the trials, the slots.
+    """
+    parts = [
+        f"[{clock(elapsed_s)}] {pace.text()}",
+        f"slots {busy}/{slots}",
+        f"trials {s.finished}",
+        f"{s.failed} failed",
+        f"{s.metric} {num(s.incumbent_metric)}",
     ]
-    kept = [d for d in s.decisions if d.kind is DecisionKind.KEPT]
-    if kept:
-        lines.append("  kept, in order:")
-        for d in kept:
-            delta = f"Δ {d.delta:+.4g}" if d.delta is not None else ""
-            lines.append(
-                f"    c{d.candidate_id} {s.titles.get(d.candidate_id, '')}: "
-                f"{s.metric} {_num(d.metric)} {delta}"
-            )
-    if s.decisions:
-        lines.append(f"  last {min(last, len(s.decisions))} decisions:")
-        for d in s.decisions[-last:]:
-            lines.append(
-                f"    c{d.candidate_id:<4} {s.label(d):<14} "
-                f"{s.titles.get(d.candidate_id, '')[:50]:<50} {clean_line(d.reason)[:90]}"
-            )
-    return "\n".join(lines)
+    for drop in (None, 3, 2, 1):
+        if drop is not None:
+            del parts[drop]
+        line = " · ".join(parts)
+        if len(line) <= width:
+            return line
+    return fit(line, width)
+
+
+def status_report(s: Snapshot, *, width: int = WIDTH) -> str:
+    better = "lower" if s.direction is Direction.MINIMIZE else "higher"
+    st = s.stats
+    gain = ""
+    if s.start_metric is not None and s.incumbent_metric is not None:
+        delta = s.direction.improvement(old=s.start_metric, new=s.incumbent_metric)
+        rel = f" ({100 * delta / abs(s.start_metric):+.1f}%)" if s.start_metric else ""
+        gain = f" · gain {delta:+.4g}{rel}"
+    outcomes = ", ".join(
+        f"{o} {n}"
+        for o, n in sorted(_by_outcome(st).items(), key=lambda kv: (kv[0] != "ok", kv[0]))
+        if n
+    )
+    cands = ", ".join(f"{state.value} {n}" for state, n in st.candidates.items() if n)
+    lines = [
+        f"campaign {s.campaign} · {s.metric}, {better} is better",
+        f"  incumbent {s.incumbent_sha[:10]} {s.metric} {num(s.incumbent_metric)}"
+        f" · start {num(s.start_metric)}{gain}",
+        f"  noise σ {num(s.sigma)} (baseline {num(s.baseline_sigma)})"
+        f" · keep threshold {num(s.threshold)}",
+        "  trials: "
+        + ", ".join(f"{state.value} {st.trials[state]}" for state in TrialState)
+        + (f" | {outcomes}" if outcomes else ""),
+        f"  candidates: {cands or 'none'}",
+        *picture(s, width=width),
+    ]
+    if s.kept:
+        more = f" (the last {KEPT_SHOWN} of {len(s.kept)})" if len(s.kept) > KEPT_SHOWN else ""
+        lines.append(f"  kept, in order{more}:")
+        for d in s.kept[-KEPT_SHOWN:]:
+            tail = f" {s.metric} {num(d.metric)}" + (f" Δ {d.delta:+.4g}" if d.delta else "")
+            head = f"    c{d.candidate_id:<4} "
+            title = fit(s.titles.get(d.candidate_id, ""), width - len(head) - len(tail) - 1)
+            lines.append(f"{head}{title:<{width - len(head) - len(tail) - 1}} {tail.strip()}")
+    if s.recent:
+        lines.append(f"  last {len(s.recent)} decisions:")
+        for d in s.recent:
+            title, label = s.titles.get(d.candidate_id, ""), s.failures.get(d.candidate_id, "")
+            lines.append(decision_line(d, title, s.metric, label=label, width=width))
+    return "\n".join(line.rstrip() for line in "\n".join(lines).splitlines())
+
+
+def _by_outcome(st: CampaignStats) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for (_, outcome), n in st.outcomes.items():
+        total[outcome] = total.get(outcome, 0) + n
+    return total
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -268,32 +426,33 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARK[round((v - lo) / span * (len(SPARK) - 1))] for v in values)
 
 
-def picture(h: History, metric: str, *, width: int = 40) -> list[str]:
-    """The running best as a sparkline, and the latest trials one character each."""
-    if not h.points:
-        return []
+def picture(s: Snapshot, *, width: int = WIDTH) -> list[str]:
+    """The best so far over the campaign's time as a sparkline; the last results as marks."""
     lines = []
-    if h.best:
-        first, last = h.best[0][0], h.points[-1].n
-        # The best sampled at `width` evenly spaced trial numbers, from the baseline on.
-        xs = [first + (last - first) * i / (width - 1) for i in range(width)]
-        values = [[v for n, v in h.best if n <= x][-1] for x in xs]
-        better = "lower" if h.direction is Direction.MINIMIZE else "higher"
-        lines.append(
-            f"  best {metric}: {_num(h.best[0][1])} {sparkline(values)} {_num(h.best[-1][1])} "
-            f"(trials {first}–{last}, {len(h.kept)} kept, {better} is better)"
-        )
-    recent = h.points[-width:]
-    lines.append(
-        f"  last {len(recent)} trials: {''.join(_mark(p) for p in recent)} "
-        "(b baseline, · ok, ✓ kept candidate, ✗ failed)"
-    )
+    if s.start_metric is not None:
+        steps = [(s.started_at, s.start_metric)] + [
+            (d.created_at, d.metric) for d in s.kept if d.metric is not None
+        ]
+        end = max(s.stats.last_result_at or 0.0, steps[-1][0])
+        better = "lower" if s.direction is Direction.MINIMIZE else "higher"
+        head = f"  best {s.metric}: {num(steps[0][1])} "
+        tail = f" {num(steps[-1][1])} ({len(s.kept)} kept, {better} is better)"
+        n = max(8, width - len(head) - len(tail))
+        times = [s.started_at + (end - s.started_at) * i / (n - 1) for i in range(n)]
+        values = [[v for at, v in steps if at <= t][-1] for t in times]
+        lines.append(head + sparkline(values) + tail)
+    if s.results:
+        kept = {d.candidate_id for d in s.kept}
+        head = "  last {} trials: "
+        n = min(len(s.results), width - len(head.format(99)) - len(MARKS) - 1)
+        marks = "".join(_mark(t, kept) for t in s.results[-n:])
+        lines.append(f"{head.format(n)}{marks} {MARKS}")
     return lines
 
 
-def _mark(p: Point) -> str:
-    if p.outcome != "ok":
+def _mark(t: Trial, kept: set[int]) -> str:
+    if t.result is None or not t.result.outcome.is_ok():
         return "✗"
-    if p.kind is TrialKind.BASELINE:
+    if t.kind is TrialKind.BASELINE:
         return "b"
-    return "✓" if p.kept else "·"
+    return "✓" if t.candidate_id in kept else "·"

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from farm.config import TargetConfig
@@ -154,7 +153,6 @@ class Feeder:
     exhausted: bool = False
     stopped: str = ""  # why proposing ended on purpose (the spend cap), not by failure
     error: BaseException | None = None
-    on_call: Callable[[float], None] | None = None  # told each proposer call's seconds (metrics)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _dry: int = 0  # consecutive batches with nothing valid and nothing in flight
@@ -243,8 +241,6 @@ class Feeder:
         ctx = build_context(self.store, self.cfg, self.campaign)
         started = time.time()
         drafts = self.proposer.propose(ctx, n)
-        if self.on_call is not None:
-            self.on_call(time.time() - started)
         batch = uuid.uuid4().hex[:8]
         for d in drafts:
             d.batch_id = d.batch_id or batch

@@ -220,16 +220,38 @@ def edit_diff(cand: Candidate) -> str:
     return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
+def _candidate_counts(states: collections.Counter[str], failed: collections.Counter[str]) -> str:
+    """`crashed 3 (no_metric 2, timeout 1), discarded 4, kept 1`."""
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
+    return ", ".join(
+        f"{state} {n} ({detail})"
+        if state == CandidateState.CRASHED.value and detail
+        else f"{state} {n}"
+        for state, n in sorted(states.items())
+    )
+
+
 def report_markdown(store: Store, campaign: str, *, image: str = "progress.png") -> str:
     """report.md: the result, kept changes in order with diffs, outcomes, cost, proposers."""
-    from farm.progress import snapshot
+    from farm.progress import failure_outcome, full_history, snapshot
 
-    s = snapshot(store, campaign)
+    s = snapshot(store, campaign, last=0, results=0)
     camp = store.get_campaign(campaign)
     assert camp is not None
-    h = s.history
+    h = full_history(store, campaign)
+    finished = collections.Counter(p.outcome for p in h.points)
     cands = {c.id: c for c in store.list_candidates(campaign)}
+    states = collections.Counter(c.state.value for c in cands.values())
     trials = store.list_trials(campaign)
+    by_candidate = collections.defaultdict(list)
+    for t in trials:
+        by_candidate[t.candidate_id].append(t)
+    # A crashed candidate's decision says `crashed` for every way a trial fails: say which.
+    failed = collections.Counter(
+        failure_outcome(by_candidate[c.id])
+        for c in cands.values()
+        if c.state is CandidateState.CRASHED
+    )
     better = "lower" if h.direction is Direction.MINIMIZE else "higher"
     slot_h = sum(t.result.duration_s for t in trials if t.result) / 3600
     gpus = float(camp.config.get("resources", {}).get("gpus_per_trial", 0) or 0)
@@ -255,13 +277,16 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         "",
         "| | |",
         "|---|---|",
-        f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, σ {num(s.sigma)}) |",
+        f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, "
+        f"σ {num(s.baseline_sigma)}) |",
         f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
         f"| trials | {len(h.points)} finished"
-        + "".join(f", {k} {v}" for k, v in sorted(s.outcomes.items()))
+        + "".join(f", {k} {v}" for k, v in sorted(finished.items()) if k != "dead")
         + " |",
-        f"| candidates | {len(cands)}" + (f": {s.candidate_counts()}" if cands else "") + " |",
+        f"| candidates | {len(cands)}"
+        + (f": {_candidate_counts(states, failed)}" if cands else "")
+        + " |",
         f"| slot-hours | {slot_h:.3g}"
         + (f" ({slot_h * gpus:.3g} GPU-hours)" if gpus else " (CPU trials)")
         + " |",

@@ -18,6 +18,7 @@ from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox
 from farm.errors import FarmError
 from farm.gitops import Repo
+from farm.metrics import RoleMetrics
 from farm.progress import decision_text, plural
 from farm.propose import Feeder
 from farm.records import CandidateState, TrialState
@@ -98,6 +99,7 @@ def serve_work(
     lease_s: float,
     idle_exit_s: float | None,
     out: TextIO,
+    metrics: RoleMetrics | None = None,
 ) -> int:
     dispatcher = Dispatcher(
         store=store,
@@ -108,6 +110,8 @@ def serve_work(
         lease_s=lease_s,
         heartbeat_s=max(0.2, lease_s / 6),
     )
+    if metrics is not None:
+        metrics.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
     freed = dispatcher.reclaim_orphans()
     print(
         f"farm work: {dispatcher.worker_id} | {plural(slots, 'slot')} | campaign {cfg.campaign} | "

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -100,8 +101,10 @@ def run_to_end(
     slots: int = 2,
     max_candidates: int | None = None,
     store_url: str | None = None,
+    out: TextIO | None = None,
 ) -> Finished:
-    """Run the campaign of `target` in this process (on an initialised Ray) to its end."""
+    """Run the campaign of `target` in this process (on an initialised Ray) to its end;
+    what it prints goes to `out` when given (a terminal, say), else into `output`."""
     from farm.campaign import RunOptions, prepare, run
     from farm.config import load_config
     from farm.store import default_url, open_store
@@ -110,16 +113,16 @@ def run_to_end(
     cfg = load_config(target)
     store = open_store(store_url or default_url(target))
     prepare(target, cfg, store, check_command=True)
-    out = io.StringIO()
+    captured = io.StringIO()
     code = run(
         store=store,
         repo=Repo(target),
         cfg=cfg,
         proposer=make_proposer(cfg.proposer, target=target),
         opts=RunOptions(slots=slots, max_candidates=max_candidates, progress_every_s=1e9),
-        out=out,
+        out=out or captured,
     )
-    return Finished(code, out.getvalue(), store, cfg, Repo(target))
+    return Finished(code, captured.getvalue(), store, cfg, Repo(target))
 
 
 def free_port() -> int:
@@ -137,3 +140,48 @@ def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def farm_metric_names(tmp: Path) -> set[str]:
+    """Every sample name farm serves (the ledger's and a role's), for checking the PromQL
+    of dashboards and alert rules against: a campaign with a result and a keep in a real
+    SQLite store, and a role process's registry with slots and a proposer."""
+    from prometheus_client import CollectorRegistry
+
+    from farm.config import ProposerConfig
+    from farm.metrics import LedgerCollector, RoleMetrics
+    from farm.records import (
+        Campaign,
+        Decision,
+        DecisionKind,
+        Incumbent,
+        Outcome,
+        Trial,
+        TrialKind,
+        TrialResult,
+    )
+    from farm.store import open_store
+    from proposer.registry import make_proposer
+
+    store = open_store(f"sqlite:///{tmp / 'names.db'}")
+    store.create_campaign(
+        Campaign(id="c", target="/t", start_sha="a" * 40, config={"budget_s": 60}),
+        Incumbent(sha="a" * 40, metric=1.0),
+    )
+    store.set_baseline("c", metric=1.0, runs=3, sigma=0.1)
+    trial = Trial(id="t", campaign="c", kind=TrialKind.CANDIDATE, commit_sha="b", base_sha="a",
+                  seed=0, candidate_id=1)  # fmt: skip
+    store.enqueue_trial(trial)
+    store.record_result("c", TrialResult(trial_id="t", outcome=Outcome.OK, metric=0.5))
+    store.record_decision(
+        Decision(campaign="c", candidate_id=1, kind=DecisionKind.KEPT, reason="", sigma=0.1)
+    )
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(store))
+    role = RoleMetrics(campaign="c", role="run")
+    role.watch_slots(slots=1, busy=lambda: 0)
+    role.measure(make_proposer(ProposerConfig(kind="mutate"), target=tmp))
+    role.instrument(store).get_campaign("c")  # a role's store series appear with its first call
+    names = {s.name for r in (registry, role.registry) for m in r.collect() for s in m.samples}
+    store.close()
+    return names

@@ -122,12 +122,15 @@ class Policy:
         return [g for g, held in self.guarantees(evaluate=evaluate).items() if not held]
 
     def describe(self, *, evaluate: bool) -> list[str]:
-        """What a campaign says at its start: the level, and every guarantee that is missing."""
+        """What a campaign says at its start: the level, and the guarantees it lacks."""
         lines = [f"sandbox: {self.isolation} ({self.launcher})"]
         if self.fallback:
             lines[0] += f"; strict is unavailable here: {self.fallback}"
-        for g in self.missing(evaluate=evaluate):
-            lines.append(f"  missing guarantee {g}: {g.meaning}")
+        missing = self.missing(evaluate=evaluate)
+        if missing:
+            lines.append(
+                f"missing guarantees: {', '.join(missing)} (what each means: docs/security.md)"
+            )
         return lines
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,14 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   both move it from the same commit.
 - `enqueue_trial` is idempotent by trial id, so a controller that crashed mid-step can
   redo the step.
+- Aggregates (`stats`, and the counts behind `count_trials` and `count_candidates`) are
+  updated in the same transaction as the record that moves them, so they always equal what
+  `farm.store.stats.recount` makes of the records, and reading them costs the same at 40,000
+  trials as at 40. So do `list_decisions(last=...)`, `list_decisions(kinds=...)` (in the
+  number of decisions returned) and `recent_results`.
+- Versions: a store written by schema v1 (before aggregates) is upgraded in place when opened
+  (its aggregates recounted once; stop every process of the older farm first). Any other
+  version is refused with the version it holds.
 """
 
 from __future__ import annotations
@@ -27,14 +35,17 @@ from farm.records import (
     Candidate,
     CandidateState,
     Decision,
+    DecisionKind,
     Incumbent,
     Trial,
     TrialKind,
     TrialResult,
     TrialState,
 )
+from farm.store.stats import CampaignStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+UPGRADABLE_FROM = 1  # the schema before aggregates: upgraded in place on open
 
 # Claim order: trials that decide a candidate already in progress go before new screens.
 KIND_PRIORITY = {
@@ -109,10 +120,7 @@ class Store(abc.ABC):
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         """How many candidates are in each state (every state present, zeros included)."""
-        counts = dict.fromkeys(CandidateState, 0)
-        for c in self.list_candidates(campaign_id):
-            counts[c.state] += 1
-        return counts
+        return self.stats(campaign_id).candidates
 
     # -- trials ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -163,6 +171,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def count_trials(self, campaign_id: str) -> dict[TrialState, int]: ...
 
+    @abc.abstractmethod
+    def recent_results(self, campaign_id: str, n: int) -> list[Trial]:
+        """The last `n` trials that got a result, in the order the results came in."""
+
+    @abc.abstractmethod
+    def stats(self, campaign_id: str) -> CampaignStats:
+        """The campaign's running aggregates (zeros for a campaign with no records)."""
+
     # -- decisions ------------------------------------------------------------------------
     @abc.abstractmethod
     def record_decision(self, decision: Decision) -> bool:
@@ -172,8 +188,14 @@ class Store(abc.ABC):
     def get_decision(self, campaign_id: str, candidate_id: int) -> Decision | None: ...
 
     @abc.abstractmethod
-    def list_decisions(self, campaign_id: str) -> list[Decision]:
-        """Decisions in the order they were made."""
+    def list_decisions(
+        self,
+        campaign_id: str,
+        *,
+        kinds: set[DecisionKind] | None = None,
+        last: int | None = None,
+    ) -> list[Decision]:
+        """Decisions in the order they were made: only those of `kinds`, only the `last` n."""
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027

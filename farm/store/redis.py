@@ -3,7 +3,10 @@
 Every write that reads before it writes is one Lua script (atomic on the server) or, where
 a JSON record must be rewritten in Python, a WATCH/MULTI transaction. Records are JSON
 (`to_dict`); leases are data (a sorted set scored by expiry), so durable retries belong to
-the store, not to Redis: a dead dispatcher's trials come back through `reap`.
+the store, not to Redis: a dead dispatcher's trials come back through `reap`. The running
+aggregates (farm/store/stats.py) move inside the script that writes the record: Python
+computes the `Upkeep` and the scripts (farm/store/redis_lua.py) apply it; only the moves
+that depend on what a script finds (a trial's state, a candidate's old state) are made in Lua.
 
 Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
 
@@ -14,18 +17,22 @@ Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
     farm:<c>:candidate_seq            counter  the last candidate id handed out
     farm:<c>:candidates               hash     candidate id -> Candidate JSON
     farm:<c>:trials                   list     trial ids in creation order (position = seq)
-    farm:<c>:trial:<id>               hash     data (Trial JSON as enqueued), state, worker,
-                                               lease_expires, deliveries, qscore, [result]
+    farm:<c>:trial:<id>               hash     data (Trial JSON as enqueued), kind, state,
+                                               worker, lease_expires, deliveries, qscore,
+                                               [result]
     farm:<c>:candidate_trials:<cid>   list     one candidate's trial ids, in creation order
     farm:<c>:queue                    zset     queued trial ids by priority * 1e15 + seq
     farm:<c>:running                  zset     leased trial ids by lease expiry (unix s)
     farm:<c>:dead                     set      dead trial ids
+    farm:<c>:done                     list     trial ids, in the order results came in
     farm:<c>:decisions                hash     candidate id -> Decision JSON
     farm:<c>:decision_order           list     candidate ids, in decision order
+    farm:<c>:decisions:<kind>         list     candidate ids of one decision kind, in order
+    farm:<c>:stats                    hash     aggregates: field -> number (no trial states)
+    farm:upgrade                      string   held while a process upgrades the schema
 
 A trial is in exactly one of queue / running / dead, or none once it has a result, so
-`count_trials` is four cardinalities. Scripts build trial keys from a prefix argument
-instead of declaring them in KEYS: fine on one server, not Redis Cluster.
+`count_trials` is four cardinalities.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -48,12 +56,16 @@ from farm.records import (
     Candidate,
     CandidateState,
     Decision,
+    DecisionKind,
     Incumbent,
     Trial,
     TrialResult,
     TrialState,
 )
-from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, Store
+from farm.store import redis_lua as lua
+from farm.store import stats
+from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, UPGRADABLE_FROM, Store
+from farm.store.stats import CampaignStats
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,8 @@ T = TypeVar("T")
 PREFIX = "farm:"
 META_KEY = PREFIX + "meta"
 CAMPAIGNS_KEY = PREFIX + "campaigns"
+UPGRADE_KEY = PREFIX + "upgrade"
+UPGRADE_WAIT_S = 300.0  # how long an upgrade may take before another process takes over
 
 # Transient failures (a restart, a failover, a network blip) are retried with exponential
 # backoff: 0.1, 0.2, 0.4, 0.8, 1.6, then 2 s each, ~29 s in all over 18 retries.
@@ -86,9 +100,12 @@ class _Keys:
         self.queue = p + "queue"
         self.running = p + "running"
         self.dead = p + "dead"
+        self.done = p + "done"
         self.decisions = p + "decisions"
         self.decision_order = p + "decision_order"
+        self.stats = p + "stats"
         self._candidate_trials = p + "candidate_trials:"
+        self._decisions_of = p + "decisions:"
 
     def trial(self, trial_id: str) -> str:
         return self.trial_prefix + trial_id
@@ -96,146 +113,8 @@ class _Keys:
     def candidate_trials(self, candidate_id: int) -> str:
         return f"{self._candidate_trials}{candidate_id}"
 
-
-# KEYS: campaign, incumbent, campaigns. ARGV: id, campaign JSON, sha, incumbent JSON.
-# Returns the existing campaign's JSON, or nil when this call created it.
-_CREATE_CAMPAIGN = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'sha', ARGV[3], 'data', ARGV[4])
-redis.call('RPUSH', KEYS[3], ARGV[1])
-return false
-"""
-
-# KEYS: incumbent. ARGV: expected sha, new sha, new JSON.
-# A retry whose first reply was lost finds its own record in place: that is a win, not a
-# lost race, or a controller would think another one merged.
-_CAS_INCUMBENT = """
-local cur = redis.call('HMGET', KEYS[1], 'sha', 'data')
-if cur[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'sha', ARGV[2], 'data', ARGV[3])
-  return 1
-end
-if cur[2] == ARGV[3] then return 1 end
-return 0
-"""
-
-# KEYS: candidates. ARGV: candidate id, JSON. Updating a missing candidate changes nothing.
-_UPDATE_CANDIDATE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: trial, trials, queue[, candidate_trials]. ARGV: trial id, JSON, kind priority.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
-local qscore = tonumber(ARGV[3]) * 1e15 + seq
-redis.call('HSET', KEYS[1], 'data', ARGV[2], 'state', 'queued', 'worker', '',
-  'lease_expires', 0, 'deliveries', 0, 'qscore', qscore)
-redis.call('ZADD', KEYS[3], qscore, ARGV[1])
-if KEYS[4] then redis.call('RPUSH', KEYS[4], ARGV[1]) end
-return 1
-"""
-
-# KEYS: queue, running. ARGV: trial key prefix, n, worker, lease expiry.
-# Returns each claimed trial's hash as a flat field/value list.
-_CLAIM = """
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[2])
-local claimed = {}
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local key = ARGV[1] .. id
-  redis.call('ZADD', KEYS[2], ARGV[4], id)
-  redis.call('HSET', key, 'state', 'running', 'worker', ARGV[3], 'lease_expires', ARGV[4])
-  redis.call('HINCRBY', key, 'deliveries', 1)
-  claimed[#claimed + 1] = redis.call('HGETALL', key)
-end
-return claimed
-"""
-
-# KEYS: running. ARGV: trial key prefix, worker, lease expiry, trial ids...
-_HEARTBEAT = """
-local held = {}
-for i = 4, #ARGV do
-  local key = ARGV[1] .. ARGV[i]
-  local t = redis.call('HMGET', key, 'state', 'worker')
-  if t[1] == 'running' and t[2] == ARGV[2] then
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
-    redis.call('HSET', key, 'lease_expires', ARGV[3])
-    held[#held + 1] = ARGV[i]
-  end
-end
-return held
-"""
-
-# Shared by release and reap. KEYS: queue, running, dead.
-_GIVE_BACK = """
-local function give_back(key, id, dead)
-  redis.call('ZREM', KEYS[2], id)
-  local state = 'queued'
-  if dead then
-    state = 'dead'
-    redis.call('SADD', KEYS[3], id)
-  else
-    redis.call('ZADD', KEYS[1], redis.call('HGET', key, 'qscore'), id)
-  end
-  redis.call('HSET', key, 'state', state, 'worker', '', 'lease_expires', 0)
-end
-"""
-
-# ARGV: trial key prefix, trial id, worker, max deliveries, failed ('1' or '0').
-_RELEASE = (
-    _GIVE_BACK
-    + """
-local key = ARGV[1] .. ARGV[2]
-local t = redis.call('HMGET', key, 'state', 'worker', 'deliveries')
-if t[1] ~= 'running' or t[2] ~= ARGV[3] then return 0 end
-local deliveries = tonumber(t[3])
-if ARGV[5] ~= '1' then
-  -- an interrupted claim is handed back uncounted
-  redis.call('HSET', key, 'deliveries', math.max(deliveries - 1, 0))
-  give_back(key, ARGV[2], false)
-else
-  give_back(key, ARGV[2], deliveries >= tonumber(ARGV[4]))
-end
-return 1
-"""
-)
-
-# ARGV: trial key prefix, now, max deliveries. Returns the reaped ids.
-_REAP = (
-    _GIVE_BACK
-    + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-for _, id in ipairs(ids) do
-  local key = ARGV[1] .. id
-  give_back(key, id, tonumber(redis.call('HGET', key, 'deliveries')) >= tonumber(ARGV[3]))
-end
-return ids
-"""
-)
-
-# KEYS: trial, queue, running, dead. ARGV: trial id, result JSON. The first result wins.
-_RECORD_RESULT = """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'result') == 1 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[2], 'lease_expires', 0)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-return 1
-"""
-
-# KEYS: decisions, decision_order. ARGV: candidate id, JSON. One decision per candidate.
-_RECORD_DECISION = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
-"""
+    def decisions_of(self, kind: str) -> str:
+        return self._decisions_of + kind
 
 
 def _redacted(url: str) -> str:
@@ -290,16 +169,18 @@ class RedisStore(Store):
             supported_errors=(redis.ConnectionError, redis.TimeoutError),
         )
         reg = self._r.register_script
-        self._create_campaign = reg(_CREATE_CAMPAIGN)
-        self._cas_incumbent = reg(_CAS_INCUMBENT)
-        self._update_candidate = reg(_UPDATE_CANDIDATE)
-        self._enqueue = reg(_ENQUEUE)
-        self._claim = reg(_CLAIM)
-        self._heartbeat = reg(_HEARTBEAT)
-        self._release = reg(_RELEASE)
-        self._reap = reg(_REAP)
-        self._record_result = reg(_RECORD_RESULT)
-        self._record_decision = reg(_RECORD_DECISION)
+        self._create_campaign = reg(lua.CREATE_CAMPAIGN)
+        self._cas_incumbent = reg(lua.CAS_INCUMBENT)
+        self._add_candidate = reg(lua.ADD_CANDIDATE)
+        self._update_candidate = reg(lua.UPDATE_CANDIDATE)
+        self._enqueue = reg(lua.ENQUEUE)
+        self._claim = reg(lua.CLAIM)
+        self._heartbeat = reg(lua.HEARTBEAT)
+        self._release = reg(lua.RELEASE)
+        self._reap = reg(lua.REAP)
+        self._record_result = reg(lua.RECORD_RESULT)
+        self._record_decision = reg(lua.RECORD_DECISION)
+        self._bounds: dict[str, list[float]] = {}
         self._check_schema()
 
     # -- connection handling ----------------------------------------------------------------
@@ -321,11 +202,54 @@ class RedisStore(Store):
             ) from None
         except redis.RedisError as e:
             raise StoreError(f"cannot open the Redis store {self.url}: {e}") from None
-        if int(found) != SCHEMA_VERSION:
+        if int(found) == UPGRADABLE_FROM:
+            self._call(self._upgrade)
+        elif int(found) != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url} was written by farm store schema v{found}, this farm reads "
                 f"v{SCHEMA_VERSION}: use the farm version that wrote it, or a new store"
             )
+
+    def _upgrade(self) -> None:
+        """v1 -> v2: trial kinds, result order, decisions by kind and the aggregates, recounted
+        from the records. One process does it (the others wait); redone whole if it dies."""
+        token = uuid.uuid4().hex
+        deadline = time.time() + UPGRADE_WAIT_S
+        while not self._r.set(UPGRADE_KEY, token, nx=True, ex=int(UPGRADE_WAIT_S)):
+            if int(self._r.hget(META_KEY, "schema_version") or 0) == SCHEMA_VERSION:
+                return
+            if time.time() > deadline:
+                raise StoreError(f"{self.url}: a schema upgrade by another process did not end")
+            time.sleep(0.2)
+        try:
+            if int(self._r.hget(META_KEY, "schema_version") or 0) == SCHEMA_VERSION:
+                return
+            for camp in self.list_campaigns():
+                self._upgrade_campaign(camp)
+            self._r.hset(META_KEY, "schema_version", SCHEMA_VERSION)
+        finally:
+            self._r.delete(UPGRADE_KEY)
+
+    def _upgrade_campaign(self, camp: Campaign) -> None:
+        keys = _Keys(camp.id)
+        trials = self.list_trials(camp.id)
+        decisions = self.list_decisions(camp.id)
+        fields = stats.recount(
+            trials, self.list_candidates(camp.id), decisions, bounds=stats.bounds_of(camp.config)
+        )
+        done = sorted((t for t in trials if t.result), key=lambda t: t.result.finished_at)  # type: ignore[union-attr]
+        with self._r.pipeline() as pipe:
+            for t in trials:
+                pipe.hset(keys.trial(t.id), "kind", t.kind.value)
+            pipe.delete(keys.done, keys.stats, *(keys.decisions_of(k) for k in DecisionKind))
+            if done:
+                pipe.rpush(keys.done, *(t.id for t in done))
+            for d in decisions:
+                pipe.rpush(keys.decisions_of(d.kind), d.candidate_id)
+            # Redis counts trial states from its sets: those fields are not kept.
+            kept = {k: repr(v) for k, v in fields.items() if not k.startswith(stats.STATE)}
+            pipe.hset(keys.stats, mapping=kept)  # type: ignore[arg-type]
+            pipe.execute()
 
     def _call(self, op: Callable[[], T]) -> T:
         """Run one store operation, retrying it whole through transient connection failures.
@@ -374,12 +298,13 @@ class RedisStore(Store):
         keys = _Keys(campaign.id)
         existing = self._call(
             lambda: self._create_campaign(
-                keys=[keys.campaign, keys.incumbent, CAMPAIGNS_KEY],
+                keys=[keys.campaign, keys.incumbent, CAMPAIGNS_KEY, keys.stats],
                 args=[
                     campaign.id,
                     json.dumps(campaign.to_dict()),
                     incumbent.sha,
                     json.dumps(incumbent.to_dict()),
+                    stats.bounds_upkeep(stats.bounds_of(campaign.config)).to_json(),
                 ],
             )
         )
@@ -434,18 +359,29 @@ class RedisStore(Store):
         return int(self._call(lambda: self._r.incr(_Keys(campaign_id).candidate_seq)))
 
     def add_candidate(self, candidate: Candidate) -> None:
-        key = _Keys(candidate.campaign).candidates
-        data = json.dumps(candidate.to_dict())
-        if not self._call(lambda: self._r.hsetnx(key, str(candidate.id), data)):
+        keys = _Keys(candidate.campaign)
+        args = [
+            str(candidate.id),
+            json.dumps(candidate.to_dict()),
+            stats.candidate_upkeep(candidate).to_json(),
+        ]
+        if not self._call(
+            lambda: self._add_candidate(keys=[keys.candidates, keys.stats], args=args)
+        ):
             raise StoreError(
                 f"candidate {candidate.id} of campaign {candidate.campaign!r} already exists "
                 f"in {self.url}: take ids from next_candidate_id"
             )
 
     def update_candidate(self, candidate: Candidate) -> None:
-        key = _Keys(candidate.campaign).candidates
-        data = json.dumps(candidate.to_dict())
-        self._call(lambda: self._update_candidate(keys=[key], args=[candidate.id, data]))
+        keys = _Keys(candidate.campaign)
+        args = [
+            str(candidate.id),
+            json.dumps(candidate.to_dict()),
+            candidate.state.value,
+            stats.candidate_key(""),
+        ]
+        self._call(lambda: self._update_candidate(keys=[keys.candidates, keys.stats], args=args))
 
     def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None:
         raw = self._call(lambda: self._r.hget(_Keys(campaign_id).candidates, str(candidate_id)))
@@ -458,13 +394,23 @@ class RedisStore(Store):
         cands = [Candidate.from_dict(json.loads(rows[k])) for k in sorted(rows, key=int)]
         return [c for c in cands if states is None or c.state in states]
 
+    def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
+        names = [stats.candidate_key(s) for s in CandidateState]
+        values = self._call(lambda: self._r.hmget(_Keys(campaign_id).stats, names))
+        return {s: round(float(v or 0)) for s, v in zip(CandidateState, values, strict=True)}
+
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:
         keys = _Keys(trial.campaign)
         script_keys = [keys.trial(trial.id), keys.trials, keys.queue]
         if trial.candidate_id is not None:
             script_keys.append(keys.candidate_trials(trial.candidate_id))
-        args = [trial.id, json.dumps(trial.to_dict()), str(KIND_PRIORITY[trial.kind])]
+        args = [
+            trial.id,
+            json.dumps(trial.to_dict()),
+            str(KIND_PRIORITY[trial.kind]),
+            trial.kind.value,
+        ]
         return bool(self._call(lambda: self._enqueue(keys=script_keys, args=args)))
 
     def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
@@ -498,23 +444,50 @@ class RedisStore(Store):
         self, campaign_id: str, trial_id: str, *, worker: str, max_deliveries: int, failed: bool
     ) -> bool:
         keys = _Keys(campaign_id)
-        args = [keys.trial_prefix, trial_id, worker, str(max_deliveries), str(int(failed))]
-        return bool(
-            self._call(lambda: self._release(keys=[keys.queue, keys.running, keys.dead], args=args))
-        )
+        args = [
+            keys.trial_prefix,
+            trial_id,
+            worker,
+            str(max_deliveries),
+            str(int(failed)),
+            stats.DEAD_BY_KIND,
+        ]
+        script_keys = [keys.queue, keys.running, keys.dead, keys.stats]
+        return bool(self._call(lambda: self._release(keys=script_keys, args=args)))
 
     def reap(self, campaign_id: str, *, now: float, max_deliveries: int) -> list[str]:
         keys = _Keys(campaign_id)
-        args = [keys.trial_prefix, repr(now), str(max_deliveries)]
-        return list(
-            self._call(lambda: self._reap(keys=[keys.queue, keys.running, keys.dead], args=args))
-        )
+        args = [keys.trial_prefix, repr(now), str(max_deliveries), stats.DEAD_BY_KIND]
+        script_keys = [keys.queue, keys.running, keys.dead, keys.stats]
+        return list(self._call(lambda: self._reap(keys=script_keys, args=args)))
 
     def record_result(self, campaign_id: str, result: TrialResult) -> bool:
         keys = _Keys(campaign_id)
-        script_keys = [keys.trial(result.trial_id), keys.queue, keys.running, keys.dead]
-        args = [result.trial_id, json.dumps(result.to_dict())]
+        trial_key = keys.trial(result.trial_id)
+        # A trial's kind never changes: read before the script, which finds everything else.
+        kind = self._call(lambda: cast(str | None, self._r.hget(trial_key, "kind")))
+        if kind is None:
+            return False
+        up = stats.result_upkeep(result, kind=kind, bounds=self._bounds_of(campaign_id))
+        script_keys = [trial_key, keys.queue, keys.running, keys.dead, keys.stats, keys.done]
+        args = [
+            result.trial_id,
+            json.dumps(result.to_dict()),
+            up.to_json(),
+            stats.DEAD_BY_KIND + kind,
+        ]
         return bool(self._call(lambda: self._record_result(keys=script_keys, args=args)))
+
+    def _bounds_of(self, campaign_id: str) -> list[float]:
+        """The campaign's duration bucket bounds: fixed at its creation, so cached."""
+        if campaign_id not in self._bounds:
+            raw = self._call(
+                lambda: cast(dict[str, str], self._r.hgetall(_Keys(campaign_id).stats))
+            )
+            self._bounds[campaign_id] = stats.bounds_from(
+                {k: float(v) for k, v in raw.items() if k.startswith(stats.BOUND)}
+            )
+        return self._bounds[campaign_id]
 
     def get_trial(self, campaign_id: str, trial_id: str) -> Trial | None:
         key = _Keys(campaign_id).trial(trial_id)
@@ -546,43 +519,81 @@ class RedisStore(Store):
         return [t for t in trials if states is None or t.state in states]
 
     def count_trials(self, campaign_id: str) -> dict[TrialState, int]:
+        return self._counts(campaign_id, with_stats=False)[1]
+
+    def _counts(
+        self, campaign_id: str, *, with_stats: bool
+    ) -> tuple[dict[str, str], dict[TrialState, int]]:
+        """(the stats hash, trial states from the sets), in one consistent snapshot."""
         keys = _Keys(campaign_id)
 
-        def read() -> list[int]:
-            with self._r.pipeline() as pipe:  # MULTI: one consistent snapshot
+        def read() -> list[Any]:
+            with self._r.pipeline() as pipe:  # MULTI
+                if with_stats:
+                    pipe.hgetall(keys.stats)
                 pipe.llen(keys.trials)
                 pipe.zcard(keys.queue)
                 pipe.zcard(keys.running)
                 pipe.scard(keys.dead)
                 return pipe.execute()
 
-        total, queued, running, dead = self._call(read)
-        return {
+        found = self._call(read)
+        fields = found.pop(0) if with_stats else {}
+        total, queued, running, dead = found
+        return fields, {
             TrialState.QUEUED: queued,
             TrialState.RUNNING: running,
             TrialState.DONE: total - queued - running - dead,
             TrialState.DEAD: dead,
         }
 
+    def recent_results(self, campaign_id: str, n: int) -> list[Trial]:
+        keys = _Keys(campaign_id)
+        ids = self._call(lambda: cast(list[str], self._r.lrange(keys.done, -n, -1))) if n else []
+        return self._trials(keys, ids)
+
+    def stats(self, campaign_id: str) -> CampaignStats:
+        fields, states = self._counts(campaign_id, with_stats=True)
+        return CampaignStats.parse({k: float(v) for k, v in fields.items()}, trials=states)
+
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
         keys = _Keys(decision.campaign)
-        args = [str(decision.candidate_id), json.dumps(decision.to_dict())]
-        return bool(
-            self._call(
-                lambda: self._record_decision(keys=[keys.decisions, keys.decision_order], args=args)
-            )
-        )
+        script_keys = [
+            keys.decisions,
+            keys.decision_order,
+            keys.decisions_of(decision.kind),
+            keys.stats,
+        ]
+        args = [
+            str(decision.candidate_id),
+            json.dumps(decision.to_dict()),
+            stats.decision_upkeep(decision).to_json(),
+        ]
+        return bool(self._call(lambda: self._record_decision(keys=script_keys, args=args)))
 
     def get_decision(self, campaign_id: str, candidate_id: int) -> Decision | None:
         raw = self._call(lambda: self._r.hget(_Keys(campaign_id).decisions, str(candidate_id)))
         return Decision.from_dict(json.loads(raw)) if raw else None
 
-    def list_decisions(self, campaign_id: str) -> list[Decision]:
+    def list_decisions(
+        self,
+        campaign_id: str,
+        *,
+        kinds: set[DecisionKind] | None = None,
+        last: int | None = None,
+    ) -> list[Decision]:
         keys = _Keys(campaign_id)
+        lists = [keys.decision_order] if kinds is None else [keys.decisions_of(k) for k in kinds]
+        start = -last if last is not None else 0
 
         def read() -> list[str | None]:
-            order = cast(list[str], self._r.lrange(keys.decision_order, 0, -1))
+            order = [i for key in lists for i in cast(list[str], self._r.lrange(key, start, -1))]
             return cast(list[str | None], self._r.hmget(keys.decisions, order)) if order else []
 
-        return [Decision.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
+        if last == 0:
+            return []
+        found = [Decision.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
+        if len(lists) > 1:  # several kinds: merge their lists by when each was made
+            found.sort(key=lambda d: d.created_at)
+        return found if last is None else found[-last:]

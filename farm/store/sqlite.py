@@ -2,7 +2,9 @@
 
 Records are kept as JSON beside the few columns queries need. Every write runs in a
 `BEGIN IMMEDIATE` transaction, so claims and compare-and-sets are atomic across threads
-and processes; WAL lets readers (`farm status`) look while a campaign writes.
+and processes; WAL lets readers (`farm status`) look while a campaign writes. The running
+aggregates (farm/store/stats.py) live in `stats` and move in the same transaction as the
+record that moves them (`_upkeep`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ from farm.records import (
     Candidate,
     CandidateState,
     Decision,
+    DecisionKind,
     Incumbent,
     Trial,
     TrialResult,
     TrialState,
 )
-from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, Store
+from farm.store import stats
+from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, UPGRADABLE_FROM, Store
+from farm.store.stats import CampaignStats, Upkeep
 
-_SCHEMA = """
+# Schema v1, then what v2 added (aggregates, result order, decision kinds): a new store runs
+# both, a v1 store only the second.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incumbents (campaign TEXT PRIMARY KEY, sha TEXT NOT NULL,
@@ -48,6 +55,15 @@ CREATE INDEX IF NOT EXISTS trials_candidate ON trials (campaign, candidate_id);
 CREATE TABLE IF NOT EXISTS decisions (campaign TEXT NOT NULL, candidate_id INTEGER NOT NULL,
     seq INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (campaign, candidate_id));
 """
+_SCHEMA_V2 = """
+CREATE TABLE stats (campaign TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (campaign, name)) WITHOUT ROWID;
+ALTER TABLE trials ADD COLUMN done_seq INTEGER;
+CREATE INDEX trials_done ON trials (campaign, done_seq);
+ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+CREATE INDEX decisions_kind ON decisions (campaign, kind, seq);
+CREATE INDEX decisions_seq ON decisions (campaign, seq);
+"""
 
 
 class SQLiteStore(Store):
@@ -59,6 +75,7 @@ class SQLiteStore(Store):
         except OSError as e:
             raise StoreError(f"cannot create the store directory {path.parent}: {e}") from None
         self._local = threading.local()
+        self._bounds_cache: dict[str, list[float]] = {}
         self._init_schema()
 
     def local_paths(self) -> list[str]:
@@ -90,20 +107,56 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
         with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            row = (
+                db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if "meta" in tables
+                else None
+            )
             if row is None:
+                if tables - {"meta"}:
+                    raise StoreError(f"{self.path} is not a farm store: use a new file")
+                _script(db, _SCHEMA_V1 + _SCHEMA_V2)
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            elif int(row[0]) == UPGRADABLE_FROM:
+                self._upgrade(db)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} was written by farm store schema v{row[0]}, this farm reads "
                     f"v{SCHEMA_VERSION}: use the farm version that wrote it, or a new store"
                 )
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """v1 -> v2: add the aggregates, the result order and decision kinds, from the records."""
+        _script(db, _SCHEMA_V2)
+        db.execute("UPDATE decisions SET kind = json_extract(data, '$.kind')")
+        done = db.execute(
+            "SELECT campaign, id FROM trials WHERE result IS NOT NULL "
+            "ORDER BY campaign, json_extract(result, '$.finished_at'), seq"
+        ).fetchall()
+        seqs: dict[str, int] = {}
+        for campaign, trial_id in done:
+            seqs[campaign] = seqs.get(campaign, 0) + 1
+            db.execute(
+                "UPDATE trials SET done_seq = ? WHERE campaign = ? AND id = ?",
+                (seqs[campaign], campaign, trial_id),
+            )
+        for camp in self.list_campaigns():
+            fields = stats.recount(
+                self.list_trials(camp.id),
+                self.list_candidates(camp.id),
+                self.list_decisions(camp.id),
+                bounds=stats.bounds_of(camp.config),
+            )
+            db.executemany(
+                "INSERT INTO stats (campaign, name, value) VALUES (?, ?, ?)",
+                [(camp.id, k, v) for k, v in fields.items()],
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -113,6 +166,36 @@ class SQLiteStore(Store):
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, args).fetchall()
+
+    # -- aggregates -------------------------------------------------------------------------
+    @staticmethod
+    def _upkeep(db: sqlite3.Connection, campaign_id: str, *ups: Upkeep) -> None:
+        """Apply aggregate moves inside the caller's transaction: the one place that does."""
+        sql = "INSERT INTO stats (campaign, name, value) VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+        for up in ups:
+            for how, values in (
+                ("SET value = value + excluded.value", up.add),
+                ("SET value = MAX(value, excluded.value)", up.top),
+                ("SET value = excluded.value", up.put),
+            ):
+                db.executemany(sql + how, [(campaign_id, k, v) for k, v in values.items()])
+
+    def _fields(self, campaign_id: str, prefix: str = "") -> dict[str, float]:
+        # A range on the primary key: `prefix` + every character sorting after ':'.
+        rows = self._read(
+            "SELECT name, value FROM stats WHERE campaign = ? AND name >= ? AND name < ?",
+            (campaign_id, prefix, prefix + "\U0010ffff"),
+        )
+        return dict(rows)
+
+    def _bounds(self, campaign_id: str) -> list[float]:
+        """The campaign's duration bucket bounds: fixed at its creation, so cached."""
+        if campaign_id not in self._bounds_cache:
+            self._bounds_cache[campaign_id] = stats.bounds_from(self._fields(campaign_id))
+        return self._bounds_cache[campaign_id]
+
+    def stats(self, campaign_id: str) -> CampaignStats:
+        return CampaignStats.parse(self._fields(campaign_id))
 
     # -- campaigns and the incumbent ------------------------------------------------------
     def create_campaign(self, campaign: Campaign, incumbent: Incumbent) -> Campaign:
@@ -128,6 +211,7 @@ class SQLiteStore(Store):
                 "INSERT INTO incumbents (campaign, sha, data) VALUES (?, ?, ?)",
                 (campaign.id, incumbent.sha, json.dumps(incumbent.to_dict())),
             )
+            self._upkeep(db, campaign.id, stats.bounds_upkeep(stats.bounds_of(campaign.config)))
         return campaign
 
     def get_campaign(self, campaign_id: str) -> Campaign | None:
@@ -188,9 +272,16 @@ class SQLiteStore(Store):
                     json.dumps(candidate.to_dict()),
                 ),
             )
+            self._upkeep(db, candidate.campaign, stats.candidate_upkeep(candidate))
 
     def update_candidate(self, candidate: Candidate) -> None:
         with self._tx() as db:
+            row = db.execute(
+                "SELECT state FROM candidates WHERE campaign = ? AND id = ?",
+                (candidate.campaign, candidate.id),
+            ).fetchone()
+            if row is None:
+                return
             db.execute(
                 "UPDATE candidates SET state = ?, data = ? WHERE campaign = ? AND id = ?",
                 (
@@ -200,6 +291,7 @@ class SQLiteStore(Store):
                     candidate.id,
                 ),
             )
+            self._upkeep(db, candidate.campaign, stats.candidate_move(row[0], candidate.state))
 
     def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None:
         rows = self._read(
@@ -221,13 +313,8 @@ class SQLiteStore(Store):
         ]
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
-        rows = self._read(
-            "SELECT state, COUNT(*) FROM candidates WHERE campaign = ? GROUP BY state",
-            (campaign_id,),
-        )
-        counts = dict.fromkeys(CandidateState, 0)
-        counts.update({CandidateState(s): n for s, n in rows})
-        return counts
+        fields = self._fields(campaign_id, stats.candidate_key(""))
+        return {s: round(fields.get(stats.candidate_key(s), 0)) for s in CandidateState}
 
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:
@@ -248,7 +335,10 @@ class SQLiteStore(Store):
                     json.dumps(trial.to_dict()),
                 ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._upkeep(db, trial.campaign, stats.trial_move(None, TrialState.QUEUED, kind=""))
+            return True
 
     _TRIAL_COLS = "state, worker, lease_expires, deliveries, data, result"
 
@@ -291,6 +381,8 @@ class SQLiteStore(Store):
                 ).fetchone()
                 for trial_id in ids
             ]
+            moved = stats.trial_move(TrialState.QUEUED, TrialState.RUNNING, kind="")
+            self._upkeep(db, campaign_id, *[moved] * len(ids))
         return [self._trial(r) for r in rows]
 
     def heartbeat(
@@ -309,46 +401,75 @@ class SQLiteStore(Store):
                     held.append(trial_id)
         return held
 
+    def _give_back(
+        self, db: sqlite3.Connection, campaign_id: str, trial_id: str, *, kind: str, dead: bool
+    ) -> None:
+        """A running trial back to the queue, or dead; shared by release and reap."""
+        state = TrialState.DEAD if dead else TrialState.QUEUED
+        db.execute(
+            "UPDATE trials SET state = ?, worker = '', lease_expires = 0 "
+            "WHERE campaign = ? AND id = ?",
+            (state.value, campaign_id, trial_id),
+        )
+        self._upkeep(db, campaign_id, stats.trial_move(TrialState.RUNNING, state, kind=kind))
+
     def release(
         self, campaign_id: str, trial_id: str, *, worker: str, max_deliveries: int, failed: bool
     ) -> bool:
-        # A failure counts towards dead; an interrupted claim is handed back uncounted.
-        state = "CASE WHEN deliveries >= ? THEN 'dead' ELSE 'queued' END" if failed else "'queued'"
-        deliveries = "deliveries" if failed else "MAX(deliveries - 1, 0)"
-        args = (max_deliveries,) if failed else ()
         with self._tx() as db:
-            cur = db.execute(
-                f"UPDATE trials SET state = {state}, deliveries = {deliveries}, worker = '', "
-                "lease_expires = 0 WHERE campaign = ? AND id = ? AND state = 'running' "
-                "AND worker = ?",
-                (*args, campaign_id, trial_id, worker),
-            )
-            return cur.rowcount == 1
+            row = db.execute(
+                "SELECT deliveries, json_extract(data, '$.kind') FROM trials "
+                "WHERE campaign = ? AND id = ? AND state = 'running' AND worker = ?",
+                (campaign_id, trial_id, worker),
+            ).fetchone()
+            if row is None:
+                return False
+            deliveries, kind = row
+            if not failed:  # an interrupted claim is handed back uncounted
+                db.execute(
+                    "UPDATE trials SET deliveries = MAX(deliveries - 1, 0) "
+                    "WHERE campaign = ? AND id = ?",
+                    (campaign_id, trial_id),
+                )
+            dead = failed and deliveries >= max_deliveries
+            self._give_back(db, campaign_id, trial_id, kind=kind, dead=dead)
+            return True
 
     def reap(self, campaign_id: str, *, now: float, max_deliveries: int) -> list[str]:
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, deliveries FROM trials WHERE campaign = ? AND state = 'running' "
-                "AND lease_expires < ?",
+                "SELECT id, deliveries, json_extract(data, '$.kind') FROM trials "
+                "WHERE campaign = ? AND state = 'running' AND lease_expires < ?",
                 (campaign_id, now),
             ).fetchall()
-            for trial_id, deliveries in rows:
-                state = "dead" if deliveries >= max_deliveries else "queued"
-                db.execute(
-                    "UPDATE trials SET state = ?, worker = '', lease_expires = 0 "
-                    "WHERE campaign = ? AND id = ?",
-                    (state, campaign_id, trial_id),
-                )
+            for trial_id, deliveries, kind in rows:
+                dead = deliveries >= max_deliveries
+                self._give_back(db, campaign_id, trial_id, kind=kind, dead=dead)
         return [r[0] for r in rows]
 
     def record_result(self, campaign_id: str, result: TrialResult) -> bool:
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE trials SET state = 'done', result = ?, lease_expires = 0 "
+            row = db.execute(
+                "SELECT state, json_extract(data, '$.kind') FROM trials "
                 "WHERE campaign = ? AND id = ? AND result IS NULL",
-                (json.dumps(result.to_dict()), campaign_id, result.trial_id),
+                (campaign_id, result.trial_id),
+            ).fetchone()
+            if row is None:
+                return False
+            old, kind = TrialState(row[0]), row[1]
+            db.execute(
+                "UPDATE trials SET state = 'done', result = ?, lease_expires = 0, "
+                "done_seq = (SELECT COALESCE(MAX(done_seq), 0) + 1 FROM trials "
+                "WHERE campaign = ?) WHERE campaign = ? AND id = ?",
+                (json.dumps(result.to_dict()), campaign_id, campaign_id, result.trial_id),
             )
-            return cur.rowcount == 1
+            self._upkeep(
+                db,
+                campaign_id,
+                stats.trial_move(old, TrialState.DONE, kind=kind),
+                stats.result_upkeep(result, kind=kind, bounds=self._bounds(campaign_id)),
+            )
+            return True
 
     def get_trial(self, campaign_id: str, trial_id: str) -> Trial | None:
         rows = self._read(
@@ -375,12 +496,16 @@ class SQLiteStore(Store):
         return [self._trial(r) for r in self._read(sql + " ORDER BY seq", tuple(args))]
 
     def count_trials(self, campaign_id: str) -> dict[TrialState, int]:
+        fields = self._fields(campaign_id, stats.STATE)
+        return {s: round(fields.get(stats.STATE + s.value, 0)) for s in TrialState}
+
+    def recent_results(self, campaign_id: str, n: int) -> list[Trial]:
         rows = self._read(
-            "SELECT state, COUNT(*) FROM trials WHERE campaign = ? GROUP BY state", (campaign_id,)
+            f"SELECT {self._TRIAL_COLS} FROM trials WHERE campaign = ? AND done_seq IS NOT NULL "
+            "ORDER BY done_seq DESC LIMIT ?",
+            (campaign_id, n),
         )
-        counts = {s: 0 for s in TrialState}
-        counts.update({TrialState(s): n for s, n in rows})
-        return counts
+        return [self._trial(r) for r in reversed(rows)]
 
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
@@ -390,11 +515,20 @@ class SQLiteStore(Store):
                 (decision.campaign,),
             ).fetchone()[0]
             cur = db.execute(
-                "INSERT OR IGNORE INTO decisions (campaign, candidate_id, seq, data) "
-                "VALUES (?, ?, ?, ?)",
-                (decision.campaign, decision.candidate_id, seq, json.dumps(decision.to_dict())),
+                "INSERT OR IGNORE INTO decisions (campaign, candidate_id, seq, kind, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    decision.campaign,
+                    decision.candidate_id,
+                    seq,
+                    decision.kind.value,
+                    json.dumps(decision.to_dict()),
+                ),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._upkeep(db, decision.campaign, stats.decision_upkeep(decision))
+            return True
 
     def get_decision(self, campaign_id: str, candidate_id: int) -> Decision | None:
         rows = self._read(
@@ -403,8 +537,27 @@ class SQLiteStore(Store):
         )
         return Decision.from_dict(json.loads(rows[0][0])) if rows else None
 
-    def list_decisions(self, campaign_id: str) -> list[Decision]:
-        rows = self._read(
-            "SELECT data FROM decisions WHERE campaign = ? ORDER BY seq", (campaign_id,)
-        )
-        return [Decision.from_dict(json.loads(r[0])) for r in rows]
+    def list_decisions(
+        self,
+        campaign_id: str,
+        *,
+        kinds: set[DecisionKind] | None = None,
+        last: int | None = None,
+    ) -> list[Decision]:
+        sql = "SELECT data FROM decisions WHERE campaign = ?"
+        args: list[Any] = [campaign_id]
+        if kinds is not None:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args.extend(k.value for k in kinds)
+        sql += " ORDER BY seq DESC" + (" LIMIT ?" if last is not None else "")
+        if last is not None:
+            args.append(last)
+        rows = self._read(sql, tuple(args))
+        return [Decision.from_dict(json.loads(r[0])) for r in reversed(rows)]
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run statements one by one: `executescript` would commit the caller's transaction."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)

@@ -363,6 +363,8 @@ def test_kustomize_builds_the_stack_offline_into_farms_namespace() -> None:
         ("RayCluster", "farm"),
         ("ConfigMap", "farm-prometheus-scrape"),
         ("ConfigMap", "farm-grafana-dashboard"),
+        ("Deployment", "farm-exporter"),
+        ("Service", "farm-exporter"),
     }
     assert {d["metadata"]["namespace"] for d in stack} == {"farm"}
     # The image transformer reaches the RayCluster's containers (a custom resource).

@@ -1,32 +1,47 @@
-"""The Grafana dashboard against a real Prometheus that scraped a real campaign.
+"""The Grafana dashboard and the alert rules against a real Prometheus that scrapes a real
+distributed campaign: `farm control`, `farm work` and `farm propose` as processes of their
+own, each on its metrics port, and `farm exporter`. The roles are killed at the end; the
+exporter still serves the final state, and every panel has data.
 
 Prometheus is Debian's `prometheus` package (scripts/test.sh installs it when missing).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
+import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
-from helpers import TOY_TRAIN, MakeTarget, RunCampaign, free_port
+from helpers import TOY_TOML, TOY_TRAIN, MakeTarget, farm_metric_names, free_port
 
-from farm.records import TrialKind
+from farm.records import DecisionKind, TrialState
+from farm.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "k8s/grafana/farm-dashboard.json"
 SCRAPE_CONFIG = ROOT / "docker/prometheus/prometheus.yml"
+RULES = ROOT / "docker/prometheus/farm-alerts.yml"
+REDIS_URL = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 # What Grafana would put in for the dashboard's variables over a short campaign.
-VARIABLES = {"$campaign": "default", "$__rate_interval": "1m"}
+VARIABLES = {"$campaign": "default", "$__rate_interval": "1m", "$window": "5m"}
+ROLES = ("control", "work", "propose")
+CAMPAIGN = '{campaign="default"}'
 
 
 class Prometheus:
@@ -40,21 +55,42 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
+    def value(self, expr: str, at: float) -> float:
+        (sample,) = self.get("/api/v1/query", query=expr, time=str(at))["result"]
+        return float(sample["value"][1])
+
+    def by(self, expr: str, label: str, at: float) -> dict[str, float]:
+        result = self.get("/api/v1/query", query=expr, time=str(at))["result"]
+        return {s["metric"][label]: float(s["value"][1]) for s in result if float(s["value"][1])}
+
+
+@dataclass
+class Watched:
+    prom: Prometheus
+    ports: dict[str, int]  # exporter and each role
+
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[Prometheus, int]]:
-    """A real Prometheus on loopback scraping a farm driver every second; yields (it, port)."""
+def watched(tmp_path: Path) -> Iterator[Watched]:
+    """A real Prometheus on loopback scraping the exporter and the roles every second, with
+    farm's alert rules loaded; the compose stack's scrape config, pointed at this test."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("no prometheus binary: scripts/test.sh installs Debian's package")
-    farm_port, port = free_port(), free_port()
-    # The compose stack's scrape config, pointed at this test's driver and sped up.
+    ports = {name: free_port() for name in ("exporter", *ROLES)}
     config = yaml.safe_load(SCRAPE_CONFIG.read_text())
-    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s"}
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "farm"]
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{farm_port}"]}]
-    config["scrape_configs"] = [job]
+    config["global"] = {
+        "scrape_interval": "1s",
+        "scrape_timeout": "1s",
+        "evaluation_interval": "1s",
+    }
+    config["rule_files"] = [str(RULES)]
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    jobs["farm-exporter"]["static_configs"] = [{"targets": [f"127.0.0.1:{ports['exporter']}"]}]
+    jobs["farm"]["static_configs"] = [{"targets": [f"127.0.0.1:{ports[r]}" for r in ROLES]}]
+    config["scrape_configs"] = [jobs["farm-exporter"], jobs["farm"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen(
         [
@@ -78,14 +114,39 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Prometheus, int]]:
         # Targets reach the scrape loop only after discovery syncs (every 5 s): wait for it,
         # so that the campaign is watched from its start.
         for _ in range(100):
-            if prom.get("/api/v1/targets")["activeTargets"]:
+            if len(prom.get("/api/v1/targets")["activeTargets"]) == 4:
                 break
             time.sleep(0.1)
-        yield prom, farm_port
+        yield Watched(prom, ports)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def shared_store() -> Iterator[Store]:
+    """The Redis store the roles share, on the tests' database, flushed around the test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    store = open_store(REDIS_URL)
+    yield store
+    store.close()
+    client.flushdb()
+    client.close()
+
+
+def farm(*args: str, log: Path) -> subprocess.Popen[str]:
+    """A `farm` process of this checkout, in a process group of its own."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def panel_queries(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
@@ -99,51 +160,139 @@ def panel_queries(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
             yield p["title"], expr
 
 
-def test_every_dashboard_panel_has_data_from_a_real_campaign(
-    make_target: MakeTarget,
-    run_campaign: RunCampaign,
-    prometheus: tuple[Prometheus, int],
+SLOW = TOY_TRAIN.replace("import random\n", "import random\nimport time\n\ntime.sleep(0.4)\n")
+# One draft at a time as the backlog drains: the proposer lives through the campaign.
+TOML = TOY_TOML + (
+    "[merge]\nrepeats = 3\nconfirm = 1\n[proposer]\nbatch_size = 1\nbacklog = 1\n"
+    "[metrics]\nhour_usd = { cpu = 36.0 }\n"
+)
+
+
+def test_a_distributed_campaign_is_watched_to_its_end_and_after_its_roles_die(
+    make_target: MakeTarget, watched: Watched, shared_store: Store, tmp_path: Path
 ) -> None:
-    prom, farm_port = prometheus
-    # Trials long enough that Prometheus sees the campaign move over a few scrapes.
-    slow = TOY_TRAIN.replace("import random\n", "import random\nimport time\n\ntime.sleep(0.5)\n")
-    target = make_target(
-        {"train.py": slow}, extra_toml=f'[metrics]\naddress = "127.0.0.1:{farm_port}"\n'
+    prom, ports = watched.prom, watched.ports
+    target = make_target({"train.py": SLOW}, toml=TOML)
+    store = ["--store", REDIS_URL]
+
+    def address(name: str) -> list[str]:
+        return ["--metrics-address", f"127.0.0.1:{ports[name]}"]
+
+    exporter = farm(
+        "exporter",
+        *store,
+        "--address",
+        f"127.0.0.1:{ports['exporter']}",
+        log=tmp_path / "exporter.log",
     )
-    done = run_campaign(target, max_candidates=4)
-    assert done.code == 0, done.output
+    started = time.time()
+    roles = {
+        "control": farm(
+            "control", str(target), *store, *address("control"), log=tmp_path / "control.log"
+        ),
+        "work": farm(
+            "work", str(target), *store, *address("work"), "--slots", "2", log=tmp_path / "work.log"
+        ),
+        "propose": farm(
+            "propose",
+            str(target),
+            *store,
+            *address("propose"),
+            "--max-candidates",
+            "4",
+            log=tmp_path / "propose.log",
+        ),
+    }
+    try:
+        # Until every candidate is decided: 4 valid candidates from the mutate proposer.
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            camp = shared_store.get_campaign("default")
+            decided = len(shared_store.list_decisions("default")) if camp else 0
+            if decided >= 4 and roles["propose"].poll() is not None:
+                break
+            for name, p in roles.items():
+                assert p.poll() in (None, 0), (tmp_path / f"{name}.log").read_text()
+            time.sleep(0.5)
+        else:
+            logs = {n: (tmp_path / f"{n}.log").read_text() for n in roles}
+            raise AssertionError(f"the campaign did not finish: {logs}")
+        time.sleep(3)  # a few scrapes of the final state from the roles too
+        assert roles["control"].poll() is None and roles["work"].poll() is None
+        for p in roles.values():  # the driver and the dispatcher die, hard
+            kill(p)
+        time.sleep(4)  # scrapes that find the roles gone
+        at = time.time()
 
-    # The driver's endpoint closed with the run: query at its last successful scrape.
-    (series,) = prom.get("/api/v1/query", query='up{job="farm"}[5m]')["result"]
-    good = [float(ts) for ts, value in series["values"] if value == "1"]
-    assert len(good) >= 3, series
-    at = str(max(good))
+        # The roles are down; the exporter is up and serves the final state.
+        up = prom.get("/api/v1/query", query="up", time=str(at))["result"]
+        assert {(s["metric"]["job"], s["value"][1]) for s in up} == {
+            ("farm", "0"),
+            ("farm-exporter", "1"),
+        }
+        trials = shared_store.list_trials("default")
+        assert all(t.state is TrialState.DONE for t in trials)
+        outcomes = collections.Counter(t.result.outcome.value for t in trials if t.result)
+        q = "sum by (outcome) (max by (campaign, kind, outcome) (farm_trials_total{c}))"
+        assert prom.by(q.replace("{c}", CAMPAIGN), "outcome", at) == outcomes
+        decisions = collections.Counter(
+            d.kind.value for d in shared_store.list_decisions("default")
+        )
+        q = "sum by (decision) (max by (campaign, decision) (farm_decisions_total{c}))"
+        assert prom.by(q.replace("{c}", CAMPAIGN), "decision", at) == decisions
+        inc = shared_store.get_incumbent("default")
+        assert inc.metric is not None
+        assert math.isclose(
+            prom.value('max(farm_incumbent_metric{campaign="default"})', at), inc.metric
+        )
+        kept = decisions[DecisionKind.KEPT.value]
+        assert kept >= 1
+        seconds = sum(t.result.duration_s for t in trials if t.result)
+        per_kept = prom.value('max(farm_cost_per_kept_usd{campaign="default"})', at)
+        assert math.isclose(per_kept, seconds / 100 / kept, rel_tol=1e-6)
 
+        # Every panel had data while the campaign ran, and not only NaN.
+        dashboard = json.loads(DASHBOARD.read_text())
+        queries = list(panel_queries(dashboard["panels"]))
+        assert len(queries) >= 40
+        empty = []
+        for title, expr in queries:
+            assert "$" not in expr, f"{title}: unsubstituted variable in {expr}"
+            result = prom.get(
+                "/api/v1/query_range", query=expr, start=str(started), end=str(at), step="1"
+            )["result"]
+            values = [float(v) for s in result for _, v in s["values"]]
+            if not any(math.isfinite(v) for v in values):
+                empty.append(f"{title}: {expr}")
+        assert not empty, "panels without data:\n" + "\n".join(empty)
+        # The campaign really moved while Prometheus watched, and its roles were seen.
+        q = 'max_over_time(sum(farm_slots_busy{campaign="default"})[5m:1s])'
+        assert prom.value(q, at) >= 1
+        claims = 'max_over_time(sum(farm_dispatcher_claims_total{campaign="default"})[5m:1s])'
+        assert prom.value(claims, at) == len(trials)
+        # Every alert rule evaluated without an error against these series; none fired.
+        groups = prom.get("/api/v1/rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+        assert prom.get("/api/v1/alerts")["alerts"] == []
+    finally:
+        for p in [*roles.values(), exporter]:
+            kill(p)
+
+
+def kill(p: subprocess.Popen[str]) -> None:
+    """SIGKILL to the process and its group, if it is still there."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def test_the_dashboard_uses_only_metrics_farm_serves(tmp_path: Path) -> None:
+    served = farm_metric_names(tmp_path)
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = list(panel_queries(dashboard["panels"]))
-    assert len(queries) >= 20
-    empty = []
-    for title, expr in queries:
-        assert "$" not in expr, f"{title}: unsubstituted variable in {expr}"
-        result = prom.get("/api/v1/query", query=expr, time=at)["result"]
-        if not result:
-            empty.append(f"{title}: {expr}")
-    assert not empty, "panels without data:\n" + "\n".join(empty)
-
-    def value(expr: str) -> float:
-        (sample,) = prom.get("/api/v1/query", query=expr, time=at)["result"]
-        return float(sample["value"][1])
-
-    # The campaign really moved while Prometheus watched.
-    assert value('sum(rate(farm_trials_total{campaign="default"}[1m]))') > 0
-    assert value('max_over_time(farm_slots_busy{campaign="default"}[1m])') >= 1
-    # The incumbent it saw is the baseline's estimate or a kept candidate's.
-    estimates = [d.metric for d in done.store.list_decisions("default") if d.metric is not None]
-    base = [
-        t.result.metric
-        for t in done.store.list_trials("default")
-        if t.kind is TrialKind.BASELINE and t.result and t.result.metric is not None
-    ]
-    estimates.append(sum(base) / len(base))
-    seen = value("farm_incumbent_metric")
-    assert any(math.isclose(seen, e) for e in estimates), (seen, estimates)
+    used = {
+        name
+        for _, expr in panel_queries(dashboard["panels"])
+        for name in re.findall(r"\bfarm_\w+", expr)
+    }
+    assert used <= served, used - served

@@ -141,6 +141,7 @@ def test_keys_live_under_the_campaign_prefix(server: RedisServer) -> None:
             "farm:c:trial:t1",
             "farm:c:candidate_trials:1",
             "farm:c:running",
+            "farm:c:stats",
         }
         assert client.zscore("farm:c:running", "t1") == pytest.approx(time.time() + 30, abs=5)
     store.close()

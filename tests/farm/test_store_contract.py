@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import random
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,8 @@ from farm.records import (
     TrialState,
 )
 from farm.store import Store, open_store
+from farm.store.sqlite import SQLiteStore
+from farm.store.stats import CampaignStats, bounds_of, recount
 
 BACKENDS = ["sqlite", "redis"]
 # A database index of the tests' own: flushed before and after every test that uses it.
@@ -256,7 +261,6 @@ def test_unknown_scheme_is_a_clear_error() -> None:
 
 
 def test_sqlite_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
-    import sqlite3
 
     url = f"sqlite:///{tmp_path / 'farm.db'}"
     open_store(url).close()
@@ -272,3 +276,231 @@ def test_redis_store_from_another_schema_version_is_refused(redis_url: str) -> N
         client.hset("farm:meta", "schema_version", "99")
     with pytest.raises(StoreError, match="schema v99"):
         open_store(redis_url)
+
+
+# -- aggregates ---------------------------------------------------------------------------
+def flat(stats: CampaignStats) -> dict[str, float]:
+    """Every number of a CampaignStats under a path-like name, for approximate comparison."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+        elif value is not None:
+            assert isinstance(value, int | float), (prefix, value)
+            out[prefix] = float(value)
+
+    walk("", stats)
+    return out
+
+
+def recounted(store: Store, campaign: str = "c") -> CampaignStats:
+    camp = store.get_campaign(campaign)
+    assert camp is not None
+    trials = store.list_trials(campaign)
+    fields = recount(
+        trials,
+        store.list_candidates(campaign),
+        store.list_decisions(campaign),
+        bounds=bounds_of(camp.config),
+    )
+    states = collections.Counter(t.state for t in trials)
+    return CampaignStats.parse(fields, trials={s: states[s] for s in TrialState})
+
+
+def assert_aggregates_match_the_records(store: Store) -> None:
+    kept, counted = flat(store.stats("c")), flat(recounted(store))
+    assert kept.keys() == counted.keys()
+    assert kept == pytest.approx(counted, rel=1e-9, abs=1e-9)
+    assert store.count_trials("c") == store.stats("c").trials
+    assert store.count_candidates("c") == store.stats("c").candidates
+
+
+def workload(store: Store, *, check: Callable[[Store], None] = lambda s: None) -> None:
+    """A campaign's every kind of write, in a random order: `check` runs after each round."""
+    rng = random.Random(7)
+    kinds = list(TrialKind)
+    outcomes = list(Outcome)
+    for i in range(60):
+        kind = rng.choice(kinds)
+        store.enqueue_trial(trial(i, kind, None if kind is TrialKind.BASELINE else 1))
+    store.enqueue_trial(trial(0))  # a repeat changes nothing
+    for step in range(12):
+        claimed = store.claim_trials("c", worker="w", n=rng.randint(1, 6), lease_s=30)
+        for t in claimed:
+            roll = rng.random()
+            if roll < 0.15:
+                store.release("c", t.id, worker="w", max_deliveries=1, failed=True)
+            elif roll < 0.25:
+                store.release("c", t.id, worker="w", max_deliveries=3, failed=False)
+            else:
+                outcome = rng.choice(outcomes)
+                r = TrialResult(
+                    trial_id=t.id,
+                    outcome=outcome,
+                    metric=rng.random() if outcome is Outcome.OK else None,
+                    duration_s=rng.choice([0.5, 3.0, 150.0, 299.9, 300.0, 1e4]),
+                    hardware=rng.choice(["cpu", "NVIDIA A100-SXM4-80GB", ""]),
+                    finished_at=1000.0 + step * 10 + rng.random(),
+                )
+                assert store.record_result("c", r)
+                assert not store.record_result("c", r)
+        # Lapsed leases: back to the queue, or dead after their deliveries.
+        store.claim_trials("c", worker="gone", n=2, lease_s=0.0)
+        store.reap("c", now=time.time() + 1, max_deliveries=rng.choice([1, 3]))
+        cid = store.next_candidate_id("c")
+        rejected = rng.random() < 0.3
+        cand = Candidate(
+            campaign="c",
+            id=cid,
+            base_sha="a" * 40,
+            title=f"idea {cid}",
+            hypothesis="h",
+            edits=[Edit("train.py", "x = 1", f"x = {cid}")],
+            files={},
+            edit_hash=f"h{cid}",
+            state=CandidateState.REJECTED if rejected else CandidateState.QUEUED,
+            proposer=rng.choice(["mutate", "anthropic"]),
+            tokens_in=rng.randint(0, 5000),
+            tokens_out=rng.randint(0, 900),
+            cost_usd=rng.random() / 7,
+        )
+        store.add_candidate(cand)
+        if not rejected:
+            cand.state = CandidateState.RUNNING
+            store.update_candidate(cand)
+            cand.state = rng.choice([CandidateState.KEPT, CandidateState.DISCARDED])
+            store.update_candidate(cand)
+        kind = DecisionKind(cand.state.value)
+        d = Decision(
+            campaign="c",
+            candidate_id=cid,
+            kind=kind,
+            reason="r",
+            sigma=rng.random() if kind is not DecisionKind.REJECTED else None,
+            created_at=2000.0 + step,
+        )
+        assert store.record_decision(d)
+        assert not store.record_decision(d)
+        check(store)
+    # A result that comes in for a dead trial (a zombie worker) moves it to done.
+    dead = store.list_trials("c", states={TrialState.DEAD})
+    assert dead, "the workload should leave dead trials"
+    assert store.record_result("c", result(dead[0].id))
+
+
+def test_aggregates_always_equal_a_recount_of_the_records(store: Store) -> None:
+    workload(store, check=assert_aggregates_match_the_records)
+    assert_aggregates_match_the_records(store)
+    s = store.stats("c")
+    assert s.trials[TrialState.DONE] > 20 and sum(s.decisions.values()) == 12
+    assert s.last_result_at is not None and s.last_decision_at == 2011.0
+
+
+def test_duration_buckets_follow_the_campaign_budget(store: Store) -> None:
+    store.create_campaign(
+        Campaign(id="b", target="/t", start_sha="a" * 40, config={"budget_s": 600}),
+        Incumbent(sha="a" * 40),
+    )
+    for i, seconds in enumerate([5.0, 600.0, 601.0, 9999.0]):
+        t = dataclasses.replace(trial(i), campaign="b")
+        store.enqueue_trial(t)
+        r = TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=1.0, duration_s=seconds)
+        store.record_result("b", r)
+    hist = store.stats("b").durations["candidate"]
+    assert hist.bounds[0] == 6.0 and 600.0 in hist.bounds and hist.bounds[-1] == 750.0
+    cumulative = dict(hist.cumulative())
+    assert (cumulative["6.0"], cumulative["600.0"], cumulative["660.0"]) == (1, 2, 3)
+    assert cumulative["+Inf"] == hist.count == 4
+    assert hist.sum == pytest.approx(5 + 600 + 601 + 9999)
+    assert store.stats("c").durations["candidate"].count == 0  # per campaign
+
+
+def test_aggregates_stay_exact_under_concurrent_writers(store: Store) -> None:
+    for i in range(40):
+        store.enqueue_trial(trial(i))
+
+    def worker(k: int) -> None:
+        while got := store.claim_trials("c", worker=f"w{k}", n=2, lease_s=30):
+            for t in got:
+                store.record_result("c", result(t.id))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = store.stats("c")
+    assert s.trials[TrialState.DONE] == 40 and s.outcomes["candidate", "ok"] == 40
+    assert_aggregates_match_the_records(store)
+
+
+def test_recent_results_and_decisions_come_in_the_order_they_were_made(store: Store) -> None:
+    for i in range(5):
+        store.enqueue_trial(trial(i))
+    store.claim_trials("c", worker="w", n=5, lease_s=30)
+    for i in (3, 0, 4, 1):
+        store.record_result("c", result(f"t{i}"))
+    assert [t.id for t in store.recent_results("c", 3)] == ["t0", "t4", "t1"]
+    assert [t.id for t in store.recent_results("c", 10)] == ["t3", "t0", "t4", "t1"]
+    kinds = [DecisionKind.KEPT, DecisionKind.DISCARDED, DecisionKind.KEPT, DecisionKind.CRASHED]
+    for cid, kind in enumerate(kinds, start=1):
+        store.record_decision(Decision(campaign="c", candidate_id=cid, kind=kind, reason=""))
+    assert [d.candidate_id for d in store.list_decisions("c", last=2)] == [3, 4]
+    kept = store.list_decisions("c", kinds={DecisionKind.KEPT})
+    assert [d.candidate_id for d in kept] == [1, 3]
+    either = {DecisionKind.KEPT, DecisionKind.CRASHED}
+    assert [d.candidate_id for d in store.list_decisions("c", kinds=either, last=2)] == [3, 4]
+    assert store.list_decisions("c", last=0) == []
+
+
+def downgrade_to_v1(store: Store) -> None:
+    """Rewrite a store as schema v1 (before aggregates) left it: what the upgrade must undo."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.executescript(
+                "DROP TABLE stats; DROP INDEX trials_done; DROP INDEX decisions_kind;"
+                "DROP INDEX decisions_seq;"
+                "ALTER TABLE trials DROP COLUMN done_seq; ALTER TABLE decisions DROP COLUMN kind;"
+                "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+            )
+        return
+    with redis.Redis.from_url(REDIS_URL) as client:
+        for key in client.scan_iter("farm:c:trial:*"):
+            client.hdel(key, "kind")
+        client.delete("farm:c:stats", "farm:c:done", *client.keys("farm:c:decisions:*"))
+        client.hset("farm:meta", "schema_version", "1")
+
+
+def test_a_store_written_before_aggregates_is_upgraded_when_opened(store: Store) -> None:
+    workload(store)
+    before = store.stats("c")
+    kept = store.list_decisions("c", kinds={DecisionKind.KEPT})
+    url = store.url if isinstance(store, SQLiteStore) else REDIS_URL
+    store.close()
+    downgrade_to_v1(store)
+
+    upgraded = open_store(url)
+    try:
+        assert flat(upgraded.stats("c")) == pytest.approx(flat(before), rel=1e-9, abs=1e-9)
+        assert_aggregates_match_the_records(upgraded)
+        assert upgraded.list_decisions("c", kinds={DecisionKind.KEPT}) == kept
+        finished = sorted(
+            (t for t in upgraded.list_trials("c") if t.result), key=lambda t: t.result.finished_at
+        )
+        assert upgraded.recent_results("c", 5) == finished[-5:]
+        # It is a v2 store now: another open does not redo it, and writes keep it exact.
+        open_store(url).close()
+        upgraded.enqueue_trial(trial(999))
+        upgraded.claim_trials("c", worker="w", n=99, lease_s=30)
+        upgraded.record_result("c", result("t999"))
+        assert_aggregates_match_the_records(upgraded)
+        assert upgraded.recent_results("c", 1)[0].id == "t999"
+    finally:
+        upgraded.close()

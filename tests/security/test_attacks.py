@@ -109,7 +109,7 @@ def test_attack_fails_in_strict_mode(strict: Ran, attack: str) -> None:
 def test_basic_mode_stops_what_it_promises_and_no_more(basic: Ran) -> None:
     assert basic.code == 0, basic.output
     assert "farm: sandbox: basic" in basic.output
-    assert "missing guarantee filesystem" in basic.output
+    assert "missing guarantees: filesystem, processes" in basic.output
     ran = [a for a in ATTACKS if a.name not in NOT_IN_BASIC]
     for a in ran:
         assert f"ATTEMPTED {a.name}" in basic.tail(a.name), basic.tail(a.name)

@@ -125,8 +125,8 @@ print("loss: 1.0")
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "farm: kept from Ray and every trial: ANTHROPIC_API_KEY" in proc.stdout
-    assert "farm: sandbox: basic" in proc.stdout and "missing guarantee secrets" in proc.stdout
-    assert "note: loss comes from code the candidate can edit" in proc.stdout
+    assert "farm: sandbox: basic" in proc.stdout and "network, secrets, reaped" in proc.stdout
+    assert "farm: note: loss comes from code the candidate can edit" in proc.stdout
     export = subprocess.run(
         [sys.executable, "-m", "farm.cli", "status", str(target)], cwd=ROOT, capture_output=True
     )
