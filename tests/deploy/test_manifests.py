@@ -331,15 +331,17 @@ def test_prometheus_finds_the_driver_and_every_ray_node_in_farms_namespace_only(
     cfg = yaml.safe_load(obj("ConfigMap", "farm-prometheus-scrape")["data"]["prometheus.yml"])
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     namespace = kustomization()["namespace"]
-    for job in jobs.values():  # no Service names: they resolve only inside farm's namespace
+    for name, job in jobs.items():  # no Service names: they resolve only inside farm's namespace
         assert "static_configs" not in job
         (sd,) = job["kubernetes_sd_configs"]
-        assert sd == {"role": "pod", "namespaces": {"names": [namespace]}}
+        role = "endpoints" if name == "farm-exporter" else "pod"  # the exporter's Service
+        assert sd == {"role": role, "namespaces": {"names": [namespace]}}
+    pods = {name: job for name, job in jobs.items() if name != "farm-exporter"}
     kept = {
         name: sorted(
             what for what, meta in discovered_pods() if relabel(meta, job["relabel_configs"])
         )
-        for name, job in jobs.items()
+        for name, job in pods.items()
     }
     assert kept == {"farm": ["head:farm-metrics"], "ray": ["head:metrics", "worker:metrics"]}
     head_port = ports(head())["farm-metrics"]

@@ -54,12 +54,12 @@ def test_report_status_and_export_of_a_campaign_that_ends_every_way(
     # Failures are named by how they ended, everywhere a decision is shown.
     failed = "crashed 3 (crashed 1, invalid_metric 1, no_metric 1)"
     assert f"| candidates | 6: {failed}, " in md
-    assert f"  candidates: {failed}, " in status
+    (trials,) = [line for line in status.splitlines() if line.startswith("  trials: ")]
+    assert all(f"{o} 1" in trials for o in ("crashed", "invalid_metric", "no_metric"))
     by_title = {c.title: c.id for c in done.store.list_candidates("default")}
     for title, label in (("crash", "crashed"), ("nan", "invalid_metric"), ("silent", "no_metric")):
-        (line,) = [ln for ln in status.splitlines() if ln.startswith(f"    c{by_title[title]} ")]
-        assert line.split()[1] == label
-        assert f"  c{by_title[title]:<4} {label.upper():<10} {title}\n" in done.output
+        line = f"  c{by_title[title]:<4} {label.upper():<10} {title}\n"
+        assert line in status and line in done.output
     silent = done.store.get_decision("default", by_title["silent"])
     assert silent is not None
     assert "printed no `loss: <value>` line, nor anything like one" in silent.reason

@@ -132,7 +132,9 @@ def test_run_in_a_terminal_draws_a_live_view_of_80_columns(
     assert any(re.search(r"━+ cand 3/3 ETA 0:00:00$", x) for x in lines), "\n".join(lines)
     assert any(x.startswith("trials ") and "done" in x for x in lines)
     assert any(x.startswith("  c1    ") for x in lines)
-    assert "pwned" in text and "\x1b]0;" not in text  # its words shown, its escapes not
+    # Its words shown, its escape sequences (and what they carry) not.
+    assert "reset the terminal please" in text
+    assert "\x1b]0;" not in text and "pwned" not in text and "\x1b[2J" not in text
 
 
 def _drain(fd: int, into: bytearray) -> None:
