@@ -394,3 +394,17 @@ def test_docs_state_each_guarantee_as_the_policy_does() -> None:
         assert meaning == g.meaning
         assert strict.startswith("✓") is STRICT.guarantees(evaluate=True)[g]
         assert (basic == "✓") is BASIC.guarantees(evaluate=True)[g]
+
+
+def test_read_only_paths_are_visible_and_not_writable(tmp_path: Path) -> None:
+    data = tmp_path / "datasets"
+    data.mkdir()
+    (data / "shard-0.bin").write_text("tokens")
+    env = {"PATH": PATH, "HOME": str(Path.home())}
+    work = tmp_path / "work"
+    work.mkdir()
+    runtime = isolation.runtime_paths(env, "sh", extra=[str(data)])
+    script = f"cat {data}/shard-0.bin; echo; echo x > {data}/new 2>&1 || echo refused"
+    result = run_in(work, script, policy=STRICT, env=env, view=View(workdir=work, runtime=runtime))
+    assert result.output_tail.splitlines()[0] == "tokens"
+    assert "refused" in result.output_tail and not (data / "new").exists()
