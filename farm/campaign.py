@@ -33,6 +33,7 @@ from proposer.base import Proposer
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
 # Settings that define what a campaign measures: resuming with others would mix results.
 _FIXED_KEYS = ("editable", "protected", "command", "metric", "metric_regex", "direction")
 
@@ -76,6 +77,7 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
         start_sha=head,
         config=cfg.to_dict(),
         program=program,
+        protected_files=repo.read_files(head, cfg.protected),
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
     return store.create_campaign(camp, inc)
@@ -171,6 +173,7 @@ def run(
     )
     started = time.time()
     last_print = 0.0
+    last_line = ""
     print(
         f"farm: campaign {cfg.campaign} on {repo.path} | {slots} slots | proposer "
         f"{proposer.name} | store {store.url}",
@@ -188,17 +191,19 @@ def run(
             if time.time() - last_print >= opts.progress_every_s:
                 last_print = time.time()
                 snap = snapshot(store, cfg.campaign)
-                line = status_line(
+                last_line = status_line(
                     snap, slots=slots, busy=dispatcher.busy, elapsed_s=time.time() - started
                 )
-                print(line, file=out, flush=True)
+                print(last_line, file=out, flush=True)
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):
                 break
     except KeyboardInterrupt:
         print(
             "\ninterrupted: stopping trials; run the same command to resume", file=out, flush=True
         )
-        feeder.stop()
+        lost = feeder.stop(grace_s=STOP_GRACE_S)
+        if lost:
+            print(f"{lost} proposer calls in flight stay counted at their worst case", file=out)
         dispatcher.shutdown()
         if metrics:
             metrics.close()
@@ -213,7 +218,9 @@ def run(
     if metrics:
         metrics.close()
     snap = snapshot(store, cfg.campaign)
-    print(status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started), file=out)
+    final = status_line(snap, slots=slots, busy=0, elapsed_s=time.time() - started)
+    if final.partition("] ")[2] != last_line.partition("] ")[2]:  # not twice in a row
+        print(final, file=out)
     if feeder.error is not None:
         print(f"farm: proposing stopped: {feeder.error}", file=out)
         return 1
@@ -224,7 +231,8 @@ def run(
     elif feeder.exhausted:
         why = f"proposer {proposer.name} has nothing new to try"
     else:
-        why = f"all {opts.max_candidates} candidates decided"
+        counts = store.count_candidates(cfg.campaign)
+        why = f"all {sum(counts.values()) - counts[CandidateState.REJECTED]} candidates decided"
     print(f"farm: campaign {cfg.campaign} finished ({why})", file=out, flush=True)
     return 0
 

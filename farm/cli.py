@@ -153,9 +153,15 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _on_sigterm_stop() -> None:
+    """Make SIGTERM stop like Ctrl-C. Again after ray.init, which installs its own handler
+    in the driver (it exits at once, and Ray's core prints `*** SIGTERM received ***`)."""
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    _on_sigterm_stop()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -222,6 +228,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     prepare(args.target, cfg, store, check_command=local)
     started = init_ray(cfg, opts)
+    _on_sigterm_stop()
     try:
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
@@ -245,15 +252,17 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
             idle_exit_s=args.idle_exit,
             out=sys.stdout,
         )
-    roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
     if args.cmd == "propose":
+        proposer = _proposer(args, cfg)  # a missing key is said now, not after the wait
+        roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
         return roles.serve_propose(
             store=store,
             cfg=cfg,
-            proposer=_proposer(args, cfg),
+            proposer=proposer,
             max_candidates=args.max_candidates,
             out=sys.stdout,
         )
+    roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
     import ray
 
     from farm.campaign import RunOptions, init_ray
@@ -261,6 +270,7 @@ def _role(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     from farm.gitops import Repo
 
     started = init_ray(cfg, RunOptions(slots=args.slots, ray_address=args.ray_address))
+    _on_sigterm_stop()
     try:
         return roles.serve_work(
             store=store,

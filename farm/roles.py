@@ -155,7 +155,11 @@ def serve_propose(
         file=out,
         flush=True,
     )
-    feeder.run()
+    try:
+        feeder.run()
+    except KeyboardInterrupt:
+        print("farm propose: interrupted; run it again to resume", file=out, flush=True)
+        return 130
     if feeder.error is not None:
         print(f"farm propose: stopped: {feeder.error}", file=out, flush=True)
         return 1
