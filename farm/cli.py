@@ -84,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(report)
     report.add_argument(
-        "--by", choices=["proposer"], default="proposer", help="one row per proposer"
+        "--by",
+        choices=["proposer", "strategy", "batch"],
+        default="proposer",
+        help="one row per proposer (and strategy, model), per strategy, or per batch size",
     )
     report.add_argument("--out", type=Path, help="write progress.png and report.md here")
 
@@ -314,7 +317,7 @@ def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 
     _known_campaign(cfg, store)
     if args.out is None:
-        print(proposer_table(store, cfg.campaign))
+        print(proposer_table(store, cfg.campaign, by=args.by))
         return 0
     from farm.plots import progress_png
     from farm.progress import snapshot

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from farm.errors import SpendCapReached
 from farm.records import Direction, Draft, Edit, edit_hash
@@ -41,7 +42,7 @@ class LedgerEntry:
     runs: list[float] = field(default_factory=list)  # its measured values, screening run first
     proposer: str = ""
     strategy: str = ""
-    knobs: list[dict[str, object]] = field(default_factory=list)  # see Draft.knobs
+    knobs: list[dict[str, Any]] = field(default_factory=list)  # see Draft.knobs
     params: dict[str, float] = field(default_factory=dict)
     parent: int | None = None
 
@@ -161,9 +162,10 @@ def screen(
 def remember(
     ctx: ProposalContext, drafts: list[Draft], verdicts: list[Verdict], ids: list[int]
 ) -> None:
-    """Add recorded drafts to what the context has seen, so later answers are not repeats."""
+    """Add recorded drafts to what the context has seen, so later answers are not repeats.
+    A draft with a problem was never judged on its edits: a repair may send them again."""
     for d, v, cid in zip(drafts, verdicts, ids, strict=True):
-        if d.edits:
+        if d.edits and not d.problem:
             ctx.seen_hashes.add(edit_hash(d.edits))
         if isinstance(v, Validated):
             ctx.seen_files.setdefault(files_fingerprint({**ctx.files, **v.files}), cid)

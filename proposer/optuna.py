@@ -7,7 +7,9 @@ assignment lines it wrote), its objective is its decision's metric; crashed cand
 are FAIL trials and queued or running ones RUNNING trials (TPE's constant liar keeps new
 suggestions away from them). So a restarted campaign samples where it left off.
 
-Each draft sets every declared constant that changes, one edit per assignment line.
+Each draft sets every declared constant that changes, one edit per assignment line, and
+records the values it stands for in `params`. The hybrid proposer tunes the knobs an LLM
+declared the same way, with its structural change as the edits' `prefix`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,20 @@ _RAN = {DecisionKind.KEPT.value, DecisionKind.DISCARDED.value, DecisionKind.SUPE
 class OptunaProposer(Proposer):
     name = "optuna"
 
-    def __init__(self, params: list[ParamConfig], *, seed: int) -> None:
+    def __init__(
+        self,
+        params: list[ParamConfig],
+        *,
+        seed: int,
+        prefix: list[Edit] | None = None,
+        startup_trials: int = 10,
+    ) -> None:
         self.params = params
         self.seed = seed
+        # Edits every draft starts with (the hybrid's structural change): `ctx.files` are
+        # the files after them, and the drafts' edits apply to the incumbent's.
+        self.prefix = prefix or []
+        self.startup_trials = startup_trials  # random suggestions before TPE models
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
@@ -44,7 +57,11 @@ class OptunaProposer(Proposer):
         space = {p.name: _distribution(p) for p in self.params}
         # Seeded by the ledger's length too: a rebuilt study that saw nothing new (say,
         # all of its drafts were rejected) must not suggest the same values again.
-        sampler = optuna.samplers.TPESampler(seed=self.seed + len(ctx.history), constant_liar=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=self.seed + len(ctx.history),
+            constant_liar=True,
+            n_startup_trials=self.startup_trials,
+        )
         direction = (
             StudyDirection.MINIMIZE
             if ctx.direction is Direction.MINIMIZE
@@ -62,15 +79,16 @@ class OptunaProposer(Proposer):
             if len(drafts) >= n:
                 break
             trial = study.ask(space)  # stays RUNNING: later asks of this batch avoid it
-            edits, shown = [], []
+            edits, shown, values = list(self.prefix), [], {}
             for p in self.params:
                 c = constants[p.name]
                 literal = _literal(trial.params[p.name], p, c)
+                values[p.name] = float(trial.params[p.name])
                 if literal != c.literal:
                     edits.append(constant_edit(ctx.files[p.file], c, literal))
                     shown.append(f"{p.name}={literal}")
             digest = edit_hash(edits)
-            if not edits or digest in seen:
+            if not shown or digest in seen:
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             seen.add(digest)
@@ -82,18 +100,19 @@ class OptunaProposer(Proposer):
                     proposer=self.name,
                     strategy="tpe",
                     batch_id=batch_id,
+                    params=values,
                 )
             )
         return drafts
 
     def _constant(self, ctx: ProposalContext, p: ParamConfig) -> Constant:
-        found = [c for c in find_constants(p.file, ctx.files.get(p.file, "")) if c.name == p.name]
-        if not found:
+        found = constant_of(p, ctx.files)
+        if found is None:
             raise ConfigError(
                 f"proposer.params: {p.name} is not a module-level number assignment in "
                 f"{p.file} (or it is marked `# farm: frozen`)"
             )
-        return found[0]
+        return found
 
     def _past_trial(
         self, entry: LedgerEntry, space: dict[str, BaseDistribution]
@@ -103,10 +122,10 @@ class OptunaProposer(Proposer):
             return None  # never ran: it says nothing about the objective
         values = {}
         for p in self.params:
-            value = _assigned(entry.edits, p)
+            value = entry.params.get(p.name, _assigned(entry.edits, p))
             if value is None or not p.low <= value <= p.high:
                 return None  # not set by this candidate, or outside today's range
-            values[p.name] = value
+            values[p.name] = int(value) if p.int else float(value)
         if entry.status in _RAN and entry.metric is not None:
             state, objective = TrialState.COMPLETE, entry.metric
         elif entry.status == DecisionKind.CRASHED.value:
@@ -118,6 +137,12 @@ class OptunaProposer(Proposer):
         return optuna.trial.create_trial(
             state=state, value=objective, params=values, distributions=space
         )
+
+
+def constant_of(p: ParamConfig, files: dict[str, str]) -> Constant | None:
+    """The tunable constant `p` names in `files`, if it is one."""
+    found = [c for c in find_constants(p.file, files.get(p.file, "")) if c.name == p.name]
+    return found[0] if found else None
 
 
 def _distribution(p: ParamConfig) -> BaseDistribution:

@@ -47,9 +47,9 @@ def claude_target(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_api.url)
 
     def make(**settings: object) -> Path:
-        merged = {"batch_size": 2, "backlog": 2, "backoff_s": 0.3, **settings}
-        lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items())
-        return make_target(extra_toml=f'[proposer]\nkind = "anthropic"\n{lines}{FAST_MERGE}')
+        merged = {"kind": "anthropic", "batch_size": 2, "backlog": 2, "backoff_s": 0.3}
+        lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**merged, **settings}.items())
+        return make_target(extra_toml=f"[proposer]\n{lines}{FAST_MERGE}")
 
     return make
 
@@ -371,3 +371,57 @@ def test_optuna_campaign_tunes_the_declared_constant(
     kinds = {d.kind for d in done.store.list_decisions("default")}
     assert kinds <= {DecisionKind.KEPT, DecisionKind.DISCARDED, DecisionKind.SUPERSEDED}
     assert "| optuna | tpe | — | 5 | 100% |" in proposer_table(done.store, "default")
+
+
+MOMENTUM = (
+    "MOMENTUM = 0.0  # a heavy ball: the effective step is LR / (1 - MOMENTUM)\n"
+    "loss = (LR / (1 - MOMENTUM) - 2.0) ** 2 + rng.gauss(0, 0.05)"
+)
+
+
+def test_hybrid_tunes_the_knobs_of_a_structural_change_then_asks_again(
+    claude_target: Callable[..., Path],
+    fake_api: FakeAnthropic,
+    run_campaign: RunCampaign,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structure = draft(
+        "Heavy-ball momentum",
+        "loss = (LR - 2.0) ** 2 + rng.gauss(0, 0.05)",
+        MOMENTUM,
+    )
+    structure["knobs"] = [
+        {"path": "train.py", "name": "LR", "low": 0.1, "high": 4.0, "log": True},
+        {"path": "train.py", "name": "MOMENTUM", "low": 0.0, "high": 0.9},
+    ]
+    fake_api.push(drafts_reply([structure]))
+    second = draft("Flush the summary", PRINT, 'print("---", flush=True)')
+    second["knobs"] = structure["knobs"][:1]
+    fake_api.push(drafts_reply([second]))
+    target = claude_target(kind="hybrid", tune_trials=3)
+    done = run_campaign(target, max_candidates=5)
+    assert done.code == 0, done.output
+    cands = done.store.list_candidates("default")
+    s, *children, nxt = cands
+    assert (s.title, s.strategy, s.proposer) == ("Heavy-ball momentum", "structure", "hybrid")
+    assert [k["name"] for k in s.knobs] == ["LR", "MOMENTUM"]
+    assert s.params == {"LR": 0.5, "MOMENTUM": 0.0}
+    assert s.state.is_finished() and s.state is not CandidateState.REJECTED
+    # Three TPE trials of the structure, each its edit with the knobs set, then Claude again.
+    assert [(c.strategy, c.parent) for c in children] == [("tpe", s.id)] * 3
+    for c in children:
+        assert c.state is not CandidateState.REJECTED, c.reason
+        assert 0.1 <= c.params["LR"] <= 4.0 and 0.0 <= c.params["MOMENTUM"] <= 0.9
+        assert "MOMENTUM" in c.files["train.py"]
+    assert len(fake_api.requests) == 2
+    assert (nxt.strategy, nxt.title) == ("structure", "Flush the summary")
+    assert "tune #" in fake_api.requests[1].user_text  # the tuning results reach Claude
+
+    code, table = farm(capsys, "report", str(target), "--by", "strategy")
+    assert code == 0
+    rows = {line.split("|")[2].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"structure", "tpe"}
+    assert rows["tpe"].startswith("| hybrid | tpe | 3 | 100% |")
+    code, table = farm(capsys, "report", str(target), "--by", "batch")
+    assert table.splitlines()[0].startswith("| proposer | batch size | drafts |")
+    assert table.splitlines()[0].endswith("| gain/$ |")
