@@ -26,14 +26,13 @@ from farm.errors import ConfigError, TargetError
 from farm.gitops import Repo
 from farm.metrics import serve
 from farm.progress import decision_line, snapshot, status_line
-from farm.propose import Feeder
+from farm.propose import STOP_GRACE_S, Feeder
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from proposer.base import Proposer
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
 # Settings that define what a campaign measures: resuming with others would mix results.
 _FIXED_KEYS = ("editable", "protected", "command", "metric", "metric_regex", "direction")
 

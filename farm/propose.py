@@ -58,6 +58,7 @@ EXHAUSTED_AFTER = 3  # consecutive batches with nothing new and nothing in fligh
 MAX_BACKOFF_S = 600.0  # the longest wait after failed batches
 DETAILED = 12  # the latest decisions whose runs, durations and output the prompt shows
 BASELINE_POLL_S = 0.5
+STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
 
 
 def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> ProposalContext:
@@ -244,10 +245,12 @@ class StoreBook(Book):
                             v.edit_hash,
                         )
                     self.limit -= 1
-            ids = [
-                self._write(d, v, hold if i == 0 else None)
-                for i, (d, v) in enumerate(zip(drafts, verdicts, strict=True))
-            ]
+            # The hold's row last: until it is replaced, it counts the call's worst case,
+            # so a process killed halfway through never counts less than was paid.
+            pairs = list(zip(drafts, verdicts, strict=True))
+            ids = [self._write(d, v, None) for d, v in pairs[1 if hold is not None else 0 :]]
+            if hold is not None:
+                ids.insert(0, self._write(*pairs[0], hold))
             remember(self.ctx, drafts, verdicts, ids)
             o = self.outcome
             o.drafts += len(drafts)
@@ -435,8 +438,14 @@ class Feeder:
             return p.batch_size
         return max(0, min(p.batch_size, self._left()))
 
+    def wait(self) -> None:
+        """Until the feeding thread ends; Ctrl-C reaches the caller between joins, never
+        the thread, so an answer is never half recorded."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+
     def run(self) -> None:
-        """Feed until done or stopped (in the foreground for `farm propose`)."""
+        """Feed until done or stopped: the thread's body (`start`)."""
         try:
             while not self._stop.is_set() and not self.done:
                 if self.proposer.needs_baseline and not self._baseline_measured():
@@ -456,9 +465,6 @@ class Feeder:
         except Exception as e:  # a bug: worth its traceback
             log.exception("proposer failed")
             self.error = e
-        except BaseException:  # Ctrl-C in `farm propose`: the call in flight stays counted
-            self.abandon("the proposer was interrupted while this call was in flight")
-            raise
 
     def _baseline_measured(self) -> bool:
         camp = self.store.get_campaign(self.campaign)

@@ -19,7 +19,7 @@ from farm.dispatch import Dispatcher
 from farm.errors import FarmError
 from farm.gitops import Repo
 from farm.progress import decision_line
-from farm.propose import Feeder
+from farm.propose import STOP_GRACE_S, Feeder
 from farm.records import CandidateState, TrialState
 from farm.store import Store
 from proposer.base import Proposer
@@ -155,10 +155,13 @@ def serve_propose(
         file=out,
         flush=True,
     )
+    feeder.start()
     try:
-        feeder.run()
+        feeder.wait()
     except KeyboardInterrupt:
-        print("farm propose: interrupted; run it again to resume", file=out, flush=True)
+        lost = feeder.stop(grace_s=STOP_GRACE_S)
+        held = f"; {lost} calls in flight stay counted at their worst case" if lost else ""
+        print(f"farm propose: interrupted{held}; run it again to resume", file=out, flush=True)
         return 130
     if feeder.error is not None:
         print(f"farm propose: stopped: {feeder.error}", file=out, flush=True)

@@ -226,7 +226,9 @@ def prepare_target(target: Path, *, budget_s: float, tune_trials: int) -> None:
         return
     toml = target / "farm.toml"
     text = re.sub(r"^budget_s = .*$", f"budget_s = {budget_s:g}", toml.read_text(), flags=re.M)
-    toml.write_text(text + f"\n[proposer]\ntune_trials = {tune_trials}\n")
+    # No metrics server: its port may be another campaign's on a shared machine.
+    extra = f"\n[proposer]\ntune_trials = {tune_trials}\n\n[metrics]\nenabled = false\n"
+    toml.write_text(text + extra)
     git = ["git", "-c", "user.name=farm-bench", "-c", "user.email=bench@localhost"]
     subprocess.run([*git, "commit", "-qam", "bench settings"], cwd=target, check=True)
 
