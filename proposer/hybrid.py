@@ -75,7 +75,14 @@ class HybridProposer(AnthropicProposer):
         if not structures or structures[-1].status in _OVER:
             return None
         structure = structures[-1]
-        children = [e for e in ctx.history if e.parent == structure.candidate_id]
+        # A tuning draft superseded before it ran (a sibling's keep rewrote its knob lines)
+        # used no trial: TPE drafts a replacement on the new incumbent.
+        children = [
+            e
+            for e in ctx.history
+            if e.parent == structure.candidate_id
+            and not (e.status == DecisionKind.SUPERSEDED.value and not e.runs)
+        ]
         if len(children) >= self.cfg.tune_trials:
             return None
         return structure, children

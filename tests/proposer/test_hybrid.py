@@ -167,3 +167,16 @@ def test_one_structure_at_a_time(
     book = deliver(fake_api, ctx, 2)
     assert len(fake_api.requests) == calls
     assert [d.strategy for d in book.drafts] == ["structure"] * calls
+
+
+def test_a_tuning_draft_superseded_before_it_ran_is_replaced(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    ctx.history = [structure_entry("kept")]
+    ctx.files = {"train.py": ctx.files["train.py"].replace(OLD, NEW)}
+    ran = [LedgerEntry(2, "tune #1: a", "", "kept", [], metric=0.9, parent=1, runs=[0.9])]
+    lost = [LedgerEntry(3 + i, f"tune #1: {i}", "", "superseded", [], parent=1) for i in range(2)]
+    ctx.history += ran + lost  # tune_trials = 3: two of them never ran
+    book = deliver(fake_api, ctx, 4)
+    assert fake_api.requests == []
+    assert [d.strategy for d in book.drafts] == ["tpe", "tpe"]
