@@ -57,8 +57,10 @@ class HybridProposer(AnthropicProposer):
         phase = self._phase(ctx)
         if phase is not None:
             structure, children = phase
-            if structure.status in _IN_FLIGHT:
-                return  # its outcome says whether its knobs are worth tuning: wait
+            if structure.status in _IN_FLIGHT or len(children) >= self.cfg.tune_trials:
+                # Wait: for the structure's outcome (are its knobs worth tuning?), or for
+                # its last tuning drafts to start (one superseded on the way is replaced).
+                return
             drafts = self._tune(ctx, structure, children, n)
             if drafts:
                 book.record(drafts)
@@ -83,7 +85,9 @@ class HybridProposer(AnthropicProposer):
             if e.parent == structure.candidate_id
             and not (e.status == DecisionKind.SUPERSEDED.value and not e.runs)
         ]
-        if len(children) >= self.cfg.tune_trials:
+        if len(children) >= self.cfg.tune_trials and not any(
+            c.status == "queued" for c in children
+        ):
             return None
         return structure, children
 

@@ -149,19 +149,20 @@ def test_a_kept_structure_is_tuned_in_place(fake_api: FakeAnthropic, ctx: Propos
 @pytest.mark.parametrize(
     ("status", "children", "calls"),
     [
-        ("queued", 0, 0),  # its outcome decides whether tuning is worth it: wait
-        ("running", 0, 0),
-        ("crashed", 0, 1),  # nothing to tune: the next structure
-        ("discarded", 3, 1),  # tuned tune_trials times: the next structure
+        ("queued", [], 0),  # its outcome decides whether tuning is worth it: wait
+        ("running", [], 0),
+        ("crashed", [], 1),  # nothing to tune: the next structure
+        ("discarded", ["discarded", "kept", "queued"], 0),  # the last may yet be superseded
+        ("discarded", ["discarded", "kept", "running"], 1),  # tuned tune_trials times: next
     ],
 )
 def test_one_structure_at_a_time(
-    fake_api: FakeAnthropic, ctx: ProposalContext, status: str, children: int, calls: int
+    fake_api: FakeAnthropic, ctx: ProposalContext, status: str, children: list[str], calls: int
 ) -> None:
     ctx.history = [structure_entry(status)]
     ctx.history += [
-        LedgerEntry(2 + i, f"tune #1: {i}", "", "discarded", [], metric=1.0, parent=1)
-        for i in range(children)
+        LedgerEntry(2 + i, f"tune #1: {i}", "", child, [], metric=1.0, parent=1, runs=[1.0])
+        for i, child in enumerate(children)
     ]
     fake_api.push(drafts_reply([structural(WARMUP)]))
     book = deliver(fake_api, ctx, 2)
