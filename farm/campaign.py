@@ -27,7 +27,7 @@ from farm.errors import ConfigError, ProposerError, TargetError
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import WIDTH, failure_label, fit, plural, snapshot
-from farm.propose import Feeder, build_context
+from farm.propose import STOP_GRACE_S, Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
@@ -94,6 +94,7 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
         start_sha=head,
         config=cfg.to_dict(),
         program=program,
+        protected_files=repo.read_files(head, cfg.protected),
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
     return store.create_campaign(camp, inc)
@@ -259,7 +260,9 @@ def run(
         print(
             "\ninterrupted: stopping trials; run the same command to resume", file=out, flush=True
         )
-        feeder.stop()
+        lost = feeder.stop(grace_s=STOP_GRACE_S)
+        if lost:
+            print(f"{lost} proposer calls in flight stay counted at their worst case", file=out)
         dispatcher.shutdown()
         if metrics:
             metrics.close()
@@ -288,7 +291,8 @@ def run(
     elif feeder.exhausted:
         why = f"proposer {proposer.name} has nothing new to try"
     else:
-        why = f"all {opts.max_candidates} candidates decided"
+        counts = store.count_candidates(cfg.campaign)
+        why = f"all {sum(counts.values()) - counts[CandidateState.REJECTED]} candidates decided"
     print(f"farm: campaign {cfg.campaign} finished ({why})", file=out, flush=True)
     return 0
 

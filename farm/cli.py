@@ -112,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(report)
     report.add_argument(
-        "--by", choices=["proposer"], default="proposer", help="one row per proposer"
+        "--by",
+        choices=["proposer", "strategy", "batch"],
+        default="proposer",
+        help="one row per proposer (and strategy, model), per strategy, or per batch size",
     )
     report.add_argument("--out", type=Path, help="write progress.png and report.md here")
 
@@ -188,6 +191,12 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _on_sigterm_stop() -> None:
+    """Make SIGTERM stop like Ctrl-C. Again after ray.init, which installs its own handler
+    in the driver (it exits at once, and Ray's core prints `*** SIGTERM received ***`)."""
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    _on_sigterm_stop()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -274,6 +283,7 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         for line in moved or ["none: every farm branch is where the store says"]:
             print(f"farm: repaired {line}")
     started = init_ray(cfg, opts, out=sys.stdout)
+    _on_sigterm_stop()
     try:
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
@@ -314,15 +324,17 @@ def _serve_role(
             idle_exit_s=args.idle_exit,
             out=sys.stdout,
         )
-    roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
     if args.cmd == "propose":
+        proposer = _proposer(args, cfg)  # a missing key is said now, not after the wait
+        roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
         return roles.serve_propose(
             store=store,
             cfg=cfg,
-            proposer=metrics.measure(_proposer(args, cfg)),
+            proposer=metrics.measure(proposer),
             max_candidates=args.max_candidates,
             out=sys.stdout,
         )
+    roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)
     import ray
 
     from farm.campaign import RunOptions, init_ray
@@ -333,6 +345,7 @@ def _serve_role(
     started = init_ray(
         cfg, RunOptions(slots=args.slots, ray_address=args.ray_address), out=sys.stdout
     )
+    _on_sigterm_stop()
     try:
         return roles.serve_work(
             store=store,
@@ -398,7 +411,7 @@ def _report(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 
     _known_campaign(cfg, store)
     if args.out is None:
-        print(proposer_table(store, cfg.campaign))
+        print(proposer_table(store, cfg.campaign, by=args.by))
         return 0
     from farm.plots import progress_png
     from farm.progress import full_history

@@ -105,7 +105,7 @@ DEFAULT_FOCUSES = [
 
 @dataclass
 class ProposerConfig:
-    kind: str = "mutate"  # mutate | replay | anthropic | optuna
+    kind: str = "mutate"  # mutate | replay | anthropic | optuna | hybrid
     batch_size: int = 4  # drafts asked for per proposer call
     backlog: int = 4  # validated candidates kept ready beyond the free slots
     # backlog: refill the backlog while trials run (LLM latency hides behind training);
@@ -114,6 +114,11 @@ class ProposerConfig:
     seed: int = 0  # the offline proposers' random seed
     replay_file: str = ""  # JSONL of drafts, for kind = "replay"
     max_edit_bytes: int = 20_000  # a draft's edits larger than this are rejected
+    # A batch with no usable draft (unreadable answers, invalid edits, the API unavailable
+    # after its retries) is retried after backoff_s, doubled each time in a row (at most
+    # 10 minutes); after max_failed_batches in a row, proposing stops with the cause.
+    max_failed_batches: int = 3
+    backoff_s: float = 10.0
     # kind = "anthropic"
     model: str = "claude-sonnet-4-6"
     max_tokens: int = 16_000  # per API call (a batch of drafts with its edits)
@@ -127,7 +132,10 @@ class ProposerConfig:
     api_key_file: str = ""  # file holding the key (relative to the target); else $ANTHROPIC_API_KEY
     base_url: str = ""  # default: $ANTHROPIC_BASE_URL, else the SDK's
     prices: dict[str, ModelPrice] = field(default_factory=dict)  # add to / override built-ins
-    digest_tokens: int = 4_000  # budget of the ledger digest in the prompt (≈ chars / 4)
+    digest_tokens: int = 6_000  # budget of the ledger digest in the prompt (≈ chars / 4)
+    files_tokens: int = 32_000  # budget of the editable and protected files in the prompt
+    # kind = "hybrid": TPE trials on the knobs of each structural change before the next
+    tune_trials: int = 8
     # kind = "optuna"
     params: list[ParamConfig] = field(default_factory=list)
 
@@ -381,6 +389,11 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("proposer.focuses", f'strategy "{p.strategy}" needs at least one focus')
     if p.spend_cap_usd < 0 or p.timeout_s <= 0 or p.max_retries < 0 or p.digest_tokens < 0:
         fail("proposer", "spend_cap_usd, max_retries, digest_tokens must be >= 0, timeout_s > 0")
+    if p.max_failed_batches < 1 or p.backoff_s < 0 or p.tune_trials < 1 or p.files_tokens < 1:
+        fail(
+            "proposer",
+            "max_failed_batches, tune_trials and files_tokens must be >= 1, backoff_s >= 0",
+        )
     for model, price in p.prices.items():
         if min(price.input, price.output, price.cache_write, price.cache_read) < 0:
             fail(f"proposer.prices.{model}", "prices must be >= 0 (USD per million tokens)")

@@ -29,6 +29,11 @@ class ProposerError(FarmError):
     """A proposer backend cannot go on (the LLM API refused or stayed unavailable)."""
 
 
+class ProposerUnavailable(ProposerError):
+    """The LLM API stayed unavailable through its retries (429, 529, 5xx, timeouts): the
+    proposer role backs off and tries again, up to `proposer.max_failed_batches` times."""
+
+
 class SpendCapReached(ProposerError):
     """The ledger's LLM spend reached `proposer.spend_cap_usd`: a clean stop, not a failure."""
 

@@ -17,6 +17,7 @@ trial. Metrics come from long-lived processes only, never from a trial's Ray tas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -49,7 +50,7 @@ from farm.records import (
 )
 from farm.store import Store
 from farm.store.stats import CampaignStats, ProposerTally
-from proposer.base import ProposalContext, Proposer
+from proposer.base import Book, ProposalContext, Proposer
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +433,28 @@ class _MeasuredProposer(Proposer):
         self._calls, self._errors, self._latency = calls, errors, latency
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
+        with self._call():
+            return self.inner.propose(ctx, n)
+
+    def propose_into(self, ctx: ProposalContext, n: int, book: Book) -> None:
+        # The inner proposer's own: a paid one holds and records call by call.
+        with self._call():
+            self.inner.propose_into(ctx, n, book)
+
+    def nothing_to_try(self, ctx: ProposalContext) -> str:
+        return self.inner.nothing_to_try(ctx)
+
+    def tell(self, candidate_id: int, *, metric: float | None, ok: bool) -> None:
+        self.inner.tell(candidate_id, metric=metric, ok=ok)
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
         from farm.errors import SpendCapReached
 
         self._calls.inc()
         started = time.perf_counter()
         try:
-            return self.inner.propose(ctx, n)
+            yield
         except SpendCapReached:
             raise
         except Exception:
@@ -445,9 +462,6 @@ class _MeasuredProposer(Proposer):
             raise
         finally:
             self._latency.observe(time.perf_counter() - started)
-
-    def tell(self, candidate_id: int, *, metric: float | None, ok: bool) -> None:
-        self.inner.tell(candidate_id, metric=metric, ok=ok)
 
 
 class _RetryCounter(logging.Filter):

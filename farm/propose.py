@@ -1,9 +1,19 @@
 """The proposer role: keeps a backlog of validated candidates ready, off the hot path.
 
 It reads only the store (the incumbent's editable files, the ledger), asks a proposer
-backend for a batch of drafts, validates every draft and records each as a candidate:
-`queued` when valid, `rejected` with its reason when not. Runs as a background thread
-inside `farm run` so LLM latency hides behind training.
+backend for a batch of drafts and records each draft as a candidate the moment it
+arrives: `queued` when valid, `rejected` with its reason when not. A paid call is first
+held in the ledger at its worst-case cost (a `proposing` row), so the spend cap counts it
+while it is in flight and after a crash. Runs as a background thread inside `farm run`
+so LLM latency hides behind training.
+
+How proposing ends:
+- a batch with no usable draft (unreadable answers, invalid edits, the API unavailable
+  after its retries) is a failed batch: the next one waits `backoff_s`, doubled each time
+  in a row; after `max_failed_batches` in a row proposing stops with the cause (exit 1);
+- batches with nothing new (no drafts, or only repeats of earlier candidates) while
+  nothing is in flight mean the proposer has run dry: a clean finish;
+- the spend cap, or the candidate limit: a clean finish.
 """
 
 from __future__ import annotations
@@ -15,22 +25,39 @@ import uuid
 from dataclasses import dataclass, field
 
 from farm.config import TargetConfig
-from farm.errors import SpendCapReached
+from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
+from farm.merge import judge
 from farm.records import (
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Draft,
+    Trial,
     edit_hash,
 )
 from farm.store import Store
-from proposer.base import LedgerEntry, ProposalContext, Proposer
-from proposer.validate import Rejected, ScoreGuard, Validated, validate_batch
+from proposer.base import (
+    Book,
+    LedgerEntry,
+    ProposalContext,
+    Proposer,
+    Verdict,
+    check_cap,
+    files_fingerprint,
+    remember,
+    screen,
+    usd,
+)
+from proposer.validate import Rejected, ScoreGuard, Validated
 
 log = logging.getLogger(__name__)
 
-EXHAUSTED_AFTER = 3  # consecutive batches with nothing valid: the proposer has run dry
+EXHAUSTED_AFTER = 3  # consecutive batches with nothing new and nothing in flight: run dry
+MAX_BACKOFF_S = 600.0  # the longest wait after failed batches
+DETAILED = 12  # the latest decisions whose runs, durations and output the prompt shows
+BASELINE_POLL_S = 0.5
+STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
 
 
 def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> ProposalContext:
@@ -38,11 +65,25 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     camp = store.get_campaign(campaign_id)
     assert camp is not None
     inc = store.get_incumbent(campaign_id)
-    decisions = {d.candidate_id: d for d in store.list_decisions(campaign_id)}
-    cands = store.list_candidates(campaign_id)
+    decisions = store.list_decisions(campaign_id)  # in the order they were made
+    decided = {d.candidate_id: d for d in decisions}
+    cands = [
+        c for c in store.list_candidates(campaign_id) if c.state is not CandidateState.PROPOSING
+    ]
+    # Trials only for what the prompt shows in detail: the latest decisions, superseded
+    # winners, and what is running now.
+    detailed = {d.candidate_id for d in decisions[-DETAILED:]}
+    detailed |= {c.id for c in cands if c.state is CandidateState.RUNNING}
+    detailed |= {d.candidate_id for d in decisions if d.kind is DecisionKind.SUPERSEDED}
+    trials = {cid: store.list_trials(campaign_id, candidate_id=cid) for cid in sorted(detailed)}
     history = []
     for c in cands:
-        d = decisions.get(c.id)
+        d = decided.get(c.id)
+        runs = trials.get(c.id, [])
+        detail = d.reason if d else ""
+        failed = [t.result for t in runs if t.result and not t.result.outcome.is_ok()]
+        if d is not None and d.kind is DecisionKind.CRASHED and failed and failed[0].output_tail:
+            detail += "\n" + failed[0].output_tail
         history.append(
             LedgerEntry(
                 candidate_id=c.id,
@@ -53,9 +94,22 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
                 delta=d.delta if d else None,
                 metric=d.metric if d else None,
                 sigma=d.sigma if d else None,
-                detail=d.reason if d else "",
+                detail=detail,
+                runs=[t.result.metric for t in runs if t.result and t.result.metric is not None],
+                proposer=c.proposer,
+                strategy=c.strategy,
+                knobs=list(c.knobs),
+                params=dict(c.params),
+                parent=c.parent,
             )
         )
+    sigma = next((d.sigma for d in reversed(decisions) if d.sigma is not None), camp.sigma)
+    screen_t, keep_t = _thresholds(cfg, sigma, inc.runs)
+    seen_files: dict[str, int] = {}
+    for c in cands:
+        if c.files and c.state is not CandidateState.REJECTED:
+            seen_files.setdefault(files_fingerprint(c.files), c.id)
+    baseline = [store.get_trial(campaign_id, f"base-{i}") for i in range(cfg.merge.repeats)]
     return ProposalContext(
         campaign=campaign_id,
         program=camp.program,
@@ -65,10 +119,226 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         direction=cfg.direction,
         incumbent_metric=inc.metric,
         incumbent_sha=inc.sha,
-        sigma=camp.sigma,
+        sigma=sigma,
         history=history,
         seen_hashes={c.edit_hash for c in cands},
-        spent_usd=sum(c.cost_usd for c in cands),
+        seen_files=seen_files,
+        spent_usd=ledger_spend(store, campaign_id),
+        protected=dict(camp.protected_files),
+        # With a protected `evaluate`, whatever training prints is only a log.
+        guard=None if cfg.evaluate else ScoreGuard(metric=cfg.metric, protected=cfg.protected),
+        budget_s=cfg.budget_s,
+        trial_seconds=_durations([t for t in baseline if t is not None], *trials.values()),
+        start_metric=camp.baseline_metric,
+        incumbent_runs=inc.runs,
+        screen_threshold=screen_t,
+        keep_threshold=keep_t,
+        confirm=cfg.merge.confirm,
+        lineage=[d.candidate_id for d in decisions if d.kind is DecisionKind.KEPT],
+    )
+
+
+def ledger_spend(store: Store, campaign_id: str) -> float:
+    """LLM spend in the ledger: what was paid, and the holds of calls in flight."""
+    return sum(c.cost_usd + c.reserved_usd for c in store.list_candidates(campaign_id))
+
+
+def _thresholds(
+    cfg: TargetConfig, sigma: float | None, incumbent_runs: int
+) -> tuple[float | None, float | None]:
+    """What Δ a screening run and a confirmation mean must beat now (the merge rule's)."""
+    if sigma is None:
+        return None, None
+    m = cfg.merge
+
+    def threshold(runs: int, z: float) -> float:
+        return judge(
+            [0.0] * runs,
+            incumbent=0.0,
+            incumbent_runs=max(incumbent_runs, 1),
+            sigma=sigma,
+            direction=cfg.direction,
+            z=z,
+            min_delta=m.min_delta,
+        ).threshold
+
+    if not m.confirm:
+        return threshold(1, m.z), threshold(1, m.z)
+    return threshold(1, m.screen_z), threshold(m.confirm, m.z)
+
+
+def _durations(*groups: list[Trial]) -> list[float]:
+    return [t.result.duration_s for g in groups for t in g if t.result and t.result.outcome.is_ok()]
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch brought, for deciding what to do next."""
+
+    drafts: int = 0
+    valid: int = 0
+    repeats: int = 0  # rejected as repeats of earlier candidates: nothing new, not broken
+    problems: list[str] = field(default_factory=list)  # why the other drafts were rejected
+
+
+class StoreBook(Book):
+    """Drafts straight into the store as candidates; holds as `proposing` rows."""
+
+    def __init__(
+        self,
+        store: Store,
+        cfg: TargetConfig,
+        campaign: str,
+        ctx: ProposalContext,
+        *,
+        batch_size: int = 0,
+        limit: int | None = None,
+        lock: threading.Lock | None = None,
+        holds: dict[int, Candidate] | None = None,
+    ) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.campaign = campaign
+        self.ctx = ctx
+        self.batch_size = batch_size
+        self.batch_id = uuid.uuid4().hex[:8]
+        self.limit = limit  # valid candidates still allowed (None: no limit)
+        self.lock = lock or threading.Lock()
+        self.holds = holds if holds is not None else {}  # open holds, shared with the feeder
+        self.outcome = BatchOutcome()
+
+    def hold(self, worst_usd: float, *, cap_usd: float, label: str) -> int:
+        with self.lock:
+            check_cap(spent=ledger_spend(self.store, self.campaign), worst=worst_usd, cap=cap_usd)
+            row = Candidate(
+                campaign=self.campaign,
+                id=self.store.next_candidate_id(self.campaign),
+                base_sha=self.ctx.incumbent_sha,
+                title=f"({label} call in flight)",
+                hypothesis="",
+                edits=[],
+                files={},
+                edit_hash="",
+                state=CandidateState.PROPOSING,
+                reserved_usd=worst_usd,
+                batch_id=self.batch_id,
+                batch_size=self.batch_size,
+            )
+            self.store.add_candidate(row)
+            self.holds[row.id] = row
+            return row.id
+
+    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+        with self.lock:
+            if hold is not None and hold not in self.holds:
+                log.warning("an answer came after the proposer stopped: its hold stays counted")
+                why = "the answer came after the proposer stopped"
+                return [Rejected(why, edit_hash(d.edits)) for d in drafts]
+            verdicts, repeats = screen(
+                drafts, self.ctx, max_edit_bytes=self.cfg.proposer.max_edit_bytes
+            )
+            for i, v in enumerate(verdicts):
+                if isinstance(v, Validated) and self.limit is not None:
+                    if self.limit <= 0:  # more than asked for: not a failure, not run
+                        repeats[i] = True
+                        verdicts[i] = Rejected(
+                            "over the candidate limit (--max-candidates): recorded, not run",
+                            v.edit_hash,
+                        )
+                    self.limit -= 1
+            # The hold's row last: until it is replaced, it counts the call's worst case,
+            # so a process killed halfway through never counts less than was paid.
+            pairs = list(zip(drafts, verdicts, strict=True))
+            ids = [self._write(d, v, None) for d, v in pairs[1 if hold is not None else 0 :]]
+            if hold is not None:
+                ids.insert(0, self._write(*pairs[0], hold))
+            remember(self.ctx, drafts, verdicts, ids)
+            o = self.outcome
+            o.drafts += len(drafts)
+            for repeat, v in zip(repeats, verdicts, strict=True):
+                if isinstance(v, Validated):
+                    o.valid += 1
+                elif repeat:
+                    o.repeats += 1
+                else:
+                    o.problems.append(v.reason)
+            return verdicts
+
+    def release(self, hold: int, *, reason: str) -> None:
+        with self.lock:
+            row = self.holds.pop(hold, None)
+            if row is not None:
+                _settle(self.store, row, "(call failed)", f"the call failed: {reason}", 0.0)
+
+    def _write(self, d: Draft, v: Verdict, hold: int | None) -> int:
+        ctx = self.ctx
+        cand = Candidate(
+            campaign=self.campaign,
+            id=hold if hold is not None else self.store.next_candidate_id(self.campaign),
+            base_sha=ctx.incumbent_sha,
+            title=d.title,
+            hypothesis=d.hypothesis,
+            edits=d.edits,
+            files={**ctx.files, **v.files} if isinstance(v, Validated) else {},
+            edit_hash=v.edit_hash,
+            expected_effect=d.expected_effect,
+            proposer=d.proposer,
+            strategy=d.strategy,
+            model=d.model,
+            batch_id=d.batch_id or self.batch_id,
+            prompt_hash=d.prompt_hash,
+            tokens_in=d.tokens_in,
+            tokens_out=d.tokens_out,
+            cost_usd=d.cost_usd,
+            batch_size=d.batch_size or self.batch_size,
+            knobs=d.knobs,
+            params=d.params,
+            parent=d.parent,
+        )
+        if isinstance(v, Rejected):
+            cand.state = CandidateState.REJECTED
+            cand.reason = v.reason
+        if hold is None:
+            self.store.add_candidate(cand)
+        else:
+            del self.holds[hold]
+            self.store.update_candidate(cand)
+        if isinstance(v, Rejected):
+            _reject(self.store, cand)
+            log.info("draft %r rejected: %s", d.title, v.reason)
+        return cand.id
+
+
+def _reject(store: Store, cand: Candidate) -> None:
+    store.record_decision(
+        Decision(
+            campaign=cand.campaign,
+            candidate_id=cand.id,
+            kind=DecisionKind.REJECTED,
+            reason=cand.reason,
+            incumbent_before=cand.base_sha,
+            incumbent_after=cand.base_sha,
+        )
+    )
+
+
+def _settle(store: Store, row: Candidate, title: str, reason: str, cost: float) -> None:
+    """Close a hold that no draft replaces, as a rejected row that carries `cost`."""
+    row.state, row.title, row.reason = CandidateState.REJECTED, title, reason
+    row.cost_usd, row.reserved_usd = cost, 0.0
+    store.update_candidate(row)
+    _reject(store, row)
+
+
+def _abandon(store: Store, row: Candidate, why: str) -> None:
+    """A hold whose answer will never be recorded: its worst case stays counted."""
+    _settle(
+        store,
+        row,
+        "(call lost in flight)",
+        f"{why}: its worst case ({usd(row.reserved_usd)}) stays counted against the spend "
+        "cap, as the API may have billed it",
+        row.reserved_usd,
     )
 
 
@@ -80,56 +350,10 @@ def record_drafts(
     A valid candidate carries every editable file in full (the base's text with its edits),
     so a worker needs only the campaign's start commit plus these files.
     """
-    results = validate_batch(
-        drafts,
-        files=ctx.files,
-        editable=cfg.editable,
-        seen_hashes=ctx.seen_hashes,
-        max_edit_bytes=cfg.proposer.max_edit_bytes,
-        # With a protected `evaluate`, whatever training prints is only a log.
-        guard=None if cfg.evaluate else ScoreGuard(metric=cfg.metric, protected=cfg.protected),
-    )
-    valid = rejected = 0
-    for draft, res in zip(drafts, results, strict=True):
-        cand = Candidate(
-            campaign=campaign_id,
-            id=store.next_candidate_id(campaign_id),
-            base_sha=ctx.incumbent_sha,
-            title=draft.title,
-            hypothesis=draft.hypothesis,
-            edits=draft.edits,
-            files={**ctx.files, **res.files} if isinstance(res, Validated) else {},
-            edit_hash=res.edit_hash if isinstance(res, Validated) else edit_hash(draft.edits),
-            expected_effect=draft.expected_effect,
-            proposer=draft.proposer,
-            strategy=draft.strategy,
-            model=draft.model,
-            batch_id=draft.batch_id,
-            prompt_hash=draft.prompt_hash,
-            tokens_in=draft.tokens_in,
-            tokens_out=draft.tokens_out,
-            cost_usd=draft.cost_usd,
-        )
-        if isinstance(res, Rejected):
-            cand.state = CandidateState.REJECTED
-            cand.reason = res.reason
-            store.add_candidate(cand)
-            store.record_decision(
-                Decision(
-                    campaign=campaign_id,
-                    candidate_id=cand.id,
-                    kind=DecisionKind.REJECTED,
-                    reason=res.reason,
-                    incumbent_before=ctx.incumbent_sha,
-                    incumbent_after=ctx.incumbent_sha,
-                )
-            )
-            log.info("draft %r rejected: %s", draft.title, res.reason)
-            rejected += 1
-        else:
-            store.add_candidate(cand)
-            valid += 1
-    return valid, rejected
+    book = StoreBook(store, cfg, campaign_id, ctx)
+    verdicts = book.record(drafts)
+    valid = sum(isinstance(v, Validated) for v in verdicts)
+    return valid, len(verdicts) - valid
 
 
 @dataclass
@@ -155,17 +379,32 @@ class Feeder:
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _dry: int = 0  # consecutive batches with nothing valid and nothing in flight
+    _dry: int = 0  # consecutive batches with nothing new and nothing in flight
+    _failed: int = 0  # consecutive batches with no usable draft
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _holds: dict[int, Candidate] = field(default_factory=dict)  # this process's calls in flight
 
     def start(self) -> None:
         """Feed in a background thread (inside `farm run`)."""
         self._thread = threading.Thread(target=self.run, name="farm-propose", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, grace_s: float = 30.0) -> int:
+        """Stop feeding. A call still in flight after `grace_s` stays counted at its worst
+        case; returns how many there were."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=grace_s)
+        return self.abandon("the proposer stopped while this call was in flight")
+
+    def abandon(self, why: str) -> int:
+        """Settle this process's open holds at their worst case; returns how many."""
+        with self._lock:
+            rows = list(self._holds.values())
+            self._holds.clear()
+            for row in rows:
+                _abandon(self.store, row, why)
+        return len(rows)
 
     @property
     def done(self) -> bool:
@@ -199,31 +438,67 @@ class Feeder:
             return p.batch_size
         return max(0, min(p.batch_size, self._left()))
 
+    def wait(self) -> None:
+        """Until the feeding thread ends; Ctrl-C reaches the caller between joins, never
+        the thread, so an answer is never half recorded."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+
     def run(self) -> None:
-        """Feed until done or stopped (in the foreground for `farm propose`)."""
+        """Feed until done or stopped: the thread's body (`start`)."""
         try:
             while not self._stop.is_set() and not self.done:
+                if self.proposer.needs_baseline and not self._baseline_measured():
+                    self._stop.wait(BASELINE_POLL_S)
+                    continue
                 n = self.wanted()
                 if not n:
                     self._stop.wait(0.2)
                     continue
-                self._stop.wait(self.settle(self.propose_once(n)))
+                self._stop.wait(self.settle(self.deliver(n)))
         except SpendCapReached as e:  # queued candidates still run; the campaign ends cleanly
             log.info("proposer %s stopped: %s", self.proposer.name, e)
             self.stopped = str(e)
-        except Exception as e:  # surfaced by the campaign loop, which stops cleanly
+        except FarmError as e:  # said by the campaign loop, which stops cleanly
+            log.error("proposer %s failed: %s", self.proposer.name, e)
+            self.error = e
+        except Exception as e:  # a bug: worth its traceback
             log.exception("proposer failed")
             self.error = e
 
-    def settle(self, valid: int) -> float:
-        """Count batches that came back dry; returns how long to wait before the next call.
+    def _baseline_measured(self) -> bool:
+        camp = self.store.get_campaign(self.campaign)
+        return camp is not None and camp.sigma is not None
+
+    def settle(self, outcome: BatchOutcome) -> float:
+        """Count failed and dry batches; returns how long to wait before the next call.
 
         Nothing new while candidates are still in flight is no verdict (a keep may change
         what there is to try); `EXHAUSTED_AFTER` dry batches with nothing in flight is.
         """
-        if valid:
-            self._dry = 0
+        if outcome.valid:
+            self._dry = self._failed = 0
             return 0.0
+        p = self.cfg.proposer
+        if outcome.problems:
+            self._failed += 1
+            last = "; ".join(dict.fromkeys(outcome.problems))
+            if self._failed >= p.max_failed_batches:
+                self.error = ProposerError(
+                    f"{self._failed} batches in a row from proposer {self.proposer.name} "
+                    f"brought no usable draft; the last: {last[:600]}. The rejected drafts "
+                    "and their reasons are in `farm status` and `farm export --tsv`; fix "
+                    "the cause (model, [proposer] settings, program.md), then run again"
+                )
+                return 0.0
+            wait = min(p.backoff_s * 2 ** (self._failed - 1), MAX_BACKOFF_S)
+            log.warning(
+                "proposer %s: no usable draft (%s); trying again in %.1fs",
+                self.proposer.name,
+                last[:300],
+                wait,
+            )
+            return wait
         counts = self.store.count_candidates(self.campaign)
         busy = counts[CandidateState.QUEUED] + counts[CandidateState.RUNNING]
         self._dry = 0 if busy else self._dry + 1
@@ -234,30 +509,66 @@ class Feeder:
 
     def propose_once(self, n: int) -> int:
         """Ask for `n` drafts and record them; returns how many were valid."""
-        return self.record(self.ask(n))
+        return self.deliver(n).valid
 
-    def ask(self, n: int) -> ProposalBatch:
-        """Call the proposer backend on the campaign as the store holds it now."""
+    def deliver(self, n: int) -> BatchOutcome:
+        """One batch: the proposer records its drafts in the store as they arrive."""
+        self._settle_stale()
         ctx = build_context(self.store, self.cfg, self.campaign)
+        book = self._book(ctx, batch_size=n)
         started = time.time()
-        drafts = self.proposer.propose(ctx, n)
-        batch = uuid.uuid4().hex[:8]
-        for d in drafts:
-            d.batch_id = d.batch_id or batch
-            d.proposer = d.proposer or self.proposer.name
-        return ProposalBatch(drafts=drafts, ctx=ctx, seconds=time.time() - started)
-
-    def record(self, batch: ProposalBatch) -> int:
-        """Validate a batch against the context it was drafted on and record every draft."""
-        valid, rejected = record_drafts(
-            self.store, self.cfg, self.campaign, batch.drafts, batch.ctx
-        )
+        try:
+            self.proposer.propose_into(ctx, n, book)
+        except ProposerUnavailable as e:  # a failed batch: retried after a backoff
+            book.outcome.problems.append(str(e))
+        o = book.outcome
         log.info(
             "proposer %s: %d drafts in %.1fs, %d valid, %d rejected",
             self.proposer.name,
-            len(batch.drafts),
-            batch.seconds,
-            valid,
-            rejected,
+            o.drafts,
+            time.time() - started,
+            o.valid,
+            o.drafts - o.valid,
         )
-        return valid
+        return o
+
+    def ask(self, n: int) -> ProposalBatch:
+        """Call the proposer backend on the campaign as the store holds it now, without
+        recording (`farm simulate` records the batch when its virtual call returns)."""
+        ctx = build_context(self.store, self.cfg, self.campaign)
+        started = time.time()
+        drafts = self.proposer.propose(ctx, n)
+        for d in drafts:
+            d.proposer = d.proposer or self.proposer.name
+            d.batch_size = d.batch_size or n
+        return ProposalBatch(drafts=drafts, ctx=ctx, seconds=time.time() - started)
+
+    def record(self, batch: ProposalBatch) -> BatchOutcome:
+        """Validate a batch against the context it was drafted on and record every draft."""
+        book = self._book(batch.ctx)
+        if batch.drafts:
+            book.record(batch.drafts)
+        return book.outcome
+
+    def _book(self, ctx: ProposalContext, *, batch_size: int = 0) -> StoreBook:
+        limit = None if self.max_candidates is None else self._left()
+        return StoreBook(
+            self.store,
+            self.cfg,
+            self.campaign,
+            ctx,
+            batch_size=batch_size,
+            limit=limit,
+            lock=self._lock,
+            holds=self._holds,
+        )
+
+    def _settle_stale(self) -> None:
+        """Holds left by a proposer that died mid-call, once no call could still be running."""
+        p = self.cfg.proposer
+        longest = p.timeout_s * (p.max_retries + 1) + 60
+        now = time.time()
+        why = "the proposer stopped (or was killed) while this call was in flight"
+        for row in self.store.list_candidates(self.campaign, {CandidateState.PROPOSING}):
+            if row.id not in self._holds and now - row.created_at > longest:
+                _abandon(self.store, row, why)

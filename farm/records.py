@@ -48,6 +48,9 @@ class Outcome(enum.StrEnum):
 
 
 class CandidateState(enum.StrEnum):
+    # A proposer call in flight: the row holds the call's worst-case cost against the spend
+    # cap until the answer replaces it with a draft (queued or rejected).
+    PROPOSING = "proposing"
     QUEUED = "queued"  # validated, waiting for a slot
     RUNNING = "running"  # trials in flight or a decision pending
     KEPT = "kept"
@@ -57,7 +60,7 @@ class CandidateState(enum.StrEnum):
     SUPERSEDED = "superseded"  # won, but its edits no longer apply on the incumbent
 
     def is_finished(self) -> bool:
-        return self not in (CandidateState.QUEUED, CandidateState.RUNNING)
+        return self not in (CandidateState.PROPOSING, CandidateState.QUEUED, CandidateState.RUNNING)
 
 
 class DecisionKind(enum.StrEnum):
@@ -110,6 +113,13 @@ class Draft:
     # Set by a proposer when the model's answer could not be read as a draft: the draft is
     # recorded as rejected with this reason (and keeps its cost in the ledger).
     problem: str = ""
+    batch_size: int = 0  # drafts asked for in the proposer call this came from
+    # hybrid: the numeric knobs a structural change declares worth tuning (ParamConfig
+    # fields: file, name, low, high, log, int), the values a draft sets for its family's
+    # knobs, and the structural candidate a tuning draft builds on.
+    knobs: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, float] = field(default_factory=dict)
+    parent: int | None = None
 
 
 @dataclass
@@ -138,6 +148,11 @@ class Candidate:
     tokens_out: int = 0
     cost_usd: float = 0.0
     created_at: float = field(default_factory=time.time)
+    reserved_usd: float = 0.0  # state proposing: the call's worst-case cost, held against the cap
+    batch_size: int = 0  # drafts asked for in its proposer call (0: not recorded)
+    knobs: list[dict[str, Any]] = field(default_factory=list)  # see Draft
+    params: dict[str, float] = field(default_factory=dict)
+    parent: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -303,6 +318,8 @@ class Campaign:
     start_sha: str
     config: dict[str, Any]
     program: str = ""  # program.md at the start: proposers read it from the store
+    # The protected files' text at the start (read-only context for LLM proposers).
+    protected_files: dict[str, str] = field(default_factory=dict)
     sigma: float | None = None  # baseline seed noise, once the baseline repeats are in
     baseline_metric: float | None = None  # the start commit's mean over its baseline runs
     baseline_runs: int = 0

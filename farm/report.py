@@ -104,9 +104,9 @@ def export_tsv(store: Store, campaign: str) -> str:
 
 @dataclass
 class ProposerRow:
-    proposer: str
-    strategy: str
-    model: str
+    """One group of candidates of `farm report --by ...`: its key cells, then the measures."""
+
+    key: list[str]  # proposer, strategy, model (--by proposer) or as KEY_COLUMNS says
     drafts: int = 0
     valid: int = 0
     kept: int = 0
@@ -124,9 +124,7 @@ class ProposerRow:
             return f"{x / d:.4g}" if d else "—"
 
         return [
-            self.proposer,
-            self.strategy or "—",
-            self.model or "—",
+            *(k or "—" for k in self.key),
             str(self.drafts),
             pct(self.valid, self.drafts),
             pct(self.kept, self.valid),
@@ -135,13 +133,18 @@ class ProposerRow:
             per(self.gain, self.slot_hours),
             f"${self.cost_usd:.2f}",
             f"${self.cost_usd / self.kept:.2f}" if self.kept else "—",
+            per(self.gain, self.cost_usd),
         ]
 
 
-PROPOSER_COLUMNS = [
-    "proposer",
-    "strategy",
-    "model",
+# The grouping of `farm report --by <key>`: which strategy or batch size gave more gain per
+# slot-hour and per dollar is what `farm simulate` and a campaign's [proposer] tune.
+KEY_COLUMNS = {
+    "proposer": ["proposer", "strategy", "model"],
+    "strategy": ["proposer", "strategy"],
+    "batch": ["proposer", "batch size"],
+}
+MEASURE_COLUMNS = [
     "drafts",
     "valid",
     "kept",
@@ -150,20 +153,39 @@ PROPOSER_COLUMNS = [
     "gain/slot-hour",
     "cost",
     "cost/kept",
+    "gain/$",
 ]
+PROPOSER_COLUMNS = KEY_COLUMNS["proposer"] + MEASURE_COLUMNS
 
 
-def proposer_rows(store: Store, campaign: str) -> list[ProposerRow]:
-    """Per proposer, strategy and model: how many drafts, how good, how costly."""
+def _keys(cands: list[Candidate], by: str) -> dict[int, list[str]]:
+    """Each candidate's group under `by`. A batch's size is what its call asked for (rows
+    from before it was recorded: how many drafts share its batch id)."""
+    shared = collections.Counter(c.batch_id for c in cands)
+    keys = {}
+    for c in cands:
+        proposer = c.proposer or "unknown"
+        if by == "strategy":
+            keys[c.id] = [proposer, c.strategy]
+        elif by == "batch":
+            keys[c.id] = [proposer, str(c.batch_size or shared[c.batch_id])]
+        else:
+            keys[c.id] = [proposer, c.strategy, c.model]
+    return keys
+
+
+def proposer_rows(store: Store, campaign: str, *, by: str = "proposer") -> list[ProposerRow]:
+    """Per group (`by`: proposer, strategy or batch): how many drafts, how good, how costly."""
     decisions = {d.candidate_id: d for d in store.list_decisions(campaign)}
     trials_of: dict[int, list[Trial]] = {}
     for t in store.list_trials(campaign):
         if t.candidate_id is not None:
             trials_of.setdefault(t.candidate_id, []).append(t)
-    rows: dict[tuple[str, str, str], ProposerRow] = {}
-    for c in store.list_candidates(campaign):
-        key = (c.proposer or "unknown", c.strategy, c.model)
-        row = rows.setdefault(key, ProposerRow(*key))
+    cands = [c for c in store.list_candidates(campaign) if c.state is not CandidateState.PROPOSING]
+    keys = _keys(cands, by)
+    rows: dict[tuple[str, ...], ProposerRow] = {}
+    for c in cands:
+        row = rows.setdefault(tuple(keys[c.id]), ProposerRow(keys[c.id]))
         row.drafts += 1
         row.cost_usd += c.cost_usd
         if c.state is not CandidateState.REJECTED:
@@ -177,16 +199,17 @@ def proposer_rows(store: Store, campaign: str) -> list[ProposerRow]:
             row.gain += d.delta or 0.0
         if d is not None and d.delta is not None and d.kind is not DecisionKind.REJECTED:
             row.best_delta = d.delta if row.best_delta is None else max(row.best_delta, d.delta)
-    return sorted(rows.values(), key=lambda r: (-r.gain, r.proposer, r.strategy, r.model))
+    return sorted(rows.values(), key=lambda r: (-r.gain, r.key))
 
 
-def proposer_table(store: Store, campaign: str) -> str:
-    """`farm report --by proposer` as a Markdown table."""
+def proposer_table(store: Store, campaign: str, *, by: str = "proposer") -> str:
+    """`farm report --by proposer|strategy|batch` as a Markdown table."""
+    columns = KEY_COLUMNS[by] + MEASURE_COLUMNS
     lines = [
-        "| " + " | ".join(PROPOSER_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in PROPOSER_COLUMNS) + "|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
     ]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in proposer_rows(store, campaign)]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in proposer_rows(store, campaign, by=by)]
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from farm.errors import FarmError
 from farm.gitops import Repo
 from farm.metrics import RoleMetrics
 from farm.progress import decision_text, plural
-from farm.propose import Feeder
+from farm.propose import STOP_GRACE_S, Feeder
 from farm.records import CandidateState, TrialState
 from farm.store import Store
 from proposer.base import Proposer
@@ -156,7 +156,14 @@ def serve_propose(
         file=out,
         flush=True,
     )
-    feeder.run()
+    feeder.start()
+    try:
+        feeder.wait()
+    except KeyboardInterrupt:
+        lost = feeder.stop(grace_s=STOP_GRACE_S)
+        held = f"; {lost} calls in flight stay counted at their worst case" if lost else ""
+        print(f"farm propose: interrupted{held}; run it again to resume", file=out, flush=True)
+        return 130
     if feeder.error is not None:
         print(f"farm propose: stopped: {feeder.error}", file=out, flush=True)
         return 1

@@ -46,6 +46,7 @@ class RunView:
     started: float = field(default_factory=time.time)
     decided_before: int | None = None  # candidates decided before this run (a resume)
     _last: float = 0.0
+    _shown: str = ""  # the last status line printed
 
     def decision(self, d: Decision, title: str, metric: str, *, label: str = "") -> None:
         print(decision_line(d, title, metric, label=label), file=self.out, flush=True)
@@ -58,7 +59,7 @@ class RunView:
         s = snap()
         if self.decided_before is None:
             self.decided_before = s.decided
-        self.show(s, busy=busy)
+        self.show(s, busy=busy, again=not force)
 
     def _period(self) -> float:
         return self.every_s
@@ -71,10 +72,14 @@ class RunView:
             elapsed_s=time.time() - self.started,
         )
 
-    def show(self, s: Snapshot, *, busy: int) -> None:
+    def show(self, s: Snapshot, *, busy: int, again: bool = True) -> None:
+        """Print the status line; unless `again`, not when only its clock differs from the
+        last one (a run's final line after a periodic one)."""
         elapsed = time.time() - self.started
         line = status_line(s, slots=self.slots, busy=busy, elapsed_s=elapsed, pace=self.pace(s))
-        print(line, file=self.out, flush=True)
+        if again or line.partition("] ")[2] != self._shown.partition("] ")[2]:
+            print(line, file=self.out, flush=True)
+            self._shown = line
 
     def close(self) -> None:
         """Stop drawing (the live view leaves its last frame on the screen)."""
@@ -105,7 +110,7 @@ class LiveView(RunView):
         assert self._live is not None
         self._live.console.print(Text(decision_line(d, title, metric, label=label)))
 
-    def show(self, s: Snapshot, *, busy: int) -> None:
+    def show(self, s: Snapshot, *, busy: int, again: bool = True) -> None:
         assert self._live is not None
         self._live.update(self.frame(s, busy=busy), refresh=True)
 

@@ -2,18 +2,25 @@
 
 One conversation per call: the request (cached prefix + ledger digest) is answered with a
 `submit_drafts` tool call; drafts that fail validation get ONE repair request, as an
-error tool_result listing the reasons; what still fails is returned anyway, so the ledger
-records it as rejected with its reason and it never gets GPU time.
+error tool_result listing the reasons. Every answer goes to the book (the ledger) the
+moment it arrives: valid drafts are queued at once, the others rejected with their
+reason, and never get GPU time; drafts beyond the number asked for are rejected too.
+
+Spend: before a call is sent, its worst case (every prompt byte a token, plus max_tokens
+of output) is held against `spend_cap_usd` in the book, next to what the ledger holds
+and the other calls in flight; the answer replaces the hold with its real cost. So
+parallel calls cannot overshoot the cap, and a process killed mid-call leaves the hold.
 
 Strategies (`[proposer] strategy`): `single` asks one call for N diverse drafts;
 `focused` makes N parallel calls of one draft, each with its own focus; `mix` does both,
-half and half. Every draft carries its share of its call's tokens and cost, so the
-ledger holds the whole spend; `spend_cap_usd` is checked against it before every call.
-Retries with backoff on 429, 529, 5xx and timeouts are the SDK's (`max_retries`).
+half and half. Every draft carries its share of its call's tokens and cost. Retries with
+backoff on 429, 529, 5xx and timeouts are the SDK's (`max_retries`); what is still
+unavailable after them raises ProposerUnavailable, which the proposer role retries later.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -25,17 +32,20 @@ from typing import Any
 import anthropic
 
 from farm.config import ModelPrice, ProposerConfig
-from farm.errors import ConfigError, ProposerError, SpendCapReached
+from farm.errors import ConfigError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.records import Draft, Edit
 from proposer import prompt
-from proposer.base import ProposalContext, Proposer
-from proposer.validate import Rejected, Validated, validate_batch
+from proposer.base import Book, MemoryBook, ProposalContext, Proposer, Verdict
+from proposer.validate import Rejected
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 TITLE_CHARS = 200  # longer titles and hypotheses are clipped before they reach the ledger
 HYPOTHESIS_CHARS = 4_000
+# Input tokens the API adds to a tool-forcing request beyond what it is sent (its tool-use
+# system prompt: 313-346 tokens on Claude 4 models), with room to spare.
+TOOL_PROMPT_TOKENS = 1_000
 
 # USD per million tokens (5-minute cache writes). A dated id (claude-sonnet-4-5-20250929)
 # takes the price of its longest listed prefix; `[proposer.prices]` adds or overrides.
@@ -87,7 +97,7 @@ def read_api_key(cfg: ProposerConfig, target: Path) -> str:
 
 @dataclass
 class _Spend:
-    """Tokens and cost of one conversation (a call and its repair)."""
+    """Tokens and cost of one call, from the usage fields of its answer."""
 
     tokens_in: int = 0
     tokens_out: int = 0
@@ -119,11 +129,14 @@ class _Answer:
 
 class AnthropicProposer(Proposer):
     name = "anthropic"
+    needs_baseline = True
+    tool: dict[str, Any] = prompt.TOOL
 
     def __init__(self, cfg: ProposerConfig, *, api_key: str) -> None:
         self.cfg = cfg
         self.price = price_of(cfg.model, cfg.prices)
-        # The key goes to the client only: never into logs, prompts, the ledger or trials.
+        # The key is read once, by the caller, and goes to the client only: never into
+        # logs, prompts, the ledger or trials, and the environment is not read again.
         self.client = anthropic.Anthropic(
             api_key=api_key,
             base_url=cfg.base_url or None,  # None: $ANTHROPIC_BASE_URL, else the API
@@ -132,31 +145,30 @@ class AnthropicProposer(Proposer):
         )
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
-        self._check_cap(ctx.spent_usd)
+        """Every draft the calls brought, valid or not, in the order they came: the path
+        for tests and scripts (the proposer role records through `propose_into`)."""
+        book = MemoryBook(ctx, max_edit_bytes=self.cfg.max_edit_bytes)
+        self.propose_into(ctx, n, book)
+        return book.drafts
+
+    def propose_into(self, ctx: ProposalContext, n: int, book: Book) -> None:
         digest = prompt.digest(ctx, self.cfg.digest_tokens)
-        batch_id = f"anthropic-{uuid.uuid4().hex[:8]}"
+        batch_id = f"{self.name}-{uuid.uuid4().hex[:8]}"
         jobs = self._plan(n, offset=len(ctx.history))
         if len(jobs) == 1:
             (strategy, focus, count) = jobs[0]
-            return self._converse(ctx, digest, strategy, focus, count, batch_id)
+            self._converse(ctx, book, digest, strategy, focus, count, batch_id)
+            return
         with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="farm-claude") as pool:
             futures = [
-                pool.submit(self._converse, ctx, digest, strategy, focus, count, batch_id)
+                pool.submit(self._converse, ctx, book, digest, strategy, focus, count, batch_id)
                 for strategy, focus, count in jobs
             ]
-        drafts: list[Draft] = []
-        errors: list[BaseException] = []
-        for f in futures:
-            error = f.exception()
-            if error is None:
-                drafts += f.result()
-            else:
-                errors.append(error)
-        if errors and not drafts:
-            raise errors[0]
-        for error in errors:  # the calls that worked are paid for: keep their drafts
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if len(errors) == len(jobs):  # the cap first: it is a clean stop, not a failure
+            raise next((e for e in errors if isinstance(e, SpendCapReached)), errors[0])
+        for error in errors:  # the calls that worked are recorded: keep going
             log.warning("one of %d parallel proposer calls failed: %s", len(jobs), error)
-        return drafts
 
     def _plan(self, n: int, *, offset: int) -> list[tuple[str, str, int]]:
         """(strategy label, focus, drafts) per call. Focuses rotate with the ledger's length."""
@@ -177,90 +189,137 @@ class AnthropicProposer(Proposer):
     def _converse(
         self,
         ctx: ProposalContext,
+        book: Book,
         digest: str,
         strategy: str,
         focus: str,
         count: int,
         batch_id: str,
-    ) -> list[Draft]:
+    ) -> None:
+        """One call, and one repair request for what it got wrong; each answer is recorded
+        the moment it arrives, so valid drafts can run while the repair is under way."""
         request: dict[str, Any] = {
             "model": self.cfg.model,
             "max_tokens": self.cfg.max_tokens,
-            "system": prompt.system_blocks(ctx),
-            "tools": [prompt.TOOL],
+            "system": prompt.system_blocks(ctx, self.cfg.files_tokens),
+            "tools": [self.tool],
             "tool_choice": {"type": "tool", "name": prompt.TOOL_NAME},
             "messages": [
                 {
                     "role": "user",
-                    "content": prompt.request_text(ctx, n=count, focus=focus, digest=digest),
+                    "content": self._task(ctx, n=count, focus=focus, digest=digest),
                 }
             ],
         }
         if self.cfg.temperature is not None:
             request["extra_body"] = {"temperature": self.cfg.temperature}
-        prompt_hash = prompt.prompt_hash(request)
-        spend = _Spend()
-        response = self._create(request)
-        spend.add(response.usage, self.price)
-        answer = _read(response)
-        drafts = answer.drafts
-        verdicts = validate_batch(
-            drafts,
-            files=ctx.files,
-            editable=ctx.editable,
-            seen_hashes=ctx.seen_hashes,
-            max_edit_bytes=self.cfg.max_edit_bytes,
-            earlier_hypotheses=[e.hypothesis or e.title for e in ctx.history],
+        tag = Draft(
+            title="",
+            hypothesis="",
+            edits=[],
+            proposer=self.name,
+            strategy=strategy,
+            model=self.cfg.model,
+            batch_id=batch_id,
+            prompt_hash=prompt.prompt_hash(request),
         )
-        for d, v in zip(drafts, verdicts, strict=True):
-            if isinstance(v, Validated) and v.warnings:  # flagged, still worth a run
-                log.info("draft %r: %s", d.title, "; ".join(v.warnings))
+        response, answer, drafts, verdicts = self._ask(ctx, book, request, count, tag)
         problems = [
             f"draft {i} ({d.title!r}): {v.reason}"
             for i, (d, v) in enumerate(zip(drafts, verdicts, strict=True), start=1)
-            if isinstance(v, Rejected)
+            if isinstance(v, Rejected) and i <= count and answer.drafts
         ]
-        problem = answer.problem  # the whole answer's, when it held no readable drafts
-        if problem:
-            problems.append(problem)
-        cap = self.cfg.spend_cap_usd
-        if problems and not (cap and ctx.spent_usd + spend.cost_usd >= cap):
-            wanted = sum(isinstance(v, Rejected) for v in verdicts) or count
-            request["messages"] += [
-                {"role": "assistant", "content": _content_params(response)},
-                {"role": "user", "content": _repair_content(answer, problems, wanted)},
-            ]
-            try:
-                repaired = self._create(request)
-            except ProposerError as e:  # the first answer is paid for: keep it
-                log.warning("repair request failed: %s", e)
-            else:
-                spend.add(repaired.usage, self.price)
-                fixes = _read(repaired)
-                if fixes.drafts:
-                    kept = zip(drafts, verdicts, strict=True)
-                    drafts = [d for d, v in kept if not isinstance(v, Rejected)] + fixes.drafts
-                else:
-                    problem = f"{problems[-1]}; after a repair request: {fixes.problem}"
+        if answer.problem:
+            problems.append(answer.problem)
+        if not problems:
+            return
+        wanted = len(problems) if answer.drafts else count
+        wanted = min(wanted, count)
+        request["messages"] += [
+            {"role": "assistant", "content": _content_params(response)},
+            {"role": "user", "content": _repair_content(answer, problems, wanted)},
+        ]
+        try:
+            self._ask(ctx, book, request, wanted, tag, repair=True)
+        except SpendCapReached as e:  # the first answer is recorded; the cap says the rest
+            log.info("no repair request: %s", e)
+        except ProposerError as e:
+            log.warning("repair request failed: %s", e)
+
+    def _task(self, ctx: ProposalContext, *, n: int, focus: str, digest: str) -> str:
+        return prompt.request_text(ctx, n=n, focus=focus, digest=digest)
+
+    def _ask(
+        self,
+        ctx: ProposalContext,
+        book: Book,
+        request: dict[str, Any],
+        count: int,
+        tag: Draft,
+        *,
+        repair: bool = False,
+    ) -> tuple[Any, _Answer, list[Draft], list[Verdict]]:
+        """Hold the call's worst case, send it, record what came back: drafts beyond `count`
+        are recorded as rejected (paid for, not run); no drafts, a costed placeholder."""
+        label = tag.strategy + (" repair" if repair else "")
+        hold = book.hold(self.worst_cost(request), cap_usd=self.cfg.spend_cap_usd, label=label)
+        try:
+            response = self._create(request)
+        except ProposerError as e:
+            book.release(hold, reason=str(e))
+            raise
+        spend = _Spend()
+        spend.add(response.usage, self.price)
+        answer = _read(response)
+        drafts = list(answer.drafts)
+        for i, d in enumerate(drafts[count:], start=count + 1):
+            d.problem = d.problem or (
+                f"draft {i} is beyond the {count} asked for: recorded, not run"
+            )
         if not drafts:
-            # Nothing to record, but the call was paid for: a rejected placeholder keeps
-            # its cost in the ledger, so the spend cap holds across restarts.
-            drafts = [Draft(title="(no usable drafts)", hypothesis="", edits=[], problem=problem)]
+            why = answer.problem
+            drafts = [
+                Draft(
+                    title="(no usable drafts)",
+                    hypothesis="",
+                    edits=[],
+                    problem=f"after a repair request: {why}" if repair else why,
+                )
+            ]
+        else:
+            self._prepare(ctx, drafts)
         _account(drafts, spend)
         for d in drafts:
-            d.proposer, d.strategy, d.model = self.name, strategy, self.cfg.model
-            d.batch_id, d.prompt_hash = batch_id, prompt_hash
+            d.proposer, d.strategy, d.model = tag.proposer, tag.strategy, tag.model
+            d.batch_id, d.prompt_hash = tag.batch_id, tag.prompt_hash
+        verdicts = book.record(drafts, hold=hold)  # the ledger first, before anything else
         log.info(
-            "anthropic %s: %d drafts, %d+%d tokens, $%.4f",
-            strategy,
+            "%s %s: %d drafts, %d+%d tokens, $%.4f",
+            self.name,
+            label,
             len(drafts),
             spend.tokens_in,
             spend.tokens_out,
             spend.cost_usd,
         )
-        return drafts
+        return response, answer, drafts, verdicts
+
+    def _prepare(self, ctx: ProposalContext, drafts: list[Draft]) -> None:
+        """Adjust drafts before they are recorded: this tool declares no knobs."""
+        for d in drafts:
+            d.knobs = []
+
+    def worst_cost(self, request: dict[str, Any]) -> float:
+        """What the call can cost at most: every prompt byte a token (a token is at least a
+        byte) at the dearest input price, the tool-use system prompt, and max_tokens out."""
+        sent = {k: request[k] for k in ("system", "tools", "messages")}
+        tokens_in = len(json.dumps(sent, ensure_ascii=False).encode()) + TOOL_PROMPT_TOKENS
+        p = self.price
+        dearest = max(p.input, p.cache_write, p.cache_read)
+        return (tokens_in * dearest + self.cfg.max_tokens * p.output) / 1e6
 
     def _create(self, request: dict[str, Any]) -> Any:
+        retries = f"after {self.cfg.max_retries} retries"
         try:
             return self.client.messages.create(**request)
         except anthropic.AuthenticationError:
@@ -269,34 +328,40 @@ class AnthropicProposer(Proposer):
                 "proposer.api_key_file"
             ) from None
         except anthropic.APIStatusError as e:
+            error = e.body.get("error") if isinstance(e.body, dict) else None
+            said = error.get("message") if isinstance(error, dict) else None
+            said = str(said or e.message)[:300]
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise ProposerUnavailable(
+                    f"the Anthropic API answered {e.status_code} {retries}: {said}; "
+                    "run again later to resume, or raise proposer.max_retries"
+                ) from None
             raise ProposerError(
-                f"the Anthropic API answered {e.status_code} after {self.cfg.max_retries} "
-                f"retries: {e.message}; run again later to resume, or raise proposer.max_retries"
+                f"the Anthropic API refused the request ({e.status_code}): {said}; "
+                "check proposer.model and the other [proposer] settings"
             ) from None
         except anthropic.APIConnectionError as e:  # timeouts included
-            raise ProposerError(
-                f"the Anthropic API did not answer after {self.cfg.max_retries} retries ({e}); "
-                "check the network or raise proposer.timeout_s, then run again to resume"
+            raise ProposerUnavailable(
+                f"the Anthropic API did not answer {retries} ({e}); check the network or "
+                "raise proposer.timeout_s, then run again to resume"
             ) from None
-
-    def _check_cap(self, spent: float) -> None:
-        cap = self.cfg.spend_cap_usd
-        if cap and spent >= cap:
-            raise SpendCapReached(
-                f"spend cap reached: ${spent:.2f} spent on proposals, proposer.spend_cap_usd = "
-                f"${cap:.2f}; raise it in farm.toml to propose more"
-            )
 
 
 def _read(response: Any) -> _Answer:
     """Drafts from the submit_drafts calls of a response, each with its own problem if any."""
     answer = _Answer()
     calls = [b for b in response.content if b.type == "tool_use"]
+    cut = (
+        "; the answer was cut off at max_tokens: ask for fewer drafts or raise proposer.max_tokens"
+        if response.stop_reason == "max_tokens"
+        else ""
+    )
     if not calls:
         text = " ".join(b.text for b in response.content if b.type == "text").strip()
         answer.problem = f"the answer did not call {prompt.TOOL_NAME}" + (
             f": {text[:200]!r}" if text else f" (stop reason {response.stop_reason})"
         )
+        answer.problem += cut
         return answer
     for call in calls:
         answer.tool_ids.append(call.id)
@@ -309,6 +374,8 @@ def _read(response: Any) -> _Answer:
         answer.drafts += [_draft(i, item) for i, item in enumerate(items, start=1)]
     if not answer.drafts and not answer.problem:
         answer.problem = f"{prompt.TOOL_NAME} held no drafts"
+    if answer.problem:
+        answer.problem += cut
     return answer
 
 
@@ -347,6 +414,7 @@ def _draft(number: int, item: Any) -> Draft:
             else:
                 problems.append(f"edit {i} must be an object with string path, search and replace")
     title = " ".join(text["title"].split())
+    knobs = item.get("knobs")  # hybrid's tool only; checked by HybridProposer._prepare
     return Draft(
         title=(title[:TITLE_CHARS] + "…" if len(title) > TITLE_CHARS else title)
         or f"draft {number}",
@@ -354,6 +422,7 @@ def _draft(number: int, item: Any) -> Draft:
         expected_effect=text["expected_effect"][:TITLE_CHARS],
         edits=edits,
         problem=f"draft {number}: {'; '.join(problems)}" if problems else "",
+        knobs=[k for k in knobs if isinstance(k, dict)] if isinstance(knobs, list) else [],
     )
 
 

@@ -11,7 +11,9 @@ assignment lines it wrote), its objective is its decision's metric; crashed cand
 are FAIL trials and queued or running ones RUNNING trials (TPE's constant liar keeps new
 suggestions away from them). So a restarted campaign samples where it left off.
 
-Each draft sets every knob that changes, one edit per group of changed lines.
+Each draft sets every knob that changes, one edit per group of changed lines, and records
+the values it stands for in `params`. The hybrid proposer tunes the knobs an LLM declared
+the same way, with its structural change as the edits' `prefix`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,20 @@ _RAN = {DecisionKind.KEPT.value, DecisionKind.DISCARDED.value, DecisionKind.SUPE
 class OptunaProposer(Proposer):
     name = "optuna"
 
-    def __init__(self, params: list[ParamConfig], *, seed: int) -> None:
+    def __init__(
+        self,
+        params: list[ParamConfig],
+        *,
+        seed: int,
+        prefix: list[Edit] | None = None,
+        startup_trials: int = 10,
+    ) -> None:
         self.params = params
         self.seed = seed
+        # Edits every draft starts with (the hybrid's structural change): `ctx.files` are
+        # the files after them, and the drafts' edits apply to the incumbent's.
+        self.prefix = prefix or []
+        self.startup_trials = startup_trials  # random suggestions before TPE models
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def nothing_to_try(self, ctx: ProposalContext) -> str:
@@ -62,7 +75,11 @@ class OptunaProposer(Proposer):
         space = {p.name: _distribution(p) for p in self.params}
         # Seeded by the ledger's length too: a rebuilt study that saw nothing new (say,
         # all of its drafts were rejected) must not suggest the same values again.
-        sampler = optuna.samplers.TPESampler(seed=self.seed + len(ctx.history), constant_liar=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=self.seed + len(ctx.history),
+            constant_liar=True,
+            n_startup_trials=self.startup_trials,
+        )
         direction = (
             StudyDirection.MINIMIZE
             if ctx.direction is Direction.MINIMIZE
@@ -81,16 +98,18 @@ class OptunaProposer(Proposer):
                 break
             trial = study.ask(space)  # stays RUNNING: later asks of this batch avoid it
             changes: dict[str, list[tuple[Knob, str]]] = {}
-            shown = []
+            shown, values = [], {}
             for p in self.params:
                 k = knobs[p.name]
                 literal = _literal(trial.params[p.name], p, k)
+                values[p.name] = float(trial.params[p.name])
                 if literal != k.literal:
                     changes.setdefault(p.file, []).append((k, literal))
                     shown.append(f"{p.name}={literal}")
-            edits = [e for path, c in changes.items() for e in knob_edits(ctx.files[path], c)]
+            edits = list(self.prefix)
+            edits += [e for path, c in changes.items() for e in knob_edits(ctx.files[path], c)]
             digest = edit_hash(edits)
-            if not edits or digest in seen:
+            if not shown or digest in seen:
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             seen.add(digest)
@@ -102,18 +121,19 @@ class OptunaProposer(Proposer):
                     proposer=self.name,
                     strategy="tpe",
                     batch_id=batch_id,
+                    params=values,
                 )
             )
         return drafts
 
     def _knob(self, ctx: ProposalContext, p: ParamConfig) -> Knob:
-        found = [k for k in find_knobs(p.file, ctx.files.get(p.file, "")) if k.name == p.name]
-        if not found:
+        found = knob_of(p, ctx.files)
+        if found is None:
             raise ConfigError(
                 f"proposer.params: {p.name} is not a number knob in {p.file} (a constant, "
                 "config entry, call keyword or default, not marked `# farm: frozen`)"
             )
-        return found[0]
+        return found
 
     def _past_trial(
         self,
@@ -127,10 +147,12 @@ class OptunaProposer(Proposer):
             return None  # never ran: it says nothing about the objective
         values = {}
         for p in self.params:
-            value = _assigned(entry.edits, p, knobs[p.name], files[p.file])
+            value = entry.params.get(
+                p.name, _assigned(entry.edits, p, knobs[p.name], files[p.file])
+            )
             if value is None or not p.low <= value <= p.high:
                 return None  # not set by this candidate, or outside today's range
-            values[p.name] = value
+            values[p.name] = int(value) if p.int else float(value)
         if entry.status in _RAN and entry.metric is not None:
             state, objective = TrialState.COMPLETE, entry.metric
         elif entry.status == DecisionKind.CRASHED.value:
@@ -142,6 +164,12 @@ class OptunaProposer(Proposer):
         return optuna.trial.create_trial(
             state=state, value=objective, params=values, distributions=space
         )
+
+
+def knob_of(p: ParamConfig, files: dict[str, str]) -> Knob | None:
+    """The tunable knob `p` names in `files`, if it is one."""
+    found = [k for k in find_knobs(p.file, files.get(p.file, "")) if k.name == p.name]
+    return found[0] if found else None
 
 
 def _distribution(p: ParamConfig) -> BaseDistribution:

@@ -9,6 +9,7 @@ from farm.config import ProposerConfig
 from farm.errors import ConfigError
 from proposer.anthropic import AnthropicProposer, read_api_key
 from proposer.base import Proposer
+from proposer.hybrid import HybridProposer
 from proposer.mutate import MutateProposer
 from proposer.optuna import OptunaProposer
 from proposer.replay import ReplayProposer
@@ -27,12 +28,17 @@ def _anthropic(cfg: ProposerConfig, target: Path) -> Proposer:
     return AnthropicProposer(cfg, api_key=read_api_key(cfg, target))
 
 
+def _hybrid(cfg: ProposerConfig, target: Path) -> Proposer:
+    return HybridProposer(cfg, api_key=read_api_key(cfg, target))
+
+
 # kind -> factory(config, target directory).
 KINDS: dict[str, Callable[[ProposerConfig, Path], Proposer]] = {
     "mutate": lambda cfg, target: MutateProposer(seed=cfg.seed),
     "replay": _replay,
     "anthropic": _anthropic,
     "optuna": lambda cfg, target: OptunaProposer(cfg.params, seed=cfg.seed),
+    "hybrid": _hybrid,
 }
 
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fake_anthropic import (
     FakeAnthropic,
+    Received,
+    Reply,
     draft,
     drafts_reply,
     overloaded,
@@ -15,30 +27,45 @@ from fake_anthropic import (
     text_reply,
     usage,
 )
-from helpers import SECRET, MakeTarget, RunCampaign
+from helpers import SECRET, MakeTarget, RunCampaign, farm
 
 from farm.records import CandidateState, DecisionKind
 from farm.report import proposer_table
+from farm.store import default_url, open_store
 
 LR = "LR = 0.5  # the knob that matters: the loss is lowest at LR = 2"
 PRINT = 'print("---")'
-CLAUDE = '[proposer]\nkind = "anthropic"\nbatch_size = 2\nbacklog = 2\nmax_retries = 2\n'
+FAST_MERGE = "[merge]\nrepeats = 4\nconfirm = 1\n"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def claude_target(
     make_target: MakeTarget, fake_api: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
-) -> MakeTarget:
+) -> Callable[..., Path]:
+    """A toy target with `[proposer] kind = "anthropic"`: these settings, and the others'."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_api.url)
 
-    def make(extra_toml: str = "") -> Path:
-        return make_target(extra_toml=CLAUDE + extra_toml)
+    def make(**settings: object) -> Path:
+        merged = {"kind": "anthropic", "batch_size": 2, "backlog": 2, "backoff_s": 0.3}
+        lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**merged, **settings}.items())
+        return make_target(extra_toml=f"[proposer]\n{lines}{FAST_MERGE}")
 
     return make
 
 
+def distinct_lr(counter: Iterator[int]) -> Callable[[Received], Reply]:
+    """A valid draft per request, each setting LR to a value not set before."""
+
+    def respond(req: Received) -> Reply:
+        value = f"{0.5 + next(counter) / 100:g}"
+        return drafts_reply([draft(f"LR {value}", LR, LR.replace("0.5", value, 1))])
+
+    return respond
+
+
 def test_claude_campaign_survives_api_trouble_and_bad_drafts(
-    claude_target: MakeTarget, fake_api: FakeAnthropic, run_campaign: RunCampaign
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
 ) -> None:
     fake_api.push(
         rate_limited(0.05),
@@ -48,7 +75,7 @@ def test_claude_campaign_survives_api_trouble_and_bad_drafts(
                 draft("Stale LR", "LR = 0.7", "LR = 1.0"),
             ]
         ),
-        # The repair: one fixed draft, one that edits a protected file.
+        # The repair: one fixed draft, and one more than was asked for.
         drafts_reply(
             [
                 draft("Other seed", "SEED_OFFSET = 3", "SEED_OFFSET = 4"),
@@ -60,62 +87,185 @@ def test_claude_campaign_survives_api_trouble_and_bad_drafts(
         text_reply("Still thinking."),
         drafts_reply([draft("Flush output", PRINT, 'print("---", flush=True)')]),
     )
-    done = run_campaign(claude_target(), max_candidates=3)
+    done = run_campaign(claude_target(max_retries=2), max_candidates=3)
     assert done.code == 0, done.output
     assert fake_api.pending == 0
+    assert "finished (all 3 candidates decided)" in done.output
 
-    cands = {c.title: c for c in done.store.list_candidates("default")}
-    assert set(cands) == {
+    cands = done.store.list_candidates("default")
+    assert [c.title for c in cands] == [
         "Raise LR",
+        "Stale LR",
         "Other seed",
         "Easier eval",
         "(no usable drafts)",
+        "(no usable drafts)",
         "Flush output",
-    }
-    assert cands["Raise LR"].state is CandidateState.KEPT
-    assert "prepare.py is not an editable file" in cands["Easier eval"].reason
-    assert "did not call submit_drafts: 'Let me think" in cands["(no usable drafts)"].reason
+    ]
+    by_title = {c.title: c for c in cands}
+    assert by_title["Raise LR"].state is CandidateState.KEPT
+    assert "search text not found" in by_title["Stale LR"].reason
+    assert by_title["Easier eval"].reason == "draft 2 is beyond the 1 asked for: recorded, not run"
+    assert "did not call submit_drafts: 'Let me think" in cands[4].reason
+    assert cands[5].reason.startswith("after a repair request: the answer did not call")
     decisions = done.store.list_decisions("default")
-    assert sorted(d.candidate_id for d in decisions) == sorted(c.id for c in cands.values())
-    rejected = [c for c in cands.values() if c.state is CandidateState.REJECTED]
+    assert sorted(d.candidate_id for d in decisions) == [c.id for c in cands]
+    rejected = [c for c in cands if c.state is CandidateState.REJECTED]
     assert all(done.store.list_trials("default", candidate_id=c.id) == [] for c in rejected)
 
     # Every paid call is in the ledger: 5 answers of 1000 in + 500 out at Sonnet prices.
-    assert sum(c.cost_usd for c in cands.values()) == pytest.approx(5 * 0.0105)
-    assert sum(c.tokens_in for c in cands.values()) == 5_000
-    assert {(c.proposer, c.strategy, c.model) for c in cands.values()} == {
+    assert sum(c.cost_usd for c in cands) == pytest.approx(5 * 0.0105)
+    assert sum(c.tokens_in for c in cands) == 5_000
+    assert {(c.proposer, c.strategy, c.model) for c in cands} == {
         ("anthropic", "single", "claude-sonnet-4-6")
     }
+    # The first call waited for the baseline: its prompt has the measured best and noise.
+    first = fake_api.requests[0].user_text
+    assert "Current best: " in first and "not measured yet" not in first and "σ = " in first
     # Later prompts carry what happened: the rejection and the in-flight or kept work.
     last = fake_api.requests[-1].user_text
-    assert "Raise LR" in last and "prepare.py is not an editable file" in last
+    assert "Stale LR" in last and "beyond the 1 asked for" in last, last
+    assert '"Raise LR"' in last, last
     assert {r.headers["authorization"] for r in fake_api.requests} == {f"Bearer {SECRET}"}
 
     table = proposer_table(done.store, "default")
     (row,) = [line for line in table.splitlines() if line.startswith("| anthropic")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:6] == ["anthropic", "single", "claude-sonnet-4-6", "5", "60%", "33%"]
+    assert cells[:6] == ["anthropic", "single", "claude-sonnet-4-6", "7", "43%", "33%"]
     assert cells[9] == "$0.05"
-    print(table)
+
+
+def test_bad_answers_back_off_then_stop_the_campaign_with_the_cause(
+    claude_target: Callable[..., Path],
+    fake_api: FakeAnthropic,
+    run_campaign: RunCampaign,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_api.respond = lambda req: text_reply("I cannot help with that.")
+    done = run_campaign(claude_target())
+    assert done.code == 1, done.output
+    assert re.search(
+        r"farm: proposing stopped: 3 batches in a row from proposer anthropic brought no "
+        r"usable draft; the last: the answer did not call submit_drafts: 'I cannot help",
+        done.output,
+    ), done.output
+    # A call and its repair per batch, the next batch only after a growing wait.
+    calls = fake_api.requests
+    assert len(calls) == 6
+    assert calls[2].at - calls[1].at >= 0.3 and calls[4].at - calls[3].at >= 0.6
+    cands = done.store.list_candidates("default")
+    assert [c.title for c in cands] == ["(no usable drafts)"] * 6
+    assert all(c.state is CandidateState.REJECTED and c.cost_usd > 0 for c in cands)
+    assert not [r for r in caplog.records if r.exc_info]  # a cause, not a traceback
+
+
+def test_an_unavailable_api_is_retried_later_then_named_as_the_cause(
+    claude_target: Callable[..., Path],
+    fake_api: FakeAnthropic,
+    run_campaign: RunCampaign,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_api.respond = lambda req: overloaded()
+    done = run_campaign(claude_target(max_retries=0, max_failed_batches=2))
+    assert done.code == 1, done.output
+    assert "2 batches in a row" in done.output
+    assert "the Anthropic API answered 529 after 0 retries: Overloaded" in done.output
+    assert len(fake_api.requests) == 2
+    assert fake_api.requests[1].at - fake_api.requests[0].at >= 0.3
+    # The failed calls are in the ledger, unbilled.
+    cands = done.store.list_candidates("default")
+    assert [(c.title, c.cost_usd) for c in cands] == [("(call failed)", 0.0)] * 2
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_drafts_beyond_the_candidate_limit_never_train(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
+) -> None:
+    values = ["0.6", "0.7", "0.8", "0.9"]
+    fake_api.push(drafts_reply([draft(f"LR {v}", LR, LR.replace("0.5", v, 1)) for v in values]))
+    done = run_campaign(claude_target(), max_candidates=2)
+    assert done.code == 0, done.output
+    assert len(fake_api.requests) == 1
+    trained = {t.candidate_id for t in done.store.list_trials("default") if t.candidate_id}
+    cands = done.store.list_candidates("default")
+    assert trained == {cands[0].id, cands[1].id}
+    assert [c.state for c in cands[2:]] == [CandidateState.REJECTED] * 2
+    assert "finished (all 2 candidates decided)" in done.output
+
+
+def test_a_change_tried_in_an_earlier_batch_is_not_trained_again(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
+) -> None:
+    more_context = "SEED_OFFSET = 3  # changes only which random numbers are drawn"
+    fake_api.push(
+        drafts_reply([draft("Raise LR", LR, LR.replace("0.5", "1.5"))]),
+        # The same change again, quoting one more line: its edit hash is new, its code not.
+        drafts_reply(
+            [
+                draft(
+                    "Raise LR (again)",
+                    LR + "\n" + more_context,
+                    (LR + "\n").replace("0.5", "1.5") + more_context,
+                )
+            ]
+        ),
+        drafts_reply([draft("Flush output", PRINT, 'print("---", flush=True)')]),
+    )
+    done = run_campaign(claude_target(batch_size=1, backlog=1), max_candidates=2)
+    assert done.code == 0, done.output
+    cands = {c.title: c for c in done.store.list_candidates("default")}
+    again = cands["Raise LR (again)"]
+    assert again.state is CandidateState.REJECTED
+    assert again.reason.startswith(f"gives the same code as candidate #{cands['Raise LR'].id}")
+    assert done.store.list_trials("default", candidate_id=again.id) == []
+
+
+def test_parallel_calls_stop_at_the_spend_cap_without_overshooting(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
+) -> None:
+    fake_api.respond = distinct_lr(itertools.count(1))
+    # A call's worst case here is about $0.04 (its prompt, plus 1000 tokens out): room for
+    # two of the first batch's four calls.
+    target = claude_target(
+        strategy="focused", batch_size=4, backlog=4, max_tokens=1_000, spend_cap_usd=0.09
+    )
+    done = run_campaign(target)
+    assert done.code == 0, done.output
+    m = re.search(
+        r"finished \(spend cap reached: \$([\d.]+) spent, and the next call may cost "
+        r"up to \$([\d.]+) .*spend_cap_usd = \$0.09",
+        done.output,
+    )
+    assert m, done.output
+    cands = done.store.list_candidates("default")
+    spent = sum(c.cost_usd for c in cands)
+    assert spent <= 0.09 and spent + float(m.group(2)) > 0.09
+    first = collections.Counter(c.batch_id for c in cands)[cands[0].batch_id]
+    assert first == 2  # of the four calls the first batch planned, two fitted
 
 
 def test_spend_cap_stops_proposing_cleanly_and_holds_after_a_restart(
-    claude_target: MakeTarget, fake_api: FakeAnthropic, run_campaign: RunCampaign
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
 ) -> None:
-    # One answer costs 1000 x $3 + 1000 x $15 per million = $0.018, over the $0.01 cap.
+    # The answer costs 1000 x $3 + 16000 x $15 per million = $0.243; a second call's worst
+    # case (16000 tokens out alone: $0.24) would pass the $0.3 cap.
     fake_api.push(
         drafts_reply(
             [
                 draft("Raise LR", LR, LR.replace("0.5", "1.5")),
                 draft("Flush output", PRINT, 'print("---", flush=True)'),
             ],
-            use=usage(1_000, 1_000),
+            use=usage(1_000, 16_000),
         )
     )
-    target = claude_target("spend_cap_usd = 0.01\n")
+    target = claude_target(spend_cap_usd=0.3)
     done = run_campaign(target)
     assert done.code == 0, done.output
-    assert re.search(r"finished \(spend cap reached: \$0.02 spent", done.output), done.output
+    assert re.search(
+        r"finished \(spend cap reached: \$0.243 spent, and the next call may cost up to "
+        r"\$0.2\d+ .* over the \$0.057 left; proposer.spend_cap_usd = \$0.3\b",
+        done.output,
+    ), done.output
     assert len(fake_api.requests) == 1
     cands = done.store.list_candidates("default")
     assert len(cands) == 2 and all(c.state.is_finished() for c in cands)
@@ -124,7 +274,73 @@ def test_spend_cap_stops_proposing_cleanly_and_holds_after_a_restart(
     again = run_campaign(target)
     assert again.code == 0, again.output
     assert "spend cap reached" in again.output
+    assert again.output.count("] slots") == 1  # the status line, once
     assert len(fake_api.requests) == 1  # the ledger remembered the spend
+
+
+def test_sigterm_mid_call_stops_cleanly_and_the_ledger_keeps_every_paid_call(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic
+) -> None:
+    """`farm run` in its own process, with Ray: SIGTERM while a repair request is in flight."""
+    fake_api.push(
+        drafts_reply(
+            [
+                draft("Raise LR", LR, LR.replace("0.5", "1.5")),
+                draft("Stale LR", "LR = 0.7", "LR = 1.0"),
+            ]
+        ),
+        dataclasses.replace(drafts_reply([]), delay_s=60.0),  # the repair hangs
+    )
+    target = claude_target()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ANTHROPIC_BASE_URL": fake_api.url,
+        "ANTHROPIC_API_KEY": SECRET,
+        "FARM_CACHE_DIR": str(target.parent / "cache"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "run", str(target), "--slots", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(fake_api.requests) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(fake_api.requests) == 2, proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted: stopping trials" in out
+    assert "1 proposer calls in flight stay counted at their worst case" in out
+    assert "SIGTERM received" not in err and "Traceback" not in err, err
+    store = open_store(default_url(target))
+    try:
+        cands = store.list_candidates("default")
+    finally:
+        store.close()
+    assert [c.title for c in cands] == ["Raise LR", "Stale LR", "(call lost in flight)"]
+    assert sum(c.cost_usd for c in cands[:2]) == pytest.approx(0.0105)  # the answered call
+    assert cands[2].cost_usd > 0.24  # the repair at its worst case: 16000 tokens out alone
+    assert cands[2].state is CandidateState.REJECTED
+
+
+def test_propose_without_a_key_says_so_at_once(
+    claude_target: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    started = time.monotonic()
+    code, output = farm(capsys, "propose", str(claude_target()), "--wait", "600")
+    assert code == 2 and "export ANTHROPIC_API_KEY" in output
+    assert time.monotonic() - started < 60  # not after waiting for a campaign
 
 
 def test_optuna_campaign_tunes_the_declared_constant(
@@ -155,3 +371,63 @@ def test_optuna_campaign_tunes_the_declared_constant(
     kinds = {d.kind for d in done.store.list_decisions("default")}
     assert kinds <= {DecisionKind.KEPT, DecisionKind.DISCARDED, DecisionKind.SUPERSEDED}
     assert "| optuna | tpe | — | 5 | 100% |" in proposer_table(done.store, "default")
+
+
+MOMENTUM = (
+    "MOMENTUM = 0.0  # a heavy ball: the effective step is LR / (1 - MOMENTUM)\n"
+    "loss = (LR / (1 - MOMENTUM) - 2.0) ** 2 + rng.gauss(0, 0.05)"
+)
+
+
+def test_hybrid_tunes_the_knobs_of_a_structural_change_then_asks_again(
+    claude_target: Callable[..., Path],
+    fake_api: FakeAnthropic,
+    run_campaign: RunCampaign,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structure = draft(
+        "Heavy-ball momentum",
+        "loss = (LR - 2.0) ** 2 + rng.gauss(0, 0.05)",
+        MOMENTUM,
+    )
+    structure["knobs"] = [
+        {"path": "train.py", "name": "LR", "low": 0.1, "high": 4.0, "log": True},
+        {"path": "train.py", "name": "MOMENTUM", "low": 0.0, "high": 0.9},
+    ]
+    second = draft("Flush the summary", PRINT, 'print("---", flush=True)')
+    second["knobs"] = structure["knobs"][:1]
+    third = draft("Another seed", "SEED_OFFSET = 3", "SEED_OFFSET = 5")
+    third["knobs"] = structure["knobs"][:1]
+    fake_api.push(*(drafts_reply([d]) for d in (structure, second, third)))
+    target = claude_target(kind="hybrid", tune_trials=3)
+    done = run_campaign(target, max_candidates=9)
+    assert done.code == 0, done.output
+    cands = done.store.list_candidates("default")
+    s, *rest = cands
+    assert (s.title, s.strategy, s.proposer) == ("Heavy-ball momentum", "structure", "hybrid")
+    assert [k["name"] for k in s.knobs] == ["LR", "MOMENTUM"]
+    assert s.params == {"LR": 0.5, "MOMENTUM": 0.0}
+    assert s.state.is_finished() and s.state is not CandidateState.REJECTED
+    # TPE trials of the structure, each its edit with the knobs set, then Claude again: a
+    # trial superseded before it ran (a sibling's keep rewrote its lines) is replaced.
+    nxt = next(c for c in rest if c.strategy == "structure")
+    children = [c for c in rest if c.parent == s.id]
+    assert {c.strategy for c in children} == {"tpe"}
+    ran = [c for c in children if done.store.list_trials("default", candidate_id=c.id)]
+    assert len(ran) == 3 and max(c.id for c in ran) < nxt.id
+    for c in children:
+        assert c.state is not CandidateState.REJECTED, c.reason
+        assert 0.1 <= c.params["LR"] <= 4.0 and 0.0 <= c.params["MOMENTUM"] <= 0.9
+        assert "MOMENTUM" in c.files["train.py"]
+    assert nxt.title == "Flush the summary"
+    assert "tune #1" in fake_api.requests[1].user_text  # the tuning results reach Claude
+
+    code, table = farm(capsys, "report", str(target), "--by", "strategy")
+    assert code == 0
+    rows = {line.split("|")[2].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"structure", "tpe"}
+    tuned = sum(c.strategy == "tpe" for c in cands)
+    assert rows["tpe"].startswith(f"| hybrid | tpe | {tuned} | 100% |")
+    code, table = farm(capsys, "report", str(target), "--by", "batch")
+    assert table.splitlines()[0].startswith("| proposer | batch size | drafts |")
+    assert table.splitlines()[0].endswith("| gain/$ |")

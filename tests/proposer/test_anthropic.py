@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,12 +24,12 @@ from fake_anthropic import (
 )
 
 from farm.config import ModelPrice, ProposerConfig
-from farm.errors import ConfigError, ProposerError, SpendCapReached
+from farm.errors import ConfigError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.records import Draft, Edit, edit_hash
-from proposer.anthropic import AnthropicProposer, price_of
-from proposer.base import LedgerEntry, ProposalContext
+from proposer.anthropic import TOOL_PROMPT_TOKENS, AnthropicProposer, price_of
+from proposer.base import LedgerEntry, MemoryBook, ProposalContext, Verdict
 from proposer.registry import make_proposer
-from proposer.validate import Rejected, Validated, validate_batch
+from proposer.validate import Rejected, Validated
 
 KEY = "sk-ant-unit-test-key"
 LR = "LEARNING_RATE = 3e-4  # AdamW peak LR"
@@ -36,6 +38,11 @@ GOOD = [
     draft("Raise the LR", LR, "LEARNING_RATE = 6e-4  # AdamW peak LR"),
     draft("Less weight decay", WD, "WEIGHT_DECAY = 0.05  # on matrices only"),
 ]
+MORE = [
+    draft("Bigger batch", "BATCH_SIZE = 64", "BATCH_SIZE = 128"),
+    draft("Deeper", "DEPTH = 4  # transformer blocks", "DEPTH = 6  # transformer blocks"),
+]
+ONE_CALL = (1_000 * 3 + 500 * 15) / 1e6  # the fake's default usage at Sonnet prices
 
 
 def claude(fake: FakeAnthropic, **overrides: Any) -> AnthropicProposer:
@@ -44,24 +51,40 @@ def claude(fake: FakeAnthropic, **overrides: Any) -> AnthropicProposer:
     return AnthropicProposer(cfg, api_key=KEY)
 
 
-def verdicts(drafts: list[Draft], ctx: ProposalContext) -> list[Validated | Rejected]:
-    return validate_batch(
-        drafts,
-        files=ctx.files,
-        editable=ctx.editable,
-        seen_hashes=ctx.seen_hashes,
-        max_edit_bytes=20_000,
-    )
+class Book(MemoryBook):
+    """A book that also notes how many requests the API had seen at each record."""
+
+    def __init__(self, ctx: ProposalContext, fake: FakeAnthropic) -> None:
+        super().__init__(ctx, max_edit_bytes=20_000)
+        self.fake = fake
+        self.seen_at: list[int] = []
+
+    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+        self.seen_at.append(len(self.fake.requests))
+        return super().record(drafts, hold=hold)
+
+    def kinds(self) -> list[type]:
+        return [type(v) for v in self.verdicts]
+
+    def reasons(self) -> list[str]:
+        return [v.reason for v in self.verdicts if isinstance(v, Rejected)]
+
+
+def ask(fake: FakeAnthropic, ctx: ProposalContext, n: int, **overrides: Any) -> Book:
+    book = Book(ctx, fake)
+    claude(fake, **overrides).propose_into(ctx, n, book)
+    return book
 
 
 def test_a_batch_carries_provenance_tokens_and_cost(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(drafts_reply(GOOD, use=usage(1_000, 500, cache_creation=2_000)))
-    drafts = claude(fake_api, batch_size=2).propose(ctx, 2)
+    book = ask(fake_api, ctx, 2, batch_size=2)
+    drafts = book.drafts
 
     assert [d.title for d in drafts] == ["Raise the LR", "Less weight decay"]
-    assert all(isinstance(v, Validated) for v in verdicts(drafts, ctx))
+    assert book.kinds() == [Validated, Validated]
     # 1000 fresh x $3 + 2000 cache writes x $3.75 + 500 out x $15, per million, split in two.
     assert sum(d.cost_usd for d in drafts) == pytest.approx(0.018)
     assert [(d.tokens_in, d.tokens_out) for d in drafts] == [(1_500, 250), (1_500, 250)]
@@ -84,14 +107,24 @@ def test_a_batch_carries_provenance_tokens_and_cost(
     assert "Lower val_bpb." in system[0]["text"]
     assert LR in system[1]["text"]
     assert "Propose 2 diverse drafts" in req.user_text
-    assert "# Experiments so far" in req.user_text
+    assert "Call submit_drafts with them." in req.user_text
+    assert "# Where the campaign stands" in req.user_text
     assert req.headers["authorization"] == f"Bearer {KEY}"
     assert req.headers["anthropic-version"]
 
 
+def test_one_draft_is_asked_for_in_the_singular(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    fake_api.push(drafts_reply(GOOD[:1]))
+    ask(fake_api, ctx, 1)
+    assert "Propose 1 draft that" in fake_api.requests[0].user_text
+    assert "Call submit_drafts with it." in fake_api.requests[0].user_text
+
+
 def test_temperature_is_sent_when_set(fake_api: FakeAnthropic, ctx: ProposalContext) -> None:
     fake_api.push(drafts_reply(GOOD[:1]))
-    claude(fake_api, temperature=0.7, max_tokens=999, model="claude-haiku-4-5").propose(ctx, 1)
+    ask(fake_api, ctx, 1, temperature=0.7, max_tokens=999, model="claude-haiku-4-5")
     body = fake_api.requests[0].body
     assert (body["temperature"], body["max_tokens"], body["model"]) == (
         0.7,
@@ -100,31 +133,72 @@ def test_temperature_is_sent_when_set(fake_api: FakeAnthropic, ctx: ProposalCont
     )
 
 
-def test_the_digest_reaches_the_model(fake_api: FakeAnthropic, ctx: ProposalContext) -> None:
+def test_the_ledger_reaches_the_model(fake_api: FakeAnthropic, ctx: ProposalContext) -> None:
     ctx.sigma = 0.0123
+    edit = [Edit("train.py", "a", "b")]
     ctx.history = [
-        LedgerEntry(1, "Deeper net", "more layers help", "kept", [], delta=0.05, sigma=0.0123),
-        LedgerEntry(2, "Huge LR", "", "crashed", [], detail="loss is nan at step 7"),
-        LedgerEntry(3, "Wider MLP", "", "queued", []),
+        LedgerEntry(1, "Deeper net", "more layers help", "kept", edit, delta=0.05, sigma=0.0123),
+        LedgerEntry(2, "Huge LR", "", "crashed", edit, detail="screening run crashed\nloss is nan"),
+        LedgerEntry(3, "Wider MLP", "", "queued", edit),
     ]
     fake_api.push(drafts_reply(GOOD[:1]))
-    claude(fake_api).propose(ctx, 1)
+    ask(fake_api, ctx, 1)
     text = fake_api.requests[0].user_text
     for fact in (
-        "Deeper net (Δ +0.05 ± 0.0123)",
-        "loss is nan at step 7",
-        "Wider MLP",
+        '"Deeper net"',
+        "Δ +0.05",
+        "| loss is nan",
+        '#3 queued: "Wider MLP"',
         "σ = 0.0123",
     ):
-        assert fact in text
+        assert fact in text, fact
 
 
-def test_an_answer_without_a_tool_call_gets_one_repair_request(
+def test_valid_drafts_are_recorded_before_the_repair_request(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    ctx.seen_hashes = {edit_hash(_edits(GOOD[1]))}
+    batch = [
+        GOOD[0],
+        draft("Not matching", "LEARNING_RATE = 1.0", "LEARNING_RATE = 2.0"),
+        draft("Protected", "x", "y", path="prepare.py"),
+        draft("Escaping", "x", "y", path="../outside.py"),
+        draft("Huge", LR, LR + "\n" + "# padding\n" * 3_000),
+        GOOD[1],  # a repeat of an earlier candidate
+    ]
+    fixed = draft("Bigger batch", "BATCH_SIZE = 64", "BATCH_SIZE = 128")
+    fake_api.push(drafts_reply(batch), drafts_reply([fixed, batch[2]]))
+    book = ask(fake_api, ctx, 6, batch_size=6)
+
+    (result,) = fake_api.requests[1].body["messages"][2]["content"]
+    assert result["is_error"] is True
+    for fact in (
+        "draft 2 ('Not matching'): edit 1 ('train.py'): search text not found",
+        "draft 3 ('Protected')",
+        "draft 4 ('Escaping')",
+        "over the limit of 20000",
+        "draft 6 ('Less weight decay'): duplicate of an earlier candidate",
+        "5 corrected drafts",
+    ):
+        assert fact in result["content"]
+    # Every draft of both answers is in the ledger, the first answer's before the repair.
+    assert book.seen_at == [1, 2]
+    assert [d.title for d in book.drafts] == [d["title"] for d in batch] + [
+        "Bigger batch",
+        "Protected",
+    ]
+    assert book.kinds() == [Validated] + [Rejected] * 5 + [Validated, Rejected]
+    assert sum(d.cost_usd for d in book.drafts) == pytest.approx(2 * ONE_CALL)
+
+
+def test_an_answer_without_a_tool_call_is_recorded_and_repaired(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(text_reply("Here are some ideas: raise the LR."), drafts_reply(GOOD[:1]))
-    drafts = claude(fake_api).propose(ctx, 1)
-    assert [d.title for d in drafts] == ["Raise the LR"]
+    book = ask(fake_api, ctx, 1)
+    assert [d.title for d in book.drafts] == ["(no usable drafts)", "Raise the LR"]
+    assert book.kinds() == [Rejected, Validated]
+    assert "did not call submit_drafts" in book.reasons()[0]
     _, repair = fake_api.requests
     messages = repair.body["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
@@ -132,21 +206,21 @@ def test_an_answer_without_a_tool_call_gets_one_repair_request(
         {"type": "text", "text": "Here are some ideas: raise the LR."}
     ]
     assert "did not call submit_drafts" in messages[2]["content"]
-    # Both calls are paid for, by the drafts that came of them.
-    assert drafts[0].cost_usd == pytest.approx(2 * (1_000 * 3 + 500 * 15) / 1e6)
+    # Each call is paid for by what came of it.
+    assert [d.cost_usd for d in book.drafts] == pytest.approx([ONE_CALL, ONE_CALL])
 
 
-def test_still_no_drafts_after_the_repair_leaves_a_costed_rejection(
+def test_still_no_drafts_after_the_repair_leaves_two_costed_rejections(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(text_reply("I would rather chat."), text_reply("Still chatting."))
-    (placeholder,) = claude(fake_api).propose(ctx, 2)
+    book = ask(fake_api, ctx, 2)
     assert len(fake_api.requests) == 2  # one repair, never more
-    assert placeholder.cost_usd > 0 and placeholder.tokens_in == 2_000
-    (verdict,) = verdicts([placeholder], ctx)
-    assert isinstance(verdict, Rejected)
-    assert "did not call submit_drafts" in verdict.reason
-    assert "after a repair request" in verdict.reason
+    assert book.kinds() == [Rejected, Rejected]
+    assert all(d.tokens_in == 1_000 and d.cost_usd > 0 for d in book.drafts)
+    first, second = book.reasons()
+    assert "did not call submit_drafts: 'I would rather chat.'" in first
+    assert second.startswith("after a repair request: the answer did not call")
 
 
 @pytest.mark.parametrize(
@@ -166,47 +240,64 @@ def test_malformed_tool_input_is_repaired_once_then_rejected_with_its_reason(
     fake_api: FakeAnthropic, ctx: ProposalContext, tool_input: Any, why: str
 ) -> None:
     fake_api.push(tool_reply(tool_input), tool_reply(tool_input))
-    drafts = claude(fake_api).propose(ctx, 1)
+    book = ask(fake_api, ctx, 1)
     assert len(fake_api.requests) == 2
     # The repair answers the tool call with an error result naming the problem.
     (result,) = fake_api.requests[1].body["messages"][2]["content"]
     assert result["type"] == "tool_result" and result["is_error"] is True
     assert why in result["content"]
-    reasons = [v.reason for v in verdicts(drafts, ctx) if isinstance(v, Rejected)]
-    assert reasons and all(why in r for r in reasons), reasons
+    reasons = book.reasons()
+    assert len(reasons) == 2 and all(why in r for r in reasons), reasons
 
 
-def test_bad_edits_are_repaired_and_what_still_fails_is_returned(
+def test_drafts_beyond_the_number_asked_for_are_recorded_not_run(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
-    ctx.seen_hashes = {edit_hash(_edits(GOOD[1]))}
-    batch = [
-        GOOD[0],
-        draft("Not matching", "LEARNING_RATE = 1.0", "LEARNING_RATE = 2.0"),
-        draft("Protected", "x", "y", path="prepare.py"),
-        draft("Escaping", "x", "y", path="../outside.py"),
-        draft("Huge", LR, LR + "\n" + "# padding\n" * 3_000),
-        GOOD[1],  # a repeat of an earlier candidate
+    fake_api.push(drafts_reply([*GOOD, *MORE]))
+    book = ask(fake_api, ctx, 2)
+    assert len(fake_api.requests) == 1  # extras are no reason for a repair
+    assert book.kinds() == [Validated, Validated, Rejected, Rejected]
+    assert book.reasons() == [
+        "draft 3 is beyond the 2 asked for: recorded, not run",
+        "draft 4 is beyond the 2 asked for: recorded, not run",
     ]
-    fixed = draft("Bigger batch", "BATCH_SIZE = 64", "BATCH_SIZE = 128")
-    fake_api.push(drafts_reply(batch), drafts_reply([fixed, batch[2]]))
-    drafts = claude(fake_api, batch_size=6).propose(ctx, 6)
+    assert sum(d.cost_usd for d in book.drafts) == pytest.approx(ONE_CALL)
 
-    (result,) = fake_api.requests[1].body["messages"][2]["content"]
-    assert result["is_error"] is True
-    for fact in (
-        "draft 2 ('Not matching'): edit 1 ('train.py'): search text not found",
-        "draft 3 ('Protected')",
-        "draft 4 ('Escaping')",
-        "over the limit of 20000",
-        "draft 6 ('Less weight decay'): duplicate of an earlier candidate",
-        "5 corrected drafts",
-    ):
-        assert fact in result["content"]
-    # The valid draft stays; the repair's drafts replace the rejected ones.
-    assert [d.title for d in drafts] == ["Raise the LR", "Bigger batch", "Protected"]
-    kinds = [type(v) for v in verdicts(drafts, ctx)]
-    assert kinds == [Validated, Validated, Rejected]
+
+def test_a_repair_answer_is_trimmed_to_the_replacements_asked_for(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    stale = draft("Stale", "LEARNING_RATE = 1.0", "LEARNING_RATE = 2.0")
+    fake_api.push(drafts_reply([GOOD[0], stale]), drafts_reply([GOOD[1], *MORE]))
+    book = ask(fake_api, ctx, 2)
+    assert "Call submit_drafts again with a corrected draft" in json.dumps(
+        fake_api.requests[1].body["messages"][2]
+    )
+    assert [
+        d.title for d, v in zip(book.drafts, book.verdicts, strict=True) if isinstance(v, Validated)
+    ] == [
+        "Raise the LR",
+        "Less weight decay",
+    ]
+    assert book.kinds().count(Rejected) == 3  # the stale draft and two extras
+
+
+def test_one_change_spelled_two_ways_is_a_repeat(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    wider = draft(
+        "Raise the LR, more context",
+        "# Hyperparameters\n" + LR,
+        "# Hyperparameters\nLEARNING_RATE = 6e-4  # AdamW peak LR",
+    )
+    fake_api.push(drafts_reply(GOOD[:1]))
+    first = ask(fake_api, ctx, 1)
+    assert first.kinds() == [Validated]
+    # A later batch (the context now knows the first's files) brings the same change.
+    fake_api.push(drafts_reply([wider]), drafts_reply([GOOD[1]]))
+    second = ask(fake_api, ctx, 1)
+    assert second.reasons()[0].startswith("gives the same code as candidate #1, tried already")
+    assert second.kinds() == [Rejected, Validated]
 
 
 def test_near_duplicate_hypotheses_are_flagged(
@@ -214,28 +305,48 @@ def test_near_duplicate_hypotheses_are_flagged(
 ) -> None:
     ctx.history = [LedgerEntry(1, "LR up", "Raise the LR: should lower the loss", "discarded", [])]
     fake_api.push(drafts_reply(GOOD[:1]))
-    with caplog.at_level(logging.INFO, logger="proposer.anthropic"):
-        (d,) = claude(fake_api).propose(ctx, 1)
+    with caplog.at_level(logging.INFO, logger="proposer.base"):
+        book = ask(fake_api, ctx, 1)
     assert "resembles an earlier one" in caplog.text
-    assert d.title == "Raise the LR"  # flagged, not refused
+    assert book.kinds() == [Validated]  # flagged, not refused
 
 
 def test_rate_limits_and_overload_are_retried_with_backoff(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(rate_limited(retry_after_s=0.3), overloaded(), drafts_reply(GOOD))
-    drafts = claude(fake_api, max_retries=2).propose(ctx, 2)
-    assert len(drafts) == 2
+    book = ask(fake_api, ctx, 2, max_retries=2)
+    assert len(book.drafts) == 2
     first, second, third = fake_api.requests
     assert second.at - first.at >= 0.3  # retry-after honoured
     assert third.at - second.at >= 0.2  # exponential backoff (0.5 s, jittered)
     assert first.body == second.body == third.body
 
 
+def test_unavailable_after_the_retries_is_retryable_and_frees_the_hold(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    fake_api.push(overloaded(), overloaded())
+    book = Book(ctx, fake_api)
+    with pytest.raises(ProposerUnavailable, match="answered 529 after 1 retries: Overloaded;"):
+        claude(fake_api, max_retries=1, spend_cap_usd=1.0).propose_into(ctx, 2, book)
+    assert len(fake_api.requests) == 2
+    assert book.drafts == [] and book._holds == {}  # an error is not billed
+
+
+def test_a_refused_request_is_not_retried_later(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    fake_api.push(error_reply(404, "not_found_error", "model: claude-nope"))
+    with pytest.raises(ProposerError, match=r"refused the request \(404\).*proposer\.model") as e:
+        ask(fake_api, ctx, 1)
+    assert not isinstance(e.value, ProposerUnavailable)
+
+
 def test_retries_are_configurable(fake_api: FakeAnthropic, ctx: ProposalContext) -> None:
     fake_api.push(rate_limited(0.01), drafts_reply(GOOD))
-    with pytest.raises(ProposerError, match="429 after 0 retries"):
-        claude(fake_api, max_retries=0).propose(ctx, 2)
+    with pytest.raises(ProposerUnavailable, match="429 after 0 retries"):
+        ask(fake_api, ctx, 2, max_retries=0)
     assert len(fake_api.requests) == 1
 
 
@@ -245,8 +356,8 @@ def test_a_slow_answer_times_out_and_is_retried(
     slow = dataclasses.replace(drafts_reply(GOOD[:1]), delay_s=3.0)
     fake_api.push(slow, drafts_reply(GOOD[1:]))
     started = time.monotonic()
-    drafts = claude(fake_api, timeout_s=1.0, max_retries=1).propose(ctx, 1)
-    assert [d.title for d in drafts] == ["Less weight decay"]
+    book = ask(fake_api, ctx, 1, timeout_s=1.0, max_retries=1)
+    assert [d.title for d in book.drafts] == ["Less weight decay"]
     assert time.monotonic() - started < 2.9  # gave up on the slow one
 
 
@@ -254,8 +365,8 @@ def test_timeouts_past_the_retries_stop_with_a_clear_error(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(dataclasses.replace(drafts_reply(GOOD), delay_s=3.0))
-    with pytest.raises(ProposerError, match="did not answer after 0 retries"):
-        claude(fake_api, timeout_s=1.0, max_retries=0).propose(ctx, 1)
+    with pytest.raises(ProposerUnavailable, match="did not answer after 0 retries"):
+        ask(fake_api, ctx, 1, timeout_s=1.0, max_retries=0)
 
 
 def test_a_refused_key_says_where_the_key_comes_from(
@@ -263,7 +374,21 @@ def test_a_refused_key_says_where_the_key_comes_from(
 ) -> None:
     fake_api.push(error_reply(401, "authentication_error", "invalid x-api-key"))
     with pytest.raises(ProposerError, match=r"ANTHROPIC_API_KEY or proposer\.api_key_file"):
-        claude(fake_api).propose(ctx, 1)
+        ask(fake_api, ctx, 1)
+
+
+def test_the_worst_case_of_a_call_bounds_every_prompt_byte_and_max_tokens(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    proposer = claude(fake_api, max_tokens=2_000)
+    fake_api.push(drafts_reply(GOOD[:1]))
+    proposer.propose_into(ctx, 1, MemoryBook(ctx, max_edit_bytes=20_000))
+    body = fake_api.requests[0].body
+    sent = {k: body[k] for k in ("system", "tools", "messages")}
+    prompt_bytes = len(json.dumps(sent, ensure_ascii=False).encode())
+    # Cache writes are the dearest input at Sonnet prices: $3.75 per million.
+    expected = ((prompt_bytes + TOOL_PROMPT_TOKENS) * 3.75 + 2_000 * 15) / 1e6
+    assert proposer.worst_cost(body) == pytest.approx(expected, rel=0.01)
 
 
 def test_no_call_once_the_ledger_reached_the_spend_cap(
@@ -271,32 +396,63 @@ def test_no_call_once_the_ledger_reached_the_spend_cap(
 ) -> None:
     ctx.spent_usd = 1.0
     with pytest.raises(SpendCapReached, match=r"\$1.00 spent.*spend_cap_usd = \$1.00"):
-        claude(fake_api, spend_cap_usd=1.0).propose(ctx, 1)
+        ask(fake_api, ctx, 1, spend_cap_usd=1.0)
     assert fake_api.requests == []
 
 
-def test_a_call_that_crosses_the_cap_is_kept_but_not_repaired(
+def test_a_call_that_could_cross_the_cap_is_not_sent(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     ctx.spent_usd = 0.99
-    bad = draft("Not matching", "LEARNING_RATE = 1.0", "LEARNING_RATE = 2.0")
-    fake_api.push(drafts_reply([GOOD[0], bad], use=usage(1_000, 2_000)))
-    drafts = claude(fake_api, spend_cap_usd=1.0).propose(ctx, 2)
-    assert [d.title for d in drafts] == ["Raise the LR", "Not matching"]
+    with pytest.raises(SpendCapReached, match=r"may cost up to \$0\.2.*over the \$0\.01 left"):
+        ask(fake_api, ctx, 2, spend_cap_usd=1.0)  # max_tokens 16000 alone is $0.24
+    assert fake_api.requests == []
+
+
+def test_parallel_calls_cannot_overshoot_the_cap(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    proposer = claude(fake_api, strategy="focused", max_tokens=1_000)
+    lines = [f"LEARNING_RATE = {i}e-4  # AdamW peak LR" for i in range(4, 30)]
+    replies = iter(drafts_reply([draft(v, LR, v)]) for v in lines)  # all valid: no repairs
+    fake_api.respond = lambda req: next(replies)
+    # One call first, on a copy of the context, to learn what a call's worst case is.
+    proposer.propose_into(copy.deepcopy(ctx), 1, MemoryBook(ctx, max_edit_bytes=20_000))
+    worst = proposer.worst_cost(fake_api.requests.pop().body)
+    cap = proposer.cfg.spend_cap_usd = 2.5 * worst  # room for two worst cases, not three
+    book = Book(ctx, fake_api)
+    proposer.propose_into(ctx, 4, book)
+    assert len(fake_api.requests) == 2  # the other two calls were never sent
+    # Answers cost less than their worst case: later batches use what is left, never more.
+    with pytest.raises(SpendCapReached, match="may cost up to"):
+        for _ in range(10):
+            proposer.propose_into(ctx, 4, book)
+    spent = sum(d.cost_usd for d in book.drafts)
+    assert len(fake_api.requests) > 2 and spent <= cap < spent + worst
+
+
+def test_a_repair_that_could_cross_the_cap_is_not_sent(
+    fake_api: FakeAnthropic, ctx: ProposalContext
+) -> None:
+    proposer = claude(fake_api, max_tokens=1_000)
+    stale = draft("Not matching", "LEARNING_RATE = 1.0", "LEARNING_RATE = 2.0")
+    fake_api.push(drafts_reply([GOOD[0], stale], use=usage(1_000, 2_000)))
+    proposer.cfg.spend_cap_usd = 0.034  # the answer costs $0.033; a repair could cost more
+    book = Book(ctx, fake_api)
+    proposer.propose_into(ctx, 2, book)
+    assert [d.title for d in book.drafts] == ["Raise the LR", "Not matching"]
     assert len(fake_api.requests) == 1
-    assert sum(d.cost_usd for d in drafts) == pytest.approx(0.033)
+    assert sum(d.cost_usd for d in book.drafts) == pytest.approx(0.033)
 
 
 def test_focused_strategy_asks_in_parallel_with_a_focus_each(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
-    third = draft("Deeper", "DEPTH = 4  # transformer blocks", "DEPTH = 6  # transformer blocks")
-    fake_api.push(*(drafts_reply([d]) for d in [*GOOD, third]))
-    proposer = claude(
-        fake_api, strategy="focused", focuses=["optimisation", "architecture", "data"]
+    fake_api.push(*(drafts_reply([d]) for d in [*GOOD, MORE[1]]))
+    book = ask(
+        fake_api, ctx, 3, strategy="focused", focuses=["optimisation", "architecture", "data"]
     )
-    drafts = proposer.propose(ctx, 3)
-    assert sorted(d.strategy for d in drafts) == [
+    assert sorted(d.strategy for d in book.drafts) == [
         "focused/architecture",
         "focused/data",
         "focused/optimisation",
@@ -309,15 +465,15 @@ def test_focused_strategy_asks_in_parallel_with_a_focus_each(
         "architecture",
         "data",
     }
-    assert len({d.batch_id for d in drafts}) == 1
-    assert len({d.prompt_hash for d in drafts}) == 3
+    assert len({d.batch_id for d in book.drafts}) == 1
+    assert len({d.prompt_hash for d in book.drafts}) == 3
 
 
 def test_mix_strategy_asks_once_for_half_and_focused_for_the_rest(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
-    fake_api.push(drafts_reply(GOOD), drafts_reply(GOOD), drafts_reply(GOOD))
-    claude(fake_api, strategy="mix", focuses=["architecture"]).propose(ctx, 3)
+    fake_api.push(drafts_reply(GOOD), drafts_reply(MORE[:1]))
+    ask(fake_api, ctx, 3, strategy="mix", focuses=["architecture"])
     texts = sorted(r.user_text for r in fake_api.requests)
     assert len(texts) == 2
     assert sum("Propose 2 diverse drafts" in t for t in texts) == 1
@@ -328,11 +484,11 @@ def test_one_failed_parallel_call_keeps_the_others_drafts(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(drafts_reply(GOOD[:1]), error_reply(400, "invalid_request_error", "bad"))
-    drafts = claude(fake_api, strategy="focused").propose(ctx, 2)
-    assert [d.title for d in drafts] == ["Raise the LR"]
+    book = ask(fake_api, ctx, 2, strategy="focused")
+    assert [d.title for d in book.drafts] == ["Raise the LR"]
 
 
-def test_key_from_the_environment_or_a_file_and_never_logged(
+def test_key_from_the_environment_or_a_file_read_once_and_never_logged(
     fake_api: FakeAnthropic,
     ctx: ProposalContext,
     tmp_path: Path,
@@ -344,16 +500,20 @@ def test_key_from_the_environment_or_a_file_and_never_logged(
     (tmp_path / "key.txt").write_text("sk-from-file\n")
     fake_api.push(drafts_reply(GOOD[:1]), drafts_reply(GOOD[1:]))
     with caplog.at_level(logging.DEBUG):
-        make_proposer(ProposerConfig(kind="anthropic"), target=tmp_path).propose(ctx, 1)
+        from_env = make_proposer(ProposerConfig(kind="anthropic"), target=tmp_path)
         by_file = ProposerConfig(kind="anthropic", api_key_file="key.txt")
-        make_proposer(by_file, target=tmp_path).propose(ctx, 1)
+        from_file = make_proposer(by_file, target=tmp_path)
+        # The lead scrubs secrets from the environment before Ray starts: the proposer
+        # must not need it again after it was built.
+        monkeypatch.delenv("ANTHROPIC_API_KEY")
+        from_env.propose(ctx, 1)
+        from_file.propose(ctx, 1)
     assert [r.headers["authorization"] for r in fake_api.requests] == [
         "Bearer sk-from-env",
         "Bearer sk-from-file",
     ]
     assert "sk-from" not in caplog.text
 
-    monkeypatch.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(
         ConfigError, match=r"export ANTHROPIC_API_KEY or set proposer\.api_key_file"
     ):

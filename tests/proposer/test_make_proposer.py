@@ -38,6 +38,6 @@ def test_replay_without_a_file_is_refused(tmp_path: Path) -> None:
 def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
-        match=r"'gpt' is not a known proposer \(known: mutate, replay, anthropic, optuna\)",
+        match=r"'gpt' is not a known proposer \(known: mutate, replay, anthropic, optuna, hybrid\)",
     ):
         make_proposer(ProposerConfig(kind="gpt"), target=tmp_path)
