@@ -429,7 +429,7 @@ class _InstrumentedStore:
 class _MeasuredProposer(Proposer):
     def __init__(self, inner: Proposer, *, calls: Any, errors: Any, latency: Any) -> None:
         self.inner = inner
-        self.name = inner.name
+        self.name, self.needs_baseline = inner.name, inner.needs_baseline
         self._calls, self._errors, self._latency = calls, errors, latency
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
