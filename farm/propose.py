@@ -105,9 +105,12 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         )
     sigma = next((d.sigma for d in reversed(decisions) if d.sigma is not None), camp.sigma)
     screen_t, keep_t = _thresholds(cfg, sigma, inc.runs)
+    # A superseded winner was never judged against the incumbent: the same code, drafted
+    # again on it, is worth its run.
+    unjudged = {CandidateState.REJECTED, CandidateState.SUPERSEDED}
     seen_files: dict[str, int] = {}
     for c in cands:
-        if c.files and c.state is not CandidateState.REJECTED:
+        if c.files and c.state not in unjudged:
             seen_files.setdefault(files_fingerprint(c.files), c.id)
     baseline = [store.get_trial(campaign_id, f"base-{i}") for i in range(cfg.merge.repeats)]
     return ProposalContext(

@@ -19,7 +19,16 @@ import redis
 from helpers import TOY_TRAIN, MakeTarget, RunCampaign
 
 from farm.errors import StoreError
-from farm.records import Campaign, Incumbent, Outcome, Trial, TrialKind, TrialResult, TrialState
+from farm.records import (
+    Campaign,
+    CandidateState,
+    Incumbent,
+    Outcome,
+    Trial,
+    TrialKind,
+    TrialResult,
+    TrialState,
+)
 from farm.store import open_store
 from farm.store.redis import RedisStore
 
@@ -220,7 +229,11 @@ def test_a_campaign_survives_a_redis_kill_and_restart_with_nothing_lost(
     trials = done.store.list_trials("default")
     assert all(t.state is TrialState.DONE and t.result is not None for t in trials)
     cands = done.store.list_candidates("default")
-    assert len(cands) == 6
+    # max_candidates counts valid candidates (a repeat rejected on the way is extra); the
+    # toy's one knob may run out first.
+    valid = [c for c in cands if c.state is not CandidateState.REJECTED]
+    assert 4 <= len(valid) <= 6
+    assert "finished" in done.output
     decisions = done.store.list_decisions("default")
     assert sorted(d.candidate_id for d in decisions) == sorted(c.id for c in cands)
     watcher.close()
