@@ -53,6 +53,9 @@ class MergeConfig:
     repeats: int = 12  # baseline runs used to estimate seed noise σ
     confirm: int = 3  # independent re-runs before a candidate may be kept (0 = none)
     min_delta: float = 0.0  # smallest improvement worth keeping, in metric units
+    # ... and relative to the metric's scale: what a deterministic target (σ = 0) is judged
+    # by alone; far below the noise of any seeded target.
+    min_rel_delta: float = 1e-4
     z: float = 1.5  # keep only improvements beyond z standard errors of the difference
     screen_z: float = 0.0  # a screening run earns confirmations beyond screen_z·σ
     # A winner on a stale base is re-run on the incumbent up to this many times; if the

@@ -16,7 +16,7 @@ import statistics
 from farm.config import TargetConfig
 from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.merge import NoisePools, Verdict, judge, noise_sigma
+from farm.merge import NoisePools, Verdict, judge, mean, noise, smallest_delta
 from farm.records import (
     Campaign,
     Candidate,
@@ -37,6 +37,9 @@ from workers.metric import missing_metric_note
 log = logging.getLogger(__name__)
 
 MIN_QUEUE = 2  # trials kept waiting when the slot count is unknown (separate dispatchers)
+# Baseline runs asked for first: if they agree, the target is deterministic and the rest of
+# `repeats` would be spent on nothing (more go in the first wave when slots are free).
+FIRST_BASELINE = 3
 
 
 class BaselineFailed(FarmError):
@@ -65,6 +68,9 @@ class Controller:
         self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
         self._pools: NoisePools | None = None  # loaded at the first judgement
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
+        self._deterministic: bool | None = None  # known once the baseline is
+        # Lines for the person running the campaign, said once (the caller prints them).
+        self.notices: list[str] = []
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, *, slots: int | None, promote: bool = True) -> list[Decision]:
@@ -74,7 +80,7 @@ class Controller:
         processes and the number is unknown.
         """
         made: list[Decision] = []
-        self._reconcile_baseline()
+        self._reconcile_baseline(slots)
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None
         inc = self.store.get_incumbent(self.campaign)
@@ -94,30 +100,53 @@ class Controller:
         return camp is not None and camp.sigma is not None
 
     # -- baseline -------------------------------------------------------------------------
-    def _reconcile_baseline(self) -> None:
+    def _reconcile_baseline(self, slots: int | None) -> None:
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None
         if camp.sigma is not None:
             return
-        trials = [self._ensure_trial(tid, TrialKind.BASELINE, None) for tid in self._baseline_ids()]
+        repeats = self.cfg.merge.repeats
+        first = min(repeats, max(FIRST_BASELINE, slots or 0))
+        trials = [self._ensure_trial(f"base-{i}", TrialKind.BASELINE, None) for i in range(first)]
         if not all(t.state.is_finished() for t in trials):
             return
         metrics = _metrics(trials)
+        if not metrics:  # none ran: more runs of a broken target would be spent on nothing
+            raise BaselineFailed(self._baseline_failure(trials))
+        early = (
+            len(trials) < repeats
+            and len(metrics) >= FIRST_BASELINE
+            and noise(metrics, tolerance=self._least(metrics)).deterministic
+        )
+        if len(trials) < repeats and not early:
+            trials += [
+                self._ensure_trial(f"base-{i}", TrialKind.BASELINE, None)
+                for i in range(first, repeats)
+            ]
+            if not all(t.state.is_finished() for t in trials):
+                return
+            metrics = _metrics(trials)
         if len(metrics) < 2:
             raise BaselineFailed(self._baseline_failure(trials))
-        sigma = noise_sigma(metrics)
+        found = noise(metrics, tolerance=self._least(metrics))
         self._pool(camp.start_sha, metrics, key="baseline")
         inc = self.store.get_incumbent(self.campaign)
-        mean = sum(metrics) / len(metrics)
         updated = Incumbent(
-            sha=inc.sha, metric=mean, runs=len(metrics), candidate_id=None, files=inc.files
+            sha=inc.sha, metric=found.center, runs=len(metrics), candidate_id=None, files=inc.files
         )
         self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
-        self.store.set_baseline(self.campaign, metric=mean, runs=len(metrics), sigma=sigma)
-        log.info("baseline %s = %.6g ± %.3g (%d runs)", self.cfg.metric, mean, sigma, len(metrics))
+        self.store.set_baseline(
+            self.campaign, metric=found.center, runs=len(metrics), sigma=found.sigma
+        )
+        names = [t.id for t in trials if t.result and t.result.metric is not None]
+        said = found.describe(self.cfg.metric, len(metrics), names=names)
+        log.info("%s", said)
+        if found.deterministic or found.outliers:
+            self.notices.append(said)
 
-    def _baseline_ids(self) -> list[str]:
-        return [f"base-{i}" for i in range(self.cfg.merge.repeats)]
+    def _least(self, metrics: list[float]) -> float:
+        """The smallest improvement worth keeping, at the scale of these runs."""
+        return smallest_delta(self.cfg.merge, statistics.median(metrics))
 
     def _baseline_failure(self, trials: list[Trial]) -> str:
         lines = [f"the baseline did not run: fewer than 2 of {len(trials)} baseline trials were ok"]
@@ -208,6 +237,7 @@ class Controller:
         if inc.sha == cand.commit_sha:  # kept, but the decision was not written before a crash
             return self._record_keep(cand, inc, before=inc.sha)
         m = self.cfg.merge
+        confirm = self._confirm()
         # A candidate first has to beat the commit it was written against; one on a stale
         # base that does is then rebased and judged again against the incumbent.
         ref = inc if cand.base_sha == inc.sha else None
@@ -224,7 +254,7 @@ class Controller:
             sigma = self._sigma_at(ref.sha, camp)
             assert screen.result is not None and screen.result.metric is not None
             verdict = self._judge(
-                [screen.result.metric], ref, sigma, m.screen_z if m.confirm else m.z
+                [screen.result.metric], ref, sigma, m.screen_z if confirm else m.z
             )
             if not verdict.passed:
                 return self._decide(
@@ -235,7 +265,7 @@ class Controller:
                     sigma,
                 )
             estimated_from = 1  # runs behind the kept metric
-        if cand.generation or m.confirm:
+        if cand.generation or confirm:
             # Confirmations; a rebased winner has proved itself once and goes straight to
             # its re-runs on the incumbent (at least one, even with confirm = 0).
             runs = self._ensure_confirms(cand)
@@ -295,13 +325,13 @@ class Controller:
             return None  # another controller moved it; the next step rebases
         self.repo.fast_forward(best_branch(self.campaign), old=inc.sha, new=cand.commit_sha)
         if not how:  # its own runs, at its level
-            self._pool(new.sha, values if cand.generation or m.confirm else [], key=f"c{cand.id}")
+            self._pool(new.sha, values if cand.generation or confirm else [], key=f"c{cand.id}")
         return self._record_keep(cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how)
 
     def _ensure_confirms(self, cand: Candidate) -> list[Trial]:
         """The candidate's re-runs: `confirm` of them, or its rebase runs on the incumbent."""
         kind = TrialKind.REBASE if cand.generation else TrialKind.CONFIRM
-        n = max(self.cfg.merge.confirm, 1) if cand.generation else self.cfg.merge.confirm
+        n = max(self._confirm(), 1) if cand.generation else self._confirm()
         return [
             self._ensure_trial(f"c{cand.id}-g{cand.generation}-confirm{i}", kind, cand)
             for i in range(n)
@@ -314,8 +344,19 @@ class Controller:
         kept = self._kept_decision(sha)
         measured = self._measured(kept.candidate_id, create=False)
         if measured is not None:
-            return Incumbent(sha=sha, metric=statistics.fmean(measured), runs=len(measured))
-        return Incumbent(sha=sha, metric=kept.metric, runs=self.cfg.merge.confirm or 1)
+            return Incumbent(sha=sha, metric=mean(measured), runs=len(measured))
+        return Incumbent(sha=sha, metric=kept.metric, runs=self._confirm() or 1)
+
+    def _confirm(self) -> int:
+        """Confirmation runs per candidate: `confirm`, none on a deterministic target (σ = 0:
+        the same code gives the same number again)."""
+        if self._deterministic is None:
+            camp = self.store.get_campaign(self.campaign)
+            assert camp is not None
+            if camp.sigma is None:
+                return self.cfg.merge.confirm
+            self._deterministic = camp.sigma == 0
+        return 0 if self._deterministic else self.cfg.merge.confirm
 
     def _kept_decision(self, sha: str) -> Decision:
         """The keep that made `sha` the incumbent."""
@@ -335,7 +376,9 @@ class Controller:
 
     def _load_pools(self, camp: Campaign) -> NoisePools:
         """The noise pools of what the store holds (once a process; then kept up to date)."""
-        pools = NoisePools(start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1))
+        pools = NoisePools(
+            start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1), scale=camp.sigma or 0.0
+        )
         by_cand: dict[int | None, list[Trial]] = {}
         for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
             by_cand.setdefault(t.candidate_id, []).append(t)
@@ -366,15 +409,15 @@ class Controller:
             return
         values = self._measured(inc.candidate_id, create=True)
         if values is not None:
-            mean = statistics.fmean(values)
-            log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, mean)
-            updated = dataclasses.replace(inc, metric=mean, runs=len(values))
+            value = mean(values)
+            log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, value)
+            updated = dataclasses.replace(inc, metric=value, runs=len(values))
             self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
             self._pool(inc.sha, values, key=f"c{inc.candidate_id}")
 
     def _measured(self, cand_id: int, *, create: bool) -> list[float] | None:
         """The ok runs' metrics of a merged-untried keep, once all have finished."""
-        ids = [f"c{cand_id}-measure{i}" for i in range(max(self.cfg.merge.confirm, 1))]
+        ids = [f"c{cand_id}-measure{i}" for i in range(max(self._confirm(), 1))]
         if create:
             cand = self.store.get_candidate(self.campaign, cand_id)
             assert cand is not None
@@ -405,7 +448,7 @@ class Controller:
             sigma=sigma,
             direction=self.cfg.direction,
             z=z,
-            min_delta=self.cfg.merge.min_delta,
+            min_delta=smallest_delta(self.cfg.merge, inc.metric),
         )
 
     def _failure(self, trial: Trial, what: str) -> str:

@@ -6,16 +6,30 @@ incumbent is judged against the standard error of a difference of two means,
 A screening run uses the milder `screen_z` and only earns confirmation runs; the kept
 metric is the mean of the confirmation runs, never the screening run that stood out
 (the best of many noisy trials is biased upward).
+
+Real targets are not all Gaussian. Some are deterministic (a fixed `random_state`: every
+run prints the same number, σ = 0): they are judged by the smallest improvement worth
+keeping alone, with no confirmations. Some have heavy tails (a run that diverges now and
+then): a run further than OUTLIER_SIGMAS robust σ (from the median absolute deviation)
+from the median is an outlier, named and left out of σ and of the mean, and a
+candidate's repeated runs are clipped to WINSOR_SIGMAS around their median, so one wild
+run cannot carry a decision either way. All arithmetic stays finite-safe: a metric of
+±1e308 gives inf somewhere, never an exception.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from farm.config import MergeConfig
 from farm.records import Direction
+
+MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
+OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
+WINSOR_SIGMAS = 3.0  # a candidate's run counts at most this far from its runs' median
 
 
 @dataclass(frozen=True)
@@ -33,11 +47,88 @@ class Verdict:
         )
 
 
-def noise_sigma(values: list[float]) -> float:
-    """Sample standard deviation of repeated runs of one commit (needs two or more)."""
+@dataclass(frozen=True)
+class Noise:
+    """What repeated runs of one commit say about its metric and the seed noise."""
+
+    center: float  # mean of the runs that are not outliers
+    sigma: float  # their sample standard deviation; 0 for a deterministic target
+    low: float
+    median: float
+    high: float
+    outliers: tuple[int, ...]  # indices of the runs left out
+    deterministic: bool  # the runs agree to within the smallest improvement kept
+
+    def describe(self, metric: str, runs: int, *, names: Sequence[str] = ()) -> str:
+        """One line for the log, `farm status` and the report."""
+        if self.deterministic:
+            return (
+                f"all {runs} baseline runs gave {metric} {self.median:.6g}: the target ignores "
+                "FARM_SEED; judging by min_delta, no confirmations"
+            )
+        text = (
+            f"baseline {metric} {self.center:.6g} ± {self.sigma:.3g} over {runs} runs "
+            f"(min {self.low:.6g}, median {self.median:.6g}, max {self.high:.6g})"
+        )
+        if self.outliers:
+            named = [names[i] if i < len(names) else f"run {i}" for i in self.outliers]
+            text += f"; outliers left out of σ and the mean: {', '.join(named)}"
+        return text
+
+
+def mean(values: Sequence[float]) -> float:
+    """Mean that cannot overflow (math.fsum raises on ±1e308 + ±1e308)."""
+    return sum(v / len(values) for v in values)
+
+
+def _stdev(values: Sequence[float]) -> float:
+    m = mean(values)
+    return math.sqrt(sum((v - m) * (v - m) for v in values) / (len(values) - 1))
+
+
+def noise(values: Sequence[float], *, tolerance: float) -> Noise:
+    """Summarise two or more runs of one commit. `tolerance`: the smallest improvement
+    worth keeping; runs that all agree within it make the target deterministic."""
     if len(values) < 2:
         raise ValueError("need at least two runs to estimate noise")
-    return statistics.stdev(values)
+    mid = statistics.median(values)
+    scale = MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
+    outliers = tuple(
+        i for i, v in enumerate(values) if scale > 0 and abs(v - mid) > OUTLIER_SIGMAS * scale
+    )
+    kept = [v for i, v in enumerate(values) if i not in outliers]
+    deterministic = max(kept) - min(kept) <= tolerance
+    return Noise(
+        center=mid if deterministic else mean(kept),
+        sigma=0.0 if deterministic else _stdev(kept),
+        low=min(values),
+        median=mid,
+        high=max(values),
+        outliers=outliers,
+        deterministic=deterministic,
+    )
+
+
+def smallest_delta(m: MergeConfig, metric: float | None) -> float:
+    """The smallest improvement worth keeping: `min_delta`, or `min_rel_delta` of the
+    metric's scale where that is more."""
+    scale = abs(metric) if metric is not None and math.isfinite(metric) else 0.0
+    return max(m.min_delta, m.min_rel_delta * scale)
+
+
+def threshold(*, runs: int, incumbent_runs: int, sigma: float, z: float, min_delta: float) -> float:
+    """What the improvement of the estimate from `runs` runs must exceed."""
+    return max(min_delta, z * sigma * math.sqrt(1 / runs + 1 / max(incumbent_runs, 1)))
+
+
+def estimate(values: Sequence[float], sigma: float) -> float:
+    """A candidate's metric from its runs: their mean, three or more clipped to
+    WINSOR_SIGMAS·σ around their median first (one wild run cannot decide)."""
+    if sigma <= 0 or len(values) < 3:
+        return mean(values)
+    mid = statistics.median(values)
+    lo, hi = mid - WINSOR_SIGMAS * sigma, mid + WINSOR_SIGMAS * sigma
+    return mean([min(max(v, lo), hi) for v in values])
 
 
 class NoisePools:
@@ -49,11 +140,13 @@ class NoisePools:
     runs, and the confirmation runs of candidates judged against it that did not beat it.
     Its σ is its own once that pool has as many degrees of freedom as the baseline had;
     until then, the nearest earlier incumbent's that has (the baseline's in the end).
+    Runs beyond OUTLIER_SIGMAS·`scale` (the baseline's σ) of their group's median stay out.
     """
 
-    def __init__(self, *, start: str, min_dof: int) -> None:
+    def __init__(self, *, start: str, min_dof: int, scale: float) -> None:
         self.start = start
         self.min_dof = min_dof
+        self.scale = scale
         self._ss: dict[str, float] = {}
         self._dof: dict[str, int] = {}
         self._added: set[str] = set()
@@ -63,18 +156,24 @@ class NoisePools:
         if key in self._added or len(values) < 2:
             return
         self._added.add(key)
-        mean = statistics.fmean(values)
-        self._ss[sha] = self._ss.get(sha, 0.0) + sum((x - mean) ** 2 for x in values)
+        if self.scale > 0:
+            mid = statistics.median(values)
+            values = [v for v in values if abs(v - mid) <= OUTLIER_SIGMAS * self.scale]
+        if len(values) < 2:
+            return
+        m = mean(values)
+        self._ss[sha] = self._ss.get(sha, 0.0) + sum((v - m) * (v - m) for v in values)
         self._dof[sha] = self._dof.get(sha, 0) + len(values) - 1
 
     def sigma(self, sha: str, parent: Callable[[str], str]) -> float:
-        """σ at `sha`; `parent` names the incumbent each keep replaced."""
+        """σ at `sha`; `parent` names the incumbent each keep replaced. The baseline's may
+        be 0 (a deterministic target)."""
         while True:
             dof = self._dof.get(sha, 0)
-            if (dof >= self.min_dof or sha == self.start) and self._ss.get(sha, 0.0) > 0:
-                return math.sqrt(self._ss[sha] / dof)
             if sha == self.start:
-                raise ValueError("no baseline runs in the noise pools")
+                return math.sqrt(self._ss[sha] / dof) if dof else 0.0
+            if dof >= self.min_dof and self._ss.get(sha, 0.0) > 0:
+                return math.sqrt(self._ss[sha] / dof)
             sha = parent(sha)
 
 
@@ -88,9 +187,11 @@ def judge(
     z: float,
     min_delta: float,
 ) -> Verdict:
-    """Does the mean of `values` beat the incumbent beyond noise?"""
-    estimate = statistics.fmean(values)
-    delta = direction.improvement(old=incumbent, new=estimate)
-    stderr = sigma * math.sqrt(1 / len(values) + 1 / max(incumbent_runs, 1))
-    threshold = max(min_delta, z * stderr)
-    return Verdict(passed=delta > threshold, estimate=estimate, delta=delta, threshold=threshold)
+    """Does the estimate from `values` beat the incumbent beyond noise? A NaN anywhere
+    fails (comparisons with NaN are false)."""
+    est = estimate(values, sigma)
+    delta = direction.improvement(old=incumbent, new=est)
+    bar = threshold(
+        runs=len(values), incumbent_runs=incumbent_runs, sigma=sigma, z=z, min_delta=min_delta
+    )
+    return Verdict(passed=delta > bar, estimate=est, delta=delta, threshold=bar)

@@ -10,11 +10,13 @@ one, and a candidate's words have their control characters replaced before they 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from farm.merge import judge
+from farm.config import MergeConfig
+from farm.merge import smallest_delta, threshold
 from farm.records import (
     CandidateState,
     Decision,
@@ -226,18 +228,15 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    m = config.get("merge", {})
-    runs = max(int(m.get("confirm", 1)), 1)
-    metric = inc.metric if inc.metric is not None else 0.0
-    return judge(
-        [metric] * runs,
-        incumbent=metric,
-        incumbent_runs=max(inc.runs, 1),
+    known = {f.name for f in dataclasses.fields(MergeConfig)}
+    m = MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
+    return threshold(
+        runs=1 if sigma == 0 else max(m.confirm, 1),
+        incumbent_runs=inc.runs,
         sigma=sigma,
-        direction=Direction(config.get("direction", Direction.MINIMIZE)),
-        z=float(m.get("z", 0.0)),
-        min_delta=float(m.get("min_delta", 0.0)),
-    ).threshold
+        z=m.z,
+        min_delta=smallest_delta(m, inc.metric),
+    )
 
 
 @dataclass

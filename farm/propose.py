@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
-from farm.merge import judge
+from farm.merge import smallest_delta, threshold
 from farm.records import (
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Draft,
+    Incumbent,
     Trial,
     edit_hash,
 )
@@ -104,7 +105,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
             )
         )
     sigma = next((d.sigma for d in reversed(decisions) if d.sigma is not None), camp.sigma)
-    screen_t, keep_t = _thresholds(cfg, sigma, inc.runs)
+    screen_t, keep_t = _thresholds(cfg, sigma, inc)
     # A superseded winner was never judged against the incumbent: the same code, drafted
     # again on it, is worth its run.
     unjudged = {CandidateState.REJECTED, CandidateState.SUPERSEDED}
@@ -147,27 +148,20 @@ def ledger_spend(store: Store, campaign_id: str) -> float:
 
 
 def _thresholds(
-    cfg: TargetConfig, sigma: float | None, incumbent_runs: int
+    cfg: TargetConfig, sigma: float | None, inc: Incumbent
 ) -> tuple[float | None, float | None]:
     """What Δ a screening run and a confirmation mean must beat now (the merge rule's)."""
     if sigma is None:
         return None, None
     m = cfg.merge
+    least = smallest_delta(m, inc.metric)
 
-    def threshold(runs: int, z: float) -> float:
-        return judge(
-            [0.0] * runs,
-            incumbent=0.0,
-            incumbent_runs=max(incumbent_runs, 1),
-            sigma=sigma,
-            direction=cfg.direction,
-            z=z,
-            min_delta=m.min_delta,
-        ).threshold
+    def bar(runs: int, z: float) -> float:
+        return threshold(runs=runs, incumbent_runs=inc.runs, sigma=sigma, z=z, min_delta=least)
 
-    if not m.confirm:
-        return threshold(1, m.z), threshold(1, m.z)
-    return threshold(1, m.screen_z), threshold(m.confirm, m.z)
+    if not m.confirm or sigma == 0:  # a deterministic target is judged on its screen alone
+        return bar(1, m.z), bar(1, m.z)
+    return bar(1, m.screen_z), bar(m.confirm, m.z)
 
 
 def _durations(*groups: list[Trial]) -> list[float]:

@@ -4,18 +4,22 @@ how often it keeps a real improvement of 1σ, 2σ, 3σ.
     .venv/bin/python scripts/bench/merge_quality.py [--n 4000] [--check 200]
 
 The synthetic target's metric is a known function of its constants plus seeded noise:
-`loss = 1 - EFFECT·σ + σ·N(0, 1)`, the noise drawn from the trial's farm seed (and
-`SEED_OFFSET`, which changes only which numbers are drawn: a seed-only change). Each
-simulated candidate starts a campaign of its own (a fresh baseline, so the rates are
-averaged over campaigns), and is one edit of `EFFECT` (0 = no effect) and `SEED_OFFSET`.
+`loss = 1 - EFFECT·σ + σ·ε`, ε drawn from the trial's farm seed (and `SEED_OFFSET`, which
+changes only which numbers are drawn: a seed-only change). Each simulated candidate starts
+a campaign of its own (a fresh baseline, so the rates are averaged over campaigns), and is
+one edit of `EFFECT` (0 = no effect) and `SEED_OFFSET`. Three kinds of target (`NOISE`):
+`gaussian` (ε ~ N(0, 1)), `heavy` (Tukey's contaminated normal: one run in ten has ten
+times the spread, in either direction: divergent runs, lucky ones) and `zero` (a fixed
+`random_state`: ε = 0, every run prints the same number).
 
 Two paths, on the same seeds:
 - `--check` candidates per effect run through the real `farm.controller.Controller` (real
   SQLiteStore, trials claimed and recorded through the store; git modelled by SimRepo,
   as commits play no part in a decision);
 - the sweep over thousands of candidates and 36 settings calls `farm.merge.judge` exactly
-  as `Controller._reconcile_candidate` does (baseline mean and sample-σ from `repeats`
-  runs, a screen at `screen_z`, then `confirm` runs at `z`, both against the baseline).
+  as `Controller._reconcile_candidate` does (the baseline summarised by `farm.merge.noise`
+  from `repeats` runs, or from the first wave when they agree, a screen at `screen_z`,
+  then `confirm` runs at `z`, both against the baseline).
 The script asserts both paths make the same decision for every checked candidate, so the
 fast path is the controller's rule and not a paraphrase of it.
 """
@@ -33,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
-from farm.controller import Controller, trial_seed
-from farm.merge import Verdict, judge, noise_sigma
+from farm.controller import FIRST_BASELINE, Controller, trial_seed
+from farm.merge import Verdict, judge, noise, smallest_delta
 from farm.records import (
     Campaign,
     Candidate,
@@ -53,21 +57,31 @@ EFFECTS = (0.0, 1.0, 2.0, 3.0)  # true improvement of a candidate, in units of S
 FALSE_KEEP_GOAL = 0.05  # at most this share of no-effect changes kept
 POWER_GOAL = 0.90  # at least this share of 2σ improvements kept
 START_SHA = "0" * 40
+NOISES = ("gaussian", "heavy", "zero")
+SLOTS = 8  # of the controller check: the baseline's first wave is this many runs
 
-BASE_TRAIN = "EFFECT = 0.0  # improvement in units of sigma\nSEED_OFFSET = 0\n"
+
+def base_train(kind: str = "gaussian") -> str:
+    return f"EFFECT = 0.0  # improvement in units of sigma\nSEED_OFFSET = 0\nNOISE = {kind!r}\n"
 
 
-def candidate_train(effect: float) -> str:
+def candidate_train(effect: float, kind: str = "gaussian") -> str:
     # Every candidate also moves SEED_OFFSET, so a no-effect candidate is a seed-only change.
-    return f"EFFECT = {effect}  # improvement in units of sigma\nSEED_OFFSET = 1\n"
+    return (
+        f"EFFECT = {effect}  # improvement in units of sigma\nSEED_OFFSET = 1\nNOISE = {kind!r}\n"
+    )
 
 
 def synthetic_loss(train_py: str, seed: int) -> float:
-    """The target's metric: a known function of its constants plus seeded Gaussian noise."""
+    """The target's metric: a known function of its constants plus seeded noise."""
     effect = float(re.search(r"^EFFECT = (\S+)", train_py, re.M).group(1))  # type: ignore[union-attr]
     offset = int(re.search(r"^SEED_OFFSET = (\d+)", train_py, re.M).group(1))  # type: ignore[union-attr]
+    kind = re.search(r"^NOISE = '(\w+)'", train_py, re.M).group(1)  # type: ignore[union-attr]
     rng = random.Random(seed * 1_000_003 + offset)
-    return 1.0 - effect * SIGMA + SIGMA * rng.gauss(0.0, 1.0)
+    eps = rng.gauss(0.0, 1.0)
+    if kind == "heavy" and rng.random() < 0.1:
+        eps *= 10
+    return 1.0 - effect * SIGMA + (0.0 if kind == "zero" else SIGMA * eps)
 
 
 def sim_campaign(i: int) -> str:
@@ -87,15 +101,16 @@ def target_config(m: MergeConfig) -> TargetConfig:
     )
 
 
-def controller_decision(store: SQLiteStore, cfg: TargetConfig, i: int, effect: float) -> bool:
+def controller_decision(
+    store: SQLiteStore, cfg: TargetConfig, cid: str, effect: float, kind: str
+) -> bool:
     """Run one candidate through Controller.step until it decides; True if it was kept."""
-    cid = f"{sim_campaign(i)}-e{effect}"  # one store, one campaign per (candidate, effect)
-    base_files = {"train.py": BASE_TRAIN}
+    base_files = {"train.py": base_train(kind)}
     store.create_campaign(
         Campaign(id=cid, target="", start_sha=START_SHA, config=cfg.to_dict()),
         Incumbent(sha=START_SHA, files=base_files),
     )
-    text = candidate_train(effect)
+    text = candidate_train(effect, kind)
     store.add_candidate(
         Candidate(
             campaign=cid,
@@ -103,17 +118,17 @@ def controller_decision(store: SQLiteStore, cfg: TargetConfig, i: int, effect: f
             base_sha=START_SHA,
             title=f"effect {effect}",
             hypothesis="",
-            edits=[Edit(path="train.py", search=BASE_TRAIN, replace=text)],
+            edits=[Edit(path="train.py", search=base_train(kind), replace=text)],
             files={"train.py": text},
             edit_hash=text,
         )
     )
     ctl = Controller(store=store, repo=SimRepo(), cfg=cfg, campaign=cid)  # type: ignore[arg-type]
     while True:
-        made = ctl.step(slots=8)
+        made = ctl.step(slots=SLOTS)
         if made:
             return made[0].kind is DecisionKind.KEPT
-        for t in store.claim_trials(cid, worker="bench", n=8, lease_s=600):
+        for t in store.claim_trials(cid, worker="bench", n=SLOTS, lease_s=600):
             # The trial's seed as farm hands it to training; the files it would run.
             loss = synthetic_loss((t.files or base_files)["train.py"], t.seed)
             store.record_result(cid, TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=loss))
@@ -129,13 +144,15 @@ class Draws:
     confirms: list[float]  # c1-g0-confirm0, ...
 
 
-def draws(cid: str, effect: float, max_repeats: int, max_confirm: int) -> Draws:
+def draws(
+    cid: str, effect: float, max_repeats: int, max_confirm: int, kind: str = "gaussian"
+) -> Draws:
     def loss(trial_id: str, text: str) -> float:
         return synthetic_loss(text, trial_seed(f"{cid}/{trial_id}"))
 
-    text = candidate_train(effect)
+    text = candidate_train(effect, kind)
     return Draws(
-        base=[loss(f"base-{k}", BASE_TRAIN) for k in range(max_repeats)],
+        base=[loss(f"base-{k}", base_train(kind)) for k in range(max_repeats)],
         screen=loss("c1-g0-screen", text),
         confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
     )
@@ -146,26 +163,30 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
 
     Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
     """
+    # As _reconcile_baseline: a first wave, the rest only if it does not agree.
+    first = d.base[: min(m.repeats, max(FIRST_BASELINE, SLOTS))]
     base = d.base[: m.repeats]
-    sigma = noise_sigma(base)
-    inc, runs = sum(base) / len(base), len(base)  # as _reconcile_baseline computes them
+    if noise(first, tolerance=smallest_delta(m, statistics.median(first))).deterministic:
+        base = first
+    found = noise(base, tolerance=smallest_delta(m, statistics.median(base)))
+    confirm = 0 if found.sigma == 0 else m.confirm
 
     def verdict(values: list[float], z: float) -> Verdict:
         return judge(
             values,
-            incumbent=inc,
-            incumbent_runs=runs,
-            sigma=sigma,
+            incumbent=found.center,
+            incumbent_runs=len(base),
+            sigma=found.sigma,
             direction=Direction.MINIMIZE,
             z=z,
-            min_delta=m.min_delta,
+            min_delta=smallest_delta(m, found.center),
         )
 
-    screen = verdict([d.screen], m.screen_z if m.confirm else m.z)
-    if not screen.passed or not m.confirm:
+    screen = verdict([d.screen], m.screen_z if confirm else m.z)
+    if not screen.passed or not confirm:
         return screen.passed, 1, screen.estimate
-    confirmed = verdict(d.confirms[: m.confirm], m.z)
-    return confirmed.passed, 1 + m.confirm, confirmed.estimate
+    confirmed = verdict(d.confirms[:confirm], m.z)
+    return confirmed.passed, 1 + confirm, confirmed.estimate
 
 
 def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[list[float], float]:
@@ -214,21 +235,22 @@ SEARCH = settings((5, 8, 12), (2, 3, 4, 5, 6), (1.25, 1.5, 1.75, 2.0), (0, 0.5))
 
 
 def check_controller(n: int) -> int:
-    """Decisions of the real controller vs the direct path; returns how many were compared."""
+    """Decisions of the real controller vs the direct path, on every kind of noise; returns
+    how many were compared."""
     m = MergeConfig()
     cfg = target_config(m)
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "farm.db")
         try:
-            for effect in EFFECTS:
-                for i in range(n):
-                    real = controller_decision(store, cfg, i, effect)
-                    cid = f"{sim_campaign(i)}-e{effect}"
-                    direct, _, _ = kept(draws(cid, effect, m.repeats, m.confirm), m)
-                    assert real == direct, f"controller and direct path differ on {cid}"
+            for kind, effect, i in itertools.product(NOISES, EFFECTS, range(n)):
+                # One store, one campaign per (candidate, effect, noise).
+                cid = f"{sim_campaign(i)}-e{effect}-{kind}"
+                real = controller_decision(store, cfg, cid, effect, kind)
+                direct, _, _ = kept(draws(cid, effect, m.repeats, m.confirm, kind), m)
+                assert real == direct, f"controller and direct path differ on {cid}"
         finally:
             store.close()
-    return n * len(EFFECTS)
+    return n * len(EFFECTS) * len(NOISES)
 
 
 def rates_of(
@@ -305,6 +327,27 @@ def main() -> None:
     print()
     print_table(rows)
     print()
+    print("The defaults on each kind of target (σ: the spread of the Gaussian part)")
+    print()
+    print(
+        "| noise | false keep (0σ) | keep 1σ | keep 2σ | keep 3σ | trials / no-effect cand. "
+        "| both goals |"
+    )
+    print("|---|---:|---:|---:|---:|---:|:---|")
+    by_noise = {}
+    for kind in NOISES:
+        kind_sims = {
+            e: [draws(sim_campaign(i), e, max_r, max_c, kind) for i in range(args.n)]
+            for e in EFFECTS
+        }
+        by_noise[kind] = rates_of(MergeConfig(), kind_sims, EFFECTS)
+        r, c = by_noise[kind]
+        print(
+            f"| {kind} "
+            + "".join(f"| {r[e]:.1%} " for e in EFFECTS)
+            + f"| {c:.2f} | {'yes' if meets(r) else ''} |"
+        )
+    print()
     print(f"Beyond that grid: the cheapest of {len(SEARCH)} settings that meet both goals")
     print()
     print_table(best[:5])
@@ -336,8 +379,15 @@ def main() -> None:
         else "controller check skipped (--check 0)"
     )
     _, d_rates, d_cost = default_row
+    missed = [kind for kind, (r, _) in by_noise.items() if not meets(r)]
+    if meets(d_rates) and not missed:
+        print(
+            f"verdict: PASS: defaults {describe(MergeConfig(), d_rates, d_cost)}, and on "
+            f"every kind of noise ({', '.join(NOISES)})"
+        )
+        return
     if meets(d_rates):
-        print(f"verdict: PASS: defaults {describe(MergeConfig(), d_rates, d_cost)}")
+        print(f"verdict: FAIL: defaults miss a goal on {', '.join(missed)} noise")
         return
     advice = (
         "cheapest setting meeting both: " + describe(*best[0])
