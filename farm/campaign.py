@@ -251,6 +251,8 @@ def run(
                 cand = store.get_candidate(cfg.campaign, d.candidate_id)
                 label = failure_label(store, cfg.campaign, d)
                 view.decision(d, cand.title if cand else "", cfg.metric, label=label)
+            while controller.notices:
+                view.note(controller.notices.pop(0))
             dispatcher.step(wait_s=0.5)
             view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=dispatcher.busy)
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):

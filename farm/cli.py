@@ -393,10 +393,11 @@ def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
 
 
 def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
-    from farm.progress import snapshot, status_report
+    from farm.progress import baseline_noise, snapshot, status_report
 
     _known_campaign(cfg, store)
-    print(status_report(snapshot(store, cfg.campaign, last=args.last)))
+    snap = snapshot(store, cfg.campaign, last=args.last)
+    print(status_report(snap, baseline=baseline_noise(store, cfg.campaign)))
     return 0
 
 
@@ -478,6 +479,7 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{m.crash_rate:.0%} crash; LLM calls {m.llm_s:g} s; node loss {m.node_loss_per_h:g}"
         f"/node-h ({m.node_slots} slots a node); merge repeats={m.merge.repeats} "
         f"confirm={m.merge.confirm} z={m.merge.z:g} screen_z={m.merge.screen_z:g} "
+        f"futility_z={m.merge.futility_z:g} efficacy_z={m.merge.efficacy_z:g} "
         f"max_rebases={','.join(map(str, args.max_rebases))}; "
         f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}); "
         f"{args.seeds} seeds, medians"

@@ -16,7 +16,16 @@ import statistics
 from farm.config import TargetConfig
 from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.merge import NoisePools, Verdict, judge, mean, noise, smallest_delta
+from farm.merge import (
+    NoisePools,
+    Verdict,
+    estimate,
+    judge,
+    mean,
+    noise,
+    sequential,
+    smallest_delta,
+)
 from farm.records import (
     Campaign,
     Candidate,
@@ -242,32 +251,14 @@ class Controller:
         # base that does is then rebased and judged again against the incumbent.
         ref = inc if cand.base_sha == inc.sha else None
         if cand.generation == 0:
-            screen = self._ensure_screen(cand)
-            if not screen.state.is_finished():
-                return None
-            failed = self._failure(screen, "screening run")
-            if failed:
-                return self._decide(cand, DecisionKind.CRASHED, failed)
-            if camp.sigma is None or inc.metric is None:
-                return None  # the baseline is still running
-            ref = ref or self._estimate_of(cand.base_sha, camp)
-            sigma = self._sigma_at(ref.sha, camp)
-            assert screen.result is not None and screen.result.metric is not None
-            verdict = self._judge(
-                [screen.result.metric], ref, sigma, m.screen_z if confirm else m.z
-            )
-            if not verdict.passed:
-                return self._decide(
-                    cand,
-                    DecisionKind.DISCARDED,
-                    "screen: " + verdict.describe(self.cfg.metric),
-                    verdict,
-                    sigma,
-                )
-            estimated_from = 1  # runs behind the kept metric
-        if cand.generation or confirm:
-            # Confirmations; a rebased winner has proved itself once and goes straight to
-            # its re-runs on the incumbent (at least one, even with confirm = 0).
+            judged = self._screen_and_confirm(cand, inc, camp, ref, stages=1 + confirm)
+            if not isinstance(judged, tuple):
+                return judged
+            verdict, sigma, values = judged
+            estimated_from = len(values) or 1
+        else:
+            # A rebased winner has proved itself once and goes straight to its re-runs on
+            # the incumbent (at least one, even with confirm = 0).
             runs = self._ensure_confirms(cand)
             if not all(t.state.is_finished() for t in runs):
                 return None
@@ -286,12 +277,7 @@ class Controller:
                 return self._decide(
                     cand,
                     DecisionKind.DISCARDED,
-                    (
-                        "rebased, its re-runs did not hold up: "
-                        if cand.generation
-                        else "screen looked better, confirmations did not: "
-                    )
-                    + verdict.describe(self.cfg.metric),
+                    "rebased, its re-runs did not hold up: " + verdict.describe(self.cfg.metric),
                     verdict,
                     sigma,
                 )
@@ -325,8 +311,56 @@ class Controller:
             return None  # another controller moved it; the next step rebases
         self.repo.fast_forward(best_branch(self.campaign), old=inc.sha, new=cand.commit_sha)
         if not how:  # its own runs, at its level
-            self._pool(new.sha, values if cand.generation or confirm else [], key=f"c{cand.id}")
+            self._pool(new.sha, values, key=f"c{cand.id}")
         return self._record_keep(cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how)
+
+    def _screen_and_confirm(
+        self, cand: Candidate, inc: Incumbent, camp: Campaign, ref: Incumbent | None, *, stages: int
+    ) -> Decision | tuple[Verdict, float, list[float]] | None:
+        """A new candidate's screen, then confirmations one at a time (other candidates take
+        the other slots) until the sequential test decides. A decision if it crashed or lost;
+        None while a run is still out; for a winner (its verdict, σ, its confirmations)."""
+        runs = [self._ensure_screen(cand)]
+        while True:
+            last = runs[-1]
+            if not last.state.is_finished():
+                return None
+            what = f"confirmation run {len(runs) - 1}" if len(runs) > 1 else "screening run"
+            failed = self._failure(last, what)
+            if failed:
+                return self._decide(cand, DecisionKind.CRASHED, failed)
+            if camp.sigma is None or inc.metric is None:
+                return None  # the baseline is still running
+            ref = ref or self._estimate_of(cand.base_sha, camp)
+            assert ref.metric is not None
+            sigma = self._sigma_at(ref.sha, camp)
+            keep, verdict = sequential(
+                _metrics(runs),
+                m=self.cfg.merge,
+                stages=stages,
+                incumbent=ref.metric,
+                incumbent_runs=ref.runs,
+                sigma=sigma,
+                direction=self.cfg.direction,
+            )
+            if keep is None:
+                trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
+                runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
+                continue
+            repeats = _metrics(runs[1:])  # the screen that stood out is biased upward
+            if not keep:  # no better than `ref`: its runs are at its level
+                self._pool(ref.sha, repeats, key=f"c{cand.id}")
+                how = f"after {len(repeats)} confirmations" if repeats else "screen"
+                return self._decide(
+                    cand,
+                    DecisionKind.DISCARDED,
+                    f"{how}: " + verdict.describe(self.cfg.metric),
+                    verdict,
+                    sigma,
+                )
+            if repeats:  # the kept metric: the confirmations' estimate
+                verdict = dataclasses.replace(verdict, estimate=estimate(repeats, sigma))
+            return verdict, sigma, repeats
 
     def _ensure_confirms(self, cand: Candidate) -> list[Trial]:
         """The candidate's re-runs: `confirm` of them, or its rebase runs on the incumbent."""
@@ -376,9 +410,7 @@ class Controller:
 
     def _load_pools(self, camp: Campaign) -> NoisePools:
         """The noise pools of what the store holds (once a process; then kept up to date)."""
-        pools = NoisePools(
-            start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1), scale=camp.sigma or 0.0
-        )
+        pools = NoisePools(start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1))
         by_cand: dict[int | None, list[Trial]] = {}
         for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
             by_cand.setdefault(t.candidate_id, []).append(t)

@@ -377,11 +377,14 @@ isolation = "auto"  # strict (bubblewrap) where it works, else basic; "strict" i
 # read_only_paths = ["~/.cache/data"]  # what a trial may read besides its runtime
 
 [merge]
-repeats = 12     # baseline runs that estimate seed noise σ
-confirm = 3      # re-runs a candidate needs before it is kept
+repeats = 12     # baseline runs that estimate seed noise σ (3 if the first 3 agree)
+confirm = 4      # re-runs a candidate may get, one at a time, before it is decided
 min_delta = 0.0  # smallest improvement worth keeping, in metric units
-z = 1.5          # keep only improvements beyond z standard errors
-screen_z = 0.0   # a screening run earns its confirmations beyond screen_z·σ
+min_rel_delta = 0.0001  # ... relative to the metric (judges a deterministic target)
+z = 1.75         # keep only improvements beyond z standard errors
+screen_z = 0.25  # a screening run earns its confirmations beyond screen_z standard errors
+futility_z = 1.0  # after a confirmation: discard below futility_z standard errors,
+efficacy_z = 2.5  # keep beyond efficacy_z; else one more run
 
 [resources]
 cpus_per_trial = 1

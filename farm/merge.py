@@ -92,10 +92,7 @@ def noise(values: Sequence[float], *, tolerance: float) -> Noise:
     if len(values) < 2:
         raise ValueError("need at least two runs to estimate noise")
     mid = statistics.median(values)
-    scale = MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
-    outliers = tuple(
-        i for i, v in enumerate(values) if scale > 0 and abs(v - mid) > OUTLIER_SIGMAS * scale
-    )
+    outliers = outlying(values)
     kept = [v for i, v in enumerate(values) if i not in outliers]
     deterministic = max(kept) - min(kept) <= tolerance
     return Noise(
@@ -107,6 +104,16 @@ def noise(values: Sequence[float], *, tolerance: float) -> Noise:
         outliers=outliers,
         deterministic=deterministic,
     )
+
+
+def outlying(values: Sequence[float]) -> tuple[int, ...]:
+    """Indices of the runs further than OUTLIER_SIGMAS robust σ (from the median absolute
+    deviation) from the median."""
+    mid = statistics.median(values)
+    scale = MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
+    if scale <= 0:
+        return ()
+    return tuple(i for i, v in enumerate(values) if abs(v - mid) > OUTLIER_SIGMAS * scale)
 
 
 def smallest_delta(m: MergeConfig, metric: float | None) -> float:
@@ -140,13 +147,12 @@ class NoisePools:
     runs, and the confirmation runs of candidates judged against it that did not beat it.
     Its σ is its own once that pool has as many degrees of freedom as the baseline had;
     until then, the nearest earlier incumbent's that has (the baseline's in the end).
-    Runs beyond OUTLIER_SIGMAS·`scale` (the baseline's σ) of their group's median stay out.
+    Outlying runs (as `noise` finds them) stay out.
     """
 
-    def __init__(self, *, start: str, min_dof: int, scale: float) -> None:
+    def __init__(self, *, start: str, min_dof: int) -> None:
         self.start = start
         self.min_dof = min_dof
-        self.scale = scale
         self._ss: dict[str, float] = {}
         self._dof: dict[str, int] = {}
         self._added: set[str] = set()
@@ -156,11 +162,8 @@ class NoisePools:
         if key in self._added or len(values) < 2:
             return
         self._added.add(key)
-        if self.scale > 0:
-            mid = statistics.median(values)
-            values = [v for v in values if abs(v - mid) <= OUTLIER_SIGMAS * self.scale]
-        if len(values) < 2:
-            return
+        out = outlying(values)
+        values = [v for i, v in enumerate(values) if i not in out]
         m = mean(values)
         self._ss[sha] = self._ss.get(sha, 0.0) + sum((v - m) * (v - m) for v in values)
         self._dof[sha] = self._dof.get(sha, 0) + len(values) - 1
@@ -175,6 +178,51 @@ class NoisePools:
             if dof >= self.min_dof and self._ss.get(sha, 0.0) > 0:
                 return math.sqrt(self._ss[sha] / dof)
             sha = parent(sha)
+
+
+def sequential(
+    values: list[float],
+    *,
+    m: MergeConfig,
+    stages: int,
+    incumbent: float,
+    incumbent_runs: int,
+    sigma: float,
+    direction: Direction,
+) -> tuple[bool | None, Verdict]:
+    """One look of the sequential test at a candidate's runs so far (the screen first, then
+    one confirmation at a time, `stages` runs at most): (True, v) keep, (False, v) discard,
+    (None, v) run one more.
+
+    After the k-th run the estimate from all k is judged three ways: at the last stage
+    against `z`; before it, an early keep beyond `efficacy_z` (never on the screen alone),
+    and an early discard when it falls short of `screen_z` (the screen) or `futility_z`
+    (a confirmation). scripts/bench/merge_quality.py measures the error rates this gives.
+    """
+    least = smallest_delta(m, incumbent)
+
+    def at(z: float, min_delta: float) -> Verdict:
+        return judge(
+            values,
+            incumbent=incumbent,
+            incumbent_runs=incumbent_runs,
+            sigma=sigma,
+            direction=direction,
+            z=z,
+            min_delta=min_delta,
+        )
+
+    k = len(values)
+    if k >= stages:
+        final = at(m.z, least)
+        return final.passed, final
+    if k >= 2:
+        early = at(m.efficacy_z, least)
+        if early.passed:
+            return True, early
+    # Going on needs no smallest gain: more runs may yet show one.
+    going = at(m.screen_z if k == 1 else m.futility_z, -math.inf)
+    return (None if going.passed else False), going
 
 
 def judge(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import statistics
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 from farm.config import MergeConfig
-from farm.merge import smallest_delta, threshold
+from farm.merge import noise, smallest_delta, threshold
 from farm.records import (
     CandidateState,
     Decision,
@@ -225,11 +226,33 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     )
 
 
+def baseline_noise(store: Store, campaign: str) -> str:
+    """What the baseline runs said (min/median/max, outliers, deterministic), for `farm
+    status` and the report; empty until the baseline is in."""
+    camp = store.get_campaign(campaign)
+    if camp is None or camp.sigma is None:
+        return ""
+    trials = [store.get_trial(campaign, f"base-{i}") for i in range(camp.baseline_runs * 2)]
+    ok = [t for t in trials if t and t.result and t.result.metric is not None]
+    if len(ok) < 2:
+        return ""
+    m = _merge_config(camp.config)
+    values = [t.result.metric for t in ok if t.result and t.result.metric is not None]
+    found = noise(values, tolerance=smallest_delta(m, statistics.median(values)))
+    metric = str(camp.config.get("metric", "metric"))
+    return found.describe(metric, len(values), names=[t.id for t in ok])
+
+
+def _merge_config(config: dict[str, Any]) -> MergeConfig:
+    """A campaign's [merge] settings from its stored config (older ones lack newer keys)."""
+    known = {f.name for f in dataclasses.fields(MergeConfig)}
+    return MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
+
+
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    known = {f.name for f in dataclasses.fields(MergeConfig)}
-    m = MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
+    m = _merge_config(config)
     return threshold(
         runs=1 if sigma == 0 else max(m.confirm, 1),
         incumbent_runs=inc.runs,
@@ -337,6 +360,11 @@ def decision_line(
     return "\n".join([head, *(indent + line for line in reason)])
 
 
+def note_text(text: str) -> str:
+    """A line the campaign says once: `farm: ` and the text, wrapped at WIDTH columns."""
+    return textwrap.fill(clean_line(text), WIDTH, initial_indent="farm: ", subsequent_indent="  ")
+
+
 def decision_text(store: Store, campaign: str, d: Decision, metric: str) -> str:
     """The decision as a role prints it when it is made, naming a failure's outcome."""
     cand = store.get_candidate(campaign, d.candidate_id)
@@ -367,7 +395,8 @@ def status_line(
     return fit(line, width)
 
 
-def status_report(s: Snapshot, *, width: int = WIDTH) -> str:
+def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "") -> str:
+    """`farm status`; `baseline`: what baseline_noise says."""
     better = "lower" if s.direction is Direction.MINIMIZE else "higher"
     st = s.stats
     gain = ""
@@ -387,6 +416,7 @@ def status_report(s: Snapshot, *, width: int = WIDTH) -> str:
         f" · start {num(s.start_metric)}{gain}",
         f"  noise σ {num(s.sigma)} (baseline {num(s.baseline_sigma)})"
         f" · keep threshold {num(s.threshold)}",
+        *textwrap.wrap(baseline, width, initial_indent="  ", subsequent_indent="    "),
         "  trials: "
         + ", ".join(f"{state.value} {st.trials[state]}" for state in TrialState)
         + (f" | {outcomes}" if outcomes else ""),

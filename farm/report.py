@@ -256,7 +256,7 @@ def _candidate_counts(states: collections.Counter[str], failed: collections.Coun
 
 def report_markdown(store: Store, campaign: str, *, image: str = "progress.png") -> str:
     """report.md: the result, kept changes in order with diffs, outcomes, cost, proposers."""
-    from farm.progress import failure_outcome, full_history, snapshot
+    from farm.progress import baseline_noise, failure_outcome, full_history, snapshot
 
     s = snapshot(store, campaign, last=0, results=0)
     camp = store.get_campaign(campaign)
@@ -302,6 +302,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         "|---|---|",
         f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, "
         f"σ {num(s.baseline_sigma)}) |",
+        f"| baseline | {baseline_noise(store, campaign) or '—'} |",
         f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
         f"| trials | {len(h.points)} finished"

@@ -19,7 +19,7 @@ from farm.dispatch import Dispatcher, announce_sandbox
 from farm.errors import FarmError
 from farm.gitops import Repo
 from farm.metrics import RoleMetrics
-from farm.progress import decision_text, plural
+from farm.progress import decision_text, note_text, plural
 from farm.propose import STOP_GRACE_S, Feeder
 from farm.records import CandidateState, TrialState
 from farm.store import Store
@@ -83,6 +83,8 @@ def serve_control(
     while True:
         for d in controller.step(slots=slots):
             print(decision_text(store, cfg.campaign, d, cfg.metric), file=out, flush=True)
+        while controller.notices:
+            print(note_text(controller.notices.pop(0)), file=out, flush=True)
         waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
         if clock.expired(store.is_quiet(cfg.campaign, waiting=waiting)):
             print("farm control: idle; exiting", file=out, flush=True)

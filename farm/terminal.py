@@ -26,6 +26,7 @@ from farm.progress import (
     clock,
     decision_line,
     fit,
+    note_text,
     num,
     picture,
     status_line,
@@ -50,6 +51,10 @@ class RunView:
 
     def decision(self, d: Decision, title: str, metric: str, *, label: str = "") -> None:
         print(decision_line(d, title, metric, label=label), file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line the campaign says once (the baseline was deterministic, had outliers)."""
+        print(note_text(text), file=self.out, flush=True)
 
     def tick(self, snap: Callable[[], Snapshot], *, busy: int, force: bool = False) -> None:
         """Show where the run stands, when it is time to (or `force`)."""
@@ -109,6 +114,10 @@ class LiveView(RunView):
     def decision(self, d: Decision, title: str, metric: str, *, label: str = "") -> None:
         assert self._live is not None
         self._live.console.print(Text(decision_line(d, title, metric, label=label)))
+
+    def note(self, text: str) -> None:
+        assert self._live is not None
+        self._live.console.print(Text(note_text(text)))
 
     def show(self, s: Snapshot, *, busy: int, again: bool = True) -> None:
         assert self._live is not None

@@ -1,0 +1,42 @@
+"""The merge rule's arithmetic on what a hostile or broken target can print."""
+
+from __future__ import annotations
+
+import math
+
+from farm.config import MergeConfig
+from farm.merge import NoisePools, judge, noise, sequential
+from farm.records import Direction
+
+
+def test_metrics_at_the_edge_of_float_never_raise() -> None:
+    # statistics.stdev and math.fsum raise OverflowError on these; the rule must not.
+    runs = [1e308, -1e308, 1e308, -1e308]
+    found = noise(runs, tolerance=0.0)
+    assert found.sigma == math.inf and not found.deterministic
+    pools = NoisePools(start="a", min_dof=1)
+    pools.add("a", runs, key="baseline")
+    assert pools.sigma("a", lambda sha: sha) == math.inf
+    verdict = judge(
+        [-1e308, -1e308, -1e308],
+        incumbent=1e308,
+        incumbent_runs=12,
+        sigma=1.0,
+        direction=Direction.MINIMIZE,
+        z=1.5,
+        min_delta=0.0,
+    )
+    assert verdict.delta == math.inf and verdict.passed  # bounds or `evaluate` stop this one
+
+
+def test_a_nan_anywhere_is_never_a_keep() -> None:
+    keep, verdict = sequential(
+        [0.5, math.nan],
+        m=MergeConfig(),
+        stages=2,
+        incumbent=1.0,
+        incumbent_runs=12,
+        sigma=0.1,
+        direction=Direction.MINIMIZE,
+    )
+    assert keep is False and not verdict.passed
