@@ -56,12 +56,12 @@ class MergeConfig:
     # ... and relative to the metric's scale: what a deterministic target (σ = 0) is judged
     # by alone; far below the noise of any seeded target.
     min_rel_delta: float = 1e-4
-    z: float = 1.75  # keep only improvements beyond z standard errors of the difference
+    z: float = 1.5  # keep only improvements beyond z standard errors of the difference
     screen_z: float = 0.25  # a screening run earns confirmations beyond screen_z·σ
-    # Confirmations run one at a time (farm/merge.py `sequential`): the runs so far stop
-    # early below futility_z standard errors (discard) or beyond efficacy_z (keep).
-    futility_z: float = 1.0
-    efficacy_z: float = 2.5
+    # Confirmations run one at a time (farm/merge.py `sequential`): the confirmations so
+    # far stop early below futility_z standard errors (discard) or beyond efficacy_z (keep).
+    futility_z: float = 0.0
+    efficacy_z: float = 2.0
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.

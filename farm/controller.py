@@ -19,7 +19,6 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import (
     NoisePools,
     Verdict,
-    estimate,
     judge,
     mean,
     noise,
@@ -347,7 +346,7 @@ class Controller:
                 trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
                 runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
                 continue
-            repeats = _metrics(runs[1:])  # the screen that stood out is biased upward
+            repeats = _metrics(runs[1:])  # its level, for σ (the screen passed a gate)
             if not keep:  # no better than `ref`: its runs are at its level
                 self._pool(ref.sha, repeats, key=f"c{cand.id}")
                 how = f"after {len(repeats)} confirmations" if repeats else "screen"
@@ -358,8 +357,6 @@ class Controller:
                     verdict,
                     sigma,
                 )
-            if repeats:  # the kept metric: the confirmations' estimate
-                verdict = dataclasses.replace(verdict, estimate=estimate(repeats, sigma))
             return verdict, sigma, repeats
 
     def _ensure_confirms(self, cand: Candidate) -> list[Trial]:

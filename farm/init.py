@@ -381,10 +381,10 @@ repeats = 12     # baseline runs that estimate seed noise σ (3 if the first 3 a
 confirm = 4      # re-runs a candidate may get, one at a time, before it is decided
 min_delta = 0.0  # smallest improvement worth keeping, in metric units
 min_rel_delta = 0.0001  # ... relative to the metric (judges a deterministic target)
-z = 1.75         # keep only improvements beyond z standard errors
+z = 1.5          # keep only improvements beyond z standard errors
 screen_z = 0.25  # a screening run earns its confirmations beyond screen_z standard errors
-futility_z = 1.0  # after a confirmation: discard below futility_z standard errors,
-efficacy_z = 2.5  # keep beyond efficacy_z; else one more run
+futility_z = 0.0  # after a confirmation: discard below futility_z standard errors,
+efficacy_z = 2.0  # keep beyond efficacy_z (two or more); else one more run
 
 [resources]
 cpus_per_trial = 1

@@ -19,6 +19,7 @@ run cannot carry a decision either way. All arithmetic stays finite-safe: a metr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from farm.records import Direction
 MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
 OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
 WINSOR_SIGMAS = 3.0  # a candidate's run counts at most this far from its runs' median
+DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,16 @@ class NoisePools:
             sha = parent(sha)
 
 
+def steady(
+    values: list[float], *, incumbent: float, sigma: float, direction: Direction
+) -> list[float]:
+    """The runs that did not diverge: none worse than the incumbent by OUTLIER_SIGMAS·σ."""
+    if not sigma > 0:  # a deterministic target has no spread to diverge from
+        return list(values)
+    limit = -DIVERGED_SIGMAS * sigma
+    return [v for v in values if not direction.improvement(old=incumbent, new=v) < limit]
+
+
 def sequential(
     values: list[float],
     *,
@@ -194,16 +206,22 @@ def sequential(
     one confirmation at a time, `stages` runs at most): (True, v) keep, (False, v) discard,
     (None, v) run one more.
 
-    After the k-th run the estimate from all k is judged three ways: at the last stage
-    against `z`; before it, an early keep beyond `efficacy_z` (never on the screen alone),
-    and an early discard when it falls short of `screen_z` (the screen) or `futility_z`
-    (a confirmation). scripts/bench/merge_quality.py measures the error rates this gives.
+    The screen only earns confirmations (beyond `screen_z` standard errors): it passed a
+    gate, so it is biased and never judged again. After each confirmation the estimate from
+    the confirmations is judged: kept early beyond `efficacy_z` (two or more of them),
+    discarded early short of `futility_z`, judged against `z` after the last stage. With
+    no confirmations (`stages` 1: confirm = 0, or a deterministic target) the screen is
+    judged against `z`. A confirmation that diverged (far worse than the incumbent, as the
+    baseline's outliers were) is left out, as they were, and run again once; two such are
+    a discard. scripts/bench/merge_quality.py measures the error rates all this gives.
     """
     least = smallest_delta(m, incumbent)
+    # A screen that diverged is a screen that failed: most such candidates are just bad.
+    good = values[:1] + steady(values[1:], incumbent=incumbent, sigma=sigma, direction=direction)
 
-    def at(z: float, min_delta: float) -> Verdict:
+    def at(runs: list[float], z: float, min_delta: float = least) -> Verdict:
         return judge(
-            values,
+            runs,
             incumbent=incumbent,
             incumbent_runs=incumbent_runs,
             sigma=sigma,
@@ -212,16 +230,27 @@ def sequential(
             min_delta=min_delta,
         )
 
-    k = len(values)
-    if k >= stages:
-        final = at(m.z, least)
+    last = len(values) >= stages
+    if len(values) - len(good) >= 2 or (last and len(good) < min(stages, 2)):
+        lost = at(values, m.z)
+        return False, dataclasses.replace(lost, passed=False)
+    if not last and values[-1] not in good:
+        return None, at(values, m.z)  # the last run diverged: once more
+    if stages == 1:
+        final = at(good, m.z)
         return final.passed, final
-    if k >= 2:
-        early = at(m.efficacy_z, least)
+    if len(good) == 1:  # the screen: going on needs no smallest gain
+        gate = at(good, m.screen_z, -math.inf)
+        return (None if gate.passed else False), gate
+    confirmed = good[1:]
+    if last:
+        final = at(confirmed, m.z)
+        return final.passed, final
+    if len(confirmed) >= 2:
+        early = at(confirmed, m.efficacy_z)
         if early.passed:
             return True, early
-    # Going on needs no smallest gain: more runs may yet show one.
-    going = at(m.screen_z if k == 1 else m.futility_z, -math.inf)
+    going = at(confirmed, m.futility_z, -math.inf)
     return (None if going.passed else False), going
 
 

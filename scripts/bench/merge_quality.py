@@ -38,7 +38,7 @@ from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
 from farm.controller import FIRST_BASELINE, Controller, trial_seed
-from farm.merge import estimate, noise, sequential, smallest_delta
+from farm.merge import noise, sequential, smallest_delta
 from farm.records import (
     Campaign,
     Candidate,
@@ -183,8 +183,8 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
             direction=Direction.MINIMIZE,
         )
         if keep is not None:
-            # The kept metric: the confirmations' estimate, as the controller records it.
-            value = estimate(runs[1:k], found.sigma) if k > 1 else verdict.estimate
+            # The recorded metric: the confirmations' estimate (the screen passed a gate).
+            value = verdict.estimate
             return keep, k, value
     raise AssertionError("the last stage always decides")
 

@@ -301,18 +301,22 @@ def test_an_outlier_in_the_baseline_is_named_and_left_out_of_sigma(
 def test_confirmations_run_one_at_a_time_and_stop_when_the_evidence_decides(
     bench: Bench,
 ) -> None:
-    bench.cfg.merge.futility_z, bench.cfg.merge.efficacy_z = 1.0, 2.5
+    bench.cfg.merge.futility_z, bench.cfg.merge.efficacy_z = 0.0, 2.0
     bench.cfg.merge.confirm = 4
     clear, dud = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.2"))
-    # σ ≈ 0.115 over 4 baseline runs. clear: far better, kept after one confirmation.
-    # dud: a screen a little better, then a confirmation that is worse: stopped for futility.
-    ran = bench.finish({f"c{clear}-": 0.5, f"c{dud}-g0-screen": 0.97, f"c{dud}-": 1.2})
+    # σ ≈ 0.115 over 4 baseline runs. dud: a screen a little better, then a confirmation
+    # that is worse: stopped for futility. clear: far better, kept after two confirmations
+    # of the four it could have had.
+    ran = bench.finish({f"c{clear}-": 0.5, f"c{dud}-g0-screen": 0.9, f"c{dud}-": 1.2})
     assert sorted(ran) == [f"c{clear}-g0-screen", f"c{dud}-g0-screen"]
     ran = bench.finish({f"c{clear}-": 0.5, f"c{dud}-": 1.2})
     assert sorted(ran) == [f"c{clear}-g0-confirm0", f"c{dud}-g0-confirm0"]
-    bench.ctl.step(slots=8)
-    assert bench.state(clear) is CandidateState.KEPT
+    ran = bench.finish({f"c{clear}-": 0.5})
+    assert ran == [f"c{clear}-g0-confirm1"]
     assert bench.state(dud) is CandidateState.DISCARDED
     decision = bench.store.get_decision("default", dud)
     assert decision is not None and decision.reason.startswith("after 1 confirmations")
-    assert len(bench.store.list_trials("default", candidate_id=dud)) == 2
+    bench.ctl.step(slots=8)
+    assert bench.state(clear) is CandidateState.KEPT
+    assert len(bench.store.list_trials("default", candidate_id=clear)) == 3
+    assert bench.store.get_incumbent("default").runs == 2

@@ -40,3 +40,23 @@ def test_a_nan_anywhere_is_never_a_keep() -> None:
         direction=Direction.MINIMIZE,
     )
     assert keep is False and not verdict.passed
+
+
+def test_a_confirmation_that_diverged_is_run_again_once() -> None:
+    def look(*runs: float) -> bool | None:
+        keep, _ = sequential(
+            list(runs),
+            m=MergeConfig(confirm=4),
+            stages=5,
+            incumbent=1.0,
+            incumbent_runs=12,
+            sigma=0.1,
+            direction=Direction.MINIMIZE,
+        )
+        return keep
+
+    assert look(0.9) is None  # the screen earns a confirmation
+    assert look(0.9, 9.0) is None  # 80σ worse: a divergent run, not evidence; once more
+    assert look(0.9, 9.0, 0.8, 0.8) is True  # judged on the runs that did not diverge
+    assert look(0.9, 9.0, 9.5) is False  # twice: the candidate diverges
+    assert look(1.5) is False  # a screen far worse is a bad candidate, not bad luck
