@@ -30,6 +30,7 @@ from farm.records import Direction
 
 MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
 OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
+OUTLIER_MIN_RUNS = 6
 WINSOR_SIGMAS = 3.0  # a candidate's run counts at most this far from its runs' median
 DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
 
@@ -110,7 +111,10 @@ def noise(values: Sequence[float], *, tolerance: float) -> Noise:
 
 def outlying(values: Sequence[float]) -> tuple[int, ...]:
     """Indices of the runs further than OUTLIER_SIGMAS robust σ (from the median absolute
-    deviation) from the median."""
+    deviation) from the median; none among fewer than OUTLIER_MIN_RUNS (the MAD of three
+    runs is the smaller of two gaps: it would call an ordinary run an outlier)."""
+    if len(values) < OUTLIER_MIN_RUNS:
+        return ()
     mid = statistics.median(values)
     scale = MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
     if scale <= 0:

@@ -234,7 +234,7 @@ GRID = settings((3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,))
 OLD_DEFAULTS = MergeConfig(repeats=3, confirm=2, z=2.0, screen_z=1.0, futility_z=-99, efficacy_z=99)
 FIXED = MergeConfig(repeats=12, confirm=3, z=1.5, screen_z=0, futility_z=-99, efficacy_z=99)
 # Beyond it, searched for the cheapest sequential setting that meets both goals.
-SEARCH = settings((12,), (3, 4, 5), (1.5, 1.75, 2.0), (0, 0.25, 0.5), (0.5, 1.0), (2.5, 3.0))
+SEARCH = settings((12,), (3, 4, 5), (1.5, 1.75), (0, 0.25, 0.5), (0, 0.5), (2.0, 2.5, 99))
 
 
 def check_controller(n: int) -> int:
