@@ -4,6 +4,7 @@ writes, then a short campaign on it; and how it says what it could not find."""
 from __future__ import annotations
 
 import io
+import random
 import shutil
 import tomllib
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 from helpers import RunCampaign, farm, git
 
+from farm.controller import trial_seed
 from farm.errors import FarmError
 from farm.init import init_target
+from farm.progress import baseline_noise
 from farm.records import DecisionKind, Direction, TrialState
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
@@ -64,6 +67,18 @@ CORPUS: dict[str, tuple[dict[str, object], list[str]]] = {
             "editable": ["train.py"],
             "protected": ["run.py"],
             "command": "python run.py",
+            "metric": "val_loss",
+            "direction": "minimize",
+            "program": "program.md",
+        },
+        [],
+    ),
+    # SGD whose runs now and then diverge from a bad initialisation: a heavy tail.
+    "divergent_sgd": (
+        {
+            "editable": ["train.py"],
+            "protected": ["prepare.py"],
+            "command": "python train.py",
             "metric": "val_loss",
             "direction": "minimize",
             "program": "program.md",
@@ -155,6 +170,33 @@ def test_a_short_campaign_runs_to_a_decision_on_what_init_wrote(
     assert trials and all(t.state is TrialState.DONE for t in trials)
     camp = done.store.get_campaign("default")
     assert camp is not None and camp.sigma is not None
+
+
+def test_a_heavy_tailed_target_names_its_outliers_and_judges_without_them(
+    tmp_path: Path, run_campaign: RunCampaign
+) -> None:
+    root = corpus_repo(tmp_path, "divergent_sgd")
+    toml = init_target(root, out=io.StringIO())
+    toml.write_text(toml.read_text().replace("confirm = 4", "confirm = 1"))
+    git(root, "add", "farm.toml")
+    git(root, "commit", "-q", "-m", "farm.toml")
+    done = run_campaign(root, max_candidates=2)
+    assert done.code == 0, done.output
+    # The runs that diverge are the ones whose seed draws the bad initialisation first.
+    diverged = [
+        f"base-{i}"
+        for i in range(12)
+        if random.Random(trial_seed(f"default/base-{i}")).random() < 1 / 12
+    ]
+    assert diverged  # this campaign's seeds do draw some
+    said = baseline_noise(done.store, "default")
+    assert said.endswith("outliers left out of σ and the mean: " + ", ".join(diverged)), said
+    camp = done.store.get_campaign("default")
+    assert camp is not None and camp.sigma is not None and camp.baseline_metric is not None
+    # Normal runs end between 0.3 and 1.6, diverged ones near 40: neither σ nor the mean
+    # may carry them (with them σ would be above 10).
+    assert camp.sigma < 0.6 and camp.baseline_metric < 1.6
+    assert len(done.store.list_decisions("default")) == 2
 
 
 def repo(tmp_path: Path, files: dict[str, str]) -> Path:

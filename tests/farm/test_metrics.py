@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from farm.cli import main
-from farm.config import ProposerConfig
+from farm.config import MergeConfig, ProposerConfig
 from farm.errors import ProposerError, StoreError
 from farm.metrics import LedgerCollector, MetricsServer, RoleMetrics, serve
 from farm.records import (
@@ -124,9 +124,10 @@ def test_ledger_metrics_count_exactly_what_the_store_holds(
     last = store.list_decisions(c, last=1)[0]
     sigma = next(d.sigma for d in reversed(store.list_decisions(c)) if d.sigma is not None)
     assert m["farm_sigma"][one] == sigma
-    # max(min_delta, z·σ·√(1/confirm + 1/incumbent runs)) with the defaults z 1.5, confirm 3.
+    # max(min_delta, z·σ·√(1/confirm + 1/incumbent runs)) with the default z and confirm.
+    d = MergeConfig()
     assert m["farm_keep_threshold"][one] == pytest.approx(
-        1.5 * sigma * (1 / 3 + 1 / inc.runs) ** 0.5
+        d.z * sigma * (1 / d.confirm + 1 / inc.runs) ** 0.5
     )
     assert m["farm_last_decision_timestamp_seconds"][one] == last.created_at
     finished = max(t.result.finished_at for t in trials if t.result)

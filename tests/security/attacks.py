@@ -388,7 +388,10 @@ ATTACKS = [
     ),
     Attack(
         "memory",
-        lambda s: 'hog = b"x" * (900 * 2**20)\nprint("held", len(hog))',
+        # Held for 2 s, as training holds its memory: the limit samples every 0.5 s.
+        lambda s: (
+            'hog = b"x" * (900 * 2**20)\nprint("held", len(hog))\n__import__("time").sleep(2)'
+        ),
         lambda r: "killed at the memory limit" not in r.tail("memory"),
     ),
     Attack(
