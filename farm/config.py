@@ -66,6 +66,10 @@ class MergeConfig:
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
     max_rebases: int = 1
+    # Seconds of a pre-flight run before a new candidate's screen (0 = none): a run that
+    # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
+    # never takes a full budget; one still running at preflight_s has passed (it is stopped).
+    preflight_s: float = 0.0
 
 
 @dataclass
@@ -378,6 +382,8 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("merge", "confirm and max_rebases must be >= 0")
     if m.min_delta < 0 or m.z < 0 or m.screen_z < 0:
         fail("merge", "min_delta, z and screen_z must be >= 0")
+    if not 0 <= m.preflight_s < cfg.budget_s:
+        fail("merge.preflight_s", f"{m.preflight_s:g}: use 0 (none) or fewer seconds than budget_s")
     r = cfg.resources
     if r.slots < 0 or r.cpus_per_trial < 0 or r.gpus_per_trial < 0:
         fail("resources", "slots, cpus_per_trial and gpus_per_trial must be >= 0")

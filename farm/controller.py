@@ -206,7 +206,29 @@ class Controller:
             cand.commit_sha = self._commit(cand, rebased=False)
             cand.state = CandidateState.RUNNING
             self.store.update_candidate(cand)
-            self._ensure_screen(cand)
+            if self._preflight(cand) is True:
+                self._ensure_screen(cand)
+
+    def _preflight(self, cand: Candidate) -> Decision | bool:
+        """Whether a new candidate may take a full budget: True once its pre-flight passed
+        (or none is asked for: `[merge] preflight_s` = 0, or its screen started without
+        one), False while it runs, a `crashed` decision when it failed."""
+        seconds = self.cfg.merge.preflight_s
+        trial_id = f"c{cand.id}-g0-preflight"
+        if seconds <= 0:
+            return True
+        screen = f"c{cand.id}-g0-screen"
+        if (
+            trial_id not in self._finished
+            and self.store.get_trial(self.campaign, trial_id) is None
+            and self.store.get_trial(self.campaign, screen) is not None
+        ):
+            return True  # its screen started before preflight_s was set
+        trial = self._ensure_trial(trial_id, TrialKind.PREFLIGHT, cand)
+        if not trial.state.is_finished():
+            return False
+        failed = self._failure(trial, f"failed its {seconds:g} s pre-flight: the run")
+        return self._decide(cand, DecisionKind.CRASHED, failed) if failed else True
 
     def _ensure_screen(self, cand: Candidate) -> Trial:
         return self._ensure_trial(f"c{cand.id}-g0-screen", TrialKind.CANDIDATE, cand)
@@ -319,6 +341,9 @@ class Controller:
         """A new candidate's screen, then confirmations one at a time (other candidates take
         the other slots) until the sequential test decides. A decision if it crashed or lost;
         None while a run is still out; for a winner (its verdict, σ, its confirmations)."""
+        cleared = self._preflight(cand)
+        if cleared is not True:
+            return None if cleared is False else cleared
         runs = [self._ensure_screen(cand)]
         while True:
             last = runs[-1]
@@ -415,7 +440,7 @@ class Controller:
         cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
         for d in self.store.list_decisions(self.campaign):
             cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
-            repeats = [t for t in runs if t.kind is not TrialKind.CANDIDATE]
+            repeats = [t for t in runs if t.kind not in (TrialKind.CANDIDATE, TrialKind.PREFLIGHT)]
             if d.kind is DecisionKind.KEPT:
                 own = [t for t in repeats if t.commit_sha == d.incumbent_after]
                 pools.add(d.incumbent_after, _metrics(own), key=f"c{cand.id}")

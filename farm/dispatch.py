@@ -23,7 +23,7 @@ import ray
 from farm.config import TargetConfig
 from farm.errors import ResourceError
 from farm.gitops import Repo
-from farm.records import Trial, TrialResult, TrialSpec, TrialState
+from farm.records import Trial, TrialKind, TrialResult, TrialSpec, TrialState
 from farm.store import Store
 from workers.isolation import Policy, SandboxError, resolve
 from workers.materialize import make_bundle
@@ -228,6 +228,7 @@ class Dispatcher:
         sb = self.cfg.sandbox
         if self._memory_mb is None:
             self._memory_mb = trial_memory_mb(self.cfg)
+        preflight = trial.kind is TrialKind.PREFLIGHT
         return TrialSpec(
             trial_id=trial.id,
             repo_key=f"{trial.base_sha[:12]}-{self.repo.path.name}",
@@ -238,7 +239,7 @@ class Dispatcher:
             seed_env=self.cfg.seed_env,
             metric=self.cfg.metric,
             metric_regex=self.cfg.metric_regex,
-            budget_s=self.cfg.budget_s,
+            budget_s=self.cfg.merge.preflight_s if preflight else self.cfg.budget_s,
             grace_s=sb.grace_s,
             env_allow=self.cfg.env_allow,
             env=dict(sb.env),
@@ -254,6 +255,7 @@ class Dispatcher:
             evaluate=self.cfg.evaluate,
             evaluate_budget_s=self.cfg.evaluate_budget_s,
             bounds=list(self.cfg.bounds),
+            preflight=preflight,
         )
 
     def _collect(self, flight: _InFlight) -> None:

@@ -385,6 +385,7 @@ z = 1.5          # keep only improvements beyond z standard errors
 screen_z = 0.25  # a screening run earns its confirmations beyond screen_z standard errors
 futility_z = 0.0  # after a confirmation: discard below futility_z standard errors,
 efficacy_z = 2.0  # keep beyond efficacy_z (two or more); else one more run
+preflight_s = 0  # > 0: a run this short first; a crash or NaN in it never takes a full budget
 
 [resources]
 cpus_per_trial = 1

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from farm.progress import History, Point, fit, num
-from farm.records import Direction, TrialKind
+from farm.records import Direction, Outcome, TrialKind
 
 KEPT = "#1a9850"
 BASELINE = "#4575b4"
@@ -51,7 +51,7 @@ def draw(h: History, *, metric: str, titles: dict[int, str], campaign: str) -> F
     lo, hi = _ylim(h, ok, minimize=minimize)
     clipped = _scores(ax, ok, lo, hi)
     _best(ax, h, minimize=minimize)
-    failed = [p for p in h.points if p.metric is None]
+    failed = [p for p in h.points if p.outcome != Outcome.OK]  # a passed pre-flight: no metric
     _failures(strip, failed)
     if failed:  # in the legend, not on the strip, where it could cover a mark
         ax.scatter([], [], marker="x", color=FAILED, label=f"failed ({len(failed)}): below")

@@ -21,6 +21,9 @@ class TrialKind(enum.StrEnum):
     CANDIDATE = "candidate"  # the screening run of a new candidate
     CONFIRM = "confirm"  # independent re-runs of a candidate that looked better
     REBASE = "rebase"  # a winner re-applied on a newer incumbent, re-evaluated
+    # A short run of a new candidate before its screen ([merge] preflight_s): it catches a
+    # crash, a NaN or a missing metric early; its metric is never judged.
+    PREFLIGHT = "preflight"
 
 
 class TrialState(enum.StrEnum):
@@ -224,6 +227,9 @@ class TrialSpec:
     evaluate: str = ""  # the protected measuring command; "" = the metric is the command's
     evaluate_budget_s: float = 0.0
     bounds: list[float] = field(default_factory=list)  # [lo, hi]; a metric outside is invalid
+    # A pre-flight: `budget_s` is [merge] preflight_s, a run still going at it has passed,
+    # `evaluate` is not run and no metric is reported (workers/trial.py).
+    preflight: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -45,6 +45,16 @@ def summary_names(output: str) -> list[str]:
     return list(names)
 
 
+def nan_lines(output: str) -> list[str]:
+    """The summary lines of `output` whose value is NaN (a run that went NaN, say in its
+    training loss, before it printed the metric), stripped, in order."""
+    return [
+        m.group(0).strip()
+        for m in _SUMMARY_LINE.finditer(_lines(output))
+        if math.isnan(float(m.group(2)))
+    ]
+
+
 def parse_metric(output: str, *, name: str, regex: str = "") -> float | None:
     """The last value of summary line `name`, or of `regex`'s capture group; None if absent.
 

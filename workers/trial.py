@@ -4,6 +4,10 @@ A failure of the candidate is an outcome (crashed, timeout, no_metric, invalid_m
 tampered), never a score and never an exception. Exceptions are left for what is not the
 candidate's fault: a bad spec (SpecError), git (GitError) or the node (SandboxError).
 
+A pre-flight (`spec.preflight`) runs the command for a few seconds only, to catch a candidate
+that crashes, goes NaN or prints no metric before it takes a full budget: a run still going
+at its budget has passed, and a pre-flight never reports a metric nor runs `evaluate`.
+
 With `evaluate` set, the training command's output is only a log: the metric is read from
 the protected evaluation command, run afterwards in a fresh sandbox that sees the trial's
 directory read-only, with the committed files put back as committed and nothing the run
@@ -79,12 +83,15 @@ class _Trial:
     def run(self, protected: list[str], before: dict[str, str]) -> TrialResult:
         spec = self.spec
         run = self._sandboxed(spec.command, budget_s=spec.budget_s, writable=True)
-        result = _classify(spec, run, measures=not spec.evaluate)
+        if spec.preflight:
+            result = _preflight(spec, run)
+        else:
+            result = _classify(spec, run, measures=not spec.evaluate)
         after = hash_files(self.tree, protected)
         if after != before:
             result.outcome, result.metric = Outcome.TAMPERED, None
             result.output_tail += _tamper_note("changed during the run", after, spec)
-        elif spec.evaluate and result.outcome is Outcome.OK:
+        elif spec.evaluate and result.outcome is Outcome.OK and not spec.preflight:
             result = self._evaluate(result)
         return result
 
@@ -183,6 +190,40 @@ def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> Tri
         )
     else:
         result.metric = value
+    return result
+
+
+def _preflight(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
+    """A pre-flight's outcome. Still running at its budget: passed (stopped, not a timeout).
+    Ended within it: the outcome a full trial would get (crashed, no_metric, ...). Either
+    way a NaN in any `name: value` line, or a non-finite metric, fails it. Never a metric:
+    a short run is biased, so nothing judges it."""
+    if run.timed_out:
+        result = TrialResult(
+            trial_id=spec.trial_id,
+            outcome=Outcome.OK,
+            exit_code=run.exit_code,
+            duration_s=run.duration_s,
+            output_tail=run.output_tail,
+            process_started_at=run.started_at,
+            process_ended_at=run.ended_at,
+            peak_memory_mb=run.peak_memory_mb,
+            summary=metric.parse_summary(run.output_tail),
+        )
+        so_far = metric.parse_metric(run.output_tail, name=spec.metric, regex=spec.metric_regex)
+        if so_far is not None and not math.isfinite(so_far):
+            result.outcome = Outcome.INVALID_METRIC
+    else:
+        result = _classify(spec, run, measures=not spec.evaluate)
+    nans = metric.nan_lines(run.output_tail)
+    if result.outcome is Outcome.OK and nans:
+        result.outcome = Outcome.INVALID_METRIC
+        result.output_tail += f"\nfarm: the pre-flight printed a NaN: {nans[0][:200]}\n"
+    elif result.outcome is Outcome.OK and run.timed_out:
+        result.output_tail += (
+            f"\nfarm: pre-flight passed: still running at {spec.budget_s:g} s, stopped\n"
+        )
+    result.metric = None
     return result
 
 

@@ -47,11 +47,13 @@ from farm.store.stats import CampaignStats
 SCHEMA_VERSION = 2
 UPGRADABLE_FROM = 1  # the schema before aggregates: upgraded in place on open
 
-# Claim order: trials that decide a candidate already in progress go before new screens.
+# Claim order: trials that decide a candidate already in progress go before new screens
+# (a pre-flight too: it is short, and its candidate's screen waits for it).
 KIND_PRIORITY = {
     TrialKind.BASELINE: 0,
     TrialKind.CONFIRM: 1,
     TrialKind.REBASE: 1,
+    TrialKind.PREFLIGHT: 1,
     TrialKind.CANDIDATE: 2,
 }
 

@@ -161,6 +161,46 @@ def test_every_failure_is_an_outcome_and_the_campaign_goes_on(
     assert (target / "prepare.py").read_text() == "# FIXED: evaluation and data\n"
 
 
+def test_with_a_preflight_a_draft_that_crashes_at_import_never_takes_a_full_budget(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    drafts = [
+        swap("import crash", "import random", "import randomm"),
+        swap("slow LR", "LR = 0.5", "LR = 1.9\nimport time\ntime.sleep(2)"),
+        swap(
+            "nan, then on",
+            METRIC_LINE,
+            'print("train_loss: nan", flush=True)\nimport time\ntime.sleep(1000)',
+        ),
+    ]
+    target = replay_target(
+        make_target, drafts, budget_s=20, toml="[merge]\nrepeats = 3\npreflight_s = 1\n"
+    )
+    done = run_campaign(target)
+    assert done.code == 0, done.output
+    by_title = {c.title: c for c in done.store.list_candidates("default")}
+
+    def trials(title: str) -> list[tuple[str, Outcome | None]]:
+        found = done.store.list_trials("default", candidate_id=by_title[title].id)
+        return [(t.id.split("-", 2)[2], t.result and t.result.outcome) for t in found]
+
+    for title, outcome in (
+        ("import crash", Outcome.CRASHED),
+        ("nan, then on", Outcome.INVALID_METRIC),
+    ):
+        assert by_title[title].state is CandidateState.CRASHED
+        assert trials(title) == [("preflight", outcome)]
+        assert "failed its 1 s pre-flight" in by_title[title].reason
+    assert "ModuleNotFoundError" in by_title["import crash"].reason
+    # Still running at 1 s: passed, stopped, then screened at the full budget and kept.
+    slow = by_title["slow LR"]
+    assert slow.state is CandidateState.KEPT, slow.reason
+    assert trials("slow LR")[:2] == [("preflight", Outcome.OK), ("screen", Outcome.OK)]
+    pre = done.store.get_trial("default", f"c{slow.id}-g0-preflight")
+    assert pre is not None and pre.kind is TrialKind.PREFLIGHT and pre.result is not None
+    assert pre.result.metric is None and pre.result.duration_s < 5
+
+
 def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
     make_target: MakeTarget, run_campaign: RunCampaign
 ) -> None:

@@ -320,3 +320,85 @@ def test_confirmations_run_one_at_a_time_and_stop_when_the_evidence_decides(
     assert bench.state(clear) is CandidateState.KEPT
     assert len(bench.store.list_trials("default", candidate_id=clear)) == 3
     assert bench.store.get_incumbent("default").runs == 2
+
+
+@pytest.fixture
+def preflight_bench(make_target: MakeTarget) -> Bench:
+    """The bench campaign with `[merge] preflight_s = 5`, its baseline in (mean 1.0)."""
+    target = make_target(
+        {"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 4\n{FIXED}preflight_s = 5\n"
+    )
+    b = Bench(target)
+    b.finish({"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1})
+    b.ctl.step(slots=8)
+    assert b.ctl.baseline_done()
+    return b
+
+
+def test_a_new_candidate_runs_its_preflight_before_anything_else(
+    preflight_bench: Bench,
+) -> None:
+    b = preflight_bench
+    (lr,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.ctl.step(slots=8)
+    (first,) = b.store.list_trials("default", candidate_id=lr)
+    assert (first.id, first.kind) == (f"c{lr}-g0-preflight", TrialKind.PREFLIGHT)
+    b.ctl.step(slots=8)  # still running: nothing more is asked for
+    assert len(b.store.list_trials("default", candidate_id=lr)) == 1
+    # Passed (still running at preflight_s: ok, no metric): the screen and its confirmations.
+    (t,) = b.store.claim_trials("default", worker="test", n=1, lease_s=60)
+    b.store.record_result("default", TrialResult(trial_id=t.id, outcome=Outcome.OK))
+    for _ in range(3):
+        b.finish({f"c{lr}-": 0.5})
+    b.ctl.step(slots=8)
+    assert b.state(lr) is CandidateState.KEPT
+    ran = [t.id for t in b.store.list_trials("default", candidate_id=lr)]
+    assert sorted(ran) == sorted(
+        f"c{lr}-g0-{s}" for s in ("preflight", "screen", "confirm0", "confirm1")
+    )
+    # The pre-flight is not one of its runs: the keep is estimated from its confirmations.
+    assert b.store.get_incumbent("default").metric == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "exit_code"),
+    [(Outcome.CRASHED, 3), (Outcome.INVALID_METRIC, -15), (Outcome.NO_METRIC, 0)],
+)
+def test_a_failed_preflight_decides_crashed_and_never_takes_a_full_budget(
+    preflight_bench: Bench, outcome: Outcome, exit_code: int
+) -> None:
+    from farm.progress import failure_label
+
+    b = preflight_bench
+    (bad,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.ctl.step(slots=8)
+    (t,) = b.store.claim_trials("default", worker="test", n=1, lease_s=60)
+    failed = TrialResult(
+        trial_id=t.id, outcome=outcome, exit_code=exit_code, output_tail="ValueError: shapes\n"
+    )
+    b.store.record_result("default", failed)
+    b.ctl.step(slots=8)
+    assert b.state(bad) is CandidateState.CRASHED
+    assert [t.id for t in b.store.list_trials("default", candidate_id=bad)] == [
+        f"c{bad}-g0-preflight"
+    ]
+    decision = b.store.get_decision("default", bad)
+    assert decision is not None and decision.kind is DecisionKind.CRASHED
+    assert decision.reason.startswith(f"failed its 5 s pre-flight: the run {outcome.value}")
+    assert failure_label(b.store, "default", decision) == outcome.value
+
+
+def test_a_candidate_screened_before_preflight_was_set_gets_none(make_target: MakeTarget) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 4\n{FIXED}")
+    b = Bench(target)
+    b.finish({"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1})
+    (lr,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.ctl.step(slots=8)  # its screen is queued
+    b.cfg.merge.preflight_s = 5  # a restart with preflight_s set
+    b.ctl = Controller(store=b.store, repo=b.repo, cfg=b.cfg, campaign="default")
+    for _ in range(3):
+        b.finish({f"c{lr}-": 0.5})
+    b.ctl.step(slots=8)
+    assert b.state(lr) is CandidateState.KEPT
+    kinds = {t.kind for t in b.store.list_trials("default", candidate_id=lr)}
+    assert kinds == {TrialKind.CANDIDATE, TrialKind.CONFIRM}
