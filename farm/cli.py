@@ -152,7 +152,10 @@ def _parser() -> argparse.ArgumentParser:
         "--target", type=float, default=0.2, help="stop at this share of the starting loss"
     )
     sim.add_argument(
-        "--max-rebases", type=_counts, default=[1], help="[merge] max_rebases to try, e.g. 0,1"
+        "--max-rebases",
+        type=_counts,
+        default=[MergeConfig().max_rebases],
+        help="[merge] max_rebases to try, e.g. 0,1",
     )
     sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
     sim.add_argument(

@@ -65,7 +65,7 @@ class MergeConfig:
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
-    max_rebases: int = 1
+    max_rebases: int = 0
     # Seconds of a pre-flight run before a new candidate's screen (0 = none): a run that
     # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
     # never takes a full budget; one still running at preflight_s has passed (it is stopped).

@@ -138,6 +138,7 @@ def test_a_queued_candidate_starts_on_the_incumbent_that_moved_since_it_was_draf
 def test_a_stale_winner_is_rerun_once_on_the_incumbent_without_a_new_screen(
     bench: Bench,
 ) -> None:
+    bench.cfg.merge.max_rebases = 1
     lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
     bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.6})  # both screens
     for _ in range(2):  # lr's confirmations, one at a time; mom's stay queued
