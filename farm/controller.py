@@ -8,6 +8,7 @@ resumes by simply stepping again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -19,9 +20,11 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import (
     NoisePools,
     Verdict,
+    class_offsets,
     judge,
     mean,
     noise,
+    placed,
     sequential,
     smallest_delta,
 )
@@ -77,6 +80,7 @@ class Controller:
         self._pools: NoisePools | None = None  # loaded at the first judgement
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
         self._deterministic: bool | None = None  # known once the baseline is
+        self._class_offsets_cache: dict[str, float] | None = None  # likewise
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -118,7 +122,7 @@ class Controller:
         trials = [self._ensure_trial(f"base-{i}", TrialKind.BASELINE, None) for i in range(first)]
         if not all(t.state.is_finished() for t in trials):
             return
-        metrics = _metrics(trials)
+        metrics = self._placed(trials, _class_offsets(trials))
         if not metrics:  # none ran: more runs of a broken target would be spent on nothing
             raise BaselineFailed(self._baseline_failure(trials))
         early = (
@@ -133,7 +137,8 @@ class Controller:
             ]
             if not all(t.state.is_finished() for t in trials):
                 return
-            metrics = _metrics(trials)
+        offsets = _class_offsets(trials)
+        metrics = self._placed(trials, offsets)
         if len(metrics) < 2:
             raise BaselineFailed(self._baseline_failure(trials))
         found = noise(metrics, tolerance=self._least(metrics))
@@ -146,11 +151,34 @@ class Controller:
         self.store.set_baseline(
             self.campaign, metric=found.center, runs=len(metrics), sigma=found.sigma
         )
-        names = [t.id for t in trials if t.result and t.result.metric is not None]
+        names = [t.id for t in _ok(trials) if t.result and t.result.hardware in offsets]
         said = found.describe(self.cfg.metric, len(metrics), names=names)
+        if len(offsets) > 1:
+            said += "; by hardware class: " + ", ".join(
+                f"{c or 'unknown'} {o:+.4g}" for c, o in sorted(offsets.items())
+            )
         log.info("%s", said)
-        if found.deterministic or found.outliers:
+        if found.deterministic or found.outliers or len(offsets) > 1:
             self.notices.append(said)
+
+    def _placed(self, trials: list[Trial], offsets: dict[str, float] | None = None) -> list[float]:
+        """The ok runs' metrics on the baseline's scale: each less its hardware class's
+        offset (measured on the baseline); runs on a class the baseline did not run on
+        enough are left out (farm.merge.placed)."""
+        runs = _runs(trials)
+        if offsets is None:
+            offsets = self._offsets()
+        return placed([m for m, _ in runs], [c for _, c in runs], offsets)
+
+    def _offsets(self) -> dict[str, float]:
+        """Hardware class offsets from the baseline's runs (once it is in)."""
+        if self._class_offsets_cache is None:
+            base = [
+                self.store.get_trial(self.campaign, f"base-{i}")
+                for i in range(self.cfg.merge.repeats)
+            ]
+            self._class_offsets_cache = _class_offsets([t for t in base if t is not None])
+        return self._class_offsets_cache
 
     def _least(self, metrics: list[float]) -> float:
         """The smallest improvement worth keeping, at the scale of these runs."""
@@ -290,7 +318,7 @@ class Controller:
             assert camp.sigma is not None and inc.metric is not None  # screened after the baseline
             ref = ref or self._estimate_of(cand.base_sha, camp)
             sigma = self._sigma_at(ref.sha, camp)
-            values = _metrics(runs)
+            values = self._placed(runs)
             verdict = self._judge(values, ref, sigma, m.z)
             estimated_from = len(values)
             if not verdict.passed:  # no better than `ref`: runs at its level
@@ -358,8 +386,16 @@ class Controller:
             ref = ref or self._estimate_of(cand.base_sha, camp)
             assert ref.metric is not None
             sigma = self._sigma_at(ref.sha, camp)
+            values = self._placed(runs)
+            unplaced = len(runs) - len(values)
+            if unplaced > stages:
+                return self._decide(cand, DecisionKind.DISCARDED, self._unplaced(runs))
+            if unplaced and not self._placed([last]):  # another run, on comparable hardware
+                trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
+                runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
+                continue
             keep, verdict = sequential(
-                _metrics(runs),
+                values,
                 m=self.cfg.merge,
                 stages=stages,
                 incumbent=ref.metric,
@@ -371,18 +407,37 @@ class Controller:
                 trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
                 runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
                 continue
-            repeats = _metrics(runs[1:])  # its level, for σ (the screen passed a gate)
+            repeats = values[1:]  # its level, for σ (the screen passed a gate)
             if not keep:  # no better than `ref`: its runs are at its level
                 self._pool(ref.sha, repeats, key=f"c{cand.id}")
                 how = f"after {len(repeats)} confirmations" if repeats else "screen"
                 return self._decide(
                     cand,
                     DecisionKind.DISCARDED,
-                    f"{how}: " + verdict.describe(self.cfg.metric),
+                    f"{how}: " + verdict.describe(self.cfg.metric) + self._by_class(runs),
                     verdict,
                     sigma,
                 )
             return verdict, sigma, repeats
+
+    def _by_class(self, runs: list[Trial]) -> str:
+        """What a reason says of a mixed fleet: the runs per class and the offsets used."""
+        offsets = self._offsets()
+        if len(offsets) < 2:
+            return ""
+        count = collections.Counter(c for _, c in _runs(runs) if c in offsets)
+        return "; on the baseline's scale: " + ", ".join(
+            f"{n} on {c or 'unknown'} ({offsets[c]:+.3g})" for c, n in sorted(count.items())
+        )
+
+    def _unplaced(self, runs: list[Trial]) -> str:
+        offsets = self._offsets()
+        odd = sorted({c for _, c in _runs(runs) if c not in offsets})
+        return (
+            f"{len(runs)} runs, most on hardware the baseline did not run on twice "
+            f"({', '.join(c or 'unknown' for c in odd)}): it cannot be compared there; "
+            f"the baseline ran on {', '.join(c or 'unknown' for c in sorted(offsets))}"
+        )
 
     def _ensure_confirms(self, cand: Candidate) -> list[Trial]:
         """The candidate's re-runs: `confirm` of them, or its rebase runs on the incumbent."""
@@ -436,17 +491,17 @@ class Controller:
         by_cand: dict[int | None, list[Trial]] = {}
         for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
             by_cand.setdefault(t.candidate_id, []).append(t)
-        pools.add(camp.start_sha, _metrics(by_cand.get(None, [])), key="baseline")
+        pools.add(camp.start_sha, self._placed(by_cand.get(None, [])), key="baseline")
         cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
         for d in self.store.list_decisions(self.campaign):
             cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
             repeats = [t for t in runs if t.kind not in (TrialKind.CANDIDATE, TrialKind.PREFLIGHT)]
             if d.kind is DecisionKind.KEPT:
                 own = [t for t in repeats if t.commit_sha == d.incumbent_after]
-                pools.add(d.incumbent_after, _metrics(own), key=f"c{cand.id}")
+                pools.add(d.incumbent_after, self._placed(own), key=f"c{cand.id}")
             elif d.kind is DecisionKind.DISCARDED:
                 last = [t for t in repeats if t.commit_sha == cand.commit_sha]
-                pools.add(cand.base_sha, _metrics(last), key=f"c{cand.id}")
+                pools.add(cand.base_sha, self._placed(last), key=f"c{cand.id}")
         return pools
 
     def _pool(self, sha: str, values: list[float], *, key: str) -> None:
@@ -481,7 +536,7 @@ class Controller:
             trials = [t for t in found if t is not None]
         if len(trials) < len(ids) or not all(t.state.is_finished() for t in trials):
             return None
-        values = _metrics(trials)
+        values = self._placed(trials)
         if not values:
             if cand_id not in self._broken:
                 self._broken.add(cand_id)
@@ -585,6 +640,8 @@ class Controller:
         how: str = "",
     ) -> Decision:
         reason = "kept: " + (verdict.describe(self.cfg.metric) if verdict else "incumbent moved")
+        if verdict and len(self._offsets()) > 1:
+            reason += self._by_class(self.store.list_trials(self.campaign, candidate_id=cand.id))
         reason += how
         decision = Decision(
             campaign=self.campaign,
@@ -650,6 +707,20 @@ class Controller:
             self.repo.fast_forward(branch, old=tip, new=inc.sha)
 
 
-def _metrics(trials: list[Trial]) -> list[float]:
-    """The metrics of the trials that ended ok (a metric is set only then)."""
-    return [t.result.metric for t in trials if t.result and t.result.metric is not None]
+def _ok(trials: list[Trial]) -> list[Trial]:
+    """The trials that ended ok (a metric is set only then)."""
+    return [t for t in trials if t.result and t.result.metric is not None]
+
+
+def _runs(trials: list[Trial]) -> list[tuple[float, str]]:
+    """(metric, hardware class) of each ok trial."""
+    return [
+        (t.result.metric, t.result.hardware)
+        for t in trials
+        if t.result and t.result.metric is not None
+    ]
+
+
+def _class_offsets(trials: list[Trial]) -> dict[str, float]:
+    runs = _runs(trials)
+    return class_offsets([m for m, _ in runs], [c for _, c in runs])

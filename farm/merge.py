@@ -109,6 +109,27 @@ def noise(values: Sequence[float], *, tolerance: float) -> Noise:
     )
 
 
+def class_offsets(values: Sequence[float], classes: Sequence[str]) -> dict[str, float]:
+    """How far each hardware class's runs sit from the mean of all (a faster GPU trains
+    more steps in the same budget), for the classes with two or more runs."""
+    by: dict[str, list[float]] = {}
+    for v, c in zip(values, classes, strict=True):
+        by.setdefault(c, []).append(v)
+    known = {c: vs for c, vs in by.items() if len(vs) >= 2}
+    if len(known) <= 1:  # nothing to compare with: one scale (a lone run's class or none)
+        return dict.fromkeys(known or by, 0.0)
+    overall = mean([v for vs in known.values() for v in vs])
+    return {c: mean(vs) - overall for c, vs in known.items()}
+
+
+def placed(
+    values: Sequence[float], classes: Sequence[str], offsets: dict[str, float]
+) -> list[float]:
+    """Runs moved onto the reference's scale: each less its class's offset; a run on a
+    class without an offset cannot be compared and is left out."""
+    return [v - offsets[c] for v, c in zip(values, classes, strict=True) if c in offsets]
+
+
 def outlying(values: Sequence[float]) -> tuple[int, ...]:
     """Indices of the runs further than OUTLIER_SIGMAS robust σ (from the median absolute
     deviation) from the median; none among fewer than OUTLIER_MIN_RUNS (the MAD of three

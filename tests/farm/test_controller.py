@@ -56,11 +56,17 @@ class Bench:
         return sorted({c.id for c in self.store.list_candidates("default")} - before)
 
     def finish(
-        self, metric_of: dict[str, float], *, slots: int = 8, only: bool = False
+        self,
+        metric_of: dict[str, float],
+        *,
+        slots: int = 8,
+        only: bool = False,
+        on: dict[str, str] | None = None,
     ) -> list[str]:
         """Step, then finish the queued trials: metric by trial-id prefix, else 1.0.
 
-        `only`: finish just the trials a prefix names; the others stay queued.
+        `only`: finish just the trials a prefix names; the others stay queued. `on`: the
+        hardware class they ran on, by trial-id prefix.
         """
         self.ctl.step(slots=slots)
         done = []
@@ -69,8 +75,12 @@ class Bench:
             if metric is None and only:
                 self.store.release("default", t.id, worker="test", max_deliveries=3, failed=False)
                 continue
+            hardware = next((v for k, v in (on or {}).items() if t.id.startswith(k)), "")
             self.store.record_result(
-                "default", TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=metric or 1.0)
+                "default",
+                TrialResult(
+                    trial_id=t.id, outcome=Outcome.OK, metric=metric or 1.0, hardware=hardware
+                ),
             )
             done.append(t.id)
         return done
@@ -403,3 +413,42 @@ def test_a_candidate_screened_before_preflight_was_set_gets_none(make_target: Ma
     assert b.state(lr) is CandidateState.KEPT
     kinds = {t.kind for t in b.store.list_trials("default", candidate_id=lr)}
     assert kinds == {TrialKind.CANDIDATE, TrialKind.CONFIRM}
+
+
+def test_a_mixed_fleet_is_judged_on_the_baseline_scale_of_each_hardware_class(
+    make_target: MakeTarget,
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 8\nconfirm = 2\n")
+    bench = Bench(target)
+    # Half the baseline on RTX 4090s around 1.0, half on H100s that train more steps in
+    # the same budget and end around 0.7.
+    spread = [-0.05, 0.05, -0.03, 0.03]
+    metrics = {f"base-{i}": 1.0 + spread[i] for i in range(4)}
+    metrics |= {f"base-{i + 4}": 0.7 + spread[i] for i in range(4)}
+    on = {f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(8)}
+    bench.finish(metrics, on=on)
+    bench.ctl.step(slots=8)
+    (said,) = bench.ctl.notices
+    assert said.endswith("by hardware class: H100 -0.15, RTX 4090 +0.15"), said
+    camp = bench.store.get_campaign("default")
+    # σ within a class (about 0.045), not across the two (about 0.16).
+    assert camp is not None and camp.sigma is not None and camp.sigma < 0.05
+
+    same, better, elsewhere = bench.propose(
+        ("LR = 0.5", "LR = 0.4"), ("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.2")
+    )
+    # `same` does nothing and ran on the faster class only: 0.7 is the H100's usual.
+    # `better` gains 0.1 there. `elsewhere` ran on a class the baseline never saw.
+    runs = {f"c{same}-": 0.7, f"c{better}-": 0.6, f"c{elsewhere}-": 0.1}
+    classes = {f"c{same}-": "H100", f"c{better}-": "H100", f"c{elsewhere}-": "A100"}
+    for _ in range(5):
+        bench.finish(runs, on=classes)
+    bench.ctl.step(slots=8)
+    assert bench.state(same) is CandidateState.DISCARDED
+    assert bench.state(better) is CandidateState.KEPT
+    kept = bench.store.get_decision("default", better)
+    assert kept is not None and "on the baseline's scale: 3 on H100 (-0.15)" in kept.reason
+    assert kept.metric == pytest.approx(0.75)  # 0.6 on an H100 is 0.75 on the baseline's scale
+    assert bench.state(elsewhere) is CandidateState.DISCARDED
+    lost = bench.store.get_decision("default", elsewhere)
+    assert lost is not None and "hardware the baseline did not run on twice (A100)" in lost.reason
