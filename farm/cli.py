@@ -157,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
         default=[MergeConfig().max_rebases],
         help="[merge] max_rebases to try, e.g. 0,1",
     )
+    sim.add_argument(
+        "--fleet",
+        type=_fleet,
+        default=(),
+        help="a mixed fleet instead of --slots: class:slots[:offset],… (offset: what the "
+        "class adds to the metric, e.g. 4090:12,h100:4:-1)",
+    )
+    sim.add_argument(
+        "--blind",
+        action="store_true",
+        help="with --fleet: trials do not report their class (to see what judging by class buys)",
+    )
     sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
     sim.add_argument(
         "--no-sequential",
@@ -183,6 +195,23 @@ def _ints(text: str) -> list[int]:
 
 def _counts(text: str) -> list[int]:
     return _numbers(text, 0)
+
+
+def _fleet(text: str) -> tuple[tuple[str, int, float], ...]:
+    """`4090:12,h100:4:-1` → (("4090", 12, 0.0), ("h100", 4, -1.0))."""
+    fleet = []
+    for part in _words(text):
+        name, _, rest = part.partition(":")
+        slots, _, offset = rest.partition(":")
+        try:
+            fleet.append((name, int(slots), float(offset or 0)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: write class:slots[:offset], e.g. h100:4:-1"
+            ) from None
+        if not name or fleet[-1][1] < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: a class name and 1 or more slots")
+    return tuple(fleet)
 
 
 def _words(text: str) -> list[str]:
@@ -455,7 +484,9 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
     models = [
         SimModel(
-            slots=slots,
+            slots=sum(n for _, n, _ in args.fleet) if args.fleet else slots,
+            fleet=args.fleet,
+            blind=args.blind,
             schedule=schedule,
             batch_size=batch,
             backlog=backlog,
@@ -470,7 +501,7 @@ def _simulate(args: argparse.Namespace) -> int:
             max_candidates=args.max_candidates,
             merge=MergeConfig(max_rebases=rebases),
         )
-        for slots in args.slots
+        for slots in ([0] if args.fleet else args.slots)
         for schedule in args.schedule
         for batch in args.batch_size
         for backlog in args.backlog
@@ -486,6 +517,11 @@ def _simulate(args: argparse.Namespace) -> int:
         f"max_rebases={','.join(map(str, args.max_rebases))}; "
         f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}); "
         f"{args.seeds} seeds, medians"
+        + (
+            "; fleet " + ", ".join(f"{c}: {n} slots, {o:+g}" for c, n, o in args.fleet)
+            if args.fleet
+            else ""
+        )
     )
     header = table([])
     print(header, flush=True)

@@ -24,6 +24,7 @@ from farm.merge import (
     judge,
     mean,
     noise,
+    offset_error,
     placed,
     sequential,
     smallest_delta,
@@ -81,6 +82,7 @@ class Controller:
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
         self._deterministic: bool | None = None  # known once the baseline is
         self._class_offsets_cache: dict[str, float] | None = None  # likewise
+        self._class_counts: dict[str, int] = {}  # the baseline's ok runs per class
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -177,8 +179,20 @@ class Controller:
                 self.store.get_trial(self.campaign, f"base-{i}")
                 for i in range(self.cfg.merge.repeats)
             ]
-            self._class_offsets_cache = _class_offsets([t for t in base if t is not None])
+            found = [t for t in base if t is not None]
+            self._class_offsets_cache = _class_offsets(found)
+            self._class_counts = collections.Counter(
+                c for _, c in _runs(found) if c in self._class_offsets_cache
+            )
         return self._class_offsets_cache
+
+    def _runs_behind(self, ref: Incumbent, runs: list[Trial]) -> float:
+        """How many runs the reference's estimate is worth against these runs: fewer when
+        they sit on classes whose offsets the baseline measured from few runs."""
+        offsets = self._offsets()
+        classes = [c for _, c in _runs(runs) if c in offsets][1:]  # the screen only gates
+        extra = offset_error(classes, self._class_counts)
+        return ref.runs if not extra else 1 / (1 / max(ref.runs, 1) + extra)
 
     def _least(self, metrics: list[float]) -> float:
         """The smallest improvement worth keeping, at the scale of these runs."""
@@ -399,7 +413,7 @@ class Controller:
                 m=self.cfg.merge,
                 stages=stages,
                 incumbent=ref.metric,
-                incumbent_runs=ref.runs,
+                incumbent_runs=self._runs_behind(ref, runs),
                 sigma=sigma,
                 direction=self.cfg.direction,
             )

@@ -130,6 +130,18 @@ def placed(
     return [v - offsets[c] for v, c in zip(values, classes, strict=True) if c in offsets]
 
 
+def offset_error(classes: Sequence[str], counts: dict[str, int]) -> float:
+    """The variance, in units of σ², that class offsets measured on the baseline (`counts`
+    runs per class) add to the mean of runs on `classes`: each offset is a class mean less
+    the overall mean, off by about σ²·(1/n_c − 1/n)."""
+    n = sum(counts.values())
+    if len(counts) < 2 or not classes:
+        return 0.0
+    k = len(classes)
+    share = {c: classes.count(c) / k for c in set(classes)}
+    return sum(w * w * (1 / counts[c] - 1 / n) for c, w in share.items() if c in counts)
+
+
 def outlying(values: Sequence[float]) -> tuple[int, ...]:
     """Indices of the runs further than OUTLIER_SIGMAS robust σ (from the median absolute
     deviation) from the median; none among fewer than OUTLIER_MIN_RUNS (the MAD of three
@@ -150,7 +162,9 @@ def smallest_delta(m: MergeConfig, metric: float | None) -> float:
     return max(m.min_delta, m.min_rel_delta * scale)
 
 
-def threshold(*, runs: int, incumbent_runs: int, sigma: float, z: float, min_delta: float) -> float:
+def threshold(
+    *, runs: int, incumbent_runs: float, sigma: float, z: float, min_delta: float
+) -> float:
     """What the improvement of the estimate from `runs` runs must exceed."""
     return max(min_delta, z * sigma * math.sqrt(1 / runs + 1 / max(incumbent_runs, 1)))
 
@@ -223,7 +237,7 @@ def sequential(
     m: MergeConfig,
     stages: int,
     incumbent: float,
-    incumbent_runs: int,
+    incumbent_runs: float,
     sigma: float,
     direction: Direction,
 ) -> tuple[bool | None, Verdict]:
@@ -283,7 +297,7 @@ def judge(
     values: list[float],
     *,
     incumbent: float,
-    incumbent_runs: int,
+    incumbent_runs: float,
     sigma: float,
     direction: Direction,
     z: float,

@@ -167,10 +167,20 @@ class SimModel:
     max_hours: float = 24 * 14
     seed: int = 0
     merge: MergeConfig = field(default_factory=MergeConfig)
+    # A mixed fleet: (hardware class, slots, metric offset) each; empty = `slots` of one
+    # class. A faster card trains more steps in the same budget: a lower loss on every
+    # commit alike, which the merge rule must not take for an improvement.
+    fleet: tuple[tuple[str, int, float], ...] = ()
+    blind: bool = False  # trials do not say their class: the rule cannot tell them apart
+
+    def classes(self) -> tuple[tuple[str, int, float], ...]:
+        return self.fleet or (("", self.slots, 0.0),)
 
     def sequential(self) -> SimModel:
-        """The one-slot loop to compare with: propose one change, train, decide, repeat."""
-        return replace(self, slots=1, schedule="rounds", batch_size=1, backlog=0)
+        """The one-slot loop to compare with: propose one change, train, decide, repeat (on
+        the fleet's first class)."""
+        one = self.fleet[:1] and ((self.fleet[0][0], 1, self.fleet[0][2]),)
+        return replace(self, slots=1, schedule="rounds", batch_size=1, backlog=0, fleet=one)
 
 
 @dataclass
@@ -243,7 +253,13 @@ class Simulation:
         self.now = 0.0
         self._events: list[_Event] = []
         self._seq = itertools.count()
-        self.nodes_up = [True] * math.ceil(model.slots / model.node_slots)
+        # Nodes of `node_slots` slots (the last of a class smaller), each of one class.
+        self.nodes: list[tuple[int, str, float]] = [
+            (min(model.node_slots, n - first), name, offset)
+            for name, n, offset in model.classes()
+            for first in range(0, n, model.node_slots)
+        ]
+        self.nodes_up = [True] * len(self.nodes)
         self.running: dict[str, _Running] = {}
         self.calls = 0
         self.calling = False
@@ -298,23 +314,27 @@ class Simulation:
             used[r.node] += 1
         free = []
         for node, up in enumerate(self.nodes_up):
-            size = min(self.model.node_slots, self.model.slots - node * self.model.node_slots)
+            size = self.nodes[node][0]
             free += [node] * ((size - used[node]) if up else 0)
         return free
 
     def _dispatch(self) -> None:
         free = self._free_slots()
+        if len(self.nodes) > 1:  # Ray places a task on any node with room, not the first
+            self.rng.shuffle(free)
         trials = self.store.claim_trials(CAMPAIGN, worker="sim", n=len(free), lease_s=1e9)
         for trial, node in zip(trials, free, strict=False):
-            result = self._outcome(trial)
+            result = self._outcome(trial, node)
             run = _Running(trial=trial, node=node, started=self.now, result=result)
             self.running[trial.id] = run
             self._at(result.duration_s, "done", run)
 
-    def _outcome(self, trial: Trial) -> TrialResult:
+    def _outcome(self, trial: Trial, node: int) -> TrialResult:
         m = self.model
         duration = m.trial_s * self.rng.lognormvariate(0.0, m.trial_jitter)
         text = (trial.files or {TRAIN: self.start_text})[TRAIN]
+        _, hardware, offset = self.nodes[node]
+        hardware = "" if m.blind else hardware
         # A crash belongs to the change (a bad value diverges, runs out of memory): every
         # trial of a broken candidate crashes; the baseline and the merges work.
         broken = random.Random(f"{m.seed}/c{trial.candidate_id}").random() < m.crash_rate
@@ -325,10 +345,15 @@ class Simulation:
                 exit_code=1,
                 duration_s=duration * self.rng.uniform(0.05, 1.0),
                 output_tail="RuntimeError: CUDA error: an illegal memory access (simulated)",
+                hardware=hardware,
             )
-        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed)
+        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed) + offset
         return TrialResult(
-            trial_id=trial.id, outcome=Outcome.OK, metric=metric, duration_s=duration
+            trial_id=trial.id,
+            outcome=Outcome.OK,
+            metric=metric,
+            duration_s=duration,
+            hardware=hardware,
         )
 
     def _propose(self) -> None:

@@ -89,3 +89,21 @@ def test_the_cli_prints_a_row_per_setting(capsys: pytest.CaptureFixture[str]) ->
 def test_the_cli_refuses_a_bad_schedule(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = farm(capsys, "simulate", "--schedule", "greedy")
     assert code == 2 and '"backlog", "rounds"' in out
+
+
+def test_a_mixed_fleet_is_judged_per_class(tmp_path) -> None:
+    # 8 slots, 2 of them on a class that takes 5σ off every run, on any commit alike.
+    fleet = (("rtx4090", 6, 0.0), ("h100", 2, -2.5))
+    model = dataclasses.replace(SMALL, slots=8, node_slots=2, fleet=fleet, target=0.0)
+    sim = Simulation(dataclasses.replace(model, max_candidates=40), tmp_path)
+    result = sim.run()
+    ran = {t.result.hardware for t in sim.store.list_trials(CAMPAIGN) if t.result}
+    assert ran == {"rtx4090", "h100"}
+    # The controller measured the offset on the baseline (h100 runs sit below the rest)...
+    offsets = sim.controller._offsets()
+    assert offsets["h100"] - offsets["rtx4090"] == pytest.approx(-2.5, abs=0.8)
+    # ... and judged on its scale: decisions say so, and changes were still kept.
+    reasons = [d.reason for d in sim.store.list_decisions(CAMPAIGN)]
+    assert any("on the baseline's scale" in r and "h100" in r for r in reasons)
+    assert result.kept > 0
+    sim.close()
