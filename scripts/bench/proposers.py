@@ -250,12 +250,14 @@ def main() -> int:
     api = FakeAnthropic().start()
     api.respond = EclipModel()
     os.environ["ANTHROPIC_BASE_URL"] = api.url
-    os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-local-fake")
+    key = os.environ.get("ANTHROPIC_API_KEY", "sk-ant-local-fake")
     kinds = args.proposers.split(",")
     calls: dict[str, int] = {}
     try:
         for kind in kinds:
             print(f"== {kind}", flush=True)
+            # `farm run` takes the key out of this process's environment before Ray starts.
+            os.environ["ANTHROPIC_API_KEY"] = key
             before = len(api.requests)
             code = farm(
                 [

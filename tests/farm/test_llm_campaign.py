@@ -278,10 +278,12 @@ def test_spend_cap_stops_proposing_cleanly_and_holds_after_a_restart(
     assert len(fake_api.requests) == 1  # the ledger remembered the spend
 
 
-def test_sigterm_mid_call_stops_cleanly_and_the_ledger_keeps_every_paid_call(
-    claude_target: Callable[..., Path], fake_api: FakeAnthropic
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_mid_call_is_clean_and_the_ledger_keeps_every_paid_call(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, sig: signal.Signals
 ) -> None:
-    """`farm run` in its own process, with Ray: SIGTERM while a repair request is in flight."""
+    """`farm run` in its own process, with Ray: Ctrl-C or SIGTERM while a repair request is
+    in flight, after the first answer was paid for."""
     fake_api.push(
         drafts_reply(
             [
@@ -311,7 +313,7 @@ def test_sigterm_mid_call_stops_cleanly_and_the_ledger_keeps_every_paid_call(
         while len(fake_api.requests) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert len(fake_api.requests) == 2, proc.communicate(timeout=30)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -13,9 +13,22 @@ from matplotlib.image import imread
 from farm.campaign import prepare
 from farm.cli import main
 from farm.config import load_config
-from farm.records import DecisionKind
-from farm.report import report_markdown
+from farm.records import (
+    Campaign,
+    Candidate,
+    CandidateState,
+    Decision,
+    DecisionKind,
+    Edit,
+    Incumbent,
+    Outcome,
+    Trial,
+    TrialKind,
+    TrialResult,
+)
+from farm.report import proposer_table, report_markdown
 from farm.store import default_url, open_store
+from farm.store.sqlite import SQLiteStore
 
 
 def test_report_status_and_export_of_a_campaign_that_ends_every_way(
@@ -85,3 +98,66 @@ def test_report_of_a_campaign_without_candidates_says_0(
     finally:
         store.close()
     assert "| candidates | 0 |" in md and "| trials | 0 finished |" in md
+
+
+def test_report_by_batch_size_and_strategy_weighs_gain_per_slot_hour_and_dollar(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "farm.db")
+    store.create_campaign(Campaign(id="c", target="", start_sha="s0", config={}), Incumbent("s0"))
+
+    def candidate(cid: int, batch: str, size: int, strategy: str, cost: float) -> None:
+        store.add_candidate(
+            Candidate(
+                campaign="c",
+                id=cid,
+                base_sha="s0",
+                title=f"idea {cid}",
+                hypothesis="",
+                edits=[Edit("train.py", "LR = 0.5", f"LR = {cid}")],
+                files={},
+                edit_hash=f"h{cid}",
+                state=CandidateState.QUEUED,
+                proposer="anthropic",
+                strategy=strategy,
+                batch_id=batch,
+                batch_size=size,
+                cost_usd=cost,
+            )
+        )
+
+    def trained(cid: int, seconds: float, kind: DecisionKind, delta: float) -> None:
+        for i in range(2):  # a screen and a confirmation, `seconds` each
+            tid = f"t{cid}.{i}"
+            store.enqueue_trial(Trial(tid, "c", TrialKind.CANDIDATE, "x", "s0", i, cid))
+            store.record_result("c", TrialResult(tid, Outcome.OK, metric=1.0, duration_s=seconds))
+        cand = store.get_candidate("c", cid)
+        assert cand is not None
+        cand.state = CandidateState(kind.value)
+        store.update_candidate(cand)
+        store.record_decision(Decision("c", cid, kind, "", delta=delta))
+
+    # A focused batch of 4 asked (two drafts came back): one kept, +0.3 in 1 slot-hour, $0.2.
+    candidate(1, "b1", 4, "focused", 0.1)
+    candidate(2, "b1", 4, "focused", 0.1)
+    trained(1, 1800, DecisionKind.KEPT, 0.3)
+    trained(2, 1800, DecisionKind.DISCARDED, -0.1)
+    # A row from before batch sizes were recorded: its size is how many share its batch id.
+    candidate(3, "b2", 0, "single", 0.05)
+    trained(3, 900, DecisionKind.KEPT, 0.1)
+    try:
+        by_batch = proposer_table(store, "c", by="batch").splitlines()
+        by_strategy = proposer_table(store, "c", by="strategy").splitlines()
+    finally:
+        store.close()
+    assert by_batch[0] == (
+        "| proposer | batch size | drafts | valid | kept | best Δ | gain/trial | gain/slot-hour "
+        "| cost | cost/kept | gain/$ |"
+    )
+    # Best first by gain: 0.3 over 4 trials of 2 slot-hours and $0.20, then 0.1 over 2
+    # trials of half a slot-hour and $0.05.
+    assert by_batch[2:] == [
+        "| anthropic | 4 | 2 | 100% | 50% | +0.3 | 0.075 | 0.15 | $0.20 | $0.20 | 1.5 |",
+        "| anthropic | 1 | 1 | 100% | 100% | +0.1 | 0.05 | 0.2 | $0.05 | $0.05 | 2 |",
+    ]
+    assert [line.split("|")[2].strip() for line in by_strategy[2:]] == ["focused", "single"]
