@@ -215,7 +215,7 @@ def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
     ]
     target = make_target(
         {"train.py": train, "drafts.jsonl": "".join(json.dumps(d) + "\n" for d in drafts)},
-        extra_toml="[merge]\nconfirm = 1\n"
+        extra_toml="[merge]\nconfirm = 1\nmax_rebases = 1\n"
         '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\nbatch_size = 3\nbacklog = 3\n',
     )
     done = run_campaign(target, slots=2)
