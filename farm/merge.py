@@ -2,10 +2,11 @@
 
 Baseline repeats give the seed noise σ of one trial. A candidate's improvement over the
 incumbent is judged against the standard error of a difference of two means,
-σ·sqrt(1/n_candidate + 1/n_incumbent): it passes only beyond max(min_delta, z·that).
-A screening run uses the milder `screen_z` and only earns confirmation runs; the kept
-metric is the mean of the confirmation runs, never the screening run that stood out
-(the best of many noisy trials is biased upward).
+σ·sqrt(1/n_candidate + 1/n_incumbent). A screening run only earns confirmations (beyond
+`screen_z` standard errors); confirmations then run one at a time and `sequential` judges
+them after each: an early keep, an early discard, or one more run. The kept metric is the
+confirmations' estimate, never the screening run that stood out (the best of many noisy
+trials is biased upward).
 
 Real targets are not all Gaussian. Some are deterministic (a fixed `random_state`: every
 run prints the same number, σ = 0): they are judged by the smallest improvement worth
@@ -13,8 +14,9 @@ keeping alone, with no confirmations. Some have heavy tails (a run that diverges
 then): a run further than OUTLIER_SIGMAS robust σ (from the median absolute deviation)
 from the median is an outlier, named and left out of σ and of the mean, and a
 candidate's repeated runs are clipped to WINSOR_SIGMAS around their median, so one wild
-run cannot carry a decision either way. All arithmetic stays finite-safe: a metric of
-±1e308 gives inf somewhere, never an exception.
+run cannot carry a decision either way. A mixed fleet shifts every run of a faster class:
+runs are compared on the baseline's scale of their class (`class_offsets`, `placed`). All
+arithmetic stays finite-safe: a metric of ±1e308 gives inf somewhere, never an exception.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from farm.records import Direction
 
 MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
 OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
-OUTLIER_MIN_RUNS = 6
+OUTLIER_MIN_RUNS = 6  # fewer, and the MAD is one gap between two runs
 WINSOR_SIGMAS = 3.0  # a candidate's run counts at most this far from its runs' median
 DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
 
@@ -187,7 +189,8 @@ class NoisePools:
     incumbent pools the within-commit variance of the repeated runs at its level: its own
     runs, and the confirmation runs of candidates judged against it that did not beat it.
     Its σ is its own once that pool has as many degrees of freedom as the baseline had;
-    until then, the nearest earlier incumbent's that has (the baseline's in the end).
+    until then its runs count for the degrees of freedom they have and the previous
+    incumbent's σ for the rest.
     Outlying runs (as `noise` finds them) stay out.
     """
 
@@ -212,13 +215,16 @@ class NoisePools:
     def sigma(self, sha: str, parent: Callable[[str], str]) -> float:
         """σ at `sha`; `parent` names the incumbent each keep replaced. The baseline's may
         be 0 (a deterministic target)."""
-        while True:
-            dof = self._dof.get(sha, 0)
-            if sha == self.start:
-                return math.sqrt(self._ss[sha] / dof) if dof else 0.0
-            if dof >= self.min_dof and self._ss.get(sha, 0.0) > 0:
-                return math.sqrt(self._ss[sha] / dof)
-            sha = parent(sha)
+        dof = self._dof.get(sha, 0)
+        if sha == self.start:
+            return math.sqrt(self._ss[sha] / dof) if dof else 0.0
+        if dof >= self.min_dof and self._ss.get(sha, 0.0) > 0:
+            return math.sqrt(self._ss[sha] / dof)
+        # Short of min_dof: its own runs count for what they have, the earlier incumbent's
+        # σ fills the degrees of freedom missing (noise that shrank is seen sooner).
+        inherited = self.sigma(parent(sha), parent)
+        missing = self.min_dof - dof
+        return math.sqrt((self._ss.get(sha, 0.0) + missing * inherited * inherited) / self.min_dof)
 
 
 def steady(

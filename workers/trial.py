@@ -152,9 +152,9 @@ class _Trial:
         )
 
 
-def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> TrialResult:
-    """The outcome of one command; with `measures`, its metric too."""
-    result = TrialResult(
+def _ran(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
+    """An ok result carrying what the run itself says (exit, timings, output, memory)."""
+    return TrialResult(
         trial_id=spec.trial_id,
         outcome=Outcome.OK,
         exit_code=run.exit_code,
@@ -164,6 +164,11 @@ def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> Tri
         process_ended_at=run.ended_at,
         peak_memory_mb=run.peak_memory_mb,
     )
+
+
+def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> TrialResult:
+    """The outcome of one command; with `measures`, its metric too."""
+    result = _ran(spec, run)
     if run.memory_exceeded:
         result.outcome = Outcome.CRASHED  # the reason is in the output tail
         return result
@@ -199,17 +204,8 @@ def _preflight(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
     way a NaN in any `name: value` line, or a non-finite metric, fails it. Never a metric:
     a short run is biased, so nothing judges it."""
     if run.timed_out:
-        result = TrialResult(
-            trial_id=spec.trial_id,
-            outcome=Outcome.OK,
-            exit_code=run.exit_code,
-            duration_s=run.duration_s,
-            output_tail=run.output_tail,
-            process_started_at=run.started_at,
-            process_ended_at=run.ended_at,
-            peak_memory_mb=run.peak_memory_mb,
-            summary=metric.parse_summary(run.output_tail),
-        )
+        result = _ran(spec, run)
+        result.summary = metric.parse_summary(run.output_tail)
         so_far = metric.parse_metric(run.output_tail, name=spec.metric, regex=spec.metric_regex)
         if so_far is not None and not math.isfinite(so_far):
             result.outcome = Outcome.INVALID_METRIC
