@@ -452,3 +452,24 @@ def test_a_mixed_fleet_is_judged_on_the_baseline_scale_of_each_hardware_class(
     assert bench.state(elsewhere) is CandidateState.DISCARDED
     lost = bench.store.get_decision("default", elsewhere)
     assert lost is not None and "hardware the baseline did not run on twice (A100)" in lost.reason
+
+
+def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(
+    bench: Bench,
+) -> None:
+    lr, lr_too = bench.propose(("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"))
+    for _ in range(3):
+        bench.finish({f"c{lr}-": 0.5}, slots=1)
+    bench.ctl.step(slots=1)
+    assert bench.state(lr) is CandidateState.KEPT
+    assert bench.state(lr_too) is CandidateState.SUPERSEDED  # never judged on the incumbent
+    # The same code as lr_too, drafted on the incumbent: worth its run, not "tried already".
+    (again,) = bench.propose(("LR = 1.0", "LR = 2.0"))
+    cand = bench.store.get_candidate("default", again)
+    assert cand is not None and cand.state is CandidateState.QUEUED, cand.reason
+    # A change that was judged (discarded) stays a repeat.
+    bench.finish({f"c{again}-": 1.5}, slots=1)
+    bench.ctl.step(slots=1)
+    assert bench.state(again) is CandidateState.DISCARDED
+    (repeat,) = bench.propose(("LR = 1.0", "LR = 2.0"))
+    assert bench.state(repeat) is CandidateState.REJECTED
