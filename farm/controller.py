@@ -12,7 +12,6 @@ import collections
 import dataclasses
 import hashlib
 import logging
-import statistics
 
 from farm.config import TargetConfig
 from farm.errors import FarmError, RefMismatch
@@ -20,12 +19,13 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import (
     NoisePools,
     Verdict,
+    baseline,
     class_offsets,
     judge,
     mean,
-    noise,
     offset_error,
     placed,
+    runs_of,
     sequential,
     smallest_delta,
 )
@@ -124,13 +124,13 @@ class Controller:
         trials = [self._ensure_trial(f"base-{i}", TrialKind.BASELINE, None) for i in range(first)]
         if not all(t.state.is_finished() for t in trials):
             return
-        metrics = self._placed(trials, _class_offsets(trials))
-        if not metrics:  # none ran: more runs of a broken target would be spent on nothing
+        runs = runs_of(trials)
+        if not runs:  # none ran: more runs of a broken target would be spent on nothing
             raise BaselineFailed(self._baseline_failure(trials))
         early = (
             len(trials) < repeats
-            and len(metrics) >= FIRST_BASELINE
-            and noise(metrics, tolerance=self._least(metrics)).deterministic
+            and len(runs) >= FIRST_BASELINE
+            and baseline(runs, self.cfg.merge).noise.deterministic
         )
         if len(trials) < repeats and not early:
             trials += [
@@ -139,11 +139,11 @@ class Controller:
             ]
             if not all(t.state.is_finished() for t in trials):
                 return
-        offsets = _class_offsets(trials)
-        metrics = self._placed(trials, offsets)
-        if len(metrics) < 2:
+            runs = runs_of(trials)
+        if len(runs) < 2:
             raise BaselineFailed(self._baseline_failure(trials))
-        found = noise(metrics, tolerance=self._least(metrics))
+        base = baseline(runs, self.cfg.merge)
+        found, metrics = base.noise, base.values
         self._pool(camp.start_sha, metrics, key="baseline")
         inc = self.store.get_incumbent(self.campaign)
         updated = Incumbent(
@@ -153,24 +153,17 @@ class Controller:
         self.store.set_baseline(
             self.campaign, metric=found.center, runs=len(metrics), sigma=found.sigma
         )
-        names = [t.id for t in _ok(trials) if t.result and t.result.hardware in offsets]
-        said = found.describe(self.cfg.metric, len(metrics), names=names)
-        if len(offsets) > 1:
-            said += "; by hardware class: " + ", ".join(
-                f"{c or 'unknown'} {o:+.4g}" for c, o in sorted(offsets.items())
-            )
+        said = base.describe(self.cfg.metric)
         log.info("%s", said)
-        if found.deterministic or found.outliers or len(offsets) > 1:
+        if found.deterministic or found.outliers or len(base.offsets) > 1:
             self.notices.append(said)
 
-    def _placed(self, trials: list[Trial], offsets: dict[str, float] | None = None) -> list[float]:
+    def _placed(self, trials: list[Trial]) -> list[float]:
         """The ok runs' metrics on the baseline's scale: each less its hardware class's
         offset (measured on the baseline); runs on a class the baseline did not run on
         enough are left out (farm.merge.placed)."""
-        runs = _runs(trials)
-        if offsets is None:
-            offsets = self._offsets()
-        return placed([m for m, _ in runs], [c for _, c in runs], offsets)
+        runs = runs_of(trials)
+        return placed([v for _, v, _ in runs], [c for _, _, c in runs], self._offsets())
 
     def _offsets(self) -> dict[str, float]:
         """Hardware class offsets from the baseline's runs (once it is in)."""
@@ -179,10 +172,12 @@ class Controller:
                 self.store.get_trial(self.campaign, f"base-{i}")
                 for i in range(self.cfg.merge.repeats)
             ]
-            found = [t for t in base if t is not None]
-            self._class_offsets_cache = _class_offsets(found)
+            runs = runs_of([t for t in base if t is not None])
+            self._class_offsets_cache = class_offsets(
+                [v for _, v, _ in runs], [c for _, _, c in runs]
+            )
             self._class_counts = collections.Counter(
-                c for _, c in _runs(found) if c in self._class_offsets_cache
+                c for _, _, c in runs if c in self._class_offsets_cache
             )
         return self._class_offsets_cache
 
@@ -190,13 +185,9 @@ class Controller:
         """How many runs the reference's estimate is worth against these runs: fewer when
         they sit on classes whose offsets the baseline measured from few runs."""
         offsets = self._offsets()
-        classes = [c for _, c in _runs(runs) if c in offsets][1:]  # the screen only gates
+        classes = [c for _, _, c in runs_of(runs) if c in offsets][1:]  # the screen only gates
         extra = offset_error(classes, self._class_counts)
         return ref.runs if not extra else 1 / (1 / max(ref.runs, 1) + extra)
-
-    def _least(self, metrics: list[float]) -> float:
-        """The smallest improvement worth keeping, at the scale of these runs."""
-        return smallest_delta(self.cfg.merge, statistics.median(metrics))
 
     def _baseline_failure(self, trials: list[Trial]) -> str:
         lines = [f"the baseline did not run: fewer than 2 of {len(trials)} baseline trials were ok"]
@@ -439,14 +430,14 @@ class Controller:
         offsets = self._offsets()
         if len(offsets) < 2:
             return ""
-        count = collections.Counter(c for _, c in _runs(runs) if c in offsets)
+        count = collections.Counter(c for _, _, c in runs_of(runs) if c in offsets)
         return "; on the baseline's scale: " + ", ".join(
             f"{n} on {c or 'unknown'} ({offsets[c]:+.3g})" for c, n in sorted(count.items())
         )
 
     def _unplaced(self, runs: list[Trial]) -> str:
         offsets = self._offsets()
-        odd = sorted({c for _, c in _runs(runs) if c not in offsets})
+        odd = sorted({c for _, _, c in runs_of(runs) if c not in offsets})
         return (
             f"{len(runs)} runs, most on hardware the baseline did not run on twice "
             f"({', '.join(c or 'unknown' for c in odd)}): it cannot be compared there; "
@@ -719,22 +710,3 @@ class Controller:
             if not self.repo.is_ancestor(tip, inc.sha):
                 raise RefMismatch(branch, expected=inc.sha, found=tip)
             self.repo.fast_forward(branch, old=tip, new=inc.sha)
-
-
-def _ok(trials: list[Trial]) -> list[Trial]:
-    """The trials that ended ok (a metric is set only then)."""
-    return [t for t in trials if t.result and t.result.metric is not None]
-
-
-def _runs(trials: list[Trial]) -> list[tuple[float, str]]:
-    """(metric, hardware class) of each ok trial."""
-    return [
-        (t.result.metric, t.result.hardware)
-        for t in trials
-        if t.result and t.result.metric is not None
-    ]
-
-
-def _class_offsets(trials: list[Trial]) -> dict[str, float]:
-    runs = _runs(trials)
-    return class_offsets([m for m, _ in runs], [c for _, c in runs])

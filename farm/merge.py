@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from farm.config import MergeConfig
-from farm.records import Direction
+from farm.records import Direction, Trial
 
 MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
 OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
@@ -111,6 +111,46 @@ def noise(values: Sequence[float], *, tolerance: float) -> Noise:
     )
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The start commit's runs summarised: noise on the scale of its hardware classes."""
+
+    noise: Noise
+    offsets: dict[str, float]  # by hardware class (farm.merge.class_offsets)
+    names: list[str]  # the trial ids summarised (runs on a class with an offset)
+    values: list[float]  # their metrics, each less its class's offset
+
+    def describe(self, metric: str) -> str:
+        said = self.noise.describe(metric, len(self.names), names=self.names)
+        if len(self.offsets) > 1:
+            said += "; by hardware class: " + ", ".join(
+                f"{c or 'unknown'} {o:+.4g}" for c, o in sorted(self.offsets.items())
+            )
+        return said
+
+
+Run = tuple[str, float, str]  # an ok trial's id, metric and hardware class
+
+
+def runs_of(trials: Sequence[Trial]) -> list[Run]:
+    """The (id, metric, hardware class) of each trial that ended ok (a metric is set then)."""
+    return [
+        (t.id, t.result.metric, t.result.hardware)
+        for t in trials
+        if t.result and t.result.metric is not None
+    ]
+
+
+def baseline(runs: Sequence[Run], m: MergeConfig) -> Baseline:
+    """Summarise two or more baseline runs: class offsets out, then `noise` with the
+    smallest improvement worth keeping as its tolerance."""
+    offsets = class_offsets([v for _, v, _ in runs], [c for _, _, c in runs])
+    kept = [(i, v - offsets[c]) for i, v, c in runs if c in offsets]
+    values = [v for _, v in kept]
+    found = noise(values, tolerance=smallest_delta(m, statistics.median(values)))
+    return Baseline(found, offsets, [i for i, _ in kept], values)
+
+
 def class_offsets(values: Sequence[float], classes: Sequence[str]) -> dict[str, float]:
     """How far each hardware class's runs sit from the mean of all (a faster GPU trains
     more steps in the same budget), for the classes with two or more runs."""
@@ -162,6 +202,18 @@ def smallest_delta(m: MergeConfig, metric: float | None) -> float:
     metric's scale where that is more."""
     scale = abs(metric) if metric is not None and math.isfinite(metric) else 0.0
     return max(m.min_delta, m.min_rel_delta * scale)
+
+
+def keep_threshold(m: MergeConfig, *, sigma: float, metric: float | None, runs: float) -> float:
+    """What a candidate's confirmations must improve on an incumbent (its estimate `metric`
+    from `runs` runs) by at the last stage; one run's worth on a deterministic target."""
+    return threshold(
+        runs=1 if sigma == 0 else max(m.confirm, 1),
+        incumbent_runs=runs,
+        sigma=sigma,
+        z=m.z,
+        min_delta=smallest_delta(m, metric),
+    )
 
 
 def threshold(

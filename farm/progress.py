@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import statistics
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from farm import merge
 from farm.config import MergeConfig
-from farm.merge import noise, smallest_delta, threshold
+from farm.merge import baseline, runs_of
 from farm.records import (
     CandidateState,
     Decision,
@@ -227,20 +227,18 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
 
 
 def baseline_noise(store: Store, campaign: str) -> str:
-    """What the baseline runs said (min/median/max, outliers, deterministic), for `farm
-    status` and the report; empty until the baseline is in."""
+    """What the baseline runs said (min/median/max, outliers, deterministic, hardware
+    classes), as the campaign said it, for `farm status` and the report; empty until the
+    baseline is in."""
     camp = store.get_campaign(campaign)
     if camp is None or camp.sigma is None:
         return ""
-    trials = [store.get_trial(campaign, f"base-{i}") for i in range(camp.baseline_runs * 2)]
-    ok = [t for t in trials if t and t.result and t.result.metric is not None]
-    if len(ok) < 2:
-        return ""
     m = _merge_config(camp.config)
-    values = [t.result.metric for t in ok if t.result and t.result.metric is not None]
-    found = noise(values, tolerance=smallest_delta(m, statistics.median(values)))
-    metric = str(camp.config.get("metric", "metric"))
-    return found.describe(metric, len(values), names=[t.id for t in ok])
+    trials = [store.get_trial(campaign, f"base-{i}") for i in range(m.repeats)]
+    runs = runs_of([t for t in trials if t is not None])
+    if len(runs) < 2:
+        return ""
+    return baseline(runs, m).describe(str(camp.config.get("metric", "metric")))
 
 
 def _merge_config(config: dict[str, Any]) -> MergeConfig:
@@ -252,13 +250,8 @@ def _merge_config(config: dict[str, Any]) -> MergeConfig:
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    m = _merge_config(config)
-    return threshold(
-        runs=1 if sigma == 0 else max(m.confirm, 1),
-        incumbent_runs=inc.runs,
-        sigma=sigma,
-        z=m.z,
-        min_delta=smallest_delta(m, inc.metric),
+    return merge.keep_threshold(
+        _merge_config(config), sigma=sigma, metric=inc.metric, runs=inc.runs
     )
 
 

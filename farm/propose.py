@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
-from farm.merge import smallest_delta, threshold
+from farm.merge import keep_threshold, smallest_delta, threshold
 from farm.records import (
     Candidate,
     CandidateState,
@@ -154,14 +154,17 @@ def _thresholds(
     if sigma is None:
         return None, None
     m = cfg.merge
-    least = smallest_delta(m, inc.metric)
-
-    def bar(runs: int, z: float) -> float:
-        return threshold(runs=runs, incumbent_runs=inc.runs, sigma=sigma, z=z, min_delta=least)
-
+    keep = keep_threshold(m, sigma=sigma, metric=inc.metric, runs=inc.runs)
     if not m.confirm or sigma == 0:  # a deterministic target is judged on its screen alone
-        return bar(1, m.z), bar(1, m.z)
-    return bar(1, m.screen_z), bar(m.confirm, m.z)
+        return keep, keep
+    screen = threshold(
+        runs=1,
+        incumbent_runs=inc.runs,
+        sigma=sigma,
+        z=m.screen_z,
+        min_delta=smallest_delta(m, inc.metric),
+    )
+    return screen, keep
 
 
 def _durations(*groups: list[Trial]) -> list[float]:

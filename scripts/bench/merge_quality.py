@@ -38,7 +38,7 @@ from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
 from farm.controller import FIRST_BASELINE, Controller, trial_seed
-from farm.merge import noise, sequential, smallest_delta
+from farm.merge import baseline, sequential
 from farm.records import (
     Campaign,
     Candidate,
@@ -165,11 +165,12 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
     Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
     """
     # As _reconcile_baseline: a first wave, the rest only if it does not agree.
-    first = d.base[: min(m.repeats, max(FIRST_BASELINE, SLOTS))]
-    base = d.base[: m.repeats]
-    if noise(first, tolerance=smallest_delta(m, statistics.median(first))).deterministic:
+    runs_in = [(f"base-{k}", v, "") for k, v in enumerate(d.base)]
+    first = runs_in[: min(m.repeats, max(FIRST_BASELINE, SLOTS))]
+    base = runs_in[: m.repeats]
+    if baseline(first, m).noise.deterministic:
         base = first
-    found = noise(base, tolerance=smallest_delta(m, statistics.median(base)))
+    found = baseline(base, m).noise
     stages = 1 + (0 if found.sigma == 0 else m.confirm)
     runs = [d.screen, *d.confirms]
     for k in range(1, stages + 1):
