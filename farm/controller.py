@@ -17,10 +17,10 @@ from farm.config import TargetConfig
 from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import (
+    Baseline,
     NoisePools,
     Verdict,
     baseline,
-    class_offsets,
     judge,
     mean,
     offset_error,
@@ -80,9 +80,7 @@ class Controller:
         self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
         self._pools: NoisePools | None = None  # loaded at the first judgement
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
-        self._deterministic: bool | None = None  # known once the baseline is
-        self._class_offsets_cache: dict[str, float] | None = None  # likewise
-        self._class_counts: dict[str, int] = {}  # the baseline's ok runs per class
+        self._base: Baseline | None = None  # the baseline's summary, once it is in
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -142,7 +140,7 @@ class Controller:
             runs = runs_of(trials)
         if len(runs) < 2:
             raise BaselineFailed(self._baseline_failure(trials))
-        base = baseline(runs, self.cfg.merge)
+        base = self._base = baseline(runs, self.cfg.merge)
         found, metrics = base.noise, base.values
         self._pool(camp.start_sha, metrics, key="baseline")
         inc = self.store.get_incumbent(self.campaign)
@@ -165,28 +163,28 @@ class Controller:
         runs = runs_of(trials)
         return placed([v for _, v, _ in runs], [c for _, _, c in runs], self._offsets())
 
-    def _offsets(self) -> dict[str, float]:
-        """Hardware class offsets from the baseline's runs (once it is in)."""
-        if self._class_offsets_cache is None:
+    def _baseline(self) -> Baseline | None:
+        """The baseline's summary once it is in (read back from its trials after a restart)."""
+        if self._base is None and self.baseline_done():
             base = [
                 self.store.get_trial(self.campaign, f"base-{i}")
                 for i in range(self.cfg.merge.repeats)
             ]
-            runs = runs_of([t for t in base if t is not None])
-            self._class_offsets_cache = class_offsets(
-                [v for _, v, _ in runs], [c for _, _, c in runs]
-            )
-            self._class_counts = collections.Counter(
-                c for _, _, c in runs if c in self._class_offsets_cache
-            )
-        return self._class_offsets_cache
+            self._base = baseline(runs_of([t for t in base if t is not None]), self.cfg.merge)
+        return self._base
+
+    def _offsets(self) -> dict[str, float]:
+        """Hardware class offsets measured on the baseline (none before it is in)."""
+        base = self._baseline()
+        return base.offsets if base else {}
 
     def _runs_behind(self, ref: Incumbent, runs: list[Trial]) -> float:
         """How many runs the reference's estimate is worth against these runs: fewer when
         they sit on classes whose offsets the baseline measured from few runs."""
         offsets = self._offsets()
         classes = [c for _, _, c in runs_of(runs) if c in offsets][1:]  # the screen only gates
-        extra = offset_error(classes, self._class_counts)
+        base = self._baseline()
+        extra = offset_error(classes, base.counts) if base else 0.0
         return ref.runs if not extra else 1 / (1 / max(ref.runs, 1) + extra)
 
     def _baseline_failure(self, trials: list[Trial]) -> str:
@@ -466,13 +464,8 @@ class Controller:
     def _confirm(self) -> int:
         """Confirmation runs per candidate: `confirm`, none on a deterministic target (σ = 0:
         the same code gives the same number again)."""
-        if self._deterministic is None:
-            camp = self.store.get_campaign(self.campaign)
-            assert camp is not None
-            if camp.sigma is None:
-                return self.cfg.merge.confirm
-            self._deterministic = camp.sigma == 0
-        return 0 if self._deterministic else self.cfg.merge.confirm
+        base = self._baseline()
+        return 0 if base and base.noise.deterministic else self.cfg.merge.confirm
 
     def _kept_decision(self, sha: str) -> Decision:
         """The keep that made `sha` the incumbent."""

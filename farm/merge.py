@@ -21,6 +21,7 @@ arithmetic stays finite-safe: a metric of ±1e308 gives inf somewhere, never an 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import statistics
@@ -119,6 +120,12 @@ class Baseline:
     offsets: dict[str, float]  # by hardware class (farm.merge.class_offsets)
     names: list[str]  # the trial ids summarised (runs on a class with an offset)
     values: list[float]  # their metrics, each less its class's offset
+    classes: list[str]  # their hardware classes
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Runs summarised per hardware class."""
+        return dict(collections.Counter(self.classes))
 
     def describe(self, metric: str) -> str:
         said = self.noise.describe(metric, len(self.names), names=self.names)
@@ -145,10 +152,10 @@ def baseline(runs: Sequence[Run], m: MergeConfig) -> Baseline:
     """Summarise two or more baseline runs: class offsets out, then `noise` with the
     smallest improvement worth keeping as its tolerance."""
     offsets = class_offsets([v for _, v, _ in runs], [c for _, _, c in runs])
-    kept = [(i, v - offsets[c]) for i, v, c in runs if c in offsets]
-    values = [v for _, v in kept]
+    kept = [(i, v - offsets[c], c) for i, v, c in runs if c in offsets]
+    values = [v for _, v, _ in kept]
     found = noise(values, tolerance=smallest_delta(m, statistics.median(values)))
-    return Baseline(found, offsets, [i for i, _ in kept], values)
+    return Baseline(found, offsets, [i for i, _, _ in kept], values, [c for _, _, c in kept])
 
 
 def class_offsets(values: Sequence[float], classes: Sequence[str]) -> dict[str, float]:
