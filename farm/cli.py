@@ -484,7 +484,7 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
     models = [
         SimModel(
-            slots=sum(n for _, n, _ in args.fleet) if args.fleet else slots,
+            slots=slots,
             fleet=args.fleet,
             blind=args.blind,
             schedule=schedule,
@@ -501,7 +501,7 @@ def _simulate(args: argparse.Namespace) -> int:
             max_candidates=args.max_candidates,
             merge=MergeConfig(max_rebases=rebases),
         )
-        for slots in ([0] if args.fleet else args.slots)
+        for slots in ([sum(n for _, n, _ in args.fleet)] if args.fleet else args.slots)
         for schedule in args.schedule
         for batch in args.batch_size
         for backlog in args.backlog
