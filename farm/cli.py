@@ -169,6 +169,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --fleet: trials do not report their class (to see what judging by class buys)",
     )
+    sim.add_argument(
+        "--screen-fraction",
+        type=_shares,
+        default=[0.0],
+        help="short screens ([merge] screen_budget_s) this share of a trial long, e.g. 0,0.25",
+    )
+    sim.add_argument(
+        "--late",
+        type=_shares,
+        default=[0.0],
+        help="share of knobs whose benefit a short screen cannot see (its bias), e.g. 0,0.5",
+    )
     sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
     sim.add_argument(
         "--no-sequential",
@@ -212,6 +224,16 @@ def _fleet(text: str) -> tuple[tuple[str, int, float], ...]:
         if not name or fleet[-1][1] < 1:
             raise argparse.ArgumentTypeError(f"{part!r}: a class name and 1 or more slots")
     return tuple(fleet)
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use shares, e.g. 0,0.25") from None
+    if not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every share must be in [0, 1)")
+    return values
 
 
 def _words(text: str) -> list[str]:
@@ -425,11 +447,17 @@ def _proposer(args: argparse.Namespace, cfg: TargetConfig) -> Proposer:
 
 
 def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
-    from farm.progress import baseline_noise, snapshot, status_report
+    from farm.progress import baseline_noise, short_screens, snapshot, status_report
 
     _known_campaign(cfg, store)
     snap = snapshot(store, cfg.campaign, last=args.last)
-    print(status_report(snap, baseline=baseline_noise(store, cfg.campaign)))
+    print(
+        status_report(
+            snap,
+            baseline=baseline_noise(store, cfg.campaign),
+            screens=short_screens(store, cfg.campaign),
+        )
+    )
     return 0
 
 
@@ -500,12 +528,16 @@ def _simulate(args: argparse.Namespace) -> int:
             target=args.target,
             max_candidates=args.max_candidates,
             merge=MergeConfig(max_rebases=rebases),
+            screen_fraction=fraction,
+            late=late,
         )
         for slots in ([sum(n for _, n, _ in args.fleet)] if args.fleet else args.slots)
         for schedule in args.schedule
         for batch in args.batch_size
         for backlog in args.backlog
         for rebases in args.max_rebases
+        for fraction in args.screen_fraction
+        for late in args.late
     ]
     m = models[0]
     print(
@@ -514,7 +546,14 @@ def _simulate(args: argparse.Namespace) -> int:
         f"/node-h ({m.node_slots} slots a node); merge repeats={m.merge.repeats} "
         f"confirm={m.merge.confirm} z={m.merge.z:g} screen_z={m.merge.screen_z:g} "
         f"futility_z={m.merge.futility_z:g} efficacy_z={m.merge.efficacy_z:g} "
-        f"max_rebases={','.join(map(str, args.max_rebases))}; "
+        f"max_rebases={','.join(map(str, args.max_rebases))}"
+        + (
+            f" promote={m.merge.promote:g} min_rank_agreement={m.merge.min_rank_agreement:g} "
+            f"rank_pairs={m.merge.rank_pairs}"
+            if any(args.screen_fraction)
+            else ""
+        )
+        + "; "
         f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}); "
         f"{args.seeds} seeds, medians"
         + (

@@ -70,6 +70,16 @@ class MergeConfig:
     # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
     # never takes a full budget; one still running at preflight_s has passed (it is stopped).
     preflight_s: float = 0.0
+    # Multi-fidelity screening (0 = off): a new candidate first runs screen_budget_s seconds
+    # (its FARM_BUDGET_S says so: the target must train for that long), and only the best
+    # `promote` share of the short screens ranked against the same incumbent go on to a
+    # full budget. Short budgets favour changes that pay off early, so screening short
+    # stops for good once the short and full screens of the same candidates stop ranking
+    # alike: Kendall's τ below min_rank_agreement over rank_pairs pairs or more.
+    screen_budget_s: float = 0.0
+    promote: float = 0.33
+    min_rank_agreement: float = 0.3
+    rank_pairs: int = 10
 
 
 @dataclass
@@ -384,6 +394,19 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("merge", "min_delta, z and screen_z must be >= 0")
     if not 0 <= m.preflight_s < cfg.budget_s:
         fail("merge.preflight_s", f"{m.preflight_s:g}: use 0 (none) or fewer seconds than budget_s")
+    if not 0 <= m.screen_budget_s < cfg.budget_s:
+        fail(
+            "merge.screen_budget_s",
+            f"{m.screen_budget_s:g}: use 0 (screen at the full budget) or fewer seconds than "
+            "budget_s",
+        )
+    if not 0 < m.promote <= 1:
+        fail("merge.promote", f"{m.promote:g}: the share of short screens promoted, in (0, 1]")
+    if not -1 <= m.min_rank_agreement <= 1 or m.rank_pairs < 2:
+        fail(
+            "merge",
+            "min_rank_agreement is a Kendall τ in [-1, 1] and rank_pairs must be >= 2",
+        )
     r = cfg.resources
     if r.slots < 0 or r.cpus_per_trial < 0 or r.gpus_per_trial < 0:
         fail("resources", "slots, cpus_per_trial and gpus_per_trial must be >= 0")

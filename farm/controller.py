@@ -21,10 +21,12 @@ from farm.merge import (
     NoisePools,
     Verdict,
     baseline,
+    fidelity,
     judge,
     mean,
     offset_error,
     placed,
+    promoted,
     runs_of,
     sequential,
     smallest_delta,
@@ -81,6 +83,10 @@ class Controller:
         self._pools: NoisePools | None = None  # loaded at the first judgement
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
         self._base: Baseline | None = None  # the baseline's summary, once it is in
+        # Short screens and the full screens of their candidates, by trial id (loaded at the
+        # first short screen), and whether their ranks disagreed enough to stop screening short.
+        self._fidelity: dict[str, Trial] | None = None
+        self._short_off = False
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -96,7 +102,9 @@ class Controller:
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None
         inc = self.store.get_incumbent(self.campaign)
-        for cand in self.store.list_candidates(self.campaign, {CandidateState.RUNNING}):
+        running = self.store.list_candidates(self.campaign, {CandidateState.RUNNING})
+        self._note_short_screens(running)
+        for cand in running:
             decision = self._reconcile_candidate(cand, inc, camp)
             if decision is not None:
                 made.append(decision)
@@ -237,8 +245,14 @@ class Controller:
             cand.commit_sha = self._commit(cand, rebased=False)
             cand.state = CandidateState.RUNNING
             self.store.update_candidate(cand)
-            if self._preflight(cand) is True:
+            if self._cleared(cand) is True:
                 self._ensure_screen(cand)
+
+    def _cleared(self, cand: Candidate) -> Decision | bool:
+        """Whether a new candidate may take a full budget: True once its pre-flight passed
+        and its short screen promoted it, False while either runs, else their decision."""
+        flight = self._preflight(cand)
+        return self._short_screen(cand) if flight is True else flight
 
     def _preflight(self, cand: Candidate) -> Decision | bool:
         """Whether a new candidate may take a full budget: True once its pre-flight passed
@@ -261,17 +275,107 @@ class Controller:
         failed = self._failure(trial, f"failed its {seconds:g} s pre-flight: the run")
         return self._decide(cand, DecisionKind.CRASHED, failed) if failed else True
 
+    def _short_screen(self, cand: Candidate) -> Decision | bool:
+        """Whether a new candidate's short screen ([merge] screen_budget_s) promoted it: True
+        (or none is asked for, or screening short has stopped), False while it runs, a
+        `crashed` or `discarded` decision when it failed or ranked below the best share."""
+        m = self.cfg.merge
+        if m.screen_budget_s <= 0:
+            return True
+        trial_id, screen = f"c{cand.id}-g0-short", f"c{cand.id}-g0-screen"
+        short = self._trial(trial_id)
+        if short is None:
+            if self._trial(screen) or self.screening_stopped():
+                return True  # screened at the full budget
+            short = self._ensure_trial(trial_id, TrialKind.SHORT, cand)
+        if not short.state.is_finished():
+            return False
+        if self._trial(screen):
+            return True  # promoted already
+        what = f"short screen ({m.screen_budget_s:g} s)"
+        failed = self._failure(short, what)
+        if failed:
+            return self._decide(cand, DecisionKind.CRASHED, failed)
+        assert short.result is not None and short.result.metric is not None
+        others = [
+            t.result.metric
+            for t in self._fidelity_runs().values()
+            if t.kind is TrialKind.SHORT
+            and t.reference == short.reference
+            and t.candidate_id != cand.id
+            and t.result
+            and t.result.metric is not None
+        ]
+        value = short.result.metric
+        go, rank, allowed = promoted(value, others, share=m.promote, direction=self.cfg.direction)
+        if go:
+            return True
+        return self._decide(
+            cand,
+            DecisionKind.DISCARDED,
+            f"{what}: {self.cfg.metric} {value:.6g} ranked {rank} of {len(others) + 1} against "
+            f"{short.reference[:10]}; the best {allowed} went on to a full budget",
+        )
+
+    def _note_short_screens(self, running: list[Candidate]) -> None:
+        """Take in every short screen that has finished, before any is ranked: a short screen
+        is ranked against all those in (ASHA's rule), whichever candidate comes first."""
+        if self.cfg.merge.screen_budget_s <= 0:
+            return
+        runs = self._fidelity_runs()
+        for cand in running:
+            short = self._trial(f"c{cand.id}-g0-short")
+            if short is not None and short.state.is_finished():
+                runs[short.id] = short
+
+    def _trial(self, trial_id: str) -> Trial | None:
+        """The trial with this id, if it exists (a finished one from memory)."""
+        if trial_id in self._finished:
+            return self._finished[trial_id]
+        found = self.store.get_trial(self.campaign, trial_id)
+        if found is not None and found.state.is_finished():  # kept without its files
+            self._finished[trial_id] = found = dataclasses.replace(found, files={})
+        return found
+
+    def _fidelity_runs(self) -> dict[str, Trial]:
+        """The finished short screens and the full screens of their candidates, by trial id."""
+        if self._fidelity is None:
+            done = self.store.list_trials(self.campaign, states={TrialState.DONE})
+            shorts = {t.candidate_id for t in done if t.kind is TrialKind.SHORT}
+            self._fidelity = {
+                t.id: dataclasses.replace(t, files={})
+                for t in done
+                if t.kind is TrialKind.SHORT
+                or (t.kind is TrialKind.CANDIDATE and t.candidate_id in shorts)
+            }
+        return self._fidelity
+
+    def screening_stopped(self) -> bool:
+        """Whether short screens stopped ranking candidates as full budgets do (Kendall's τ
+        below min_rank_agreement over rank_pairs or more pairs): then, for the rest of the
+        campaign, new candidates are screened at the full budget alone."""
+        m = self.cfg.merge
+        if not self._short_off:
+            found = fidelity(list(self._fidelity_runs().values()), m)
+            if found.apart:
+                self._short_off = True
+                said = (
+                    f"short screens ({m.screen_budget_s:g} s) rank candidates unlike full "
+                    f"budgets: Kendall's τ {found.tau:.2f} over {found.pairs} pairs < "
+                    f"min_rank_agreement {m.min_rank_agreement:g}; new candidates are "
+                    "screened at the full budget from now on"
+                )
+                log.warning("%s", said)
+                self.notices.append(said)
+        return self._short_off
+
     def _ensure_screen(self, cand: Candidate) -> Trial:
         return self._ensure_trial(f"c{cand.id}-g0-screen", TrialKind.CANDIDATE, cand)
 
     def _ensure_trial(self, trial_id: str, kind: TrialKind, cand: Candidate | None) -> Trial:
         """The trial with this id, queued now if it does not exist yet (None: the baseline)."""
-        if trial_id in self._finished:
-            return self._finished[trial_id]
-        existing = self.store.get_trial(self.campaign, trial_id)
+        existing = self._trial(trial_id)
         if existing is not None:
-            if existing.state.is_finished():  # kept without its files: state and result do
-                self._finished[trial_id] = dataclasses.replace(existing, files={})
             return existing
         trial = Trial(
             id=trial_id,
@@ -282,6 +386,7 @@ class Controller:
             seed=trial_seed(f"{self.campaign}/{trial_id}"),
             candidate_id=cand.id if cand else None,
             files=cand.files if cand else {},
+            reference=cand.base_sha if cand and kind is TrialKind.SHORT else "",
         )
         self.store.enqueue_trial(trial)
         return trial
@@ -372,7 +477,7 @@ class Controller:
         """A new candidate's screen, then confirmations one at a time (other candidates take
         the other slots) until the sequential test decides. A decision if it crashed or lost;
         None while a run is still out; for a winner (its verdict, σ, its confirmations)."""
-        cleared = self._preflight(cand)
+        cleared = self._cleared(cand)
         if cleared is not True:
             return None if cleared is False else cleared
         runs = [self._ensure_screen(cand)]
@@ -380,6 +485,8 @@ class Controller:
             last = runs[-1]
             if not last.state.is_finished():
                 return None
+            if len(runs) == 1 and self._fidelity and f"c{cand.id}-g0-short" in self._fidelity:
+                self._fidelity[last.id] = last
             what = f"confirmation run {len(runs) - 1}" if len(runs) > 1 else "screening run"
             failed = self._failure(last, what)
             if failed:
@@ -493,7 +600,7 @@ class Controller:
         cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
         for d in self.store.list_decisions(self.campaign):
             cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
-            repeats = [t for t in runs if t.kind not in (TrialKind.CANDIDATE, TrialKind.PREFLIGHT)]
+            repeats = [t for t in runs if t.kind in (TrialKind.CONFIRM, TrialKind.REBASE)]
             if d.kind is DecisionKind.KEPT:
                 own = [t for t in repeats if t.commit_sha == d.incumbent_after]
                 pools.add(d.incumbent_after, self._placed(own), key=f"c{cand.id}")

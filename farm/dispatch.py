@@ -229,6 +229,10 @@ class Dispatcher:
         if self._memory_mb is None:
             self._memory_mb = trial_memory_mb(self.cfg)
         preflight = trial.kind is TrialKind.PREFLIGHT
+        budget_s = {
+            TrialKind.PREFLIGHT: self.cfg.merge.preflight_s,
+            TrialKind.SHORT: self.cfg.merge.screen_budget_s,
+        }.get(trial.kind, self.cfg.budget_s)
         return TrialSpec(
             trial_id=trial.id,
             repo_key=f"{trial.base_sha[:12]}-{self.repo.path.name}",
@@ -239,7 +243,7 @@ class Dispatcher:
             seed_env=self.cfg.seed_env,
             metric=self.cfg.metric,
             metric_regex=self.cfg.metric_regex,
-            budget_s=self.cfg.merge.preflight_s if preflight else self.cfg.budget_s,
+            budget_s=budget_s,
             grace_s=sb.grace_s,
             env_allow=self.cfg.env_allow,
             env=dict(sb.env),

@@ -386,6 +386,9 @@ screen_z = 0.25  # a screening run earns its confirmations beyond screen_z stand
 futility_z = 0.0  # after a confirmation: discard below futility_z standard errors,
 efficacy_z = 2.0  # keep beyond efficacy_z (two or more); else one more run
 preflight_s = 0  # > 0: a run this short first; a crash or NaN in it never takes a full budget
+screen_budget_s = 0  # > 0: screen new candidates this short (the target reads FARM_BUDGET_S);
+promote = 0.33       # ... the best third go on to a full budget, until short and full budgets
+min_rank_agreement = 0.3  # rank candidates apart (Kendall's τ below this over rank_pairs)
 
 [resources]
 cpus_per_trial = 1

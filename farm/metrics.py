@@ -37,7 +37,8 @@ from prometheus_client.registry import Collector
 
 from farm.config import MetricsConfig
 from farm.errors import ConfigError, StoreError
-from farm.progress import keep_threshold
+from farm.merge import Fidelity, fidelity
+from farm.progress import keep_threshold, merge_config
 from farm.records import (
     Campaign,
     CandidateState,
@@ -86,6 +87,10 @@ class LedgerCollector(Collector):
                 found = [c for c in map(self.store.get_campaign, self.campaigns) if c is not None]
             for camp in found:
                 out.add(camp, self.store.get_incumbent(camp.id), self.store.stats(camp.id))
+                m = merge_config(camp.config)
+                if m.screen_budget_s > 0:  # the one figure read from the trials themselves
+                    done = self.store.list_trials(camp.id, states={TrialState.DONE})
+                    out.ranks(camp, fidelity(done, m))
         except StoreError as e:
             log.warning("metrics: cannot read the store: %s", e)
             up.add_metric([], 0)
@@ -123,6 +128,15 @@ class _LedgerFamilies:
             doc="Wall time of finished trials' training; buckets are fractions of budget_s.",
         )
         self.queue = self._new(gauge, "farm_queue_depth", doc="Trials waiting for a slot.")
+        self.rank_agreement = self._new(
+            gauge,
+            "farm_screen_rank_agreement",
+            doc="Kendall's τ of short-screen ranks against full-budget screens of the same "
+            "candidates ([merge] screen_budget_s); short screens stop below min_rank_agreement.",
+        )
+        self.rank_pairs = self._new(
+            gauge, "farm_screen_rank_pairs", doc="Pairs behind farm_screen_rank_agreement."
+        )
         self.running = self._new(
             gauge,
             "farm_trials_running",
@@ -245,6 +259,11 @@ class _LedgerFamilies:
         if s.last_decision_at is not None:
             self.last_decision.add_metric([c], s.last_decision_at)
         self._costs(camp, s)
+
+    def ranks(self, camp: Campaign, found: Fidelity) -> None:
+        self.rank_pairs.add_metric([camp.id], found.pairs)
+        if found.tau is not None:
+            self.rank_agreement.add_metric([camp.id], found.tau)
 
     def _costs(self, camp: Campaign, s: CampaignStats) -> None:
         c = camp.id

@@ -47,7 +47,8 @@ def draw(h: History, *, metric: str, titles: dict[int, str], campaign: str) -> F
     side = fig.add_subplot(grid[:, 1])
     side.axis("off")
 
-    ok = [p for p in h.points if p.metric is not None]
+    # A short screen's metric is on another scale (less training): not plotted with the rest.
+    ok = [p for p in h.points if p.metric is not None and p.kind is not TrialKind.SHORT]
     lo, hi = _ylim(h, ok, minimize=minimize)
     clipped = _scores(ax, ok, lo, hi)
     _best(ax, h, minimize=minimize)

@@ -233,7 +233,7 @@ def baseline_noise(store: Store, campaign: str) -> str:
     camp = store.get_campaign(campaign)
     if camp is None or camp.sigma is None:
         return ""
-    m = _merge_config(camp.config)
+    m = merge_config(camp.config)
     trials = [store.get_trial(campaign, f"base-{i}") for i in range(m.repeats)]
     runs = runs_of([t for t in trials if t is not None])
     if len(runs) < 2:
@@ -241,7 +241,25 @@ def baseline_noise(store: Store, campaign: str) -> str:
     return baseline(runs, m).describe(str(camp.config.get("metric", "metric")))
 
 
-def _merge_config(config: dict[str, Any]) -> MergeConfig:
+def short_screens(store: Store, campaign: str) -> str:
+    """What short screens ([merge] screen_budget_s) did and how their ranks agree with full
+    budgets (the monitor that stops them), for `farm status` and the report; empty when the
+    campaign screens at the full budget alone."""
+    camp = store.get_campaign(campaign)
+    m = merge_config(camp.config) if camp else MergeConfig()
+    if camp is None or m.screen_budget_s <= 0:
+        return ""
+    trials = store.list_trials(campaign)
+    shorts = {t.candidate_id for t in trials if t.kind is TrialKind.SHORT and t.result}
+    went_on = {t.candidate_id for t in trials if t.kind is TrialKind.CANDIDATE} & shorts
+    return (
+        f"short screens of {m.screen_budget_s:g} s: {len(shorts)} in, {len(went_on)} went on "
+        f"to a full budget (the best {m.promote:.0%} against each incumbent); rank agreement "
+        f"with full budgets: {merge.fidelity(trials, m).describe(m)}"
+    )
+
+
+def merge_config(config: dict[str, Any]) -> MergeConfig:
     """A campaign's [merge] settings from its stored config (older ones lack newer keys)."""
     known = {f.name for f in dataclasses.fields(MergeConfig)}
     return MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
@@ -250,9 +268,7 @@ def _merge_config(config: dict[str, Any]) -> MergeConfig:
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    return merge.keep_threshold(
-        _merge_config(config), sigma=sigma, metric=inc.metric, runs=inc.runs
-    )
+    return merge.keep_threshold(merge_config(config), sigma=sigma, metric=inc.metric, runs=inc.runs)
 
 
 @dataclass
@@ -388,8 +404,8 @@ def status_line(
     return fit(line, width)
 
 
-def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "") -> str:
-    """`farm status`; `baseline`: what baseline_noise says."""
+def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "", screens: str = "") -> str:
+    """`farm status`; `baseline`: what baseline_noise says, `screens`: short_screens."""
     better = "lower" if s.direction is Direction.MINIMIZE else "higher"
     st = s.stats
     gain = ""
@@ -410,6 +426,7 @@ def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "") -> str
         f"  noise σ {num(s.sigma)} (baseline {num(s.baseline_sigma)})"
         f" · keep threshold {num(s.threshold)}",
         *textwrap.wrap(baseline, width, initial_indent="  ", subsequent_indent="    "),
+        *textwrap.wrap(screens, width, initial_indent="  ", subsequent_indent="    "),
         "  trials: "
         + ", ".join(f"{state.value} {st.trials[state]}" for state in TrialState)
         + (f" | {outcomes}" if outcomes else ""),

@@ -24,6 +24,9 @@ class TrialKind(enum.StrEnum):
     # A short run of a new candidate before its screen ([merge] preflight_s): it catches a
     # crash, a NaN or a missing metric early; its metric is never judged.
     PREFLIGHT = "preflight"
+    # A new candidate's screen at [merge] screen_budget_s: only the best of those ranked
+    # against the same incumbent go on to a full-budget screen; its metric is never judged.
+    SHORT = "short"
 
 
 class TrialState(enum.StrEnum):
@@ -257,6 +260,7 @@ class Trial:
     deliveries: int = 0  # how many times it was claimed (infra retries)
     result: TrialResult | None = None
     created_at: float = field(default_factory=time.time)
+    reference: str = ""  # a short screen: the incumbent it is ranked against
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -256,7 +256,13 @@ def _candidate_counts(states: collections.Counter[str], failed: collections.Coun
 
 def report_markdown(store: Store, campaign: str, *, image: str = "progress.png") -> str:
     """report.md: the result, kept changes in order with diffs, outcomes, cost, proposers."""
-    from farm.progress import baseline_noise, failure_outcome, full_history, snapshot
+    from farm.progress import (
+        baseline_noise,
+        failure_outcome,
+        full_history,
+        short_screens,
+        snapshot,
+    )
 
     s = snapshot(store, campaign, last=0, results=0)
     camp = store.get_campaign(campaign)
@@ -286,6 +292,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         return "—" if x is None else f"{x:.5g}"
 
     base_runs = sum(1 for p in h.points if p.kind is TrialKind.BASELINE and p.metric is not None)
+    screens = short_screens(store, campaign)
     gain = (
         h.direction.improvement(old=s.start_metric, new=s.incumbent_metric)
         if s.start_metric is not None and s.incumbent_metric is not None
@@ -303,6 +310,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         f"| start | {num(s.start_metric)} (baseline mean of {base_runs} runs, "
         f"σ {num(s.baseline_sigma)}) |",
         f"| baseline | {baseline_noise(store, campaign) or '—'} |",
+        *([f"| short screens | {screens} |"] if screens else []),
         f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
         f"| trials | {len(h.points)} finished"

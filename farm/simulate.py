@@ -10,10 +10,15 @@ with d_i = log2 x_i − log2 x*_i and some pairs of knobs coupled (v_ij: a chang
 alone can hurt next to another, as learning rate and batch size do),
 
 so the simulator knows how far every incumbent really is from the optimum and which keeps
-were mistakes. What is real: `Controller.step` (screens, confirmations, the noise-aware
-rule, rebases), the `Feeder` (backlog or synchronous rounds, batch size, validation,
-dedupe), the `mutate` proposer and a SQLite store. Git is modelled by `SimRepo`, since
-commits play no part in a decision.
+were mistakes. A short screen ([merge] screen_budget_s) sees the same loss, except for
+"late" knobs (`late`: their share), whose benefit appears only at the full budget: short,
+moving one toward its optimum looks as bad as moving it away does at the end (a larger
+batch or a deeper model trains slower at first).
+
+What is real: `Controller.step` (screens, confirmations, the noise-aware rule, rebases),
+the `Feeder` (backlog or synchronous rounds, batch size, validation, dedupe), the `mutate`
+proposer and a SQLite store. Git is modelled by `SimRepo`, since commits play no part in a
+decision.
 
 It answers two questions: how busy a farm of N slots stays, and how many experiments per
 slot-hour and how much wall time it takes to reach a target against a one-slot sequential
@@ -39,6 +44,7 @@ from typing import cast
 from farm.config import MergeConfig, TargetConfig, config_from_dict
 from farm.controller import Controller
 from farm.gitops import Repo
+from farm.merge import Fidelity, fidelity
 from farm.propose import Feeder, ProposalBatch
 from farm.records import (
     Campaign,
@@ -47,6 +53,7 @@ from farm.records import (
     Incumbent,
     Outcome,
     Trial,
+    TrialKind,
     TrialResult,
     TrialState,
 )
@@ -98,10 +105,12 @@ class Landscape:
     weights: tuple[float, ...]
     pairs: tuple[tuple[int, int, float], ...]  # coupled knobs (i, j, v_ij)
     noise: float  # σ of one trial
+    late: tuple[int, ...] = ()  # knobs whose benefit a short screen does not see
 
     @classmethod
-    def make(cls, *, constants: int, noise: float, seed: int) -> Landscape:
+    def make(cls, *, constants: int, noise: float, seed: int, late: float = 0.0) -> Landscape:
         rng = random.Random(f"landscape/{seed}")
+        lates = random.Random(f"late/{seed}").sample(range(constants), round(late * constants))
         weights = tuple(rng.uniform(0.5, 2.0) for _ in range(constants))
         knobs = list(range(constants))
         rng.shuffle(knobs)
@@ -119,6 +128,7 @@ class Landscape:
             weights=weights,
             pairs=pairs,
             noise=noise,
+            late=tuple(sorted(lates)),
         )
 
     def train_py(self) -> str:
@@ -127,18 +137,21 @@ class Landscape:
         lines += [f"{name} = 1.0  # a knob" for name in self.names]
         return "\n".join(lines) + "\n"
 
-    def true_loss(self, text: str) -> float:
+    def true_loss(self, text: str, *, short: bool = False) -> float:
+        """The loss at the full budget, or (`short`) at a short screen's."""
         values = {c.name: float(c.value) for c in find_knobs(TRAIN, text)}
         if min(values.values()) <= 0:
             return math.inf
-        d = [math.log2(values[n]) - opt for n, opt in zip(self.names, self.optima, strict=True)]
+        optima = [-o if short and i in self.late else o for i, o in enumerate(self.optima)]
+        d = [math.log2(values[n]) - opt for n, opt in zip(self.names, optima, strict=True)]
         return sum(w * x * x for w, x in zip(self.weights, d, strict=True)) + sum(
             v * d[i] * d[j] for i, j, v in self.pairs
         )
 
-    def draw(self, text: str, seed: int) -> float:
+    def draw(self, text: str, seed: int, *, short: bool = False) -> float:
         """One trial's metric: the true loss plus seed noise (the trial's farm seed)."""
-        return self.true_loss(text) + self.noise * random.Random(seed).gauss(0.0, 1.0)
+        loss = self.true_loss(text, short=short)
+        return loss + self.noise * random.Random(seed).gauss(0.0, 1.0)
 
 
 # -- the model of the farm --------------------------------------------------------------------
@@ -172,6 +185,10 @@ class SimModel:
     # commit alike, which the merge rule must not take for an improvement.
     fleet: tuple[tuple[str, int, float], ...] = ()
     blind: bool = False  # trials do not say their class: the rule cannot tell them apart
+    # Multi-fidelity: short screens this share of a trial long (0: none), and the share of
+    # knobs whose benefit they cannot see (the bias the rank monitor has to catch).
+    screen_fraction: float = 0.0
+    late: float = 0.0
 
     def classes(self) -> tuple[tuple[str, int, float], ...]:
         return self.fleet or (("", self.slots, 0.0),)
@@ -180,7 +197,16 @@ class SimModel:
         """The one-slot loop to compare with: propose one change, train, decide, repeat (on
         the fleet's first class)."""
         one = self.fleet[:1] and ((self.fleet[0][0], 1, self.fleet[0][2]),)
-        return replace(self, slots=1, schedule="rounds", batch_size=1, backlog=0, fleet=one)
+        return replace(
+            self,
+            slots=1,
+            schedule="rounds",
+            batch_size=1,
+            backlog=0,
+            fleet=one,
+            screen_fraction=0,
+            late=0,
+        )
 
 
 @dataclass
@@ -198,6 +224,8 @@ class SimResult:
     reached_s: float | None  # when the incumbent first reached the target
     proposer_calls: int
     starved_s: float  # slot-seconds idle while no trial waited in the queue
+    fidelity: Fidelity  # the rank monitor of short screens at the end
+    short_off_s: float | None  # when the rank monitor stopped short screens
 
     @property
     def utilisation(self) -> float:
@@ -229,7 +257,9 @@ class Simulation:
 
     def __init__(self, model: SimModel, store_dir: Path) -> None:
         self.model = model
-        self.land = Landscape.make(constants=model.constants, noise=model.noise, seed=model.seed)
+        self.land = Landscape.make(
+            constants=model.constants, noise=model.noise, seed=model.seed, late=model.late
+        )
         self.start_text = self.land.train_py()
         self.start_loss = self.land.true_loss(self.start_text)
         self.cfg = sim_config(model)
@@ -266,6 +296,7 @@ class Simulation:
         self.busy_s = self.lost_s = self.starved_s = 0.0
         self.trials = 0
         self.reached_s: float | None = None
+        self.short_off_s: float | None = None
         for node in range(len(self.nodes_up)):
             self._schedule_loss(node)
 
@@ -331,7 +362,9 @@ class Simulation:
 
     def _outcome(self, trial: Trial, node: int) -> TrialResult:
         m = self.model
+        short = trial.kind is TrialKind.SHORT
         duration = m.trial_s * self.rng.lognormvariate(0.0, m.trial_jitter)
+        duration *= m.screen_fraction if short else 1.0
         text = (trial.files or {TRAIN: self.start_text})[TRAIN]
         _, hardware, offset = self.nodes[node]
         hardware = "" if m.blind else hardware
@@ -347,7 +380,7 @@ class Simulation:
                 output_tail="RuntimeError: CUDA error: an illegal memory access (simulated)",
                 hardware=hardware,
             )
-        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed) + offset
+        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed, short=short) + offset
         return TrialResult(
             trial_id=trial.id,
             outcome=Outcome.OK,
@@ -389,6 +422,8 @@ class Simulation:
             while self._events and self._events[0].at <= self.now:
                 self._apply(heapq.heappop(self._events))
             self.controller.step(slots=self.model.slots)
+            if self.short_off_s is None and self.controller.screening_stopped():
+                self.short_off_s = self.now
             if self.model.target and self._incumbent_loss() <= target:
                 self.reached_s = self.now
             self._propose()
@@ -431,6 +466,8 @@ class Simulation:
             reached_s=self.reached_s,
             proposer_calls=self.calls,
             starved_s=self.starved_s,
+            fidelity=fidelity(self.store.list_trials(CAMPAIGN), self.cfg.merge),
+            short_off_s=self.short_off_s,
         )
 
     def close(self) -> None:
@@ -439,13 +476,15 @@ class Simulation:
 
 def sim_config(model: SimModel) -> TargetConfig:
     """The farm.toml a simulated campaign runs with."""
+    merge = dataclasses.asdict(model.merge)
+    merge["screen_budget_s"] = model.screen_fraction * model.trial_s
     return config_from_dict(
         {
             "editable": [TRAIN],
             "command": "python train.py",
             "metric": "loss",
             "budget_s": model.trial_s * 3,
-            "merge": dataclasses.asdict(model.merge),
+            "merge": merge,
             "proposer": {
                 "kind": "mutate",
                 "schedule": model.schedule,
@@ -497,6 +536,8 @@ COLUMNS = [
     "batch",
     "backlog",
     "max rebases",
+    "short screen",
+    "late knobs",
     "LLM s",
     "utilisation",
     "starved",
@@ -507,6 +548,7 @@ COLUMNS = [
     "parallel eff.",
     "kept",
     "false keeps",
+    "rank τ",
     "calls",
 ]
 
@@ -531,6 +573,8 @@ def cells(rows: list[Row]) -> list[str]:
         str(m.batch_size),
         str(m.backlog),
         str(m.merge.max_rebases),
+        f"{m.screen_fraction:.0%}" if m.screen_fraction else "—",
+        f"{m.late:.0%}",
         f"{m.llm_s:g}",
         med([r.farm.utilisation for r in rows], ".1%"),
         med([r.farm.starved_s / (m.slots * r.farm.wall_s) for r in rows], ".1%"),
@@ -547,8 +591,20 @@ def cells(rows: list[Row]) -> list[str]:
         ),
         med([float(r.farm.kept) for r in rows], ".0f"),
         med([float(r.farm.false_keeps) for r in rows], ".0f"),
+        agreement(rows) if m.screen_fraction else "—",
         med([float(r.farm.proposer_calls) for r in rows], ".0f"),
     ]
+
+
+def agreement(rows: list[Row]) -> str:
+    """The rank monitor of each run: τ over its pairs, and when it stopped short screens."""
+    said = []
+    for r in rows:
+        tau, n = r.farm.fidelity.tau, r.farm.fidelity.pairs
+        text = "none" if tau is None else f"{tau:+.2f}/{n}"
+        off = r.farm.short_off_s
+        said.append(text + (f" off {off / 3600:.1f} h" if off is not None else ""))
+    return "; ".join(said)
 
 
 def table(results: list[list[Row]]) -> str:

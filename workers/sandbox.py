@@ -52,8 +52,12 @@ class RunResult:
     memory_exceeded: bool = False  # killed at the memory limit
 
 
+BUDGET_ENV = "FARM_BUDGET_S"  # the trial's budget in seconds: short screens are shorter
+
+
 def build_env(spec: TrialSpec) -> dict[str, str]:
-    """The child's whole environment: allow-listed variables, `spec.env`, GPU ids and the seed."""
+    """The child's whole environment: allow-listed variables, `spec.env`, GPU ids, the seed
+    and the budget."""
     env = {name: os.environ[name] for name in spec.env_allow if name in os.environ}
     env.update(spec.env)
     # Ray sets CUDA_VISIBLE_DEVICES per task: it must win over any configured value, or two
@@ -62,6 +66,7 @@ def build_env(spec: TrialSpec) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if spec.seed_env:
         env[spec.seed_env] = str(spec.seed)
+    env[BUDGET_ENV] = f"{spec.budget_s:g}"
     return env
 
 

@@ -55,6 +55,7 @@ KIND_PRIORITY = {
     TrialKind.REBASE: 1,
     TrialKind.PREFLIGHT: 1,
     TrialKind.CANDIDATE: 2,
+    TrialKind.SHORT: 2,
 }
 
 

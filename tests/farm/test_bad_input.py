@@ -50,6 +50,12 @@ def test_a_run_command_that_does_not_exist(
         (TOY_TOML + "[merge]\nconfdence = 2\n", "unknown key 'merge.confdence'"),
         (TOY_TOML + "[merge]\nmax_rebases = -1\n", "merge: confirm and max_rebases"),
         (TOY_TOML + "[merge]\npreflight_s = 30\n", "merge.preflight_s: 30: use 0 (none) or fewer"),
+        (
+            TOY_TOML + "[merge]\nscreen_budget_s = 45\n",
+            "merge.screen_budget_s: 45: use 0 (screen at the full budget) or fewer seconds",
+        ),
+        (TOY_TOML + "[merge]\npromote = 0\n", "merge.promote: 0: the share of short screens"),
+        (TOY_TOML + "[merge]\nmin_rank_agreement = 2\n", "min_rank_agreement is a Kendall τ"),
         (TOY_TOML + '[proposer]\nschedule = "eager"\n', 'use "backlog" or "rounds"'),
         (TOY_TOML.replace('metric = "loss"\n', ""), "missing required key 'metric'"),
         (TOY_TOML.replace('"prepare.py"', '"train.py"'), "is also editable"),

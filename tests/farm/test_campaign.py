@@ -250,3 +250,64 @@ def test_a_proposer_with_nothing_to_try_stops_before_the_baseline(
         assert store.list_trials("default") == []
     finally:
         store.close()
+
+
+def test_short_screens_run_at_their_budget_and_stop_when_ranks_turn_around(
+    make_target: MakeTarget, run_campaign: RunCampaign
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from test_metrics import scrape, served
+
+    from farm.metrics import LedgerCollector
+    from farm.progress import short_screens
+
+    # A full budget rewards LR near 2; a short one rewards small LRs (big steps pay off late):
+    # every draft lowers LR, so the two budgets rank them exactly apart, and none is kept.
+    train = TOY_TRAIN.replace(
+        "loss = (LR - 2.0) ** 2",
+        'budget = float(os.environ["FARM_BUDGET_S"])\n'
+        'print(f"budget_seen: {budget:g}")\n'
+        "loss = (LR - 2.0) ** 2 if budget >= 20 else LR",
+    ).replace("rng.gauss(0, 0.05)", "rng.gauss(0, 0.001)")
+    lrs = ["0.1", "0.2", "0.3", "0.4", "0.45", "0.35", "0.25"]
+    drafts = [swap(f"LR {lr}", "LR = 0.5", f"LR = {lr}") for lr in lrs]
+    toml = "[merge]\nrepeats = 3\nscreen_budget_s = 2\npromote = 1\nrank_pairs = 3\n"
+    lines = "".join(json.dumps(d) + "\n" for d in drafts)
+    target = make_target(
+        {"train.py": train, "drafts.jsonl": lines},
+        extra_toml=toml + '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n',
+    )
+    done = run_campaign(target)
+    assert done.code == 0, done.output
+    store = done.store
+    cands = store.list_candidates("default")
+    assert len(cands) == len(lrs) and all(c.state is CandidateState.DISCARDED for c in cands)
+    shorted = []
+    for c in cands:
+        short = store.get_trial("default", f"c{c.id}-g0-short")
+        screen = store.get_trial("default", f"c{c.id}-g0-screen")
+        assert screen is not None and screen.result is not None
+        assert "budget_seen: 30" in screen.result.output_tail
+        if short is not None:
+            assert short.kind is TrialKind.SHORT and short.result is not None
+            assert "budget_seen: 2" in short.result.output_tail
+            shorted.append(c.id)
+    # Three candidates at both budgets, ranked exactly apart: τ = -1 over 3 pairs, and the
+    # candidates started after that were screened at the full budget alone.
+    assert 3 <= len(shorted) < len(lrs), done.output
+    said = " ".join(done.output.split())  # the notice is wrapped to the terminal's width
+    assert "Kendall's τ -1.00 over 3 pairs < min_rank_agreement 0.3" in said
+    assert "new candidates are screened at the full budget from now on" in said
+    said = short_screens(store, "default")
+    assert f"{len(shorted)} in, {len(shorted)} went on" in said
+    assert "< 0.3: stopped" in said
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(store, ["default"]))
+    server = served(registry)
+    try:
+        samples = scrape(server.url)
+    finally:
+        server.close()
+    pairs = len(shorted) * (len(shorted) - 1) / 2
+    assert samples["farm_screen_rank_pairs"][(("campaign", "default"),)] == pairs
+    assert samples["farm_screen_rank_agreement"][(("campaign", "default"),)] == -1.0

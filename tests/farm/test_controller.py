@@ -473,3 +473,92 @@ def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(
     assert bench.state(again) is CandidateState.DISCARDED
     (repeat,) = bench.propose(("LR = 1.0", "LR = 2.0"))
     assert bench.state(repeat) is CandidateState.REJECTED
+
+
+@pytest.fixture
+def short_bench(make_target: MakeTarget) -> Bench:
+    """The bench campaign with 5 s short screens, the better half promoted and the rank
+    monitor judging from 3 pairs, its baseline in (mean 1.0)."""
+    short = "screen_budget_s = 5\npromote = 0.5\nrank_pairs = 3\n"
+    target = make_target({"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 4\n{FIXED}{short}")
+    b = Bench(target)
+    b.finish({"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1})
+    b.ctl.step(slots=8)
+    assert b.ctl.baseline_done()
+    return b
+
+
+def test_short_screens_send_only_the_best_share_on_to_a_full_budget(short_bench: Bench) -> None:
+    b = short_bench
+    start = b.store.get_incumbent("default").sha
+    ids = b.propose(
+        ("LR = 0.5", "LR = 1.0"),
+        ("LR = 0.5", "LR = 2.0"),
+        ("MOM = 0.1", "MOM = 0.5"),
+        ("MOM = 0.1", "MOM = 0.9"),
+    )
+    b.ctl.step(slots=8)
+    for i in ids:  # a short screen first, ranked against the commit it runs on
+        (t,) = b.store.list_trials("default", candidate_id=i)
+        assert (t.id, t.kind, t.reference) == (f"c{i}-g0-short", TrialKind.SHORT, start)
+    # All four in at once: each is ranked against all four, whichever is looked at first.
+    shorts = dict(zip(ids, (1.4, 1.2, 1.5, 1.3), strict=True))
+    b.finish({f"c{i}-g0-short": v for i, v in shorts.items()}, only=True)
+    b.ctl.step(slots=8)
+    for i, rank in ((ids[0], 3), (ids[2], 4)):
+        assert b.state(i) is CandidateState.DISCARDED
+        decision = b.store.get_decision("default", i)
+        assert decision is not None
+        assert f"ranked {rank} of 4 against {start[:10]}; the best 2 went on" in decision.reason
+        assert len(b.store.list_trials("default", candidate_id=i)) == 1  # no full budget
+    for i in (ids[1], ids[3]):
+        assert b.state(i) is CandidateState.RUNNING
+        assert b.store.get_trial("default", f"c{i}-g0-screen") is not None
+    # One more, later: second of five, and the best three of five go on.
+    (late,) = b.propose(("LR = 0.5", "LR = 1.5"))
+    b.finish({f"c{late}-g0-short": 1.25}, only=True)
+    b.finish({f"c{late}-g0-short": 1.25}, only=True)
+    assert b.store.get_trial("default", f"c{late}-g0-screen") is not None
+    # A promoted candidate is judged on its full-budget runs alone, as without short screens.
+    for _ in range(3):
+        b.finish({f"c{ids[1]}-g0-": 0.5}, only=True)
+    b.ctl.step(slots=8)
+    assert b.state(ids[1]) is CandidateState.KEPT
+    assert b.store.get_incumbent("default").metric == pytest.approx(0.5)
+
+
+def test_a_short_screen_that_fails_decides_crashed(short_bench: Bench) -> None:
+    b = short_bench
+    (bad,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.ctl.step(slots=8)
+    (t,) = b.store.claim_trials("default", worker="test", n=1, lease_s=60)
+    b.store.record_result(
+        "default", TrialResult(trial_id=t.id, outcome=Outcome.CRASHED, exit_code=1)
+    )
+    b.ctl.step(slots=8)
+    decision = b.store.get_decision("default", bad)
+    assert decision is not None and decision.kind is DecisionKind.CRASHED
+    assert decision.reason.startswith("short screen (5 s) crashed (exit 1)")
+    assert [t.id for t in b.store.list_trials("default", candidate_id=bad)] == [f"c{bad}-g0-short"]
+
+
+def test_screening_short_stops_once_short_and_full_budgets_rank_apart(short_bench: Bench) -> None:
+    b = short_bench
+    b.cfg.merge.promote = 1.0  # every short screen goes on: three pairs to compare
+    ids = b.propose(("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"), ("MOM = 0.1", "MOM = 0.5"))
+    b.finish({}, only=True)
+    b.finish({f"c{i}-g0-short": v for i, v in zip(ids, (1.1, 1.2, 1.3), strict=True)}, only=True)
+    assert b.ctl.notices == []
+    # Their full-budget screens come in the other way round: τ = -1 over 3 pairs.
+    b.finish({f"c{i}-g0-screen": v for i, v in zip(ids, (1.3, 1.2, 1.1), strict=True)}, only=True)
+    b.ctl.step(slots=8)
+    assert b.ctl.screening_stopped()
+    (said,) = b.ctl.notices
+    assert "Kendall's τ -1.00 over 3 pairs < min_rank_agreement 0.3" in said
+    # From now on a new candidate goes straight to its full-budget screen.
+    (new,) = b.propose(("MOM = 0.1", "MOM = 0.9"))
+    b.ctl.step(slots=8)
+    assert [t.id for t in b.store.list_trials("default", candidate_id=new)] == [f"c{new}-g0-screen"]
+    # A restarted controller reads the same from the store.
+    again = Controller(store=b.store, repo=b.repo, cfg=b.cfg, campaign="default")
+    assert again.screening_stopped()

@@ -60,3 +60,30 @@ def test_a_confirmation_that_diverged_is_run_again_once() -> None:
     assert look(0.9, 9.0, 0.8, 0.8) is True  # judged on the runs that did not diverge
     assert look(0.9, 9.0, 9.5) is False  # twice: the candidate diverges
     assert look(1.5) is False  # a screen far worse is a bad candidate, not bad luck
+
+
+def test_promotion_takes_the_best_share_of_the_short_screens_in() -> None:
+    from farm.merge import promoted
+
+    lower = Direction.MINIMIZE
+    assert promoted(5.0, [], share=0.33, direction=lower) == (True, 1, 1)  # nothing to rank by
+    assert promoted(2.0, [1.0, 3.0], share=0.33, direction=lower) == (False, 2, 1)
+    assert promoted(0.5, [1.0, 3.0], share=0.33, direction=lower) == (True, 1, 1)
+    assert promoted(1.5, [1.0, 3.0, 4.0], share=0.5, direction=lower) == (True, 2, 2)
+    assert promoted(1.5, [1.0, 3.0, 4.0], share=0.5, direction=Direction.MAXIMIZE)[:2] == (
+        False,
+        3,
+    )
+
+
+def test_rank_agreement_compares_candidates_ranked_against_the_same_incumbent() -> None:
+    from farm.merge import rank_agreement
+
+    assert rank_agreement([]) == (None, 0)
+    # Each incumbent's candidates agree; across incumbents the full level moved (a keep), which
+    # would read as disagreement if they were compared.
+    same = [("a", 1.0, 10.0), ("a", 2.0, 11.0), ("b", 3.0, 1.0), ("b", 4.0, 2.0)]
+    assert rank_agreement(same) == (1.0, 2)
+    apart = [("a", 1.0, 3.0), ("a", 2.0, 2.0), ("a", 3.0, 1.0), ("a", 4.0, 1.0)]
+    assert rank_agreement(apart) == (-1.0, 5)  # the tie at full budget counts for neither
+    assert rank_agreement([("a", 1e308, 1e308), ("a", -1e308, -1e308)]) == (1.0, 1)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from helpers import farm
 
-from farm.records import DecisionKind, TrialState
+from farm.records import DecisionKind, TrialKind, TrialState
 from farm.simulate import CAMPAIGN, Landscape, SimModel, Simulation, simulate
 
 SMALL = SimModel(slots=4, constants=8, trial_s=300, llm_s=75, max_candidates=80, seed=1)
@@ -107,3 +107,32 @@ def test_a_mixed_fleet_is_judged_per_class(tmp_path) -> None:
     assert any("on the baseline's scale" in r and "h100" in r for r in reasons)
     assert result.kept > 0
     sim.close()
+
+
+def test_short_screens_are_watched_and_stop_where_they_rank_apart(tmp_path) -> None:
+    # A short screen a quarter of a trial long; with every knob "late" (its benefit shows
+    # only at the full budget) the two budgets rank candidates apart and the monitor stops
+    # short screens; with none late they agree and screening short goes on to the end.
+    model = dataclasses.replace(SMALL, slots=8, constants=32, screen_fraction=0.25, target=0.0)
+    fair = simulate(dataclasses.replace(model, max_candidates=60))
+    assert fair.short_off_s is None
+    assert fair.fidelity.tau is not None and fair.fidelity.tau > 0.5, fair.fidelity
+    biased = Simulation(dataclasses.replace(model, late=1.0, max_candidates=60), tmp_path)
+    result = biased.run()
+    assert result.short_off_s is not None
+    assert result.fidelity.apart and result.fidelity.pairs >= model.merge.rank_pairs
+    trials = biased.store.list_trials(CAMPAIGN)
+    shorts = [t for t in trials if t.kind is TrialKind.SHORT]
+    # Short screens ran at a quarter of the trial length, and none started after the stop.
+    assert shorts and all(t.result and t.result.duration_s < 0.5 * model.trial_s for t in shorts)
+    assert max(t.created_at for t in shorts) <= max(
+        t.created_at for t in trials if t.kind is TrialKind.CANDIDATE
+    )
+    later = [
+        c
+        for c in biased.store.list_candidates(CAMPAIGN)
+        if biased.store.get_trial(CAMPAIGN, f"c{c.id}-g0-screen")
+        and not biased.store.get_trial(CAMPAIGN, f"c{c.id}-g0-short")
+    ]
+    assert later, "no candidate was screened at the full budget after the monitor stopped"
+    biased.close()

@@ -152,7 +152,7 @@ def test_output_tail_decodes_invalid_utf8(tmp_path: Path) -> None:
     assert result.output_tail == "ok \ufffd\n"
 
 
-def test_env_holds_only_allowed_variables_the_seed_and_gpu_ids(
+def test_env_holds_only_allowed_variables_the_seed_the_budget_and_gpu_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec, policy: Policy
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-secret")
@@ -162,11 +162,12 @@ def test_env_holds_only_allowed_variables_the_seed_and_gpu_ids(
         env_allow=["PATH", "FARM_TEST_ALLOWED", "NOT_SET_ANYWHERE"],
         env={"EXTRA": "1", "CUDA_VISIBLE_DEVICES": "0"},
         seed=42,
+        budget_s=7.5,
     )
     result = run_in(tmp_path, "env", env=build_env(spec), policy=policy)
     lines = set(result.output_tail.splitlines())
     assert "sk-test-secret" not in result.output_tail
-    assert {"FARM_SEED=42", "FARM_TEST_ALLOWED=yes", "EXTRA=1"} <= lines
+    assert {"FARM_SEED=42", "FARM_BUDGET_S=7.5", "FARM_TEST_ALLOWED=yes", "EXTRA=1"} <= lines
     assert "CUDA_VISIBLE_DEVICES=3" in lines  # Ray's assignment wins over the config
     assert not any(line.startswith("NOT_SET_ANYWHERE") for line in lines)
 
