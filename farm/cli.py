@@ -181,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[0.0],
         help="share of knobs whose benefit a short screen cannot see (its bias), e.g. 0,0.5",
     )
+    sim.add_argument(
+        "--rho",
+        type=_shares,
+        default=[0.0],
+        help="share of the seed noise two commits run with one seed have in common (paired "
+        "screens pay where it is high; examples/eclip: 0.76-0.98 for small changes)",
+    )
     sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
     sim.add_argument(
         "--no-sequential",
@@ -530,6 +537,7 @@ def _simulate(args: argparse.Namespace) -> int:
             merge=MergeConfig(max_rebases=rebases),
             screen_fraction=fraction,
             late=late,
+            rho=rho,
         )
         for slots in ([sum(n for _, n, _ in args.fleet)] if args.fleet else args.slots)
         for schedule in args.schedule
@@ -538,6 +546,7 @@ def _simulate(args: argparse.Namespace) -> int:
         for rebases in args.max_rebases
         for fraction in args.screen_fraction
         for late in args.late
+        for rho in args.rho
     ]
     m = models[0]
     print(
@@ -554,7 +563,8 @@ def _simulate(args: argparse.Namespace) -> int:
             else ""
         )
         + "; "
-        f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}); "
+        f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}, "
+        f"shared by one seed ρ {','.join(f'{r:g}' for r in args.rho)}); "
         f"{args.seeds} seeds, medians"
         + (
             "; fleet " + ", ".join(f"{c}: {n} slots, {o:+g}" for c, n, o in args.fleet)

@@ -61,7 +61,7 @@ class MergeConfig:
     # Confirmations run one at a time (farm/merge.py `sequential`): the confirmations so
     # far stop early below futility_z standard errors (discard) or beyond efficacy_z (keep).
     futility_z: float = 0.0
-    efficacy_z: float = 2.0
+    efficacy_z: float = 2.5
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
@@ -70,6 +70,11 @@ class MergeConfig:
     # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
     # never takes a full budget; one still running at preflight_s has passed (it is stopped).
     preflight_s: float = 0.0
+    # A screen runs with the seed of one of its reference's runs (common random numbers) and,
+    # where the campaign's screens show that pairing at least halves the variance of their
+    # gap to that run, earns confirmations beyond paired_z σ of paired gaps instead.
+    paired: bool = True
+    paired_z: float = 1.5
     # Multi-fidelity screening (0 = off): a new candidate first runs screen_budget_s seconds
     # (its FARM_BUDGET_S says so: the target must train for that long), and only the best
     # `promote` share of the short screens ranked against the same incumbent go on to a

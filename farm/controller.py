@@ -17,6 +17,7 @@ from farm.config import TargetConfig
 from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.merge import (
+    SHORT_TIMEOUTS,
     Baseline,
     NoisePools,
     Verdict,
@@ -25,6 +26,8 @@ from farm.merge import (
     judge,
     mean,
     offset_error,
+    paired_bar,
+    paired_spread,
     placed,
     promoted,
     runs_of,
@@ -87,6 +90,11 @@ class Controller:
         # first short screen), and whether their ranks disagreed enough to stop screening short.
         self._fidelity: dict[str, Trial] | None = None
         self._short_off = False
+        # Paired screens: each reference's partner run, and every finished screen's gap to
+        # its partner by candidate id (loaded at the first screen judged).
+        self._partners: dict[str, Trial] = {}
+        self._gaps: dict[int, float] | None = None
+        self._paired_said = False
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -292,6 +300,8 @@ class Controller:
             return False
         if self._trial(screen):
             return True  # promoted already
+        if short.result and short.result.outcome is Outcome.TIMEOUT:
+            return True  # says nothing of the candidate (the monitor counts these)
         what = f"short screen ({m.screen_budget_s:g} s)"
         failed = self._failure(short, what)
         if failed:
@@ -364,16 +374,106 @@ class Controller:
                     f"budgets: Kendall's τ {found.tau:.2f} over {found.pairs} pairs < "
                     f"min_rank_agreement {m.min_rank_agreement:g}; new candidates are "
                     "screened at the full budget from now on"
+                    if found.timeouts < SHORT_TIMEOUTS
+                    else f"{found.timeouts} short screens ran past screen_budget_s = "
+                    f"{m.screen_budget_s:g} s without a metric: make the target train for "
+                    "FARM_BUDGET_S seconds (farm sets it for every trial); new candidates are "
+                    "screened at the full budget from now on"
                 )
                 log.warning("%s", said)
                 self.notices.append(said)
         return self._short_off
 
     def _ensure_screen(self, cand: Candidate) -> Trial:
-        return self._ensure_trial(f"c{cand.id}-g0-screen", TrialKind.CANDIDATE, cand)
+        trial_id = f"c{cand.id}-g0-screen"
+        found = self._trial(trial_id)
+        if found is not None:
+            return found
+        partner = self._partner_of(cand.base_sha) if self.cfg.merge.paired else None
+        return self._ensure_trial(trial_id, TrialKind.CANDIDATE, cand, partner=partner)
 
-    def _ensure_trial(self, trial_id: str, kind: TrialKind, cand: Candidate | None) -> Trial:
-        """The trial with this id, queued now if it does not exist yet (None: the baseline)."""
+    def _partner_of(self, sha: str) -> Trial | None:
+        """The run of commit `sha` that a screen against it shares its seed with (common
+        random numbers): the baseline's first run, or the first re-run of the candidate that
+        made `sha` the incumbent (not its screen: that passed a gate, so it is biased); None
+        while it has none (a merge on evidence, before its measuring runs)."""
+        if sha not in self._partners:
+            if sha == self.start_sha:
+                found = self._trial("base-0")
+            else:
+                kept = self._kept_decision(sha).candidate_id
+                runs = self.store.list_trials(self.campaign, candidate_id=kept)
+                found = next(
+                    (
+                        t
+                        for t in runs
+                        if t.commit_sha == sha and t.kind in (TrialKind.CONFIRM, TrialKind.REBASE)
+                    ),
+                    None,
+                )
+            if found is None:
+                return None
+            self._partners[sha] = found
+        return self._partners[sha]
+
+    def _paired_gaps(self) -> dict[int, float]:
+        """Every finished screen's gap to its partner run, by candidate id."""
+        if self._gaps is None:
+            done = self.store.list_trials(self.campaign, states={TrialState.DONE})
+            by_id = {t.id: t for t in done}
+            gaps = (
+                (t.candidate_id, self._gap(t, by_id[t.partner]))
+                for t in done
+                if t.kind is TrialKind.CANDIDATE and t.partner in by_id
+            )
+            self._gaps = {c: g for c, g in gaps if c is not None and g is not None}
+        return self._gaps
+
+    def _gap(self, screen: Trial, partner: Trial) -> float | None:
+        """How much the screen improved on its partner run (both on the baseline's scale);
+        None if either has no comparable metric."""
+        both = self._placed([partner, screen])
+        if len(both) < 2 or len(self._placed([screen])) < 1:
+            return None
+        return self.cfg.direction.improvement(old=both[0], new=both[1])
+
+    def _paired_gate(self, screen: Trial, sigma: float, incumbent_runs: float) -> Verdict | None:
+        """The screen's gate on its gap to its partner run, where the campaign's screens show
+        that pairing at least halves the variance (farm.merge.paired_bar); else None."""
+        partner = self._trial(screen.partner) if screen.partner else None
+        gap = self._gap(screen, partner) if partner else None
+        if gap is None or not sigma > 0:
+            return None
+        gaps = self._paired_gaps()
+        gaps[screen.candidate_id or 0] = gap
+        others = [g for c, g in gaps.items() if c != screen.candidate_id]
+        m = self.cfg.merge
+        bar = paired_bar(paired_spread(others), sigma=sigma, incumbent_runs=incumbent_runs, m=m)
+        if bar is None:
+            return None
+        if not self._paired_said:
+            self._paired_said = True
+            said = (
+                f"screens share a seed with a run of their reference (common random numbers) "
+                f"and their gaps to it spread σ {bar / m.paired_z:.3g} against the "
+                f"baseline's σ {sigma:.3g}: a screen now earns confirmations beyond "
+                f"paired_z·{bar / m.paired_z:.3g} of its gap"
+            )
+            log.info("%s", said)
+            self.notices.append(said)
+        (value,) = self._placed([screen])
+        return Verdict(passed=gap > bar, estimate=value, delta=gap, threshold=bar)
+
+    def _ensure_trial(
+        self,
+        trial_id: str,
+        kind: TrialKind,
+        cand: Candidate | None,
+        *,
+        partner: Trial | None = None,
+    ) -> Trial:
+        """The trial with this id, queued now if it does not exist yet (None: the baseline);
+        with `partner`, it runs with the partner's seed."""
         existing = self._trial(trial_id)
         if existing is not None:
             return existing
@@ -383,10 +483,11 @@ class Controller:
             kind=kind,
             commit_sha=cand.commit_sha if cand else self.start_sha,
             base_sha=self.start_sha,
-            seed=trial_seed(f"{self.campaign}/{trial_id}"),
+            seed=partner.seed if partner else trial_seed(f"{self.campaign}/{trial_id}"),
             candidate_id=cand.id if cand else None,
             files=cand.files if cand else {},
             reference=cand.base_sha if cand and kind is TrialKind.SHORT else "",
+            partner=partner.id if partner else "",
         )
         self.store.enqueue_trial(trial)
         return trial
@@ -504,14 +605,23 @@ class Controller:
                 trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
                 runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
                 continue
+            behind = self._runs_behind(ref, runs)
+            gate = None
+            if len(runs) == 1:
+                confirm0 = self._trial(f"c{cand.id}-g0-confirm0")
+                if confirm0 is not None:  # the screen passed its gate when it was judged
+                    runs.append(confirm0)
+                    continue
+                gate = self._paired_gate(last, sigma, behind)
             keep, verdict = sequential(
                 values,
                 m=self.cfg.merge,
                 stages=stages,
                 incumbent=ref.metric,
-                incumbent_runs=self._runs_behind(ref, runs),
+                incumbent_runs=behind,
                 sigma=sigma,
                 direction=self.cfg.direction,
+                gate=gate,
             )
             if keep is None:
                 trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
@@ -521,6 +631,8 @@ class Controller:
             if not keep:  # no better than `ref`: its runs are at its level
                 self._pool(ref.sha, repeats, key=f"c{cand.id}")
                 how = f"after {len(repeats)} confirmations" if repeats else "screen"
+                if gate and not repeats:
+                    how += f", paired with {last.partner} (the same seed)"
                 return self._decide(
                     cand,
                     DecisionKind.DISCARDED,

@@ -30,13 +30,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from farm.config import MergeConfig
-from farm.records import Direction, Trial, TrialKind
+from farm.records import Direction, Outcome, Trial, TrialKind
 
 MAD_SIGMAS = 1.4826  # σ of a normal sample per unit of median absolute deviation
 OUTLIER_SIGMAS = 5.0  # a Gaussian run lands this far out about once in 3.5 million
 OUTLIER_MIN_RUNS = 6  # fewer, and the MAD is one gap between two runs
 WINSOR_SIGMAS = 3.0  # a candidate's run counts at most this far from its runs' median
 DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
+PAIRED_MIN = 10  # screens with a partner run before the spread of their gaps is trusted
+PAIRED_GAIN = 0.5  # pair only where it at least halves the variance a screen is gated by
+SHORT_TIMEOUTS = 3  # short screens killed at their budget before farm stops screening short
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,29 @@ class NoisePools:
         return math.sqrt((self._ss.get(sha, 0.0) + missing * inherited * inherited) / self.min_dof)
 
 
+def paired_spread(gaps: Sequence[float]) -> float | None:
+    """σ of a screen's gap to its partner (the reference's run with the same seed), robustly
+    from the gaps of the screens so far: most candidates change little, and the few that
+    gain or lose much would inflate a plain σ. None before PAIRED_MIN of them."""
+    if len(gaps) < PAIRED_MIN:
+        return None
+    mid = statistics.median(gaps)
+    return MAD_SIGMAS * statistics.median(abs(g - mid) for g in gaps)
+
+
+def paired_bar(
+    spread: float | None, *, sigma: float, incumbent_runs: float, m: MergeConfig
+) -> float | None:
+    """What a screen's paired gap (its improvement over its partner run) must exceed, where
+    pairing at least halves the variance the unpaired gate has (σ²·(1 + 1/n)); else None.
+    Pairing pays as far as the seed drives a run alike on both commits: on examples/eclip a
+    small change keeps ρ 0.76–0.98 with its parent, a large one loses it."""
+    unpaired = sigma * sigma * (1 + 1 / max(incumbent_runs, 1))
+    if spread is None or not spread * spread <= PAIRED_GAIN * unpaired:
+        return None
+    return m.paired_z * spread
+
+
 def steady(
     values: list[float], *, incumbent: float, sigma: float, direction: Direction
 ) -> list[float]:
@@ -306,19 +332,21 @@ def sequential(
     incumbent_runs: float,
     sigma: float,
     direction: Direction,
+    gate: Verdict | None = None,
 ) -> tuple[bool | None, Verdict]:
     """One look of the sequential test at a candidate's runs so far (the screen first, then
     one confirmation at a time, `stages` runs at most): (True, v) keep, (False, v) discard,
     (None, v) run one more.
 
-    The screen only earns confirmations (beyond `screen_z` standard errors): it passed a
-    gate, so it is biased and never judged again. After each confirmation the estimate from
-    the confirmations is judged: kept early beyond `efficacy_z` (two or more of them),
-    discarded early short of `futility_z`, judged against `z` after the last stage. With
-    no confirmations (`stages` 1: confirm = 0, or a deterministic target) the screen is
-    judged against `z`. A confirmation that diverged (far worse than the incumbent, as the
-    baseline's outliers were) is left out, as they were, and run again once; two such are
-    a discard. scripts/bench/merge_quality.py measures the error rates all this gives.
+    The screen only earns confirmations (beyond `screen_z` standard errors, or as `gate`,
+    its paired gate, says): it passed a gate, so it is biased and never judged again. After
+    each confirmation the estimate from the confirmations is judged: kept early beyond
+    `efficacy_z` (two or more of them), discarded early short of `futility_z`, judged
+    against `z` after the last stage. With no confirmations (`stages` 1: confirm = 0, or a
+    deterministic target) the screen is judged against `z`. A confirmation that diverged
+    (far worse than the incumbent, as the baseline's outliers were) is left out, as they
+    were, and run again once; two such are a discard. scripts/bench/merge_quality.py
+    measures the error rates all this gives.
     """
     least = smallest_delta(m, incumbent)
     # A screen that diverged is a screen that failed: most such candidates are just bad.
@@ -344,8 +372,8 @@ def sequential(
     if stages == 1:
         final = at(good, m.z)
         return final.passed, final
-    if len(good) == 1:  # the screen: going on needs no smallest gain
-        gate = at(good, m.screen_z, -math.inf)
+    if len(good) == 1:  # the screen: going on needs no smallest gain (paired: `gate`)
+        gate = gate or at(good, m.screen_z, -math.inf)
         return (None if gate.passed else False), gate
     confirmed = good[1:]
     if last:
@@ -394,9 +422,15 @@ class Fidelity:
 
     tau: float | None  # Kendall's τ; None before any pair
     pairs: int
+    timeouts: int  # short screens killed at screen_budget_s: the target ignores FARM_BUDGET_S
     apart: bool  # τ below min_rank_agreement over rank_pairs or more: stop screening short
 
     def describe(self, m: MergeConfig) -> str:
+        if self.timeouts >= SHORT_TIMEOUTS:
+            return (
+                f"{self.timeouts} short screens ran past {m.screen_budget_s:g} s: the target "
+                "does not train within FARM_BUDGET_S; stopped, new candidates screen in full"
+            )
         if self.tau is None:
             return f"no candidate has run at both budgets yet (τ needs {m.rank_pairs} pairs)"
         said = f"Kendall's τ {self.tau:+.2f} over {self.pairs} pairs"
@@ -410,7 +444,12 @@ class Fidelity:
 def fidelity(trials: Sequence[Trial], m: MergeConfig) -> Fidelity:
     """The rank monitor of short screens over these trials."""
     tau, n = rank_agreement(fidelity_pairs(trials))
-    return Fidelity(tau, n, tau is not None and n >= m.rank_pairs and tau < m.min_rank_agreement)
+    late = sum(
+        t.kind is TrialKind.SHORT and t.result is not None and t.result.outcome is Outcome.TIMEOUT
+        for t in trials
+    )
+    apart = tau is not None and n >= m.rank_pairs and tau < m.min_rank_agreement
+    return Fidelity(tau, n, late, apart or late >= SHORT_TIMEOUTS)
 
 
 def rank_agreement(pairs: Sequence[tuple[str, float, float]]) -> tuple[float | None, int]:

@@ -261,6 +261,7 @@ class Trial:
     result: TrialResult | None = None
     created_at: float = field(default_factory=time.time)
     reference: str = ""  # a short screen: the incumbent it is ranked against
+    partner: str = ""  # a screen: the reference's run whose seed it shares (paired)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

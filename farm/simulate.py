@@ -148,10 +148,14 @@ class Landscape:
             v * d[i] * d[j] for i, j, v in self.pairs
         )
 
-    def draw(self, text: str, seed: int, *, short: bool = False) -> float:
-        """One trial's metric: the true loss plus seed noise (the trial's farm seed)."""
-        loss = self.true_loss(text, short=short)
-        return loss + self.noise * random.Random(seed).gauss(0.0, 1.0)
+    def draw(self, text: str, seed: int, *, short: bool = False, rho: float = 0.0) -> float:
+        """One trial's metric: the true loss plus seed noise. Two commits run with the same
+        seed share `rho` of its variance (common random numbers: the same initialisation
+        and data order), the rest is their own."""
+        shared = random.Random(seed).gauss(0.0, 1.0)
+        own = random.Random(f"{seed}/{text}").gauss(0.0, 1.0)
+        eps = math.sqrt(rho) * shared + math.sqrt(1 - rho) * own
+        return self.true_loss(text, short=short) + self.noise * eps
 
 
 # -- the model of the farm --------------------------------------------------------------------
@@ -175,6 +179,7 @@ class SimModel:
     tick_s: float = 1.0  # the roles' poll period
     constants: int = 16  # knobs of the synthetic target
     noise: float = 0.5  # its seed noise σ
+    rho: float = 0.0  # the share of it two commits run with the same seed have in common
     target: float = 0.2  # stop at this share of the starting loss (0: run to the end)
     max_candidates: int = 400
     max_hours: float = 24 * 14
@@ -230,6 +235,11 @@ class SimResult:
     @property
     def utilisation(self) -> float:
         return self.busy_s / (self.model.slots * self.wall_s) if self.wall_s else 0.0
+
+    @property
+    def budgets_per_candidate(self) -> float:
+        """Slot time per candidate created, in median trial lengths: what a decision costs."""
+        return self.busy_s / (self.model.trial_s * self.candidates) if self.candidates else 0.0
 
     @property
     def trials_per_slot_hour(self) -> float:
@@ -380,7 +390,8 @@ class Simulation:
                 output_tail="RuntimeError: CUDA error: an illegal memory access (simulated)",
                 hardware=hardware,
             )
-        metric = self.land.draw(text, trial.seed * 7919 + self.model.seed, short=short) + offset
+        seed = trial.seed * 7919 + self.model.seed
+        metric = self.land.draw(text, seed, short=short, rho=m.rho) + offset
         return TrialResult(
             trial_id=trial.id,
             outcome=Outcome.OK,
@@ -538,10 +549,12 @@ COLUMNS = [
     "max rebases",
     "short screen",
     "late knobs",
+    "ρ",
     "LLM s",
     "utilisation",
     "starved",
     "trials/slot-h",
+    "budgets/cand.",
     "to target (h)",
     "sequential (h)",
     "speed-up",
@@ -575,10 +588,12 @@ def cells(rows: list[Row]) -> list[str]:
         str(m.merge.max_rebases),
         f"{m.screen_fraction:.0%}" if m.screen_fraction else "—",
         f"{m.late:.0%}",
+        f"{m.rho:g}",
         f"{m.llm_s:g}",
         med([r.farm.utilisation for r in rows], ".1%"),
         med([r.farm.starved_s / (m.slots * r.farm.wall_s) for r in rows], ".1%"),
         med([r.farm.trials_per_slot_hour for r in rows], ".2f"),
+        med([r.farm.budgets_per_candidate for r in rows], ".2f"),
         med([h(r.farm.reached_s) for r in rows], ".2f"),
         *(
             [

@@ -10,7 +10,13 @@ a campaign of its own (a fresh baseline, so the rates are averaged over campaign
 one edit of `EFFECT` (0 = no effect) and `SEED_OFFSET`. Three kinds of target (`NOISE`):
 `gaussian` (ε ~ N(0, 1)), `heavy` (one run in twelve diverges: ε = 10·|N(0, 1)|, far
 worse and never better, as the 40.9 among 1.0–4.8 of issue 11) and `zero` (a fixed
-`random_state`: ε = 0, every run prints the same number).
+`random_state`: ε = 0, every run prints the same number). A candidate's screen runs with
+the seed of the baseline's first run (farm pairs it with that run); a fourth kind,
+`paired`, is Gaussian noise of which two commits run with one seed share ρ = 0.9 (as
+small changes to examples/eclip do: scripts/bench/paired_seeds.py), and `mixed` shares it
+only for every other candidate (a large change draws its random numbers anew). Pairing is
+measured inside whole campaigns (`--paired` campaigns of 30 no-effect candidates and then
+one of 2σ, through the real controller), where the spread of paired gaps can be learned.
 
 Two paths, on the same seeds:
 - `--check` candidates per effect run through the real `farm.controller.Controller` (real
@@ -38,7 +44,7 @@ from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
 from farm.controller import FIRST_BASELINE, Controller, trial_seed
-from farm.merge import baseline, sequential
+from farm.merge import PAIRED_MIN, baseline, sequential
 from farm.records import (
     Campaign,
     Candidate,
@@ -60,16 +66,19 @@ START_SHA = "0" * 40
 NOISES = ("gaussian", "heavy", "zero")
 DIVERGE = 1 / 12  # share of divergent runs of the heavy-tailed target
 SLOTS = 8  # of the controller check: the baseline's first wave is this many runs
+NULLS = 30  # no-effect candidates before the 2σ one, in each whole campaign
+RHO = 0.9  # of the `paired` kind: the share of seed noise two commits with one seed share
 
 
 def base_train(kind: str = "gaussian") -> str:
     return f"EFFECT = 0.0  # improvement in units of sigma\nSEED_OFFSET = 0\nNOISE = {kind!r}\n"
 
 
-def candidate_train(effect: float, kind: str = "gaussian") -> str:
+def candidate_train(effect: float, kind: str = "gaussian", offset: int = 1) -> str:
     # Every candidate also moves SEED_OFFSET, so a no-effect candidate is a seed-only change.
     return (
-        f"EFFECT = {effect}  # improvement in units of sigma\nSEED_OFFSET = 1\nNOISE = {kind!r}\n"
+        f"EFFECT = {effect}  # improvement in units of sigma\nSEED_OFFSET = {offset}\n"
+        f"NOISE = {kind!r}\n"
     )
 
 
@@ -80,6 +89,10 @@ def synthetic_loss(train_py: str, seed: int) -> float:
     kind = re.search(r"^NOISE = '(\w+)'", train_py, re.M).group(1)  # type: ignore[union-attr]
     rng = random.Random(seed * 1_000_003 + offset)
     eps = rng.gauss(0.0, 1.0)
+    # The part the seed alone draws is the same on every commit; `mixed`: only on those
+    # whose SEED_OFFSET is even (a large change draws its random numbers anew).
+    if kind == "paired" or (kind == "mixed" and offset % 2 == 0):
+        eps = RHO**0.5 * random.Random(seed).gauss(0.0, 1.0) + (1 - RHO) ** 0.5 * eps
     if kind == "heavy" and rng.random() < DIVERGE:
         eps = 10 * abs(eps)  # a divergent run: far worse, never better
     return 1.0 - effect * SIGMA + (0.0 if kind == "zero" else SIGMA * eps)
@@ -102,37 +115,77 @@ def target_config(m: MergeConfig) -> TargetConfig:
     )
 
 
-def controller_decision(
-    store: SQLiteStore, cfg: TargetConfig, cid: str, effect: float, kind: str
-) -> bool:
-    """Run one candidate through Controller.step until it decides; True if it was kept."""
-    base_files = {"train.py": base_train(kind)}
+def new_campaign(store: SQLiteStore, cfg: TargetConfig, cid: str, kind: str) -> Controller:
     store.create_campaign(
         Campaign(id=cid, target="", start_sha=START_SHA, config=cfg.to_dict()),
-        Incumbent(sha=START_SHA, files=base_files),
+        Incumbent(sha=START_SHA, files={"train.py": base_train(kind)}),
     )
-    text = candidate_train(effect, kind)
+    return Controller(store=store, repo=SimRepo(), cfg=cfg, campaign=cid)  # type: ignore[arg-type]
+
+
+def decide(store: SQLiteStore, ctl: Controller, cid: str, text: str) -> tuple[bool, int]:
+    """Draft `text` on the incumbent and step the controller until it decides: (kept,
+    trials the candidate ran)."""
+    inc = store.get_incumbent(cid)
+    cand_id = store.next_candidate_id(cid)
     store.add_candidate(
         Candidate(
             campaign=cid,
-            id=store.next_candidate_id(cid),
-            base_sha=START_SHA,
-            title=f"effect {effect}",
+            id=cand_id,
+            base_sha=inc.sha,
+            title=text.splitlines()[0],
             hypothesis="",
-            edits=[Edit(path="train.py", search=base_train(kind), replace=text)],
+            edits=[Edit(path="train.py", search=inc.files["train.py"], replace=text)],
             files={"train.py": text},
             edit_hash=text,
         )
     )
-    ctl = Controller(store=store, repo=SimRepo(), cfg=cfg, campaign=cid)  # type: ignore[arg-type]
+    base_files = store.get_incumbent(cid).files
     while True:
         made = ctl.step(slots=SLOTS)
         if made:
-            return made[0].kind is DecisionKind.KEPT
+            return made[0].kind is DecisionKind.KEPT, len(
+                store.list_trials(cid, candidate_id=cand_id)
+            )
         for t in store.claim_trials(cid, worker="bench", n=SLOTS, lease_s=600):
             # The trial's seed as farm hands it to training; the files it would run.
             loss = synthetic_loss((t.files or base_files)["train.py"], t.seed)
             store.record_result(cid, TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=loss))
+
+
+def controller_decision(
+    store: SQLiteStore, cfg: TargetConfig, cid: str, effect: float, kind: str
+) -> bool:
+    """Run one candidate through Controller.step until it decides; True if it was kept."""
+    ctl = new_campaign(store, cfg, cid, kind)
+    return decide(store, ctl, cid, candidate_train(effect, kind))[0]
+
+
+def paired_campaigns(
+    m: MergeConfig, kind: str, campaigns: int, nulls: int
+) -> tuple[float, float, float, float]:
+    """Whole campaigns through the real controller: `nulls` no-effect candidates (each a
+    seed-only change of its own), then one of 2σ. Returns the false-keep rate, the keep rate
+    at 2σ, the trials per no-effect candidate, and the same once PAIRED_MIN screens are in
+    (before that no campaign knows how far pairing helps)."""
+    cfg = target_config(m)
+    false, power, trials, later = 0, 0, 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "farm.db")
+        try:
+            for j in range(campaigns):
+                cid = f"whole{j}-{kind}"
+                ctl = new_campaign(store, cfg, cid, kind)
+                for k in range(1, nulls + 1):
+                    ok, ran = decide(store, ctl, cid, candidate_train(0.0, kind, offset=k))
+                    false += ok
+                    trials += ran
+                    later += ran if k > PAIRED_MIN else 0
+                power += decide(store, ctl, cid, candidate_train(2.0, kind, offset=nulls + 1))[0]
+        finally:
+            store.close()
+    n = campaigns * nulls
+    return false / n, power / campaigns, trials / n, later / (campaigns * (nulls - PAIRED_MIN))
 
 
 # -- the same rule, called directly ------------------------------------------------------------
@@ -154,7 +207,7 @@ def draws(
     text = candidate_train(effect, kind)
     return Draws(
         base=[loss(f"base-{k}", base_train(kind)) for k in range(max_repeats)],
-        screen=loss("c1-g0-screen", text),
+        screen=loss("base-0", text),  # the screen shares base-0's seed (paired)
         confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
     )
 
@@ -203,10 +256,10 @@ def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[li
         for effect in (0.0, 2.0):
             keeps = 0
             for k in range(1, candidates + 1):
-                text = candidate_train(effect)
+                text = candidate_train(effect, offset=k)
                 d = Draws(
                     base=base,
-                    screen=synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-screen")),
+                    screen=synthetic_loss(text, trial_seed(f"{cid}/base-0")),
                     confirms=[
                         synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-confirm{i}"))
                         for i in range(m.confirm)
@@ -312,6 +365,7 @@ def main() -> None:
     ap.add_argument("--campaigns", type=int, default=300, help="for the in-campaign table")
     ap.add_argument("--candidates", type=int, default=100, help="per campaign and effect")
     ap.add_argument("--search-n", type=int, default=1000, help="first pass of the search")
+    ap.add_argument("--paired", type=int, default=100, help="whole campaigns per kind")
     args = ap.parse_args()
 
     checked = check_controller(args.check) if args.check else 0
@@ -377,6 +431,26 @@ def main() -> None:
             f"| {statistics.median(rates):.1%} | {p90(rates):.1%} | {share:.0%} "
             f"| {error:+.2f}σ |"
         )
+    print()
+    print(
+        f"Whole campaigns through the real controller ({args.paired} per row: {NULLS} "
+        "no-effect candidates, then one of 2σ), the defaults with paired screens off and on"
+    )
+    print()
+    print(
+        "| noise | paired | false keep (0σ) | keep 2σ | trials / no-effect cand. "
+        f"| after the first {PAIRED_MIN} |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for kind in ("gaussian", "paired", "mixed"):
+        for paired in (False, True):
+            fk, pw, cost, later = paired_campaigns(
+                MergeConfig(paired=paired), kind, args.paired, NULLS
+            )
+            print(
+                f"| {kind} | {'on' if paired else 'off'} | {fk:.1%} | {pw:.1%} | {cost:.2f} "
+                f"| {later:.2f} |"
+            )
     print()
     print(
         f"controller check: {checked} candidates through farm.controller.Controller made the "

@@ -7,8 +7,8 @@ drafts, each with the same `--seeds` farm seeds (FARM_SEED), and prints, per edi
 the difference to the unchanged code varies when each run is paired with the unchanged
 run of its seed (common random numbers) and when it is not. Pairing pays where
 var(paired difference) < var(edit) + var(unchanged), i.e. where runs of one seed stay
-correlated across the edit (ρ > 0): farm's `[merge] paired` judges paired differences
-only where the campaign's own runs show that (docs/performance.md#paired-seeds).
+correlated across the edit (ρ > 0): farm's `[merge] paired` gates screens on their paired
+gaps only where the campaign's own screens show that (docs/performance.md#paired-seeds).
 """
 
 from __future__ import annotations

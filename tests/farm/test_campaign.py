@@ -260,6 +260,7 @@ def test_short_screens_run_at_their_budget_and_stop_when_ranks_turn_around(
 
     from farm.metrics import LedgerCollector
     from farm.progress import short_screens
+    from farm.report import report_markdown
 
     # A full budget rewards LR near 2; a short one rewards small LRs (big steps pay off late):
     # every draft lowers LR, so the two budgets rank them exactly apart, and none is kept.
@@ -301,6 +302,7 @@ def test_short_screens_run_at_their_budget_and_stop_when_ranks_turn_around(
     said = short_screens(store, "default")
     assert f"{len(shorted)} in, {len(shorted)} went on" in said
     assert "< 0.3: stopped" in said
+    assert f"| short screens | {said} |" in report_markdown(store, "default")
     registry = CollectorRegistry()
     registry.register(LedgerCollector(store, ["default"]))
     server = served(registry)

@@ -562,3 +562,84 @@ def test_screening_short_stops_once_short_and_full_budgets_rank_apart(short_benc
     # A restarted controller reads the same from the store.
     again = Controller(store=b.store, repo=b.repo, cfg=b.cfg, campaign="default")
     assert again.screening_stopped()
+
+
+def test_short_screens_that_time_out_go_on_and_three_stop_screening_short(
+    short_bench: Bench,
+) -> None:
+    b = short_bench
+    ids = b.propose(("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"), ("MOM = 0.1", "MOM = 0.5"))
+    b.ctl.step(slots=8)
+    for t in b.store.claim_trials("default", worker="test", n=10, lease_s=60):
+        timeout = TrialResult(trial_id=t.id, outcome=Outcome.TIMEOUT, exit_code=-15)
+        b.store.record_result("default", timeout)
+    b.ctl.step(slots=8)
+    # A target that ignores FARM_BUDGET_S says nothing by timing out: each goes on in full.
+    for i in ids:
+        assert b.state(i) is CandidateState.RUNNING
+        assert b.store.get_trial("default", f"c{i}-g0-screen") is not None
+    (new,) = b.propose(("MOM = 0.1", "MOM = 0.9"))
+    b.ctl.step(slots=8)
+    assert [t.id for t in b.store.list_trials("default", candidate_id=new)] == [f"c{new}-g0-screen"]
+    (said,) = b.ctl.notices
+    assert "3 short screens ran past screen_budget_s = 5 s without a metric" in said
+    assert "FARM_BUDGET_S" in said
+
+
+def test_a_screen_shares_the_seed_of_a_run_of_the_commit_it_is_judged_against(
+    bench: Bench,
+) -> None:
+    b = bench
+    (first,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.ctl.step(slots=8)
+    screen = b.store.get_trial("default", f"c{first}-g0-screen")
+    base0 = b.store.get_trial("default", "base-0")
+    assert screen is not None and base0 is not None
+    assert (screen.partner, screen.seed) == ("base-0", base0.seed)
+    for _ in range(3):
+        b.finish({f"c{first}-": 0.5})
+    b.ctl.step(slots=8)
+    assert b.state(first) is CandidateState.KEPT
+    # Against the new incumbent: its first re-run (its screen passed a gate: biased).
+    (second,) = b.propose(("MOM = 0.1", "MOM = 0.5"))
+    b.ctl.step(slots=8)
+    screen = b.store.get_trial("default", f"c{second}-g0-screen")
+    partner = b.store.get_trial("default", f"c{first}-g0-confirm0")
+    assert screen is not None and partner is not None
+    assert (screen.partner, screen.seed) == (partner.id, partner.seed)
+    confirm = b.store.get_trial("default", f"c{first}-g0-confirm1")
+    assert confirm is not None and confirm.seed != partner.seed  # re-runs: seeds of their own
+
+
+def test_once_pairing_halves_the_variance_a_screen_is_gated_on_its_paired_gap(
+    bench: Bench,
+) -> None:
+    b = bench  # base-0 ran at 0.9; the baseline's mean is 1.0 and σ 0.115
+    edits = [("LR = 0.5", f"LR = {0.6 + k / 100}") for k in range(10)]
+    ids = b.propose(*edits)
+    b.ctl.step(slots=16)
+    # Ten screens that run like their partner base-0, give or take 0.01: the gaps spread
+    # far less than σ, but too few of them yet to trust, so each is gated unpaired (and
+    # passes: it is 0.1 better than the baseline's mean).
+    gaps = [0.01 * (-1) ** k * (k % 3) for k in range(10)]
+    b.finish({f"c{i}-g0-screen": 0.9 + g for i, g in zip(ids, gaps, strict=True)}, only=True)
+    b.ctl.step(slots=64)
+    assert all(b.store.get_trial("default", f"c{i}-g0-confirm0") for i in ids)
+    assert b.ctl.notices == []
+    # The eleventh is 0.08 better than the mean but 0.02 worse than its own seed's run on
+    # the incumbent: paired, that is no gain.
+    (worse,) = b.propose(("MOM = 0.1", "MOM = 0.2"))
+    b.finish({f"c{worse}-g0-screen": 0.92}, only=True, slots=64)
+    b.finish({f"c{worse}-g0-screen": 0.92}, only=True, slots=64)
+    assert b.state(worse) is CandidateState.DISCARDED
+    decision = b.store.get_decision("default", worse)
+    assert decision is not None
+    assert decision.reason.startswith("screen, paired with base-0 (the same seed): loss 0.92")
+    assert "Δ -0.02" in decision.reason
+    (said,) = b.ctl.notices
+    assert "common random numbers" in said
+    # And one that beats its own seed's run by more than the paired gaps spread goes on.
+    (better,) = b.propose(("MOM = 0.1", "MOM = 0.3"))
+    b.finish({f"c{better}-g0-screen": 0.85}, only=True, slots=64)
+    b.finish({f"c{better}-g0-screen": 0.85}, only=True, slots=64)
+    assert b.store.get_trial("default", f"c{better}-g0-confirm0") is not None
