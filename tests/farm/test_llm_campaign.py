@@ -314,7 +314,10 @@ def test_a_stop_mid_call_is_clean_and_the_ledger_keeps_every_paid_call(
             time.sleep(0.1)
         assert len(fake_api.requests) == 2, proc.communicate(timeout=30)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
+        # A clean stop takes seconds; on a loaded machine it once took over a minute here
+        # (the campaign had been six times slower than usual too). The assertions below are
+        # about how it stops, not how fast.
+        out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
