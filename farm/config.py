@@ -70,10 +70,13 @@ class MergeConfig:
     # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
     # never takes a full budget; one still running at preflight_s has passed (it is stopped).
     preflight_s: float = 0.0
-    # A screen runs with the seed of one of its reference's runs (common random numbers) and,
-    # where the campaign's screens show that pairing at least halves the variance of their
-    # gap to that run, earns confirmations beyond paired_z σ of paired gaps instead.
-    paired: bool = True
+    # Paired screens (off by default): a screen runs with the seed of one of its reference's
+    # runs (common random numbers) and, where the campaign's screens show that pairing at
+    # least halves the variance of their gap to that run, earns confirmations beyond
+    # paired_z σ of paired gaps instead. It pays where drafts are small changes (the seed
+    # carries over) and can discard a large one that redraws its random numbers: `make demo`
+    # lost the planted clamp fix to it (docs/performance.md#paired-seeds).
+    paired: bool = False
     paired_z: float = 1.5
     # Multi-fidelity screening (0 = off): a new candidate first runs screen_budget_s seconds
     # (its FARM_BUDGET_S says so: the target must train for that long), and only the best

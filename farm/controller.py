@@ -455,8 +455,8 @@ class Controller:
             self._paired_said = True
             said = (
                 f"screens share a seed with a run of their reference (common random numbers) "
-                f"and their gaps to it spread σ {bar / m.paired_z:.3g} against the "
-                f"baseline's σ {sigma:.3g}: a screen now earns confirmations beyond "
+                f"and their gaps to it spread σ {bar / m.paired_z:.3g} against σ "
+                f"{sigma:.3g} between runs: a screen now earns confirmations beyond "
                 f"paired_z·{bar / m.paired_z:.3g} of its gap"
             )
             log.info("%s", said)

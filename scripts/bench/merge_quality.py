@@ -10,8 +10,7 @@ a campaign of its own (a fresh baseline, so the rates are averaged over campaign
 one edit of `EFFECT` (0 = no effect) and `SEED_OFFSET`. Three kinds of target (`NOISE`):
 `gaussian` (ε ~ N(0, 1)), `heavy` (one run in twelve diverges: ε = 10·|N(0, 1)|, far
 worse and never better, as the 40.9 among 1.0–4.8 of issue 11) and `zero` (a fixed
-`random_state`: ε = 0, every run prints the same number). A candidate's screen runs with
-the seed of the baseline's first run (farm pairs it with that run); a fourth kind,
+`random_state`: ε = 0, every run prints the same number). A fourth kind,
 `paired`, is Gaussian noise of which two commits run with one seed share ρ = 0.9 (as
 small changes to examples/eclip do: scripts/bench/paired_seeds.py), and `mixed` shares it
 only for every other candidate (a large change draws its random numbers anew). Pairing is
@@ -207,7 +206,7 @@ def draws(
     text = candidate_train(effect, kind)
     return Draws(
         base=[loss(f"base-{k}", base_train(kind)) for k in range(max_repeats)],
-        screen=loss("base-0", text),  # the screen shares base-0's seed (paired)
+        screen=loss("c1-g0-screen", text),
         confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
     )
 
@@ -259,7 +258,7 @@ def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[li
                 text = candidate_train(effect, offset=k)
                 d = Draws(
                     base=base,
-                    screen=synthetic_loss(text, trial_seed(f"{cid}/base-0")),
+                    screen=synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-screen")),
                     confirms=[
                         synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-confirm{i}"))
                         for i in range(m.confirm)

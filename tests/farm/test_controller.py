@@ -590,6 +590,7 @@ def test_a_screen_shares_the_seed_of_a_run_of_the_commit_it_is_judged_against(
     bench: Bench,
 ) -> None:
     b = bench
+    b.cfg.merge.paired = True
     (first,) = b.propose(("LR = 0.5", "LR = 1.0"))
     b.ctl.step(slots=8)
     screen = b.store.get_trial("default", f"c{first}-g0-screen")
@@ -615,6 +616,7 @@ def test_once_pairing_halves_the_variance_a_screen_is_gated_on_its_paired_gap(
     bench: Bench,
 ) -> None:
     b = bench  # base-0 ran at 0.9; the baseline's mean is 1.0 and σ 0.115
+    b.cfg.merge.paired = True
     edits = [("LR = 0.5", f"LR = {0.6 + k / 100}") for k in range(10)]
     ids = b.propose(*edits)
     b.ctl.step(slots=16)
@@ -643,3 +645,13 @@ def test_once_pairing_halves_the_variance_a_screen_is_gated_on_its_paired_gap(
     b.finish({f"c{better}-g0-screen": 0.85}, only=True, slots=64)
     b.finish({f"c{better}-g0-screen": 0.85}, only=True, slots=64)
     assert b.store.get_trial("default", f"c{better}-g0-confirm0") is not None
+
+
+def test_without_paired_a_screen_has_a_seed_of_its_own(bench: Bench) -> None:
+    from farm.controller import trial_seed
+
+    (cand,) = bench.propose(("LR = 0.5", "LR = 1.0"))
+    bench.ctl.step(slots=8)
+    screen = bench.store.get_trial("default", f"c{cand}-g0-screen")
+    assert screen is not None and screen.partner == ""
+    assert screen.seed == trial_seed(f"default/c{cand}-g0-screen")
