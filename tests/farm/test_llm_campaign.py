@@ -307,6 +307,10 @@ def test_a_stop_mid_call_is_clean_and_the_ledger_keeps_every_paid_call(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background by a shell (`scripts/test.sh &`) hands its
+        # children SIGINT ignored, and Python then never turns Ctrl-C into
+        # KeyboardInterrupt: give `farm run` the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
@@ -314,10 +318,7 @@ def test_a_stop_mid_call_is_clean_and_the_ledger_keeps_every_paid_call(
             time.sleep(0.1)
         assert len(fake_api.requests) == 2, proc.communicate(timeout=30)
         proc.send_signal(sig)
-        # A clean stop takes seconds; on a loaded machine it once took over a minute here
-        # (the campaign had been six times slower than usual too). The assertions below are
-        # about how it stops, not how fast.
-        out, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
