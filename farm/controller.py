@@ -291,15 +291,15 @@ class Controller:
         if m.screen_budget_s <= 0:
             return True
         trial_id, screen = f"c{cand.id}-g0-short", f"c{cand.id}-g0-screen"
+        if self._trial(screen):
+            return True  # promoted already, or screened at the full budget from the start
         short = self._trial(trial_id)
         if short is None:
-            if self._trial(screen) or self.screening_stopped():
-                return True  # screened at the full budget
+            if self.screening_stopped():
+                return True
             short = self._ensure_trial(trial_id, TrialKind.SHORT, cand)
         if not short.state.is_finished():
             return False
-        if self._trial(screen):
-            return True  # promoted already
         if short.result and short.result.outcome is Outcome.TIMEOUT:
             return True  # says nothing of the candidate (the monitor counts these)
         what = f"short screen ({m.screen_budget_s:g} s)"
@@ -433,7 +433,7 @@ class Controller:
         """How much the screen improved on its partner run (both on the baseline's scale);
         None if either has no comparable metric."""
         both = self._placed([partner, screen])
-        if len(both) < 2 or len(self._placed([screen])) < 1:
+        if len(both) < 2:
             return None
         return self.cfg.direction.improvement(old=both[0], new=both[1])
 
