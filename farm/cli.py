@@ -170,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --fleet: trials do not report their class (to see what judging by class buys)",
     )
     sim.add_argument(
+        "--anywhere",
+        action="store_true",
+        help="with --fleet: re-runs take any free slot, not one of the class their reference "
+        "ran on (to see what placing them buys)",
+    )
+    sim.add_argument(
         "--screen-fraction",
         type=_shares,
         default=[0.0],
@@ -522,6 +528,7 @@ def _simulate(args: argparse.Namespace) -> int:
             slots=slots,
             fleet=args.fleet,
             blind=args.blind,
+            anywhere=args.anywhere,
             schedule=schedule,
             batch_size=batch,
             backlog=backlog,

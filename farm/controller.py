@@ -57,6 +57,7 @@ MIN_QUEUE = 2  # trials kept waiting when the slot count is unknown (separate di
 # Baseline runs asked for first: if they agree, the target is deterministic and the rest of
 # `repeats` would be spent on nothing (more go in the first wave when slots are free).
 FIRST_BASELINE = 3
+RERUNS = (TrialKind.CONFIRM, TrialKind.REBASE)  # a commit's runs after its screen
 
 
 class BaselineFailed(FarmError):
@@ -95,6 +96,8 @@ class Controller:
         self._partners: dict[str, Trial] = {}
         self._gaps: dict[int, float] | None = None
         self._paired_said = False
+        self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
+        self._unplaced_said: set[str] = set()  # classes without an offset, said once
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -398,23 +401,43 @@ class Controller:
         made `sha` the incumbent (not its screen: that passed a gate, so it is biased); None
         while it has none (a merge on evidence, before its measuring runs)."""
         if sha not in self._partners:
-            if sha == self.start_sha:
-                found = self._trial("base-0")
-            else:
-                kept = self._kept_decision(sha).candidate_id
-                runs = self.store.list_trials(self.campaign, candidate_id=kept)
-                found = next(
-                    (
-                        t
-                        for t in runs
-                        if t.commit_sha == sha and t.kind in (TrialKind.CONFIRM, TrialKind.REBASE)
-                    ),
-                    None,
-                )
+            found = self._trial("base-0") if sha == self.start_sha else None
+            found = found or next(iter(self._reruns(sha)), None)
             if found is None:
                 return None
             self._partners[sha] = found
         return self._partners[sha]
+
+    def _reruns(self, sha: str) -> list[Trial]:
+        """The re-runs of commit `sha` by the keep that made it the incumbent (not its
+        screen: that passed a gate, so it is biased); none for the start commit."""
+        if sha == self.start_sha:
+            return []
+        kept = self._kept_decision(sha).candidate_id
+        return [
+            t
+            for t in self.store.list_trials(self.campaign, candidate_id=kept)
+            if t.commit_sha == sha and t.kind in RERUNS
+        ]
+
+    def _class_of(self, sha: str) -> str:
+        """The hardware class most runs of commit `sha` were on: where its challengers'
+        re-runs go if a slot of it is free, so that the offsets between classes cancel (and
+        none lands on a class the baseline did not run on twice, where it would be left
+        out). The baseline's for the start commit; a keep's own re-runs, or its reference's
+        while they are out; "" before the baseline is in."""
+        offsets = self._offsets()
+        if not offsets:
+            return ""
+        if sha not in self._classes:
+            base = self._baseline()
+            assert base is not None  # offsets come from it
+            ran = base.classes if sha == self.start_sha else []
+            ran = ran or [c for _, _, c in runs_of(self._reruns(sha)) if c in offsets]
+            if not ran:
+                return self._class_of(self._kept_decision(sha).incumbent_before)
+            self._classes[sha] = max(sorted(set(ran)), key=ran.count)
+        return self._classes[sha]
 
     def _paired_gaps(self) -> dict[int, float]:
         """Every finished screen's gap to its partner run, by candidate id."""
@@ -488,6 +511,7 @@ class Controller:
             files=cand.files if cand else {},
             reference=cand.base_sha if cand and kind is TrialKind.SHORT else "",
             partner=partner.id if partner else "",
+            prefer=self._class_of(cand.base_sha) if cand and kind in RERUNS else "",
         )
         self.store.enqueue_trial(trial)
         return trial
@@ -602,6 +626,7 @@ class Controller:
             if unplaced > stages:
                 return self._decide(cand, DecisionKind.DISCARDED, self._unplaced(runs))
             if unplaced and not self._placed([last]):  # another run, on comparable hardware
+                self._say_unplaced(last)
                 trial_id = f"c{cand.id}-g0-confirm{len(runs) - 1}"
                 runs.append(self._ensure_trial(trial_id, TrialKind.CONFIRM, cand))
                 continue
@@ -648,9 +673,27 @@ class Controller:
         if len(offsets) < 2:
             return ""
         count = collections.Counter(c for _, _, c in runs_of(runs) if c in offsets)
-        return "; on the baseline's scale: " + ", ".join(
+        said = "; on the baseline's scale: " + ", ".join(
             f"{n} on {c or 'unknown'} ({offsets[c]:+.3g})" for c, n in sorted(count.items())
         )
+        prefer = next((t.prefer for t in runs if t.prefer), "")
+        return said + (f"; re-runs asked for {prefer}, its reference's class" if prefer else "")
+
+    def _say_unplaced(self, run: Trial) -> None:
+        """Say once per class that its runs are left out (each costs another run)."""
+        assert run.result is not None  # it ran, and was not placed
+        hardware = run.result.hardware
+        if hardware in self._unplaced_said:
+            return
+        self._unplaced_said.add(hardware)
+        said = (
+            f"runs on {hardware or 'unknown'} are left out of every decision and run again "
+            f"elsewhere: the baseline ran there fewer than twice, so its offset is unknown; "
+            f"raise [merge] repeats (now {self.cfg.merge.repeats}) so that every class gets "
+            "two baseline runs, or keep trials off it with [resources] labels"
+        )
+        log.warning("%s", said)
+        self.notices.append(said)
 
     def _unplaced(self, runs: list[Trial]) -> str:
         offsets = self._offsets()
@@ -712,7 +755,7 @@ class Controller:
         cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
         for d in self.store.list_decisions(self.campaign):
             cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
-            repeats = [t for t in runs if t.kind in (TrialKind.CONFIRM, TrialKind.REBASE)]
+            repeats = [t for t in runs if t.kind in RERUNS]
             if d.kind is DecisionKind.KEPT:
                 own = [t for t in repeats if t.commit_sha == d.incumbent_after]
                 pools.add(d.incumbent_after, self._placed(own), key=f"c{cand.id}")

@@ -35,6 +35,7 @@ LEASE_S = 30.0  # a claim lapses this long after the last heartbeat
 HEARTBEAT_S = 5.0  # a multiple of this, never the trial budget, is what the lease covers
 REAP_EVERY_S = 5.0
 MAX_DELIVERIES = 3  # claims of one trial before it is dead (infrastructure kept failing)
+NODE_ID_LABEL = "ray.io/node-id"  # a label Ray gives every node
 
 
 @ray.remote(max_retries=0)
@@ -90,6 +91,14 @@ def resource_options(cfg: TargetConfig) -> dict[str, Any]:
     if r.labels:
         opts["label_selector"] = dict(r.labels)
     return opts
+
+
+def prefer_nodes(opts: dict[str, Any], nodes: set[str]) -> dict[str, Any]:
+    """`opts` asking Ray for one of `nodes` while one of them has room, and for any node
+    `opts` allows when none has (Ray's fallback strategy)."""
+    hard = dict(opts.get("label_selector", {}))
+    wanted = {**hard, NODE_ID_LABEL: f"in({','.join(sorted(nodes))})"}
+    return {**opts, "label_selector": wanted, "fallback_strategy": [{"label_selector": hard}]}
 
 
 def _request(cfg: TargetConfig) -> dict[str, float]:
@@ -161,6 +170,10 @@ class Dispatcher:
     _bundles: dict[str, ray.ObjectRef] = field(default_factory=dict)
     _hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     _memory_mb: int | None = None
+    # The Ray nodes of each hardware class that results have come from (read from the
+    # store at the first trial that prefers a class, then kept up to date).
+    _nodes: dict[str, set[str]] | None = None
+    _freed: set[str] = field(default_factory=set)  # classes whose trials ended since a claim
     _last_beat: float = 0.0
     _last_reap: float = 0.0
 
@@ -194,9 +207,14 @@ class Dispatcher:
         free = self.slots - len(self._in_flight)
         if free > 0:
             for trial in self.store.claim_trials(
-                self.campaign, worker=self.worker_id, n=free, lease_s=self.lease_s
+                self.campaign,
+                worker=self.worker_id,
+                n=free,
+                lease_s=self.lease_s,
+                hold=self._held(),
             ):
                 self._submit(trial)
+            self._freed.clear()
         if now - self._last_beat >= self.heartbeat_s and self._in_flight:
             self._last_beat = now
             ids = [f.trial.id for f in self._in_flight.values()]
@@ -217,10 +235,33 @@ class Dispatcher:
         if trial.base_sha not in self._bundles:
             self._bundles[trial.base_sha] = ray.put(make_bundle(self.repo.path, trial.base_sha))
         spec = self._spec(trial)
-        ref = _trial_task.options(**resource_options(self.cfg)).remote(
-            spec.to_dict(), self._bundles[trial.base_sha]
-        )
+        opts = resource_options(self.cfg)
+        nodes = self._nodes_of(trial.prefer) if trial.prefer else set()
+        if nodes and len(self._nodes or {}) > 1:  # a mixed fleet: the class matters
+            opts = prefer_nodes(opts, nodes)
+        ref = _trial_task.options(**opts).remote(spec.to_dict(), self._bundles[trial.base_sha])
         self._in_flight[ref] = _InFlight(trial=trial, ref=ref, submitted_at=time.time())
+
+    def _held(self) -> set[str]:
+        """The hardware classes with no slot just come free: a trial that prefers one waits
+        behind the others for a claim where one is (nothing is held before a trial ends,
+        nor a class whose nodes are gone)."""
+        if not self._freed or not self._nodes or len(self._nodes) < 2:
+            return set()
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return {c for c, ids in self._nodes.items() if ids & alive} - self._freed
+
+    def _nodes_of(self, hardware: str) -> set[str]:
+        if self._nodes is None:
+            self._nodes = {}
+            for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
+                if t.result:
+                    self._learn(t.result)
+        return self._nodes.get(hardware, set())
+
+    def _learn(self, result: TrialResult) -> None:
+        if self._nodes is not None and result.node:
+            self._nodes.setdefault(result.hardware, set()).add(result.node)
 
     def _spec(self, trial: Trial) -> TrialSpec:
         if trial.base_sha not in self._hashes:
@@ -271,6 +312,8 @@ class Dispatcher:
             log.warning("trial %s: infrastructure failure, retrying: %s", trial.id, _first_line(e))
             self._give_back(trial.id, worker=self.worker_id, failed=True)
             return
+        self._learn(result)
+        self._freed.add(result.hardware)
         if self.store.record_result(self.campaign, result) and self.on_result:
             self.on_result(trial, result)
 

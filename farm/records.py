@@ -262,6 +262,9 @@ class Trial:
     created_at: float = field(default_factory=time.time)
     reference: str = ""  # a short screen: the incumbent it is ranked against
     partner: str = ""  # a screen: the reference's run whose seed it shares (paired)
+    # A re-run on a mixed fleet: the hardware class to run on where a slot of it is free,
+    # the one its reference ran on most (the offsets between classes then cancel).
+    prefer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

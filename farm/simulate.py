@@ -190,6 +190,7 @@ class SimModel:
     # commit alike, which the merge rule must not take for an improvement.
     fleet: tuple[tuple[str, int, float], ...] = ()
     blind: bool = False  # trials do not say their class: the rule cannot tell them apart
+    anywhere: bool = False  # re-runs take any free slot, not one of their reference's class
     # Multi-fidelity: short screens this share of a trial long (0: none), and the share of
     # knobs whose benefit they cannot see (the bias the rank monitor has to catch).
     screen_fraction: float = 0.0
@@ -359,12 +360,25 @@ class Simulation:
             free += [node] * ((size - used[node]) if up else 0)
         return free
 
+    def _classes_up(self) -> set[str]:
+        return {self.nodes[n][1] for n, up in enumerate(self.nodes_up) if up}
+
     def _dispatch(self) -> None:
         free = self._free_slots()
         if len(self.nodes) > 1:  # Ray places a task on any node with room, not the first
             self.rng.shuffle(free)
-        trials = self.store.claim_trials(CAMPAIGN, worker="sim", n=len(free), lease_s=1e9)
-        for trial, node in zip(trials, free, strict=False):
+        # As the dispatcher claims and asks Ray: a re-run goes to a slot of the class it
+        # prefers while one is free, and waits behind the others while none is.
+        held = (
+            set() if self.model.anywhere else self._classes_up() - {self.nodes[n][1] for n in free}
+        )
+        trials = self.store.claim_trials(
+            CAMPAIGN, worker="sim", n=len(free), lease_s=1e9, hold=held
+        )
+        for trial in trials:
+            prefer = "" if self.model.anywhere else trial.prefer
+            node = next((n for n in free if prefer and self.nodes[n][1] == prefer), free[0])
+            free.remove(node)
             result = self._outcome(trial, node)
             run = _Running(trial=trial, node=node, started=self.now, result=result)
             self.running[trial.id] = run

@@ -29,6 +29,7 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 
 from farm.records import (
     Campaign,
@@ -49,6 +50,7 @@ UPGRADABLE_FROM = 1  # the schema before aggregates: upgraded in place on open
 
 # Claim order: trials that decide a candidate already in progress go before new screens
 # (a pre-flight too: it is short, and its candidate's screen waits for it).
+CLAIM_WINDOW = 64  # queued trials a claim with `hold` looks through, beyond the n it takes
 KIND_PRIORITY = {
     TrialKind.BASELINE: 0,
     TrialKind.CONFIRM: 1,
@@ -131,8 +133,13 @@ class Store(abc.ABC):
         """Queue a trial. False (and no change) if a trial with this id exists."""
 
     @abc.abstractmethod
-    def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
-        """Lease up to n queued trials to `worker`, by kind priority then age."""
+    def claim_trials(
+        self, campaign_id: str, *, worker: str, n: int, lease_s: float, hold: Collection[str] = ()
+    ) -> list[Trial]:
+        """Lease up to n queued trials to `worker`, by kind priority then age. A trial that
+        prefers a hardware class in `hold` (no slot of it is free) comes after all others
+        among the first CLAIM_WINDOW queued, for a later claim where one is; none is left
+        out for it."""
 
     @abc.abstractmethod
     def heartbeat(

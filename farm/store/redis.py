@@ -41,7 +41,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,7 +64,13 @@ from farm.records import (
 )
 from farm.store import redis_lua as lua
 from farm.store import stats
-from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, UPGRADABLE_FROM, Store
+from farm.store.base import (
+    CLAIM_WINDOW,
+    KIND_PRIORITY,
+    SCHEMA_VERSION,
+    UPGRADABLE_FROM,
+    Store,
+)
 from farm.store.stats import CampaignStats
 
 log = logging.getLogger(__name__)
@@ -410,19 +416,19 @@ class RedisStore(Store):
             json.dumps(trial.to_dict()),
             str(KIND_PRIORITY[trial.kind]),
             trial.kind.value,
+            trial.prefer,
         ]
         return bool(self._call(lambda: self._enqueue(keys=script_keys, args=args)))
 
-    def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
+    def claim_trials(
+        self, campaign_id: str, *, worker: str, n: int, lease_s: float, hold: Collection[str] = ()
+    ) -> list[Trial]:
         if n <= 0:
             return []
         keys = _Keys(campaign_id)
         expires = repr(time.time() + lease_s)
-        claimed = self._call(
-            lambda: self._claim(
-                keys=[keys.queue, keys.running], args=[keys.trial_prefix, n, worker, expires]
-            )
-        )
+        args: list[str | int] = [keys.trial_prefix, n, worker, expires, CLAIM_WINDOW, *hold]
+        claimed = self._call(lambda: self._claim(keys=[keys.queue, keys.running], args=args))
         return [_trial(_as_dict(flat)) for flat in claimed]
 
     def heartbeat(

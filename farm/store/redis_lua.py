@@ -78,20 +78,37 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
 local qscore = tonumber(ARGV[3]) * 1e15 + seq
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'kind', ARGV[4], 'state', 'queued', 'worker', '',
-  'lease_expires', 0, 'deliveries', 0, 'qscore', qscore)
+  'lease_expires', 0, 'deliveries', 0, 'qscore', qscore, 'prefer', ARGV[5])
 redis.call('ZADD', KEYS[3], qscore, ARGV[1])
 if KEYS[4] then redis.call('RPUSH', KEYS[4], ARGV[1]) end
 return 1
 """
 
-# KEYS: queue, running. ARGV: trial key prefix, n, worker, lease expiry.
-# Returns each claimed trial's hash as a flat field/value list.
+# KEYS: queue, running. ARGV: trial key prefix, n, worker, lease expiry, window, held
+# hardware classes... (see Store.claim_trials). Returns each claimed trial's hash as a flat
+# field/value list.
 CLAIM = """
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[2])
+local n = tonumber(ARGV[2])
+local ids = {}
+if #ARGV <= 5 then
+  ids = redis.call('ZRANGE', KEYS[1], 0, n - 1)
+else
+  local held, later = {}, {}
+  for i = 6, #ARGV do held[ARGV[i]] = true end
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, n + tonumber(ARGV[5]) - 1)) do
+    if held[redis.call('HGET', ARGV[1] .. id, 'prefer')] then
+      later[#later + 1] = id
+    else
+      ids[#ids + 1] = id
+    end
+  end
+  for _, id in ipairs(later) do ids[#ids + 1] = id end
+end
 local claimed = {}
-for i = 1, #popped, 2 do
-  local id = popped[i]
+for i = 1, math.min(n, #ids) do
+  local id = ids[i]
   local key = ARGV[1] .. id
+  redis.call('ZREM', KEYS[1], id)
   redis.call('ZADD', KEYS[2], ARGV[4], id)
   redis.call('HSET', key, 'state', 'running', 'worker', ARGV[3], 'lease_expires', ARGV[4])
   redis.call('HINCRBY', key, 'deliveries', 1)

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,13 @@ from farm.records import (
     TrialState,
 )
 from farm.store import stats
-from farm.store.base import KIND_PRIORITY, SCHEMA_VERSION, UPGRADABLE_FROM, Store
+from farm.store.base import (
+    CLAIM_WINDOW,
+    KIND_PRIORITY,
+    SCHEMA_VERSION,
+    UPGRADABLE_FROM,
+    Store,
+)
 from farm.store.stats import CampaignStats, Upkeep
 
 # Schema v1, then what v2 added (aggregates, result order, decision kinds): a new store runs
@@ -355,19 +361,20 @@ class SQLiteStore(Store):
         )
         return Trial.from_dict(d)
 
-    def claim_trials(self, campaign_id: str, *, worker: str, n: int, lease_s: float) -> list[Trial]:
+    def claim_trials(
+        self, campaign_id: str, *, worker: str, n: int, lease_s: float, hold: Collection[str] = ()
+    ) -> list[Trial]:
         if n <= 0:
             return []
         expires = time.time() + lease_s
+        held = list(hold)
         with self._tx() as db:
-            ids = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM trials WHERE campaign = ? AND state = 'queued' "
-                    "ORDER BY priority, seq LIMIT ?",
-                    (campaign_id, n),
-                )
-            ]
+            rows = db.execute(
+                "SELECT id, COALESCE(json_extract(data, '$.prefer'), '') FROM trials "
+                "WHERE campaign = ? AND state = 'queued' ORDER BY priority, seq LIMIT ?",
+                (campaign_id, n + CLAIM_WINDOW if held else n),
+            ).fetchall()
+            ids = [i for i, _ in sorted(rows, key=lambda r: r[1] in held)][:n]
             for trial_id in ids:
                 db.execute(
                     "UPDATE trials SET state = 'running', worker = ?, lease_expires = ?, "

@@ -452,6 +452,46 @@ def test_a_mixed_fleet_is_judged_on_the_baseline_scale_of_each_hardware_class(
     assert bench.state(elsewhere) is CandidateState.DISCARDED
     lost = bench.store.get_decision("default", elsewhere)
     assert lost is not None and "hardware the baseline did not run on twice (A100)" in lost.reason
+    # Said once, with what to change, when the first run there was left out.
+    left_out = [n for n in bench.ctl.notices if n.startswith("runs on A100 are left out")]
+    assert len(left_out) == 1 and "raise [merge] repeats (now 8)" in left_out[0]
+
+
+def test_re_runs_ask_for_the_hardware_class_their_reference_ran_on(
+    make_target: MakeTarget,
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 6\nconfirm = 2\n")
+    bench = Bench(target)
+    # The baseline ran mostly on RTX 4090s (4 runs) and twice on the faster H100s.
+    spread = [-0.05, 0.05, -0.03, 0.03]
+    metrics = {f"base-{i}": 1.0 + spread[i] for i in range(4)}
+    metrics |= {"base-4": 0.68, "base-5": 0.72}
+    on = {f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(6)}
+    bench.finish(metrics, on=on)
+    (first,) = bench.propose(("LR = 0.5", "LR = 1.0"))
+    for _ in range(4):  # every run of it happens to land on an H100
+        bench.finish({f"c{first}-": 0.5}, on={f"c{first}-": "H100"})
+    bench.ctl.step(slots=8)
+    assert bench.state(first) is CandidateState.KEPT
+    runs = bench.store.list_trials("default", candidate_id=first)
+    # Its re-runs asked for the class most of the start commit's runs were on; its screen
+    # for none (any free slot).
+    assert {t.kind: t.prefer for t in runs} == {
+        TrialKind.CANDIDATE: "",
+        TrialKind.CONFIRM: "RTX 4090",
+    }
+    kept = bench.store.get_decision("default", first)
+    assert kept is not None and "re-runs asked for RTX 4090" in kept.reason
+    # A change judged against that keep asks for the class the keep's own re-runs ran on.
+    (second,) = bench.propose(("MOM = 0.1", "MOM = 0.2"))
+    for _ in range(2):
+        bench.finish({f"c{second}-": 0.4}, on={f"c{second}-": "H100"})
+    confirms = [
+        t
+        for t in bench.store.list_trials("default", candidate_id=second)
+        if t.kind is TrialKind.CONFIRM
+    ]
+    assert confirms and {t.prefer for t in confirms} == {"H100"}
 
 
 def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(

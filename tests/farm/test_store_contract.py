@@ -108,6 +108,24 @@ def test_claims_go_by_kind_priority_then_age(store: Store) -> None:
     assert store.claim_trials("c", worker="w", n=5, lease_s=30) == []
 
 
+def test_a_claim_leaves_trials_that_prefer_a_held_class_for_later(store: Store) -> None:
+    def queued(i: int, kind: TrialKind, prefer: str = "") -> None:
+        store.enqueue_trial(dataclasses.replace(trial(i, kind), prefer=prefer))
+
+    queued(1, TrialKind.CONFIRM, prefer="h100")
+    queued(2, TrialKind.CONFIRM, prefer="rtx4090")
+    queued(3, TrialKind.CANDIDATE)
+    queued(4, TrialKind.CONFIRM, prefer="h100")
+    # An RTX 4090 slot is free, the H100s are busy: the re-runs that want an H100 wait.
+    got = store.claim_trials("c", worker="w", n=2, lease_s=30, hold={"h100"})
+    assert [t.id for t in got] == ["t2", "t3"]
+    assert got[0].prefer == "rtx4090"
+    # Held trials still go rather than leave a slot idle; without `hold`, in plain order.
+    got = store.claim_trials("c", worker="w", n=1, lease_s=30, hold={"h100", "rtx4090"})
+    assert [t.id for t in got] == ["t1"]
+    assert [t.id for t in store.claim_trials("c", worker="w", n=5, lease_s=30)] == ["t4"]
+
+
 def test_concurrent_claimers_never_share_a_trial(store: Store) -> None:
     for i in range(40):
         store.enqueue_trial(trial(i))
