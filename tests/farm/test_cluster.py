@@ -251,27 +251,29 @@ def test_ray_job_submit_runs_a_campaign(
     assert len(roles_store.list_decisions("default")) == 3
 
 
-def test_a_rerun_goes_to_the_class_its_reference_ran_on_while_one_has_room(
+def test_a_rerun_goes_to_the_class_its_reference_ran_on_while_it_has_nodes(
     cluster: Cluster, make_target: MakeTarget, roles_store: Store
 ) -> None:
     target = make_target({"train.py": FAST_TRAIN}, name="prefer")
     camp = prepare(target, load_config(target), roles_store, check_command=False)
-    # Both nodes here have the same hardware: the store says they differ, as two GPU models
-    # would, through the results of a baseline that ran one class on each node.
+    # Both nodes here have the same hardware: the store says they differ, as GPU models
+    # would, through the results of a baseline that ran one class on each node, and a third
+    # class on a node that has left the cluster since.
+    gone = "ab" * 28
     for i, (hardware, node) in enumerate(
-        [("rtx4090", cluster.gpu_node), ("a100", cluster.other_node)] * 2
+        [("rtx4090", cluster.gpu_node), ("a100", cluster.other_node), ("h100", gone)] * 2
     ):
         roles_store.enqueue_trial(_trial(camp, f"base-{i}", TrialKind.BASELINE))
         result = TrialResult(trial_id=f"base-{i}", outcome=Outcome.OK, metric=2.25)
         result.hardware, result.node = hardware, node
         roles_store.record_result("default", result)
 
-    def work(slots: int, *ids: str) -> set[str]:
+    def work(prefer: str, *ids: str) -> set[str]:
         for trial_id in ids:
-            roles_store.enqueue_trial(_trial(camp, trial_id, TrialKind.CONFIRM, prefer="a100"))
+            roles_store.enqueue_trial(_trial(camp, trial_id, TrialKind.CONFIRM, prefer=prefer))
         p = farm(
             cluster, "work", str(target), "--store", ROLES_DB, "--ray-address", cluster.gcs,
-            "--slots", str(slots), "--idle-exit", "3",
+            "--slots", "1", "--idle-exit", "3",
         )  # fmt: skip
         out, _ = p.communicate(timeout=180)
         assert p.returncode == 0, out
@@ -279,10 +281,13 @@ def test_a_rerun_goes_to_the_class_its_reference_ran_on_while_one_has_room(
         assert all(t and t.result and t.result.outcome is Outcome.OK for t in runs), out
         return {t.result.node for t in runs if t and t.result}
 
-    # One at a time, each on the a100 node (Ray alone would keep them on the driver's node).
-    assert work(1, "c1-g0-confirm0", "c2-g0-confirm0") == {cluster.other_node}
-    # Two at once on a node with room for one: the second takes the other node, not a wait.
-    assert work(2, "c3-g0-confirm0", "c4-g0-confirm0") == {cluster.other_node, cluster.gpu_node}
+    # Each on the a100 node (Ray alone would keep them on the driver's node).
+    assert work("a100", "c1-g0-confirm0", "c2-g0-confirm0") == {cluster.other_node}
+    # A class with no node left: they run where there is room rather than wait for it.
+    assert work("h100", "c3-g0-confirm0", "c4-g0-confirm0") <= {
+        cluster.other_node,
+        cluster.gpu_node,
+    }
 
 
 def _trial(camp: Campaign, trial_id: str, kind: TrialKind, *, prefer: str = "") -> Trial:
