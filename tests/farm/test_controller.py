@@ -415,18 +415,25 @@ def test_a_candidate_screened_before_preflight_was_set_gets_none(make_target: Ma
     assert kinds == {TrialKind.CANDIDATE, TrialKind.CONFIRM}
 
 
+SPREAD = [-0.05, 0.05, -0.03, 0.03]
+
+
+def fleet_bench(make_target: MakeTarget, h100: list[float]) -> Bench:
+    """A campaign whose baseline ran 4 times on RTX 4090s around 1.0, and on H100s (which
+    train more steps in the same budget) with the metrics `h100`."""
+    repeats = len(SPREAD) + len(h100)
+    toml = f"[merge]\nrepeats = {repeats}\nconfirm = 2\n"
+    bench = Bench(make_target({"train.py": TRAIN}, extra_toml=toml))
+    metrics = {f"base-{i}": v for i, v in enumerate([1.0 + d for d in SPREAD] + h100)}
+    bench.finish(metrics, on={f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(repeats)})
+    return bench
+
+
 def test_a_mixed_fleet_is_judged_on_the_baseline_scale_of_each_hardware_class(
     make_target: MakeTarget,
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 8\nconfirm = 2\n")
-    bench = Bench(target)
-    # Half the baseline on RTX 4090s around 1.0, half on H100s that train more steps in
-    # the same budget and end around 0.7.
-    spread = [-0.05, 0.05, -0.03, 0.03]
-    metrics = {f"base-{i}": 1.0 + spread[i] for i in range(4)}
-    metrics |= {f"base-{i + 4}": 0.7 + spread[i] for i in range(4)}
-    on = {f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(8)}
-    bench.finish(metrics, on=on)
+    # Half the baseline on H100s, around 0.7.
+    bench = fleet_bench(make_target, [0.7 + d for d in SPREAD])
     bench.ctl.step(slots=8)
     (said,) = bench.ctl.notices
     assert said.endswith("by hardware class: H100 -0.15, RTX 4090 +0.15"), said
@@ -460,14 +467,8 @@ def test_a_mixed_fleet_is_judged_on_the_baseline_scale_of_each_hardware_class(
 def test_re_runs_ask_for_the_hardware_class_their_reference_ran_on(
     make_target: MakeTarget,
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml="[merge]\nrepeats = 6\nconfirm = 2\n")
-    bench = Bench(target)
-    # The baseline ran mostly on RTX 4090s (4 runs) and twice on the faster H100s.
-    spread = [-0.05, 0.05, -0.03, 0.03]
-    metrics = {f"base-{i}": 1.0 + spread[i] for i in range(4)}
-    metrics |= {"base-4": 0.68, "base-5": 0.72}
-    on = {f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(6)}
-    bench.finish(metrics, on=on)
+    # The baseline ran mostly on RTX 4090s (4 runs) and twice on H100s.
+    bench = fleet_bench(make_target, [0.68, 0.72])
     (first,) = bench.propose(("LR = 0.5", "LR = 1.0"))
     for _ in range(4):  # every run of it happens to land on an H100
         bench.finish({f"c{first}-": 0.5}, on={f"c{first}-": "H100"})
