@@ -21,9 +21,11 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   `farm.store.stats.recount` makes of the records, and reading them costs the same at 40,000
   trials as at 40. So do `list_decisions(last=...)`, `list_decisions(kinds=...)` (in the
   number of decisions returned) and `recent_results`.
-- Versions: a store written by schema v1 (before aggregates) is upgraded in place when opened
-  (its aggregates recounted once; stop every process of the older farm first). Any other
-  version is refused with the version it holds.
+- Versions: a store written by schema v1 (before aggregates) or v2 (before the trial kinds
+  `preflight` and `short` and the trial fields `reference`, `partner` and `prefer`, which a
+  v2 farm cannot read) is upgraded in place when opened (v1's aggregates recounted once;
+  stop every process of the older farm first: from then on it refuses the store). Any
+  other version is refused with the version it holds.
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ from farm.records import (
 )
 from farm.store.stats import CampaignStats
 
-SCHEMA_VERSION = 2
-UPGRADABLE_FROM = 1  # the schema before aggregates: upgraded in place on open
+SCHEMA_VERSION = 3
+UPGRADABLE_FROM = (1, 2)  # upgraded in place on open (see Versions above)
 
+CLAIM_WINDOW = 64  # queued trials a claim with `hold` looks through, beyond the n it takes
 # Claim order: trials that decide a candidate already in progress go before new screens
 # (a pre-flight too: it is short, and its candidate's screen waits for it).
-CLAIM_WINDOW = 64  # queued trials a claim with `hold` looks through, beyond the n it takes
 KIND_PRIORITY = {
     TrialKind.BASELINE: 0,
     TrialKind.CONFIRM: 1,

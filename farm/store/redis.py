@@ -208,7 +208,7 @@ class RedisStore(Store):
             ) from None
         except redis.RedisError as e:
             raise StoreError(f"cannot open the Redis store {self.url}: {e}") from None
-        if int(found) == UPGRADABLE_FROM:
+        if int(found) in UPGRADABLE_FROM:
             self._call(self._upgrade)
         elif int(found) != SCHEMA_VERSION:
             raise StoreError(
@@ -217,8 +217,11 @@ class RedisStore(Store):
             )
 
     def _upgrade(self) -> None:
-        """v1 -> v2: trial kinds, result order, decisions by kind and the aggregates, recounted
-        from the records. One process does it (the others wait); redone whole if it dies."""
+        """To this schema. v1 -> v2: trial kinds, result order, decisions by kind and the
+        aggregates, recounted from the records. v2 -> v3 rewrites no record (its new fields
+        have defaults; a queued trial without `prefer` prefers no class): the version alone
+        keeps a v2 farm off the store. One process does it (the others wait); redone whole
+        if it dies."""
         token = uuid.uuid4().hex
         deadline = time.time() + UPGRADE_WAIT_S
         while not self._r.set(UPGRADE_KEY, token, nx=True, ex=int(UPGRADE_WAIT_S)):
@@ -228,10 +231,12 @@ class RedisStore(Store):
                 raise StoreError(f"{self.url}: a schema upgrade by another process did not end")
             time.sleep(0.2)
         try:
-            if int(self._r.hget(META_KEY, "schema_version") or 0) == SCHEMA_VERSION:
+            found = int(self._r.hget(META_KEY, "schema_version") or 0)
+            if found == SCHEMA_VERSION:
                 return
-            for camp in self.list_campaigns():
-                self._upgrade_campaign(camp)
+            if found == 1:
+                for camp in self.list_campaigns():
+                    self._upgrade_campaign(camp)
             self._r.hset(META_KEY, "schema_version", SCHEMA_VERSION)
         finally:
             self._r.delete(UPGRADE_KEY)
@@ -427,7 +432,8 @@ class RedisStore(Store):
             return []
         keys = _Keys(campaign_id)
         expires = repr(time.time() + lease_s)
-        args: list[str | int] = [keys.trial_prefix, n, worker, expires, CLAIM_WINDOW, *hold]
+        held = [c for c in hold if c]  # "": no preference, never held
+        args: list[str | int] = [keys.trial_prefix, n, worker, expires, CLAIM_WINDOW, *held]
         claimed = self._call(lambda: self._claim(keys=[keys.queue, keys.running], args=args))
         return [_trial(_as_dict(flat)) for flat in claimed]
 

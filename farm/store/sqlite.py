@@ -128,16 +128,23 @@ class SQLiteStore(Store):
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif int(row[0]) == UPGRADABLE_FROM:
-                self._upgrade(db)
+            elif int(row[0]) in UPGRADABLE_FROM:
+                self._upgrade(db, int(row[0]))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} was written by farm store schema v{row[0]}, this farm reads "
                     f"v{SCHEMA_VERSION}: use the farm version that wrote it, or a new store"
                 )
 
-    def _upgrade(self, db: sqlite3.Connection) -> None:
-        """v1 -> v2: add the aggregates, the result order and decision kinds, from the records."""
+    def _upgrade(self, db: sqlite3.Connection, found: int) -> None:
+        """To this schema from v`found`. v1 -> v2: add the aggregates, the result order and
+        decision kinds, from the records. v2 -> v3 rewrites no record (its new fields have
+        defaults): the version alone keeps a v2 farm off the store."""
+        if found == 1:
+            self._upgrade_v1(db)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _upgrade_v1(self, db: sqlite3.Connection) -> None:
         _script(db, _SCHEMA_V2)
         db.execute("UPDATE decisions SET kind = json_extract(data, '$.kind')")
         done = db.execute(
@@ -162,7 +169,6 @@ class SQLiteStore(Store):
                 "INSERT INTO stats (campaign, name, value) VALUES (?, ?, ?)",
                 [(camp.id, k, v) for k, v in fields.items()],
             )
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -367,7 +373,7 @@ class SQLiteStore(Store):
         if n <= 0:
             return []
         expires = time.time() + lease_s
-        held = list(hold)
+        held = [c for c in hold if c]  # "": no preference, never held
         with self._tx() as db:
             rows = db.execute(
                 "SELECT id, COALESCE(json_extract(data, '$.prefer'), '') FROM trials "

@@ -513,12 +513,47 @@ def test_a_store_written_before_aggregates_is_upgraded_when_opened(store: Store)
             (t for t in upgraded.list_trials("c") if t.result), key=lambda t: t.result.finished_at
         )
         assert upgraded.recent_results("c", 5) == finished[-5:]
-        # It is a v2 store now: another open does not redo it, and writes keep it exact.
+        # It is a current store now: another open does not redo it, and writes keep it exact.
         open_store(url).close()
         upgraded.enqueue_trial(trial(999))
         upgraded.claim_trials("c", worker="w", n=99, lease_s=30)
         upgraded.record_result("c", result("t999"))
         assert_aggregates_match_the_records(upgraded)
         assert upgraded.recent_results("c", 1)[0].id == "t999"
+    finally:
+        upgraded.close()
+
+
+def schema_version(store: Store) -> int:
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            (found,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(found)
+    with redis.Redis.from_url(REDIS_URL) as client:
+        return int(client.hget("farm:meta", "schema_version") or 0)
+
+
+def test_a_v2_store_is_stamped_v3_and_its_queue_claims_as_before(store: Store) -> None:
+    # v2 had no trial kinds `preflight`/`short` and no trial fields reference/partner/
+    # prefer: a farm of v2 would fail on them, so the version changed and nothing else.
+    workload(store)
+    store.enqueue_trial(trial(500, TrialKind.CONFIRM))
+    before = flat(store.stats("c"))
+    url = store.url if isinstance(store, SQLiteStore) else REDIS_URL
+    store.close()
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    else:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.hdel("farm:c:trial:t500", "prefer")  # as v2 queued it
+            client.hset("farm:meta", "schema_version", "2")
+    upgraded = open_store(url)
+    try:
+        assert schema_version(upgraded) == 3
+        assert flat(upgraded.stats("c")) == pytest.approx(before, rel=1e-9, abs=1e-9)
+        got = upgraded.claim_trials("c", worker="w", n=99, lease_s=30, hold={"h100"})
+        assert "t500" in [t.id for t in got] and all(t.prefer == "" for t in got)
+        assert_aggregates_match_the_records(upgraded)
     finally:
         upgraded.close()
