@@ -408,8 +408,10 @@ class Feeder:
 
     @property
     def done(self) -> bool:
-        """Nothing more will come: exhausted, at the limit, or failed."""
-        return self.exhausted or bool(self.stopped) or self.error is not None or self._at_limit()
+        """Nothing more will come: exhausted, failed, or at the limit with no call in flight
+        (a call's hold counts toward the limit until its answer is recorded)."""
+        at_limit = self._at_limit() and not self._holds
+        return self.exhausted or bool(self.stopped) or self.error is not None or at_limit
 
     def _at_limit(self) -> bool:
         return self.max_candidates is not None and self._left() <= 0

@@ -108,6 +108,23 @@ def test_holds_left_by_a_dead_proposer_are_settled_at_their_worst_case(
     assert ledger_spend(store, "c") == pytest.approx(WORST)
 
 
+def test_a_feeder_at_its_limit_is_not_done_while_its_last_call_is_in_flight(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
+    feeder = Feeder(
+        store=store, cfg=cfg, campaign="c", proposer=MutateProposer(seed=0), max_candidates=1
+    )
+    b = feeder._book(build_context(store, cfg, "c"), batch_size=1)
+    hold = b.hold(WORST, cap_usd=0.0, label="single")
+    # The hold takes the last place under the limit, but its answer is still to come: a
+    # campaign that ended now would leave the draft it brings queued and never run.
+    assert feeder.wanted() == 0 and not feeder.done
+    b.record(drafts("1.0"), hold=hold)
+    assert feeder.done
+    (row,) = store.list_candidates("c")
+    assert row.state is CandidateState.QUEUED
+
+
 def test_a_stop_counts_the_calls_still_in_flight(store: SQLiteStore, cfg: TargetConfig) -> None:
     feeder = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(seed=0))
     feeder._book(build_context(store, cfg, "c")).hold(WORST, cap_usd=0.0, label="single")
