@@ -467,8 +467,9 @@ class Controller:
         gap = self._gap(screen, partner) if partner else None
         if gap is None or not sigma > 0:
             return None
+        assert screen.candidate_id is not None  # a screen is a candidate's
         gaps = self._paired_gaps()
-        gaps[screen.candidate_id or 0] = gap
+        gaps[screen.candidate_id] = gap
         others = [g for c, g in gaps.items() if c != screen.candidate_id]
         m = self.cfg.merge
         bar = paired_bar(paired_spread(others), sigma=sigma, incumbent_runs=incumbent_runs, m=m)
