@@ -4,6 +4,9 @@ The git repo stays with the driver; each base commit travels once as a git bundl
 Ray's object store, the candidate's changed files beside it. Infrastructure failures (a
 worker or node died, materialising failed) give the trial back to the queue; after
 `MAX_DELIVERIES` claims it is dead. A candidate's own failure is a result, never retried.
+On a mixed fleet a re-run that prefers a hardware class (`Trial.prefer`) is claimed for a
+slot of that class that has just come free and asked of Ray for its nodes, softly: with
+none free it runs elsewhere rather than wait.
 """
 
 from __future__ import annotations
