@@ -98,6 +98,7 @@ class Controller:
         self._paired_said = False
         self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
         self._unplaced_said: set[str] = set()  # classes without an offset, said once
+        self._cleared_ids: set[int] = set()  # candidates past pre-flight and short screen
         # Lines for the person running the campaign, said once (the caller prints them).
         self.notices: list[str] = []
 
@@ -262,8 +263,13 @@ class Controller:
     def _cleared(self, cand: Candidate) -> Decision | bool:
         """Whether a new candidate may take a full budget: True once its pre-flight passed
         and its short screen promoted it, False while either runs, else their decision."""
+        if cand.id in self._cleared_ids:
+            return True
         flight = self._preflight(cand)
-        return self._short_screen(cand) if flight is True else flight
+        cleared = self._short_screen(cand) if flight is True else flight
+        if cleared is True:
+            self._cleared_ids.add(cand.id)
+        return cleared
 
     def _preflight(self, cand: Candidate) -> Decision | bool:
         """Whether a new candidate may take a full budget: True once its pre-flight passed
