@@ -18,8 +18,10 @@ trial. Metrics come from long-lived processes only, never from a trial's Ray tas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from farm.records import (
     Draft,
     Incumbent,
     Trial,
+    TrialKind,
     TrialState,
 )
 from farm.store import Store
@@ -60,6 +63,7 @@ STORE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 QUEUE_WAIT_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 # The SDK says so at INFO before each retry (429, 529, 5xx, timeouts): counted, not printed.
 LLM_RETRY_LOGGER = "anthropic._base_client"
+RESULTS_SLACK = 64  # results a scrape reads beyond its count: any that came in meanwhile
 LLM_RETRY_MESSAGE = "Retrying request"
 
 
@@ -74,6 +78,12 @@ class LedgerCollector(Collector):
     def __init__(self, store: Store, campaigns: list[str] | None = None) -> None:
         self.store = store
         self.campaigns = campaigns
+        # The rank monitor's trials (finished screens at both budgets) by campaign, and how
+        # many results each scrape had read: a result never changes, so a scrape reads only
+        # the ones that came in since (the first reads them all).
+        self._screens: dict[str, dict[str, Trial]] = {}
+        self._read: dict[str, int] = {}
+        self._lock = threading.Lock()  # scrapes may overlap
 
     def collect(self) -> Iterator[Metric]:
         out = _LedgerFamilies()
@@ -86,11 +96,11 @@ class LedgerCollector(Collector):
             else:
                 found = [c for c in map(self.store.get_campaign, self.campaigns) if c is not None]
             for camp in found:
-                out.add(camp, self.store.get_incumbent(camp.id), self.store.stats(camp.id))
+                stats = self.store.stats(camp.id)
+                out.add(camp, self.store.get_incumbent(camp.id), stats)
                 m = merge_config(camp.config)
                 if m.screen_budget_s > 0:  # the one figure read from the trials themselves
-                    done = self.store.list_trials(camp.id, states={TrialState.DONE})
-                    out.ranks(camp, fidelity(done, m))
+                    out.ranks(camp, fidelity(self._screens_of(camp.id, stats), m))
         except StoreError as e:
             log.warning("metrics: cannot read the store: %s", e)
             up.add_metric([], 0)
@@ -99,6 +109,18 @@ class LedgerCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from out.families
+
+    def _screens_of(self, campaign: str, stats: CampaignStats) -> list[Trial]:
+        with self._lock:
+            screens = self._screens.setdefault(campaign, {})
+            done = stats.trials[TrialState.DONE]
+            new = done - self._read.get(campaign, 0)
+            if new > 0:  # and those that came in since `stats` was read (dropped if seen)
+                for t in self.store.recent_results(campaign, new + RESULTS_SLACK):
+                    if t.kind in (TrialKind.SHORT, TrialKind.CANDIDATE):
+                        screens[t.id] = dataclasses.replace(t, files={})
+                self._read[campaign] = done
+            return list(screens.values())
 
 
 class _LedgerFamilies:

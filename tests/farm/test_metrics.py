@@ -175,6 +175,48 @@ def trial(campaign_id: str, i: int) -> Trial:
     )
 
 
+def test_the_rank_monitor_takes_in_the_screens_that_finished_since_the_last_scrape(
+    tmp_path: Path,
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
+    config = {"metric": "loss", "merge": {"screen_budget_s": 10.0}}
+    store.create_campaign(
+        Campaign(id="c", target="/t", start_sha="a" * 40, config=config), Incumbent(sha="a" * 40)
+    )
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(store, ["c"]))
+    server = served(registry)
+
+    def screened(cand: int, short: float, full: float) -> None:
+        for kind, name, metric in (
+            (TrialKind.SHORT, "short", short),
+            (TrialKind.CANDIDATE, "screen", full),
+        ):
+            t = dataclasses.replace(
+                trial("c", cand), id=f"c{cand}-g0-{name}", kind=kind, candidate_id=cand,
+                reference="a" * 40 if kind is TrialKind.SHORT else "",
+            )  # fmt: skip
+            store.enqueue_trial(t)
+            store.record_result("c", TrialResult(trial_id=t.id, outcome=Outcome.OK, metric=metric))
+
+    def monitor() -> tuple[float, float]:
+        m = scrape(server.url)
+        one = (("campaign", "c"),)
+        return m["farm_screen_rank_pairs"][one], m["farm_screen_rank_agreement"][one]
+
+    try:
+        screened(1, 1.0, 1.0)
+        screened(2, 2.0, 2.0)
+        assert monitor() == (1, 1.0)  # the two budgets order them alike
+        screened(3, 3.0, 0.5)  # last at the short budget, first at the full one
+        pairs, tau = monitor()
+        assert pairs == 3 and tau == pytest.approx(-1 / 3)
+        assert monitor() == (3, pytest.approx(-1 / 3))  # nothing new: the same
+    finally:
+        server.close()
+        store.close()
+
+
 def test_role_metrics_are_read_off_the_store_calls_of_the_process(tmp_path: Path) -> None:
     raw = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
     campaign(raw, "c")
