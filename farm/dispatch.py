@@ -177,6 +177,8 @@ class Dispatcher:
     # store at the first trial that prefers a class, then kept up to date).
     _nodes: dict[str, set[str]] | None = None
     _freed: set[str] = field(default_factory=set)  # classes whose trials ended since a claim
+    _alive: set[str] = field(default_factory=set)  # live node ids, as Ray said at _alive_at
+    _alive_at: float = 0.0
     _last_beat: float = 0.0
     _last_reap: float = 0.0
 
@@ -251,8 +253,11 @@ class Dispatcher:
         nor a class whose nodes are gone)."""
         if not self._freed or not self._nodes or len(self._nodes) < 2:
             return set()
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        return {c for c, ids in self._nodes.items() if ids & alive} - self._freed
+        now = time.time()
+        if now - self._alive_at >= REAP_EVERY_S:  # a GCS call: not at every claim
+            self._alive_at = now
+            self._alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return {c for c, ids in self._nodes.items() if ids & self._alive} - self._freed
 
     def _nodes_of(self, hardware: str) -> set[str]:
         if self._nodes is None:
