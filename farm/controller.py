@@ -407,8 +407,10 @@ class Controller:
         made `sha` the incumbent (not its screen: that passed a gate, so it is biased); None
         while it has none (a merge on evidence, before its measuring runs)."""
         if sha not in self._partners:
-            found = self._trial("base-0") if sha == self.start_sha else None
-            found = found or next(iter(self._reruns(sha)), None)
+            if sha == self.start_sha:
+                found = self._trial("base-0")
+            else:
+                found = next(iter(self._reruns(sha)), None)
             if found is None:
                 return None
             self._partners[sha] = found
@@ -416,9 +418,7 @@ class Controller:
 
     def _reruns(self, sha: str) -> list[Trial]:
         """The re-runs of commit `sha` by the keep that made it the incumbent (not its
-        screen: that passed a gate, so it is biased); none for the start commit."""
-        if sha == self.start_sha:
-            return []
+        screen: that passed a gate, so it is biased)."""
         kept = self._kept_decision(sha).candidate_id
         return [
             t
@@ -436,10 +436,12 @@ class Controller:
         if not offsets:
             return ""
         if sha not in self._classes:
-            base = self._baseline()
-            assert base is not None  # offsets come from it
-            ran = base.classes if sha == self.start_sha else []
-            ran = ran or [c for _, _, c in runs_of(self._reruns(sha)) if c in offsets]
+            if sha == self.start_sha:
+                base = self._baseline()
+                assert base is not None  # offsets come from it
+                ran = base.classes
+            else:
+                ran = [c for _, _, c in runs_of(self._reruns(sha)) if c in offsets]
             if not ran:
                 return self._class_of(self._kept_decision(sha).incumbent_before)
             self._classes[sha] = max(sorted(set(ran)), key=ran.count)

@@ -63,8 +63,8 @@ STORE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 QUEUE_WAIT_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 # The SDK says so at INFO before each retry (429, 529, 5xx, timeouts): counted, not printed.
 LLM_RETRY_LOGGER = "anthropic._base_client"
-RESULTS_SLACK = 64  # results a scrape reads beyond its count: any that came in meanwhile
 LLM_RETRY_MESSAGE = "Retrying request"
+RESULTS_SLACK = 64  # results a scrape reads beyond its count: any that came in meanwhile
 
 
 class LedgerCollector(Collector):

@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 from farm.cli import _fleet
-from farm.records import TrialKind
+from farm.controller import RERUNS
 from farm.simulate import CAMPAIGN, SimModel, Simulation
 
 WAYS = ("placed", "anywhere", "blind")
-RERUNS = (TrialKind.CONFIRM, TrialKind.REBASE)
 
 
 def one(model: SimModel, way: str) -> dict[str, float]:
