@@ -21,6 +21,10 @@ class StoreError(FarmError):
     """The store cannot be opened or used (unknown URL, server down, incompatible version)."""
 
 
+class StateMoveRefused(StoreError):
+    """A record was written in a state it may not move to from the one it is in."""
+
+
 class ResourceError(FarmError):
     """No node of the cluster can ever satisfy a trial's resource request."""
 

@@ -21,6 +21,9 @@ class TrialKind(enum.StrEnum):
     CANDIDATE = "candidate"  # the screening run of a new candidate
     CONFIRM = "confirm"  # independent re-runs of a candidate that looked better
     REBASE = "rebase"  # a winner re-applied on a newer incumbent, re-evaluated
+    # A run of a keep merged onto the incumbent untried (on the evidence it had): its own
+    # level, measured, replaces the estimate (before schema v4, filed as CONFIRM).
+    MEASURE = "measure"
     # A short run of a new candidate before its screen ([merge] preflight_s): it catches a
     # crash, a NaN or a missing metric early; its metric is never judged.
     PREFLIGHT = "preflight"
@@ -64,9 +67,42 @@ class CandidateState(enum.StrEnum):
     CRASHED = "crashed"
     REJECTED = "rejected"  # failed validation: never got GPU time
     SUPERSEDED = "superseded"  # won, but its edits no longer apply on the incumbent
+    # Kept, then undone: its own runs could not measure it (they failed), so it is no
+    # reference for anything after it.
+    REVERTED = "reverted"
 
     def is_finished(self) -> bool:
         return self not in (CandidateState.PROPOSING, CandidateState.QUEUED, CandidateState.RUNNING)
+
+    def may_become(self, new: CandidateState) -> bool:
+        """Whether a candidate in this state may be written in state `new` (the store refuses
+        every other move: a finished record is frozen, a state never moves back)."""
+        return new in CANDIDATE_MOVES[self]
+
+
+# The moves a candidate's state may make. An unfinished state may be written again (a
+# rebase, a commit); a finished one only moves on where a later fact undoes it.
+CANDIDATE_MOVES: dict[CandidateState, frozenset[CandidateState]] = {
+    CandidateState.PROPOSING: frozenset({CandidateState.QUEUED, CandidateState.REJECTED}),
+    CandidateState.QUEUED: frozenset(
+        {CandidateState.QUEUED, CandidateState.RUNNING, CandidateState.SUPERSEDED}
+    ),
+    CandidateState.RUNNING: frozenset(
+        {
+            CandidateState.RUNNING,
+            CandidateState.KEPT,
+            CandidateState.DISCARDED,
+            CandidateState.CRASHED,
+            CandidateState.SUPERSEDED,
+        }
+    ),
+    CandidateState.KEPT: frozenset({CandidateState.REVERTED}),
+    CandidateState.DISCARDED: frozenset(),
+    CandidateState.CRASHED: frozenset(),
+    CandidateState.REJECTED: frozenset(),
+    CandidateState.SUPERSEDED: frozenset(),
+    CandidateState.REVERTED: frozenset(),
+}
 
 
 class DecisionKind(enum.StrEnum):

@@ -5,7 +5,9 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
 - Thread safety: one Store object may be used from several threads of one process, and
   several processes (or machines) may open the same store at once.
 - Records are append-only in spirit: candidates, trials and decisions are never deleted;
-  only their state moves forward.
+  only their state moves forward: `update_candidate` refuses a move that
+  `farm.records.CANDIDATE_MOVES` does not allow (StateMoveRefused), in the same transaction
+  as the write.
 - Claims are leases. `claim_trials` moves queued trials to running under a lease that the
   claimer renews with `heartbeat`; `reap` returns lapsed trials to the queue (or to `dead`
   after `max_deliveries`), so a dead dispatcher's trials run elsewhere.
@@ -23,7 +25,8 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   number of decisions returned) and `recent_results`.
 - Versions: a store written by schema v1 (before aggregates) or v2 (before the trial kinds
   `preflight` and `short` and the trial fields `reference`, `partner` and `prefer`, which a
-  v2 farm cannot read) is upgraded in place when opened (v1's aggregates recounted once;
+  v2 farm cannot read) or v3 (before the trial kind `measure` and the candidate state
+  `reverted`) is upgraded in place when opened (v1's aggregates recounted once;
   stop every process of the older farm first: from then on it refuses the store). Any
   other version is refused with the version it holds.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection
 
+from farm.errors import StateMoveRefused
 from farm.records import (
     Campaign,
     Candidate,
@@ -47,8 +51,8 @@ from farm.records import (
 )
 from farm.store.stats import CampaignStats
 
-SCHEMA_VERSION = 3
-UPGRADABLE_FROM = (1, 2)  # upgraded in place on open (see Versions above)
+SCHEMA_VERSION = 4
+UPGRADABLE_FROM = (1, 2, 3)  # upgraded in place on open (see Versions above)
 
 CLAIM_WINDOW = 64  # queued trials a claim with `hold` looks through, beyond the n it takes
 # Claim order: trials that decide a candidate already in progress go before new screens
@@ -57,6 +61,7 @@ KIND_PRIORITY = {
     TrialKind.BASELINE: 0,
     TrialKind.CONFIRM: 1,
     TrialKind.REBASE: 1,
+    TrialKind.MEASURE: 1,
     TrialKind.PREFLIGHT: 1,
     TrialKind.CANDIDATE: 2,
     TrialKind.SHORT: 2,
@@ -102,7 +107,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_candidate(self, candidate: Candidate) -> None:
-        """Overwrite a candidate's record (state, commit, rebased files, reason)."""
+        """Overwrite a candidate's record (state, commit, rebased files, reason). Its state
+        must be one its stored state may move to (`CandidateState.may_become`), else
+        StateMoveRefused and nothing is written."""
 
     @abc.abstractmethod
     def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None: ...
@@ -216,3 +223,11 @@ class Store(abc.ABC):
     def seen_hashes(self, campaign_id: str) -> set[str]:
         """Edit hashes of every candidate so far, rejected ones included."""
         return {c.edit_hash for c in self.list_candidates(campaign_id)}
+
+
+def refused_move(candidate: Candidate, was: str) -> StateMoveRefused:
+    return StateMoveRefused(
+        f"candidate c{candidate.id} of campaign {candidate.campaign!r} is {was}: it cannot "
+        f"become {candidate.state.value} (a finished record is frozen, a state never moves "
+        "back)"
+    )

@@ -70,6 +70,7 @@ from farm.store.base import (
     SCHEMA_VERSION,
     UPGRADABLE_FROM,
     Store,
+    refused_move,
 )
 from farm.store.stats import CampaignStats
 
@@ -218,10 +219,10 @@ class RedisStore(Store):
 
     def _upgrade(self) -> None:
         """To this schema. v1 -> v2: trial kinds, result order, decisions by kind and the
-        aggregates, recounted from the records. v2 -> v3 rewrites no record (its new fields
-        have defaults; a queued trial without `prefer` prefers no class): the version alone
-        keeps a v2 farm off the store. One process does it (the others wait); redone whole
-        if it dies."""
+        aggregates, recounted from the records. v2 -> v3 and v3 -> v4 rewrite no record
+        (their new fields have defaults; a queued trial without `prefer` prefers no class):
+        the version alone keeps an older farm off the store. One process does it (the others
+        wait); redone whole if it dies."""
         token = uuid.uuid4().hex
         deadline = time.time() + UPGRADE_WAIT_S
         while not self._r.set(UPGRADE_KEY, token, nx=True, ex=int(UPGRADE_WAIT_S)):
@@ -391,8 +392,13 @@ class RedisStore(Store):
             json.dumps(candidate.to_dict()),
             candidate.state.value,
             stats.candidate_key(""),
+            *(s.value for s in CandidateState if s.may_become(candidate.state)),
         ]
-        self._call(lambda: self._update_candidate(keys=[keys.candidates, keys.stats], args=args))
+        done, was = self._call(
+            lambda: self._update_candidate(keys=[keys.candidates, keys.stats], args=args)
+        )
+        if done == -1:
+            raise refused_move(candidate, was.decode() if isinstance(was, bytes) else was)
 
     def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None:
         raw = self._call(lambda: self._r.hget(_Keys(campaign_id).candidates, str(candidate_id)))

@@ -59,17 +59,23 @@ return 1
 )
 
 # KEYS: candidates, stats. ARGV: candidate id, JSON, its state, the field prefix of candidate
-# states. Updating a missing candidate changes nothing.
+# states, then the states it may move from. Updating a missing candidate changes nothing;
+# a move from any other state is refused: {-1, the state it is in}.
 UPDATE_CANDIDATE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not old then return {0, ''} end
 local was = cjson.decode(old).state
+local allowed = false
+for i = 5, #ARGV do
+  if ARGV[i] == was then allowed = true end
+end
+if not allowed then return {-1, was} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if was ~= ARGV[3] then
   redis.call('HINCRBYFLOAT', KEYS[2], ARGV[4] .. was, -1)
   redis.call('HINCRBYFLOAT', KEYS[2], ARGV[4] .. ARGV[3], 1)
 end
-return 1
+return {1, was}
 """
 
 # KEYS: trial, trials, queue[, candidate_trials]. ARGV: trial id, JSON, kind priority, kind.

@@ -37,6 +37,7 @@ from farm.store.base import (
     SCHEMA_VERSION,
     UPGRADABLE_FROM,
     Store,
+    refused_move,
 )
 from farm.store.stats import CampaignStats, Upkeep
 
@@ -138,8 +139,8 @@ class SQLiteStore(Store):
 
     def _upgrade(self, db: sqlite3.Connection, found: int) -> None:
         """To this schema from v`found`. v1 -> v2: add the aggregates, the result order and
-        decision kinds, from the records. v2 -> v3 rewrites no record (its new fields have
-        defaults): the version alone keeps a v2 farm off the store."""
+        decision kinds, from the records. v2 -> v3 and v3 -> v4 rewrite no record (their new
+        fields have defaults): the version alone keeps an older farm off the store."""
         if found == 1:
             self._upgrade_v1(db)
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
@@ -294,6 +295,8 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return
+            if not CandidateState(row[0]).may_become(candidate.state):
+                raise refused_move(candidate, row[0])
             db.execute(
                 "UPDATE candidates SET state = ?, data = ? WHERE campaign = ? AND id = ?",
                 (

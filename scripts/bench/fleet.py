@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from farm.cli import _fleet
-from farm.controller import RERUNS
+from farm.trials import RERUNS
 from farm.simulate import CAMPAIGN, SimModel, Simulation
 
 WAYS = ("placed", "anywhere", "blind")
@@ -32,7 +32,7 @@ def one(model: SimModel, way: str) -> dict[str, float]:
         sim = Simulation(model, Path(tmp))
         try:
             result = sim.run()
-            offsets = sim.controller._offsets()
+            offsets = sim.controller.evidence.offsets()
             ran = [t for t in sim.store.list_trials(CAMPAIGN) if t.result and t.result.metric]
         finally:
             sim.close()

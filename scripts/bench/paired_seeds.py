@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from farm.controller import trial_seed
+from farm.trials import trial_seed
 from workers.metric import parse_metric
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "eclip"

@@ -689,7 +689,7 @@ def test_once_pairing_halves_the_variance_a_screen_is_gated_on_its_paired_gap(
 
 
 def test_without_paired_a_screen_has_a_seed_of_its_own(bench: Bench) -> None:
-    from farm.controller import trial_seed
+    from farm.trials import trial_seed
 
     (cand,) = bench.propose(("LR = 0.5", "LR = 1.0"))
     bench.ctl.step(slots=8)

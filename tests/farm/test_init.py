@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import RunCampaign, farm, git
 
-from farm.controller import trial_seed
+from farm.trials import trial_seed
 from farm.errors import FarmError
 from farm.init import init_target
 from farm.progress import baseline_noise

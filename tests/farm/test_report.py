@@ -133,8 +133,9 @@ def test_report_by_batch_size_and_strategy_weighs_gain_per_slot_hour_and_dollar(
             store.record_result("c", TrialResult(tid, Outcome.OK, metric=1.0, duration_s=seconds))
         cand = store.get_candidate("c", cid)
         assert cand is not None
-        cand.state = CandidateState(kind.value)
-        store.update_candidate(cand)
+        for state in (CandidateState.RUNNING, CandidateState(kind.value)):
+            cand.state = state
+            store.update_candidate(cand)
         store.record_decision(Decision("c", cid, kind, "", delta=delta))
 
     # A focused batch of 4 asked (two drafts came back): one kept, +0.3 in 1 slot-hour, $0.2.

@@ -100,7 +100,7 @@ def test_a_mixed_fleet_is_judged_per_class(tmp_path) -> None:
     ran = {t.result.hardware for t in sim.store.list_trials(CAMPAIGN) if t.result}
     assert ran == {"rtx4090", "h100"}
     # The controller measured the offset on the baseline (h100 runs sit below the rest)...
-    offsets = sim.controller._offsets()
+    offsets = sim.controller.evidence.offsets()
     assert offsets["h100"] - offsets["rtx4090"] == pytest.approx(-2.5, abs=0.8)
     # ... and judged on its scale: decisions say so, and changes were still kept.
     reasons = [d.reason for d in sim.store.list_decisions(CAMPAIGN)]

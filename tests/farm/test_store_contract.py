@@ -30,7 +30,9 @@ from farm.records import (
     TrialResult,
     TrialState,
 )
+from farm.errors import StateMoveRefused
 from farm.store import Store, open_store
+from farm.store.base import SCHEMA_VERSION
 from farm.store.sqlite import SQLiteStore
 from farm.store.stats import CampaignStats, bounds_of, recount
 
@@ -254,6 +256,43 @@ def test_candidate_ids_are_unique_and_records_round_trip(store: Store) -> None:
     counts = store.count_candidates("c")
     assert counts[CandidateState.RUNNING] == 1 and counts[CandidateState.QUEUED] == 1
     assert sum(counts.values()) == 2 and set(counts) == set(CandidateState)
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ([CandidateState.RUNNING], CandidateState.QUEUED),  # a state never moves back
+        ([CandidateState.RUNNING, CandidateState.DISCARDED], CandidateState.RUNNING),
+        ([CandidateState.RUNNING, CandidateState.DISCARDED], CandidateState.KEPT),  # frozen
+        ([CandidateState.RUNNING, CandidateState.KEPT], CandidateState.RUNNING),
+        ([], CandidateState.KEPT),  # never judged: it never ran
+    ],
+)
+def test_a_state_move_the_table_does_not_allow_is_refused_and_writes_nothing(
+    store: Store, path: list[CandidateState], refused: CandidateState
+) -> None:
+    cand = Candidate("c", 1, "a" * 40, "t", "h", [], {}, "h1")
+    store.add_candidate(cand)
+    for state in path:
+        cand.state = state
+        store.update_candidate(cand)
+    before = store.get_candidate("c", 1)
+    counts = store.count_candidates("c")
+    with pytest.raises(StateMoveRefused, match=f"c1 .* cannot become {refused.value}"):
+        store.update_candidate(dataclasses.replace(cand, state=refused, reason="late"))
+    assert store.get_candidate("c", 1) == before
+    assert store.count_candidates("c") == counts
+
+
+def test_a_kept_candidate_may_be_reverted_and_no_further(store: Store) -> None:
+    cand = Candidate("c", 1, "a" * 40, "t", "h", [], {}, "h1")
+    store.add_candidate(cand)
+    for state in (CandidateState.RUNNING, CandidateState.KEPT, CandidateState.REVERTED):
+        cand.state = state
+        store.update_candidate(cand)
+    assert store.count_candidates("c")[CandidateState.REVERTED] == 1
+    with pytest.raises(StateMoveRefused):
+        store.update_candidate(dataclasses.replace(cand, state=CandidateState.KEPT))
 
 
 def test_one_decision_per_candidate(store: Store) -> None:
@@ -533,7 +572,7 @@ def schema_version(store: Store) -> int:
         return int(client.hget("farm:meta", "schema_version") or 0)
 
 
-def test_a_v2_store_is_stamped_v3_and_its_queue_claims_as_before(store: Store) -> None:
+def test_a_v2_store_is_stamped_current_and_its_queue_claims_as_before(store: Store) -> None:
     # v2 had no trial kinds `preflight`/`short` and no trial fields reference/partner/
     # prefer: a farm of v2 would fail on them, so the version changed and nothing else.
     workload(store)
@@ -550,7 +589,7 @@ def test_a_v2_store_is_stamped_v3_and_its_queue_claims_as_before(store: Store) -
             client.hset("farm:meta", "schema_version", "2")
     upgraded = open_store(url)
     try:
-        assert schema_version(upgraded) == 3
+        assert schema_version(upgraded) == SCHEMA_VERSION
         assert flat(upgraded.stats("c")) == pytest.approx(before, rel=1e-9, abs=1e-9)
         got = upgraded.claim_trials("c", worker="w", n=99, lease_s=30, hold={"h100"})
         assert "t500" in [t.id for t in got] and all(t.prefer == "" for t in got)

@@ -1,0 +1,259 @@
+"""The evidence the merge rule is given: a campaign's runs as the store holds them.
+
+Everything here reads; nothing decides. What cannot change once written (a finished
+trial, a keep decision, the baseline) is read once per process and kept, so a step costs
+what changed since the last one, not the size of the ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from farm.config import TargetConfig
+from farm.merge import Baseline, NoisePools, baseline, mean, runs_of
+from farm.merge.verdicts import (
+    Act,
+    Reference,
+    Ruling,
+    Target,
+    measured_ruling,
+    place,
+    reruns_per_candidate,
+)
+from farm.records import Campaign, Decision, DecisionKind, Incumbent, Trial, TrialKind, TrialState
+from farm.store import Store
+from farm.trials import RERUNS, baseline_ids, measure_id, short_id
+
+
+class Evidence:
+    def __init__(self, *, store: Store, cfg: TargetConfig, campaign: str, start_sha: str) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.campaign = campaign
+        self.start_sha = start_sha
+        self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
+        self._base: Baseline | None = None  # the baseline's summary, once it is in
+        self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
+        self._pools: NoisePools | None = None  # loaded at the first judgement
+        # Short screens and the full screens of their candidates, by trial id (loaded at the
+        # first short screen).
+        self._fidelity: dict[str, Trial] | None = None
+        self._partners: dict[str, Trial] = {}  # each reference's partner run (paired)
+        self._gaps: dict[int, float] | None = None  # screens' gaps to their partners
+        self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
+
+    # -- trials -----------------------------------------------------------------------------
+    def trial(self, trial_id: str) -> Trial | None:
+        """The trial with this id, if it exists (a finished one from memory)."""
+        if trial_id in self._finished:
+            return self._finished[trial_id]
+        found = self.store.get_trial(self.campaign, trial_id)
+        if found is not None and found.state.is_finished():  # kept without its files
+            self._finished[trial_id] = found = dataclasses.replace(found, files={})
+        return found
+
+    def placed(self, trials: list[Trial]) -> list[float]:
+        """The ok runs' metrics on the baseline's scale (farm.merge.verdicts.place)."""
+        return place(trials, self.offsets())
+
+    # -- the baseline -----------------------------------------------------------------------
+    def baseline(self) -> Baseline | None:
+        """The baseline's summary once it is in (read back from its trials after a restart)."""
+        if self._base is None and self.baseline_done():
+            found = [self.trial(i) for i in baseline_ids(self.cfg.merge.repeats)]
+            self._base = baseline(runs_of([t for t in found if t is not None]), self.cfg.merge)
+        return self._base
+
+    def set_baseline(self, base: Baseline) -> None:
+        self._base = base
+        self.pool(self.start_sha, base.values, key="baseline")
+
+    def baseline_done(self) -> bool:
+        camp = self.store.get_campaign(self.campaign)
+        return camp is not None and camp.sigma is not None
+
+    def offsets(self) -> dict[str, float]:
+        """Hardware class offsets measured on the baseline (none before it is in)."""
+        base = self.baseline()
+        return base.offsets if base else {}
+
+    def confirm(self) -> int:
+        """Confirmation runs per candidate (farm.merge.verdicts.reruns_per_candidate)."""
+        return reruns_per_candidate(self.baseline(), self.cfg.merge)
+
+    # -- references ---------------------------------------------------------------------------
+    def reference(self, inc: Incumbent, camp: Campaign) -> Reference:
+        """What a candidate written against `inc` is judged against."""
+        assert inc.metric is not None
+        base = self.baseline()
+        return Reference(
+            metric=inc.metric,
+            runs=inc.runs,
+            sigma=self.sigma_at(inc.sha, camp),
+            offsets=self.offsets(),
+            counts=base.counts if base else {},
+        )
+
+    def estimate_of(self, sha: str, camp: Campaign) -> Incumbent:
+        """The metric estimate a former incumbent had: its baseline, or its keep decision."""
+        if sha == camp.start_sha:
+            return Incumbent(sha=sha, metric=camp.baseline_metric, runs=camp.baseline_runs)
+        kept = self.kept_decision(sha)
+        measured = self.measured(kept.candidate_id)
+        if measured.act is Act.PASS:
+            return Incumbent(sha=sha, metric=mean(measured.values), runs=len(measured.values))
+        return Incumbent(sha=sha, metric=kept.metric, runs=self.confirm() or 1)
+
+    def kept_decision(self, sha: str) -> Decision:
+        """The keep that made `sha` the incumbent."""
+        if sha not in self._kept:  # decisions are append-only: read them again only then
+            self._kept = {
+                d.incumbent_after: d
+                for d in self.store.list_decisions(self.campaign, kinds={DecisionKind.KEPT})
+            }
+        return self._kept[sha]
+
+    def parent(self, sha: str) -> str:
+        """The incumbent the keep that made `sha` replaced."""
+        return self.kept_decision(sha).incumbent_before
+
+    def reruns(self, sha: str) -> list[Trial]:
+        """The re-runs of commit `sha` by the keep that made it the incumbent (not its
+        screen: that passed a gate, so it is biased)."""
+        kept = self.kept_decision(sha).candidate_id
+        return [
+            t
+            for t in self.store.list_trials(self.campaign, candidate_id=kept)
+            if t.commit_sha == sha and t.kind in RERUNS
+        ]
+
+    def measuring_ids(self, candidate: int) -> list[str]:
+        return [measure_id(candidate, i) for i in range(max(self.confirm(), 1))]
+
+    def measured(self, candidate: int) -> Ruling:
+        """What the runs measuring a keep merged untried say (WAIT until all exist)."""
+        found = [self.trial(i) for i in self.measuring_ids(candidate)]
+        runs = [t for t in found if t is not None]
+        if len(runs) < len(found):
+            return Ruling(Act.WAIT)
+        return measured_ruling(runs, self.offsets(), Target.of(self.cfg))
+
+    def class_of(self, sha: str) -> str:
+        """The hardware class most runs of commit `sha` were on: where its challengers'
+        re-runs go if a slot of it is free, so that the offsets between classes cancel (and
+        none lands on a class the baseline did not run on twice, where it would be left
+        out). The baseline's for the start commit; a keep's own re-runs, or its reference's
+        while they are out; "" before the baseline is in."""
+        offsets = self.offsets()
+        if not offsets:
+            return ""
+        while sha not in self._classes:
+            if sha == self.start_sha:
+                base = self.baseline()
+                assert base is not None  # offsets come from it
+                ran = base.classes
+            else:
+                ran = [c for _, _, c in runs_of(self.reruns(sha)) if c in offsets]
+            if ran:
+                self._classes[sha] = max(sorted(set(ran)), key=ran.count)
+                break
+            sha = self.parent(sha)  # a merged-untried keep: asked again once its runs are in
+        return self._classes[sha]
+
+    # -- noise ------------------------------------------------------------------------------
+    def sigma_at(self, sha: str, camp: Campaign) -> float:
+        """The seed noise σ to judge against the commit `sha` with (see NoisePools)."""
+        if self._pools is None:
+            self._pools = self._load_pools(camp)
+        return self._pools.sigma(sha, self.parent)
+
+    def _load_pools(self, camp: Campaign) -> NoisePools:
+        """The noise pools of what the store holds (once a process; then kept up to date)."""
+        pools = NoisePools(start=camp.start_sha, min_dof=max(camp.baseline_runs - 1, 1))
+        by_cand: dict[int | None, list[Trial]] = {}
+        for t in self.store.list_trials(self.campaign, states={TrialState.DONE}):
+            by_cand.setdefault(t.candidate_id, []).append(t)
+        pools.add(camp.start_sha, self.placed(by_cand.get(None, [])), key="baseline")
+        cands = {c.id: c for c in self.store.list_candidates(self.campaign)}
+        for d in self.store.list_decisions(self.campaign):
+            cand, runs = cands[d.candidate_id], by_cand.get(d.candidate_id, [])
+            repeats = [t for t in runs if t.kind in RERUNS]
+            if d.kind is DecisionKind.KEPT:
+                own = [t for t in repeats if t.commit_sha == d.incumbent_after]
+                pools.add(d.incumbent_after, self.placed(own), key=f"c{cand.id}")
+            elif d.kind is DecisionKind.DISCARDED:
+                last = [t for t in repeats if t.commit_sha == cand.commit_sha]
+                pools.add(cand.base_sha, self.placed(last), key=f"c{cand.id}")
+        return pools
+
+    def pool(self, sha: str, values: list[float], *, key: str) -> None:
+        if self._pools is not None:  # else they are loaded, this run included, when needed
+            self._pools.add(sha, values, key=key)
+
+    # -- paired screens and short screens ---------------------------------------------------
+    def partner_of(self, sha: str) -> Trial | None:
+        """The run of commit `sha` that a screen against it shares its seed with (common
+        random numbers): the baseline's first run, or the first re-run of the candidate that
+        made `sha` the incumbent (not its screen: that passed a gate, so it is biased); None
+        while it has none (a merge on evidence, before its measuring runs)."""
+        if sha not in self._partners:
+            if sha == self.start_sha:
+                found = self.trial(baseline_ids(1)[0])
+            else:
+                found = next(iter(self.reruns(sha)), None)
+            if found is None:
+                return None
+            self._partners[sha] = found
+        return self._partners[sha]
+
+    def gap(self, screen: Trial, partner: Trial) -> float | None:
+        """How much the screen improved on its partner run (both on the baseline's scale);
+        None if either has no comparable metric."""
+        both = self.placed([partner, screen])
+        if len(both) < 2:
+            return None
+        return self.cfg.direction.improvement(old=both[0], new=both[1])
+
+    def paired_gaps(self) -> dict[int, float]:
+        """Every finished screen's gap to its partner run, by candidate id."""
+        if self._gaps is None:
+            done = self.store.list_trials(self.campaign, states={TrialState.DONE})
+            by_id = {t.id: t for t in done}
+            gaps = (
+                (t.candidate_id, self.gap(t, by_id[t.partner]))
+                for t in done
+                if t.kind is TrialKind.CANDIDATE and t.partner in by_id
+            )
+            self._gaps = {c: g for c, g in gaps if c is not None and g is not None}
+        return self._gaps
+
+    def fidelity_runs(self) -> dict[str, Trial]:
+        """The finished short screens and the full screens of their candidates, by trial id."""
+        if self._fidelity is None:
+            done = self.store.list_trials(self.campaign, states={TrialState.DONE})
+            shorts = {t.candidate_id for t in done if t.kind is TrialKind.SHORT}
+            self._fidelity = {
+                t.id: dataclasses.replace(t, files={})
+                for t in done
+                if t.kind is TrialKind.SHORT
+                or (t.kind is TrialKind.CANDIDATE and t.candidate_id in shorts)
+            }
+        return self._fidelity
+
+    def note_screen(self, screen: Trial) -> None:
+        """A full screen finished: the rank monitor compares it with its short screen."""
+        cand = screen.candidate_id
+        if cand is not None and self._fidelity is not None and short_id(cand) in self._fidelity:
+            self._fidelity[screen.id] = screen
+
+    def short_others(self, short: Trial) -> list[float]:
+        """The metrics of the other short screens ranked against the same incumbent."""
+        return [
+            t.result.metric
+            for t in self.fidelity_runs().values()
+            if t.kind is TrialKind.SHORT
+            and t.reference == short.reference
+            and t.candidate_id != short.candidate_id
+            and t.result
+            and t.result.metric is not None
+        ]

@@ -1,0 +1,136 @@
+"""Moving the incumbent: a winner fast-forwarded, rebased, or merged untried on its
+evidence; an incumbent merged untried measured by its own runs, or reverted when they
+cannot measure it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from farm.config import TargetConfig
+from farm.evidence import Evidence
+from farm.merge import Verdict, mean
+from farm.merge.verdicts import Act, by_class
+from farm.recorder import Notices, Recorder
+from farm.records import Candidate, Decision, DecisionKind, Incumbent, TrialKind
+from farm.store import Store
+from farm.trials import measure_id
+
+log = logging.getLogger(__name__)
+
+
+class Incumbency:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cfg: TargetConfig,
+        campaign: str,
+        evidence: Evidence,
+        recorder: Recorder,
+        notices: Notices,
+    ) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.campaign = campaign
+        self.evidence = evidence
+        self.recorder = recorder
+        self.notices = notices
+
+    def win(
+        self,
+        cand: Candidate,
+        inc: Incumbent,
+        verdict: Verdict,
+        sigma: float,
+        values: list[float],
+        *,
+        note: str,
+    ) -> Decision | None:
+        """Merge a winner: fast-forward onto the incumbent it beat, or rebase it and judge it
+        again there, or (rebased as often as allowed) merge it untried on its evidence."""
+        metric, how = verdict.estimate, ""
+        if cand.base_sha != inc.sha:
+            base = cand.base_sha
+            why = self.recorder.move_onto(cand, inc)
+            if why:
+                return self.recorder.decide(
+                    cand,
+                    DecisionKind.SUPERSEDED,
+                    f"won on {base[:10]} but no longer applies on the incumbent "
+                    f"{inc.sha[:10]}: {why}",
+                )
+            rebase = cand.generation < self.cfg.merge.max_rebases
+            cand.generation += rebase
+            cand.commit_sha = self.recorder.commit(cand, rebased=True)
+            self.store.update_candidate(cand)  # so a crash from here on resumes from it
+            if rebase:
+                self.recorder.ensure_reruns(cand)  # its re-runs on the incumbent
+                log.info("c%d won on a stale base; rebased onto %s", cand.id, inc.sha[:10])
+                return None
+            # Re-run on a newer incumbent as often as allowed, and it moved again meanwhile:
+            # with many slots, keeps would chase each other forever. Merge it on the
+            # evidence it has, its gain added to the incumbent's estimate.
+            assert inc.metric is not None
+            metric = self.cfg.direction.shift(inc.metric, by=verdict.delta)
+            how = (
+                f"; merged onto {inc.sha[:10]} untried, {self.cfg.metric} estimated "
+                f"{metric:.6g} until its own runs measure it"
+            )
+        new = Incumbent(
+            sha=cand.commit_sha,
+            metric=metric,
+            runs=0 if how else (len(values) or 1),  # 0: estimated, to be measured
+            candidate_id=cand.id,
+            files=cand.files,
+        )
+        if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=new):
+            return None  # another controller moved it; the next step rebases
+        self.recorder.move_best(old=inc.sha, new=cand.commit_sha)
+        if not how:  # its own runs, at its level
+            self.evidence.pool(new.sha, values, key=f"c{cand.id}")
+        trials = self.store.list_trials(self.campaign, candidate_id=cand.id)
+        how = note + by_class(trials, self.evidence.offsets()) + how
+        return self.recorder.record_keep(
+            cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how
+        )
+
+    def measure(self, inc: Incumbent) -> None:
+        """An incumbent merged on evidence is run until its own runs give its estimate, or
+        reverted when they cannot (farm.merge.verdicts.measured_ruling).
+
+        Estimates added up keep every error of the gains behind them (the best of many
+        noisy runs looks better than it is), so each one is replaced by a measurement.
+        """
+        if inc.runs or inc.candidate_id is None:
+            return
+        cand = self.store.get_candidate(self.campaign, inc.candidate_id)
+        assert cand is not None
+        for i in range(max(self.evidence.confirm(), 1)):
+            self.recorder.ensure_trial(measure_id(cand.id, i), TrialKind.MEASURE, cand)
+        ruling = self.evidence.measured(cand.id)
+        if ruling.act is Act.PASS:
+            value = mean(ruling.values)
+            log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, value)
+            updated = dataclasses.replace(inc, metric=value, runs=len(ruling.values))
+            self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
+            self.evidence.pool(inc.sha, ruling.values, key=f"c{inc.candidate_id}")
+        elif ruling.act is Act.FAIL:
+            self._revert(inc, ruling.reason)
+
+    def _revert(self, inc: Incumbent, why: str) -> None:
+        """Put back the incumbent a keep merged untried replaced: its own runs failed."""
+        camp = self.store.get_campaign(self.campaign)
+        assert camp is not None
+        before = self.evidence.parent(inc.sha)
+        back = self.evidence.estimate_of(before, camp)
+        if before != camp.start_sha:
+            back.candidate_id = self.evidence.kept_decision(before).candidate_id
+        back.files = self.recorder.repo.read_files(before, self.cfg.editable)
+        if self.recorder.revert(inc, back, why):
+            self.notices.say(
+                f"revert:{inc.sha}",
+                f"c{inc.candidate_id} was merged onto the incumbent untried and its own runs "
+                f"could not measure it ({why}): reverted, the incumbent is {before[:10]} again",
+                warn=True,
+            )

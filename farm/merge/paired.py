@@ -1,0 +1,37 @@
+"""Paired screens: a screen shares its seed with a run of its reference (common random
+numbers), and is gated on its gap to that run where the campaign's screens show that
+pairing at least halves the variance."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from farm.config import MergeConfig
+from farm.merge.noise import MAD_SIGMAS
+
+PAIRED_MIN = 10  # screens with a partner run before the spread of their gaps is trusted
+PAIRED_GAIN = 0.5  # pair only where it at least halves the variance a screen is gated by
+
+
+def paired_spread(gaps: Sequence[float]) -> float | None:
+    """σ of a screen's gap to its partner (the reference's run with the same seed), robustly
+    from the gaps of the screens so far: most candidates change little, and the few that
+    gain or lose much would inflate a plain σ. None before PAIRED_MIN of them."""
+    if len(gaps) < PAIRED_MIN:
+        return None
+    mid = statistics.median(gaps)
+    return MAD_SIGMAS * statistics.median(abs(g - mid) for g in gaps)
+
+
+def paired_bar(
+    spread: float | None, *, sigma: float, incumbent_runs: float, m: MergeConfig
+) -> float | None:
+    """What a screen's paired gap (its improvement over its partner run) must exceed, where
+    pairing at least halves the variance the unpaired gate has (σ²·(1 + 1/n)); else None.
+    Pairing pays as far as the seed drives a run alike on both commits: on examples/eclip a
+    small change keeps ρ 0.76–0.98 with its parent, a large one loses it."""
+    unpaired = sigma * sigma * (1 + 1 / max(incumbent_runs, 1))
+    if spread is None or not spread * spread <= PAIRED_GAIN * unpaired:
+        return None
+    return m.paired_z * spread

@@ -1,0 +1,229 @@
+"""The controller's writes: trials, candidate commits, the best branch and the ledger.
+
+Every write here is idempotent or a compare-and-set, and each is ordered so that a crash
+between two of them leaves a state the next step recognises and finishes: a candidate's
+commit is written before the incumbent moves to it, the incumbent moves before its branch
+and its decision.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from farm.config import TargetConfig
+from farm.errors import RefMismatch
+from farm.evidence import Evidence
+from farm.gitops import Repo, best_branch, candidate_branch
+from farm.merge import Verdict
+from farm.records import (
+    Candidate,
+    CandidateState,
+    Decision,
+    DecisionKind,
+    Draft,
+    Incumbent,
+    Trial,
+    TrialKind,
+)
+from farm.store import Store
+from farm.trials import RERUNS, confirm_id, seed_of
+from proposer.validate import Rejected, validate_draft
+
+log = logging.getLogger(__name__)
+
+
+class Notices:
+    """Lines for the person running the campaign, each said once (the caller prints them)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._said: set[str] = set()
+
+    def say(self, key: str, said: str, *, warn: bool = False) -> None:
+        """Say `said` unless something was said under `key` already."""
+        if key in self._said:
+            return
+        self._said.add(key)
+        log.log(logging.WARNING if warn else logging.INFO, "%s", said)
+        self.lines.append(said)
+
+
+class Recorder:
+    def __init__(
+        self, *, store: Store, repo: Repo, cfg: TargetConfig, campaign: str, evidence: Evidence
+    ) -> None:
+        self.store = store
+        self.repo = repo
+        self.cfg = cfg
+        self.campaign = campaign
+        self.evidence = evidence
+        self.start_sha = evidence.start_sha
+
+    # -- trials -------------------------------------------------------------------------------
+    def ensure_trial(
+        self,
+        trial_id: str,
+        kind: TrialKind,
+        cand: Candidate | None,
+        *,
+        partner: Trial | None = None,
+    ) -> Trial:
+        """The trial with this id, queued now if it does not exist yet (None: the baseline);
+        with `partner`, it runs with the partner's seed."""
+        existing = self.evidence.trial(trial_id)
+        if existing is not None:
+            return existing
+        trial = Trial(
+            id=trial_id,
+            campaign=self.campaign,
+            kind=kind,
+            commit_sha=cand.commit_sha if cand else self.start_sha,
+            base_sha=self.start_sha,
+            seed=partner.seed if partner else seed_of(self.campaign, trial_id),
+            candidate_id=cand.id if cand else None,
+            files=cand.files if cand else {},
+            reference=cand.base_sha if cand and kind is TrialKind.SHORT else "",
+            partner=partner.id if partner else "",
+            prefer=self.evidence.class_of(cand.base_sha) if cand and kind in RERUNS else "",
+        )
+        self.store.enqueue_trial(trial)
+        return trial
+
+    def ensure_reruns(self, cand: Candidate) -> list[Trial]:
+        """A rebased winner's re-runs on the incumbent (at least one, even with confirm = 0)."""
+        n = max(self.evidence.confirm(), 1)
+        gen = cand.generation
+        return [
+            self.ensure_trial(confirm_id(cand.id, i, generation=gen), TrialKind.REBASE, cand)
+            for i in range(n)
+        ]
+
+    # -- git ----------------------------------------------------------------------------------
+    def move_onto(self, cand: Candidate, inc: Incumbent) -> str:
+        """Re-apply the candidate's edits on the incumbent. Returns why they do not apply."""
+        draft_files = {p: inc.files[p] for p in self.cfg.editable if p in inc.files}
+        res = validate_draft(
+            Draft(title=cand.title, hypothesis=cand.hypothesis, edits=cand.edits),
+            files=draft_files,
+            editable=self.cfg.editable,
+            seen_hashes=set(),
+            max_edit_bytes=self.cfg.proposer.max_edit_bytes,
+        )
+        if isinstance(res, Rejected):
+            return res.reason
+        cand.base_sha = inc.sha
+        cand.files = {**inc.files, **res.files}
+        return ""
+
+    def commit(self, cand: Candidate, *, rebased: bool) -> str:
+        """Commit the candidate's files on its base and point its branch there."""
+        sha = self.repo.commit_files(
+            cand.base_sha,
+            {p: cand.files[p] for p in self.cfg.editable if p in cand.files},
+            message=f"farm c{cand.id}{' (rebased)' if rebased else ''}: {cand.title}\n\n"
+            f"{cand.hypothesis}",
+            timestamp=cand.created_at,
+        )
+        self.repo.set_branch(candidate_branch(self.campaign, cand.id), sha)
+        return sha
+
+    def move_best(self, *, old: str, new: str) -> None:
+        self.repo.fast_forward(best_branch(self.campaign), old=old, new=new)
+
+    def sync_best_branch(self) -> None:
+        """After a crash between moving the incumbent and its branch, catch the branch up
+        (forward, or back over a keep that was reverted).
+
+        A branch anywhere else was moved by something outside farm: RefMismatch.
+        """
+        inc = self.store.get_incumbent(self.campaign)
+        branch = best_branch(self.campaign)
+        tip = self.repo.ref_sha(f"refs/heads/{branch}")
+        if tip is None or (tip != inc.sha and self._reverted_from(tip, inc.sha)):
+            self.repo.set_branch(branch, inc.sha)
+        elif tip != inc.sha:
+            if not self.repo.is_ancestor(tip, inc.sha):
+                raise RefMismatch(branch, expected=inc.sha, found=tip)
+            self.repo.fast_forward(branch, old=tip, new=inc.sha)
+
+    def _reverted_from(self, tip: str, sha: str) -> bool:
+        """Whether `tip` is a reverted keep's commit whose reverting left `sha` the
+        incumbent (the branch had not moved back yet)."""
+        for d in self.store.list_decisions(self.campaign, kinds={DecisionKind.KEPT}):
+            if d.incumbent_after == tip and self.repo.is_ancestor(sha, tip):
+                cand = self.store.get_candidate(self.campaign, d.candidate_id)
+                return cand is not None and cand.state is CandidateState.REVERTED
+        return False
+
+    # -- the ledger -----------------------------------------------------------------------------
+    def record_keep(
+        self,
+        cand: Candidate,
+        inc: Incumbent,
+        *,
+        before: str,
+        verdict: Verdict | None = None,
+        sigma: float | None = None,
+        how: str = "",
+    ) -> Decision:
+        reason = "kept: " + (verdict.describe(self.cfg.metric) if verdict else "incumbent moved")
+        decision = Decision(
+            campaign=self.campaign,
+            candidate_id=cand.id,
+            kind=DecisionKind.KEPT,
+            reason=reason + how,
+            metric=inc.metric,
+            delta=verdict.delta if verdict else None,
+            sigma=sigma,
+            incumbent_before=before,
+            incumbent_after=inc.sha,
+        )
+        self.store.record_decision(decision)
+        self.finish(cand, decision)
+        return decision
+
+    def decide(
+        self,
+        cand: Candidate,
+        kind: DecisionKind,
+        reason: str,
+        verdict: Verdict | None = None,
+        sigma: float | None = None,
+    ) -> Decision:
+        inc = self.store.get_incumbent(self.campaign)
+        decision = Decision(
+            campaign=self.campaign,
+            candidate_id=cand.id,
+            kind=kind,
+            reason=reason,
+            metric=verdict.estimate if verdict else None,
+            delta=verdict.delta if verdict else None,
+            sigma=sigma,
+            incumbent_before=inc.sha,
+            incumbent_after=inc.sha,
+        )
+        self.store.record_decision(decision)
+        self.finish(cand, decision)
+        return decision
+
+    def finish(self, cand: Candidate, decision: Decision) -> None:
+        cand.state = CandidateState(decision.kind.value)
+        cand.reason = decision.reason
+        self.store.update_candidate(cand)
+
+    def revert(self, inc: Incumbent, back_to: Incumbent, why: str) -> bool:
+        """Undo a keep that was merged untried and could not be measured: the incumbent goes
+        back to the commit it replaced (its candidate becomes `reverted` first, then the
+        compare-and-set), and the best branch follows. False if another controller moved it."""
+        assert inc.candidate_id is not None
+        cand = self.store.get_candidate(self.campaign, inc.candidate_id)
+        assert cand is not None
+        if cand.state is CandidateState.KEPT:  # first: a crash after it reverts again
+            cand.state = CandidateState.REVERTED
+            cand.reason = f"{cand.reason}; reverted: {why}"
+            self.store.update_candidate(cand)
+        if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=back_to):
+            return False
+        self.sync_best_branch()
+        log.error("c%d reverted, the incumbent is %s again: %s", cand.id, back_to.sha[:10], why)
+        return True

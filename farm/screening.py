@@ -1,0 +1,129 @@
+"""A new candidate's way to its screen: the gates before a full budget (a pre-flight, a
+short screen ranked by ASHA's rule while the rank monitor trusts it) and the screen itself,
+with the paired gate where its seed is shared with a run of its reference."""
+
+from __future__ import annotations
+
+from farm.config import TargetConfig
+from farm.evidence import Evidence
+from farm.merge import SHORT_TIMEOUTS, Verdict, fidelity, paired_bar, paired_spread
+from farm.merge.verdicts import Act, Reference, Ruling, Target, preflight_ruling, short_ruling
+from farm.recorder import Notices, Recorder
+from farm.records import Candidate, Trial, TrialKind
+from farm.trials import preflight_id, screen_id, short_id
+
+
+class Screening:
+    def __init__(
+        self, *, cfg: TargetConfig, evidence: Evidence, recorder: Recorder, notices: Notices
+    ) -> None:
+        self.cfg = cfg
+        self.target = Target.of(cfg)
+        self.evidence = evidence
+        self.recorder = recorder
+        self.notices = notices
+        self._short_off = False  # short screens stopped ranking like full budgets
+        self._cleared: set[int] = set()  # candidates past pre-flight and short screen
+
+    def ensure_screen(self, cand: Candidate) -> Trial:
+        found = self.evidence.trial(screen_id(cand.id))
+        if found is not None:
+            return found
+        partner = self.evidence.partner_of(cand.base_sha) if self.cfg.merge.paired else None
+        return self.recorder.ensure_trial(
+            screen_id(cand.id), TrialKind.CANDIDATE, cand, partner=partner
+        )
+
+    def clear(self, cand: Candidate) -> Ruling:
+        """Whether a new candidate may take a full budget: PASS once its pre-flight passed
+        and its short screen promoted it (or none is asked for)."""
+        if cand.id in self._cleared:
+            return Ruling(Act.PASS)
+        ruling = self._preflight(cand)
+        if ruling.act is Act.PASS:
+            ruling = self._short_screen(cand)
+        if ruling.act is Act.PASS:
+            self._cleared.add(cand.id)
+        return ruling
+
+    def _preflight(self, cand: Candidate) -> Ruling:
+        seconds = self.cfg.merge.preflight_s
+        if seconds <= 0:
+            return Ruling(Act.PASS)
+        trial = self.evidence.trial(preflight_id(cand.id))
+        if trial is None and self.evidence.trial(screen_id(cand.id)) is not None:
+            return Ruling(Act.PASS)  # its screen started before preflight_s was set
+        trial = trial or self.recorder.ensure_trial(
+            preflight_id(cand.id), TrialKind.PREFLIGHT, cand
+        )
+        return preflight_ruling(trial, seconds, self.target)
+
+    def _short_screen(self, cand: Candidate) -> Ruling:
+        if self.cfg.merge.screen_budget_s <= 0 or self.evidence.trial(screen_id(cand.id)):
+            return Ruling(Act.PASS)  # promoted already, or screened in full from the start
+        short = self.evidence.trial(short_id(cand.id))
+        if short is None:
+            if self.stopped():
+                return Ruling(Act.PASS)
+            short = self.recorder.ensure_trial(short_id(cand.id), TrialKind.SHORT, cand)
+        return short_ruling(short, self.evidence.short_others(short), self.cfg.merge, self.target)
+
+    def note_short_screens(self, running: list[Candidate]) -> None:
+        """Take in every short screen that has finished, before any is ranked: a short screen
+        is ranked against all those in (ASHA's rule), whichever candidate comes first."""
+        if self.cfg.merge.screen_budget_s <= 0:
+            return
+        runs = self.evidence.fidelity_runs()
+        for cand in running:
+            short = self.evidence.trial(short_id(cand.id))
+            if short is not None and short.state.is_finished():
+                runs[short.id] = short
+
+    def stopped(self) -> bool:
+        """Whether short screens stopped ranking candidates as full budgets do (the rank
+        monitor, farm.merge.fidelity): then, for the rest of the campaign, new candidates
+        are screened at the full budget alone."""
+        m = self.cfg.merge
+        if not self._short_off:
+            found = fidelity(list(self.evidence.fidelity_runs().values()), m)
+            if found.apart:
+                self._short_off = True
+                self.notices.say(
+                    "short",
+                    f"short screens ({m.screen_budget_s:g} s) rank candidates unlike full "
+                    f"budgets: Kendall's τ {found.tau:.2f} over {found.pairs} pairs < "
+                    f"min_rank_agreement {m.min_rank_agreement:g}; new candidates are "
+                    "screened at the full budget from now on"
+                    if found.timeouts < SHORT_TIMEOUTS
+                    else f"{found.timeouts} short screens ran past screen_budget_s = "
+                    f"{m.screen_budget_s:g} s without a metric: make the target train for "
+                    "FARM_BUDGET_S seconds (farm sets it for every trial); new candidates are "
+                    "screened at the full budget from now on",
+                    warn=True,
+                )
+        return self._short_off
+
+    def paired_gate(self, screen: Trial, ref: Reference) -> Verdict | None:
+        """The screen's gate on its gap to its partner run, where the campaign's screens show
+        that pairing at least halves the variance (farm.merge.paired_bar); else None."""
+        partner = self.evidence.trial(screen.partner) if screen.partner else None
+        gap = self.evidence.gap(screen, partner) if partner else None
+        if gap is None or not ref.sigma > 0 or not screen.state.is_finished():
+            return None
+        assert screen.candidate_id is not None  # a screen is a candidate's
+        gaps = self.evidence.paired_gaps()
+        gaps[screen.candidate_id] = gap
+        others = [g for c, g in gaps.items() if c != screen.candidate_id]
+        m = self.cfg.merge
+        bar = paired_bar(paired_spread(others), sigma=ref.sigma, incumbent_runs=ref.runs, m=m)
+        if bar is None:
+            return None
+        self.notices.say(
+            "paired",
+            f"screens share a seed with a run of their reference (common random numbers) "
+            f"and their gaps to it spread σ {bar / m.paired_z:.3g} against σ "
+            f"{ref.sigma:.3g} between runs: a screen now earns confirmations beyond "
+            f"paired_z·{bar / m.paired_z:.3g} of its gap",
+        )
+        (value,) = self.evidence.placed([screen])
+        return Verdict(passed=gap > bar, estimate=value, delta=gap, threshold=bar)
