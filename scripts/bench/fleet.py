@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from farm.cli import _fleet
-from farm.trials import RERUNS
 from farm.simulate import CAMPAIGN, SimModel, Simulation
+from farm.trials import RERUNS
 
 WAYS = ("placed", "anywhere", "blind")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from helpers import RunCampaign, farm, git
 
-from farm.trials import trial_seed
 from farm.errors import FarmError
 from farm.init import init_target
 from farm.progress import baseline_noise
 from farm.records import DecisionKind, Direction, TrialState
+from farm.trials import trial_seed
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
 NO_SEED = "no file reads $FARM_SEED"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.errors import StoreError
+from farm.errors import StateMoveRefused, StoreError
 from farm.records import (
     Campaign,
     Candidate,
@@ -30,7 +30,6 @@ from farm.records import (
     TrialResult,
     TrialState,
 )
-from farm.errors import StateMoveRefused
 from farm.store import Store, open_store
 from farm.store.base import SCHEMA_VERSION
 from farm.store.sqlite import SQLiteStore
