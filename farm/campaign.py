@@ -300,8 +300,11 @@ def run(
 
 
 def _finished(store: Store, campaign: str, *, feeder_done: bool, stopping: bool) -> bool:
-    """Done when nothing runs or waits; when stopping early, queued candidates may wait."""
+    """Done when nothing runs or waits and the incumbent is measured; when stopping early,
+    queued candidates may wait and the incumbent may stay an estimate (every view says so)."""
     waiting = (
         {CandidateState.RUNNING} if stopping else {CandidateState.RUNNING, CandidateState.QUEUED}
     )
-    return (feeder_done or stopping) and store.is_quiet(campaign, waiting=waiting)
+    if not (feeder_done or stopping) or not store.is_quiet(campaign, waiting=waiting):
+        return False
+    return stopping or not store.get_incumbent(campaign).estimated

@@ -102,7 +102,7 @@ class Incumbency:
         Estimates added up keep every error of the gains behind them (the best of many
         noisy runs looks better than it is), so each one is replaced by a measurement.
         """
-        if inc.runs or inc.candidate_id is None:
+        if not inc.estimated or inc.candidate_id is None:
             return
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None

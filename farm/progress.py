@@ -15,8 +15,9 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from farm import merge
+from farm import figures, merge
 from farm.config import MergeConfig
+from farm.figures import Step
 from farm.merge import baseline, runs_of
 from farm.records import (
     CandidateState,
@@ -31,6 +32,7 @@ from farm.records import (
 from farm.store import Store
 from farm.store.stats import DEAD, CampaignStats
 from farm.text import clean_line
+from farm.trials import baseline_ids
 
 WIDTH = 80
 KEPT_SHOWN = 10  # `farm status` lists the last keeps by title; the sparkline has them all
@@ -41,6 +43,7 @@ DECIDED = (
     CandidateState.DISCARDED,
     CandidateState.CRASHED,
     CandidateState.SUPERSEDED,
+    CandidateState.REVERTED,
 )
 
 
@@ -74,17 +77,20 @@ def history(
     trials: list[Trial],
     decisions: list[Decision],
     *,
-    start_sha: str,
+    line: list[Step],
+    baseline_sigma: float | None,
     direction: Direction,
     config: dict[str, Any] | None = None,
 ) -> History:
-    """`config`: the campaign's farm.toml snapshot, for the keep threshold at each step."""
+    """`line`: the incumbents at their values now (farm.figures); `baseline_sigma`: the
+    baseline's σ (outliers out); `config`: the campaign's farm.toml snapshot, for the keep
+    threshold at each step."""
 
     def finished_at(t: Trial) -> float:
         return t.result.finished_at if t.result else t.lease_expires
 
     done = sorted((t for t in trials if t.result or t.state is TrialState.DEAD), key=finished_at)
-    kept_ids = {d.candidate_id for d in decisions if d.kind is DecisionKind.KEPT}
+    kept_ids = {step.candidate_id for step in line[1:]}
     points = [
         Point(
             n=i,
@@ -97,32 +103,26 @@ def history(
         for i, t in enumerate(done, start=1)
     ]
     times = [finished_at(t) for t in done]
+    by_cand = {d.candidate_id: d for d in decisions if d.kind is DecisionKind.KEPT}
+    base_done = [p.n for p in points if p.kind is TrialKind.BASELINE]
     best: list[tuple[int, float]] = []
     sigmas: list[float | None] = []
-    base = [
-        (p.n, p.metric)
-        for p, t in zip(points, done, strict=True)
-        if p.kind is TrialKind.BASELINE and t.commit_sha == start_sha and p.metric is not None
-    ]
-    runs: list[int] = []  # how many runs each estimate averages
-    if base:
-        best.append((max(n for n, _ in base), sum(m for _, m in base) / len(base)))
-        sigmas.append(_stdev([m for _, m in base]))
-        runs.append(len(base))
-    kept = []
-    confirm = max(int((config or {}).get("merge", {}).get("confirm", 1)), 1)
-    for d in decisions:
-        if d.kind is DecisionKind.KEPT and d.metric is not None:
-            n = max(1, bisect.bisect_right(times, d.created_at))
-            kept.append((n, d))
-            best.append((n, d.metric))
-            sigmas.append(d.sigma if d.sigma is not None else (sigmas[-1] if sigmas else None))
-            runs.append(confirm)
+    kept: list[tuple[int, Decision]] = []
+    for step in line:
+        if step.candidate_id is None:  # the baseline, once its runs are in
+            best.append((max(base_done, default=1), step.metric))
+            sigmas.append(baseline_sigma)
+            continue
+        d = by_cand[step.candidate_id]
+        n = max(1, bisect.bisect_right(times, step.at))
+        kept.append((n, d))
+        best.append((n, step.metric))
+        sigmas.append(d.sigma if d.sigma is not None else sigmas[-1])
     thresholds = [
-        keep_threshold(config, sigma, Incumbent(sha="", metric=v, runs=r))
+        keep_threshold(config, sigma, Incumbent(sha="", metric=step.metric, runs=step.runs))
         if config is not None and sigma is not None
         else None
-        for (_, v), sigma, r in zip(best, sigmas, runs, strict=True)
+        for step, sigma in zip(line, sigmas, strict=True)
     ]
     return History(
         direction=direction,
@@ -139,20 +139,16 @@ def full_history(store: Store, campaign: str) -> History:
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
+    decisions = store.list_decisions(campaign)
+    kept = [d for d in decisions if d.kind is DecisionKind.KEPT]
     return history(
         store.list_trials(campaign),
-        store.list_decisions(campaign),
-        start_sha=camp.start_sha,
+        decisions,
+        line=figures.line(store, camp, kept, store.get_incumbent(campaign)),
+        baseline_sigma=camp.sigma,
         direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
         config=camp.config,
     )
-
-
-def _stdev(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 # -- where a campaign stands, from the aggregates ----------------------------------------------
@@ -164,6 +160,8 @@ class Snapshot:
     stats: CampaignStats
     incumbent_sha: str
     incumbent_metric: float | None
+    incumbent_runs: int  # the runs its metric stands on; 0 for a keep merged untried
+    line: list[Step]  # the incumbents in order, at their values now (farm.figures)
     start_metric: float | None  # the start commit's baseline mean
     baseline_sigma: float | None
     sigma: float | None  # in force: the latest decision's, else the baseline's
@@ -181,6 +179,11 @@ class Snapshot:
     @property
     def decided(self) -> int:
         return sum(self.stats.candidates[s] for s in DECIDED)
+
+    @property
+    def estimated(self) -> bool:
+        """The incumbent is a keep merged untried whose own runs have not measured it."""
+        return bool(self.line) and self.line[-1].estimated
 
     @property
     def failed(self) -> int:
@@ -212,6 +215,8 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
         stats=stats,
         incumbent_sha=inc.sha,
         incumbent_metric=inc.metric,
+        incumbent_runs=inc.runs,
+        line=figures.line(store, camp, kept, inc),
         start_metric=camp.baseline_metric,
         baseline_sigma=camp.sigma,
         sigma=sigma,
@@ -234,7 +239,7 @@ def baseline_noise(store: Store, campaign: str) -> str:
     if camp is None or camp.sigma is None:
         return ""
     m = merge_config(camp.config)
-    trials = [store.get_trial(campaign, f"base-{i}") for i in range(m.repeats)]
+    trials = [store.get_trial(campaign, i) for i in baseline_ids(m.repeats)]
     runs = runs_of([t for t in trials if t is not None])
     if len(runs) < 2:
         return ""
@@ -393,7 +398,7 @@ def status_line(
         f"slots {busy}/{slots}",
         f"trials {s.finished}",
         f"{s.failed} failed",
-        f"{s.metric} {num(s.incumbent_metric)}",
+        f"{s.metric} {num(s.incumbent_metric)}" + (" (estimated)" if s.estimated else ""),
     ]
     for drop in (None, 3, 2, 1):
         if drop is not None:
@@ -422,7 +427,8 @@ def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "", screen
     lines = [
         f"campaign {s.campaign} · {s.metric}, {better} is better",
         f"  incumbent {s.incumbent_sha[:10]} {s.metric} {num(s.incumbent_metric)}"
-        f" · start {num(s.start_metric)}{gain}",
+        + (" (estimated, not measured)" if s.estimated else "")
+        + f" · start {num(s.start_metric)}{gain}",
         f"  noise σ {num(s.sigma)} (baseline {num(s.baseline_sigma)})"
         f" · keep threshold {num(s.threshold)}",
         *textwrap.wrap(baseline, width, initial_indent="  ", subsequent_indent="    "),
@@ -436,8 +442,12 @@ def status_report(s: Snapshot, *, width: int = WIDTH, baseline: str = "", screen
     if s.kept:
         more = f" (the last {KEPT_SHOWN} of {len(s.kept)})" if len(s.kept) > KEPT_SHOWN else ""
         lines.append(f"  kept, in order{more}:")
+        now = {step.candidate_id: step for step in s.line}
         for d in s.kept[-KEPT_SHOWN:]:
-            tail = f" {s.metric} {num(d.metric)}" + (f" Δ {d.delta:+.4g}" if d.delta else "")
+            step = now.get(d.candidate_id)
+            value = "reverted" if step is None else f"{s.metric} {num(step.metric)}"
+            value += " (estimated)" if step and step.estimated else ""
+            tail = f" {value}" + (f" Δ {d.delta:+.4g}" if d.delta else "")
             head = f"    c{d.candidate_id:<4} "
             title = fit(s.titles.get(d.candidate_id, ""), width - len(head) - len(tail) - 1)
             lines.append(f"{head}{title:<{width - len(head) - len(tail) - 1}} {tail.strip()}")
@@ -468,14 +478,12 @@ def sparkline(values: list[float]) -> str:
 def picture(s: Snapshot, *, width: int = WIDTH) -> list[str]:
     """The best so far over the campaign's time as a sparkline; the last results as marks."""
     lines = []
-    if s.start_metric is not None:
-        steps = [(s.started_at, s.start_metric)] + [
-            (d.created_at, d.metric) for d in s.kept if d.metric is not None
-        ]
+    if s.line:
+        steps = [(step.at, step.metric) for step in s.line]
         end = max(s.stats.last_result_at or 0.0, steps[-1][0])
         better = "lower" if s.direction is Direction.MINIMIZE else "higher"
         head = f"  best {s.metric}: {num(steps[0][1])} "
-        tail = f" {num(steps[-1][1])} ({len(s.kept)} kept, {better} is better)"
+        tail = f" {num(steps[-1][1])} ({len(s.line) - 1} kept, {better} is better)"
         n = max(8, width - len(head) - len(tail))
         times = [s.started_at + (end - s.started_at) * i / (n - 1) for i in range(n)]
         values = [[v for at, v in steps if at <= t][-1] for t in times]

@@ -351,6 +351,11 @@ class Incumbent:
     files: dict[str, str] = field(default_factory=dict)  # editable files' text at `sha`
     updated_at: float = field(default_factory=time.time)
 
+    @property
+    def estimated(self) -> bool:
+        """A keep merged untried, its metric an estimate until its own runs measure it."""
+        return self.candidate_id is not None and self.runs == 0
+
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
 

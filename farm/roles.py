@@ -86,7 +86,8 @@ def serve_control(
         while controller.notices:
             print(note_text(controller.notices.pop(0)), file=out, flush=True)
         waiting = {CandidateState.QUEUED, CandidateState.RUNNING}
-        if clock.expired(store.is_quiet(cfg.campaign, waiting=waiting)):
+        quiet = store.is_quiet(cfg.campaign, waiting=waiting)
+        if clock.expired(quiet and not store.get_incumbent(cfg.campaign).estimated):
             print("farm control: idle; exiting", file=out, flush=True)
             return 0
         time.sleep(POLL_S)

@@ -696,3 +696,110 @@ def test_without_paired_a_screen_has_a_seed_of_its_own(bench: Bench) -> None:
     screen = bench.store.get_trial("default", f"c{cand}-g0-screen")
     assert screen is not None and screen.partner == ""
     assert screen.seed == trial_seed(f"default/c{cand}-g0-screen")
+
+
+def test_a_merge_its_own_runs_cannot_measure_is_reverted_and_the_branch_follows(
+    make_target: MakeTarget,
+) -> None:
+    target = make_target(
+        {"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 2\n{FIXED}max_rebases = 0\n"
+    )
+    bench = Bench(target)
+    bench.finish({"base-0": 0.9, "base-1": 1.1})
+    lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
+    for _ in range(3):  # screens, then both confirmations of both
+        bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})
+    bench.ctl.step(slots=8)
+    merged = bench.store.get_incumbent("default")
+    assert merged.candidate_id == mom and merged.estimated
+    lr_sha = bench.store.get_decision("default", mom).incumbent_before  # type: ignore[union-attr]
+    # Its measuring runs pass the budget: the merged commit does not run as the campaign runs.
+    bench.ctl.step(slots=8)
+    for t in bench.store.claim_trials("default", worker="test", n=10, lease_s=60):
+        assert t.kind is TrialKind.MEASURE
+        bench.store.record_result(
+            "default", TrialResult(trial_id=t.id, outcome=Outcome.TIMEOUT, exit_code=143)
+        )
+    bench.ctl.step(slots=8)
+    inc = bench.store.get_incumbent("default")
+    assert inc.sha == lr_sha and inc.candidate_id == lr and not inc.estimated
+    assert inc.metric == pytest.approx(0.5) and inc.runs == 2
+    assert bench.state(mom) is CandidateState.REVERTED
+    cand = bench.store.get_candidate("default", mom)
+    assert cand is not None and "2 of 2 measuring runs failed" in cand.reason
+    assert git(target, "rev-parse", best_branch("default")).strip() == lr_sha
+    assert "MOM = 0.1" in tip_file(bench)
+    assert any("reverted" in n for n in bench.ctl.notices)
+    # A restarted controller finds the store and the branch in agreement.
+    Controller(store=bench.store, repo=bench.repo, cfg=bench.cfg, campaign="default")
+    bench.ctl.sync_best_branch()
+    # The next candidate is judged against the incumbent that stands, not the reverted one.
+    (wd,) = bench.propose(("print('loss: 1.0')", "print('loss: 1.0')  # same"))
+    bench.ctl.step(slots=8)
+    cand = bench.store.get_candidate("default", wd)
+    assert cand is not None and cand.base_sha == lr_sha
+
+
+def test_a_revert_killed_between_its_writes_finishes_on_restart(make_target: MakeTarget) -> None:
+    target = make_target(
+        {"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 2\n{FIXED}max_rebases = 0\n"
+    )
+    bench = Bench(target)
+    bench.finish({"base-0": 0.9, "base-1": 1.1})
+    lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
+    for _ in range(3):
+        bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})
+    bench.ctl.step(slots=8)
+    merged = bench.store.get_incumbent("default")
+    bench.ctl.step(slots=8)
+    for t in bench.store.claim_trials("default", worker="test", n=10, lease_s=60):
+        bench.store.record_result("default", TrialResult(trial_id=t.id, outcome=Outcome.CRASHED))
+
+    class Killed(Exception):
+        pass
+
+    def killed(*_: object, **__: object) -> bool:
+        raise Killed  # the process dies after marking the candidate, before the incumbent
+
+    bench.store.cas_incumbent = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        bench.ctl.step(slots=8)
+    assert bench.state(mom) is CandidateState.REVERTED
+    store = open_store(default_url(target))  # the restart
+    ctl = Controller(store=store, repo=bench.repo, cfg=bench.cfg, campaign="default")
+    ctl.sync_best_branch()
+    assert store.get_incumbent("default").sha == merged.sha  # nothing moved yet
+    ctl.step(slots=8)
+    inc = store.get_incumbent("default")
+    assert inc.candidate_id == lr
+    assert git(target, "rev-parse", best_branch("default")).strip() == inc.sha
+
+
+def test_a_keep_whose_decision_a_crash_lost_is_recorded_against_the_incumbent_it_replaced(
+    bench: Bench,
+) -> None:
+    (lr,) = bench.propose(("LR = 0.5", "LR = 1.0"))
+    for _ in range(3):
+        bench.finish({f"c{lr}-": 0.5})
+    start = bench.store.get_incumbent("default").sha
+
+    class Killed(Exception):
+        pass
+
+    def killed(*_: object, **__: object) -> bool:
+        raise Killed  # moved the incumbent and its branch, then died before the decision
+
+    bench.store.record_decision = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        bench.ctl.step(slots=8)
+    store = open_store(default_url(bench.target))  # the restart
+    ctl = Controller(store=store, repo=bench.repo, cfg=bench.cfg, campaign="default")
+    ctl.sync_best_branch()
+    ctl.step(slots=8)
+    decision = store.get_decision("default", lr)
+    assert decision is not None and decision.kind is DecisionKind.KEPT
+    assert decision.incumbent_before == start != decision.incumbent_after
+    # The lineage ends at the start commit: σ at the new incumbent is found, no loop.
+    camp = store.get_campaign("default")
+    assert camp is not None
+    assert ctl.evidence.sigma_at(decision.incumbent_after, camp) > 0

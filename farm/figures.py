@@ -1,0 +1,62 @@
+"""The incumbent's line, derived once for every view: `farm status`, the live view, the
+report, progress.png and the metrics read it, so none can disagree with another or with
+the merge rule.
+
+Each incumbent stands at the value the rule itself uses for it now (farm.evidence): the
+baseline's centre (outliers out) for the start commit; a keep's confirmations; and for a
+keep merged untried, its measuring runs once they are in (until then its estimate, marked
+as such). A keep that was reverted is no step of the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from farm.config import config_from_dict
+from farm.evidence import Evidence
+from farm.records import Campaign, CandidateState, Decision, DecisionKind, Incumbent
+from farm.store import Store
+
+
+@dataclass(frozen=True)
+class Step:
+    """One incumbent of the campaign's line."""
+
+    at: float  # when it became the incumbent
+    candidate_id: int | None  # None: the start commit
+    sha: str
+    metric: float
+    runs: int  # the runs its value stands on; 0: estimated, not measured
+
+    @property
+    def estimated(self) -> bool:
+        return self.runs == 0
+
+
+def line(store: Store, camp: Campaign, kept: list[Decision], inc: Incumbent) -> list[Step]:
+    """The incumbents in order, from the start commit (once the baseline is in) to `inc`,
+    each at its value as the rule has it now. `kept`: the campaign's keep decisions."""
+    if camp.baseline_metric is None:
+        return []
+    steps = [Step(camp.created_at, None, camp.start_sha, camp.baseline_metric, camp.baseline_runs)]
+    evidence: Evidence | None = None
+    for d in kept:
+        if d.kind is not DecisionKind.KEPT:
+            continue
+        cand = store.get_candidate(camp.id, d.candidate_id)
+        if cand is None or cand.state is CandidateState.REVERTED:
+            continue
+        if d.incumbent_after == inc.sha and inc.metric is not None:
+            value, runs = inc.metric, inc.runs
+        else:
+            if evidence is None:
+                cfg = config_from_dict(camp.config, source=f"campaign {camp.id}")
+                evidence = Evidence(
+                    store=store, cfg=cfg, campaign=camp.id, start_sha=camp.start_sha
+                )
+            was = evidence.estimate_of(d.incumbent_after, camp)
+            if was.metric is None:
+                continue
+            value, runs = was.metric, was.runs
+        steps.append(Step(d.created_at, d.candidate_id, d.incumbent_after, value, runs))
+    return steps

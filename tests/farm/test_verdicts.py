@@ -1,0 +1,198 @@
+"""The merge rule's stages as a specification: runs in, a ruling out (farm/merge/verdicts.py).
+
+Each table reads as the rule: what a stage is shown and what it does. Numbers alone: no
+store, no git, no controller."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.config import MergeConfig
+from farm.merge import NoisePools
+from farm.merge.verdicts import (
+    Act,
+    Reference,
+    Target,
+    baseline_ruling,
+    few_runs,
+    first_wave,
+    measured_ruling,
+    preflight_ruling,
+    rebased_ruling,
+    screened_ruling,
+    short_ruling,
+)
+from farm.records import Direction, Outcome, Trial, TrialKind, TrialResult, TrialState
+
+T = Target(metric="loss", command="python train.py")
+OK, TIMEOUT, CRASHED, QUEUED = "ok", "timeout", "crashed", "queued"
+
+
+def run(i: int, value: float | str, *, hw: str = "", kind: TrialKind = TrialKind.CONFIRM) -> Trial:
+    """A trial: a metric (ok), an outcome name, or `queued` (still out)."""
+    t = Trial(id=f"t{i}", campaign="c", kind=kind, commit_sha="x", base_sha="s", seed=i)
+    if value == QUEUED:
+        return t
+    t.state = TrialState.DONE
+    if isinstance(value, float | int):
+        t.result = TrialResult(t.id, Outcome.OK, metric=float(value), hardware=hw)
+    else:
+        t.result = TrialResult(t.id, Outcome(value), exit_code=1, output_tail="boom\n")
+    return t
+
+
+def runs(*values: float | str) -> list[Trial]:
+    return [run(i, v) for i, v in enumerate(values)]
+
+
+# -- the baseline -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("repeats", "values", "act", "center"),
+    [
+        (6, [1.0, 1.2, QUEUED], Act.WAIT, None),  # a run is still out
+        (6, [1.0, 1.2, 0.9], Act.MORE, None),  # three that differ: the rest of `repeats`
+        (6, [1.0, 1.0, 1.0], Act.PASS, 1.0),  # three that agree: deterministic, no more
+        (6, [CRASHED, CRASHED, CRASHED], Act.FAIL, None),  # none ran: no more runs of it
+        (4, [1.0, CRASHED, CRASHED, CRASHED], Act.FAIL, None),  # one is not a baseline
+        (4, [0.9, 1.1, 0.9, 1.1], Act.PASS, 1.0),
+        # A run 40 robust σ out is named and left out of the centre and σ.
+        (8, [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 9.0], Act.PASS, 1.0),
+    ],
+)
+def test_the_baseline(repeats: int, values: list, act: Act, center: float | None) -> None:
+    ruling, base = baseline_ruling(runs(*values), MergeConfig(repeats=repeats), T)
+    assert ruling.act is act
+    if center is None:
+        assert base is None
+    else:
+        assert base is not None and base.noise.center == pytest.approx(center)
+    if act is Act.FAIL:
+        assert "fix the target so `python train.py` runs" in ruling.reason
+
+
+@pytest.mark.parametrize(("repeats", "slots", "first"), [(12, 2, 3), (12, 8, 8), (2, 8, 2)])
+def test_the_first_wave_of_baseline_runs(repeats: int, slots: int, first: int) -> None:
+    assert first_wave(MergeConfig(repeats=repeats), slots) == first
+
+
+# -- gates before a full budget ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "act"), [(QUEUED, Act.WAIT), (0.5, Act.PASS), (CRASHED, Act.FAIL)]
+)
+def test_the_preflight(value: float | str, act: Act) -> None:
+    assert preflight_ruling(run(0, value), 2.0, T).act is act
+
+
+@pytest.mark.parametrize(
+    ("value", "others", "act"),
+    [
+        (QUEUED, [], Act.WAIT),
+        (0.5, [], Act.PASS),  # the first always goes on: nothing to rank it by
+        (0.5, [0.6, 0.7, 0.8], Act.PASS),  # best of four; the best half go on
+        (0.75, [0.6, 0.7, 0.8], Act.DISCARD),  # third of four
+        (TIMEOUT, [0.6], Act.PASS),  # says nothing of the candidate
+        (CRASHED, [0.6], Act.FAIL),
+    ],
+)
+def test_the_short_screen(value: float | str, others: list[float], act: Act) -> None:
+    short = run(0, value, kind=TrialKind.SHORT)
+    ruling = short_ruling(short, others, MergeConfig(screen_budget_s=30, promote=0.5), T)
+    assert ruling.act is act
+    if act is Act.DISCARD:
+        assert "ranked 3 of 4" in ruling.reason
+
+
+# -- screen and confirmations --------------------------------------------------------------
+REF = Reference(metric=1.0, runs=12, sigma=0.1, offsets={"": 0.0}, counts={"": 12})
+M = MergeConfig(confirm=2, z=2.0, screen_z=0.0, efficacy_z=99, futility_z=-99)
+
+
+@pytest.mark.parametrize(
+    ("values", "act", "values_kept"),
+    [
+        ([QUEUED], Act.WAIT, None),
+        ([CRASHED], Act.FAIL, None),
+        ([1.2], Act.DISCARD, []),  # the screen is worse: no confirmation earned
+        ([0.9], Act.MORE, None),  # better than the incumbent: a first confirmation
+        ([0.9, 0.85], Act.MORE, None),  # one of two confirmations in
+        ([0.9, 0.85, QUEUED], Act.WAIT, None),
+        ([0.9, 0.8, 0.8], Act.KEEP, [0.8, 0.8]),  # 0.2 > 2·0.1·sqrt(1/2 + 1/12)
+        ([0.9, 0.95, 0.97], Act.DISCARD, [0.95, 0.97]),
+        ([0.9, 0.8, TIMEOUT], Act.FAIL, None),
+    ],
+)
+def test_a_new_candidate(values: list, act: Act, values_kept: list[float] | None) -> None:
+    ruling = screened_ruling(runs(*values), REF, stages=3, m=M, t=T)
+    assert ruling.act is act
+    if values_kept is not None:
+        assert ruling.values == pytest.approx(values_kept)
+    if act is Act.FAIL:
+        assert ruling.reason.startswith(("screening run", "confirmation run"))
+
+
+def test_a_new_candidate_before_the_baseline_is_in_only_fails() -> None:
+    assert screened_ruling(runs(0.1), None, stages=3, m=M, t=T).act is Act.WAIT
+    assert screened_ruling(runs(CRASHED), None, stages=3, m=M, t=T).act is Act.FAIL
+
+
+def test_a_run_on_hardware_the_baseline_never_ran_on_is_run_again() -> None:
+    screen, odd = run(0, 0.9), run(1, 0.1, hw="h100")
+    assert screened_ruling([screen, odd], REF, stages=3, m=M, t=T).act is Act.MORE
+
+
+@pytest.mark.parametrize(
+    ("values", "act"),
+    [([0.8, 0.8], Act.KEEP), ([0.95, 1.0], Act.DISCARD), ([0.8, CRASHED], Act.FAIL)],
+)
+def test_a_rebased_winner(values: list, act: Act) -> None:
+    ruling = rebased_ruling(runs(*values), REF, M, T)
+    assert ruling.act is act
+    if act is Act.DISCARD:
+        assert ruling.reason.startswith("rebased, its re-runs did not hold up")
+
+
+# -- a keep merged untried ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("values", "act", "mean_of"),
+    [
+        ([0.5, QUEUED], Act.WAIT, None),
+        ([0.5, 0.7], Act.PASS, [0.5, 0.7]),
+        ([0.5, TIMEOUT], Act.PASS, [0.5]),  # half of them: measured, from one run
+        ([0.5, TIMEOUT, TIMEOUT, TIMEOUT], Act.FAIL, None),  # make demo's case: 1 of 4
+        ([TIMEOUT], Act.FAIL, None),
+    ],
+)
+def test_the_measuring_runs(values: list, act: Act, mean_of: list[float] | None) -> None:
+    ruling = measured_ruling(runs(*values), {"": 0.0}, T)
+    assert ruling.act is act
+    if mean_of is not None:
+        assert ruling.values == pytest.approx(mean_of)
+    if act is Act.FAIL:
+        assert "measuring runs failed" in ruling.reason
+
+
+@pytest.mark.parametrize(
+    ("runs_", "wanted", "said"),
+    [(0, 4, "an estimate, not yet measured"), (1, 4, "stands on 1 run"), (2, 4, ""), (1, 1, "")],
+)
+def test_what_a_decision_says_of_a_reference_on_few_runs(
+    runs_: float, wanted: int, said: str
+) -> None:
+    assert (said in few_runs(runs_, wanted)) if said else few_runs(runs_, wanted) == ""
+
+
+# -- noise along the incumbents' lineage ----------------------------------------------------
+def test_sigma_follows_a_long_lineage_without_recursion_and_refuses_a_loop() -> None:
+    pools = NoisePools(start="k0", min_dof=11)
+    pools.add("k0", [0.9, 1.1] * 6, key="baseline")
+    parents = {f"k{i}": f"k{i - 1}" for i in range(1, 5001)}
+    assert pools.sigma("k5000", parents.__getitem__) == pytest.approx(pools.sigma("k0", str))
+    parents["k1"] = "k3"  # a keep whose lineage leads back to itself
+    with pytest.raises(ValueError, match="lineage loops"):
+        pools.sigma("k5000", parents.__getitem__)
+
+
+def test_direction_is_read_by_every_stage() -> None:
+    up = Target(metric="acc", direction=Direction.MAXIMIZE)
+    ruling = screened_ruling(runs(1.1, 1.2, 1.2), REF, stages=3, m=M, t=up)
+    assert ruling.act is Act.KEEP
