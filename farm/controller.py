@@ -138,11 +138,12 @@ class Controller:
             return
         self.evidence.set_baseline(base)
         found = base.noise
+        runs = len(base.values) - len(found.outliers)  # what its centre averages
         inc = self.store.get_incumbent(self.campaign)
-        updated = dataclasses.replace(inc, metric=found.center, runs=len(base.values))
+        updated = dataclasses.replace(inc, metric=found.center, runs=runs)
         self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
         self.store.set_baseline(
-            self.campaign, metric=found.center, runs=len(base.values), sigma=found.sigma
+            self.campaign, metric=found.center, runs=runs, sigma=found.sigma
         )
         log.info("%s", ruling.reason)
         if found.deterministic or found.outliers or len(base.offsets) > 1:

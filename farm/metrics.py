@@ -39,8 +39,9 @@ from prometheus_client.registry import Collector
 
 from farm.config import MetricsConfig
 from farm.errors import ConfigError, StoreError
+from farm.figures import merge_config, sigma_in_force
 from farm.merge import Fidelity, fidelity
-from farm.progress import keep_threshold, merge_config
+from farm.progress import keep_threshold
 from farm.records import (
     Campaign,
     CandidateState,
@@ -174,7 +175,15 @@ class _LedgerFamilies:
             counter, "farm_decisions", "decision", doc="Decisions on candidates, by kind."
         )
         self.incumbent = self._new(
-            gauge, "farm_incumbent_metric", doc="The incumbent's metric estimate."
+            gauge,
+            "farm_incumbent_metric",
+            doc="The incumbent's metric: measured by its runs (see farm_incumbent_runs).",
+        )
+        self.incumbent_runs = self._new(
+            gauge,
+            "farm_incumbent_runs",
+            doc="Runs the incumbent's metric stands on; 0 while a keep merged untried is an "
+            "estimate its own runs have not measured yet.",
         )
         self.baseline_sigma = self._new(
             gauge, "farm_baseline_sigma", doc="Seed noise σ of the baseline runs."
@@ -271,9 +280,11 @@ class _LedgerFamilies:
         self.budget.add_metric([c], float(cfg.get("budget_s", 0.0)))
         if inc.metric is not None:
             self.incumbent.add_metric([c], inc.metric)
+            self.incumbent_runs.add_metric([c], inc.runs)
         if camp.sigma is not None:
             self.baseline_sigma.add_metric([c], camp.sigma)
-            sigma = s.sigma if s.sigma is not None else camp.sigma
+            sigma = sigma_in_force(camp, s)
+            assert sigma is not None  # the baseline's at least
             self.sigma.add_metric([c], sigma)
             self.threshold.add_metric([c], keep_threshold(cfg, sigma, inc))
         if s.last_result_at is not None:

@@ -10,14 +10,13 @@ one, and a candidate's words have their control characters replaced before they 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 from farm import figures, merge
 from farm.config import MergeConfig
-from farm.figures import Step
+from farm.figures import Step, merge_config
 from farm.merge import baseline, runs_of
 from farm.records import (
     CandidateState,
@@ -207,7 +206,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     for cid in {d.candidate_id for d in [*kept[-KEPT_SHOWN:], *recent]}:
         cand = store.get_candidate(campaign, cid)
         titles[cid] = cand.title if cand else ""
-    sigma = stats.sigma if stats.sigma is not None else camp.sigma
+    sigma = figures.sigma_in_force(camp, stats)
     return Snapshot(
         campaign=campaign,
         metric=str(camp.config.get("metric", "metric")),
@@ -262,12 +261,6 @@ def short_screens(store: Store, campaign: str) -> str:
         f"to a full budget (the best {m.promote:.0%} against each incumbent); rank agreement "
         f"with full budgets: {merge.fidelity(trials, m).describe(m)}"
     )
-
-
-def merge_config(config: dict[str, Any]) -> MergeConfig:
-    """A campaign's [merge] settings from its stored config (older ones lack newer keys)."""
-    known = {f.name for f in dataclasses.fields(MergeConfig)}
-    return MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
 
 
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:

@@ -55,6 +55,8 @@ def export_tsv(store: Store, campaign: str) -> str:
             status, description = "baseline", "baseline"
         else:
             status = _STATUS[d.kind] if d else "running"
+            if cand and cand.state is CandidateState.REVERTED:
+                status = "discard"  # kept, then undone: its own runs could not measure it
             description = clean_line(cand.title) if cand else ""
         # No number where nothing was measured (a queued or failed trial, no memory line).
         mem_mb = r.summary.get("peak_vram_mb") if r else None
@@ -291,7 +293,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
     def num(x: float | None) -> str:
         return "—" if x is None else f"{x:.5g}"
 
-    base_runs = sum(1 for p in h.points if p.kind is TrialKind.BASELINE and p.metric is not None)
+    base_runs = camp.baseline_runs  # the runs the rule kept (outliers out)
     screens = short_screens(store, campaign)
     gain = (
         h.direction.improvement(old=s.start_metric, new=s.incumbent_metric)
@@ -311,7 +313,9 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         f"σ {num(s.baseline_sigma)}) |",
         f"| baseline | {baseline_noise(store, campaign) or '—'} |",
         *([f"| short screens | {screens} |"] if screens else []),
-        f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`) |",
+        f"| incumbent | {num(s.incumbent_metric)} (`{s.incumbent_sha[:10]}`"
+        + (", estimated, not measured" if s.estimated else f", {s.incumbent_runs} runs")
+        + ") |",
         f"| improvement | {'—' if gain is None else f'{gain:+.5g}'} |",
         f"| trials | {len(h.points)} finished"
         + "".join(f", {k} {v}" for k, v in sorted(finished.items()) if k != "dead")

@@ -5,90 +5,23 @@ exactly which trial finishes when and with what metric."""
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 import pytest
-from helpers import MakeTarget, git
+from helpers import Bench, MakeTarget, git
 
-from farm.campaign import prepare
-from farm.config import TargetConfig, load_config
 from farm.controller import Controller
-from farm.gitops import Repo, best_branch
-from farm.propose import record_drafts
+from farm.gitops import best_branch
 from farm.records import (
     CandidateState,
     DecisionKind,
-    Draft,
-    Edit,
     Outcome,
     TrialKind,
     TrialResult,
 )
-from farm.store import Store, default_url, open_store
+from farm.store import default_url, open_store
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\n"  # no early stop
-
-
-class Bench:
-    """A campaign whose trials finish when the test says, with the metric it says."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.cfg: TargetConfig = load_config(target)
-        self.store: Store = open_store(default_url(target))
-        prepare(target, self.cfg, self.store, check_command=False)
-        self.repo = Repo(target)
-        self.ctl = Controller(store=self.store, repo=self.repo, cfg=self.cfg, campaign="default")
-        self.ctl.sync_best_branch()  # as `farm run` starts
-
-    def propose(self, *edits: tuple[str, str]) -> list[int]:
-        """Record one draft per (search, replace) on the incumbent as the proposer would."""
-        from farm.propose import build_context
-
-        ctx = build_context(self.store, self.cfg, "default")
-        drafts = [
-            Draft(title=f"{s} → {r}", hypothesis="", edits=[Edit("train.py", s, r)])
-            for s, r in edits
-        ]
-        before = {c.id for c in self.store.list_candidates("default")}
-        record_drafts(self.store, self.cfg, "default", drafts, ctx)
-        return sorted({c.id for c in self.store.list_candidates("default")} - before)
-
-    def finish(
-        self,
-        metric_of: dict[str, float],
-        *,
-        slots: int = 8,
-        only: bool = False,
-        on: dict[str, str] | None = None,
-    ) -> list[str]:
-        """Step, then finish the queued trials: metric by trial-id prefix, else 1.0.
-
-        `only`: finish just the trials a prefix names; the others stay queued. `on`: the
-        hardware class they ran on, by trial-id prefix.
-        """
-        self.ctl.step(slots=slots)
-        done = []
-        for t in self.store.claim_trials("default", worker="test", n=100, lease_s=60):
-            metric = next((v for k, v in metric_of.items() if t.id.startswith(k)), None)
-            if metric is None and only:
-                self.store.release("default", t.id, worker="test", max_deliveries=3, failed=False)
-                continue
-            hardware = next((v for k, v in (on or {}).items() if t.id.startswith(k)), "")
-            self.store.record_result(
-                "default",
-                TrialResult(
-                    trial_id=t.id, outcome=Outcome.OK, metric=metric or 1.0, hardware=hardware
-                ),
-            )
-            done.append(t.id)
-        return done
-
-    def state(self, cand_id: int) -> CandidateState:
-        cand = self.store.get_candidate("default", cand_id)
-        assert cand is not None
-        return cand.state
 
 
 @pytest.fixture
