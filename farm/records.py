@@ -83,7 +83,9 @@ class CandidateState(enum.StrEnum):
 # The moves a candidate's state may make. An unfinished state may be written again (a
 # rebase, a commit); a finished one only moves on where a later fact undoes it.
 CANDIDATE_MOVES: dict[CandidateState, frozenset[CandidateState]] = {
-    CandidateState.PROPOSING: frozenset({CandidateState.QUEUED, CandidateState.REJECTED}),
+    CandidateState.PROPOSING: frozenset(
+        {CandidateState.PROPOSING, CandidateState.QUEUED, CandidateState.REJECTED}
+    ),
     CandidateState.QUEUED: frozenset(
         {CandidateState.QUEUED, CandidateState.RUNNING, CandidateState.SUPERSEDED}
     ),
