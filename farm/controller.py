@@ -142,9 +142,7 @@ class Controller:
         inc = self.store.get_incumbent(self.campaign)
         updated = dataclasses.replace(inc, metric=found.center, runs=runs)
         self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
-        self.store.set_baseline(
-            self.campaign, metric=found.center, runs=runs, sigma=found.sigma
-        )
+        self.store.set_baseline(self.campaign, metric=found.center, runs=runs, sigma=found.sigma)
         log.info("%s", ruling.reason)
         if found.deterministic or found.outliers or len(base.offsets) > 1:
             self.said.lines.append(ruling.reason)

@@ -13,7 +13,9 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   after `max_deliveries`), so a dead dispatcher's trials run elsewhere.
 - `record_result` is idempotent by trial id: the first result wins, later ones are ignored,
   so a trial that ran twice (a lapsed lease, a zombie worker) is counted once.
-- `record_decision` is idempotent by candidate: one decision per candidate.
+- `record_decision` is idempotent by candidate: one decision per candidate. A keep that
+  would make the incumbents' lineage loop (its new incumbent the one it replaced, or any
+  before that) is refused.
 - `cas_incumbent` is a compare-and-set on the incumbent's sha: two controllers can never
   both move it from the same commit.
 - `enqueue_trial` is idempotent by trial id, so a controller that crashed mid-step can
@@ -36,7 +38,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection
 
-from farm.errors import StateMoveRefused
+from farm.errors import StateMoveRefused, StoreError
 from farm.records import (
     Campaign,
     Candidate,
@@ -199,6 +201,26 @@ class Store(abc.ABC):
         """The campaign's running aggregates (zeros for a campaign with no records)."""
 
     # -- decisions ------------------------------------------------------------------------
+    def refuse_cycle(self, decision: Decision) -> None:
+        """A keep may not make the incumbents' lineage loop: its new incumbent may not be
+        the one it replaced, nor any incumbent before that (StoreError, nothing written)."""
+        if decision.kind is not DecisionKind.KEPT:
+            return
+        parent = {
+            d.incumbent_after: d.incumbent_before
+            for d in self.list_decisions(decision.campaign, kinds={DecisionKind.KEPT})
+            if d.candidate_id != decision.candidate_id
+        }
+        sha, seen = decision.incumbent_before, set()
+        while sha and sha not in seen:
+            if sha == decision.incumbent_after:
+                raise StoreError(
+                    f"c{decision.candidate_id} would make {sha[:10]} the incumbent after "
+                    "itself: a keep may not make the incumbents' lineage loop"
+                )
+            seen.add(sha)
+            sha = parent.get(sha, "")
+
     @abc.abstractmethod
     def record_decision(self, decision: Decision) -> bool:
         """Record the decision on a candidate. False (and no change) if it already has one."""

@@ -576,6 +576,7 @@ class RedisStore(Store):
 
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
+        self.refuse_cycle(decision)
         keys = _Keys(decision.campaign)
         script_keys = [
             keys.decisions,

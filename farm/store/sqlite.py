@@ -525,6 +525,7 @@ class SQLiteStore(Store):
 
     # -- decisions ------------------------------------------------------------------------
     def record_decision(self, decision: Decision) -> bool:
+        self.refuse_cycle(decision)
         with self._tx() as db:
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE campaign = ?",

@@ -294,6 +294,23 @@ def test_a_kept_candidate_may_be_reverted_and_no_further(store: Store) -> None:
         store.update_candidate(dataclasses.replace(cand, state=CandidateState.KEPT))
 
 
+def test_a_keep_that_would_make_the_lineage_loop_is_refused(store: Store) -> None:
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+
+    def keep(cid: int, before: str, after: str) -> Decision:
+        return Decision(
+            "c", cid, DecisionKind.KEPT, "kept", incumbent_before=before, incumbent_after=after
+        )
+
+    assert store.record_decision(keep(1, a, b))
+    assert store.record_decision(keep(2, b, c))
+    for bad in (keep(3, c, c), keep(3, c, a), keep(3, c, b)):
+        with pytest.raises(StoreError, match="lineage loop"):
+            store.record_decision(bad)
+    assert store.get_decision("c", 3) is None
+    assert store.record_decision(keep(1, a, b)) is False  # a repeat is still just ignored
+
+
 def test_one_decision_per_candidate(store: Store) -> None:
     d = Decision(campaign="c", candidate_id=1, kind=DecisionKind.DISCARDED, reason="worse")
     assert store.record_decision(d)
