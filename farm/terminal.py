@@ -141,8 +141,10 @@ class LiveView(RunView):
         lines.append(
             Text(
                 fit(
-                    f"{s.metric} {num(s.incumbent_metric)} {better} · start "
-                    f"{num(s.start_metric)} · {len(s.kept)} kept · σ {num(s.sigma)}"
+                    f"{s.metric} {num(s.incumbent_metric)}"
+                    + (" (estimated)" if s.estimated else "")
+                    + f" {better} · start {num(s.start_metric)} · {max(len(s.line) - 1, 0)} kept"
+                    f" · σ {num(s.sigma)}"
                     f" · threshold {num(s.threshold)}",
                     width,
                 ),
