@@ -10,13 +10,12 @@ one, and a candidate's words have their control characters replaced before they 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 from farm import merge
-from farm.config import MergeConfig
+from farm.config import MergeConfig, stored_config
 from farm.merge import baseline, runs_of
 from farm.records import (
     CandidateState,
@@ -110,7 +109,7 @@ def history(
         sigmas.append(_stdev([m for _, m in base]))
         runs.append(len(base))
     kept = []
-    confirm = max(int((config or {}).get("merge", {}).get("confirm", 1)), 1)
+    confirm = max(stored_config(config).merge.confirm, 1) if config is not None else 1
     for d in decisions:
         if d.kind is DecisionKind.KEPT and d.metric is not None:
             n = max(1, bisect.bisect_right(times, d.created_at))
@@ -143,7 +142,7 @@ def full_history(store: Store, campaign: str) -> History:
         store.list_trials(campaign),
         store.list_decisions(campaign),
         start_sha=camp.start_sha,
-        direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        direction=stored_config(camp.config).direction,
         config=camp.config,
     )
 
@@ -196,6 +195,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
+    cfg = stored_config(camp.config)
     inc = store.get_incumbent(campaign)
     stats = store.stats(campaign)
     kept = store.list_decisions(campaign, kinds={DecisionKind.KEPT})
@@ -207,8 +207,8 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     sigma = stats.sigma if stats.sigma is not None else camp.sigma
     return Snapshot(
         campaign=campaign,
-        metric=str(camp.config.get("metric", "metric")),
-        direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        metric=cfg.metric,
+        direction=cfg.direction,
         stats=stats,
         incumbent_sha=inc.sha,
         incumbent_metric=inc.metric,
@@ -216,7 +216,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
         baseline_sigma=camp.sigma,
         sigma=sigma,
         threshold=keep_threshold(camp.config, sigma, inc) if sigma is not None else None,
-        repeats=int(camp.config.get("merge", {}).get("repeats", 0)),
+        repeats=cfg.merge.repeats,
         started_at=camp.created_at,
         kept=kept,
         recent=recent,
@@ -233,12 +233,13 @@ def baseline_noise(store: Store, campaign: str) -> str:
     camp = store.get_campaign(campaign)
     if camp is None or camp.sigma is None:
         return ""
-    m = merge_config(camp.config)
+    cfg = stored_config(camp.config)
+    m = cfg.merge
     trials = [store.get_trial(campaign, f"base-{i}") for i in range(m.repeats)]
     runs = runs_of([t for t in trials if t is not None])
     if len(runs) < 2:
         return ""
-    return baseline(runs, m).describe(str(camp.config.get("metric", "metric")))
+    return baseline(runs, m).describe(cfg.metric)
 
 
 def short_screens(store: Store, campaign: str) -> str:
@@ -246,7 +247,7 @@ def short_screens(store: Store, campaign: str) -> str:
     budgets (the monitor that stops them), for `farm status` and the report; empty when the
     campaign screens at the full budget alone."""
     camp = store.get_campaign(campaign)
-    m = merge_config(camp.config) if camp else MergeConfig()
+    m = stored_config(camp.config).merge if camp else MergeConfig()
     if camp is None or m.screen_budget_s <= 0:
         return ""
     trials = store.list_trials(campaign)
@@ -259,16 +260,11 @@ def short_screens(store: Store, campaign: str) -> str:
     )
 
 
-def merge_config(config: dict[str, Any]) -> MergeConfig:
-    """A campaign's [merge] settings from its stored config (older ones lack newer keys)."""
-    known = {f.name for f in dataclasses.fields(MergeConfig)}
-    return MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
-
-
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    return merge.keep_threshold(merge_config(config), sigma=sigma, metric=inc.metric, runs=inc.runs)
+    m = stored_config(config).merge
+    return merge.keep_threshold(m, sigma=sigma, metric=inc.metric, runs=inc.runs)
 
 
 @dataclass
