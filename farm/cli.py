@@ -19,6 +19,7 @@ from farm.config import (
     ROLE_PORT_OFFSETS,
     MergeConfig,
     ProposerKind,
+    Schedule,
     TargetConfig,
     load_config,
 )
@@ -525,7 +526,7 @@ def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from farm.simulate import SimModel, cells, sweep, table
 
-    bad = [s for s in args.schedule if s not in ("backlog", "rounds")]
+    bad = [s for s in args.schedule if s not in set(Schedule)]
     if bad:
         raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
     models = [

@@ -197,8 +197,7 @@ class MergeConfig:
         tier=Tier.ADVANCED,
         rate=Rate(
             "alpha",
-            "one-sided level of the keep test: the chance a no-effect change's runs clear "
-            "the bar at one look",
+            "level of the keep test: the chance a no-effect change passes its last look",
             Tier.INIT,
         ),
     )
@@ -209,8 +208,7 @@ class MergeConfig:
         tier=Tier.ADVANCED,
         rate=Rate(
             "screen_alpha",
-            "level of the screen's gate: the chance a no-effect change's screen earns "
-            "confirmations",
+            "level of the screen's gate: the chance a no-effect screen earns confirmations",
         ),
     )
     # Confirmations run one at a time (farm/merge.py `sequential`): the confirmations so
@@ -228,8 +226,7 @@ class MergeConfig:
         tier=Tier.ADVANCED,
         rate=Rate(
             "efficacy_alpha",
-            "level of each early look (two or more confirmations) at which a change is kept "
-            "before its last confirmation",
+            "level of each early keep (on two or more confirmations, before the last)",
         ),
     )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
@@ -240,6 +237,7 @@ class MergeConfig:
         doc="re-runs of a stale winner on the moved incumbent before it merges on evidence",
         unit="runs",
         ge=0,
+        tier=Tier.INIT,
     )
     # A run that crashes, prints a NaN or ends without its metric within it is decided
     # `crashed` and never takes a full budget; one still running at preflight_s has passed.
@@ -248,6 +246,7 @@ class MergeConfig:
         doc="a pre-flight run this long before a new candidate's screen (0 = none)",
         unit="s",
         ge=0,
+        tier=Tier.INIT,
     )
     # Paired screens: a screen runs with the seed of one of its reference's runs (common
     # random numbers) and, where the campaign's screens show that pairing at least halves
@@ -255,7 +254,9 @@ class MergeConfig:
     # gaps instead. It pays where drafts are small changes (the seed carries over) and can
     # discard a large one that redraws its random numbers: `make demo` lost the planted
     # clamp fix to it (docs/performance.md#paired-seeds).
-    paired: bool = setting(False, doc="paired screens (common random numbers); off by default")
+    paired: bool = setting(
+        False, doc="paired screens (common random numbers; README: Paired screens)", tier=Tier.INIT
+    )
     paired_z: float = setting(
         PAIRED_Z,
         doc="a paired screen earns confirmations beyond paired_z σ of paired gaps",
@@ -263,8 +264,7 @@ class MergeConfig:
         tier=Tier.ADVANCED,
         rate=Rate(
             "paired_alpha",
-            "level of the paired screen's gate: the chance a no-effect change's paired screen "
-            "earns confirmations",
+            "level of the paired screen's gate: the chance a no-effect screen passes it",
         ),
     )
     # Multi-fidelity screening: a new candidate first runs screen_budget_s seconds (its
@@ -278,6 +278,7 @@ class MergeConfig:
         doc="screen new candidates this short first (0 = at the full budget)",
         unit="s",
         ge=0,
+        tier=Tier.INIT,
     )
     promote: float = setting(
         0.33, doc="the share of short screens promoted to a full budget", gt=0, le=1
@@ -602,7 +603,8 @@ def _range(spec: Spec) -> str:
 
 
 def _spec(f: dataclasses.Field[Any]) -> Spec:
-    return f.metadata["spec"]
+    # A field declared without `setting` loads; test_config.py asks for its help line.
+    return f.metadata.get("spec", Spec(""))
 
 
 @dataclass
@@ -955,10 +957,11 @@ no effect passes it with the chance `rate`, so its bar is
 
 The default rates are 1 − Φ(z) of the z-values that scripts/bench/merge_quality.py chose
 (docs/performance.md), so they give those z-values exactly. A rate is the level of one look,
-not the campaign's false-keep rate: the screen, the early looks and the last look together
-keep 4.1% of no-effect changes with the defaults (measured by the bench, which is how to
-check a change of rates). `futility_z` (default 0: stop once the confirmations so far show
-no gain at all) has no rate: it protects power, not the false-keep rate.
+not the campaign's false-keep rate: what the screen, the early looks and the last look add
+up to (false keeps, power, trials per candidate) is what scripts/bench/merge_quality.py
+measures (docs/performance.md, "Merge quality under noise"); run it after changing a rate.
+`futility_z` (default 0: stop once the confirmations so far show no gain at all) has no
+rate: it trades trials for power, not for false keeps.
 
 A z-value written directly (as farm.toml files from before the rates did: `z = 1.5`) overrides
 its rate; a file may set one of the two, not both. The other constants of the rule (outlier

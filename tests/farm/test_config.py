@@ -192,7 +192,8 @@ def test_a_z_and_its_error_rate_together_are_refused() -> None:
 
 
 def test_every_shipped_farm_toml_loads() -> None:
-    for path in [ROOT / "examples/eclip/farm.toml", ROOT / "k8s/eclip.farm.toml"]:
+    for name in ("examples/eclip/farm.toml", "k8s/eclip.farm.toml", "docker/eclip.farm.toml"):
+        path = ROOT / name
         config_from_dict(tomllib.loads(path.read_text()), source=str(path))
 
 
@@ -241,3 +242,12 @@ def test_docs_config_md_is_the_schema() -> None:
     docs = (ROOT / "docs/config.md").read_text()
     assert docs == reference(), "regenerate: python -m farm.config > docs/config.md"
     assert "z = Φ⁻¹(1 − rate)" in docs
+
+
+def test_the_roles_that_take_a_choice_know_the_same_choices() -> None:
+    from proposer.registry import KINDS
+    from workers.isolation import ISOLATION_SETTINGS, NETWORK_MODES
+
+    assert set(KINDS) == set(ProposerKind)
+    assert set(ISOLATION_SETTINGS) == set(IsolationSetting)
+    assert set(NETWORK_MODES) == set(Network)
