@@ -627,7 +627,7 @@ class _Reader:
         if unknown and self.strict:
             known = sorted([*fields, *(r.key for f in fields.values() if (r := _spec(f).rate))])
             close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)
-            homes = [f"[{k.section}]" for k in keys() if k.name == unknown[0] and k.section]
+            homes = [k.table for k in keys() if k.name == unknown[0] and k.table]
             hint = f"did you mean {close[0]!r}? " if close else ""
             if homes and f"[{section}]" not in homes:
                 hint = f"it belongs under {homes[0]}, not here; "
@@ -861,34 +861,38 @@ def _check(cfg: TargetConfig, source: str) -> None:
 class Key:
     """One key as a farm.toml spells it: its table, name, type, default and Spec."""
 
-    section: str  # "" at the top; "merge"; "proposer.params" for [[proposer.params]]
+    table: str  # its table's header: "" at the top, "[merge]", "[[proposer.params]]", …
     name: str
     type: Any
     default: Any  # dataclasses.MISSING where the key is required
     spec: Spec
 
 
-def keys(cls: type = TargetConfig, section: str = "") -> list[Key]:
-    """Every key of the schema, in declaration order; a z-value's error rate just before it."""
-    out = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+def keys(cls: type = TargetConfig, table: str = "") -> list[Key]:
+    """Every key of the schema, in declaration order, each table's tables after its keys; a
+    z-value's error rate just before it."""
+    out, tables = [], []
+    hints, fields = _schema_of(cls)
+    for f in fields.values():
         tp, spec = hints[f.name], _spec(f)
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        default: Any = (
+            f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        )
         inner = [a for a in getattr(tp, "__args__", ()) if isinstance(a, type)]
         inner = [a for a in inner if dataclasses.is_dataclass(a)]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            out += keys(tp, f.name)
+            tables += keys(tp, f"[{f.name}]")
             continue
         if spec.rate is not None:
             r = spec.rate
             rate_spec = Spec(r.doc, gt=0, le=RATE_MAX, tier=r.tier)
-            out.append(Key(section, r.key, float, rate_of(f.default), rate_spec))  # type: ignore[arg-type]
-        out.append(Key(section, f.name, tp, default, spec))
-        if inner:  # [[proposer.params]], [proposer.prices."<model>"]
-            sub = f"{section}.{f.name}" + (' "<model>"' if tp.__origin__ is dict else "")
-            out += keys(inner[0], sub)
-    return out
+            out.append(Key(table, r.key, float, rate_of(default), rate_spec))
+        out.append(Key(table, f.name, tp, default, spec))
+        if inner:  # [[proposer.params]], [proposer.prices."<name>"]
+            dotted = f"{table.strip('[]')}.{f.name}"
+            many = f'[{dotted}."<name>"]' if tp.__origin__ is dict else f"[[{dotted}]]"
+            tables += keys(inner[0], many)
+    return out + tables
 
 
 def _type_text(tp: Any) -> str:
@@ -912,13 +916,7 @@ def _default_text(k: Key) -> str:
         return "unset"
     if isinstance(k.default, dict):
         return "{}"
-    if k.name in {r.key for r in _rates()}:
-        return f"{k.default:.6g}"
     return _show(k.default)
-
-
-def _rates() -> list[Rate]:
-    return [k.spec.rate for k in keys() if k.spec.rate is not None]
 
 
 def init_template() -> str:
@@ -929,13 +927,13 @@ def init_template() -> str:
         "# Every other key has its default (docs/config.md lists them all). Worth a look,",
         "# uncomment to set (with its [table] line):",
     ]
-    section = ""
+    table = ""
     for k in keys():
         if k.spec.tier is not Tier.INIT:
             continue
-        if k.section != section:
-            section = k.section
-            lines += ["", f"# [{section}]"]
+        if k.table != table:
+            table = k.table
+            lines += ["", f"# {table}"]
         value = k.spec.example or _default_text(k)
         unit = f" ({k.spec.unit})" if k.spec.unit else ""
         lines.append(f"{'# ' + k.name + ' = ' + value:<36} # {k.spec.doc}{unit}")
@@ -979,15 +977,11 @@ def reference() -> str:
         "`farm init` writes those it can find out and lists the keys marked *init*. Keys",
         "marked *advanced* follow from others: set them only to override.",
     ]
-    section = None
+    table = None
     for k in keys():
-        if k.section != section:
-            section = k.section
-            title = f"[{section}]" if section else "top level"
-            if section == "proposer.params":
-                title = "[[proposer.params]]"
-            elif section.startswith("proposer.prices"):
-                title = '[proposer.prices."<model>"]'
+        if k.table != table:
+            table = k.table
+            title = table or "top level"
             out += ["", f"## {title}", "", "| key | type | default | allowed | tier | meaning |"]
             out.append("| --- | --- | --- | --- | --- | --- |")
         allowed = _range(k.spec) or "—"
