@@ -35,8 +35,11 @@ from farm.records import Direction
 BASE = 'editable = ["train.py"]\ncommand = "python train.py"\nmetric = "loss"\nbudget_s = 60\n'
 ROOT = Path(__file__).resolve().parents[2]
 
-# The [merge] table `farm init` wrote before the schema (copies of the defaults then).
-OLD_INIT_MERGE = """\
+# The tables `farm init` wrote before the schema (copies of the defaults then).
+OLD_INIT_TABLES = """\
+[sandbox]
+isolation = "auto"  # strict (bubblewrap) where it works, else basic; "strict" insists
+
 [merge]
 repeats = 12     # baseline runs that estimate seed noise σ (3 if the first 3 agree)
 confirm = 4      # re-runs a candidate may get, one at a time, before it is decided
@@ -50,6 +53,16 @@ preflight_s = 0  # > 0: a run this short first; a crash or NaN in it never takes
 screen_budget_s = 0  # > 0: screen new candidates this short (the target reads FARM_BUDGET_S);
 promote = 0.33       # ... the best third go on to a full budget, until short and full budgets
 min_rank_agreement = 0.3  # rank candidates apart (Kendall's τ below this over rank_pairs)
+
+[resources]
+cpus_per_trial = 1
+gpus_per_trial = 0  # 1 on a GPU cluster
+
+[proposer]
+kind = "mutate"  # mutate | replay | optuna | anthropic
+batch_size = 4
+backlog = 4        # `farm simulate` tells which batch_size and backlog keep N slots busy
+schedule = "backlog"  # or "rounds": wait for each batch to be decided (to compare against)
 """
 
 
@@ -181,7 +194,7 @@ def test_an_error_rate_sets_its_z_value(rate: str, value: float, field: str, z: 
 
 
 def test_an_old_farm_toml_with_z_keys_loads_as_before() -> None:
-    assert load(OLD_INIT_MERGE).merge == MergeConfig()
+    assert load(OLD_INIT_TABLES) == load("")
     m = load("[merge]\nz = 2\nscreen_z = 0\nfutility_z = -1\nefficacy_z = 3\npaired_z = 1\n").merge
     assert (m.z, m.screen_z, m.futility_z, m.efficacy_z, m.paired_z) == (2, 0, -1, 3, 1)
 
