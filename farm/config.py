@@ -11,31 +11,42 @@ A target's farm.toml can be five lines (autoresearch layout):
 Everything else has a default. Sections: [merge], [resources], [proposer], [sandbox], [store],
 [metrics].
 
-Each key is declared once, as a dataclass field made by `setting`: its type (the annotation),
-its default, unit, range and a one-line help. Loading refuses unknown keys and bad values
-with "<file>: [section] key: what is wrong; what to write instead"; choices are str Enums.
-`farm init` (the keys marked Tier.INIT) and docs/config.md (`reference`) are generated from
-the same declarations. The merge rule's z-values are set by error rates (`alpha` and its
-kin: z = Φ⁻¹(1 − rate)); a z written directly (older farm.toml files) overrides its rate.
+Each key is declared once, as a dataclass field made by `setting` (farm/schema.py): its type
+(the annotation), default, unit, range and a one-line help; adding a key is adding one
+declaration. Loading refuses unknown keys and bad values with "<file>: [section] key: what is
+wrong; what to write instead"; choices are str Enums. `farm init` (the keys marked
+Tier.INIT) and docs/config.md (`reference`) are generated from the same declarations. The
+merge rule's z-values are set by error rates (`alpha` and its kin: z = Φ⁻¹(1 − rate)); a z
+written directly (older farm.toml files) overrides its rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
-import functools
 import json
-import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
-from typing import Any, get_type_hints
+from typing import Any
 
 from farm.errors import ConfigError
 from farm.records import Direction
+from farm.schema import (
+    Rate,
+    Reader,
+    Tier,
+    default_text,
+    keys,
+    range_text,
+    rate_of,
+    setting,
+    show,
+    template,
+    type_text,
+    where,
+)
 
 CONFIG_NAME = "farm.toml"
 
@@ -56,73 +67,6 @@ DEFAULT_ENV_ALLOW = [
     "NVIDIA_VISIBLE_DEVICES",
     "NVIDIA_DRIVER_CAPABILITIES",
 ]
-
-
-# -- the schema ----------------------------------------------------------------------------
-
-
-class Tier(enum.StrEnum):
-    INIT = "init"  # `farm init` lists it (commented, at its default) for the user to set
-    USER = "user"  # a setting a user may want; docs/config.md lists it
-    ADVANCED = "advanced"  # follows from the others; set it only to override
-
-
-@dataclass(frozen=True)
-class Rate:
-    """The error rate that sets a z-value: z = Φ⁻¹(1 − rate), rounded to 6 decimals."""
-
-    key: str
-    doc: str
-    tier: Tier = Tier.USER
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What the schema knows of one key besides its type and default."""
-
-    doc: str
-    unit: str = ""
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    tier: Tier = Tier.USER
-    example: str = ""  # a TOML value `farm init` suggests where the default is empty
-    rate: Rate | None = None
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    *,
-    doc: str,
-    unit: str = "",
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    tier: Tier = Tier.USER,
-    example: str = "",
-    rate: Rate | None = None,
-    factory: Any = dataclasses.MISSING,
-) -> Any:
-    """Declare one key: a dataclass field whose metadata is its Spec."""
-    spec = Spec(doc, unit, ge, gt, le, lt, tier, example, rate)
-    return field(default=default, default_factory=factory, metadata={"spec": spec})
-
-
-_NORMAL = NormalDist()
-RATE_MAX = 0.5  # the rate of z = 0: a gate that any gain passes
-
-
-def z_of(rate: float) -> float:
-    """The z-value an error rate gives: Φ⁻¹(1 − rate), to 6 decimals (so the default rates,
-    1 − Φ(z) of today's z, give that z exactly and not 1.4999999999999998)."""
-    return round(-_NORMAL.inv_cdf(rate), 6) + 0.0
-
-
-def rate_of(z: float) -> float:
-    """The one-sided error rate of a z-value: 1 − Φ(z)."""
-    return _NORMAL.cdf(-z)
 
 
 # -- choices -------------------------------------------------------------------------------
@@ -566,7 +510,7 @@ def load_config(target: Path) -> TargetConfig:
 def config_from_dict(raw: dict[str, Any], *, source: str) -> TargetConfig:
     """A farm.toml's table, checked against the schema (keys, types, ranges, choices) and
     across keys. Raises ConfigError "<source>: [section] key: what is wrong; what to write"."""
-    cfg = _Reader(source, strict=True).build(TargetConfig, raw, "")
+    cfg = Reader(TargetConfig, source, strict=True).build(TargetConfig, raw, "")
     _check(cfg, source)
     return cfg
 
@@ -575,193 +519,8 @@ def stored_config(config: dict[str, Any]) -> TargetConfig:
     """A campaign's stored farm.toml snapshot, read back through the schema: every reader of
     a campaign's settings gets typed values and the schema's defaults for keys an older farm
     did not store. Keys a newer or older farm stored that this one lacks are left out."""
-    return _Reader("the campaign's stored config", strict=False).build(TargetConfig, config, "")
-
-
-def _where(section: str, key: str) -> str:
-    return f"[{section}] {key}" if section else key
-
-
-def _show(value: Any) -> str:
-    """A value as TOML spells it (near enough for a message)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | list):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _range(spec: Spec) -> str:
-    parts = [
-        f"{op} {_show(bound)}"
-        for op, bound in ((">=", spec.ge), (">", spec.gt), ("<=", spec.le), ("<", spec.lt))
-        if bound is not None
-    ]
-    return " and ".join(parts)
-
-
-def _spec(f: dataclasses.Field[Any]) -> Spec:
-    # A field declared without `setting` loads; test_config.py asks for its help line.
-    return f.metadata.get("spec", Spec(""))
-
-
-@dataclass
-class _Reader:
-    """Builds a section's dataclass from its table; `strict` (a farm.toml) also refuses
-    unknown keys and values out of range, lenient (a stored snapshot) leaves them."""
-
-    source: str
-    strict: bool
-
-    def fail(self, section: str, key: str, why: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {_where(section, key)}: {why}")
-
-    def build(self, cls: type, raw: Any, section: str) -> Any:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{self.source}: [{section}]: not a table; write [{section}] key = …")
-        hints, fields = _schema_of(cls)
-        raw = self._rates(fields, raw, section)
-        unknown = sorted(set(raw) - set(fields))
-        if unknown and self.strict:
-            known = sorted([*fields, *(r.key for f in fields.values() if (r := _spec(f).rate))])
-            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)
-            homes = [k.table for k in keys() if k.name == unknown[0] and k.table]
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            if homes and f"[{section}]" not in homes:
-                hint = f"it belongs under {homes[0]}, not here; "
-            raise self.fail(
-                section, unknown[0], f"unknown key; {hint}write one of {', '.join(known)}"
-            )
-        for name, f in fields.items():
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if name not in raw and required and self.strict:
-                raise self.fail(section, name, f"missing; write {name} = … ({_spec(f).doc})")
-            if name not in raw and required:  # a snapshot without it (tests, tools): empty
-                raw[name] = _origin(hints[name])()
-        kwargs = {
-            name: self.value(hints[name], value, _spec(fields[name]), section, name)
-            for name, value in raw.items()
-            if name in fields
-        }
-        return cls(**kwargs)
-
-    def _rates(
-        self, fields: dict[str, dataclasses.Field[Any]], raw: dict[str, Any], section: str
-    ) -> dict[str, Any]:
-        """`alpha = 0.05` is `z = Φ⁻¹(0.95)`: an error rate written as the z it sets."""
-        raw = dict(raw)
-        for name, f in fields.items():
-            rate = _spec(f).rate
-            if rate is None or rate.key not in raw:
-                continue
-            value = raw.pop(rate.key)
-            if name in raw:
-                raise self.fail(
-                    section,
-                    name,
-                    f"set by {rate.key} too; keep one (a z overrides the rate it follows from)",
-                )
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (ok and 0 < value <= RATE_MAX):
-                raise self.fail(
-                    section,
-                    rate.key,
-                    f"{_show(value)} is not an error rate; write a number > 0 and <= "
-                    f"{RATE_MAX} ({rate.doc})",
-                )
-            raw[name] = z_of(value)
-        return raw
-
-    def value(self, tp: Any, value: Any, spec: Spec, section: str, key: str) -> Any:
-        # `X | None`: TOML has no null, so only a stored snapshot holds a None.
-        args = getattr(tp, "__args__", ())
-        if len(args) == 2 and type(None) in args:
-            if value is None:
-                return None
-            tp = next(a for a in args if a is not type(None))
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            return self.build(tp, value, f"{section}.{key}" if section else key)
-        if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            try:
-                return tp(value)
-            except ValueError:
-                choices = ", ".join(json.dumps(c.value) for c in tp)
-                raise self.fail(
-                    section, key, f"{_show(value)} is not a choice; write one of {choices}"
-                ) from None
-        origin = getattr(tp, "__origin__", None)
-        if origin is list:
-            (item,) = tp.__args__
-            if not isinstance(value, list):
-                raise self.fail(
-                    section, key, f"{_show(value)} is not a list; write [{_kind(item)}, …]"
-                )
-            if isinstance(item, type) and dataclasses.is_dataclass(item):  # [[section.key]]
-                return [
-                    self.build(item, v, f"{section}.{key} #{i + 1}") for i, v in enumerate(value)
-                ]
-            return [self.scalar(item, v, spec, section, f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is dict:
-            _, item = tp.__args__
-            if not isinstance(value, dict):
-                raise self.fail(section, key, f"not a table; write {key} = {{ name = value }}")
-            if isinstance(item, type) and dataclasses.is_dataclass(item):  # [section.key."name"]
-                return {
-                    str(k): self.build(item, v, f"{section}.{key}.{k}") for k, v in value.items()
-                }
-            return {
-                str(k): self.scalar(item, v, spec, section, f"{key}.{k}") for k, v in value.items()
-            }
-        return self.scalar(tp, value, spec, section, key)
-
-    def scalar(self, tp: Any, value: Any, spec: Spec, section: str, key: str) -> Any:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = {
-            bool: isinstance(value, bool),
-            int: number and isinstance(value, int),
-            float: number and math.isfinite(value),
-            str: isinstance(value, str),
-        }[tp]
-        about = f"{spec.doc}, in {spec.unit}" if spec.unit else spec.doc
-        if not ok:
-            raise self.fail(
-                section, key, f"{_show(value)} is not a {_kind(tp)}; write a {_kind(tp)} ({about})"
-            )
-        if tp is float:
-            value = float(value)
-        if self.strict and number and not _in_range(value, spec):
-            raise self.fail(
-                section,
-                key,
-                f"{_show(value)} is out of range; write a {_kind(tp)} {_range(spec)} ({about})",
-            )
-        return value
-
-
-@functools.cache
-def _schema_of(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-    """A section's types and fields (read once: every status line reads a stored config)."""
-    return get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _origin(tp: Any) -> Any:
-    return getattr(tp, "__origin__", tp)
-
-
-def _in_range(value: float, spec: Spec) -> bool:
-    return (
-        (spec.ge is None or value >= spec.ge)
-        and (spec.gt is None or value > spec.gt)
-        and (spec.le is None or value <= spec.le)
-        and (spec.lt is None or value < spec.lt)
-    )
-
-
-def _kind(tp: Any) -> str:
-    return {int: "whole number", float: "number", str: "string", bool: "boolean"}.get(
-        tp, getattr(tp, "__name__", str(tp))
+    return Reader(TargetConfig, "the campaign's stored config", strict=False).build(
+        TargetConfig, config, ""
     )
 
 
@@ -769,7 +528,7 @@ def _check(cfg: TargetConfig, source: str) -> None:
     """What one key's declaration cannot say: relations between keys, paths, patterns."""
 
     def fail(section: str, key: str, why: str) -> None:
-        raise ConfigError(f"{source}: {_where(section, key)}: {why}")
+        raise ConfigError(f"{source}: {where(section, key)}: {why}")
 
     if not cfg.editable:
         fail("", "editable", 'empty; list the files proposals may change, e.g. ["train.py"]')
@@ -854,90 +613,15 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("metrics", "address", str(e))
 
 
-# -- the schema, read out: `farm init`'s template and docs/config.md ------------------------
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key as a farm.toml spells it: its table, name, type, default and Spec."""
-
-    table: str  # its table's header: "" at the top, "[merge]", "[[proposer.params]]", …
-    name: str
-    type: Any
-    default: Any  # dataclasses.MISSING where the key is required
-    spec: Spec
-
-
-def keys(cls: type = TargetConfig, table: str = "") -> list[Key]:
-    """Every key of the schema, in declaration order, each table's tables after its keys; a
-    z-value's error rate just before it."""
-    out, tables = [], []
-    hints, fields = _schema_of(cls)
-    for f in fields.values():
-        tp, spec = hints[f.name], _spec(f)
-        default: Any = (
-            f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        )
-        inner = [a for a in getattr(tp, "__args__", ()) if isinstance(a, type)]
-        inner = [a for a in inner if dataclasses.is_dataclass(a)]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            tables += keys(tp, f"[{f.name}]")
-            continue
-        if spec.rate is not None:
-            r = spec.rate
-            rate_spec = Spec(r.doc, gt=0, le=RATE_MAX, tier=r.tier)
-            out.append(Key(table, r.key, float, rate_of(default), rate_spec))
-        out.append(Key(table, f.name, tp, default, spec))
-        if inner:  # [[proposer.params]], [proposer.prices."<name>"]
-            dotted = f"{table.strip('[]')}.{f.name}"
-            many = f'[{dotted}."<name>"]' if tp.__origin__ is dict else f"[[{dotted}]]"
-            tables += keys(inner[0], many)
-    return out + tables
-
-
-def _type_text(tp: Any) -> str:
-    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
-    origin = getattr(tp, "__origin__", None)
-    if origin is list:
-        return f"list of {_type_text(args[0])}"
-    if origin is dict:
-        return f"table of {_type_text(args[1])}"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return " \\| ".join(json.dumps(c.value) for c in tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return "tables"
-    return _kind(args[0] if len(args) == 1 else tp)
-
-
-def _default_text(k: Key) -> str:
-    if k.default is dataclasses.MISSING:
-        return "required"
-    if k.default is None:
-        return "unset"
-    if isinstance(k.default, dict):
-        return "{}"
-    return _show(k.default)
-
-
 def init_template() -> str:
     """What `farm init` adds below the target's own keys: the keys marked Tier.INIT,
     commented out at their defaults (or an example), by table. Nothing is set: a default
     written into every file would freeze it there."""
-    lines = [
+    head = [
         "# Every other key has its default (docs/config.md lists them all). Worth a look,",
         "# uncomment to set (with its [table] line):",
     ]
-    table = ""
-    for k in keys():
-        if k.spec.tier is not Tier.INIT:
-            continue
-        if k.table != table:
-            table = k.table
-            lines += ["", f"# {table}"]
-        value = k.spec.example or _default_text(k)
-        unit = f" ({k.spec.unit})" if k.spec.unit else ""
-        lines.append(f"{'# ' + k.name + ' = ' + value:<36} # {k.spec.doc}{unit}")
-    return "\n".join(lines) + "\n"
+    return template(TargetConfig, head)
 
 
 _MERGE_MATH = """\
@@ -978,23 +662,23 @@ def reference() -> str:
         "marked *advanced* follow from others: set them only to override.",
     ]
     table = None
-    for k in keys():
+    for k in keys(TargetConfig):
         if k.table != table:
             table = k.table
             title = table or "top level"
             out += ["", f"## {title}", "", "| key | type | default | allowed | tier | meaning |"]
             out.append("| --- | --- | --- | --- | --- | --- |")
-        allowed = _range(k.spec) or "—"
+        allowed = range_text(k.spec) or "—"
         unit = f" ({k.spec.unit})" if k.spec.unit else ""
-        row = [k.name, _type_text(k.type), _default_text(k), allowed, k.spec.tier.value]
+        row = [k.name, type_text(k.type), default_text(k), allowed, k.spec.tier.value]
         out.append(
             "| "
             + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row))
             + f" | {k.spec.doc}{unit} |"
         )
     rows = [
-        f"| `{k.spec.rate.key}` | `{k.name}` | {rate_of(k.default):.6g} | {_show(k.default)} |"
-        for k in keys()
+        f"| `{k.spec.rate.key}` | `{k.name}` | {rate_of(k.default):.6g} | {show(k.default)} |"
+        for k in keys(TargetConfig)
         if k.spec.rate is not None
     ]
     out += ["", _MERGE_MATH.format(rows="\n".join(rows))]

@@ -20,17 +20,14 @@ from farm.config import (
     Schedule,
     Strategy,
     TargetConfig,
-    Tier,
     config_from_dict,
     init_template,
-    keys,
-    rate_of,
     reference,
     stored_config,
-    z_of,
 )
 from farm.errors import ConfigError
 from farm.records import Direction
+from farm.schema import Tier, keys, rate_of, z_of
 
 BASE = 'editable = ["train.py"]\ncommand = "python train.py"\nmetric = "loss"\nbudget_s = 60\n'
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,16 +230,16 @@ def test_a_stored_snapshot_reads_back_typed_with_defaults_for_what_it_lacks() ->
 def test_init_template_sets_nothing_and_lists_the_keys_a_user_sets() -> None:
     text = init_template()
     assert tomllib.loads(text) == {}
-    for k in keys():
+    for k in keys(TargetConfig):
         listed = f"# {k.name} = " in text
         assert listed == (k.spec.tier is Tier.INIT), k.name
     assert "# [merge]\n# repeats = 12" in text and "# alpha = 0.0668072" in text
 
 
 def test_every_key_has_its_help_and_the_rates_have_their_z() -> None:
-    for k in keys():
+    for k in keys(TargetConfig):
         assert k.spec.doc, k
-    rated = {k.name: k.spec.rate.key for k in keys() if k.spec.rate}
+    rated = {k.name: k.spec.rate.key for k in keys(TargetConfig) if k.spec.rate}
     assert rated == {
         "z": "alpha",
         "screen_z": "screen_alpha",
