@@ -20,7 +20,7 @@ from typing import TextIO
 
 import ray
 
-from farm.config import CONFIG_NAME, TargetConfig
+from farm.config import CONFIG_NAME, TargetConfig, stored_config
 from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
 from farm.errors import ConfigError, ProposerError, TargetError
@@ -76,7 +76,7 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
     if existing is not None:
         now = cfg.to_dict()
         # A key the campaign's snapshot lacks (an older farm) had its default then.
-        then = {**TargetConfig(editable=[], command="", metric="").to_dict(), **existing.config}
+        then = stored_config(existing.config).to_dict()
         changed = [k for k in _FIXED_KEYS if then[k] != now[k]]
         if changed:
             raise ConfigError(

@@ -18,6 +18,8 @@ from farm.config import (
     EXPORTER_ADDRESS,
     ROLE_PORT_OFFSETS,
     MergeConfig,
+    ProposerKind,
+    Schedule,
     TargetConfig,
     load_config,
 )
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a campaign (local Ray, or $RAY_ADDRESS's cluster)")
     common(run)
     run.add_argument("--slots", type=int, default=0, help="concurrent trials")
-    run.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
+    run.add_argument(
+        "--proposer", choices=list(map(str, ProposerKind)), help="overrides [proposer] kind"
+    )
     run.add_argument("--max-candidates", type=int, help="stop after this many candidates")
     run.add_argument(
         "--time-limit",
@@ -94,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     propose = sub.add_parser("propose", help="run only the proposer (a role process)")
     common(propose)
     role_metrics(propose, ROLE_PORT_OFFSETS["propose"])
-    propose.add_argument("--proposer", help="proposer kind, overriding [proposer] kind")
+    propose.add_argument(
+        "--proposer", choices=list(map(str, ProposerKind)), help="overrides [proposer] kind"
+    )
     propose.add_argument("--max-candidates", type=int, help="stop after this many candidates")
     propose.add_argument("--wait", type=_duration, default=600.0, help="wait this long for control")
 
@@ -316,7 +322,7 @@ def _config(args: argparse.Namespace) -> TargetConfig:
     if args.campaign:
         cfg.campaign = args.campaign
     if getattr(args, "proposer", None):
-        cfg.proposer = dataclasses.replace(cfg.proposer, kind=args.proposer)
+        cfg.proposer = dataclasses.replace(cfg.proposer, kind=ProposerKind(args.proposer))
     if getattr(args, "metrics_address", None):
         cfg.metrics = dataclasses.replace(cfg.metrics, enabled=True, address=args.metrics_address)
         try:
@@ -520,7 +526,7 @@ def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from farm.simulate import SimModel, cells, sweep, table
 
-    bad = [s for s in args.schedule if s not in ("backlog", "rounds")]
+    bad = [s for s in args.schedule if s not in set(Schedule)]
     if bad:
         raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
     models = [

@@ -1,4 +1,4 @@
-"""farm.toml, read into dataclasses. Unknown keys and bad values name the key and the file.
+"""farm.toml, read through one schema into dataclasses.
 
 A target's farm.toml can be five lines (autoresearch layout):
 
@@ -10,20 +10,43 @@ A target's farm.toml can be five lines (autoresearch layout):
 
 Everything else has a default. Sections: [merge], [resources], [proposer], [sandbox], [store],
 [metrics].
+
+Each key is declared once, as a dataclass field made by `setting` (farm/schema.py): its type
+(the annotation), default, unit, range and a one-line help; adding a key is adding one
+declaration. Loading refuses unknown keys and bad values with "<file>: [section] key: what is
+wrong; what to write instead"; choices are str Enums. `farm init` (the keys marked
+Tier.INIT) and docs/config.md (`reference`) are generated from the same declarations. The
+merge rule's z-values are set by error rates (`alpha` and its kin: z = Φ⁻¹(1 − rate)); a z
+written directly (older farm.toml files) overrides its rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import enum
+import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from farm.errors import ConfigError
 from farm.records import Direction
+from farm.schema import (
+    Rate,
+    Reader,
+    Tier,
+    default_text,
+    keys,
+    range_text,
+    rate_of,
+    setting,
+    show,
+    template,
+    type_text,
+    where,
+)
 
 CONFIG_NAME = "farm.toml"
 
@@ -46,68 +69,201 @@ DEFAULT_ENV_ALLOW = [
 ]
 
 
+# -- choices -------------------------------------------------------------------------------
+
+
+class ProposerKind(enum.StrEnum):
+    MUTATE = "mutate"
+    REPLAY = "replay"
+    ANTHROPIC = "anthropic"
+    OPTUNA = "optuna"
+    HYBRID = "hybrid"
+
+
+class Schedule(enum.StrEnum):
+    BACKLOG = "backlog"  # refill the backlog while trials run
+    ROUNDS = "rounds"  # the next batch only once the last is decided (to compare against)
+
+
+class Strategy(enum.StrEnum):
+    SINGLE = "single"
+    FOCUSED = "focused"
+    MIX = "mix"
+
+
+class IsolationSetting(enum.StrEnum):
+    AUTO = "auto"
+    STRICT = "strict"
+    BASIC = "basic"
+
+
+class Network(enum.StrEnum):
+    AUTO = "auto"
+    ISOLATED = "isolated"
+    HOST = "host"
+
+
+# -- the sections --------------------------------------------------------------------------
+
+# The merge rule's z-values, set by error rates. Defaults: 1 − Φ(z) of the z-values that
+# scripts/bench/merge_quality.py chose (docs/performance.md), so that they derive to them.
+Z, SCREEN_Z, EFFICACY_Z, PAIRED_Z = 1.5, 0.25, 2.5, 1.5
+
+
 @dataclass
 class MergeConfig:
+    """How a candidate is judged: seed noise from baseline runs, a screen, confirmations
+    judged one at a time (a group-sequential test), and the opt-in designs."""
+
     # Defaults from scripts/bench/merge_quality.py (docs/performance.md): the cheapest
     # setting that keeps <= 5% of no-effect changes and >= 90% of 2σ improvements.
-    repeats: int = 12  # baseline runs used to estimate seed noise σ
-    confirm: int = 4  # independent re-runs a candidate may get before it is decided (0 = none)
-    min_delta: float = 0.0  # smallest improvement worth keeping, in metric units
-    # ... and relative to the metric's scale: what a deterministic target (σ = 0) is judged
-    # by alone; far below the noise of any seeded target.
-    min_rel_delta: float = 1e-4
-    z: float = 1.5  # keep only improvements beyond z standard errors of the difference
-    screen_z: float = 0.25  # a screening run earns confirmations beyond screen_z·σ
+    repeats: int = setting(
+        12, doc="baseline runs that estimate the seed noise σ", unit="runs", ge=2, tier=Tier.INIT
+    )
+    confirm: int = setting(
+        4,
+        doc="re-runs a candidate may get, one at a time, before it is decided (0 = none)",
+        unit="runs",
+        ge=0,
+        tier=Tier.INIT,
+    )
+    min_delta: float = setting(
+        0.0, doc="smallest improvement worth keeping", unit="metric units", ge=0, tier=Tier.INIT
+    )
+    # What a deterministic target (σ = 0) is judged by alone; far below any seeded noise.
+    min_rel_delta: float = setting(
+        1e-4, doc="smallest improvement worth keeping, relative to the metric", ge=0, lt=1
+    )
+    z: float = setting(
+        Z,
+        doc="keep only improvements beyond z standard errors of the difference",
+        ge=0,
+        tier=Tier.ADVANCED,
+        rate=Rate(
+            "alpha",
+            "level of the keep test: the chance a no-effect change passes its last look",
+            Tier.INIT,
+        ),
+    )
+    screen_z: float = setting(
+        SCREEN_Z,
+        doc="a screening run earns confirmations beyond screen_z standard errors",
+        ge=0,
+        tier=Tier.ADVANCED,
+        rate=Rate(
+            "screen_alpha",
+            "level of the screen's gate: the chance a no-effect screen earns confirmations",
+        ),
+    )
     # Confirmations run one at a time (farm/merge.py `sequential`): the confirmations so
     # far stop early below futility_z standard errors (discard) or beyond efficacy_z (keep).
-    futility_z: float = 0.0
-    efficacy_z: float = 2.5
+    futility_z: float = setting(
+        0.0,
+        doc="after a confirmation, discard early below futility_z standard errors "
+        "(negative: more patient)",
+        tier=Tier.ADVANCED,
+    )
+    efficacy_z: float = setting(
+        EFFICACY_Z,
+        doc="keep early, on two or more confirmations, beyond efficacy_z standard errors",
+        ge=0,
+        tier=Tier.ADVANCED,
+        rate=Rate(
+            "efficacy_alpha",
+            "level of each early keep (on two or more confirmations, before the last)",
+        ),
+    )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
-    max_rebases: int = 0
-    # Seconds of a pre-flight run before a new candidate's screen (0 = none): a run that
-    # crashes, prints a NaN or ends without its metric within it is decided `crashed` and
-    # never takes a full budget; one still running at preflight_s has passed (it is stopped).
-    preflight_s: float = 0.0
-    # Paired screens (off by default): a screen runs with the seed of one of its reference's
-    # runs (common random numbers) and, where the campaign's screens show that pairing at
-    # least halves the variance of their gap to that run, earns confirmations beyond
-    # paired_z σ of paired gaps instead. It pays where drafts are small changes (the seed
-    # carries over) and can discard a large one that redraws its random numbers: `make demo`
-    # lost the planted clamp fix to it (docs/performance.md#paired-seeds).
-    paired: bool = False
-    paired_z: float = 1.5
-    # Multi-fidelity screening (0 = off): a new candidate first runs screen_budget_s seconds
-    # (its FARM_BUDGET_S says so: the target must train for that long), and only the best
+    max_rebases: int = setting(
+        0,
+        doc="re-runs of a stale winner on the moved incumbent before it merges on evidence",
+        unit="runs",
+        ge=0,
+        tier=Tier.INIT,
+    )
+    # A run that crashes, prints a NaN or ends without its metric within it is decided
+    # `crashed` and never takes a full budget; one still running at preflight_s has passed.
+    preflight_s: float = setting(
+        0.0,
+        doc="a pre-flight run this long before a new candidate's screen (0 = none)",
+        unit="s",
+        ge=0,
+        tier=Tier.INIT,
+    )
+    # Paired screens: a screen runs with the seed of one of its reference's runs (common
+    # random numbers) and, where the campaign's screens show that pairing at least halves
+    # the variance of their gap to that run, earns confirmations beyond paired_z σ of paired
+    # gaps instead. It pays where drafts are small changes (the seed carries over) and can
+    # discard a large one that redraws its random numbers: `make demo` lost the planted
+    # clamp fix to it (docs/performance.md#paired-seeds).
+    paired: bool = setting(
+        False, doc="paired screens (common random numbers; README: Paired screens)", tier=Tier.INIT
+    )
+    paired_z: float = setting(
+        PAIRED_Z,
+        doc="a paired screen earns confirmations beyond paired_z σ of paired gaps",
+        ge=0,
+        tier=Tier.ADVANCED,
+        rate=Rate(
+            "paired_alpha",
+            "level of the paired screen's gate: the chance a no-effect screen passes it",
+        ),
+    )
+    # Multi-fidelity screening: a new candidate first runs screen_budget_s seconds (its
+    # FARM_BUDGET_S says so: the target must train for that long), and only the best
     # `promote` share of the short screens ranked against the same incumbent go on to a
     # full budget. Short budgets favour changes that pay off early, so screening short
     # stops for good once the short and full screens of the same candidates stop ranking
     # alike: Kendall's τ below min_rank_agreement over rank_pairs pairs or more.
-    screen_budget_s: float = 0.0
-    promote: float = 0.33
-    min_rank_agreement: float = 0.3
-    rank_pairs: int = 10
+    screen_budget_s: float = setting(
+        0.0,
+        doc="screen new candidates this short first (0 = at the full budget)",
+        unit="s",
+        ge=0,
+        tier=Tier.INIT,
+    )
+    promote: float = setting(
+        0.33, doc="the share of short screens promoted to a full budget", gt=0, le=1
+    )
+    min_rank_agreement: float = setting(
+        0.3,
+        doc="screen short only while short and full screens rank alike (Kendall's τ)",
+        ge=-1,
+        le=1,
+    )
+    rank_pairs: int = setting(
+        10, doc="pairs of screens ranked before their agreement is trusted", ge=2
+    )
 
 
 @dataclass
 class ResourcesConfig:
-    slots: int = 0  # concurrent trials; 0 = as many as the cluster can hold
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    accelerator_type: str = ""  # Ray accelerator_type, e.g. "A100"; see docs for RTX 4090
-    labels: dict[str, str] = field(default_factory=dict)  # Ray node label_selector
-    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources
+    """What one trial asks of Ray."""
+
+    slots: int = setting(0, doc="concurrent trials; 0 = as many as the cluster can hold", ge=0)
+    cpus_per_trial: float = setting(1.0, doc="CPUs each trial holds", ge=0, tier=Tier.INIT)
+    gpus_per_trial: float = setting(
+        0.0, doc="GPUs each trial holds (1 on a GPU cluster)", ge=0, tier=Tier.INIT
+    )
+    accelerator_type: str = setting(
+        "", doc='Ray accelerator_type, e.g. "A100" (docs/gpu-cluster.md for an RTX 4090)'
+    )
+    labels: dict[str, str] = setting(
+        doc='Ray node label_selector, e.g. { gpu-model = "rtx4090" }', factory=dict
+    )
+    custom: dict[str, float] = setting(doc="Ray custom resources per trial", ge=0, factory=dict)
 
 
 @dataclass
 class ModelPrice:
     """USD per million tokens of one model; `[proposer.prices."<model>"]` in farm.toml."""
 
-    input: float
-    output: float
-    cache_write: float  # prompt-cache writes (5-minute cache)
-    cache_read: float  # prompt-cache hits
+    input: float = setting(doc="input tokens", unit="USD/Mtok", ge=0)
+    output: float = setting(doc="output tokens", unit="USD/Mtok", ge=0)
+    cache_write: float = setting(doc="prompt-cache writes (5-minute cache)", unit="USD/Mtok", ge=0)
+    cache_read: float = setting(doc="prompt-cache hits", unit="USD/Mtok", ge=0)
 
 
 @dataclass
@@ -115,12 +271,12 @@ class ParamConfig:
     """One `[[proposer.params]]` table: a knob optuna may tune (named as proposer/knobs.py
     names it: a constant, a config entry, a call keyword, a default)."""
 
-    file: str  # an editable file
-    name: str  # e.g. "LEARNING_RATE", "RandomForestClassifier.max_depth", "CONFIG.lr"
-    low: float
-    high: float
-    log: bool = False  # sample on a log scale (learning rates, weight decays)
-    int: bool = False  # an integer parameter (depth, batch size)
+    file: str = setting(doc="an editable file")
+    name: str = setting(doc='e.g. "LEARNING_RATE", "RandomForestClassifier.max_depth", "CONFIG.lr"')
+    low: float = setting(doc="lowest value tried")
+    high: float = setting(doc="highest value tried")
+    log: bool = setting(False, doc="sample on a log scale (learning rates, weight decays)")
+    int: bool = setting(False, doc="an integer parameter (depth, batch size)")
 
 
 DEFAULT_FOCUSES = [
@@ -134,62 +290,120 @@ DEFAULT_FOCUSES = [
 
 @dataclass
 class ProposerConfig:
-    kind: str = "mutate"  # mutate | replay | anthropic | optuna | hybrid
-    batch_size: int = 4  # drafts asked for per proposer call
-    backlog: int = 4  # validated candidates kept ready beyond the free slots
-    # backlog: refill the backlog while trials run (LLM latency hides behind training);
-    # rounds: a synchronous loop, the next batch only once the last is decided (to compare).
-    schedule: str = "backlog"
-    seed: int = 0  # the offline proposers' random seed
-    replay_file: str = ""  # JSONL of drafts, for kind = "replay"
-    max_edit_bytes: int = 20_000  # a draft's edits larger than this are rejected
+    """Where candidates come from: offline proposers, an LLM, or both."""
+
+    kind: ProposerKind = setting(
+        ProposerKind.MUTATE,
+        doc="mutate, optuna (offline, no API key), anthropic, hybrid (an LLM), replay (a file)",
+        tier=Tier.INIT,
+    )
+    batch_size: int = setting(4, doc="drafts asked for per proposer call", ge=1)
+    # `farm simulate` tells which batch_size and backlog keep N slots busy.
+    backlog: int = setting(4, doc="validated candidates kept ready beyond the free slots", ge=0)
+    schedule: Schedule = setting(
+        Schedule.BACKLOG,
+        doc="backlog: propose while trials run; rounds: the next batch once the last is decided",
+    )
+    seed: int = setting(0, doc="the offline proposers' random seed")
+    replay_file: str = setting("", doc='JSONL of drafts, for kind = "replay"')
+    max_edit_bytes: int = setting(
+        20_000, doc="a draft's edits larger than this are rejected", unit="bytes", ge=1
+    )
     # A batch with no usable draft (unreadable answers, invalid edits, the API unavailable
     # after its retries) is retried after backoff_s, doubled each time in a row (at most
     # 10 minutes); after max_failed_batches in a row, proposing stops with the cause.
-    max_failed_batches: int = 3
-    backoff_s: float = 10.0
-    # kind = "anthropic"
-    model: str = "claude-sonnet-4-6"
-    max_tokens: int = 16_000  # per API call (a batch of drafts with its edits)
+    max_failed_batches: int = setting(
+        3, doc="batches in a row with no usable draft before proposing stops", ge=1
+    )
+    backoff_s: float = setting(
+        10.0, doc="wait after a batch with no usable draft, doubled each time", unit="s", ge=0
+    )
+    model: str = setting("claude-sonnet-4-6", doc='the Claude model, for kind = "anthropic"')
+    max_tokens: int = setting(16_000, doc="per API call (a batch of drafts)", unit="tokens", ge=1)
     # Not sent unless set: API version 2026-10-21 (anthropic SDK >= 2) rejects it.
-    temperature: float | None = None
-    strategy: str = "single"  # single | focused | mix
-    focuses: list[str] = field(default_factory=lambda: list(DEFAULT_FOCUSES))
-    spend_cap_usd: float = 10.0  # proposing stops once the ledger's LLM cost reaches it
-    timeout_s: float = 300.0  # per API request
-    max_retries: int = 4  # the SDK's retries on 429, 529, 5xx and timeouts, with backoff
-    api_key_file: str = ""  # file holding the key (relative to the target); else $ANTHROPIC_API_KEY
-    base_url: str = ""  # default: $ANTHROPIC_BASE_URL, else the SDK's
-    prices: dict[str, ModelPrice] = field(default_factory=dict)  # add to / override built-ins
-    digest_tokens: int = 6_000  # budget of the ledger digest in the prompt (≈ chars / 4)
-    files_tokens: int = 32_000  # budget of the editable and protected files in the prompt
-    # kind = "hybrid": TPE trials on the knobs of each structural change before the next
-    tune_trials: int = 8
-    # kind = "optuna"
-    params: list[ParamConfig] = field(default_factory=list)
+    temperature: float | None = setting(
+        None, doc="sampling temperature; unset: not sent", ge=0, le=1
+    )
+    strategy: Strategy = setting(
+        Strategy.SINGLE, doc="single prompt, one focus per call (focused), or a mix per batch"
+    )
+    focuses: list[str] = setting(
+        doc="the focuses of strategy focused and mix", factory=lambda: list(DEFAULT_FOCUSES)
+    )
+    spend_cap_usd: float = setting(
+        10.0, doc="proposing stops once the ledger's LLM cost reaches it", unit="USD", ge=0
+    )
+    timeout_s: float = setting(300.0, doc="per API request", unit="s", gt=0)
+    max_retries: int = setting(
+        4, doc="the SDK's retries on 429, 529, 5xx and timeouts, with backoff", ge=0
+    )
+    api_key_file: str = setting(
+        "", doc="file holding the API key, relative to the target; else $ANTHROPIC_API_KEY"
+    )
+    base_url: str = setting("", doc="the API's URL; default $ANTHROPIC_BASE_URL, else the SDK's")
+    prices: dict[str, ModelPrice] = setting(
+        doc="prices of models, added to / overriding the built-ins", factory=dict
+    )
+    digest_tokens: int = setting(
+        6_000, doc="budget of the ledger digest in the prompt (≈ chars / 4)", unit="tokens", ge=0
+    )
+    files_tokens: int = setting(
+        32_000, doc="budget of the editable and protected files in the prompt", unit="tokens", ge=1
+    )
+    tune_trials: int = setting(
+        8, doc='kind = "hybrid": TPE trials on the knobs of each structural change', ge=1
+    )
+    params: list[ParamConfig] = setting(
+        doc='kind = "optuna": [[proposer.params]] tables, the knobs it tunes', factory=list
+    )
 
 
 @dataclass
 class SandboxConfig:
+    """What a trial may see and do (docs/security.md)."""
+
     # strict: bubblewrap namespaces or refuse to run; basic: a process group (guarantees
-    # missing, said at the start); auto: strict where bubblewrap works. docs/security.md.
-    isolation: str = "auto"
-    env_allow: list[str] = field(default_factory=list)  # added to the built-in allow-list
-    env: dict[str, str] = field(default_factory=dict)  # set for every trial
-    # Host paths a trial may read besides the system and the runtime found on PATH
-    # (datasets, a conda install); "~" is the worker's home. Never writable.
-    read_only_paths: list[str] = field(default_factory=list)
-    output_cap_kb: int = 256  # captured output kept per trial (the tail)
-    network: str = "auto"  # isolated | host | auto (isolated where the OS allows)
-    grace_s: float = 5.0  # between SIGTERM and SIGKILL at the budget
-    # Memory a trial's processes may hold together, in MB; 0 = the node's memory (as Ray
-    # counts it) divided by the trials it runs at once.
-    memory_mb: int = 0
+    # missing, said at the start); auto: strict where bubblewrap works.
+    isolation: IsolationSetting = setting(
+        IsolationSetting.AUTO,
+        doc="strict: bubblewrap or refuse to run; basic: a process group; auto: strict "
+        "where it works",
+        tier=Tier.INIT,
+    )
+    env_allow: list[str] = setting(
+        doc="variables trials inherit, added to the built-in allow-list", factory=list
+    )
+    env: dict[str, str] = setting(doc="variables set for every trial", factory=dict)
+    # "~" is the worker's home. Never writable.
+    read_only_paths: list[str] = setting(
+        doc="host paths a trial may read besides the system and the runtime",
+        factory=list,
+        tier=Tier.INIT,
+        example='["~/.cache/data"]',
+    )
+    output_cap_kb: int = setting(
+        256, doc="captured output kept per trial (the tail)", unit="KiB", ge=1
+    )
+    network: Network = setting(
+        Network.AUTO, doc="isolated, host, or auto (isolated where the OS allows)"
+    )
+    grace_s: float = setting(5.0, doc="between SIGTERM and SIGKILL at the budget", unit="s", ge=0)
+    memory_mb: int = setting(
+        0,
+        doc="memory a trial's processes may hold together; 0 = the node's memory over the "
+        "trials it runs at once",
+        unit="MB",
+        ge=0,
+    )
 
 
 @dataclass
 class StoreConfig:
-    url: str = ""  # default: sqlite:///<target>/.farm/farm.db
+    """Where the queue and ledger live."""
+
+    url: str = setting(
+        "", doc="sqlite:///path/farm.db or redis://host:port/db; default <target>/.farm/farm.db"
+    )
 
 
 # Role processes serve their metrics next to `farm run`'s port: [metrics] address + offset.
@@ -199,12 +413,17 @@ EXPORTER_ADDRESS = "127.0.0.1:9463"  # `farm exporter --address` default
 
 @dataclass
 class MetricsConfig:
-    enabled: bool = True  # farm run/control/work/propose serve Prometheus metrics
-    address: str = "127.0.0.1:9464"  # host:port; loopback unless you mean to expose it
-    # USD per hour of training by hardware class (a trial's `hardware`: a GPU model such as
-    # "NVIDIA GeForce RTX 4090", or "cpu"); "default" for any other. Prices compute in
-    # farm_cost_per_kept_usd; read from the farm.toml a campaign started with.
-    hour_usd: dict[str, float] = field(default_factory=dict)
+    """Prometheus metrics of the farm's processes (docs/observability.md)."""
+
+    enabled: bool = setting(True, doc="farm run/control/work/propose serve Prometheus metrics")
+    address: str = setting("127.0.0.1:9464", doc="host:port; loopback unless you mean to expose it")
+    # Keys: a trial's `hardware` (a GPU model such as "NVIDIA GeForce RTX 4090", or "cpu");
+    # "default" for any other. Read from the farm.toml a campaign started with.
+    hour_usd: dict[str, float] = setting(
+        doc="USD per hour of training by hardware class, for farm_cost_per_kept_usd",
+        ge=0,
+        factory=dict,
+    )
 
     def role_address(self, role: str) -> str:
         """Where a role process serves: `address`'s host, its port + the role's offset."""
@@ -217,43 +436,63 @@ class MetricsConfig:
         host, sep, port = self.address.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
         if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f'{self.address!r} is not host:port, e.g. "127.0.0.1:9464"')
+            raise ConfigError(f'{self.address!r} is not host:port; write one like "127.0.0.1:9464"')
         return host, int(port)
 
 
 @dataclass
 class TargetConfig:
-    editable: list[str]
-    command: str
-    metric: str  # name of a `name: value` summary line
-    protected: list[str] = field(default_factory=list)
-    metric_regex: str = ""  # overrides `metric` parsing: one capture group, the value
-    direction: Direction = Direction.MINIMIZE
-    budget_s: float = 300.0  # hard wall-clock budget per trial
-    # A protected command run after `command` in a fresh sandbox that sees the trial's
-    # directory read-only: when set, the metric is read from its output alone (measured,
-    # not claimed by code the candidate wrote).
-    evaluate: str = ""
-    evaluate_budget_s: float = 0.0  # 0: budget_s
-    bounds: list[float] = field(default_factory=list)  # [lo, hi]: a metric outside is invalid
-    program: str = "program.md"  # instructions for the proposer
-    seed_env: str = "FARM_SEED"  # the trial's seed reaches training through this variable
-    campaign: str = "default"
-    merge: MergeConfig = field(default_factory=MergeConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    proposer: ProposerConfig = field(default_factory=ProposerConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """The target: what proposals may change, how a trial runs and what it is scored by."""
+
+    editable: list[str] = setting(doc="files proposals may change")
+    command: str = setting(doc="runs one trial in a fresh checkout")
+    metric: str = setting(doc="the name of a `name: value` summary line trials print")
+    protected: list[str] = setting(
+        doc="files that must be byte-identical at run time", factory=list
+    )
+    metric_regex: str = setting(
+        "",
+        doc="instead of a summary line: a regex, one capture group around the value",
+        tier=Tier.INIT,
+        example="'loss (\\S+) at end'",
+    )
+    direction: Direction = setting(Direction.MINIMIZE, doc="minimize or maximize the metric")
+    budget_s: float = setting(300.0, doc="hard wall-clock budget per trial", unit="s", gt=0)
+    # When set, the metric is read from its output alone (measured, not claimed by code
+    # the candidate wrote).
+    evaluate: str = setting(
+        "",
+        doc="a protected command that measures the metric after `command` (docs/security.md)",
+        tier=Tier.INIT,
+        example='"python evaluate.py"',
+    )
+    evaluate_budget_s: float = setting(0.0, doc="budget of `evaluate`; 0: budget_s", unit="s", ge=0)
+    bounds: list[float] = setting(
+        doc="[lowest, highest] plausible metric; one outside is invalid_metric",
+        factory=list,
+        tier=Tier.INIT,
+        example="[0, 100]",
+    )
+    program: str = setting("program.md", doc="instructions for the proposer")
+    seed_env: str = setting("FARM_SEED", doc="the trial's seed reaches training through it")
+    campaign: str = setting("default", doc="names the campaign's git branches farm/<campaign>/…")
+    merge: MergeConfig = setting(doc="", factory=MergeConfig)
+    resources: ResourcesConfig = setting(doc="", factory=ResourcesConfig)
+    proposer: ProposerConfig = setting(doc="", factory=ProposerConfig)
+    sandbox: SandboxConfig = setting(doc="", factory=SandboxConfig)
+    store: StoreConfig = setting(doc="", factory=StoreConfig)
+    metrics: MetricsConfig = setting(doc="", factory=MetricsConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["direction"] = self.direction.value
-        return d
+        """The snapshot a campaign stores: plain TOML-like values (enums as their value)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @property
     def env_allow(self) -> list[str]:
         return DEFAULT_ENV_ALLOW + [k for k in self.sandbox.env_allow if k not in DEFAULT_ENV_ALLOW]
+
+
+# -- loading -------------------------------------------------------------------------------
 
 
 def load_config(target: Path) -> TargetConfig:
@@ -269,208 +508,182 @@ def load_config(target: Path) -> TargetConfig:
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str) -> TargetConfig:
-    cfg = _build(TargetConfig, raw, source=source, prefix="")
+    """A farm.toml's table, checked against the schema (keys, types, ranges, choices) and
+    across keys. Raises ConfigError "<source>: [section] key: what is wrong; what to write"."""
+    cfg = Reader(TargetConfig, source, strict=True).build(TargetConfig, raw, "")
     _check(cfg, source)
     return cfg
 
 
-def _build(cls: type, raw: Any, *, source: str, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {known})")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in raw
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{source}: missing required key '{prefix}{missing[0]}'")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, source=source, key=prefix + name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
-    # `X | None`: TOML has no null, so a present key is always an X.
-    args = getattr(tp, "__args__", ())
-    if len(args) == 2 and type(None) in args:
-        tp = next(a for a in args if a is not type(None))
-    # Dataclasses, also as list items ([[proposer.params]]) or table values.
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, source=source, prefix=key + ".")
-    bad = ConfigError(f"{source}: {key} = {value!r} is not a valid {_type_name(tp)}")
-    if tp is Direction:
-        try:
-            return Direction(value)
-        except ValueError:
-            raise ConfigError(
-                f'{source}: {key} = {value!r}: use "minimize" or "maximize"'
-            ) from None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    origin = getattr(tp, "__origin__", None)
-    if origin is list:
-        (item,) = tp.__args__
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(item, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = tp.__args__
-        if not isinstance(value, dict):
-            raise bad
-        return {str(k): _coerce(item, v, source=source, key=f"{key}.{k}") for k, v in value.items()}
-    raise AssertionError(f"unhandled config type {tp}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = getattr(tp, "__origin__", None)
-    if origin is list:
-        return f"list of {_type_name(tp.__args__[0])}"
-    if origin is dict:
-        return f"table of {_type_name(tp.__args__[1])}"
-    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+def stored_config(config: dict[str, Any]) -> TargetConfig:
+    """A campaign's stored farm.toml snapshot, read back through the schema: every reader of
+    a campaign's settings gets typed values and the schema's defaults for keys an older farm
+    did not store. Keys a newer or older farm stored that this one lacks are left out."""
+    return Reader(TargetConfig, "the campaign's stored config", strict=False).build(
+        TargetConfig, config, ""
+    )
 
 
 def _check(cfg: TargetConfig, source: str) -> None:
-    def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{source}: {key}: {why}")
+    """What one key's declaration cannot say: relations between keys, paths, patterns."""
+
+    def fail(section: str, key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {where(section, key)}: {why}")
 
     if not cfg.editable:
-        fail("editable", 'list at least one file proposals may change (e.g. ["train.py"])')
+        fail("", "editable", 'empty; list the files proposals may change, e.g. ["train.py"]')
     for key, paths in (("editable", cfg.editable), ("protected", cfg.protected)):
         for path in paths:
             if not path or Path(path).is_absolute() or ".." in Path(path).parts:
-                fail(key, f"{path!r} must be a relative path inside the target repo")
+                fail("", key, f"{path!r}: write a relative path inside the target repo")
     both = set(cfg.editable) & set(cfg.protected)
     if both:
-        fail("protected", f"{sorted(both)[0]!r} is also editable; a file is one or the other")
+        fail("", "protected", f"{sorted(both)[0]!r} is also editable; a file is one or the other")
     if not cfg.command.strip():
-        fail("command", 'give the command that runs one trial, e.g. "python train.py"')
+        fail("", "command", 'empty; write the command that runs one trial, e.g. "python train.py"')
     if not cfg.metric_regex and not re.fullmatch(r"[A-Za-z_][\w./-]*", cfg.metric):
-        fail("metric", f'{cfg.metric!r} is not a summary-line name like "val_bpb"')
+        fail("", "metric", f'{cfg.metric!r}: write a summary-line name like "val_bpb"')
     if cfg.metric_regex:
         try:
             rx = re.compile(cfg.metric_regex)
         except re.error as e:
-            fail("metric_regex", f"not a valid regex: {e}")
+            fail("", "metric_regex", f"not a valid regex ({e}); write one with one capture group")
         else:
             if rx.groups != 1:
-                fail("metric_regex", "needs exactly one capture group around the value")
-    if cfg.budget_s <= 0 or cfg.evaluate_budget_s < 0:
-        fail("budget_s", "budget_s must be > 0 seconds, evaluate_budget_s >= 0")
+                fail("", "metric_regex", "write exactly one capture group around the value")
     if cfg.evaluate_budget_s and not cfg.evaluate.strip():
-        fail("evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
+        fail("", "evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
     if cfg.bounds and not (len(cfg.bounds) == 2 and cfg.bounds[0] < cfg.bounds[1]):
-        fail("bounds", f"{cfg.bounds}: give [lowest, highest] plausible values, lowest first")
+        fail("", "bounds", f"{cfg.bounds}: write [lowest, highest] plausible values, lowest first")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.campaign):
         fail(
+            "",
             "campaign",
-            f"{cfg.campaign!r}: use letters, digits, '.', '_' and '-' (it names git branches)",
+            f"{cfg.campaign!r}: write letters, digits, '.', '_' and '-' (it names git branches)",
         )
     m = cfg.merge
-    if m.repeats < 2:
-        fail("merge.repeats", "needs at least 2 baseline runs to estimate noise")
-    if m.confirm < 0 or m.max_rebases < 0:
-        fail("merge", "confirm and max_rebases must be >= 0")
-    if m.min_delta < 0 or m.z < 0 or m.screen_z < 0:
-        fail("merge", "min_delta, z and screen_z must be >= 0")
-    if not 0 <= m.preflight_s < cfg.budget_s:
-        fail("merge.preflight_s", f"{m.preflight_s:g}: use 0 (none) or fewer seconds than budget_s")
-    if not 0 <= m.screen_budget_s < cfg.budget_s:
-        fail(
-            "merge.screen_budget_s",
-            f"{m.screen_budget_s:g}: use 0 (screen at the full budget) or fewer seconds than "
-            "budget_s",
-        )
-    if not 0 < m.promote <= 1:
-        fail("merge.promote", f"{m.promote:g}: the share of short screens promoted, in (0, 1]")
-    if not -1 <= m.min_rank_agreement <= 1 or m.rank_pairs < 2:
+    if m.preflight_s >= cfg.budget_s:
         fail(
             "merge",
-            "min_rank_agreement is a Kendall τ in [-1, 1] and rank_pairs must be >= 2",
+            "preflight_s",
+            f"{m.preflight_s:g}: write 0 (none) or fewer seconds than budget_s",
         )
-    r = cfg.resources
-    if r.slots < 0 or r.cpus_per_trial < 0 or r.gpus_per_trial < 0:
-        fail("resources", "slots, cpus_per_trial and gpus_per_trial must be >= 0")
-    p = cfg.proposer
-    if p.batch_size < 1 or p.backlog < 0:
-        fail("proposer", "batch_size must be >= 1 and backlog >= 0")
-    if p.schedule not in ("backlog", "rounds"):
-        fail("proposer.schedule", f'{p.schedule!r}: use "backlog" or "rounds"')
-    if p.max_tokens < 1:
-        fail("proposer.max_tokens", "must be >= 1")
-    if p.temperature is not None and not 0 <= p.temperature <= 1:
-        fail("proposer.temperature", "must be between 0 and 1")
-    if p.strategy not in ("single", "focused", "mix"):
-        fail("proposer.strategy", f'{p.strategy!r}: use "single", "focused" or "mix"')
-    if p.strategy != "single" and not [f for f in p.focuses if f.strip()]:
-        fail("proposer.focuses", f'strategy "{p.strategy}" needs at least one focus')
-    if p.spend_cap_usd < 0 or p.timeout_s <= 0 or p.max_retries < 0 or p.digest_tokens < 0:
-        fail("proposer", "spend_cap_usd, max_retries, digest_tokens must be >= 0, timeout_s > 0")
-    if p.max_failed_batches < 1 or p.backoff_s < 0 or p.tune_trials < 1 or p.files_tokens < 1:
+    if m.screen_budget_s >= cfg.budget_s:
         fail(
-            "proposer",
-            "max_failed_batches, tune_trials and files_tokens must be >= 1, backoff_s >= 0",
+            "merge",
+            "screen_budget_s",
+            f"{m.screen_budget_s:g}: write 0 (screen at the full budget) or fewer seconds than "
+            "budget_s",
         )
-    for model, price in p.prices.items():
-        if min(price.input, price.output, price.cache_write, price.cache_read) < 0:
-            fail(f"proposer.prices.{model}", "prices must be >= 0 (USD per million tokens)")
+    if m.futility_z >= m.efficacy_z:
+        fail(
+            "merge",
+            "futility_z",
+            f"{m.futility_z:g} would discard every candidate not kept early; write less than "
+            f"efficacy_z ({m.efficacy_z:g})",
+        )
+    p = cfg.proposer
+    if p.strategy is not Strategy.SINGLE and not [f for f in p.focuses if f.strip()]:
+        fail("proposer", "focuses", f'strategy "{p.strategy}" needs at least one; list them')
     for i, par in enumerate(p.params):
-        key = f"proposer.params[{i}]"
+        section = f"proposer.params #{i + 1}"
         if par.file not in cfg.editable:
-            fail(f"{key}.file", f"{par.file!r} is not an editable file")
+            fail(section, "file", f"{par.file!r} is not editable; write one of {cfg.editable}")
         if not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*(?:#\d+)?", par.name):
             fail(
-                f"{key}.name",
-                f"{par.name!r} is not a knob name like LR, CONFIG.lr or AdamW.betas[0]",
+                section,
+                "name",
+                f"{par.name!r}: write a knob name like LR, CONFIG.lr or AdamW.betas[0]",
             )
         if not par.low < par.high:
-            fail(f"{key}.low", f"low ({par.low}) must be below high ({par.high})")
+            fail(section, "low", f"{par.low:g}: write less than high ({par.high:g})")
         if par.log and par.low <= 0:
-            fail(f"{key}.log", "a log-scale parameter needs low > 0")
+            fail(section, "log", "a log scale needs low > 0; raise low or write log = false")
         if par.int and not (par.low.is_integer() and par.high.is_integer()):
-            fail(f"{key}.int", "an integer parameter needs whole-number low and high")
+            fail(section, "int", "an integer parameter needs whole-number low and high")
     names = [(par.file, par.name) for par in p.params]
     if len(set(names)) != len(names):
-        fail("proposer.params", "a constant is declared twice")
-    if cfg.sandbox.network not in ("auto", "isolated", "host"):
-        fail("sandbox.network", f'{cfg.sandbox.network!r}: use "auto", "isolated" or "host"')
-    if cfg.sandbox.isolation not in ("auto", "strict", "basic"):
-        fail("sandbox.isolation", f'{cfg.sandbox.isolation!r}: use "auto", "strict" or "basic"')
+        fail("proposer", "params", "a knob is declared twice; keep one table per knob")
     for path in cfg.sandbox.read_only_paths:
         if not Path(path).expanduser().is_absolute():
-            fail("sandbox.read_only_paths", f"{path!r}: give an absolute path (or one under ~)")
-    if cfg.sandbox.output_cap_kb < 1 or cfg.sandbox.grace_s < 0 or cfg.sandbox.memory_mb < 0:
-        fail("sandbox", "output_cap_kb must be >= 1, grace_s and memory_mb >= 0")
+            fail("sandbox", "read_only_paths", f"{path!r}: write an absolute path (or one under ~)")
     try:
         cfg.metrics.host_port()
     except ConfigError as e:
-        fail("metrics.address", str(e))
-    if any(price < 0 for price in cfg.metrics.hour_usd.values()):
-        fail("metrics.hour_usd", "prices must be >= 0 (USD per hour of training)")
+        fail("metrics", "address", str(e))
+
+
+def init_template() -> str:
+    """What `farm init` adds below the target's own keys: the keys marked Tier.INIT,
+    commented out at their defaults (or an example), by table. Nothing is set: a default
+    written into every file would freeze it there."""
+    head = [
+        "# Every other key has its default (docs/config.md lists them all). Worth a look,",
+        "# uncomment to set (with its [table] line):",
+    ]
+    return template(TargetConfig, head)
+
+
+_MERGE_MATH = """\
+## How the z-values follow from the error rates
+
+The merge rule compares a candidate's runs with the incumbent's in standard errors of the
+difference of their means, σ·√(1/n + 1/m). Each gate is a one-sided z-test: a change with
+no effect passes it with the chance `rate`, so its bar is
+
+    z = Φ⁻¹(1 − rate)        (Python: -statistics.NormalDist().inv_cdf(rate), to 6 decimals)
+
+| rate | sets | default rate | z |
+| --- | --- | --- | --- |
+{rows}
+
+The default rates are 1 − Φ(z) of the z-values that scripts/bench/merge_quality.py chose
+(docs/performance.md), so they give those z-values exactly. A rate is the level of one look,
+not the campaign's false-keep rate: what the screen, the early looks and the last look add
+up to (false keeps, power, trials per candidate) is what scripts/bench/merge_quality.py
+measures (docs/performance.md, "Merge quality under noise"); run it after changing a rate.
+`futility_z` (default 0: stop once the confirmations so far show no gain at all) has no
+rate: it trades trials for power, not for false keeps.
+
+A z-value written directly (as farm.toml files from before the rates did: `z = 1.5`) overrides
+its rate; a file may set one of the two, not both. The other constants of the rule (outlier
+and clipping distances, the paired-screen thresholds) live in farm/merge.py with their reasons.
+"""
+
+
+def reference() -> str:
+    """docs/config.md: every key of the schema; tests/farm/test_config.py keeps them equal."""
+    out = [
+        "# farm.toml reference",
+        "",
+        "Generated from farm/config.py (`python -m farm.config > docs/config.md`); a test",
+        "checks that they agree. Only `editable`, `command` and `metric` are required;",
+        "`farm init` writes those it can find out and lists the keys marked *init*. Keys",
+        "marked *advanced* follow from others: set them only to override.",
+    ]
+    table = None
+    for k in keys(TargetConfig):
+        if k.table != table:
+            table = k.table
+            title = table or "top level"
+            out += ["", f"## {title}", "", "| key | type | default | allowed | tier | meaning |"]
+            out.append("| --- | --- | --- | --- | --- | --- |")
+        allowed = range_text(k.spec) or "—"
+        unit = f" ({k.spec.unit})" if k.spec.unit else ""
+        row = [k.name, type_text(k.type), default_text(k), allowed, k.spec.tier.value]
+        out.append(
+            "| "
+            + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row))
+            + f" | {k.spec.doc}{unit} |"
+        )
+    rows = [
+        f"| `{k.spec.rate.key}` | `{k.name}` | {rate_of(k.default):.6g} | {show(k.default)} |"
+        for k in keys(TargetConfig)
+        if k.spec.rate is not None
+    ]
+    out += ["", _MERGE_MATH.format(rows="\n".join(rows))]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

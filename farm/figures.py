@@ -10,13 +10,11 @@ as such). A keep that was reverted is no step of the line.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from farm.config import MergeConfig, TargetConfig
+from farm.config import stored_config
 from farm.evidence import Evidence
-from farm.records import Campaign, CandidateState, Decision, DecisionKind, Direction, Incumbent
+from farm.records import Campaign, CandidateState, Decision, DecisionKind, Incumbent
 from farm.store import Store
 from farm.store.stats import CampaignStats
 
@@ -53,7 +51,7 @@ def line(store: Store, camp: Campaign, kept: list[Decision], inc: Incumbent) -> 
             value, runs = inc.metric, inc.runs
         else:
             if evidence is None:
-                cfg = campaign_config(camp.config)
+                cfg = stored_config(camp.config)
                 evidence = Evidence(
                     store=store, cfg=cfg, campaign=camp.id, start_sha=camp.start_sha
                 )
@@ -69,21 +67,3 @@ def sigma_in_force(camp: Campaign, stats: CampaignStats) -> float | None:
     """The seed noise σ the rule judges with now: the latest decision's, the baseline's
     before any (None until the baseline is in)."""
     return stats.sigma if stats.sigma is not None else camp.sigma
-
-
-def merge_config(config: dict[str, Any]) -> MergeConfig:
-    """A campaign's [merge] settings from its stored config (older ones lack newer keys)."""
-    known = {f.name for f in dataclasses.fields(MergeConfig)}
-    return MergeConfig(**{k: v for k, v in config.get("merge", {}).items() if k in known})
-
-
-def campaign_config(config: dict[str, Any]) -> TargetConfig:
-    """What the merge rule reads of a campaign's stored farm.toml snapshot."""
-    return TargetConfig(
-        editable=list(config.get("editable", [])),
-        command=str(config.get("command", "")),
-        metric=str(config.get("metric", "metric")),
-        metric_regex=str(config.get("metric_regex", "")),
-        direction=Direction(config.get("direction", Direction.MINIMIZE)),
-        merge=merge_config(config),
-    )

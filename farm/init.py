@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from farm.config import CONFIG_NAME, DEFAULT_ENV_ALLOW
+from farm.config import CONFIG_NAME, DEFAULT_ENV_ALLOW, init_template
 from farm.errors import FarmError
 from farm.records import Direction
 from farm.survey import (
@@ -362,43 +362,4 @@ def render(ins: Inspection) -> str:
         f"{'seed_env = ' + _toml(seed.value):<40} # the trial's seed reaches the command here"
         + ("" if seed.how else " (CHECK: nothing reads it yet)")
     )
-    return "\n".join([*head, *body]) + "\n" + _SECTIONS
-
-
-_SECTIONS = """
-# metric_regex = 'loss (\\S+) at end'  # instead of a summary line: one capture group
-# The metric is printed by code a candidate can edit: a claim, not a measurement, until a
-# protected command measures what training left (docs/security.md):
-# evaluate = "python evaluate.py"
-# bounds = [0, 100]                    # a metric outside is invalid_metric
-
-[sandbox]
-isolation = "auto"  # strict (bubblewrap) where it works, else basic; "strict" insists
-# read_only_paths = ["~/.cache/data"]  # what a trial may read besides its runtime
-
-[merge]
-repeats = 12     # baseline runs that estimate seed noise σ (3 if the first 3 agree)
-confirm = 4      # re-runs a candidate may get, one at a time, before it is decided
-min_delta = 0.0  # smallest improvement worth keeping, in metric units
-min_rel_delta = 0.0001  # ... relative to the metric (judges a deterministic target)
-z = 1.5          # keep only improvements beyond z standard errors
-screen_z = 0.25  # a screening run earns its confirmations beyond screen_z standard errors
-futility_z = 0.0  # after a confirmation: discard below futility_z standard errors,
-efficacy_z = 2.5  # keep beyond efficacy_z (two or more); else one more run
-preflight_s = 0  # > 0: a run this short first; a crash or NaN in it never takes a full budget
-screen_budget_s = 0  # > 0: screen new candidates this short (the target reads FARM_BUDGET_S);
-promote = 0.33       # ... the best third go on to a full budget, until short and full budgets
-min_rank_agreement = 0.3  # rank candidates apart (Kendall's τ below this over rank_pairs)
-
-[resources]
-cpus_per_trial = 1
-gpus_per_trial = 0  # 1 on a GPU cluster
-# accelerator_type = "A100"            # Ray accelerator type
-# labels = { gpu-model = "rtx4090" }  # Ray node labels (ray start --labels)
-
-[proposer]
-kind = "mutate"  # mutate | replay | optuna | anthropic
-batch_size = 4
-backlog = 4        # `farm simulate` tells which batch_size and backlog keep N slots busy
-schedule = "backlog"  # or "rounds": wait for each batch to be decided (to compare against)
-"""
+    return "\n".join([*head, *body]) + "\n\n" + init_template()

@@ -37,16 +37,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from farm.config import MetricsConfig
+from farm.config import MetricsConfig, stored_config
 from farm.errors import ConfigError, StoreError
-from farm.figures import merge_config, sigma_in_force
+from farm.figures import sigma_in_force
 from farm.merge import Fidelity, fidelity
 from farm.progress import keep_threshold
 from farm.records import (
     Campaign,
     CandidateState,
     DecisionKind,
-    Direction,
     Draft,
     Incumbent,
     Trial,
@@ -99,7 +98,7 @@ class LedgerCollector(Collector):
             for camp in found:
                 stats = self.store.stats(camp.id)
                 out.add(camp, self.store.get_incumbent(camp.id), stats)
-                m = merge_config(camp.config)
+                m = stored_config(camp.config).merge
                 if m.screen_budget_s > 0:  # the one figure read from the trials themselves
                     out.ranks(camp, fidelity(self._screens_of(camp.id, stats), m))
         except StoreError as e:
@@ -263,10 +262,8 @@ class _LedgerFamilies:
         return family
 
     def add(self, camp: Campaign, inc: Incumbent, s: CampaignStats) -> None:
-        c, cfg = camp.id, camp.config
-        self.info.add_metric(
-            [c, str(cfg.get("metric", "")), str(cfg.get("direction", Direction.MINIMIZE))], 1
-        )
+        c, cfg = camp.id, stored_config(camp.config)
+        self.info.add_metric([c, cfg.metric, str(cfg.direction)], 1)
         for (kind, outcome), n in sorted(s.outcomes.items()):
             self.trials.add_metric([c, kind, outcome], n)
         for kind, hist in sorted(s.durations.items()):
@@ -277,7 +274,7 @@ class _LedgerFamilies:
             self.candidates.add_metric([c, state.value], s.candidates[state])
         for decision in DecisionKind:
             self.decisions.add_metric([c, decision.value], s.decisions[decision])
-        self.budget.add_metric([c], float(cfg.get("budget_s", 0.0)))
+        self.budget.add_metric([c], cfg.budget_s)
         if inc.metric is not None:
             self.incumbent.add_metric([c], inc.metric)
             self.incumbent_runs.add_metric([c], inc.runs)
@@ -286,7 +283,7 @@ class _LedgerFamilies:
             sigma = sigma_in_force(camp, s)
             assert sigma is not None  # the baseline's at least
             self.sigma.add_metric([c], sigma)
-            self.threshold.add_metric([c], keep_threshold(cfg, sigma, inc))
+            self.threshold.add_metric([c], keep_threshold(camp.config, sigma, inc))
         if s.last_result_at is not None:
             self.last_result.add_metric([c], s.last_result_at)
         if s.last_decision_at is not None:
@@ -300,18 +297,18 @@ class _LedgerFamilies:
 
     def _costs(self, camp: Campaign, s: CampaignStats) -> None:
         c = camp.id
-        proposer_cfg = camp.config.get("proposer", {})
+        cfg = stored_config(camp.config)
         # The configured proposer is exported with zeros before its first draft.
         proposers = dict(s.proposers)
-        proposers.setdefault(str(proposer_cfg.get("kind", "unknown")), ProposerTally())
+        proposers.setdefault(str(cfg.proposer.kind), ProposerTally())
         for name, p in sorted(proposers.items()):
             self.proposals.add_metric([c, name, "valid"], p.valid)
             self.proposals.add_metric([c, name, "rejected"], p.rejected)
             self.tokens.add_metric([c, name, "input"], p.tokens_in)
             self.tokens.add_metric([c, name, "output"], p.tokens_out)
             self.llm_cost.add_metric([c, name], p.cost_usd)
-        self.spend_cap.add_metric([c], float(proposer_cfg.get("spend_cap_usd", 0.0)))
-        prices = camp.config.get("metrics", {}).get("hour_usd", {})
+        self.spend_cap.add_metric([c], cfg.proposer.spend_cap_usd)
+        prices = cfg.metrics.hour_usd
         compute = 0.0
         for hw, tally in sorted(s.hardware.items()):
             self.hw_trials.add_metric([c, hw], tally.trials)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm import figures, merge
-from farm.config import MergeConfig
-from farm.figures import Step, merge_config
+from farm.config import MergeConfig, stored_config
+from farm.figures import Step
 from farm.merge import baseline, runs_of
 from farm.records import (
     CandidateState,
@@ -198,6 +198,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
+    cfg = stored_config(camp.config)
     inc = store.get_incumbent(campaign)
     stats = store.stats(campaign)
     kept = store.list_decisions(campaign, kinds={DecisionKind.KEPT})
@@ -209,8 +210,8 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
     sigma = figures.sigma_in_force(camp, stats)
     return Snapshot(
         campaign=campaign,
-        metric=str(camp.config.get("metric", "metric")),
-        direction=Direction(camp.config.get("direction", Direction.MINIMIZE)),
+        metric=cfg.metric,
+        direction=cfg.direction,
         stats=stats,
         incumbent_sha=inc.sha,
         incumbent_metric=inc.metric,
@@ -220,7 +221,7 @@ def snapshot(store: Store, campaign: str, *, last: int = 10, results: int = 40) 
         baseline_sigma=camp.sigma,
         sigma=sigma,
         threshold=keep_threshold(camp.config, sigma, inc) if sigma is not None else None,
-        repeats=int(camp.config.get("merge", {}).get("repeats", 0)),
+        repeats=cfg.merge.repeats,
         started_at=camp.created_at,
         kept=kept,
         recent=recent,
@@ -237,12 +238,12 @@ def baseline_noise(store: Store, campaign: str) -> str:
     camp = store.get_campaign(campaign)
     if camp is None or camp.sigma is None:
         return ""
-    m = merge_config(camp.config)
-    trials = [store.get_trial(campaign, i) for i in baseline_ids(m.repeats)]
+    cfg = stored_config(camp.config)
+    trials = [store.get_trial(campaign, i) for i in baseline_ids(cfg.merge.repeats)]
     runs = runs_of([t for t in trials if t is not None])
     if len(runs) < 2:
         return ""
-    return baseline(runs, m).describe(str(camp.config.get("metric", "metric")))
+    return baseline(runs, cfg.merge).describe(cfg.metric)
 
 
 def short_screens(store: Store, campaign: str) -> str:
@@ -250,7 +251,7 @@ def short_screens(store: Store, campaign: str) -> str:
     budgets (the monitor that stops them), for `farm status` and the report; empty when the
     campaign screens at the full budget alone."""
     camp = store.get_campaign(campaign)
-    m = merge_config(camp.config) if camp else MergeConfig()
+    m = stored_config(camp.config).merge if camp else MergeConfig()
     if camp is None or m.screen_budget_s <= 0:
         return ""
     trials = store.list_trials(campaign)
@@ -266,7 +267,8 @@ def short_screens(store: Store, campaign: str) -> str:
 def keep_threshold(config: dict[str, Any], sigma: float, inc: Incumbent) -> float:
     """The improvement a confirmed candidate must show against the incumbent now: the merge
     rule's own threshold for `confirm` runs against the incumbent's runs."""
-    return merge.keep_threshold(merge_config(config), sigma=sigma, metric=inc.metric, runs=inc.runs)
+    m = stored_config(config).merge
+    return merge.keep_threshold(m, sigma=sigma, metric=inc.metric, runs=inc.runs)
 
 
 @dataclass

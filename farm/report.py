@@ -9,6 +9,7 @@ import difflib
 import io
 from dataclasses import dataclass
 
+from farm.config import stored_config
 from farm.records import Candidate, CandidateState, DecisionKind, Direction, Trial, TrialKind
 from farm.store import Store
 from farm.text import clean_line
@@ -41,7 +42,7 @@ def export_tsv(store: Store, campaign: str) -> str:
     camp = store.get_campaign(campaign)
     if camp is None:
         raise KeyError(campaign)
-    metric = str(camp.config.get("metric", "metric"))
+    metric = stored_config(camp.config).metric
     decisions = {d.candidate_id: d for d in store.list_decisions(campaign)}
     cands = {c.id: c for c in store.list_candidates(campaign)}
     buf = io.StringIO()
@@ -285,7 +286,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
     )
     better = "lower" if h.direction is Direction.MINIMIZE else "higher"
     slot_h = sum(t.result.duration_s for t in trials if t.result) / 3600
-    gpus = float(camp.config.get("resources", {}).get("gpus_per_trial", 0) or 0)
+    gpus = stored_config(camp.config).resources.gpus_per_trial
     cost = sum(c.cost_usd for c in cands.values())
     tokens_in = sum(c.tokens_in for c in cands.values())
     tokens_out = sum(c.tokens_out for c in cands.values())

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from farm.config import stored_config
 from farm.records import (
     Candidate,
     CandidateState,
@@ -32,7 +33,6 @@ OUTCOMES = [*(o.value for o in Outcome), DEAD]
 # Trial durations are bucketed by fractions of the campaign's budget, fixed when it is
 # created: training usually takes most of the budget, so that is where resolution matters.
 BUDGET_FRACTIONS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
-DEFAULT_BUDGET_S = 300.0
 
 # Field names. A name may hold a proposer or a hardware class (bounded by configuration).
 STATE = "trials:"  # + TrialState: trials in that state now (SQLite; Redis counts its sets)
@@ -98,8 +98,7 @@ def duration_bounds(budget_s: float) -> list[float]:
 
 def bounds_of(config: dict[str, object]) -> list[float]:
     """The bucket bounds of a campaign, from the farm.toml snapshot it started with."""
-    budget = config.get("budget_s", DEFAULT_BUDGET_S)
-    return duration_bounds(float(budget) if isinstance(budget, int | float) else DEFAULT_BUDGET_S)
+    return duration_bounds(stored_config(config).budget_s)
 
 
 def bounds_upkeep(bounds: list[float]) -> Upkeep:

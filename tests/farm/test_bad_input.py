@@ -40,28 +40,46 @@ def test_a_run_command_that_does_not_exist(
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        (TOY_TOML + "learning_rate = 3\n", "unknown key 'learning_rate'"),
+        (TOY_TOML + "learning_rate = 3\n", "learning_rate: unknown key; write one of"),
         (
             TOY_TOML.replace("budget_s = 30", 'budget_s = "soon"'),
-            "budget_s = 'soon' is not a valid",
+            'budget_s: "soon" is not a number; write a number',
         ),
-        (TOY_TOML + 'direction = "down"\n', 'use "minimize" or "maximize"'),
-        (TOY_TOML + "[merge]\nrepeats = 1\n", "merge.repeats"),
-        (TOY_TOML + "[merge]\nconfdence = 2\n", "unknown key 'merge.confdence'"),
-        (TOY_TOML + "[merge]\nmax_rebases = -1\n", "merge: confirm and max_rebases"),
-        (TOY_TOML + "[merge]\npreflight_s = 30\n", "merge.preflight_s: 30: use 0 (none) or fewer"),
+        (
+            TOY_TOML + 'direction = "down"\n',
+            'direction: "down" is not a choice; write one of "minimize", "maximize"',
+        ),
+        (TOY_TOML + "[merge]\nrepeats = 1\n", "[merge] repeats: 1 is out of range; write a whole"),
+        (TOY_TOML + "[merge]\nconfdence = 2\n", "[merge] confdence: unknown key"),
+        (TOY_TOML + "[merge]\nmax_rebases = -1\n", "[merge] max_rebases: -1 is out of range"),
+        (
+            TOY_TOML + "[merge]\npreflight_s = 30\n",
+            "[merge] preflight_s: 30: write 0 (none) or fewer",
+        ),
         (
             TOY_TOML + "[merge]\nscreen_budget_s = 45\n",
-            "merge.screen_budget_s: 45: use 0 (screen at the full budget) or fewer seconds",
+            "[merge] screen_budget_s: 45: write 0 (screen at the full budget) or fewer seconds",
         ),
-        (TOY_TOML + "[merge]\npromote = 0\n", "merge.promote: 0: the share of short screens"),
-        (TOY_TOML + "[merge]\nmin_rank_agreement = 2\n", "min_rank_agreement is a Kendall τ"),
-        (TOY_TOML + '[proposer]\nschedule = "eager"\n', 'use "backlog" or "rounds"'),
-        (TOY_TOML.replace('metric = "loss"\n', ""), "missing required key 'metric'"),
+        (
+            TOY_TOML + "[merge]\npromote = 0\n",
+            "[merge] promote: 0 is out of range; write a number > 0",
+        ),
+        (
+            TOY_TOML + "[merge]\nmin_rank_agreement = 2\n",
+            "[merge] min_rank_agreement: 2 is out of range; write a number >= -1 and <= 1",
+        ),
+        (
+            TOY_TOML + '[proposer]\nschedule = "eager"\n',
+            '[proposer] schedule: "eager" is not a choice; write one of "backlog", "rounds"',
+        ),
+        (TOY_TOML.replace('metric = "loss"\n', ""), "metric: missing; write metric = "),
         (TOY_TOML.replace('"prepare.py"', '"train.py"'), "is also editable"),
-        (TOY_TOML.replace('["train.py"]', '["../train.py"]'), "relative path inside"),
-        (TOY_TOML + 'metric_regex = "loss=(\\\\d+"\n', "not a valid regex"),
-        (TOY_TOML + "[proposer]\nkind = 'gpt'\n", "proposer.kind = 'gpt' is not a known proposer"),
+        (TOY_TOML.replace('["train.py"]', '["../train.py"]'), "write a relative path inside"),
+        (TOY_TOML + 'metric_regex = "loss=(\\\\d+"\n', "metric_regex: not a valid regex"),
+        (
+            TOY_TOML + "[proposer]\nkind = 'gpt'\n",
+            '[proposer] kind: "gpt" is not a choice; write one of "mutate", "replay"',
+        ),
         ("editable = [", "not valid TOML"),
     ],
 )

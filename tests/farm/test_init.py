@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import RunCampaign, farm, git
 
+from farm.config import MergeConfig, load_config
 from farm.errors import FarmError
 from farm.init import init_target
 from farm.progress import baseline_noise
@@ -142,6 +143,11 @@ def test_init_writes_the_right_spec_for_each_corpus_repo(
     assert out.count("warning:") == len(warnings), out
     for path in [*spec["editable"], *spec["protected"]]:  # never a file that does not exist
         assert (root / path).is_file()
+    # Only what this target needs is set; every other key keeps its one default, listed
+    # commented out for the user to set (a copied default would freeze it in the file).
+    assert set(spec) <= {*expected, "protected", "direction", "budget_s", "program", "seed_env"}
+    assert "# [merge]\n# repeats = 12" in text
+    assert load_config(root).merge == MergeConfig()
 
 
 @pytest.mark.parametrize(
@@ -154,11 +160,7 @@ def test_a_short_campaign_runs_to_a_decision_on_what_init_wrote(
     root = corpus_repo(tmp_path, name)
     toml = init_target(root, out=io.StringIO())
     # Shorter than the defaults, so a campaign fits in a test.
-    toml.write_text(
-        toml.read_text()
-        .replace("repeats = 12", "repeats = 4")
-        .replace("confirm = 4", "confirm = 1")
-    )
+    toml.write_text(toml.read_text() + "[merge]\nrepeats = 4\nconfirm = 1\n")
     git(root, "add", "farm.toml")
     git(root, "commit", "-q", "-m", "farm.toml")
     done = run_campaign(root, max_candidates=2)
@@ -177,7 +179,7 @@ def test_a_heavy_tailed_target_names_its_outliers_and_judges_without_them(
 ) -> None:
     root = corpus_repo(tmp_path, "divergent_sgd")
     toml = init_target(root, out=io.StringIO())
-    toml.write_text(toml.read_text().replace("confirm = 4", "confirm = 1"))
+    toml.write_text(toml.read_text() + "[merge]\nconfirm = 1\n")
     git(root, "add", "farm.toml")
     git(root, "commit", "-q", "-m", "farm.toml")
     done = run_campaign(root, max_candidates=2)

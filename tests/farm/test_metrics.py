@@ -370,10 +370,12 @@ def test_a_bad_metrics_address_is_refused_naming_the_key_or_the_flag(
 ) -> None:
     bad = make_target(extra_toml='[metrics]\naddress = "9464"\n', name="bad")
     assert main(["status", str(bad)]) == 2
-    assert "farm.toml: metrics.address: '9464' is not host:port" in capsys.readouterr().err
+    assert "farm.toml: [metrics] address: '9464' is not host:port" in capsys.readouterr().err
     good = make_target(name="good")
     assert main(["run", str(good), "--metrics-address", "localhost"]) == 2
     assert "--metrics-address: 'localhost' is not host:port" in capsys.readouterr().err
     prices = make_target(extra_toml="[metrics]\nhour_usd = { cpu = -1.0 }\n", name="prices")
     assert main(["status", str(prices)]) == 2
-    assert "metrics.hour_usd: prices must be >= 0" in capsys.readouterr().err
+    assert "[metrics] hour_usd.cpu: -1 is out of range; write a number >= 0" in (
+        capsys.readouterr().err
+    )

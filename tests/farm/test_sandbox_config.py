@@ -11,10 +11,16 @@ from farm.config import config_from_dict
 @pytest.mark.parametrize(
     "extra,message",
     [
-        ('[sandbox]\nisolation = "paranoid"\n', "sandbox.isolation: 'paranoid': use \"auto\""),
-        ('[sandbox]\nread_only_paths = ["data"]\n', "sandbox.read_only_paths: 'data'"),
-        ("bounds = [5, 1]\n", "bounds: [5.0, 1.0]: give [lowest, highest]"),
-        ("bounds = [1]\n", "bounds: [1.0]: give [lowest, highest]"),
+        (
+            '[sandbox]\nisolation = "paranoid"\n',
+            '[sandbox] isolation: "paranoid" is not a choice; write one of "auto", "strict"',
+        ),
+        (
+            '[sandbox]\nread_only_paths = ["data"]\n',
+            "[sandbox] read_only_paths: 'data': write an absolute path",
+        ),
+        ("bounds = [5, 1]\n", "bounds: [5.0, 1.0]: write [lowest, highest]"),
+        ("bounds = [1]\n", "bounds: [1.0]: write [lowest, highest]"),
         ("evaluate_budget_s = 30\n", "evaluate_budget_s: set `evaluate` too"),
     ],
 )
