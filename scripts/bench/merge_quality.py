@@ -21,12 +21,12 @@ Two paths, on the same seeds:
 - `--check` candidates per effect run through the real `farm.controller.Controller` (real
   SQLiteStore, trials claimed and recorded through the store; git modelled by SimRepo,
   as commits play no part in a decision);
-- the sweep over thousands of candidates and 36 settings calls `farm.merge.judge` exactly
-  as `Controller._reconcile_candidate` does (the baseline summarised by `farm.merge.noise`
-  from `repeats` runs, or from the first wave when they agree; the screen and then up to
-  `confirm` confirmations one at a time through `farm.merge.sequential`).
-The script asserts both paths make the same decision for every checked candidate, so the
-fast path is the controller's rule and not a paraphrase of it.
+- the sweep over thousands of candidates and 36 settings calls the rule's functions on the
+  same runs (`kept`: `farm.merge.baseline` on the baseline's runs, then
+  `farm.merge.sequential` after the screen and after each confirmation), with the seeds the
+  controller hands out (`trial_seeds`).
+The script asserts both paths make the same decision for every checked candidate: what the
+controller gathers and asks the rule is what the sweep asks it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
 from farm.controller import FIRST_BASELINE, Controller, trial_seed
-from farm.merge import PAIRED_MIN, baseline, sequential
+from farm.merge import PAIRED_MIN, Baseline, baseline, sequential
 from farm.records import (
     Campaign,
     Candidate,
@@ -188,42 +188,65 @@ def paired_campaigns(
 
 
 # -- the same rule, called directly ------------------------------------------------------------
+def trial_seeds(
+    cid: str, cand: int, repeats: int, confirm: int
+) -> tuple[list[int], int, list[int]]:
+    """The seeds farm hands to training for campaign `cid`'s baseline runs, and for candidate
+    `cand`'s screen and confirmations: each derived from the trial's id, as the controller
+    names its trials (the one place this script spells them)."""
+    ids = [f"base-{k}" for k in range(repeats)]
+    ids += [f"c{cand}-g0-screen", *(f"c{cand}-g0-confirm{k}" for k in range(confirm))]
+    seeds = [trial_seed(f"{cid}/{trial_id}") for trial_id in ids]
+    return seeds[:repeats], seeds[repeats], seeds[repeats + 1 :]
+
+
 @dataclass
 class Draws:
-    """One simulated candidate's trial metrics, keyed by the trial ids the controller uses."""
+    """One simulated candidate's trial metrics, drawn with the seeds farm would hand out."""
 
-    base: list[float]  # base-0, base-1, ... (the baseline commit)
-    screen: float  # c1-g0-screen
-    confirms: list[float]  # c1-g0-confirm0, ...
+    base: list[float]  # the baseline commit's runs, in the order they are asked for
+    screen: float
+    confirms: list[float]
 
 
 def draws(
-    cid: str, effect: float, max_repeats: int, max_confirm: int, kind: str = "gaussian"
+    cid: str,
+    effect: float,
+    max_repeats: int,
+    max_confirm: int,
+    kind: str = "gaussian",
+    *,
+    cand: int = 1,
 ) -> Draws:
-    def loss(trial_id: str, text: str) -> float:
-        return synthetic_loss(text, trial_seed(f"{cid}/{trial_id}"))
-
-    text = candidate_train(effect, kind)
+    base_seeds, screen, confirms = trial_seeds(cid, cand, max_repeats, max_confirm)
+    text = candidate_train(effect, kind, offset=cand)
     return Draws(
-        base=[loss(f"base-{k}", base_train(kind)) for k in range(max_repeats)],
-        screen=loss("c1-g0-screen", text),
-        confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
+        base=[synthetic_loss(base_train(kind), s) for s in base_seeds],
+        screen=synthetic_loss(text, screen),
+        confirms=[synthetic_loss(text, s) for s in confirms],
     )
 
 
+def fresh_baseline(values: list[float], m: MergeConfig) -> Baseline:
+    """The baseline a campaign of SLOTS slots settles on from these runs (all it could ask
+    for): `farm.merge.baseline` of its first wave where that wave agrees (a deterministic
+    target: the rest is never asked for), else of all `repeats`. The wave's size and when
+    it suffices are the controller's (Controller._reconcile_baseline)."""
+    runs = [(str(k), v, "") for k, v in enumerate(values)]
+    first = baseline(runs[: min(m.repeats, max(FIRST_BASELINE, SLOTS))], m)
+    return first if first.noise.deterministic else baseline(runs[: m.repeats], m)
+
+
 def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
-    """Controller._reconcile_candidate's decision against the starting baseline.
+    """The rule's decision on a new candidate against a fresh baseline: `farm.merge.sequential`
+    after its screen and after each confirmation, as the runs come in.
 
     Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
     """
-    # As _reconcile_baseline: a first wave, the rest only if it does not agree.
-    runs_in = [(f"base-{k}", v, "") for k, v in enumerate(d.base)]
-    first = runs_in[: min(m.repeats, max(FIRST_BASELINE, SLOTS))]
-    base = runs_in[: m.repeats]
-    if baseline(first, m).noise.deterministic:
-        base = first
-    found = baseline(base, m).noise
-    stages = 1 + (0 if found.sigma == 0 else m.confirm)
+    base = fresh_baseline(d.base, m)
+    found = base.noise
+    # A deterministic target takes no confirmations (the same code gives the same number).
+    stages = 1 + (0 if found.deterministic else m.confirm)
     runs = [d.screen, *d.confirms]
     for k in range(1, stages + 1):
         keep, verdict = sequential(
@@ -231,14 +254,13 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
             m=m,
             stages=stages,
             incumbent=found.center,
-            incumbent_runs=len(base),
+            incumbent_runs=len(base.values),
             sigma=found.sigma,
             direction=Direction.MINIMIZE,
         )
         if keep is not None:
             # The recorded metric: the confirmations' estimate (the screen passed a gate).
-            value = verdict.estimate
-            return keep, k, value
+            return keep, k, verdict.estimate
     raise AssertionError("the last stage always decides")
 
 
@@ -255,16 +277,8 @@ def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[li
         for effect in (0.0, 2.0):
             keeps = 0
             for k in range(1, candidates + 1):
-                text = candidate_train(effect, offset=k)
-                d = Draws(
-                    base=base,
-                    screen=synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-screen")),
-                    confirms=[
-                        synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-confirm{i}"))
-                        for i in range(m.confirm)
-                    ],
-                )
-                ok, _, estimate = kept(d, m)
+                d = draws(cid, effect, 0, m.confirm, cand=k)
+                ok, _, estimate = kept(dataclasses.replace(d, base=base), m)
                 keeps += ok
                 if ok and effect:
                     errors.append((estimate - (1.0 - effect * SIGMA)) / SIGMA)
