@@ -649,7 +649,8 @@ def _check_simulated(args: argparse.Namespace, models: list[SimModel]) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from farm.simulate import SimModel, cells, model_of, summary, sweep, table
+    from farm.simulate import SimModel, model_of
+    from farm.sweep import cells, summary, sweep, table
 
     cfg, source = _simulated(args)
     given = {
