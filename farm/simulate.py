@@ -78,7 +78,7 @@ def default_config() -> TargetConfig:
     return config_from_dict(_synthetic(), source="farm simulate")
 
 
-DEFAULTS = default_config()
+_DEFAULTS = default_config()
 
 
 class SimRepo:
@@ -181,9 +181,9 @@ class SimModel:
     slots: int = 16
     # The proposer's scheduling and the merge rule: farm.toml's [proposer] and [merge]
     # (`model_of`), farm's defaults unless given.
-    schedule: str = DEFAULTS.proposer.schedule  # backlog | rounds
-    batch_size: int = DEFAULTS.proposer.batch_size  # drafts per proposer call
-    backlog: int = DEFAULTS.proposer.backlog  # validated candidates kept ready
+    schedule: str = _DEFAULTS.proposer.schedule  # backlog | rounds
+    batch_size: int = _DEFAULTS.proposer.batch_size  # drafts per proposer call
+    backlog: int = _DEFAULTS.proposer.backlog  # validated candidates kept ready
     trial_s: float = 300.0  # median trial duration
     trial_jitter: float = 0.1  # lognormal σ of trial durations
     crash_rate: float = 0.05  # share of candidates whose code crashes, part-way through
