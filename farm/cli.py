@@ -457,7 +457,7 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "synthetic target; each setting is compared with a one-slot sequential loop. The "
         "rule is the target's: [merge] and [proposer] scheduling from --config, else "
         "./farm.toml, else farm's defaults; a flag overrides what it names. Comma-separated "
-        "values sweep a setting.",
+        "values sweep a setting. The first line printed says what the model ran with.",
     )
     sim.add_argument(
         "--config",
@@ -487,15 +487,15 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=_shares,
         help="short screens ([merge] screen_budget_s) this share of a trial long, e.g. 0,0.25",
     )
-    sim.add_argument("--trial", type=_duration, help="median trial duration (default 300 s)")
-    sim.add_argument("--llm", type=_duration, help="median proposer call latency (default 75 s)")
-    sim.add_argument("--crash-rate", type=float, help="share of candidates crashing (0.05)")
-    sim.add_argument("--node-loss", type=float, help="node losses per node-hour (default 0)")
-    sim.add_argument("--node-slots", type=int, help="with --node-loss: slots per node (8)")
-    sim.add_argument("--constants", type=int, help="knobs of the synthetic target (64)")
-    sim.add_argument("--noise", type=float, help="its seed noise σ (0.5)")
+    sim.add_argument("--trial", type=_duration, help="median trial duration")
+    sim.add_argument("--llm", type=_duration, help="median proposer call latency")
+    sim.add_argument("--crash-rate", type=float, help="share of candidates crashing")
+    sim.add_argument("--node-loss", type=float, help="node losses per node-hour")
+    sim.add_argument("--node-slots", type=int, help="with --node-loss: slots per node")
+    sim.add_argument("--constants", type=int, help="knobs of the synthetic target")
+    sim.add_argument("--noise", type=float, help="its seed noise σ")
     sim.add_argument(
-        "--target", type=float, help="stop at this share of the starting loss (0.2; 0: never)"
+        "--target", type=float, help="stop at this share of the starting loss (0: never)"
     )
     sim.add_argument(
         "--fleet",
@@ -533,7 +533,7 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="skip the one-slot comparison (it is the slow part for very large targets)",
     )
-    sim.add_argument("--max-candidates", type=int, help="per run (default 1000)")
+    sim.add_argument("--max-candidates", type=int, help="per run")
     sim.add_argument(
         "--decisions",
         action="store_true",
