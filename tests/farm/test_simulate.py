@@ -239,6 +239,24 @@ def test_rho_decides_whether_paired_screens_pay(
     assert not any("paired with" in ln or "said: screens share" in ln for ln in independent)
 
 
+def test_short_screen_flags_set_their_length_and_bias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Short screens a quarter of a trial long; with nine knobs in ten paying off only at the
+    # full budget (--late 0.9) the rank monitor stops them, with none (--late 0) it does not.
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(
+        capsys, "simulate", "--slots", "8", "--constants", "32", "--seeds", "1",
+        "--no-sequential", "--target", "0", "--max-candidates", "60",
+        "--screen-fraction", "0.25", "--late", "0,0.9",
+    )  # fmt: skip
+    assert code == 0, out
+    fair, biased = rows_of(out)
+    assert (fair["short screen"], fair["late knobs"]) == ("25%", "0%")
+    assert "off" not in fair["rank τ"] and "off" in biased["rank τ"]
+    assert any("said: short screens (75 s) rank candidates unlike" in ln for ln in decided(out, 2))
+
+
 def test_merge_flags_sweep_the_rule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
