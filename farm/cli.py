@@ -487,7 +487,12 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=_shares,
         help="short screens ([merge] screen_budget_s) this share of a trial long, e.g. 0,0.25",
     )
-    sim.add_argument("--trial", type=_duration, help="median trial duration")
+    sim.add_argument(
+        "--trial",
+        type=_duration,
+        help="median trial duration; your trials' own where [merge] sets seconds (preflight_s, "
+        "screen_budget_s)",
+    )
     sim.add_argument("--llm", type=_duration, help="median proposer call latency")
     sim.add_argument("--crash-rate", type=float, help="share of candidates crashing")
     sim.add_argument("--node-loss", type=float, help="node losses per node-hour")
@@ -648,11 +653,11 @@ def _check_simulated(args: argparse.Namespace, models: list[SimModel]) -> None:
                 )
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def _simulated_models(args: argparse.Namespace, cfg: TargetConfig) -> list[SimModel]:
+    """A model per setting the flags sweep: the target's rule, on the cluster, trials and
+    synthetic target the flags describe (the model's defaults where they say nothing)."""
     from farm.simulate import SimModel, model_of
-    from farm.sweep import cells, summary, sweep, table
 
-    cfg, source = _simulated(args)
     given = {
         name: value
         for name, value in (
@@ -701,6 +706,14 @@ def _simulate(args: argparse.Namespace) -> int:
         for rho in args.rho or [base.rho]
     ]
     _check_simulated(args, models)
+    return models
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from farm.sweep import cells, summary, sweep, table
+
+    cfg, source = _simulated(args)
+    models = _simulated_models(args, cfg)
     m = models[0]
     print(
         f"farm simulate: trials {m.trial_s:g} s (lognormal σ {m.trial_jitter:g}), "
