@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 import re
 import signal
 import sys
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ from farm.store import Store, default_url, open_store
 
 if TYPE_CHECKING:
     from farm.metrics import RoleMetrics
+    from farm.simulate import SimModel
     from proposer.base import Proposer
 
 
@@ -134,79 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _init_parser(sub)
-
-    sim = sub.add_parser(
-        "simulate",
-        help="a farm on a virtual clock: utilisation, time to target, batch tuning",
-        description="The real controller, merge rule and proposer scheduling on a virtual "
-        "clock, with modelled trials, failures, node loss and LLM latency, against a "
-        "synthetic target; each setting is compared with a one-slot sequential loop. "
-        "Comma-separated values sweep a setting.",
-    )
-    sim.add_argument("--slots", type=_ints, default=[1, 4, 16, 64], help="e.g. 16 or 1,16,1000")
-    sim.add_argument("--schedule", type=_words, default=["backlog"], help="backlog and/or rounds")
-    sim.add_argument("--batch-size", type=_ints, default=[4], help="drafts per proposer call")
-    sim.add_argument("--backlog", type=_ints, default=[4], help="candidates kept ready")
-    sim.add_argument("--trial", type=_duration, default=300.0, help="median trial duration")
-    sim.add_argument("--llm", type=_duration, default=75.0, help="median proposer call latency")
-    sim.add_argument("--crash-rate", type=float, default=0.05, help="share of candidates crashing")
-    sim.add_argument("--node-loss", type=float, default=0.0, help="node losses per node-hour")
-    sim.add_argument("--node-slots", type=int, default=8, help="slots per node")
-    sim.add_argument("--constants", type=int, default=64, help="knobs of the synthetic target")
-    sim.add_argument("--noise", type=float, default=0.5, help="its seed noise σ")
-    sim.add_argument(
-        "--target", type=float, default=0.2, help="stop at this share of the starting loss"
-    )
-    sim.add_argument(
-        "--max-rebases",
-        type=_counts,
-        default=[MergeConfig().max_rebases],
-        help="[merge] max_rebases to try, e.g. 0,1",
-    )
-    sim.add_argument(
-        "--fleet",
-        type=_fleet,
-        default=(),
-        help="a mixed fleet instead of --slots: class:slots[:offset],… (offset: what the "
-        "class adds to the metric, e.g. 4090:12,h100:4:-1)",
-    )
-    sim.add_argument(
-        "--blind",
-        action="store_true",
-        help="with --fleet: trials do not report their class (to see what judging by class buys)",
-    )
-    sim.add_argument(
-        "--anywhere",
-        action="store_true",
-        help="with --fleet: re-runs take any free slot, not one of the class their reference "
-        "ran on (to see what placing them buys)",
-    )
-    sim.add_argument(
-        "--screen-fraction",
-        type=_shares,
-        default=[0.0],
-        help="short screens ([merge] screen_budget_s) this share of a trial long, e.g. 0,0.25",
-    )
-    sim.add_argument(
-        "--late",
-        type=_shares,
-        default=[0.0],
-        help="share of knobs whose benefit a short screen cannot see (its bias), e.g. 0,0.5",
-    )
-    sim.add_argument(
-        "--rho",
-        type=_shares,
-        default=[0.0],
-        help="share of the seed noise two commits run with one seed have in common (paired "
-        "screens pay where it is high; examples/eclip: 0.76-0.98 for small changes)",
-    )
-    sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
-    sim.add_argument(
-        "--no-sequential",
-        action="store_true",
-        help="skip the one-slot comparison (it is the slow part for very large targets)",
-    )
-    sim.add_argument("--max-candidates", type=int, default=1000, help="per run")
+    _simulate_parser(sub)
     return p
 
 
@@ -523,76 +454,311 @@ def _export(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from farm.simulate import SimModel, cells, sweep, table
+def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = sub.add_parser(
+        "simulate",
+        help="a farm on a virtual clock: utilisation, time to target, batch tuning",
+        description="The real controller, merge rule and proposer scheduling on a virtual "
+        "clock, with modelled trials, failures, node loss and LLM latency, against a "
+        "synthetic target; each setting is compared with a one-slot sequential loop. The "
+        "rule is the target's: [merge] and [proposer] scheduling from --config, else "
+        "./farm.toml, else farm's defaults; a flag overrides what it names. Comma-separated "
+        "values sweep a setting. The first line printed says what the model ran with.",
+    )
+    sim.add_argument(
+        "--config",
+        type=Path,
+        help="a target's farm.toml (or its directory) to simulate (default: ./farm.toml if "
+        "there, else farm's defaults)",
+    )
+    sim.add_argument(
+        "--slots",
+        type=_ints,
+        help="e.g. 16 or 1,16,1000 (default: [resources] slots, else 1,4,16,64)",
+    )
+    sim.add_argument("--schedule", type=_words, help="backlog and/or rounds ([proposer] schedule)")
+    sim.add_argument("--batch-size", type=_ints, help="drafts per call ([proposer] batch_size)")
+    sim.add_argument("--backlog", type=_counts, help="candidates kept ready ([proposer] backlog)")
+    sim.add_argument(
+        "--merge",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [merge] key, e.g. paired=true or confirm=2,4 (values sweep); repeatable",
+    )
+    sim.add_argument("--max-rebases", type=_counts, help="[merge] max_rebases to try, e.g. 0,1")
+    sim.add_argument(
+        "--screen-fraction",
+        type=_shares,
+        help="short screens ([merge] screen_budget_s) this share of a trial long, e.g. 0,0.25",
+    )
+    sim.add_argument(
+        "--trial",
+        type=_duration,
+        help="median trial duration; your trials' own where [merge] sets seconds (preflight_s, "
+        "screen_budget_s)",
+    )
+    sim.add_argument("--llm", type=_duration, help="median proposer call latency")
+    sim.add_argument("--crash-rate", type=float, help="share of candidates crashing")
+    sim.add_argument("--node-loss", type=float, help="node losses per node-hour")
+    sim.add_argument("--node-slots", type=int, help="with --node-loss: slots per node")
+    sim.add_argument("--constants", type=int, help="knobs of the synthetic target")
+    sim.add_argument("--noise", type=float, help="its seed noise σ")
+    sim.add_argument(
+        "--target", type=float, help="stop at this share of the starting loss (0: never)"
+    )
+    sim.add_argument(
+        "--fleet",
+        type=_fleet,
+        default=(),
+        help="a mixed fleet instead of --slots: class:slots[:offset],… (offset: what the "
+        "class adds to the metric, e.g. 4090:12,h100:4:-1)",
+    )
+    sim.add_argument(
+        "--blind",
+        action="store_true",
+        help="with --fleet: trials do not report their class (to see what judging by class buys)",
+    )
+    sim.add_argument(
+        "--anywhere",
+        action="store_true",
+        help="with --fleet: re-runs take any free slot, not one of the class their reference "
+        "ran on (to see what placing them buys)",
+    )
+    sim.add_argument(
+        "--late",
+        type=_shares,
+        help="with short screens: share of knobs whose benefit they cannot see (their bias), "
+        "e.g. 0,0.5",
+    )
+    sim.add_argument(
+        "--rho",
+        type=_shares,
+        help="with [merge] paired: share of the seed noise a screen has in common with its "
+        "reference's run of the same seed (examples/eclip: 0.76-0.98 for small changes)",
+    )
+    sim.add_argument("--seeds", type=int, default=3, help="runs per setting (medians shown)")
+    sim.add_argument(
+        "--no-sequential",
+        action="store_true",
+        help="skip the one-slot comparison (it is the slow part for very large targets)",
+    )
+    sim.add_argument("--max-candidates", type=int, help="per run")
+    sim.add_argument(
+        "--decisions",
+        action="store_true",
+        help="print every decision of every run, beside the true loss it was made on",
+    )
 
-    bad = [s for s in args.schedule if s not in set(Schedule)]
+
+def _setting(text: str) -> tuple[str, list[object]]:
+    """`confirm=2,4` → ("confirm", [2, 4]); each value read as a TOML value, else a string."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. paired=true")
+    return key.strip(), [_toml_value(v) for v in _words(values)]
+
+
+def _toml_value(text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _simulated(args: argparse.Namespace) -> tuple[TargetConfig, str]:
+    """The target whose rule is simulated, and where it was read: --config (a farm.toml or
+    its directory), else ./farm.toml, else farm's defaults."""
+    from farm.simulate import default_config
+
+    path = args.config
+    if path is None:
+        if not Path(CONFIG_NAME).is_file():
+            return default_config(), "farm's defaults (no farm.toml here)"
+        path = Path(CONFIG_NAME)
+    if path.is_dir():
+        return load_config(path), str(path / CONFIG_NAME)
+    if path.name != CONFIG_NAME:
+        raise ConfigError(f"--config {path}: give a target directory or its {CONFIG_NAME}")
+    return load_config(path.parent), str(path)
+
+
+def _merge_sweep(
+    args: argparse.Namespace, merge: MergeConfig, *, trial_s: float
+) -> list[MergeConfig]:
+    """Every [merge] the flags ask for: the target's, with each value of each key they
+    name (every combination, when they name several values)."""
+    from farm.simulate import merge_with
+
+    axes: dict[str, list[object]] = {}
+    named = [*args.merge]
+    if args.max_rebases is not None:
+        named.append(("max_rebases", args.max_rebases))
+    if args.screen_fraction is not None:
+        named.append(("screen_budget_s", [f * trial_s for f in args.screen_fraction]))
+    for key, values in named:
+        if key in axes:
+            raise ConfigError(f"[merge] {key} is given twice: give its values once, e.g. {key}=1,2")
+        axes[key] = values
+    return [
+        merge_with(
+            merge, dict(zip(axes, combo, strict=True)), trial_s=trial_s, source="farm simulate"
+        )
+        for combo in itertools.product(*axes.values())
+    ]
+
+
+def _merge_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that override the target's [merge]."""
+    return [f"--merge {k}" for k, _ in args.merge] + [
+        flag
+        for flag, value in (
+            ("--max-rebases", args.max_rebases),
+            ("--screen-fraction", args.screen_fraction),
+        )
+        if value is not None
+    ]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as TOML writes it
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_simulated(args: argparse.Namespace, models: list[SimModel]) -> None:
+    """Refuse a flag that would change nothing, and a model that cannot run."""
+
+    def refuse(flag: str, why: str) -> None:
+        raise ConfigError(f"{flag}: {why}")
+
+    if (args.blind or args.anywhere) and not args.fleet:
+        refuse("--blind" if args.blind else "--anywhere", "only with --fleet (one class of slots)")
+    if args.node_slots is not None and not any(m.node_loss_per_h for m in models):
+        refuse("--node-slots", "nodes matter only when they are lost: add --node-loss")
+    if args.late is not None and not any(m.screen_fraction for m in models):
+        refuse(
+            "--late",
+            "it biases short screens, and none run: set [merge] screen_budget_s, or "
+            "--screen-fraction",
+        )
+    if args.rho is not None and not any(m.merge.paired for m in models):
+        refuse(
+            "--rho",
+            "only a paired screen shares a seed with another run: set [merge] paired = true, "
+            "or --merge paired=true",
+        )
+    for m in models:
+        for key in ("screen_budget_s", "preflight_s"):
+            if getattr(m.merge, key) >= m.trial_s:
+                refuse(
+                    f"[merge] {key} = {getattr(m.merge, key):g}",
+                    f"not shorter than a simulated trial ({m.trial_s:g} s): lower it, or "
+                    "raise --trial to your trials' length",
+                )
+
+
+def _simulated_models(args: argparse.Namespace, cfg: TargetConfig) -> list[SimModel]:
+    """A model per setting the flags sweep: the target's rule, on the cluster, trials and
+    synthetic target the flags describe (the model's defaults where they say nothing)."""
+    from farm.simulate import SimModel, model_of
+
+    given = {
+        name: value
+        for name, value in (
+            ("trial_s", args.trial),
+            ("llm_s", args.llm),
+            ("crash_rate", args.crash_rate),
+            ("node_loss_per_h", args.node_loss),
+            ("node_slots", args.node_slots),
+            ("constants", args.constants),
+            ("noise", args.noise),
+            ("target", args.target),
+            ("max_candidates", args.max_candidates),
+        )
+        if value is not None
+    }
+    base = model_of(
+        cfg, SimModel(fleet=args.fleet, blind=args.blind, anywhere=args.anywhere, **given)
+    )
+    merges = _merge_sweep(args, cfg.merge, trial_s=base.trial_s)
+    if args.fleet:
+        slot_counts = [sum(n for _, n, _ in args.fleet)]
+    else:
+        slot_counts = args.slots or (
+            [cfg.resources.slots] if cfg.resources.slots else [1, 4, 16, 64]
+        )
+    bad = [s for s in args.schedule or () if s not in set(Schedule)]
     if bad:
         raise ConfigError(f'--schedule {bad[0]!r}: use "backlog", "rounds" or both')
     models = [
-        SimModel(
+        dataclasses.replace(
+            base,
             slots=slots,
-            fleet=args.fleet,
-            blind=args.blind,
-            anywhere=args.anywhere,
             schedule=schedule,
             batch_size=batch,
             backlog=backlog,
-            trial_s=args.trial,
-            llm_s=args.llm,
-            crash_rate=args.crash_rate,
-            node_loss_per_h=args.node_loss,
-            node_slots=args.node_slots,
-            constants=args.constants,
-            noise=args.noise,
-            target=args.target,
-            max_candidates=args.max_candidates,
-            merge=MergeConfig(max_rebases=rebases),
-            screen_fraction=fraction,
+            merge=merge,
             late=late,
             rho=rho,
         )
-        for slots in ([sum(n for _, n, _ in args.fleet)] if args.fleet else args.slots)
-        for schedule in args.schedule
-        for batch in args.batch_size
-        for backlog in args.backlog
-        for rebases in args.max_rebases
-        for fraction in args.screen_fraction
-        for late in args.late
-        for rho in args.rho
+        for slots in slot_counts
+        for schedule in args.schedule or [base.schedule]
+        for batch in args.batch_size or [base.batch_size]
+        for backlog in args.backlog or [base.backlog]
+        for merge in merges
+        for late in args.late or [base.late]
+        for rho in args.rho or [base.rho]
     ]
+    _check_simulated(args, models)
+    return models
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from farm.sweep import cells, summary, sweep, table
+
+    cfg, source = _simulated(args)
+    models = _simulated_models(args, cfg)
     m = models[0]
     print(
         f"farm simulate: trials {m.trial_s:g} s (lognormal σ {m.trial_jitter:g}), "
         f"{m.crash_rate:.0%} crash; LLM calls {m.llm_s:g} s; node loss {m.node_loss_per_h:g}"
-        f"/node-h ({m.node_slots} slots a node); merge repeats={m.merge.repeats} "
-        f"confirm={m.merge.confirm} z={m.merge.z:g} screen_z={m.merge.screen_z:g} "
-        f"futility_z={m.merge.futility_z:g} efficacy_z={m.merge.efficacy_z:g} "
-        f"max_rebases={','.join(map(str, args.max_rebases))}"
-        + (
-            f" promote={m.merge.promote:g} min_rank_agreement={m.merge.min_rank_agreement:g} "
-            f"rank_pairs={m.merge.rank_pairs}"
-            if any(args.screen_fraction)
-            else ""
-        )
-        + "; "
-        f"target {m.target:.0%} of the starting loss ({m.constants} knobs, noise σ {m.noise:g}, "
-        f"shared by one seed ρ {','.join(f'{r:g}' for r in args.rho)}); "
-        f"{args.seeds} seeds, medians"
+        f"/node-h ({m.node_slots} slots a node); "
+        + (f"target {m.target:.0%} of the starting loss" if m.target else "no target")
+        + f" ({m.constants} knobs, noise σ {m.noise:g}); {args.seeds} seed(s), medians"
         + (
             "; fleet " + ", ".join(f"{c}: {n} slots, {o:+g}" for c, n, o in args.fleet)
             if args.fleet
             else ""
         )
     )
-    header = table([])
-    print(header, flush=True)
-    sweep(
+    overridden = _merge_flags(args)
+    print(
+        f"[merge] from {source}"
+        + (f", overridden by {', '.join(overridden)}" if overridden else "")
+        + ": "
+        + " ".join(
+            f"{f.name}={','.join(dict.fromkeys(_shown(getattr(x.merge, f.name)) for x in models))}"
+            for f in dataclasses.fields(m.merge)
+        )
+    )
+    print(table([]), flush=True)
+    results = sweep(
         models,
         seeds=args.seeds,
         compare=not args.no_sequential,
         on_row=lambda rows: print("| " + " | ".join(cells(rows)) + " |", flush=True),
     )
+    print("\nWhat the controller decided, per row of the table and seed:")
+    for i, rows in enumerate(results, 1):
+        for row in rows:
+            print(f"- row {i}, seed {row.farm.model.seed}: {summary(row.farm)}")
+            for said in row.farm.notices:
+                print(f"    said: {said}")
+            if args.decisions:
+                for d in row.farm.decided:
+                    print(f"    {d.describe()}")
     return 0
 
 

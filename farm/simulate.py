@@ -15,10 +15,13 @@ were mistakes. A short screen ([merge] screen_budget_s) sees the same loss, exce
 moving one toward its optimum looks as bad as moving it away does at the end (a larger
 batch or a deeper model trains slower at first).
 
-What is real: `Controller.step` (screens, confirmations, the noise-aware rule, rebases),
-the `Feeder` (backlog or synchronous rounds, batch size, validation, dedupe), the `mutate`
-proposer and a SQLite store. Git is modelled by `SimRepo`, since commits play no part in a
-decision.
+What is real: `Controller.step` (pre-flights, short and paired screens, confirmations, the
+noise-aware rule, rebases), the `Feeder` (backlog or synchronous rounds, batch size,
+validation, dedupe), the `mutate` proposer and a SQLite store. Git is modelled by `SimRepo`,
+since commits play no part in a decision. The campaign runs a target's own `[merge]` and
+proposer scheduling (`model_of`): the rule simulated is the rule `farm run` would apply.
+Two runs with the same seed (a paired screen and its partner run) share `rho` of their seed
+noise, as small changes to a real target do.
 
 It answers two questions: how busy a farm of N slots stays, and how many experiments per
 slot-hour and how much wall time it takes to reach a target against a one-slot sequential
@@ -34,9 +37,7 @@ import heapq
 import itertools
 import math
 import random
-import statistics
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
@@ -49,6 +50,7 @@ from farm.propose import Feeder, ProposalBatch
 from farm.records import (
     Campaign,
     CandidateState,
+    Decision,
     DecisionKind,
     Incumbent,
     Outcome,
@@ -64,6 +66,19 @@ from proposer.mutate import MutateProposer
 CAMPAIGN = "sim"
 START_SHA = "0" * 40
 TRAIN = "train.py"
+
+
+def _synthetic(**keys: object) -> dict[str, object]:
+    """The farm.toml of the synthetic target, with these keys."""
+    return {"editable": [TRAIN], "command": "python train.py", "metric": "loss", **keys}
+
+
+def default_config() -> TargetConfig:
+    """farm's defaults, as `farm run` has them for a target that sets nothing."""
+    return config_from_dict(_synthetic(), source="farm simulate")
+
+
+_DEFAULTS = default_config()
 
 
 class SimRepo:
@@ -164,9 +179,11 @@ class SimModel:
     """What the simulator assumes about the cluster, the trials and the LLM."""
 
     slots: int = 16
-    schedule: str = "backlog"  # backlog | rounds (the proposer's scheduling, as in farm.toml)
-    batch_size: int = 4  # drafts per proposer call
-    backlog: int = 4  # validated candidates kept ready
+    # The proposer's scheduling and the merge rule: farm.toml's [proposer] and [merge]
+    # (`model_of`), farm's defaults unless given.
+    schedule: str = _DEFAULTS.proposer.schedule  # backlog | rounds
+    batch_size: int = _DEFAULTS.proposer.batch_size  # drafts per proposer call
+    backlog: int = _DEFAULTS.proposer.backlog  # validated candidates kept ready
     trial_s: float = 300.0  # median trial duration
     trial_jitter: float = 0.1  # lognormal σ of trial durations
     crash_rate: float = 0.05  # share of candidates whose code crashes, part-way through
@@ -177,11 +194,11 @@ class SimModel:
     node_down_s: float = 600.0  # a lost node comes back after this long
     lease_s: float = 30.0  # a lost trial returns to the queue when its lease lapses
     tick_s: float = 1.0  # the roles' poll period
-    constants: int = 16  # knobs of the synthetic target
+    constants: int = 64  # knobs of the synthetic target
     noise: float = 0.5  # its seed noise σ
     rho: float = 0.0  # the share of it two commits run with the same seed have in common
     target: float = 0.2  # stop at this share of the starting loss (0: run to the end)
-    max_candidates: int = 400
+    max_candidates: int = 1000
     max_hours: float = 24 * 14
     seed: int = 0
     merge: MergeConfig = field(default_factory=MergeConfig)
@@ -191,10 +208,14 @@ class SimModel:
     fleet: tuple[tuple[str, int, float], ...] = ()
     blind: bool = False  # trials do not say their class: the rule cannot tell them apart
     anywhere: bool = False  # re-runs take any free slot, not one of their reference's class
-    # Multi-fidelity: short screens this share of a trial long (0: none), and the share of
-    # knobs whose benefit they cannot see (the bias the rank monitor has to catch).
-    screen_fraction: float = 0.0
+    # Multi-fidelity ([merge] screen_budget_s > 0): the share of knobs whose benefit short
+    # screens cannot see (the bias the rank monitor has to catch).
     late: float = 0.0
+
+    @property
+    def screen_fraction(self) -> float:
+        """How long a short screen is, as a share of a (median) trial; 0: none."""
+        return self.merge.screen_budget_s / self.trial_s
 
     def classes(self) -> tuple[tuple[str, int, float], ...]:
         return self.fleet or (("", self.slots, 0.0),)
@@ -210,9 +231,23 @@ class SimModel:
             batch_size=1,
             backlog=0,
             fleet=one,
-            screen_fraction=0,
+            merge=replace(self.merge, screen_budget_s=0.0),
             late=0,
         )
+
+
+def model_of(cfg: TargetConfig, model: SimModel | None = None) -> SimModel:
+    """The model of a farm running the target `cfg` describes: its [merge] rule and its
+    proposer's scheduling (the proposer itself is `mutate`), on `model`'s cluster, trials
+    and synthetic target."""
+    p = cfg.proposer
+    return replace(
+        model or SimModel(),
+        schedule=p.schedule,
+        batch_size=p.batch_size,
+        backlog=p.backlog,
+        merge=cfg.merge,
+    )
 
 
 @dataclass
@@ -232,6 +267,8 @@ class SimResult:
     starved_s: float  # slot-seconds idle while no trial waited in the queue
     fidelity: Fidelity  # the rank monitor of short screens at the end
     short_off_s: float | None  # when the rank monitor stopped short screens
+    decided: list[Decided]  # every decision, in order, with what the simulator knows of it
+    notices: list[str]  # what the controller said to the person running the campaign
 
     @property
     def utilisation(self) -> float:
@@ -245,6 +282,41 @@ class SimResult:
     @property
     def trials_per_slot_hour(self) -> float:
         return self.trials / (self.model.slots * self.wall_s / 3600) if self.wall_s else 0.0
+
+
+# Where a candidate was decided: the latest kind of trial it ran (a rebase runs after the
+# confirmations, a screen after a short screen, which runs after a pre-flight).
+STAGES = (
+    (TrialKind.REBASE, "after rebase runs"),
+    (TrialKind.CONFIRM, "after confirmations"),
+    (TrialKind.CANDIDATE, "at the screen"),
+    (TrialKind.SHORT, "at a short screen"),
+    (TrialKind.PREFLIGHT, "in pre-flight"),
+)
+
+
+def stage_of(kinds: set[TrialKind]) -> str:
+    """Where a candidate that ran trials of these kinds was decided."""
+    return next((said for kind, said in STAGES if kind in kinds), "before a run")
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A decision of the controller beside the truth only the simulator knows."""
+
+    decision: Decision
+    stage: str  # where it was decided (STAGES), "before a run" for none
+    paired: bool  # its screen shared its seed with a run of its reference
+    true_before: float  # the true loss of the commit it was judged against
+    true_after: float  # the candidate's own
+
+    def describe(self) -> str:
+        d = self.decision
+        return (
+            f"c{d.candidate_id} {d.kind.value} {self.stage}"
+            f"{' (paired)' if self.paired else ''}: true loss {self.true_before:.4g} → "
+            f"{self.true_after:.4g}; {d.reason}"
+        )
 
 
 @dataclass(order=True)
@@ -386,31 +458,42 @@ class Simulation:
 
     def _outcome(self, trial: Trial, node: int) -> TrialResult:
         m = self.model
-        short = trial.kind is TrialKind.SHORT
         duration = m.trial_s * self.rng.lognormvariate(0.0, m.trial_jitter)
-        duration *= m.screen_fraction if short else 1.0
         text = (trial.files or {TRAIN: self.start_text})[TRAIN]
         _, hardware, offset = self.nodes[node]
         hardware = "" if m.blind else hardware
         # A crash belongs to the change (a bad value diverges, runs out of memory): every
-        # trial of a broken candidate crashes; the baseline and the merges work.
-        broken = random.Random(f"{m.seed}/c{trial.candidate_id}").random() < m.crash_rate
-        if trial.candidate_id is not None and broken:
+        # run of a broken candidate crashes at the same point of its training; the baseline
+        # and the merges work. A shorter run (a pre-flight, a short screen) ends before it
+        # or not.
+        key = f"{m.seed}/c{trial.candidate_id}"
+        broken = random.Random(key).random() < m.crash_rate
+        crash_at = random.Random(f"{key}/crash").uniform(0.05, 1.0) * duration
+        until = {
+            TrialKind.PREFLIGHT: m.merge.preflight_s,
+            TrialKind.SHORT: m.screen_fraction * duration,
+        }.get(trial.kind, duration)
+        if trial.candidate_id is not None and broken and crash_at < until:
             return TrialResult(
                 trial_id=trial.id,
                 outcome=Outcome.CRASHED,
                 exit_code=1,
-                duration_s=duration * self.rng.uniform(0.05, 1.0),
+                duration_s=crash_at,
                 output_tail="RuntimeError: CUDA error: an illegal memory access (simulated)",
                 hardware=hardware,
             )
+        if trial.kind is TrialKind.PREFLIGHT:  # still running at preflight_s: passed, stopped
+            return TrialResult(
+                trial_id=trial.id, outcome=Outcome.OK, duration_s=until, hardware=hardware
+            )
         seed = trial.seed * 7919 + self.model.seed
+        short = trial.kind is TrialKind.SHORT
         metric = self.land.draw(text, seed, short=short, rho=m.rho) + offset
         return TrialResult(
             trial_id=trial.id,
             outcome=Outcome.OK,
             metric=metric,
-            duration_s=duration,
+            duration_s=until,
             hardware=hardware,
         )
 
@@ -477,6 +560,29 @@ class Simulation:
             for d in decisions
             if d.kind is DecisionKind.KEPT
         )
+        trials = self.store.list_trials(CAMPAIGN)
+        kinds: dict[int, set[TrialKind]] = {}
+        paired: set[int] = set()
+        for t in trials:
+            if t.candidate_id is not None:
+                kinds.setdefault(t.candidate_id, set()).add(t.kind)
+                if t.partner:
+                    paired.add(t.candidate_id)
+        decided = [
+            Decided(
+                decision=d,
+                stage=stage_of(kinds.get(d.candidate_id, set())),
+                paired=d.candidate_id in paired,
+                true_before=loss_at[
+                    d.incumbent_before
+                    if d.kind is DecisionKind.KEPT
+                    else cands[d.candidate_id].base_sha
+                ],
+                true_after=self.land.true_loss(cands[d.candidate_id].files[TRAIN]),
+            )
+            for d in decisions
+            if d.kind is not DecisionKind.REJECTED  # drafts that never ran
+        ]
         return SimResult(
             model=self.model,
             wall_s=self.now,
@@ -491,8 +597,10 @@ class Simulation:
             reached_s=self.reached_s,
             proposer_calls=self.calls,
             starved_s=self.starved_s,
-            fidelity=fidelity(self.store.list_trials(CAMPAIGN), self.cfg.merge),
+            fidelity=fidelity(trials, self.cfg.merge),
             short_off_s=self.short_off_s,
+            decided=decided,
+            notices=list(self.controller.notices),
         )
 
     def close(self) -> None:
@@ -500,26 +608,31 @@ class Simulation:
 
 
 def sim_config(model: SimModel) -> TargetConfig:
-    """The farm.toml a simulated campaign runs with."""
-    merge = dataclasses.asdict(model.merge)
-    merge["screen_budget_s"] = model.screen_fraction * model.trial_s
-    return config_from_dict(
-        {
-            "editable": [TRAIN],
-            "command": "python train.py",
-            "metric": "loss",
-            "budget_s": model.trial_s * 3,
-            "merge": merge,
-            "proposer": {
+    """The farm.toml a simulated campaign runs with: the model's [merge] rule and proposer
+    scheduling, on the synthetic target."""
+    cfg = config_from_dict(
+        _synthetic(
+            budget_s=model.trial_s * 3,
+            proposer={
                 "kind": "mutate",
                 "schedule": model.schedule,
                 "batch_size": model.batch_size,
                 "backlog": model.backlog,
                 "seed": model.seed,
             },
-        },
+        ),
         source="farm simulate",
     )
+    return dataclasses.replace(cfg, merge=model.merge)
+
+
+def merge_with(
+    merge: MergeConfig, keys: dict[str, object], *, trial_s: float, source: str
+) -> MergeConfig:
+    """`merge` with these keys set, each checked as farm.toml's would be (`source` names
+    where they came from in a message)."""
+    checked = config_from_dict(_synthetic(budget_s=trial_s * 3, merge=keys), source=source)
+    return replace(merge, **{k: getattr(checked.merge, k) for k in keys})
 
 
 def simulate(model: SimModel) -> SimResult:
@@ -534,137 +647,3 @@ def simulate(model: SimModel) -> SimResult:
 def _fast_tmp() -> str | None:
     shm = Path("/dev/shm")
     return str(shm) if shm.is_dir() else None
-
-
-# -- comparison with the sequential loop and the table -----------------------------------------
-@dataclass
-class Row:
-    farm: SimResult
-    sequential: SimResult | None  # None: not run (`--no-sequential`, for large farms)
-
-    @property
-    def speedup(self) -> float | None:
-        f = self.farm.reached_s
-        s = self.sequential.reached_s if self.sequential else None
-        return s / f if f and s else None
-
-    @property
-    def efficiency(self) -> float | None:
-        """Sequential time ÷ (N × farm time) to the same target."""
-        sp = self.speedup
-        return sp / self.farm.model.slots if sp is not None else None
-
-
-COLUMNS = [
-    "slots",
-    "schedule",
-    "batch",
-    "backlog",
-    "max rebases",
-    "short screen",
-    "late knobs",
-    "ρ",
-    "LLM s",
-    "utilisation",
-    "starved",
-    "trials/slot-h",
-    "budgets/cand.",
-    "to target (h)",
-    "sequential (h)",
-    "speed-up",
-    "parallel eff.",
-    "kept",
-    "false keeps",
-    "rank τ",
-    "calls",
-]
-
-
-def cells(rows: list[Row]) -> list[str]:
-    """One table row for the runs of one setting (several seeds: medians)."""
-    m = rows[0].farm.model
-
-    def med(xs: list[float | None], fmt: str) -> str:
-        got = [x for x in xs if x is not None]
-        if not got:
-            return "not reached"
-        text = format(statistics.median(got), fmt)
-        return text if len(got) == len(xs) else f"{text} ({len(got)}/{len(xs)})"
-
-    def h(x: float | None) -> float | None:
-        return None if x is None else x / 3600
-
-    return [
-        str(m.slots),
-        m.schedule,
-        str(m.batch_size),
-        str(m.backlog),
-        str(m.merge.max_rebases),
-        f"{m.screen_fraction:.0%}" if m.screen_fraction else "—",
-        f"{m.late:.0%}",
-        f"{m.rho:g}",
-        f"{m.llm_s:g}",
-        med([r.farm.utilisation for r in rows], ".1%"),
-        med([r.farm.starved_s / (m.slots * r.farm.wall_s) for r in rows], ".1%"),
-        med([r.farm.trials_per_slot_hour for r in rows], ".2f"),
-        med([r.farm.budgets_per_candidate for r in rows], ".2f"),
-        med([h(r.farm.reached_s) for r in rows], ".2f"),
-        *(
-            [
-                med([h(r.sequential.reached_s) if r.sequential else None for r in rows], ".1f"),
-                med([r.speedup for r in rows], ".1f"),
-                med([r.efficiency for r in rows], ".0%"),
-            ]
-            if rows[0].sequential
-            else ["not run"] * 3
-        ),
-        med([float(r.farm.kept) for r in rows], ".0f"),
-        med([float(r.farm.false_keeps) for r in rows], ".0f"),
-        agreement(rows) if m.screen_fraction else "—",
-        med([float(r.farm.proposer_calls) for r in rows], ".0f"),
-    ]
-
-
-def agreement(rows: list[Row]) -> str:
-    """The rank monitor of each run: τ over its pairs, and when it stopped short screens."""
-    said = []
-    for r in rows:
-        tau, n = r.farm.fidelity.tau, r.farm.fidelity.pairs
-        text = "none" if tau is None else f"{tau:+.2f}/{n}"
-        off = r.farm.short_off_s
-        said.append(text + (f" off {off / 3600:.1f} h" if off is not None else ""))
-    return "; ".join(said)
-
-
-def table(results: list[list[Row]]) -> str:
-    lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---:" for _ in COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(cells(rows)) + " |" for rows in results]
-    return "\n".join(lines)
-
-
-def sweep(
-    models: list[SimModel],
-    *,
-    seeds: int,
-    compare: bool = True,
-    on_row: Callable[[list[Row]], None] | None = None,
-) -> list[list[Row]]:
-    """Every model over `seeds` seeds, each against the sequential loop on the same seed
-    (unless not `compare`: at 1,000 slots the sequential loop is the slow part)."""
-    sequential: dict[str, SimResult] = {}  # by the model's repr (MergeConfig is unhashable)
-    out = []
-    for model in models:
-        rows = []
-        for s in range(seeds):
-            m = replace(model, seed=model.seed + s)
-            seq = m.sequential()
-            if compare and repr(seq) not in sequential:
-                sequential[repr(seq)] = simulate(seq)
-            rows.append(Row(farm=simulate(m), sequential=sequential.get(repr(seq))))
-        out.append(rows)
-        if on_row is not None:
-            on_row(rows)
-    return out

@@ -21,12 +21,12 @@ Two paths, on the same seeds:
 - `--check` candidates per effect run through the real `farm.controller.Controller` (real
   SQLiteStore, trials claimed and recorded through the store; git modelled by SimRepo,
   as commits play no part in a decision);
-- the sweep over thousands of candidates and 36 settings calls `farm.merge.judge` exactly
-  as `Controller._reconcile_candidate` does (the baseline summarised by `farm.merge.noise`
-  from `repeats` runs, or from the first wave when they agree; the screen and then up to
-  `confirm` confirmations one at a time through `farm.merge.sequential`).
-The script asserts both paths make the same decision for every checked candidate, so the
-fast path is the controller's rule and not a paraphrase of it.
+- the sweep over thousands of candidates and 36 settings calls the rule's functions on the
+  same runs (`kept`: `farm.merge.verdicts.baseline_ruling` on the baseline's runs, then
+  `screened_ruling` after the screen and after each confirmation, the stages the controller
+  itself calls), with the seeds the controller hands out (`trial_seeds`).
+The script asserts both paths make the same decision for every checked candidate: what the
+controller gathers and asks the rule is what the sweep asks it.
 """
 
 from __future__ import annotations
@@ -42,21 +42,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.config import MergeConfig, TargetConfig, config_from_dict
-from farm.controller import FIRST_BASELINE, Controller, trial_seed
-from farm.merge import PAIRED_MIN, baseline, sequential
+from farm.controller import Controller
+from farm.merge import PAIRED_MIN, Baseline
+from farm.merge.verdicts import (
+    Act,
+    Reference,
+    Target,
+    baseline_ruling,
+    first_wave,
+    reruns_per_candidate,
+    screened_ruling,
+)
 from farm.records import (
     Campaign,
     Candidate,
     DecisionKind,
-    Direction,
     Edit,
     Incumbent,
     Outcome,
+    Trial,
+    TrialKind,
     TrialResult,
+    TrialState,
 )
 from farm.simulate import SimRepo
 from farm.store.sqlite import SQLiteStore
+from farm.trials import baseline_ids, confirm_id, screen_id, seed_of
 
+TARGET = Target(metric="loss")
 SIGMA = 0.05  # the true seed noise of one trial, in metric units
 EFFECTS = (0.0, 1.0, 2.0, 3.0)  # true improvement of a candidate, in units of SIGMA
 FALSE_KEEP_GOAL = 0.05  # at most this share of no-effect changes kept
@@ -188,58 +201,86 @@ def paired_campaigns(
 
 
 # -- the same rule, called directly ------------------------------------------------------------
+def trial_seeds(
+    cid: str, cand: int, repeats: int, confirm: int
+) -> tuple[list[int], int, list[int]]:
+    """The seeds farm hands to training for campaign `cid`'s baseline runs, and for candidate
+    `cand`'s screen and confirmations: each derived from the trial's id (farm.trials)."""
+    ids = [*baseline_ids(repeats), screen_id(cand), *(confirm_id(cand, k) for k in range(confirm))]
+    seeds = [seed_of(cid, trial_id) for trial_id in ids]
+    return seeds[:repeats], seeds[repeats], seeds[repeats + 1 :]
+
+
 @dataclass
 class Draws:
-    """One simulated candidate's trial metrics, keyed by the trial ids the controller uses."""
+    """One simulated candidate's trial metrics, drawn with the seeds farm would hand out."""
 
-    base: list[float]  # base-0, base-1, ... (the baseline commit)
-    screen: float  # c1-g0-screen
-    confirms: list[float]  # c1-g0-confirm0, ...
+    base: list[float]  # the baseline commit's runs, in the order they are asked for
+    screen: float
+    confirms: list[float]
 
 
 def draws(
-    cid: str, effect: float, max_repeats: int, max_confirm: int, kind: str = "gaussian"
+    cid: str,
+    effect: float,
+    max_repeats: int,
+    max_confirm: int,
+    kind: str = "gaussian",
+    *,
+    cand: int = 1,
 ) -> Draws:
-    def loss(trial_id: str, text: str) -> float:
-        return synthetic_loss(text, trial_seed(f"{cid}/{trial_id}"))
-
-    text = candidate_train(effect, kind)
+    base_seeds, screen, confirms = trial_seeds(cid, cand, max_repeats, max_confirm)
+    text = candidate_train(effect, kind, offset=cand)
     return Draws(
-        base=[loss(f"base-{k}", base_train(kind)) for k in range(max_repeats)],
-        screen=loss("c1-g0-screen", text),
-        confirms=[loss(f"c1-g0-confirm{k}", text) for k in range(max_confirm)],
+        base=[synthetic_loss(base_train(kind), s) for s in base_seeds],
+        screen=synthetic_loss(text, screen),
+        confirms=[synthetic_loss(text, s) for s in confirms],
     )
 
 
+def ran(i: int, value: float) -> Trial:
+    """A finished trial that printed `value`."""
+    t = Trial(f"t{i}", "bench", TrialKind.CONFIRM, "x", START_SHA, 0, state=TrialState.DONE)
+    t.result = TrialResult(t.id, Outcome.OK, metric=value)
+    return t
+
+
+def fresh_baseline(values: list[float], m: MergeConfig) -> Baseline:
+    """The baseline a campaign of SLOTS slots settles on from these runs (all it could ask
+    for), as `farm.merge.verdicts.baseline_ruling` rules: its first wave where that wave
+    agrees (a deterministic target: the rest is never asked for), else all `repeats`."""
+    runs = [ran(k, v) for k, v in enumerate(values)]
+    ruling, base = baseline_ruling(runs[: first_wave(m, SLOTS)], m, TARGET)
+    if ruling.act is Act.MORE:
+        ruling, base = baseline_ruling(runs[: m.repeats], m, TARGET)
+    assert base is not None, ruling.reason
+    return base
+
+
 def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
-    """Controller._reconcile_candidate's decision against the starting baseline.
+    """The rule's decision on a new candidate against a fresh baseline
+    (`farm.merge.verdicts.screened_ruling`), its runs coming in one at a time.
 
     Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
     """
-    # As _reconcile_baseline: a first wave, the rest only if it does not agree.
-    runs_in = [(f"base-{k}", v, "") for k, v in enumerate(d.base)]
-    first = runs_in[: min(m.repeats, max(FIRST_BASELINE, SLOTS))]
-    base = runs_in[: m.repeats]
-    if baseline(first, m).noise.deterministic:
-        base = first
-    found = baseline(base, m).noise
-    stages = 1 + (0 if found.sigma == 0 else m.confirm)
-    runs = [d.screen, *d.confirms]
-    for k in range(1, stages + 1):
-        keep, verdict = sequential(
-            runs[:k],
-            m=m,
-            stages=stages,
-            incumbent=found.center,
-            incumbent_runs=len(base),
-            sigma=found.sigma,
-            direction=Direction.MINIMIZE,
-        )
-        if keep is not None:
-            # The recorded metric: the confirmations' estimate (the screen passed a gate).
-            value = verdict.estimate
-            return keep, k, value
-    raise AssertionError("the last stage always decides")
+    base = fresh_baseline(d.base, m)
+    ref = Reference(
+        metric=base.noise.center,
+        runs=len(base.values) - len(base.noise.outliers),
+        sigma=base.noise.sigma,
+        offsets=base.offsets,
+        counts=base.counts,
+    )
+    stages = 1 + reruns_per_candidate(base, m)
+    runs = [ran(0, d.screen)]
+    while True:
+        ruling = screened_ruling(runs, ref, stages=stages, m=m, t=TARGET)
+        if ruling.act is not Act.MORE:
+            break
+        runs.append(ran(len(runs), d.confirms[len(runs) - 1]))
+    assert ruling.act in (Act.KEEP, Act.DISCARD) and ruling.verdict is not None
+    # The recorded metric: the confirmations' estimate (the screen passed a gate).
+    return ruling.act is Act.KEEP, len(runs), ruling.verdict.estimate
 
 
 def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[list[float], float]:
@@ -255,16 +296,8 @@ def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[li
         for effect in (0.0, 2.0):
             keeps = 0
             for k in range(1, candidates + 1):
-                text = candidate_train(effect, offset=k)
-                d = Draws(
-                    base=base,
-                    screen=synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-screen")),
-                    confirms=[
-                        synthetic_loss(text, trial_seed(f"{cid}/c{k}-g0-confirm{i}"))
-                        for i in range(m.confirm)
-                    ],
-                )
-                ok, _, estimate = kept(d, m)
+                d = draws(cid, effect, 0, m.confirm, cand=k)
+                ok, _, estimate = kept(dataclasses.replace(d, base=base), m)
                 keeps += ok
                 if ok and effect:
                     errors.append((estimate - (1.0 - effect * SIGMA)) / SIGMA)

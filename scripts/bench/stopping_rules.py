@@ -1,23 +1,26 @@
-"""Stopping rules in an idealised model of the merge rule: today's group-sequential design
-against a sequential probability ratio test (SPRT) on all of a candidate's runs.
+"""Stopping rules in an idealised campaign: farm's group-sequential rule against a sequential
+probability ratio test (SPRT) on all of a candidate's runs.
 
-    python3 scripts/bench/stopping_rules.py [--n 60000] [--baseline 12]
+    .venv/bin/python scripts/bench/stopping_rules.py [--n 60000] [--baseline 12]
 
-Not farm's code: a model of it, to choose the next rule before building it. A run's metric
-is the candidate's true gain (in units of σ) plus N(0, 1); σ and the incumbent's level are
-estimated from `--baseline` runs (so both are off, as in a campaign); five runs at most.
+An idealised campaign, to choose the next rule before building it: a run's metric is the
+candidate's true gain (in units of σ) plus N(0, 1); σ and the incumbent's level are
+estimated from `--baseline` runs (so both are off, as in a campaign); the screen and
+`[merge] confirm` confirmations at most.
 
-- gsd (farm's defaults: `farm.merge.sequential`): the screen earns confirmations beyond
-  screen_z = 0.25 standard errors and is then set aside (it passed a gate, so it is biased);
-  the confirmations alone are judged after each one: discarded below futility_z = 0, kept
-  beyond efficacy_z = 2.5 (two or more), judged against z = 1.5 after the fourth.
-- sprt: Wald's test of "no gain" against "a gain of EFFECT σ" on the mean of all runs, the
-  screen included (the boundaries account for the looks): kept once the log likelihood
-  ratio passes KEEP (never on the screen alone), discarded below DROP, and after the fifth
-  run kept if the mean is past EFFECT/2.
+- gsd: farm's rule itself, `farm.merge.sequential` with farm's defaults, after each run:
+  the screen earns confirmations beyond screen_z standard errors and is then set aside (it
+  passed a gate, so it is biased); the confirmations alone are judged after each one:
+  discarded below futility_z, kept beyond efficacy_z (two or more), judged against z after
+  the last.
+- sprt (a model, not farm's code: the rule that might replace it): Wald's test of "no
+  gain" against "a gain of EFFECT σ" on the mean of all runs, the screen included (the
+  boundaries account for the looks): kept once the log likelihood ratio passes KEEP (never
+  on the screen alone), discarded below DROP, and after the last run kept if the mean is
+  past EFFECT/2.
 
-scripts/bench/merge_quality.py measures farm's own rule (within 0.3 points and 0.02 trials of
-this model's gsd row: 4.1% false keeps, 90.6% at 2σ, 1.91 trials).
+scripts/bench/merge_quality.py measures the same rule on farm's seeds and trial ids, with
+the baseline's σ and level taken from real runs rather than drawn as their errors here.
 """
 
 from __future__ import annotations
@@ -27,8 +30,13 @@ import math
 import random
 from collections.abc import Callable
 
-BASELINE = 12  # [merge] repeats (--baseline)
-STAGES = 5  # the screen and confirm = 4
+from farm.config import MergeConfig
+from farm.merge import sequential
+from farm.records import Direction
+
+DEFAULTS = MergeConfig()
+BASELINE = DEFAULTS.repeats  # --baseline
+STAGES = 1 + DEFAULTS.confirm  # the screen and the confirmations
 EFFECT, KEEP, DROP = 2.0, 2.5, -1.2
 
 Rule = Callable[[float, random.Random, int], tuple[bool, int]]
@@ -43,20 +51,21 @@ def estimates(rng: random.Random, base: int) -> tuple[float, float]:
 
 def gsd(gain: float, rng: random.Random, base: int) -> tuple[bool, int]:
     error, sigma = estimates(rng, base)
-    screen = (rng.gauss(gain, 1) + error) / sigma
-    if screen / math.sqrt(1 + 1 / base) <= 0.25:
-        return False, 1
+    m = MergeConfig(repeats=base)
     runs: list[float] = []
-    for k in range(1, STAGES):
-        runs.append(rng.gauss(gain, 1))
-        z = (sum(runs) / k + error) / sigma / math.sqrt(1 / k + 1 / base)
-        if k == STAGES - 1:
-            return z >= 1.5, 1 + k
-        if k >= 2 and z >= 2.5:
-            return True, 1 + k
-        if z < 0:
-            return False, 1 + k
-    raise AssertionError("unreachable")
+    while True:
+        runs.append(rng.gauss(gain, 1))  # an improvement: the incumbent's level is −error
+        keep, _ = sequential(
+            runs,
+            m=m,
+            stages=STAGES,
+            incumbent=-error,
+            incumbent_runs=base,
+            sigma=sigma,
+            direction=Direction.MAXIMIZE,
+        )
+        if keep is not None:
+            return keep, len(runs)
 
 
 def sprt(gain: float, rng: random.Random, base: int) -> tuple[bool, int]:

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from helpers import farm
 
+from farm.config import MergeConfig
 from farm.records import DecisionKind, TrialKind, TrialState
 from farm.simulate import CAMPAIGN, Landscape, SimModel, Simulation, simulate
 
 SMALL = SimModel(slots=4, constants=8, trial_s=300, llm_s=75, max_candidates=80, seed=1)
+# A short run of the CLI: 4 slots, one seed, no one-slot comparison.
+QUICK = ("--slots", "4", "--constants", "8", "--seeds", "1", "--no-sequential")
+
+
+def rows_of(out: str) -> list[dict[str, str]]:
+    """The table `farm simulate` printed, a dict per row."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln]
+    head, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return [dict(zip(head, row, strict=True)) for row in body]
+
+
+def decided(out: str, row: int) -> list[str]:
+    """What `farm simulate` said under the table about one row (its first seed): the
+    summary line, then what the controller said and each decision."""
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"- row {row},"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("- ")), None)
+    return lines[start:end]
 
 
 def test_the_synthetic_target_knows_its_optimum() -> None:
@@ -113,7 +133,13 @@ def test_short_screens_are_watched_and_stop_where_they_rank_apart(tmp_path) -> N
     # A short screen a quarter of a trial long; with every knob "late" (its benefit shows
     # only at the full budget) the two budgets rank candidates apart and the monitor stops
     # short screens; with none late they agree and screening short goes on to the end.
-    model = dataclasses.replace(SMALL, slots=8, constants=32, screen_fraction=0.25, target=0.0)
+    model = dataclasses.replace(
+        SMALL,
+        slots=8,
+        constants=32,
+        merge=MergeConfig(screen_budget_s=0.25 * SMALL.trial_s),
+        target=0.0,
+    )
     fair = simulate(dataclasses.replace(model, max_candidates=60))
     assert fair.short_off_s is None
     assert fair.fidelity.tau is not None and fair.fidelity.tau > 0.5, fair.fidelity
@@ -128,11 +154,182 @@ def test_short_screens_are_watched_and_stop_where_they_rank_apart(tmp_path) -> N
     assert max(t.created_at for t in shorts) <= max(
         t.created_at for t in trials if t.kind is TrialKind.CANDIDATE
     )
-    later = [
-        c
-        for c in biased.store.list_candidates(CAMPAIGN)
-        if biased.store.get_trial(CAMPAIGN, f"c{c.id}-g0-screen")
-        and not biased.store.get_trial(CAMPAIGN, f"c{c.id}-g0-short")
-    ]
+    screened = {t.candidate_id for t in trials if t.kind is TrialKind.CANDIDATE}
+    later = screened - {t.candidate_id for t in shorts}
     assert later, "no candidate was screened at the full budget after the monitor stopped"
     biased.close()
+
+
+def write_target(where: Path, toml: str) -> Path:
+    where.mkdir(exist_ok=True)
+    (where / "farm.toml").write_text(
+        'editable = ["train.py"]\ncommand = "python train.py"\nmetric = "loss"\n' + toml
+    )
+    return where
+
+
+def test_simulate_runs_the_rule_of_the_targets_farm_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pre-flights, short screens, paired screens and the proposer's scheduling, all from the
+    # target's farm.toml: `farm simulate` run in the target's directory applies them all.
+    target = write_target(
+        tmp_path / "target",
+        "budget_s = 600\n"
+        "[merge]\npreflight_s = 100\nscreen_budget_s = 120\npaired = true\n"
+        "[proposer]\nbatch_size = 2\nbacklog = 1\n[resources]\nslots = 4\n",
+    )
+    monkeypatch.chdir(target)
+    args = ("--constants", "8", "--seeds", "1", "--no-sequential", "--max-candidates", "40")
+    code, out = farm(capsys, "simulate", *args, "--crash-rate", "0.5", "--target", "0")
+    assert code == 0, out
+    assert "[merge] from farm.toml:" in out and "paired=true" in out
+    (row,) = rows_of(out)
+    assert (row["slots"], row["batch"], row["backlog"]) == ("4", "2", "1")
+    assert (row["short screen"], row["paired"]) == ("40%", "on")
+    said = decided(out, 1)[0]
+    # Crashes caught by a pre-flight, candidates left behind by their short screen.
+    assert "crashed" in said and "in pre-flight" in said, said
+    assert "at a short screen" in said, said
+    # Elsewhere, with no farm.toml: farm's defaults, as `farm run` has them.
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(capsys, "simulate", *args)
+    assert code == 0, out
+    assert "[merge] from farm's defaults" in out and "paired=false" in out
+    assert rows_of(out)[0]["short screen"] == "—"
+    # --config names the target from anywhere; a flag overrides the key it names.
+    code, out = farm(
+        capsys, "simulate", *args, "--config", str(target / "farm.toml"), "--merge", "paired=false"
+    )
+    assert code == 0, out
+    assert f"[merge] from {target / 'farm.toml'}, overridden by --merge paired" in out
+    (row,) = rows_of(out)
+    assert (row["short screen"], row["paired"], row["batch"]) == ("40%", "off", "2")
+
+
+def test_rho_decides_whether_paired_screens_pay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Paired screens share a seed with a run of their reference. Where runs of one seed are
+    # alike on both commits (ρ 0.95) the spread of their gaps is small and the controller
+    # gates screens on it; where they are not (ρ 0), it never does. A noise larger than the
+    # effects of the mutations keeps the gaps from being the effects alone.
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(
+        capsys,
+        "simulate",
+        *QUICK,
+        "--noise",
+        "30",
+        "--target",
+        "0",
+        "--max-candidates",
+        "40",
+        "--merge",
+        "paired=true",
+        "--rho",
+        "0.95,0",
+        "--decisions",
+    )
+    assert code == 0, out
+    assert [r["ρ"] for r in rows_of(out)] == ["0.95", "0"]
+    correlated, independent = decided(out, 1), decided(out, 2)
+    assert any(ln.strip().startswith("said: screens share a seed") for ln in correlated)
+    assert sum("paired with" in ln for ln in correlated) >= 10
+    assert not any("paired with" in ln or "said: screens share" in ln for ln in independent)
+
+
+def test_short_screen_flags_set_their_length_and_bias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Short screens a quarter of a trial long; with nine knobs in ten paying off only at the
+    # full budget (--late 0.9) the rank monitor stops them, with none (--late 0) it does not.
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(
+        capsys, "simulate", "--slots", "8", "--constants", "32", "--seeds", "1",
+        "--no-sequential", "--target", "0", "--max-candidates", "60",
+        "--screen-fraction", "0.25", "--late", "0,0.9",
+    )  # fmt: skip
+    assert code == 0, out
+    fair, biased = rows_of(out)
+    assert (fair["short screen"], fair["late knobs"]) == ("25%", "0%")
+    assert "off" not in fair["rank τ"] and "off" in biased["rank τ"]
+    assert any("said: short screens (75 s) rank candidates unlike" in ln for ln in decided(out, 2))
+
+
+def test_merge_flags_sweep_the_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(
+        capsys, "simulate", *QUICK, "--target", "0", "--max-candidates", "40",
+        "--merge", "confirm=1,4", "--max-rebases", "0",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "confirm=1,4" in out and "max_rebases=0" in out
+    one, four = rows_of(out)
+    # Fewer confirmations, fewer trials for each decision.
+    assert float(one["budgets/cand."]) < float(four["budgets/cand."])
+
+
+def test_model_flags_shape_the_simulated_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    common = (*QUICK, "--target", "0", "--max-candidates", "30", "--trial", "100", "--llm", "5")
+    code, out = farm(capsys, "simulate", *common, "--crash-rate", "0")
+    assert code == 0, out
+    assert "trials 100 s" in out and "LLM calls 5 s" in out
+    assert "crashed" not in decided(out, 1)[0]
+    (steady,) = rows_of(out)
+    code, out = farm(capsys, "simulate", *common, "--crash-rate", "0.5")
+    assert code == 0, out
+    assert "crashed" in decided(out, 1)[0]
+    # Nodes of 2 slots lost 6 times an hour each: their trials run again, slots stand idle.
+    code, out = farm(
+        capsys, "simulate", *common, "--crash-rate", "0", "--node-loss", "6", "--node-slots", "2"
+    )
+    assert code == 0, out
+    (lossy,) = rows_of(out)
+    assert float(lossy["utilisation"].rstrip("%")) < float(steady["utilisation"].rstrip("%"))
+
+
+def test_fleet_flags_judge_per_class_or_blind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fleet = ("--fleet", "a:4,b:2:-1", "--constants", "8", "--seeds", "1", "--no-sequential")
+    args = (*fleet, "--target", "0", "--max-candidates", "25", "--decisions")
+    code, out = farm(capsys, "simulate", *args)
+    assert code == 0, out
+    assert rows_of(out)[0]["slots"] == "6"
+    assert any("on the baseline's scale" in ln for ln in decided(out, 1))
+    code, out = farm(capsys, "simulate", *args, "--blind")
+    assert code == 0, out
+    assert not any("on the baseline's scale" in ln for ln in decided(out, 1))
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (("--rho", "0.9"), "--rho: only a paired screen"),
+        (("--late", "0.5"), "--late: it biases short screens, and none run"),
+        (("--blind",), "--blind: only with --fleet"),
+        (("--node-slots", "4"), "--node-slots: nodes matter only when they are lost"),
+        (("--merge", "paired=yes"), "merge.paired = 'yes' is not a valid boolean"),
+        (("--merge", "confirms=2"), "unknown key 'merge.confirms'"),
+        (("--merge", "max_rebases=1", "--max-rebases", "0"), "max_rebases is given twice"),
+        (("--merge", "preflight_s=400"), "preflight_s = 400: not shorter than a simulated trial"),
+        (("--config", "nowhere"), "nowhere: give a target directory or its farm.toml"),
+    ],
+)
+def test_a_flag_that_changes_nothing_or_a_bad_value_is_refused(
+    flags: tuple[str, ...],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out = farm(capsys, "simulate", *QUICK, *flags)
+    assert code == 2 and said in out, out
