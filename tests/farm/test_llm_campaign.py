@@ -211,6 +211,30 @@ def test_drafts_beyond_the_candidate_limit_never_train(
     assert "finished (all 2 candidates decided)" in done.output
 
 
+def test_calls_bringing_only_repeats_and_extras_end_the_campaign_with_nothing_new(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
+) -> None:
+    raise_lr = draft("Raise LR", LR, LR.replace("0.5", "1.5"))
+    flush = draft("Flush output", PRINT, 'print("---", flush=True)')
+    seed = draft("Other seed", "SEED_OFFSET = 3", "SEED_OFFSET = 4")
+    fake_api.push(
+        drafts_reply([raise_lr, seed]),  # one asked for: "Other seed" is an extra
+        drafts_reply([seed]),  # proposed again: it never ran, so it is no repeat
+    )
+    fake_api.respond = lambda req: drafts_reply([raise_lr, flush])  # a repeat, then an extra
+    done = run_campaign(claude_target(batch_size=1, backlog=1))
+    assert done.code == 0, done.output
+    assert "has nothing new to try" in done.output
+    cands = done.store.list_candidates("default")
+    seeds = [c for c in cands if c.title == "Other seed"]
+    assert [(c.state, c.extra) for c in seeds][0] == (CandidateState.REJECTED, True)
+    assert seeds[1].state is not CandidateState.REJECTED and not seeds[1].extra
+    assert done.store.list_trials("default", candidate_id=seeds[1].id)
+    flushes = [c for c in cands if c.title == "Flush output"]
+    assert flushes and all(c.extra for c in flushes)  # never run, never a failure
+    assert done.store.list_calls("default", {CallState.FAILED}) == []
+
+
 def test_a_change_tried_in_an_earlier_batch_is_not_trained_again(
     claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
 ) -> None:
