@@ -186,7 +186,9 @@ class BatchOutcome:
 
     drafts: int = 0
     valid: int = 0
-    repeats: int = 0  # rejected as repeats of earlier candidates: nothing new, not broken
+    # Rejected as repeats of earlier candidates, or extras beyond the number asked for:
+    # nothing new, not broken.
+    repeats: int = 0
     problems: list[str] = field(default_factory=list)  # why the other drafts were rejected
 
 
@@ -299,10 +301,10 @@ class StoreBook(Book):
                 self.outcome.problems.append(reason)
 
     def _settle(self, hold: str, state: CallState, **how: Any) -> None:
-        call = dataclasses.replace(self.holds.pop(hold), state=state, settled_at=time.time())
-        for name, value in how.items():
-            setattr(call, name, value)
-        self.store.settle_call(call)
+        call = self.holds.pop(hold)
+        self.store.settle_call(
+            dataclasses.replace(call, state=state, settled_at=time.time(), **how)
+        )
 
     def _write(self, d: Draft, v: Verdict, hold: str | None) -> int:
         ctx = self.ctx
@@ -516,8 +518,9 @@ class Feeder:
                 self.error = ProposerError(
                     f"{self._failed} batches in a row from proposer {self.proposer.name} "
                     f"brought no usable draft; the last: {last[:600]}. The rejected drafts "
-                    "and their reasons are in `farm status` and `farm export --tsv`; fix "
-                    "the cause (model, [proposer] settings, program.md), then run again"
+                    "and their reasons are in `farm export --tsv`, the failed calls counted "
+                    "in `farm status`; fix the cause (model, [proposer] settings, "
+                    "program.md), then run again"
                 )
                 return 0.0
             wait = min(p.backoff_s * 2 ** (self._failed - 1), MAX_BACKOFF_S)

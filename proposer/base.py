@@ -184,7 +184,7 @@ def remember(
     A draft with a problem (an extra too) was never judged on its edits: a repair, or a
     later call, may send them again."""
     for d, v, cid in zip(drafts, verdicts, ids, strict=True):
-        if d.edits and not d.problem:
+        if d.edits and not d.problem and not d.extra:
             ctx.seen_hashes.add(edit_hash(d.edits))
         if isinstance(v, Validated):
             ctx.seen_files.setdefault(files_fingerprint({**ctx.files, **v.files}), cid)

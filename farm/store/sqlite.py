@@ -394,15 +394,13 @@ class SQLiteStore(Store):
     def list_calls(
         self, campaign_id: str, states: set[CallState] | None = None
     ) -> list[ProposerCall]:
-        rows = self._read(
-            "SELECT state, data FROM calls WHERE campaign = ? ORDER BY seq", (campaign_id,)
-        )
-        wanted = {s.value for s in states} if states is not None else None
-        return [
-            ProposerCall.from_dict(json.loads(data))
-            for state, data in rows
-            if wanted is None or state in wanted
-        ]
+        sql = "SELECT data FROM calls WHERE campaign = ?"
+        args: list[Any] = [campaign_id]
+        if states is not None:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args.extend(s.value for s in states)
+        rows = self._read(sql + " ORDER BY seq", tuple(args))
+        return [ProposerCall.from_dict(json.loads(r[0])) for r in rows]
 
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:
