@@ -182,7 +182,8 @@ class RedisStore(Store):
         reg = self._r.register_script
         self._create_campaign = reg(lua.CREATE_CAMPAIGN)
         self._cas_incumbent = reg(lua.CAS_INCUMBENT)
-        self._add_candidate = reg(lua.ADD_CANDIDATE)
+        self._add_candidate = reg(lua.ADD_RECORD)
+        self._hold_call = reg(lua.ADD_RECORD)
         self._settle_call = reg(lua.SETTLE_CALL)
         self._update_candidate = reg(lua.UPDATE_CANDIDATE)
         self._enqueue = reg(lua.ENQUEUE)
@@ -439,7 +440,7 @@ class RedisStore(Store):
     def hold_call(self, call: ProposerCall) -> None:
         keys = _Keys(call.campaign)
         args = [call.id, json.dumps(call.to_dict()), stats.call_hold_upkeep(call).to_json()]
-        if not self._call(lambda: self._add_candidate(keys=[keys.calls, keys.stats], args=args)):
+        if not self._call(lambda: self._hold_call(keys=[keys.calls, keys.stats], args=args)):
             raise StoreError(f"call {call.id} of campaign {call.campaign!r} already exists")
 
     def settle_call(self, call: ProposerCall) -> bool:

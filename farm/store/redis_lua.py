@@ -49,7 +49,7 @@ return 0
 """
 
 # KEYS: candidates (or calls), stats. ARGV: record id, JSON, upkeep. One record per id.
-ADD_CANDIDATE = (
+ADD_RECORD = (
     UPKEEP
     + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
