@@ -177,7 +177,9 @@ class CallState(enum.StrEnum):
 
     IN_FLIGHT = "in_flight"  # sent: its worst case is held against the spend cap
     ANSWERED = "answered"  # its drafts are recorded; it costs what its answer's usage says
-    FAILED = "failed"  # the API answered with an error (billed nothing) or never answered
+    # It brought no draft: the API answered an error or not at all (billed nothing), or an
+    # answer that held none (billed as it says).
+    FAILED = "failed"
     # Its answer was never recorded (the proposer stopped or died): it stays counted at its
     # worst case, as the API may have billed it.
     LOST = "lost"

@@ -232,7 +232,7 @@ class Histogram:
 
 @dataclass
 class ProposerTally:
-    """A proposer's drafts and LLM spend (or, from `CampaignStats.llm`, every proposer's)."""
+    """A proposer's drafts and LLM spend (or, from `llm_spend`, every proposer's)."""
 
     valid: int = 0
     rejected: int = 0
