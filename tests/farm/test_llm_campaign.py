@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from farm.metrics import LedgerCollector
 from farm.records import CallState, CandidateState, DecisionKind
-from farm.report import proposer_rows, proposer_table
+from farm.report import export_tsv, proposer_rows, proposer_table
 from farm.store import Store, default_url, open_store
 from farm.store.stats import llm_spend
 
@@ -188,8 +188,11 @@ def test_an_unavailable_api_is_retried_later_then_named_as_the_cause(
     assert "the Anthropic API answered 529 after 0 retries: Overloaded" in done.output
     assert len(fake_api.requests) == 2
     assert fake_api.requests[1].at - fake_api.requests[0].at >= 0.3
-    # The failed calls are in the ledger, unbilled, and no candidate.
+    # The failed calls are in the ledger, unbilled, and no candidate: results.tsv has the
+    # baseline's rows alone.
     assert done.store.list_candidates("default") == []
+    rows = export_tsv(done.store, "default").splitlines()[1:]
+    assert rows and all(row.split("\t")[3] == "baseline" for row in rows)
     calls = done.store.list_calls("default")
     assert [(c.state, c.cost_usd) for c in calls] == [(CallState.FAILED, 0.0)] * 2
     assert "529" in calls[0].reason
@@ -227,7 +230,7 @@ def test_calls_bringing_only_repeats_and_extras_end_the_campaign_with_nothing_ne
     assert "has nothing new to try" in done.output
     cands = done.store.list_candidates("default")
     seeds = [c for c in cands if c.title == "Other seed"]
-    assert [(c.state, c.extra) for c in seeds][0] == (CandidateState.REJECTED, True)
+    assert len(seeds) == 2 and (seeds[0].state, seeds[0].extra) == (CandidateState.REJECTED, True)
     assert seeds[1].state is not CandidateState.REJECTED and not seeds[1].extra
     assert done.store.list_trials("default", candidate_id=seeds[1].id)
     flushes = [c for c in cands if c.title == "Flush output"]
