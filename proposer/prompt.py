@@ -7,8 +7,8 @@ price on later calls. The per-call part is the campaign's state: the best result
 it came about, the noise and the thresholds in force, the time budget and how long trials
 take, in-flight work, then the measured results with their edits, values and reasons,
 the crashes and timeouts, and last (capped) the rejected drafts that never ran. Every
-part has a bound (tokens approximated as characters / 4), so the prompt
-stays the same size however long the campaign runs.
+part has a bound (tokens approximated as characters / 4), so the prompt stays the same
+size however long the campaign runs.
 
 Words from candidates and trials (titles, hypotheses, edits, output) are data written by
 earlier drafts or by the training code: they are cleaned of control characters, clipped,
