@@ -408,7 +408,30 @@ def _status(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
             screens=short_screens(store, cfg.campaign),
         )
     )
+    spend = _spend_line(store, cfg)
+    if spend:
+        print(spend)
     return 0
+
+
+def _spend_line(store: Store, cfg: TargetConfig) -> str:
+    """`farm status`'s LLM line: spend, calls and tokens against the campaign's cap; ""
+    before the first paid call."""
+    import textwrap
+
+    from farm.progress import WIDTH
+    from farm.report import spend_text
+    from farm.store.stats import llm_spend
+    from proposer.base import usd
+
+    camp = store.get_campaign(cfg.campaign)
+    cap = (camp.config if camp else {}).get("proposer", {}).get("spend_cap_usd")
+    llm = llm_spend(store.stats(cfg.campaign))
+    if not (llm.calls or llm.in_flight):
+        return ""
+    of = f" (cap {usd(float(cap))})" if cap else ""
+    text = f"LLM{of}: {spend_text(llm)}"
+    return textwrap.fill(text, WIDTH, initial_indent="  ", subsequent_indent="    ")
 
 
 def _known_campaign(cfg: TargetConfig, store: Store) -> None:

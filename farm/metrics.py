@@ -53,7 +53,7 @@ from farm.records import (
     TrialState,
 )
 from farm.store import Store
-from farm.store.stats import CampaignStats, ProposerTally
+from farm.store.stats import CampaignStats, ProposerTally, llm_spend
 from proposer.base import Book, ProposalContext, Proposer
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,22 @@ class _LedgerFamilies:
             "farm_proposals",
             "proposer",
             "result",
-            doc="Drafts from the proposer, by validation result.",
+            doc="Drafts from the proposer, by validation result (extra: beyond the number "
+            "asked for, recorded and never run).",
+        )
+        self.llm_calls = self._new(
+            counter,
+            "farm_llm_calls",
+            "proposer",
+            "result",
+            doc="Paid proposer calls settled, by result (ok: answered with drafts; failed: an "
+            "error, an answer with no draft, or lost in flight).",
+        )
+        self.llm_held = self._new(
+            gauge,
+            "farm_llm_held_usd",
+            "proposer",
+            doc="Worst-case cost of the proposer calls in flight, held against the spend cap.",
         )
         self.tokens = self._new(
             counter,
@@ -228,7 +243,8 @@ class _LedgerFamilies:
             counter,
             "farm_llm_cost_usd",
             "proposer",
-            doc="LLM spend of the proposer, in US dollars.",
+            doc="LLM spend of the proposer's settled calls, in US dollars (a call lost in "
+            "flight at its worst case).",
         )
         self.spend_cap = self._new(
             gauge, "farm_llm_spend_cap_usd", doc="[proposer] spend_cap_usd: proposing stops there."
@@ -304,9 +320,13 @@ class _LedgerFamilies:
         for name, p in sorted(proposers.items()):
             self.proposals.add_metric([c, name, "valid"], p.valid)
             self.proposals.add_metric([c, name, "rejected"], p.rejected)
+            self.proposals.add_metric([c, name, "extra"], p.extra)
+            self.llm_calls.add_metric([c, name, "ok"], p.calls - p.failed_calls)
+            self.llm_calls.add_metric([c, name, "failed"], p.failed_calls)
             self.tokens.add_metric([c, name, "input"], p.tokens_in)
             self.tokens.add_metric([c, name, "output"], p.tokens_out)
             self.llm_cost.add_metric([c, name], p.cost_usd)
+            self.llm_held.add_metric([c, name], max(p.held_usd, 0.0))
         self.spend_cap.add_metric([c], cfg.proposer.spend_cap_usd)
         prices = cfg.metrics.hour_usd
         compute = 0.0
@@ -317,8 +337,7 @@ class _LedgerFamilies:
         self.compute_cost.add_metric([c], compute)
         kept = s.decisions[DecisionKind.KEPT]
         if kept:
-            llm = sum(p.cost_usd for p in s.proposers.values())
-            self.cost_per_kept.add_metric([c], (compute + llm) / kept)
+            self.cost_per_kept.add_metric([c], (compute + llm_spend(s).cost_usd) / kept)
 
 
 class RoleMetrics:

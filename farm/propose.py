@@ -3,41 +3,48 @@
 It reads only the store (the incumbent's editable files, the ledger), asks a proposer
 backend for a batch of drafts and records each draft as a candidate the moment it
 arrives: `queued` when valid, `rejected` with its reason when not. A paid call is first
-held in the ledger at its worst-case cost (a `proposing` row), so the spend cap counts it
-while it is in flight and after a crash. Runs as a background thread inside `farm run`
-so LLM latency hides behind training.
+held in the ledger at its worst-case cost (a ProposerCall in flight), so the spend cap
+counts it while it is in flight and after a crash; its answer settles it at what it cost,
+a failure as a failed call (no candidate), a call whose answer never came as lost. Runs
+as a background thread inside `farm run` so LLM latency hides behind training.
 
 How proposing ends:
 - a batch with no usable draft (unreadable answers, invalid edits, the API unavailable
   after its retries) is a failed batch: the next one waits `backoff_s`, doubled each time
   in a row; after `max_failed_batches` in a row proposing stops with the cause (exit 1);
-- batches with nothing new (no drafts, or only repeats of earlier candidates) while
-  nothing is in flight mean the proposer has run dry: a clean finish;
+- batches with nothing new (no drafts, or only repeats of earlier candidates and drafts
+  beyond the number asked for) while nothing is in flight mean the proposer has run dry:
+  a clean finish;
 - the spend cap, or the candidate limit: a clean finish.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.merge import keep_threshold, smallest_delta, threshold
 from farm.records import (
+    CallState,
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Draft,
     Incumbent,
+    ProposerCall,
     Trial,
     edit_hash,
 )
 from farm.store import Store
+from farm.store.stats import llm_spend
 from proposer.base import (
     Book,
     LedgerEntry,
@@ -68,12 +75,11 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     inc = store.get_incumbent(campaign_id)
     decisions = store.list_decisions(campaign_id)  # in the order they were made
     decided = {d.candidate_id: d for d in decisions}
-    cands = [
-        c for c in store.list_candidates(campaign_id) if c.state is not CandidateState.PROPOSING
-    ]
-    # Trials only for what the prompt shows in detail: the latest decisions, superseded
-    # winners, and what is running now.
-    detailed = {d.candidate_id for d in decisions[-DETAILED:]}
+    cands = store.list_candidates(campaign_id)
+    # Trials only for what the prompt shows in detail: the latest decisions that measured
+    # something (rejected drafts never ran), superseded winners, and what is running now.
+    measured = [d for d in decisions if d.kind is not DecisionKind.REJECTED]
+    detailed = {d.candidate_id for d in measured[-DETAILED:]}
     detailed |= {c.id for c in cands if c.state is CandidateState.RUNNING}
     detailed |= {d.candidate_id for d in decisions if d.kind is DecisionKind.SUPERSEDED}
     trials = {cid: store.list_trials(campaign_id, candidate_id=cid) for cid in sorted(detailed)}
@@ -96,6 +102,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
                 metric=d.metric if d else None,
                 sigma=d.sigma if d else None,
                 detail=detail,
+                outcome=failed[0].outcome.value if failed else "",
                 runs=[t.result.metric for t in runs if t.result and t.result.metric is not None],
                 proposer=c.proposer,
                 strategy=c.strategy,
@@ -125,7 +132,8 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         incumbent_sha=inc.sha,
         sigma=sigma,
         history=history,
-        seen_hashes={c.edit_hash for c in cands},
+        # A draft beyond the number asked for never ran: the same edit later is no repeat.
+        seen_hashes={c.edit_hash for c in cands if not c.extra},
         seen_files=seen_files,
         spent_usd=ledger_spend(store, campaign_id),
         protected=dict(camp.protected_files),
@@ -143,8 +151,9 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
 
 
 def ledger_spend(store: Store, campaign_id: str) -> float:
-    """LLM spend in the ledger: what was paid, and the holds of calls in flight."""
-    return sum(c.cost_usd + c.reserved_usd for c in store.list_candidates(campaign_id))
+    """LLM spend in the ledger as the cap counts it: what was paid, and the holds of the
+    calls in flight (`llm_spend`, from the store's aggregates)."""
+    return llm_spend(store.stats(campaign_id)).counted_usd
 
 
 def _thresholds(
@@ -177,12 +186,15 @@ class BatchOutcome:
 
     drafts: int = 0
     valid: int = 0
-    repeats: int = 0  # rejected as repeats of earlier candidates: nothing new, not broken
+    # Rejected as repeats of earlier candidates, or extras beyond the number asked for:
+    # nothing new, not broken.
+    repeats: int = 0
     problems: list[str] = field(default_factory=list)  # why the other drafts were rejected
 
 
 class StoreBook(Book):
-    """Drafts straight into the store as candidates; holds as `proposing` rows."""
+    """Drafts straight into the store as candidates; a paid call as a ProposerCall record,
+    held at its worst case while in flight and settled when its answer is recorded."""
 
     def __init__(
         self,
@@ -194,7 +206,7 @@ class StoreBook(Book):
         batch_size: int = 0,
         limit: int | None = None,
         lock: threading.Lock | None = None,
-        holds: dict[int, Candidate] | None = None,
+        holds: dict[str, ProposerCall] | None = None,
     ) -> None:
         self.store = store
         self.cfg = cfg
@@ -207,28 +219,25 @@ class StoreBook(Book):
         self.holds = holds if holds is not None else {}  # open holds, shared with the feeder
         self.outcome = BatchOutcome()
 
-    def hold(self, worst_usd: float, *, cap_usd: float, label: str) -> int:
+    def hold(self, worst_usd: float, *, cap_usd: float, label: str, tag: Draft) -> str:
         with self.lock:
             check_cap(spent=ledger_spend(self.store, self.campaign), worst=worst_usd, cap=cap_usd)
-            row = Candidate(
+            call = ProposerCall(
                 campaign=self.campaign,
-                id=self.store.next_candidate_id(self.campaign),
-                base_sha=self.ctx.incumbent_sha,
-                title=f"({label} call in flight)",
-                hypothesis="",
-                edits=[],
-                files={},
-                edit_hash="",
-                state=CandidateState.PROPOSING,
-                reserved_usd=worst_usd,
-                batch_id=self.batch_id,
+                id=uuid.uuid4().hex[:12],
+                proposer=tag.proposer,
+                strategy=tag.strategy,
+                model=tag.model,
+                batch_id=tag.batch_id or self.batch_id,
+                label=label,
                 batch_size=self.batch_size,
+                reserved_usd=worst_usd,
             )
-            self.store.add_candidate(row)
-            self.holds[row.id] = row
-            return row.id
+            self.store.hold_call(call)
+            self.holds[call.id] = call
+            return call.id
 
-    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+    def record(self, drafts: list[Draft], *, hold: str | None = None) -> list[Verdict]:
         with self.lock:
             if hold is not None and hold not in self.holds:
                 log.warning("an answer came after the proposer stopped: its hold stays counted")
@@ -240,41 +249,68 @@ class StoreBook(Book):
             for i, v in enumerate(verdicts):
                 if isinstance(v, Validated) and self.limit is not None:
                     if self.limit <= 0:  # more than asked for: not a failure, not run
-                        repeats[i] = True
+                        drafts[i].extra = True
                         verdicts[i] = Rejected(
                             "over the candidate limit (--max-candidates): recorded, not run",
                             v.edit_hash,
                         )
                     self.limit -= 1
-            # The hold's row last: until it is replaced, it counts the call's worst case,
-            # so a process killed halfway through never counts less than was paid.
-            pairs = list(zip(drafts, verdicts, strict=True))
-            ids = [self._write(d, v, None) for d, v in pairs[1 if hold is not None else 0 :]]
+            # The call is settled last: until then it counts its worst case, so a process
+            # killed halfway through never counts less than was paid.
+            ids = [self._write(d, v, hold) for d, v in zip(drafts, verdicts, strict=True)]
             if hold is not None:
-                ids.insert(0, self._write(*pairs[0], hold))
+                self._settle(
+                    hold,
+                    CallState.ANSWERED,
+                    drafts=len(drafts),
+                    tokens_in=sum(d.tokens_in for d in drafts),
+                    tokens_out=sum(d.tokens_out for d in drafts),
+                    cost_usd=sum(d.cost_usd for d in drafts),
+                )
             remember(self.ctx, drafts, verdicts, ids)
             o = self.outcome
             o.drafts += len(drafts)
-            for repeat, v in zip(repeats, verdicts, strict=True):
+            for d, repeat, v in zip(drafts, repeats, verdicts, strict=True):
                 if isinstance(v, Validated):
                     o.valid += 1
-                elif repeat:
+                elif d.extra or repeat:
                     o.repeats += 1
                 else:
                     o.problems.append(v.reason)
             return verdicts
 
-    def release(self, hold: int, *, reason: str) -> None:
+    def release(
+        self,
+        hold: str,
+        *,
+        reason: str,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         with self.lock:
-            row = self.holds.pop(hold, None)
-            if row is not None:
-                _settle(self.store, row, "(call failed)", f"the call failed: {reason}", 0.0)
+            if hold in self.holds:
+                self._settle(
+                    hold,
+                    CallState.FAILED,
+                    reason=reason,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cost_usd=cost_usd,
+                )
+                self.outcome.problems.append(reason)
 
-    def _write(self, d: Draft, v: Verdict, hold: int | None) -> int:
+    def _settle(self, hold: str, state: CallState, **how: Any) -> None:
+        call = self.holds.pop(hold)
+        self.store.settle_call(
+            dataclasses.replace(call, state=state, settled_at=time.time(), **how)
+        )
+
+    def _write(self, d: Draft, v: Verdict, hold: str | None) -> int:
         ctx = self.ctx
         cand = Candidate(
             campaign=self.campaign,
-            id=hold if hold is not None else self.store.next_candidate_id(self.campaign),
+            id=self.store.next_candidate_id(self.campaign),
             base_sha=ctx.incumbent_sha,
             title=d.title,
             hypothesis=d.hypothesis,
@@ -294,15 +330,13 @@ class StoreBook(Book):
             knobs=d.knobs,
             params=d.params,
             parent=d.parent,
+            call=hold or "",
+            extra=d.extra,
         )
         if isinstance(v, Rejected):
             cand.state = CandidateState.REJECTED
             cand.reason = v.reason
-        if hold is None:
-            self.store.add_candidate(cand)
-        else:
-            del self.holds[hold]
-            self.store.update_candidate(cand)
+        self.store.add_candidate(cand)
         if isinstance(v, Rejected):
             _reject(self.store, cand)
             log.info("draft %r rejected: %s", d.title, v.reason)
@@ -322,24 +356,17 @@ def _reject(store: Store, cand: Candidate) -> None:
     )
 
 
-def _settle(store: Store, row: Candidate, title: str, reason: str, cost: float) -> None:
-    """Close a hold that no draft replaces, as a rejected row that carries `cost`."""
-    row.state, row.title, row.reason = CandidateState.REJECTED, title, reason
-    row.cost_usd, row.reserved_usd = cost, 0.0
-    store.update_candidate(row)
-    _reject(store, row)
-
-
-def _abandon(store: Store, row: Candidate, why: str) -> None:
-    """A hold whose answer will never be recorded: its worst case stays counted."""
-    _settle(
-        store,
-        row,
-        "(call lost in flight)",
-        f"{why}: its worst case ({usd(row.reserved_usd)}) stays counted against the spend "
-        "cap, as the API may have billed it",
-        row.reserved_usd,
+def _lose(store: Store, call: ProposerCall, why: str) -> None:
+    """A call whose answer will never be recorded: its worst case stays counted."""
+    lost = dataclasses.replace(
+        call,
+        state=CallState.LOST,
+        cost_usd=call.reserved_usd,
+        settled_at=time.time(),
+        reason=f"{why}: its worst case ({usd(call.reserved_usd)}) stays counted against the "
+        "spend cap, as the API may have billed it",
     )
+    store.settle_call(lost)
 
 
 def record_drafts(
@@ -382,7 +409,7 @@ class Feeder:
     _dry: int = 0  # consecutive batches with nothing new and nothing in flight
     _failed: int = 0  # consecutive batches with no usable draft
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _holds: dict[int, Candidate] = field(default_factory=dict)  # this process's calls in flight
+    _holds: dict[str, ProposerCall] = field(default_factory=dict)  # this process's calls in flight
 
     def start(self) -> None:
         """Feed in a background thread (inside `farm run`)."""
@@ -400,11 +427,11 @@ class Feeder:
     def abandon(self, why: str) -> int:
         """Settle this process's open holds at their worst case; returns how many."""
         with self._lock:
-            rows = list(self._holds.values())
+            calls = list(self._holds.values())
             self._holds.clear()
-            for row in rows:
-                _abandon(self.store, row, why)
-        return len(rows)
+            for call in calls:
+                _lose(self.store, call, why)
+        return len(calls)
 
     @property
     def done(self) -> bool:
@@ -417,10 +444,12 @@ class Feeder:
         return self.max_candidates is not None and self._left() <= 0
 
     def _left(self) -> int:
-        """Valid candidates still to create under `max_candidates`."""
+        """Valid candidates still to create under `max_candidates`; a call in flight takes
+        a place until its answer is recorded."""
         assert self.max_candidates is not None
-        counts = self.store.count_candidates(self.campaign)
-        return self.max_candidates - sum(counts.values()) + counts[CandidateState.REJECTED]
+        st = self.store.stats(self.campaign)
+        made = sum(st.candidates.values()) - st.candidates[CandidateState.REJECTED]
+        return self.max_candidates - made - llm_spend(st).in_flight
 
     def wanted(self) -> int:
         """How many drafts to ask for now; 0 while the backlog is full or a round still runs.
@@ -489,8 +518,9 @@ class Feeder:
                 self.error = ProposerError(
                     f"{self._failed} batches in a row from proposer {self.proposer.name} "
                     f"brought no usable draft; the last: {last[:600]}. The rejected drafts "
-                    "and their reasons are in `farm status` and `farm export --tsv`; fix "
-                    "the cause (model, [proposer] settings, program.md), then run again"
+                    "and their reasons are in `farm export --tsv`, the failed calls counted "
+                    "in `farm status`; fix the cause (model, [proposer] settings, "
+                    "program.md), then run again"
                 )
                 return 0.0
             wait = min(p.backoff_s * 2 ** (self._failed - 1), MAX_BACKOFF_S)
@@ -522,7 +552,8 @@ class Feeder:
         try:
             self.proposer.propose_into(ctx, n, book)
         except ProposerUnavailable as e:  # a failed batch: retried after a backoff
-            book.outcome.problems.append(str(e))
+            if str(e) not in book.outcome.problems:  # said already where its call failed
+                book.outcome.problems.append(str(e))
         o = book.outcome
         log.info(
             "proposer %s: %d drafts in %.1fs, %d valid, %d rejected",
@@ -571,6 +602,6 @@ class Feeder:
         longest = p.timeout_s * (p.max_retries + 1) + 60
         now = time.time()
         why = "the proposer stopped (or was killed) while this call was in flight"
-        for row in self.store.list_candidates(self.campaign, {CandidateState.PROPOSING}):
-            if row.id not in self._holds and now - row.created_at > longest:
-                _abandon(self.store, row, why)
+        for call in self.store.list_calls(self.campaign, {CallState.IN_FLIGHT}):
+            if call.id not in self._holds and now - call.created_at > longest:
+                _lose(self.store, call, why)

@@ -57,9 +57,6 @@ class Outcome(enum.StrEnum):
 
 
 class CandidateState(enum.StrEnum):
-    # A proposer call in flight: the row holds the call's worst-case cost against the spend
-    # cap until the answer replaces it with a draft (queued or rejected).
-    PROPOSING = "proposing"
     QUEUED = "queued"  # validated, waiting for a slot
     RUNNING = "running"  # trials in flight or a decision pending
     KEPT = "kept"
@@ -72,7 +69,7 @@ class CandidateState(enum.StrEnum):
     REVERTED = "reverted"
 
     def is_finished(self) -> bool:
-        return self not in (CandidateState.PROPOSING, CandidateState.QUEUED, CandidateState.RUNNING)
+        return self not in (CandidateState.QUEUED, CandidateState.RUNNING)
 
     def may_become(self, new: CandidateState) -> bool:
         """Whether a candidate in this state may be written in state `new` (the store refuses
@@ -83,9 +80,6 @@ class CandidateState(enum.StrEnum):
 # The moves a candidate's state may make. An unfinished state may be written again (a
 # rebase, a commit); a finished one only moves on where a later fact undoes it.
 CANDIDATE_MOVES: dict[CandidateState, frozenset[CandidateState]] = {
-    CandidateState.PROPOSING: frozenset(
-        {CandidateState.PROPOSING, CandidateState.QUEUED, CandidateState.REJECTED}
-    ),
     CandidateState.QUEUED: frozenset(
         {CandidateState.QUEUED, CandidateState.RUNNING, CandidateState.SUPERSEDED}
     ),
@@ -164,6 +158,9 @@ class Draft:
     knobs: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, float] = field(default_factory=dict)
     parent: int | None = None
+    # Beyond the number of drafts its call asked for (or the candidate limit): recorded as
+    # rejected, never run, no failure of the call, and no bar to the same edit later.
+    extra: bool = False
 
 
 @dataclass
@@ -192,11 +189,12 @@ class Candidate:
     tokens_out: int = 0
     cost_usd: float = 0.0
     created_at: float = field(default_factory=time.time)
-    reserved_usd: float = 0.0  # state proposing: the call's worst-case cost, held against the cap
     batch_size: int = 0  # drafts asked for in its proposer call (0: not recorded)
     knobs: list[dict[str, Any]] = field(default_factory=list)  # see Draft
     params: dict[str, float] = field(default_factory=dict)
     parent: int | None = None
+    call: str = ""  # the paid proposer call (ProposerCall.id) that brought it, if any
+    extra: bool = False  # see Draft.extra
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -206,6 +204,61 @@ class Candidate:
         d = dict(d)
         d["edits"] = [Edit(**e) for e in d["edits"]]
         d["state"] = CandidateState(d["state"])
+        return cls(**d)
+
+
+class CallState(enum.StrEnum):
+    """Where a paid proposer call stands. Only IN_FLIGHT moves, once, to one of the others."""
+
+    IN_FLIGHT = "in_flight"  # sent: its worst case is held against the spend cap
+    ANSWERED = "answered"  # its drafts are recorded; it costs what its answer's usage says
+    # It brought no draft: the API answered an error or not at all (billed nothing), or an
+    # answer that held none (billed as it says).
+    FAILED = "failed"
+    # Its answer was never recorded (the proposer stopped or died): it stays counted at its
+    # worst case, as the API may have billed it.
+    LOST = "lost"
+
+    def is_finished(self) -> bool:
+        return self is not CallState.IN_FLIGHT
+
+
+@dataclass
+class ProposerCall:
+    """One paid proposer call (an LLM request), the ledger's record of LLM spend.
+
+    While in flight it holds `reserved_usd`, the call's worst case, against the spend cap;
+    once settled it costs `cost_usd` (a lost call: its worst case). Its drafts are
+    candidates that name it (`Candidate.call`) and carry a share of its cost and tokens for
+    attribution; spend itself is read from calls only, so a call that brought no draft
+    (a failure, an unreadable answer) still counts, and never as a candidate.
+    """
+
+    campaign: str
+    id: str
+    proposer: str = ""
+    strategy: str = ""
+    model: str = ""
+    batch_id: str = ""
+    label: str = ""  # what the call was for: its strategy, "… repair"
+    batch_size: int = 0  # drafts the proposer batch it belongs to asked for
+    state: CallState = CallState.IN_FLIGHT
+    reserved_usd: float = 0.0
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    drafts: int = 0  # drafts its answer brought (extras included)
+    reason: str = ""  # why it failed or was lost
+    created_at: float = field(default_factory=time.time)
+    settled_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProposerCall:
+        d = dict(d)
+        d["state"] = CallState(d["state"])
         return cls(**d)
 
 

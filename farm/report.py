@@ -10,9 +10,20 @@ import io
 from dataclasses import dataclass
 
 from farm.config import stored_config
-from farm.records import Candidate, CandidateState, DecisionKind, Direction, Trial, TrialKind
+from farm.progress import plural
+from farm.records import (
+    Candidate,
+    CandidateState,
+    DecisionKind,
+    Direction,
+    ProposerCall,
+    Trial,
+    TrialKind,
+)
 from farm.store import Store
+from farm.store.stats import ProposerTally, llm_spend
 from farm.text import clean_line
+from proposer.base import usd
 
 # autoresearch's results.tsv: commit, <metric>, memory_gb, status, description.
 _STATUS = {
@@ -161,36 +172,66 @@ MEASURE_COLUMNS = [
 PROPOSER_COLUMNS = KEY_COLUMNS["proposer"] + MEASURE_COLUMNS
 
 
+def _key(by: str, proposer: str, strategy: str, model: str, batch: str) -> list[str]:
+    proposer = proposer or "unknown"
+    if by == "strategy":
+        return [proposer, strategy]
+    if by == "batch":
+        return [proposer, batch]
+    return [proposer, strategy, model]
+
+
 def _keys(cands: list[Candidate], by: str) -> dict[int, list[str]]:
     """Each candidate's group under `by`. A batch's size is what its call asked for (rows
     from before it was recorded: how many drafts share its batch id)."""
     shared = collections.Counter(c.batch_id for c in cands)
-    keys = {}
+    return {
+        c.id: _key(by, c.proposer, c.strategy, c.model, str(c.batch_size or shared[c.batch_id]))
+        for c in cands
+    }
+
+
+def attributed_costs(cands: list[Candidate], calls: list[ProposerCall]) -> dict[int, float]:
+    """What each candidate cost in LLM spend: its share of the call that brought it, and a
+    structural change's cost (hybrid) shared with the tuning candidates it spawned, which
+    no call brought. A call that brought no candidate is in no candidate's cost."""
+    paid = {call.id: call.cost_usd for call in calls}
+    brought = collections.Counter(c.call for c in cands if c.call)
+    cost = {c.id: paid.get(c.call, 0.0) / brought[c.call] if c.call else 0.0 for c in cands}
+    family: dict[int, list[int]] = collections.defaultdict(list)
     for c in cands:
-        proposer = c.proposer or "unknown"
-        if by == "strategy":
-            keys[c.id] = [proposer, c.strategy]
-        elif by == "batch":
-            keys[c.id] = [proposer, str(c.batch_size or shared[c.batch_id])]
-        else:
-            keys[c.id] = [proposer, c.strategy, c.model]
-    return keys
+        if c.parent is not None and c.parent in cost:
+            family[c.parent].append(c.id)
+    for parent, children in family.items():
+        share = cost[parent] / (len(children) + 1)
+        for cid in [parent, *children]:
+            cost[cid] = share if cid == parent else cost[cid] + share
+    return cost
 
 
 def proposer_rows(store: Store, campaign: str, *, by: str = "proposer") -> list[ProposerRow]:
-    """Per group (`by`: proposer, strategy or batch): how many drafts, how good, how costly."""
+    """Per group (`by`: proposer, strategy or batch): how many drafts, how good, how costly.
+    The costs add up to the campaign's LLM spend: a call that brought no draft (a failure)
+    counts in its group's cost."""
     decisions = {d.candidate_id: d for d in store.list_decisions(campaign)}
     trials_of: dict[int, list[Trial]] = {}
     for t in store.list_trials(campaign):
         if t.candidate_id is not None:
             trials_of.setdefault(t.candidate_id, []).append(t)
-    cands = [c for c in store.list_candidates(campaign) if c.state is not CandidateState.PROPOSING]
+    cands = store.list_candidates(campaign)
+    calls = store.list_calls(campaign)
     keys = _keys(cands, by)
+    cost = attributed_costs(cands, calls)
     rows: dict[tuple[str, ...], ProposerRow] = {}
+    brought = {c.call for c in cands}
+    for call in calls:
+        if call.id not in brought:
+            key = _key(by, call.proposer, call.strategy, call.model, str(call.batch_size))
+            rows.setdefault(tuple(key), ProposerRow(key)).cost_usd += call.cost_usd
     for c in cands:
         row = rows.setdefault(tuple(keys[c.id]), ProposerRow(keys[c.id]))
         row.drafts += 1
-        row.cost_usd += c.cost_usd
+        row.cost_usd += cost[c.id]
         if c.state is not CandidateState.REJECTED:
             row.valid += 1
         runs = trials_of.get(c.id, [])
@@ -214,6 +255,17 @@ def proposer_table(store: Store, campaign: str, *, by: str = "proposer") -> str:
     ]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in proposer_rows(store, campaign, by=by)]
     return "\n".join(lines)
+
+
+def spend_text(llm: ProposerTally) -> str:
+    """`$0.42 in 7 calls (1 failed), 12345 tokens in, 3210 out, $0.05 held in flight`: the
+    campaign's LLM spend as report.md, `farm status` and the live view say it."""
+    failed = f" ({llm.failed_calls} failed)" if llm.failed_calls else ""
+    held = f", {usd(llm.held_usd)} held for {llm.in_flight} in flight" if llm.in_flight else ""
+    return (
+        f"{usd(llm.cost_usd)} in {plural(llm.calls, 'call')}{failed}, {llm.tokens_in} tokens "
+        f"in, {llm.tokens_out} out{held}"
+    )
 
 
 def edit_diff(cand: Candidate) -> str:
@@ -287,9 +339,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
     better = "lower" if h.direction is Direction.MINIMIZE else "higher"
     slot_h = sum(t.result.duration_s for t in trials if t.result) / 3600
     gpus = stored_config(camp.config).resources.gpus_per_trial
-    cost = sum(c.cost_usd for c in cands.values())
-    tokens_in = sum(c.tokens_in for c in cands.values())
-    tokens_out = sum(c.tokens_out for c in cands.values())
+    llm = llm_spend(store.stats(campaign))
 
     def num(x: float | None) -> str:
         return "—" if x is None else f"{x:.5g}"
@@ -327,7 +377,7 @@ def report_markdown(store: Store, campaign: str, *, image: str = "progress.png")
         f"| slot-hours | {slot_h:.3g}"
         + (f" ({slot_h * gpus:.3g} GPU-hours)" if gpus else " (CPU trials)")
         + " |",
-        f"| LLM | ${cost:.2f}, {tokens_in} tokens in, {tokens_out} out |",
+        f"| LLM | {spend_text(llm)} |",
         "",
         "## Kept changes, in order",
         "",

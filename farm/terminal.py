@@ -1,7 +1,8 @@
 """The terminal of `farm run`: a live view on a terminal, plain lines anywhere else.
 
 Both show the same things from the same snapshot (farm/progress.py): progress against
-`--max-candidates` with an ETA, slots, trials, the best so far, the last decisions. The
+`--max-candidates` with an ETA, slots, trials, the best so far, the last decisions; the
+live view also the LLM spend, calls and tokens once a paid proposer has called. The
 live view redraws a few lines at the bottom of an 80-column terminal and prints each
 decision above them; the plain view (a pipe, a log file, `ray job logs`) prints each
 decision and, every `--progress-every`, one status line.
@@ -32,6 +33,8 @@ from farm.progress import (
     status_line,
 )
 from farm.records import CandidateState, Decision, Direction, TrialState
+from farm.report import spend_text
+from farm.store.stats import llm_spend
 
 LIVE_EVERY_S = 1.0  # redraw period of the live view
 
@@ -151,6 +154,9 @@ class LiveView(RunView):
                 style="green",
             )
         )
+        llm = llm_spend(st)
+        if llm.calls or llm.in_flight:
+            lines.append(Text(fit(f"LLM {spend_text(llm)}", width)))
         lines += [Text(line[2:]) for line in picture(s, width=width + 2)]
         return Group(*lines)
 

@@ -4,12 +4,16 @@ One conversation per call: the request (cached prefix + ledger digest) is answer
 `submit_drafts` tool call; drafts that fail validation get ONE repair request, as an
 error tool_result listing the reasons. Every answer goes to the book (the ledger) the
 moment it arrives: valid drafts are queued at once, the others rejected with their
-reason, and never get GPU time; drafts beyond the number asked for are rejected too.
+reason, and never get GPU time; drafts beyond the number asked for are recorded as
+extras (never run, no failure of the call, no bar to the same edit later).
 
-Spend: before a call is sent, its worst case (every prompt byte a token, plus max_tokens
-of output) is held against `spend_cap_usd` in the book, next to what the ledger holds
-and the other calls in flight; the answer replaces the hold with its real cost. So
-parallel calls cannot overshoot the cap, and a process killed mid-call leaves the hold.
+Spend: before a call is sent, its worst case (every prompt byte a token, plus its
+max_tokens of output) is held against `spend_cap_usd` in the book, next to what the
+ledger holds and the other calls in flight; the answer settles the call at its real cost
+(a call that brought no draft, as a failed call). So parallel calls cannot overshoot the
+cap, and a process killed mid-call leaves the hold. A call's max_tokens is its share of
+`max_tokens` (which fits a batch of `batch_size` drafts) for the drafts it asks for, so a
+one-draft call holds a quarter of what a four-draft one does.
 
 Strategies (`[proposer] strategy`): `single` asks one call for N diverse drafts;
 `focused` makes N parallel calls of one draft, each with its own focus; `mix` does both,
@@ -133,6 +137,12 @@ class AnthropicProposer(Proposer):
     tool: dict[str, Any] = prompt.TOOL
 
     def __init__(self, cfg: ProposerConfig, *, api_key: str) -> None:
+        if cfg.spend_cap_usd <= 0:
+            raise ConfigError(
+                f"proposer.spend_cap_usd = {cfg.spend_cap_usd:g}: kind = {self.name!r} needs a "
+                "cap above 0, the most (in USD) the campaign's LLM calls may cost; for no LLM "
+                'spend at all, use an offline proposer (kind = "mutate", "optuna" or "replay")'
+            )
         self.cfg = cfg
         self.price = price_of(cfg.model, cfg.prices)
         # The key is read once, by the caller, and goes to the client only: never into
@@ -200,7 +210,7 @@ class AnthropicProposer(Proposer):
         the moment it arrives, so valid drafts can run while the repair is under way."""
         request: dict[str, Any] = {
             "model": self.cfg.model,
-            "max_tokens": self.cfg.max_tokens,
+            "max_tokens": self.max_tokens(count),
             "system": prompt.system_blocks(ctx, self.cfg.files_tokens),
             "tools": [self.tool],
             "tool_choice": {"type": "tool", "name": prompt.TOOL_NAME},
@@ -239,6 +249,7 @@ class AnthropicProposer(Proposer):
             {"role": "assistant", "content": _content_params(response)},
             {"role": "user", "content": _repair_content(answer, problems, wanted)},
         ]
+        request["max_tokens"] = self.max_tokens(wanted)
         try:
             self._ask(ctx, book, request, wanted, tag, repair=True)
         except SpendCapReached as e:  # the first answer is recorded; the cap says the rest
@@ -260,9 +271,11 @@ class AnthropicProposer(Proposer):
         repair: bool = False,
     ) -> tuple[Any, _Answer, list[Draft], list[Verdict]]:
         """Hold the call's worst case, send it, record what came back: drafts beyond `count`
-        are recorded as rejected (paid for, not run); no drafts, a costed placeholder."""
+        are recorded as extras (paid for, not run); an answer with no draft settles the call
+        as failed, at its cost."""
         label = tag.strategy + (" repair" if repair else "")
-        hold = book.hold(self.worst_cost(request), cap_usd=self.cfg.spend_cap_usd, label=label)
+        worst = self.worst_cost(request)
+        hold = book.hold(worst, cap_usd=self.cfg.spend_cap_usd, label=label, tag=tag)
         try:
             response = self._create(request)
         except ProposerError as e:
@@ -272,27 +285,25 @@ class AnthropicProposer(Proposer):
         spend.add(response.usage, self.price)
         answer = _read(response)
         drafts = list(answer.drafts)
+        verdicts: list[Verdict] = []
         for i, d in enumerate(drafts[count:], start=count + 1):
-            d.problem = d.problem or (
-                f"draft {i} is beyond the {count} asked for: recorded, not run"
-            )
-        if not drafts:
-            why = answer.problem
-            drafts = [
-                Draft(
-                    title="(no usable drafts)",
-                    hypothesis="",
-                    edits=[],
-                    problem=f"after a repair request: {why}" if repair else why,
-                )
-            ]
-        else:
+            d.extra = True
+            d.problem = f"draft {i} is beyond the {count} asked for: recorded, not run"
+        if drafts:
             self._prepare(ctx, drafts)
-        _account(drafts, spend)
-        for d in drafts:
-            d.proposer, d.strategy, d.model = tag.proposer, tag.strategy, tag.model
-            d.batch_id, d.prompt_hash = tag.batch_id, tag.prompt_hash
-        verdicts = book.record(drafts, hold=hold)  # the ledger first, before anything else
+            _account(drafts, spend)
+            for d in drafts:
+                d.proposer, d.strategy, d.model = tag.proposer, tag.strategy, tag.model
+                d.batch_id, d.prompt_hash = tag.batch_id, tag.prompt_hash
+            verdicts = book.record(drafts, hold=hold)  # the ledger first, before anything else
+        else:
+            book.release(
+                hold,
+                reason=f"after a repair request: {answer.problem}" if repair else answer.problem,
+                tokens_in=spend.tokens_in,
+                tokens_out=spend.tokens_out,
+                cost_usd=spend.cost_usd,
+            )
         log.info(
             "%s %s: %d drafts, %d+%d tokens, $%.4f",
             self.name,
@@ -309,14 +320,20 @@ class AnthropicProposer(Proposer):
         for d in drafts:
             d.knobs = []
 
+    def max_tokens(self, drafts: int) -> int:
+        """The output a call asking for `drafts` may use: its share of `max_tokens`, which
+        fits a whole batch (`batch_size` drafts). It bounds what the call holds."""
+        batch = max(self.cfg.batch_size, 1)
+        return min(self.cfg.max_tokens, -(-self.cfg.max_tokens * drafts // batch))
+
     def worst_cost(self, request: dict[str, Any]) -> float:
         """What the call can cost at most: every prompt byte a token (a token is at least a
-        byte) at the dearest input price, the tool-use system prompt, and max_tokens out."""
+        byte) at the dearest input price, the tool-use system prompt, and its max_tokens out."""
         sent = {k: request[k] for k in ("system", "tools", "messages")}
         tokens_in = len(json.dumps(sent, ensure_ascii=False).encode()) + TOOL_PROMPT_TOKENS
         p = self.price
         dearest = max(p.input, p.cache_write, p.cache_read)
-        return (tokens_in * dearest + self.cfg.max_tokens * p.output) / 1e6
+        return (tokens_in * dearest + request["max_tokens"] * p.output) / 1e6
 
     def _create(self, request: dict[str, Any]) -> Any:
         retries = f"after {self.cfg.max_retries} retries"
@@ -352,7 +369,8 @@ def _read(response: Any) -> _Answer:
     answer = _Answer()
     calls = [b for b in response.content if b.type == "tool_use"]
     cut = (
-        "; the answer was cut off at max_tokens: ask for fewer drafts or raise proposer.max_tokens"
+        "; the answer was cut off at its max_tokens (its share of proposer.max_tokens for the "
+        "drafts it asked for): raise proposer.max_tokens"
         if response.stop_reason == "max_tokens"
         else ""
     )

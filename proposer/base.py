@@ -39,6 +39,7 @@ class LedgerEntry:
     metric: float | None = None
     sigma: float | None = None  # the noise the decision was made against
     detail: str = ""  # the decision's reason; a crash/timeout adds the output tail
+    outcome: str = ""  # how its first failed run ended (an Outcome value: timeout, crashed…)
     runs: list[float] = field(default_factory=list)  # its measured values, screening run first
     proposer: str = ""
     strategy: str = ""
@@ -63,7 +64,7 @@ class ProposalContext:
     # fingerprint of every earlier candidate's editable files -> its id: one change spelled
     # two ways (say, with more search context) is the same experiment.
     seen_files: dict[str, int] = field(default_factory=dict)
-    spent_usd: float = 0.0  # LLM cost in the ledger, holds of calls in flight included
+    spent_usd: float = 0.0  # LLM spend as the cap counts it: holds of calls in flight included
     # What a researcher looks at besides the code (filled by the proposer role).
     protected: dict[str, str] = field(default_factory=dict)  # read-only evaluation code
     budget_s: float | None = None  # the wall-clock budget of one trial
@@ -89,8 +90,9 @@ def usd(x: float) -> str:
 
 
 def check_cap(*, spent: float, worst: float, cap: float) -> None:
-    """Raise SpendCapReached unless a call costing up to `worst` keeps the spend within `cap`."""
-    if not cap or spent + worst <= cap:
+    """Raise SpendCapReached unless a call costing up to `worst` keeps the spend within `cap`
+    (above 0: a paid proposer refuses a cap of 0)."""
+    if spent + worst <= cap:
         return
     if spent >= cap:
         why = f"{usd(spent)} spent on proposals"
@@ -109,21 +111,30 @@ class Book(abc.ABC):
     """Where drafts go as they arrive. Thread-safe: the parallel calls of a batch share one.
 
     `hold` counts a paid call's worst case against the cap before it is sent; `record`
-    writes an answer's drafts (their cost set) in place of the hold and returns their
-    verdicts, the reasons a repair request quotes; `release` ends the hold of a call that
-    failed (the API bills no error).
+    writes an answer's drafts (their share of its cost set), settles the call at their sum
+    and returns their verdicts, the reasons a repair request quotes; `release` settles a
+    call that brought no draft as failed, at what it cost (the API bills no error).
     """
 
     @abc.abstractmethod
-    def hold(self, worst_usd: float, *, cap_usd: float, label: str) -> int:
-        """A hold id; SpendCapReached if the ledger's spend plus `worst_usd` would pass the cap."""
+    def hold(self, worst_usd: float, *, cap_usd: float, label: str, tag: Draft) -> str:
+        """A hold id; SpendCapReached if the ledger's spend plus `worst_usd` would pass the
+        cap. `tag`: the call's proposer, strategy, model and batch."""
 
     @abc.abstractmethod
-    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+    def record(self, drafts: list[Draft], *, hold: str | None = None) -> list[Verdict]:
         """Validate and keep `drafts`; a valid one repeating an earlier draft is rejected."""
 
     @abc.abstractmethod
-    def release(self, hold: int, *, reason: str) -> None: ...
+    def release(
+        self,
+        hold: str,
+        *,
+        reason: str,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None: ...
 
 
 def screen(
@@ -145,6 +156,10 @@ def screen(
     )
     repeats = []
     for i, (d, v) in enumerate(zip(drafts, verdicts, strict=True)):
+        if d.extra:  # beyond the number asked for: recorded, never run, whatever it holds
+            verdicts[i] = Rejected(d.problem or "beyond the number asked for", v.edit_hash)
+            repeats.append(False)
+            continue
         # A repeat says the proposer has nothing new; a draft with a problem is broken.
         repeat = bool(d.edits) and not d.problem and edit_hash(d.edits) in ctx.seen_hashes
         if isinstance(v, Validated) and v.warnings:  # flagged, still worth a run
@@ -166,9 +181,10 @@ def remember(
     ctx: ProposalContext, drafts: list[Draft], verdicts: list[Verdict], ids: list[int]
 ) -> None:
     """Add recorded drafts to what the context has seen, so later answers are not repeats.
-    A draft with a problem was never judged on its edits: a repair may send them again."""
+    A draft with a problem (an extra too) was never judged on its edits: a repair, or a
+    later call, may send them again."""
     for d, v, cid in zip(drafts, verdicts, ids, strict=True):
-        if d.edits and not d.problem:
+        if d.edits and not d.problem and not d.extra:
             ctx.seen_hashes.add(edit_hash(d.edits))
         if isinstance(v, Validated):
             ctx.seen_files.setdefault(files_fingerprint({**ctx.files, **v.files}), cid)
@@ -176,25 +192,29 @@ def remember(
 
 class MemoryBook(Book):
     """A book in memory, for a proposer used on its own (tests, scripts): the cap counts
-    `ctx.spent_usd` and what this book saw; `drafts` and `verdicts` keep arrival order."""
+    `ctx.spent_usd` and what this book saw (`spent_usd`); `drafts` and `verdicts` keep
+    arrival order, `failed` why calls that brought no draft failed."""
 
     def __init__(self, ctx: ProposalContext, *, max_edit_bytes: int) -> None:
         self.ctx = ctx
         self.max_edit_bytes = max_edit_bytes
         self.drafts: list[Draft] = []
         self.verdicts: list[Verdict] = []
-        self._holds: dict[int, float] = {}
-        self._spent = ctx.spent_usd
+        self.failed: list[str] = []  # why calls that brought no draft failed
+        self._holds: dict[str, float] = {}
+        self.spent_usd = ctx.spent_usd
         self._lock = threading.Lock()
+        self._calls = 0
 
-    def hold(self, worst_usd: float, *, cap_usd: float, label: str) -> int:
+    def hold(self, worst_usd: float, *, cap_usd: float, label: str, tag: Draft) -> str:
         with self._lock:
-            check_cap(spent=self._spent + sum(self._holds.values()), worst=worst_usd, cap=cap_usd)
-            number = len(self._holds) + len(self.drafts) + 1_000_000
-            self._holds[number] = worst_usd
-            return number
+            held = sum(self._holds.values())
+            check_cap(spent=self.spent_usd + held, worst=worst_usd, cap=cap_usd)
+            self._calls += 1
+            self._holds[str(self._calls)] = worst_usd
+            return str(self._calls)
 
-    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+    def record(self, drafts: list[Draft], *, hold: str | None = None) -> list[Verdict]:
         with self._lock:
             if hold is not None:
                 self._holds.pop(hold, None)
@@ -203,12 +223,22 @@ class MemoryBook(Book):
             remember(self.ctx, drafts, verdicts, list(range(first, first + len(drafts))))
             self.drafts += drafts
             self.verdicts += verdicts
-            self._spent += sum(d.cost_usd for d in drafts)
+            self.spent_usd += sum(d.cost_usd for d in drafts)
             return verdicts
 
-    def release(self, hold: int, *, reason: str) -> None:
+    def release(
+        self,
+        hold: str,
+        *,
+        reason: str,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         with self._lock:
             self._holds.pop(hold, None)
+            self.spent_usd += cost_usd
+            self.failed.append(reason)
 
 
 class Proposer(abc.ABC):

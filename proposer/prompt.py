@@ -5,9 +5,10 @@ protected evaluation code (read-only) and the incumbent's editable files. It cha
 when the incumbent does, so it carries `cache_control` and is billed at the cache-read
 price on later calls. The per-call part is the campaign's state: the best result and how
 it came about, the noise and the thresholds in force, the time budget and how long trials
-take, in-flight work, and the latest decisions with their edits, measured values and
-reasons. Every part has a bound (tokens approximated as characters / 4), so the prompt
-stays the same size however long the campaign runs.
+take, in-flight work, then the measured results with their edits, values and reasons,
+the crashes and timeouts, and last (capped) the rejected drafts that never ran. Every
+part has a bound (tokens approximated as characters / 4), so the prompt stays the same
+size however long the campaign runs.
 
 Words from candidates and trials (titles, hypotheses, edits, output) are data written by
 earlier drafts or by the training code: they are cleaned of control characters, clipped,
@@ -34,8 +35,10 @@ TOOL_NAME = "submit_drafts"
 _CACHE = {"type": "ephemeral"}
 
 PROGRAM_CHARS = 16_000  # program.md beyond this is clipped
-DETAILED = 8  # latest decisions shown with their edit, runs and reason
+DETAILED = 8  # latest measured results shown with their edit, runs and reason
+FAILED_DETAILED = 3  # latest crashes and timeouts shown with their edit and output
 SUPERSEDED = 4  # superseded winners shown with their measurements
+REJECTED_SHOWN = 6  # rejected drafts listed (last in the log, never ran)
 LINEAGE = 20  # keeps listed in the lineage of the best
 TITLE_CHARS = 120
 HYPOTHESIS_CHARS = 300
@@ -249,19 +252,26 @@ def with_knobs(tool: dict[str, Any], *, description: str) -> dict[str, Any]:
 
 
 def digest(ctx: ProposalContext, budget_tokens: int) -> str:
-    """The campaign's state and history within `budget_tokens`: the header, the lineage of
-    the best and the in-flight work first, then the latest decisions in detail, superseded
-    winners, and one line for each older decision while room is left."""
+    """The campaign's state and history within `budget_tokens`, most useful first, so what
+    is cut for room is the least useful: the header, the lineage of the best and the
+    in-flight work; then the measured results (kept and discarded, the latest in detail
+    with their figures); then the crashes and timeouts; superseded winners; and last the
+    rejected drafts, which never ran, at most REJECTED_SHOWN of them."""
     budget = budget_tokens * CHARS_PER_TOKEN
-    entries = [e for e in ctx.history if e.edits]  # edit-less rows record failed calls
+    entries = [e for e in ctx.history if e.edits]
     by_id = {e.candidate_id: e for e in entries}
     decided = [e for e in entries if e.status in _DECIDED]
     flight = [e for e in entries if e.status not in _DECIDED]
-    detailed = decided[-DETAILED:]
-    winners = [
-        e for e in decided[:-DETAILED] if e.status == DecisionKind.SUPERSEDED.value and e.runs
-    ][-SUPERSEDED:]
-    shown = {e.candidate_id for e in detailed + winners}
+
+    def newest(*statuses: DecisionKind) -> list[LedgerEntry]:
+        wanted = {s.value for s in statuses}
+        return [e for e in reversed(decided) if e.status in wanted]
+
+    measured = newest(DecisionKind.KEPT, DecisionKind.DISCARDED)
+    failed = newest(DecisionKind.CRASHED)
+    superseded = newest(DecisionKind.SUPERSEDED)
+    winners = [e for e in superseded if e.runs][:SUPERSEDED]
+    rejected = newest(DecisionKind.REJECTED)
     sections = [
         ("", [_header(ctx, entries, flight)]),
         ("How the current best came about", _lineage(ctx, by_id)),
@@ -270,17 +280,25 @@ def digest(ctx: ProposalContext, budget_tokens: int) -> str:
             [_brief(e) for e in reversed(flight)],
         ),
         (
-            f"The latest {len(detailed)} decisions, newest first",
-            [_detail(e, ctx) for e in reversed(detailed)],
+            "Measured results (kept and discarded), newest first",
+            [_detail(e, ctx) for e in measured[:DETAILED]]
+            + [_brief(e) for e in measured[DETAILED:]],
         ),
         (
-            "Superseded winners (they beat the best of their day, but their edits no longer "
-            "apply on the current code)",
-            [_detail(e, ctx) for e in reversed(winners)],
+            "Crashes and timeouts (no score: the run failed), newest first",
+            [_detail(e, ctx) for e in failed[:FAILED_DETAILED]]
+            + [_brief(e) for e in failed[FAILED_DETAILED:]],
         ),
         (
-            "Earlier decisions, newest first",
-            [_brief(e) for e in reversed(decided) if e.candidate_id not in shown],
+            "Superseded (their edits no longer apply on the current code; the winners beat "
+            "the best of their day)",
+            [_detail(e, ctx) for e in winners]
+            + [_brief(e) for e in superseded if e not in winners],
+        ),
+        (
+            f"Rejected drafts (never ran), the latest {min(len(rejected), REJECTED_SHOWN)} of "
+            f"{len(rejected)}",
+            [_brief(e) for e in rejected[:REJECTED_SHOWN]],
         ),
     ]
     parts: list[str] = []
@@ -301,6 +319,14 @@ def digest(ctx: ProposalContext, budget_tokens: int) -> str:
     if left_out:
         parts.append(f"\n({left_out} entries left out to fit the prompt)")
     return "\n".join(parts)
+
+
+def _label(e: LedgerEntry) -> str:
+    """The decision, and for a failed candidate how its run failed: `timeout`, not
+    `crashed`, for a run killed at its budget."""
+    if e.status != DecisionKind.CRASHED.value or e.outcome in ("", e.status):
+        return e.status
+    return "timeout" if e.outcome == "timeout" else f"{e.status} ({e.outcome})"
 
 
 _DECIDED = {k.value for k in DecisionKind}
@@ -349,7 +375,8 @@ def _header(ctx: ProposalContext, entries: list[LedgerEntry], flight: list[Ledge
     tally: dict[str, int] = {}
     for e in entries:
         if e.status in _DECIDED:
-            tally[e.status] = tally.get(e.status, 0) + 1
+            label = "timeout" if _label(e) == "timeout" else e.status
+            tally[label] = tally.get(label, 0) + 1
     counts = ", ".join(f"{n} {k}" for k, n in tally.items()) or "none decided yet"
     lines.append(f"Candidates so far: {counts}; {len(flight)} in flight.")
     return "\n".join(lines)
@@ -374,14 +401,16 @@ def _lineage(ctx: ProposalContext, by_id: dict[int, LedgerEntry]) -> list[str]:
 
 
 def _brief(e: LedgerEntry) -> str:
-    line = f"- #{e.candidate_id} {e.status}: {quote_line(e.title, TITLE_CHARS)}"
+    line = f"- #{e.candidate_id} {_label(e)}: {quote_line(e.title, TITLE_CHARS)}"
     if e.delta is not None:
         line += f" (Δ {e.delta:+.4g})"
+    if e.status == DecisionKind.REJECTED.value and e.detail:
+        line += f": {quote_line(e.detail.partition(chr(10))[0], REASON_CHARS)}"
     return line
 
 
 def _detail(e: LedgerEntry, ctx: ProposalContext) -> str:
-    lines = [f"### #{e.candidate_id} {e.status}: {quote_line(e.title, TITLE_CHARS)}"]
+    lines = [f"### #{e.candidate_id} {_label(e)}: {quote_line(e.title, TITLE_CHARS)}"]
     if e.hypothesis and e.hypothesis != e.title:
         lines.append(f"Hypothesis: {quote_line(e.hypothesis, HYPOTHESIS_CHARS)}")
     if e.runs:

@@ -25,27 +25,36 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   `farm.store.stats.recount` makes of the records, and reading them costs the same at 40,000
   trials as at 40. So do `list_decisions(last=...)`, `list_decisions(kinds=...)` (in the
   number of decisions returned) and `recent_results`.
-- Versions: a store written by schema v1 (before aggregates) or v2 (before the trial kinds
+- `hold_call` records a paid proposer call in flight, whose worst case counts against the
+  spend cap until `settle_call` settles it; the first settle wins (a call answered by one
+  process and given up as lost by another is settled once).
+- Versions: a store written by schema v1 (before aggregates), v2 (before the trial kinds
   `preflight` and `short` and the trial fields `reference`, `partner` and `prefer`, which a
-  v2 farm cannot read) or v3 (before the trial kind `measure` and the candidate state
-  `reverted`) is upgraded in place when opened (v1's aggregates recounted once;
-  stop every process of the older farm first: from then on it refuses the store). Any
-  other version is refused with the version it holds.
+  v2 farm cannot read) or v3 (before the trial kind `measure`, the candidate state `reverted`
+  and proposer calls: a call in flight was a candidate in
+  state `proposing` holding `reserved_usd`) is upgraded in place when opened (v1's
+  aggregates recounted once; v3's holds become lost calls at their worst case, and every
+  paid draft a call of its own carrying its cost, then the aggregates are recounted; stop
+  every process of the older farm first: from then on it refuses the store). Any other
+  version is refused with the version it holds.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Collection
+from typing import Any
 
 from farm.errors import StateMoveRefused, StoreError
 from farm.records import (
+    CallState,
     Campaign,
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Incumbent,
+    ProposerCall,
     Trial,
     TrialKind,
     TrialResult,
@@ -137,6 +146,22 @@ class Store(abc.ABC):
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         """How many candidates are in each state (every state present, zeros included)."""
         return self.stats(campaign_id).candidates
+
+    # -- paid proposer calls ---------------------------------------------------------------
+    @abc.abstractmethod
+    def hold_call(self, call: ProposerCall) -> None:
+        """Record a call in flight: its `reserved_usd` counts as held spend until settled."""
+
+    @abc.abstractmethod
+    def settle_call(self, call: ProposerCall) -> bool:
+        """Settle a call in flight as `call` says (state, cost, tokens, drafts, reason); its
+        hold is what `hold_call` recorded. False, and no change, if it was settled already."""
+
+    @abc.abstractmethod
+    def list_calls(
+        self, campaign_id: str, states: set[CallState] | None = None
+    ) -> list[ProposerCall]:
+        """Calls in the order they were held, optionally only those in `states`."""
 
     # -- trials ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -253,3 +278,41 @@ def refused_move(candidate: Candidate, was: str) -> StateMoveRefused:
         f"become {candidate.state.value} (a finished record is frozen, a state never moves "
         "back)"
     )
+
+
+def calls_from_v3(candidates: list[dict[str, Any]]) -> tuple[list[Candidate], list[ProposerCall]]:
+    """A v3 store's candidate records as this schema keeps them: (candidates, calls).
+
+    A `proposing` row was a call in flight; no process of v3 is left to answer it, so it is
+    a lost call at its worst case and no candidate. A draft that carries a cost or tokens
+    becomes a call of its own with them (v3 did not record which drafts shared a call), so
+    spend, read from calls, stays what v3 counted. A candidate that names its call already
+    is as this schema keeps it.
+    """
+    cands, calls = [], []
+    for raw in candidates:
+        d = dict(raw)
+        reserved = float(d.pop("reserved_usd", 0.0) or 0.0)
+        call = ProposerCall(
+            campaign=d["campaign"],
+            id=f"v3-c{d['id']}",
+            proposer=d.get("proposer", ""),
+            strategy=d.get("strategy", ""),
+            model=d.get("model", ""),
+            batch_id=d.get("batch_id", ""),
+            label=d.get("strategy", ""),
+            created_at=d.get("created_at", 0.0),
+        )
+        if d["state"] == "proposing":
+            call.state, call.reserved_usd, call.cost_usd = CallState.LOST, reserved, reserved
+            call.reason = "in flight when the store was upgraded to schema v4"
+            calls.append(call)
+            continue
+        if not d.get("call") and (d.get("cost_usd") or d.get("tokens_in") or d.get("tokens_out")):
+            call.state, call.drafts = CallState.ANSWERED, 1
+            call.cost_usd = d.get("cost_usd", 0.0)
+            call.tokens_in, call.tokens_out = d.get("tokens_in", 0), d.get("tokens_out", 0)
+            calls.append(call)
+            d["call"] = call.id
+        cands.append(Candidate.from_dict(d))
+    return cands, calls

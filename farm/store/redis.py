@@ -29,6 +29,7 @@ Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
     farm:<c>:decision_order           list     candidate ids, in decision order
     farm:<c>:decisions:<kind>         list     candidate ids of one decision kind, in order
     farm:<c>:stats                    hash     aggregates: field -> number (no trial states)
+    farm:<c>:calls                    hash     call id -> ProposerCall JSON (schema v4)
     farm:upgrade                      string   held while a process upgrades the schema
 
 A trial is in exactly one of queue / running / dead, or none once it has a result, so
@@ -52,12 +53,14 @@ from redis.retry import Retry
 
 from farm.errors import StoreError
 from farm.records import (
+    CallState,
     Campaign,
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Incumbent,
+    ProposerCall,
     Trial,
     TrialResult,
     TrialState,
@@ -70,6 +73,7 @@ from farm.store.base import (
     SCHEMA_VERSION,
     UPGRADABLE_FROM,
     Store,
+    calls_from_v3,
     refused_move,
 )
 from farm.store.stats import CampaignStats
@@ -111,6 +115,7 @@ class _Keys:
         self.decisions = p + "decisions"
         self.decision_order = p + "decision_order"
         self.stats = p + "stats"
+        self.calls = p + "calls"
         self._candidate_trials = p + "candidate_trials:"
         self._decisions_of = p + "decisions:"
 
@@ -178,7 +183,9 @@ class RedisStore(Store):
         reg = self._r.register_script
         self._create_campaign = reg(lua.CREATE_CAMPAIGN)
         self._cas_incumbent = reg(lua.CAS_INCUMBENT)
-        self._add_candidate = reg(lua.ADD_CANDIDATE)
+        self._add_candidate = reg(lua.ADD_RECORD)
+        self._hold_call = reg(lua.ADD_RECORD)
+        self._settle_call = reg(lua.SETTLE_CALL)
         self._update_candidate = reg(lua.UPDATE_CANDIDATE)
         self._enqueue = reg(lua.ENQUEUE)
         self._claim = reg(lua.CLAIM)
@@ -219,10 +226,11 @@ class RedisStore(Store):
 
     def _upgrade(self) -> None:
         """To this schema. v1 -> v2: trial kinds, result order, decisions by kind and the
-        aggregates, recounted from the records. v2 -> v3 and v3 -> v4 rewrite no record
-        (their new fields have defaults; a queued trial without `prefer` prefers no class):
-        the version alone keeps an older farm off the store. One process does it (the others
-        wait); redone whole if it dies."""
+        aggregates, recounted from the records. v2 -> v3 rewrites no record (its new fields
+        have defaults; a queued trial without `prefer` prefers no class): the version alone
+        keeps a v2 farm off the store. v3 -> v4: proposer calls from the candidates
+        (`calls_from_v3`), the aggregates recounted. One process does it (the others wait);
+        redone whole if it dies."""
         token = uuid.uuid4().hex
         deadline = time.time() + UPGRADE_WAIT_S
         while not self._r.set(UPGRADE_KEY, token, nx=True, ex=int(UPGRADE_WAIT_S)):
@@ -235,29 +243,47 @@ class RedisStore(Store):
             found = int(self._r.hget(META_KEY, "schema_version") or 0)
             if found == SCHEMA_VERSION:
                 return
-            if found == 1:
-                for camp in self.list_campaigns():
+            for camp in self.list_campaigns():
+                if found == 1:
                     self._upgrade_campaign(camp)
+                self._upgrade_v3(camp)
             self._r.hset(META_KEY, "schema_version", SCHEMA_VERSION)
         finally:
             self._r.delete(UPGRADE_KEY)
 
     def _upgrade_campaign(self, camp: Campaign) -> None:
+        """v1 -> v2 (the aggregates are recounted by `_upgrade_v3`)."""
         keys = _Keys(camp.id)
         trials = self.list_trials(camp.id)
         decisions = self.list_decisions(camp.id)
-        fields = stats.recount(
-            trials, self.list_candidates(camp.id), decisions, bounds=stats.bounds_of(camp.config)
-        )
         done = sorted((t for t in trials if t.result), key=lambda t: t.result.finished_at)  # type: ignore[union-attr]
         with self._r.pipeline() as pipe:
             for t in trials:
                 pipe.hset(keys.trial(t.id), "kind", t.kind.value)
-            pipe.delete(keys.done, keys.stats, *(keys.decisions_of(k) for k in DecisionKind))
+            pipe.delete(keys.done, *(keys.decisions_of(k) for k in DecisionKind))
             if done:
                 pipe.rpush(keys.done, *(t.id for t in done))
             for d in decisions:
                 pipe.rpush(keys.decisions_of(d.kind), d.candidate_id)
+            pipe.execute()
+
+    def _upgrade_v3(self, camp: Campaign) -> None:
+        keys = _Keys(camp.id)
+        raw = cast(dict[str, str], self._r.hgetall(keys.candidates))
+        cands, calls = calls_from_v3([json.loads(raw[k]) for k in sorted(raw, key=int)])
+        fields = stats.recount(
+            self.list_trials(camp.id),
+            cands,
+            self.list_decisions(camp.id),
+            [*calls, *self.list_calls(camp.id)],
+            bounds=stats.bounds_of(camp.config),
+        )
+        with self._r.pipeline() as pipe:
+            pipe.delete(keys.candidates, keys.stats)
+            for c in cands:
+                pipe.hset(keys.candidates, str(c.id), json.dumps(c.to_dict()))
+            for call in calls:
+                pipe.hset(keys.calls, call.id, json.dumps(call.to_dict()))
             # Redis counts trial states from its sets: those fields are not kept.
             kept = {k: repr(v) for k, v in fields.items() if not k.startswith(stats.STATE)}
             pipe.hset(keys.stats, mapping=kept)  # type: ignore[arg-type]
@@ -415,6 +441,34 @@ class RedisStore(Store):
         names = [stats.candidate_key(s) for s in CandidateState]
         values = self._call(lambda: self._r.hmget(_Keys(campaign_id).stats, names))
         return {s: round(float(v or 0)) for s, v in zip(CandidateState, values, strict=True)}
+
+    # -- paid proposer calls ---------------------------------------------------------------
+    def hold_call(self, call: ProposerCall) -> None:
+        keys = _Keys(call.campaign)
+        args = [call.id, json.dumps(call.to_dict()), stats.call_hold_upkeep(call).to_json()]
+        if not self._call(lambda: self._hold_call(keys=[keys.calls, keys.stats], args=args)):
+            raise StoreError(f"call {call.id} of campaign {call.campaign!r} already exists")
+
+    def settle_call(self, call: ProposerCall) -> bool:
+        keys = _Keys(call.campaign)
+        # A hold never changes until it is settled: read it before the script, which
+        # settles only a call still in flight.
+        held = self._call(lambda: cast(str | None, self._r.hget(keys.calls, call.id)))
+        if held is None:
+            return False
+        call.reserved_usd = json.loads(held)["reserved_usd"]
+        args = [call.id, json.dumps(call.to_dict()), stats.call_settle_upkeep(call).to_json()]
+        return bool(self._call(lambda: self._settle_call(keys=[keys.calls, keys.stats], args=args)))
+
+    def list_calls(
+        self, campaign_id: str, states: set[CallState] | None = None
+    ) -> list[ProposerCall]:
+        rows = self._call(lambda: self._r.hgetall(_Keys(campaign_id).calls))
+        calls = sorted(
+            (ProposerCall.from_dict(json.loads(v)) for v in rows.values()),
+            key=lambda c: (c.created_at, c.id),
+        )
+        return [c for c in calls if states is None or c.state in states]
 
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:

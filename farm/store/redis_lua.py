@@ -48,11 +48,23 @@ if cur[2] == ARGV[3] then return 1 end
 return 0
 """
 
-# KEYS: candidates, stats. ARGV: candidate id, JSON, upkeep. One record per id.
-ADD_CANDIDATE = (
+# KEYS: candidates (or calls), stats. ARGV: record id, JSON, upkeep. One record per id.
+ADD_RECORD = (
     UPKEEP
     + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+upkeep(KEYS[2], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: calls, stats. ARGV: call id, JSON, upkeep. Only a call in flight is settled, once.
+SETTLE_CALL = (
+    UPKEEP
+    + """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old or cjson.decode(old).state ~= 'in_flight' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 upkeep(KEYS[2], ARGV[3])
 return 1
 """

@@ -20,12 +20,14 @@ from typing import Any
 
 from farm.errors import StoreError
 from farm.records import (
+    CallState,
     Campaign,
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Incumbent,
+    ProposerCall,
     Trial,
     TrialResult,
     TrialState,
@@ -37,12 +39,13 @@ from farm.store.base import (
     SCHEMA_VERSION,
     UPGRADABLE_FROM,
     Store,
+    calls_from_v3,
     refused_move,
 )
 from farm.store.stats import CampaignStats, Upkeep
 
-# Schema v1, then what v2 added (aggregates, result order, decision kinds): a new store runs
-# both, a v1 store only the second.
+# Schema v1, then what v2 added (aggregates, result order, decision kinds), then what v4 added
+# (proposer calls): a new store runs all three, an older one what it lacks.
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -70,6 +73,10 @@ CREATE INDEX trials_done ON trials (campaign, done_seq);
 ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL DEFAULT '';
 CREATE INDEX decisions_kind ON decisions (campaign, kind, seq);
 CREATE INDEX decisions_seq ON decisions (campaign, seq);
+"""
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS calls (campaign TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+    state TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (campaign, id));
 """
 
 
@@ -124,7 +131,7 @@ class SQLiteStore(Store):
             if row is None:
                 if tables - {"meta"}:
                     raise StoreError(f"{self.path} is not a farm store: use a new file")
-                _script(db, _SCHEMA_V1 + _SCHEMA_V2)
+                _script(db, _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V4)
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -139,13 +146,48 @@ class SQLiteStore(Store):
 
     def _upgrade(self, db: sqlite3.Connection, found: int) -> None:
         """To this schema from v`found`. v1 -> v2: add the aggregates, the result order and
-        decision kinds, from the records. v2 -> v3 and v3 -> v4 rewrite no record (their new
-        fields have defaults): the version alone keeps an older farm off the store."""
+        decision kinds, from the records. v2 -> v3 rewrites no record (its new fields have
+        defaults): the version alone keeps a v2 farm off the store. v3 -> v4: proposer calls
+        from the candidates (`calls_from_v3`), then the aggregates recounted."""
         if found == 1:
             self._upgrade_v1(db)
+        self._upgrade_v3(db)
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
+    def _upgrade_v3(self, db: sqlite3.Connection) -> None:
+        _script(db, _SCHEMA_V4)
+        for camp in self.list_campaigns():
+            rows = db.execute(
+                "SELECT data FROM candidates WHERE campaign = ? ORDER BY id", (camp.id,)
+            ).fetchall()
+            cands, calls = calls_from_v3([json.loads(r[0]) for r in rows])
+            db.execute("DELETE FROM candidates WHERE campaign = ?", (camp.id,))
+            db.executemany(
+                "INSERT INTO candidates (campaign, id, state, data) VALUES (?, ?, ?, ?)",
+                [(c.campaign, c.id, c.state.value, json.dumps(c.to_dict())) for c in cands],
+            )
+            db.executemany(
+                "INSERT INTO calls (campaign, id, seq, state, data) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (camp.id, call.id, -i, call.state.value, json.dumps(call.to_dict()))
+                    for i, call in enumerate(reversed(calls), start=1)
+                ],
+            )
+            fields = stats.recount(
+                self.list_trials(camp.id),
+                cands,
+                self.list_decisions(camp.id),
+                self.list_calls(camp.id),
+                bounds=stats.bounds_of(camp.config),
+            )
+            db.execute("DELETE FROM stats WHERE campaign = ?", (camp.id,))
+            db.executemany(
+                "INSERT INTO stats (campaign, name, value) VALUES (?, ?, ?)",
+                [(camp.id, k, v) for k, v in fields.items()],
+            )
+
     def _upgrade_v1(self, db: sqlite3.Connection) -> None:
+        """The tables and columns of v2; the aggregates are recounted by `_upgrade_v3`."""
         _script(db, _SCHEMA_V2)
         db.execute("UPDATE decisions SET kind = json_extract(data, '$.kind')")
         done = db.execute(
@@ -158,17 +200,6 @@ class SQLiteStore(Store):
             db.execute(
                 "UPDATE trials SET done_seq = ? WHERE campaign = ? AND id = ?",
                 (seqs[campaign], campaign, trial_id),
-            )
-        for camp in self.list_campaigns():
-            fields = stats.recount(
-                self.list_trials(camp.id),
-                self.list_candidates(camp.id),
-                self.list_decisions(camp.id),
-                bounds=stats.bounds_of(camp.config),
-            )
-            db.executemany(
-                "INSERT INTO stats (campaign, name, value) VALUES (?, ?, ?)",
-                [(camp.id, k, v) for k, v in fields.items()],
             )
 
     def close(self) -> None:
@@ -330,6 +361,49 @@ class SQLiteStore(Store):
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         fields = self._fields(campaign_id, stats.candidate_key(""))
         return {s: round(fields.get(stats.candidate_key(s), 0)) for s in CandidateState}
+
+    # -- paid proposer calls ---------------------------------------------------------------
+    def hold_call(self, call: ProposerCall) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO calls (campaign, id, seq, state, data) VALUES (?, ?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM calls WHERE campaign = ?), ?, ?)",
+                (
+                    call.campaign,
+                    call.id,
+                    call.campaign,
+                    call.state.value,
+                    json.dumps(call.to_dict()),
+                ),
+            )
+            self._upkeep(db, call.campaign, stats.call_hold_upkeep(call))
+
+    def settle_call(self, call: ProposerCall) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT data FROM calls WHERE campaign = ? AND id = ? AND state = ?",
+                (call.campaign, call.id, CallState.IN_FLIGHT.value),
+            ).fetchone()
+            if row is None:
+                return False
+            call.reserved_usd = json.loads(row[0])["reserved_usd"]
+            db.execute(
+                "UPDATE calls SET state = ?, data = ? WHERE campaign = ? AND id = ?",
+                (call.state.value, json.dumps(call.to_dict()), call.campaign, call.id),
+            )
+            self._upkeep(db, call.campaign, stats.call_settle_upkeep(call))
+            return True
+
+    def list_calls(
+        self, campaign_id: str, states: set[CallState] | None = None
+    ) -> list[ProposerCall]:
+        sql = "SELECT data FROM calls WHERE campaign = ?"
+        args: list[Any] = [campaign_id]
+        if states is not None:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args.extend(s.value for s in states)
+        rows = self._read(sql + " ORDER BY seq", tuple(args))
+        return [ProposerCall.from_dict(json.loads(r[0])) for r in rows]
 
     # -- trials ---------------------------------------------------------------------------
     def enqueue_trial(self, trial: Trial) -> bool:

@@ -9,6 +9,7 @@ oracle) and reads them back (`CampaignStats`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 
 from farm.config import stored_config
 from farm.records import (
+    CallState,
     Candidate,
     CandidateState,
     Decision,
     DecisionKind,
     Outcome,
+    ProposerCall,
     Trial,
     TrialKind,
     TrialResult,
@@ -62,8 +65,13 @@ def candidate_key(state: str) -> str:
 
 
 def proposer_key(proposer: str, part: str) -> str:
-    """`part`: valid, rejected, tokens_in, tokens_out, cost_usd."""
+    """`part`: a field of ProposerTally. Drafts (valid, rejected, extra) move with candidates,
+    spend (in_flight, calls, failed_calls, tokens_in, tokens_out, cost_usd, held_usd) with
+    calls."""
     return f"proposer:{proposer or 'unknown'}:{part}"
+
+
+_FLOAT_PARTS = ("cost_usd", "held_usd")
 
 
 def decision_key(kind: str) -> str:
@@ -136,12 +144,28 @@ def trial_move(old: TrialState | None, new: TrialState, *, kind: str) -> Upkeep:
 
 
 def candidate_upkeep(c: Candidate) -> Upkeep:
-    """A new candidate: its state, and its proposer's drafts, tokens and spend."""
-    result = "rejected" if c.state is CandidateState.REJECTED else "valid"
-    up = Upkeep().inc(candidate_key(c.state.value)).inc(proposer_key(c.proposer, result))
-    up.inc(proposer_key(c.proposer, "tokens_in"), c.tokens_in)
-    up.inc(proposer_key(c.proposer, "tokens_out"), c.tokens_out)
-    return up.inc(proposer_key(c.proposer, "cost_usd"), c.cost_usd)
+    """A new candidate: its state, and its proposer's drafts by validation result (its
+    share of a call's cost is attribution only: spend moves with the call)."""
+    result = "extra" if c.extra else "rejected" if c.state is CandidateState.REJECTED else "valid"
+    return Upkeep().inc(candidate_key(c.state.value)).inc(proposer_key(c.proposer, result))
+
+
+def call_hold_upkeep(call: ProposerCall) -> Upkeep:
+    """A paid call sent: its worst case is held."""
+    up = Upkeep().inc(proposer_key(call.proposer, "in_flight"))
+    return up.inc(proposer_key(call.proposer, "held_usd"), call.reserved_usd)
+
+
+def call_settle_upkeep(call: ProposerCall) -> Upkeep:
+    """A held call settled (`call` in its finished state): the hold goes, the call counts."""
+    p = call.proposer
+    up = Upkeep().inc(proposer_key(p, "held_usd"), -call.reserved_usd)
+    up.inc(proposer_key(p, "in_flight"), -1).inc(proposer_key(p, "calls"))
+    if call.state in (CallState.FAILED, CallState.LOST):
+        up.inc(proposer_key(p, "failed_calls"))
+    up.inc(proposer_key(p, "tokens_in"), call.tokens_in)
+    up.inc(proposer_key(p, "tokens_out"), call.tokens_out)
+    return up.inc(proposer_key(p, "cost_usd"), call.cost_usd)
 
 
 def candidate_move(old: str, new: str) -> Upkeep:
@@ -159,6 +183,7 @@ def recount(
     trials: Iterable[Trial],
     candidates: Iterable[Candidate],
     decisions: Iterable[Decision],
+    calls: Iterable[ProposerCall] = (),
     *,
     bounds: list[float],
 ) -> dict[str, float]:
@@ -181,6 +206,10 @@ def recount(
         apply(candidate_upkeep(c))
     for d in sorted(decisions, key=lambda d: d.created_at):
         apply(decision_upkeep(d))
+    for call in calls:
+        apply(call_hold_upkeep(call))
+        if call.state.is_finished():
+            apply(call_settle_upkeep(call))
     return total
 
 
@@ -202,11 +231,23 @@ class Histogram:
 
 @dataclass
 class ProposerTally:
+    """A proposer's drafts and LLM spend (or, from `llm_spend`, every proposer's)."""
+
     valid: int = 0
     rejected: int = 0
+    extra: int = 0  # beyond the number asked for: recorded, never run, no failure
+    in_flight: int = 0  # paid calls sent and not yet settled
+    calls: int = 0  # paid calls settled (answered, failed or lost)
+    failed_calls: int = 0  # of those, failed or lost
     tokens_in: int = 0
     tokens_out: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # what settled calls cost (a lost call at its worst case)
+    held_usd: float = 0.0  # the worst cases of the calls in flight
+
+    @property
+    def counted_usd(self) -> float:
+        """The spend the cap counts: paid, and held for the calls in flight."""
+        return self.cost_usd + self.held_usd
 
 
 @dataclass
@@ -262,7 +303,7 @@ class CampaignStats:
                 setattr(tally, part, value if part == "seconds" else round(value))
             elif family == "proposer":
                 p = proposers.setdefault(who, ProposerTally())
-                setattr(p, part, value if part == "cost_usd" else round(value))
+                setattr(p, part, value if part in _FLOAT_PARTS else round(value))
         return cls(
             trials=trials if trials is not None else {s: n(STATE + s.value) for s in TrialState},
             outcomes=outcomes,
@@ -275,6 +316,17 @@ class CampaignStats:
             last_result_at=fields.get(LAST_RESULT),
             last_decision_at=fields.get(LAST_DECISION),
         )
+
+
+def llm_spend(s: CampaignStats) -> ProposerTally:
+    """The campaign's LLM spend, calls and tokens over every proposer: the one figure the
+    spend cap, the metrics, `farm status`, the live view and the report read."""
+    total = ProposerTally()
+    for p in s.proposers.values():
+        for f in dataclasses.fields(ProposerTally):
+            setattr(total, f.name, getattr(total, f.name) + getattr(p, f.name))
+    total.held_usd = max(total.held_usd, 0.0)  # float residue of holds settled
+    return total
 
 
 def bounds_from(fields: dict[str, float]) -> list[float]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from fake_anthropic import (
     FakeAnthropic,
     Received,
@@ -28,10 +29,14 @@ from fake_anthropic import (
     usage,
 )
 from helpers import SECRET, MakeTarget, RunCampaign, farm
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from farm.records import CandidateState, DecisionKind
-from farm.report import proposer_table
-from farm.store import default_url, open_store
+from farm.metrics import LedgerCollector
+from farm.records import CallState, CandidateState, DecisionKind
+from farm.report import export_tsv, proposer_rows, proposer_table
+from farm.store import Store, default_url, open_store
+from farm.store.stats import llm_spend
 
 LR = "LR = 0.5  # the knob that matters: the loss is lowest at LR = 2"
 PRINT = 'print("---")'
@@ -93,30 +98,40 @@ def test_claude_campaign_survives_api_trouble_and_bad_drafts(
     assert "finished (all 3 candidates decided)" in done.output
 
     cands = done.store.list_candidates("default")
+    # Calls that brought no draft are failed calls, not candidates.
     assert [c.title for c in cands] == [
         "Raise LR",
         "Stale LR",
         "Other seed",
         "Easier eval",
-        "(no usable drafts)",
-        "(no usable drafts)",
         "Flush output",
     ]
     by_title = {c.title: c for c in cands}
     assert by_title["Raise LR"].state is CandidateState.KEPT
     assert "search text not found" in by_title["Stale LR"].reason
     assert by_title["Easier eval"].reason == "draft 2 is beyond the 1 asked for: recorded, not run"
-    assert "did not call submit_drafts: 'Let me think" in cands[4].reason
-    assert cands[5].reason.startswith("after a repair request: the answer did not call")
+    assert by_title["Easier eval"].extra
+    calls = done.store.list_calls("default")
+    assert [c.state for c in calls] == [
+        CallState.ANSWERED,
+        CallState.ANSWERED,
+        CallState.FAILED,
+        CallState.FAILED,
+        CallState.ANSWERED,
+    ]
+    assert "did not call submit_drafts: 'Let me think" in calls[2].reason
+    assert calls[3].reason.startswith("after a repair request: the answer did not call")
     decisions = done.store.list_decisions("default")
     assert sorted(d.candidate_id for d in decisions) == [c.id for c in cands]
     rejected = [c for c in cands if c.state is CandidateState.REJECTED]
     assert all(done.store.list_trials("default", candidate_id=c.id) == [] for c in rejected)
 
     # Every paid call is in the ledger: 5 answers of 1000 in + 500 out at Sonnet prices.
-    assert sum(c.cost_usd for c in cands) == pytest.approx(5 * 0.0105)
-    assert sum(c.tokens_in for c in cands) == 5_000
-    assert {(c.proposer, c.strategy, c.model) for c in cands} == {
+    spend = llm_spend(done.store.stats("default"))
+    assert (spend.calls, spend.failed_calls, spend.tokens_in) == (5, 2, 5_000)
+    assert spend.cost_usd == pytest.approx(5 * 0.0105)
+    assert sum(c.cost_usd for c in calls) == pytest.approx(5 * 0.0105)
+    assert {(c.proposer, c.strategy, c.model) for c in [*cands, *calls]} == {
         ("anthropic", "single", "claude-sonnet-4-6")
     }
     # The first call waited for the baseline: its prompt has the measured best and noise.
@@ -131,8 +146,8 @@ def test_claude_campaign_survives_api_trouble_and_bad_drafts(
     table = proposer_table(done.store, "default")
     (row,) = [line for line in table.splitlines() if line.startswith("| anthropic")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:6] == ["anthropic", "single", "claude-sonnet-4-6", "7", "43%", "33%"]
-    assert cells[9] == "$0.05"
+    assert cells[:6] == ["anthropic", "single", "claude-sonnet-4-6", "5", "60%", "33%"]
+    assert cells[9] == "$0.05"  # the failed calls' cost too
 
 
 def test_bad_answers_back_off_then_stop_the_campaign_with_the_cause(
@@ -150,12 +165,13 @@ def test_bad_answers_back_off_then_stop_the_campaign_with_the_cause(
         done.output,
     ), done.output
     # A call and its repair per batch, the next batch only after a growing wait.
-    calls = fake_api.requests
+    requests = fake_api.requests
+    assert len(requests) == 6
+    assert requests[2].at - requests[1].at >= 0.3 and requests[4].at - requests[3].at >= 0.6
+    assert done.store.list_candidates("default") == []  # failed calls, no candidates
+    calls = done.store.list_calls("default")
     assert len(calls) == 6
-    assert calls[2].at - calls[1].at >= 0.3 and calls[4].at - calls[3].at >= 0.6
-    cands = done.store.list_candidates("default")
-    assert [c.title for c in cands] == ["(no usable drafts)"] * 6
-    assert all(c.state is CandidateState.REJECTED and c.cost_usd > 0 for c in cands)
+    assert all(c.state is CallState.FAILED and c.cost_usd > 0 for c in calls)
     assert not [r for r in caplog.records if r.exc_info]  # a cause, not a traceback
 
 
@@ -172,9 +188,14 @@ def test_an_unavailable_api_is_retried_later_then_named_as_the_cause(
     assert "the Anthropic API answered 529 after 0 retries: Overloaded" in done.output
     assert len(fake_api.requests) == 2
     assert fake_api.requests[1].at - fake_api.requests[0].at >= 0.3
-    # The failed calls are in the ledger, unbilled.
-    cands = done.store.list_candidates("default")
-    assert [(c.title, c.cost_usd) for c in cands] == [("(call failed)", 0.0)] * 2
+    # The failed calls are in the ledger, unbilled, and no candidate: results.tsv has the
+    # baseline's rows alone.
+    assert done.store.list_candidates("default") == []
+    rows = export_tsv(done.store, "default").splitlines()[1:]
+    assert rows and all(row.split("\t")[3] == "baseline" for row in rows)
+    calls = done.store.list_calls("default")
+    assert [(c.state, c.cost_usd) for c in calls] == [(CallState.FAILED, 0.0)] * 2
+    assert "529" in calls[0].reason
     assert not [r for r in caplog.records if r.exc_info]
 
 
@@ -189,8 +210,32 @@ def test_drafts_beyond_the_candidate_limit_never_train(
     trained = {t.candidate_id for t in done.store.list_trials("default") if t.candidate_id}
     cands = done.store.list_candidates("default")
     assert trained == {cands[0].id, cands[1].id}
-    assert [c.state for c in cands[2:]] == [CandidateState.REJECTED] * 2
+    assert [(c.state, c.extra) for c in cands[2:]] == [(CandidateState.REJECTED, True)] * 2
     assert "finished (all 2 candidates decided)" in done.output
+
+
+def test_calls_bringing_only_repeats_and_extras_end_the_campaign_with_nothing_new(
+    claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
+) -> None:
+    raise_lr = draft("Raise LR", LR, LR.replace("0.5", "1.5"))
+    flush = draft("Flush output", PRINT, 'print("---", flush=True)')
+    seed = draft("Other seed", "SEED_OFFSET = 3", "SEED_OFFSET = 4")
+    fake_api.push(
+        drafts_reply([raise_lr, seed]),  # one asked for: "Other seed" is an extra
+        drafts_reply([seed]),  # proposed again: it never ran, so it is no repeat
+    )
+    fake_api.respond = lambda req: drafts_reply([raise_lr, flush])  # a repeat, then an extra
+    done = run_campaign(claude_target(batch_size=1, backlog=1))
+    assert done.code == 0, done.output
+    assert "has nothing new to try" in done.output
+    cands = done.store.list_candidates("default")
+    seeds = [c for c in cands if c.title == "Other seed"]
+    assert len(seeds) == 2 and (seeds[0].state, seeds[0].extra) == (CandidateState.REJECTED, True)
+    assert seeds[1].state is not CandidateState.REJECTED and not seeds[1].extra
+    assert done.store.list_trials("default", candidate_id=seeds[1].id)
+    flushes = [c for c in cands if c.title == "Flush output"]
+    assert flushes and all(c.extra for c in flushes)  # never run, never a failure
+    assert done.store.list_calls("default", {CallState.FAILED}) == []
 
 
 def test_a_change_tried_in_an_earlier_batch_is_not_trained_again(
@@ -224,10 +269,10 @@ def test_parallel_calls_stop_at_the_spend_cap_without_overshooting(
     claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
 ) -> None:
     fake_api.respond = distinct_lr(itertools.count(1))
-    # A call's worst case here is about $0.04 (its prompt, plus 1000 tokens out): room for
-    # two of the first batch's four calls.
+    # A call's worst case here is about $0.04 (its prompt, plus its one draft's share of
+    # max_tokens: 1000 tokens out): room for two of the first batch's four calls.
     target = claude_target(
-        strategy="focused", batch_size=4, backlog=4, max_tokens=1_000, spend_cap_usd=0.09
+        strategy="focused", batch_size=4, backlog=4, max_tokens=4_000, spend_cap_usd=0.09
     )
     done = run_campaign(target)
     assert done.code == 0, done.output
@@ -238,7 +283,8 @@ def test_parallel_calls_stop_at_the_spend_cap_without_overshooting(
     )
     assert m, done.output
     cands = done.store.list_candidates("default")
-    spent = sum(c.cost_usd for c in cands)
+    spent = llm_spend(done.store.stats("default")).cost_usd
+    assert spent == pytest.approx(sum(c.cost_usd for c in done.store.list_calls("default")))
     assert spent <= 0.09 and spent + float(m.group(2)) > 0.09
     first = collections.Counter(c.batch_id for c in cands)[cands[0].batch_id]
     assert first == 2  # of the four calls the first batch planned, two fitted
@@ -329,12 +375,14 @@ def test_a_stop_mid_call_is_clean_and_the_ledger_keeps_every_paid_call(
     store = open_store(default_url(target))
     try:
         cands = store.list_candidates("default")
+        calls = store.list_calls("default")
     finally:
         store.close()
-    assert [c.title for c in cands] == ["Raise LR", "Stale LR", "(call lost in flight)"]
-    assert sum(c.cost_usd for c in cands[:2]) == pytest.approx(0.0105)  # the answered call
-    assert cands[2].cost_usd > 0.24  # the repair at its worst case: 16000 tokens out alone
-    assert cands[2].state is CandidateState.REJECTED
+    assert [c.title for c in cands] == ["Raise LR", "Stale LR"]
+    assert [c.state for c in calls] == [CallState.ANSWERED, CallState.LOST]
+    assert calls[0].cost_usd == pytest.approx(0.0105)  # the answered call
+    # The repair at its worst case: 8000 tokens out alone (its one draft's share of 16000).
+    assert calls[1].cost_usd > 0.12 and calls[1].cost_usd == calls[1].reserved_usd
 
 
 def test_propose_without_a_key_says_so_at_once(
@@ -434,6 +482,104 @@ def test_hybrid_tunes_the_knobs_of_a_structural_change_then_asks_again(
     assert set(rows) == {"structure", "tpe"}
     tuned = sum(c.strategy == "tpe" for c in cands)
     assert rows["tpe"].startswith(f"| hybrid | tpe | {tuned} | 100% |")
+    # A structural call paid for the tuning it spawned: its cost is shared evenly with
+    # its children, and the rows add up to what was spent.
+    costs = {r.key[1]: r.cost_usd for r in proposer_rows(done.store, "default", by="strategy")}
+    paid = {call.id: call.cost_usd for call in done.store.list_calls("default")}
+    spawned = {x.id: sum(c.parent == x.id for c in cands) for x in cands if x.call}
+    assert spawned[s.id] == len(children) > 0
+    assert costs["tpe"] == pytest.approx(
+        sum(paid[x.call] * spawned[x.id] / (spawned[x.id] + 1) for x in cands if x.call)
+    )
+    spent = llm_spend(done.store.stats("default")).cost_usd
+    assert costs["tpe"] > 0 and sum(costs.values()) == pytest.approx(spent)
     code, table = farm(capsys, "report", str(target), "--by", "batch")
     assert table.splitlines()[0].startswith("| proposer | batch size | drafts |")
     assert table.splitlines()[0].endswith("| gain/$ |")
+
+
+REDIS_URL = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None  # the target's own
+        return
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+def samples(store: Store) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The exporter's metrics of `store`, as a scrape reads them."""
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(store))
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = collections.defaultdict(dict)
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            found[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_llm_figures_equal_a_recount_of_the_ledger_on_both_stores(
+    claude_target: Callable[..., Path],
+    fake_api: FakeAnthropic,
+    run_campaign: RunCampaign,
+    store_url: str | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_api.push(
+        # Two drafts and one more than asked for; then a failed call; then an answer with
+        # no draft and its repair, which brings one.
+        drafts_reply(
+            [
+                draft("Raise LR", LR, LR.replace("0.5", "1.5")),
+                draft("Flush output", PRINT, 'print("---", flush=True)'),
+                draft("Other seed", "SEED_OFFSET = 3", "SEED_OFFSET = 4"),
+            ],
+            use=usage(1_200, 700),
+        ),
+        overloaded(),
+        text_reply("Let me think."),
+        drafts_reply([draft("LR 1.9", LR, LR.replace("0.5", "1.9"))]),
+    )
+    target = claude_target(max_retries=0, spend_cap_usd=5)
+    done = run_campaign(target, max_candidates=3, store_url=store_url)
+    assert done.code == 0, done.output
+    store, c = done.store, "default"
+    calls, cands = store.list_calls(c), store.list_candidates(c)
+    states = collections.Counter(call.state for call in calls)
+    assert states == {CallState.ANSWERED: 2, CallState.FAILED: 2}
+    assert {x.title for x in cands} == {"Raise LR", "Flush output", "Other seed", "LR 1.9"}
+
+    m = samples(store)
+    one = (("campaign", c), ("proposer", "anthropic"))
+    assert {dict(k)["proposer"] for k in m["farm_llm_cost_usd_total"]} == {"anthropic"}
+    assert m["farm_llm_cost_usd_total"][one] == pytest.approx(sum(x.cost_usd for x in calls))
+    assert sum(x.cost_usd for x in calls) == pytest.approx(0.0141 + 2 * 0.0105)
+    for kind, tokens in (("input", "tokens_in"), ("output", "tokens_out")):
+        assert m["farm_llm_tokens_total"][(*one, ("type", kind))] == sum(
+            getattr(x, tokens) for x in calls
+        )
+    failed = sum(x.state is CallState.FAILED for x in calls)
+    assert m["farm_llm_calls_total"][(*one, ("result", "failed"))] == failed == 2
+    assert m["farm_llm_calls_total"][(*one, ("result", "ok"))] == len(calls) - failed
+    assert m["farm_llm_held_usd"][one] == 0
+    extra = sum(x.extra for x in cands)
+    rejected = sum(x.state is CandidateState.REJECTED and not x.extra for x in cands)
+    assert extra == 1
+    assert {
+        result: m["farm_proposals_total"][(*one, ("result", result))]
+        for result in ("valid", "rejected", "extra")
+    } == {"valid": len(cands) - rejected - extra, "rejected": rejected, "extra": extra}
+
+    # `farm status` and the report say the same spend.
+    args = [str(target)] + (["--store", store_url] if store_url else [])
+    code, out = farm(capsys, "status", *args)
+    assert code == 0
+    spent = sum(x.cost_usd for x in calls)
+    assert f"LLM (cap $5.00): ${spent:.4g} in 4 calls (2 failed)" in " ".join(out.split())
+    assert sum(r.cost_usd for r in proposer_rows(store, c)) == pytest.approx(spent)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from helpers import TOY_TRAIN
 from farm.config import TargetConfig, config_from_dict
 from farm.errors import SpendCapReached
 from farm.propose import Feeder, StoreBook, build_context, ledger_spend
-from farm.records import Campaign, CandidateState, Draft, Edit, Incumbent
+from farm.records import CallState, Campaign, CandidateState, Draft, Edit, Incumbent
 from farm.store.sqlite import SQLiteStore
+from farm.store.stats import llm_spend
 from proposer.mutate import MutateProposer
 
 WORST = 0.25
@@ -52,19 +55,33 @@ def book(store: SQLiteStore, cfg: TargetConfig) -> StoreBook:
     return StoreBook(store, cfg, "c", build_context(store, cfg, "c"))
 
 
-def test_a_hold_counts_until_its_answer_replaces_it(store: SQLiteStore, cfg: TargetConfig) -> None:
+TAG = Draft(title="", hypothesis="", edits=[], proposer="anthropic", strategy="single")
+NO_CAP = 1e9
+
+
+def test_a_hold_counts_until_its_answer_settles_the_call(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
     b = book(store, cfg)
-    hold = b.hold(WORST, cap_usd=0.6, label="single")
+    hold = b.hold(WORST, cap_usd=0.6, label="single", tag=TAG)
     assert ledger_spend(store, "c") == pytest.approx(WORST)
-    (row,) = store.list_candidates("c")
-    assert row.state is CandidateState.PROPOSING
-    b.hold(WORST, cap_usd=0.6, label="single")  # two worst cases fit under 0.6
+    assert store.list_candidates("c") == []  # a call in flight is no candidate
+    (call,) = store.list_calls("c")
+    assert (call.state, call.reserved_usd, call.proposer) == (
+        CallState.IN_FLIGHT,
+        WORST,
+        "anthropic",
+    )
+    b.hold(WORST, cap_usd=0.6, label="single", tag=TAG)  # two worst cases fit under 0.6
     with pytest.raises(SpendCapReached, match=r"\$0.5 spent.*may cost up to \$0.25"):
-        b.hold(WORST, cap_usd=0.6, label="single")
+        b.hold(WORST, cap_usd=0.6, label="single", tag=TAG)
     b.record(drafts("1.0", "1.5", "2.0"), hold=hold)
     assert ledger_spend(store, "c") == pytest.approx(WORST + 0.03)
-    states = [c.state for c in store.list_candidates("c")]
-    assert states.count(CandidateState.QUEUED) == 3 and states.count(CandidateState.PROPOSING) == 1
+    cands = store.list_candidates("c")
+    assert [c.state for c in cands] == [CandidateState.QUEUED] * 3
+    assert {c.call for c in cands} == {hold}
+    answered = store.list_calls("c", {CallState.ANSWERED})
+    assert [(c.id, c.drafts, c.cost_usd) for c in answered] == [(hold, 3, pytest.approx(0.03))]
 
 
 def test_a_kill_while_recording_never_counts_less_than_was_paid(
@@ -84,27 +101,27 @@ def test_a_kill_while_recording_never_counts_less_than_was_paid(
         add(cand)  # type: ignore[arg-type]
 
     b = book(store, cfg)
-    hold = b.hold(WORST, cap_usd=0.0, label="single")
+    hold = b.hold(WORST, cap_usd=NO_CAP, label="single", tag=TAG)
     store.add_candidate = add_then_die  # type: ignore[method-assign]
     with pytest.raises(Killed):
         b.record(drafts("1.0", "1.5", "2.0", cost=0.05), hold=hold)
     assert ledger_spend(store, "c") >= 0.15  # what the call cost, at least
 
 
-def test_holds_left_by_a_dead_proposer_are_settled_at_their_worst_case(
+def test_holds_left_by_a_dead_proposer_are_settled_lost_at_their_worst_case(
     store: SQLiteStore, cfg: TargetConfig
 ) -> None:
-    book(store, cfg).hold(WORST, cap_usd=0.0, label="single")
-    (row,) = store.list_candidates("c")
-    row.created_at = time.time() - 3600  # older than any call can take
-    store.update_candidate(row)
+    book(store, cfg).hold(WORST, cap_usd=NO_CAP, label="single", tag=TAG)
+    with sqlite3.connect(store.path) as db:  # held long ago, by a process that died
+        (data,) = db.execute("SELECT data FROM calls").fetchone()
+        old = {**json.loads(data), "created_at": time.time() - 3600}
+        db.execute("UPDATE calls SET data = ?", (json.dumps(old),))
     feeder = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(seed=0))
     feeder.deliver(1)
-    settled = store.get_candidate("c", row.id)
-    assert settled is not None and settled.state is CandidateState.REJECTED
-    assert settled.cost_usd == WORST and settled.reserved_usd == 0
-    assert "stays counted against the spend cap" in settled.reason
-    assert store.get_decision("c", row.id) is not None
+    (call,) = store.list_calls("c")
+    assert (call.state, call.cost_usd) == (CallState.LOST, WORST)
+    assert "stays counted against the spend cap" in call.reason
+    assert all(c.call == "" for c in store.list_candidates("c"))  # the mutate drafts
     assert ledger_spend(store, "c") == pytest.approx(WORST)
 
 
@@ -115,7 +132,7 @@ def test_a_feeder_at_its_limit_is_not_done_while_its_last_call_is_in_flight(
         store=store, cfg=cfg, campaign="c", proposer=MutateProposer(seed=0), max_candidates=1
     )
     b = feeder._book(build_context(store, cfg, "c"), batch_size=1)
-    hold = b.hold(WORST, cap_usd=0.0, label="single")
+    hold = b.hold(WORST, cap_usd=NO_CAP, label="single", tag=TAG)
     # The hold takes the last place under the limit, but its answer is still to come: a
     # campaign that ended now would leave the draft it brings queued and never run.
     assert feeder.wanted() == 0 and not feeder.done
@@ -127,11 +144,42 @@ def test_a_feeder_at_its_limit_is_not_done_while_its_last_call_is_in_flight(
 
 def test_a_stop_counts_the_calls_still_in_flight(store: SQLiteStore, cfg: TargetConfig) -> None:
     feeder = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(seed=0))
-    feeder._book(build_context(store, cfg, "c")).hold(WORST, cap_usd=0.0, label="single")
-    assert feeder.stop(grace_s=0) == 1
-    (row,) = store.list_candidates("c")
-    assert (row.state, row.title, row.cost_usd) == (
-        CandidateState.REJECTED,
-        "(call lost in flight)",
-        WORST,
+    feeder._book(build_context(store, cfg, "c")).hold(
+        WORST, cap_usd=NO_CAP, label="single", tag=TAG
     )
+    assert feeder.stop(grace_s=0) == 1
+    (call,) = store.list_calls("c")
+    assert (call.state, call.cost_usd) == (CallState.LOST, WORST)
+    assert store.list_candidates("c") == []
+
+
+def test_a_failed_call_is_a_failed_call_not_a_candidate(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
+    b = book(store, cfg)
+    hold = b.hold(WORST, cap_usd=NO_CAP, label="single", tag=TAG)
+    b.release(hold, reason="the API answered 529")
+    assert store.list_candidates("c") == [] and store.list_decisions("c") == []
+    (call,) = store.list_calls("c")
+    assert (call.state, call.reason, call.cost_usd) == (CallState.FAILED, "the API answered 529", 0)
+    assert b.outcome.problems == ["the API answered 529"]  # a failed batch, for the backoff
+    assert ledger_spend(store, "c") == 0
+
+
+def test_an_extra_is_recorded_and_never_bars_the_same_edit_later(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
+    (extra,) = drafts("1.5")
+    extra.extra, extra.problem = True, "draft 2 is beyond the 1 asked for: recorded, not run"
+    b = book(store, cfg)
+    b.record([*drafts("1.0"), extra])
+    assert (b.outcome.valid, b.outcome.problems) == (1, [])  # an extra is no failure
+    cands = store.list_candidates("c")
+    assert [(c.state, c.extra) for c in cands] == [
+        (CandidateState.QUEUED, False),
+        (CandidateState.REJECTED, True),
+    ]
+    assert llm_spend(store.stats("c")).extra == 1
+    later = book(store, cfg)
+    later.record(drafts("1.5"))
+    assert later.outcome.valid == 1, store.list_candidates("c")[-1].reason

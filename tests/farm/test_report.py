@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from farm.campaign import prepare
 from farm.cli import main
 from farm.config import load_config
 from farm.records import (
+    CallState,
     Campaign,
     Candidate,
     CandidateState,
@@ -22,11 +24,12 @@ from farm.records import (
     Edit,
     Incumbent,
     Outcome,
+    ProposerCall,
     Trial,
     TrialKind,
     TrialResult,
 )
-from farm.report import proposer_table, report_markdown
+from farm.report import proposer_rows, proposer_table, report_markdown
 from farm.store import default_url, open_store
 from farm.store.sqlite import SQLiteStore
 
@@ -107,6 +110,10 @@ def test_report_by_batch_size_and_strategy_weighs_gain_per_slot_hour_and_dollar(
     store.create_campaign(Campaign(id="c", target="", start_sha="s0", config={}), Incumbent("s0"))
 
     def candidate(cid: int, batch: str, size: int, strategy: str, cost: float) -> None:
+        """A draft, the one its paid call brought."""
+        call = ProposerCall("c", f"k{cid}", "anthropic", strategy, reserved_usd=1.0)
+        store.hold_call(call)
+        store.settle_call(dataclasses.replace(call, state=CallState.ANSWERED, cost_usd=cost))
         store.add_candidate(
             Candidate(
                 campaign="c",
@@ -123,6 +130,7 @@ def test_report_by_batch_size_and_strategy_weighs_gain_per_slot_hour_and_dollar(
                 batch_id=batch,
                 batch_size=size,
                 cost_usd=cost,
+                call=call.id,
             )
         )
 
@@ -162,3 +170,28 @@ def test_report_by_batch_size_and_strategy_weighs_gain_per_slot_hour_and_dollar(
         "| anthropic | 1 | 1 | 100% | 100% | +0.1 | 0.05 | 0.2 | $0.05 | $0.05 | 2 |",
     ]
     assert [line.split("|")[2].strip() for line in by_strategy[2:]] == ["focused", "single"]
+
+
+def test_a_call_that_brought_no_draft_counts_in_its_group_s_cost_and_the_report(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "farm.db")
+    store.create_campaign(Campaign(id="c", target="", start_sha="s0", config={}), Incumbent("s0"))
+    call = ProposerCall("c", "k1", "anthropic", "single", batch_size=2, reserved_usd=0.3)
+    store.hold_call(call)
+    store.hold_call(dataclasses.replace(call, id="k2"))
+    store.settle_call(
+        dataclasses.replace(
+            call, state=CallState.FAILED, cost_usd=0.01, tokens_in=900, tokens_out=40
+        )
+    )
+    try:
+        (row,) = proposer_rows(store, "c", by="strategy")
+        md = report_markdown(store, "c")
+    finally:
+        store.close()
+    assert (row.key, row.drafts, row.cost_usd) == (["anthropic", "single"], 0, 0.01)
+    assert (
+        "| LLM | $0.01 in 1 call (1 failed), 900 tokens in, 40 out, $0.3 held for 1 in "
+        "flight |" in md
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import random
 import sqlite3
@@ -17,6 +18,7 @@ import redis
 
 from farm.errors import StateMoveRefused, StoreError
 from farm.records import (
+    CallState,
     Campaign,
     Candidate,
     CandidateState,
@@ -25,6 +27,7 @@ from farm.records import (
     Edit,
     Incumbent,
     Outcome,
+    ProposerCall,
     Trial,
     TrialKind,
     TrialResult,
@@ -33,7 +36,7 @@ from farm.records import (
 from farm.store import Store, open_store
 from farm.store.base import SCHEMA_VERSION
 from farm.store.sqlite import SQLiteStore
-from farm.store.stats import CampaignStats, bounds_of, recount
+from farm.store.stats import CampaignStats, bounds_of, llm_spend, recount
 
 BACKENDS = ["sqlite", "redis"]
 # A database index of the tests' own: flushed before and after every test that uses it.
@@ -381,6 +384,7 @@ def recounted(store: Store, campaign: str = "c") -> CampaignStats:
         trials,
         store.list_candidates(campaign),
         store.list_decisions(campaign),
+        store.list_calls(campaign),
         bounds=bounds_of(camp.config),
     )
     states = collections.Counter(t.state for t in trials)
@@ -427,6 +431,20 @@ def workload(store: Store, *, check: Callable[[Store], None] = lambda s: None) -
         # Lapsed leases: back to the queue, or dead after their deliveries.
         store.claim_trials("c", worker="gone", n=2, lease_s=0.0)
         store.reap("c", now=time.time() + 1, max_deliveries=rng.choice([1, 3]))
+        # A paid call: held, then answered with its draft, failed, or lost in flight; the
+        # last one stays in flight.
+        call = ProposerCall(
+            campaign="c",
+            id=f"call{step}",
+            proposer="anthropic",
+            reserved_usd=rng.random() / 3,
+            tokens_in=rng.randint(0, 5000),
+            tokens_out=rng.randint(0, 900),
+            cost_usd=rng.random() / 7,
+        )
+        store.hold_call(dataclasses.replace(call, tokens_in=0, tokens_out=0, cost_usd=0.0))
+        settled = rng.choice([CallState.ANSWERED] * 3 + [CallState.FAILED, CallState.LOST])
+        paid = step < 11 and settled is CallState.ANSWERED
         cid = store.next_candidate_id("c")
         rejected = rng.random() < 0.3
         cand = Candidate(
@@ -439,12 +457,17 @@ def workload(store: Store, *, check: Callable[[Store], None] = lambda s: None) -
             files={},
             edit_hash=f"h{cid}",
             state=CandidateState.REJECTED if rejected else CandidateState.QUEUED,
-            proposer=rng.choice(["mutate", "anthropic"]),
-            tokens_in=rng.randint(0, 5000),
-            tokens_out=rng.randint(0, 900),
-            cost_usd=rng.random() / 7,
+            proposer="anthropic" if paid else "mutate",
+            tokens_in=call.tokens_in if paid else 0,
+            tokens_out=call.tokens_out if paid else 0,
+            cost_usd=call.cost_usd if paid else 0.0,
+            call=call.id if paid else "",
+            extra=rejected and rng.random() < 0.5,
         )
         store.add_candidate(cand)
+        if step < 11:
+            assert store.settle_call(dataclasses.replace(call, state=settled))
+            assert not store.settle_call(dataclasses.replace(call, state=CallState.LOST))
         if not rejected:
             cand.state = CandidateState.RUNNING
             store.update_candidate(cand)
@@ -609,6 +632,99 @@ def test_a_v2_store_is_stamped_current_and_its_queue_claims_as_before(store: Sto
         assert flat(upgraded.stats("c")) == pytest.approx(before, rel=1e-9, abs=1e-9)
         got = upgraded.claim_trials("c", worker="w", n=99, lease_s=30, hold={"h100"})
         assert "t500" in [t.id for t in got] and all(t.prefer == "" for t in got)
+        assert_aggregates_match_the_records(upgraded)
+    finally:
+        upgraded.close()
+
+
+# -- paid proposer calls ------------------------------------------------------------------
+def test_a_call_holds_its_worst_case_until_it_is_settled_once(store: Store) -> None:
+    call = ProposerCall(campaign="c", id="k1", proposer="anthropic", reserved_usd=0.25)
+    store.hold_call(call)
+    store.hold_call(dataclasses.replace(call, id="k2", reserved_usd=0.5))
+    held = llm_spend(store.stats("c"))
+    assert (held.in_flight, held.held_usd, held.cost_usd, held.counted_usd) == (2, 0.75, 0, 0.75)
+    answered = dataclasses.replace(
+        call, state=CallState.ANSWERED, cost_usd=0.01, tokens_in=900, tokens_out=100
+    )
+    assert store.settle_call(answered)
+    # Given up as lost by another process once answered: the first settle wins.
+    assert not store.settle_call(dataclasses.replace(call, state=CallState.LOST, cost_usd=0.25))
+    assert store.settle_call(dataclasses.replace(call, id="k2", state=CallState.FAILED))
+    s = llm_spend(store.stats("c"))
+    assert (s.in_flight, s.calls, s.failed_calls, s.tokens_in, s.tokens_out) == (0, 2, 1, 900, 100)
+    assert (s.cost_usd, s.held_usd) == (pytest.approx(0.01), pytest.approx(0.0))
+    assert [(c.id, c.state) for c in store.list_calls("c")] == [
+        ("k1", CallState.ANSWERED),
+        ("k2", CallState.FAILED),
+    ]
+    assert store.list_calls("c", {CallState.IN_FLIGHT}) == []
+    assert store.list_calls("c", {CallState.FAILED})[0].reserved_usd == 0.5
+    assert_aggregates_match_the_records(store)
+
+
+def downgrade_to_v3(store: Store, cands: list[dict[str, object]]) -> None:
+    """Rewrite a store as schema v3 kept LLM spend: no calls, candidates as `cands`."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("DROP TABLE calls")
+            db.execute("DELETE FROM candidates")
+            for c in cands:
+                db.execute(
+                    "INSERT INTO candidates (campaign, id, state, data) VALUES (?, ?, ?, ?)",
+                    ("c", c["id"], c["state"], json.dumps(c)),
+                )
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.delete("farm:c:calls", "farm:c:candidates")
+        for c in cands:
+            client.hset("farm:c:candidates", str(c["id"]), json.dumps(c))
+        client.hset("farm:meta", "schema_version", "3")
+
+
+def test_a_v3_store_s_spend_holds_become_calls_and_its_spend_stays(store: Store) -> None:
+    """v3 held a call in flight as a candidate in state `proposing`, and kept LLM cost on
+    the drafts: upgraded, the hold is a lost call at its worst case, each paid draft a call
+    carrying its cost, and the spend is what v3's ledger summed."""
+    workload(store)
+
+    def v3(cid: int, state: str, *, cost: float = 0.0, reserved: float = 0.0) -> dict[str, object]:
+        c = Candidate(
+            campaign="c",
+            id=cid,
+            base_sha="a" * 40,
+            title=f"v3 row {cid}",
+            hypothesis="",
+            edits=[],
+            files={},
+            edit_hash=f"v3-{cid}",
+            proposer="anthropic",
+            tokens_in=1000 if cost else 0,
+            cost_usd=cost,
+        ).to_dict()
+        del c["call"], c["extra"]
+        return {**c, "state": state, "reserved_usd": reserved}
+
+    rows = [
+        v3(1, "queued", cost=0.01),
+        v3(2, "rejected", cost=0.02),
+        v3(3, "proposing", reserved=0.3),
+    ]
+    url = store.url if isinstance(store, SQLiteStore) else REDIS_URL
+    store.close()
+    downgrade_to_v3(store, rows)
+    upgraded = open_store(url)
+    try:
+        assert schema_version(upgraded) == SCHEMA_VERSION
+        assert [c.id for c in upgraded.list_candidates("c")] == [1, 2]
+        calls = {c.id: c for c in upgraded.list_calls("c")}
+        assert calls["v3-c3"].state is CallState.LOST and calls["v3-c3"].cost_usd == 0.3
+        assert upgraded.get_candidate("c", 1).call == "v3-c1"  # type: ignore[union-attr]
+        spend = llm_spend(upgraded.stats("c"))
+        assert spend.cost_usd == pytest.approx(0.01 + 0.02 + 0.3)
+        assert (spend.in_flight, spend.held_usd) == (0, pytest.approx(0.0))
+        assert upgraded.stats("c").candidates[CandidateState.QUEUED] == 1
         assert_aggregates_match_the_records(upgraded)
     finally:
         upgraded.close()

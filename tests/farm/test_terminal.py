@@ -3,7 +3,9 @@ pseudo-terminal of 80 columns) or plain lines (anything else)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import io
 import json
 import os
 import pty
@@ -13,12 +15,17 @@ import subprocess
 import sys
 import termios
 import threading
+from pathlib import Path
 
 import pytest
 from helpers import TOY_TOML, MakeTarget, RunCampaign
+from rich.text import Text
 
 from farm.cli import main
-from farm.progress import WIDTH, fit
+from farm.progress import WIDTH, fit, snapshot
+from farm.records import CallState, Campaign, Incumbent, ProposerCall
+from farm.store.sqlite import SQLiteStore
+from farm.terminal import LiveView
 
 LONG = (
     "Replace the cosine learning-rate schedule with a warmup-stable-decay schedule whose "
@@ -146,3 +153,25 @@ def _drain(fd: int, into: bytearray) -> None:
         if not chunk:
             return
         into.extend(chunk)
+
+
+def test_the_live_view_shows_llm_spend_calls_and_tokens(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "farm.db")
+    store.create_campaign(
+        Campaign(id="c", target="", start_sha="s0", config={"metric": "loss"}), Incumbent("s0")
+    )
+    call = ProposerCall("c", "k1", "anthropic", "single", reserved_usd=0.3)
+    store.hold_call(call)
+    store.hold_call(dataclasses.replace(call, id="k2"))
+    answered = dataclasses.replace(
+        call, state=CallState.ANSWERED, cost_usd=0.0123, tokens_in=1200, tokens_out=700
+    )
+    store.settle_call(answered)
+    try:
+        view = LiveView(out=io.StringIO(), slots=2, max_candidates=None, every_s=1.0)
+        frame = view.frame(snapshot(store, "c"), busy=0)
+        view.close()
+    finally:
+        store.close()
+    lines = [t.plain for t in frame.renderables if isinstance(t, Text)]
+    assert "LLM $0.0123 in 1 call, 1200 tokens in, 700 out, $0.3 held for 1 in flight" in lines

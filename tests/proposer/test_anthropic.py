@@ -59,7 +59,7 @@ class Book(MemoryBook):
         self.fake = fake
         self.seen_at: list[int] = []
 
-    def record(self, drafts: list[Draft], *, hold: int | None = None) -> list[Verdict]:
+    def record(self, drafts: list[Draft], *, hold: str | None = None) -> list[Verdict]:
         self.seen_at.append(len(self.fake.requests))
         return super().record(drafts, hold=hold)
 
@@ -67,7 +67,8 @@ class Book(MemoryBook):
         return [type(v) for v in self.verdicts]
 
     def reasons(self) -> list[str]:
-        return [v.reason for v in self.verdicts if isinstance(v, Rejected)]
+        """Why drafts were rejected, then why calls that brought none failed."""
+        return [v.reason for v in self.verdicts if isinstance(v, Rejected)] + self.failed
 
 
 def ask(fake: FakeAnthropic, ctx: ProposalContext, n: int, **overrides: Any) -> Book:
@@ -124,7 +125,7 @@ def test_one_draft_is_asked_for_in_the_singular(
 
 def test_temperature_is_sent_when_set(fake_api: FakeAnthropic, ctx: ProposalContext) -> None:
     fake_api.push(drafts_reply(GOOD[:1]))
-    ask(fake_api, ctx, 1, temperature=0.7, max_tokens=999, model="claude-haiku-4-5")
+    ask(fake_api, ctx, 1, temperature=0.7, max_tokens=999, batch_size=1, model="claude-haiku-4-5")
     body = fake_api.requests[0].body
     assert (body["temperature"], body["max_tokens"], body["model"]) == (
         0.7,
@@ -196,9 +197,9 @@ def test_an_answer_without_a_tool_call_is_recorded_and_repaired(
 ) -> None:
     fake_api.push(text_reply("Here are some ideas: raise the LR."), drafts_reply(GOOD[:1]))
     book = ask(fake_api, ctx, 1)
-    assert [d.title for d in book.drafts] == ["(no usable drafts)", "Raise the LR"]
-    assert book.kinds() == [Rejected, Validated]
-    assert "did not call submit_drafts" in book.reasons()[0]
+    assert [d.title for d in book.drafts] == ["Raise the LR"]  # a failed call is no draft
+    assert book.kinds() == [Validated]
+    assert "did not call submit_drafts" in book.failed[0]
     _, repair = fake_api.requests
     messages = repair.body["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
@@ -206,19 +207,20 @@ def test_an_answer_without_a_tool_call_is_recorded_and_repaired(
         {"type": "text", "text": "Here are some ideas: raise the LR."}
     ]
     assert "did not call submit_drafts" in messages[2]["content"]
-    # Each call is paid for by what came of it.
-    assert [d.cost_usd for d in book.drafts] == pytest.approx([ONE_CALL, ONE_CALL])
+    # Each call is paid for: the failed one too.
+    assert [d.cost_usd for d in book.drafts] == pytest.approx([ONE_CALL])
+    assert book.spent_usd == pytest.approx(2 * ONE_CALL)
 
 
-def test_still_no_drafts_after_the_repair_leaves_two_costed_rejections(
+def test_still_no_drafts_after_the_repair_leaves_two_costed_failed_calls(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     fake_api.push(text_reply("I would rather chat."), text_reply("Still chatting."))
     book = ask(fake_api, ctx, 2)
     assert len(fake_api.requests) == 2  # one repair, never more
-    assert book.kinds() == [Rejected, Rejected]
-    assert all(d.tokens_in == 1_000 and d.cost_usd > 0 for d in book.drafts)
-    first, second = book.reasons()
+    assert book.drafts == []
+    assert book.spent_usd == pytest.approx(2 * ONE_CALL)
+    first, second = book.failed
     assert "did not call submit_drafts: 'I would rather chat.'" in first
     assert second.startswith("after a repair request: the answer did not call")
 
@@ -377,18 +379,34 @@ def test_a_refused_key_says_where_the_key_comes_from(
         ask(fake_api, ctx, 1)
 
 
-def test_the_worst_case_of_a_call_bounds_every_prompt_byte_and_max_tokens(
+def test_the_worst_case_of_a_call_bounds_every_prompt_byte_and_its_max_tokens(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
-    proposer = claude(fake_api, max_tokens=2_000)
+    proposer = claude(fake_api, max_tokens=2_000, batch_size=4)
     fake_api.push(drafts_reply(GOOD[:1]))
     proposer.propose_into(ctx, 1, MemoryBook(ctx, max_edit_bytes=20_000))
     body = fake_api.requests[0].body
+    # One draft of a four-draft batch's max_tokens: a quarter, and a quarter of the hold.
+    assert body["max_tokens"] == 500
     sent = {k: body[k] for k in ("system", "tools", "messages")}
     prompt_bytes = len(json.dumps(sent, ensure_ascii=False).encode())
     # Cache writes are the dearest input at Sonnet prices: $3.75 per million.
-    expected = ((prompt_bytes + TOOL_PROMPT_TOKENS) * 3.75 + 2_000 * 15) / 1e6
+    expected = ((prompt_bytes + TOOL_PROMPT_TOKENS) * 3.75 + 500 * 15) / 1e6
     assert proposer.worst_cost(body) == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize(("drafts", "max_tokens"), [(1, 4_000), (2, 8_000), (4, 16_000)])
+def test_a_call_asks_for_the_share_of_max_tokens_its_drafts_need(
+    fake_api: FakeAnthropic, ctx: ProposalContext, drafts: int, max_tokens: int
+) -> None:
+    fake_api.push(drafts_reply(GOOD[:1]))
+    ask(fake_api, ctx, drafts)  # the defaults: max_tokens 16000 fit a batch of 4
+    assert fake_api.requests[0].body["max_tokens"] == max_tokens
+
+
+def test_a_spend_cap_of_zero_is_refused_with_what_to_do(fake_api: FakeAnthropic) -> None:
+    with pytest.raises(ConfigError, match=r"spend_cap_usd = 0: .*above 0.*kind = \"mutate\""):
+        claude(fake_api, spend_cap_usd=0.0)
 
 
 def test_no_call_once_the_ledger_reached_the_spend_cap(
@@ -404,8 +422,8 @@ def test_a_call_that_could_cross_the_cap_is_not_sent(
     fake_api: FakeAnthropic, ctx: ProposalContext
 ) -> None:
     ctx.spent_usd = 0.99
-    with pytest.raises(SpendCapReached, match=r"may cost up to \$0\.2.*over the \$0\.01 left"):
-        ask(fake_api, ctx, 2, spend_cap_usd=1.0)  # max_tokens 16000 alone is $0.24
+    with pytest.raises(SpendCapReached, match=r"may cost up to \$0\.1.*over the \$0\.01 left"):
+        ask(fake_api, ctx, 2, spend_cap_usd=1.0)  # 8000 tokens out alone are $0.12
     assert fake_api.requests == []
 
 

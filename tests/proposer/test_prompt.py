@@ -83,7 +83,7 @@ def test_the_prompt_holds_what_a_researcher_looks_at(ctx: ProposalContext) -> No
         "a superseded winner's measurements": "Measured val_bpb (screening run first): 1.05, "
         "1.08, 1.07, 1.09",
         "a crash's output, quoted": "  | Traceback\n  | CUDA out of memory",
-        "a rejection's reason": 'Why: "edit 1: search text not found"',
+        "a rejection's reason": '- #6 rejected: "idea 6": "edit 1: search text not found"',
         "in-flight work": '- #8 queued: "idea 8"\n- #7 running: "idea 7"',
         "the tally": "2 kept, 1 discarded, 1 superseded, 1 crashed, 1 rejected; 2 in flight",
     }.items():
@@ -108,6 +108,36 @@ def test_words_from_candidates_and_trials_are_quoted_as_data(ctx: ProposalContex
 def test_quoted_output_keeps_its_end(ctx: ProposalContext) -> None:
     block = quote_block("line\n" * 1_000 + "RuntimeError: the end", 200, tail=True)
     assert block.endswith("  | RuntimeError: the end") and len(block) < 400
+
+
+def test_measured_results_come_first_and_stand_in_full_after_many_rejections(
+    ctx: ProposalContext,
+) -> None:
+    ctx.sigma = 0.02
+    ctx.history = [
+        entry(1, "kept", delta=0.1, metric=1.2, sigma=0.02, runs=[1.19, 1.21]),
+        entry(2, "discarded", delta=-0.03, sigma=0.02, runs=[1.23], detail="screen: Δ -0.03"),
+        entry(3, "crashed", outcome="timeout", detail="screening run timed out\nstep 900"),
+        entry(4, "crashed", outcome="crashed", detail="screening run crashed\nTraceback"),
+        *(entry(i, "rejected", detail="edit 1: search text not found") for i in range(5, 38)),
+    ]
+    text = digest(ctx, 6_000)
+    measured = text.index("## Measured results")
+    failed = text.index("## Crashes and timeouts")
+    rejected = text.index("## Rejected drafts (never ran), the latest 6 of 33")
+    assert measured < failed < rejected
+    # Both measured results in full, with their figures, whatever came after them.
+    assert (
+        '### #1 kept: "idea 1"' in text
+        and "Measured val_bpb (screening run first): 1.19, 1.21" in text
+    )
+    assert '### #2 discarded: "idea 2"' in text and 'Why: "screen: Δ -0.03"' in text
+    # A timeout is named so; a crash stays a crash.
+    assert '### #3 timeout: "idea 3"' in text and '### #4 crashed: "idea 4"' in text
+    assert "1 timeout" in text and "1 crashed" in text
+    # The rejected drafts: the newest six, one line each, last.
+    assert '- #37 rejected: "idea 37"' in text and '- #32 rejected: "idea 32"' in text
+    assert '"idea 31"' not in text
 
 
 def test_digest_fits_its_budget_newest_and_most_informative_first(ctx: ProposalContext) -> None:
