@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm import figures
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.merge import keep_threshold, smallest_delta, threshold
@@ -45,6 +46,7 @@ from farm.records import (
 )
 from farm.store import Store
 from farm.store.stats import llm_spend
+from farm.trials import baseline_ids
 from proposer.base import (
     Book,
     LedgerEntry,
@@ -83,11 +85,19 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     detailed |= {c.id for c in cands if c.state is CandidateState.RUNNING}
     detailed |= {d.candidate_id for d in decisions if d.kind is DecisionKind.SUPERSEDED}
     trials = {cid: store.list_trials(campaign_id, candidate_id=cid) for cid in sorted(detailed)}
+    # The incumbents at their values now: a keep's measured value, reverted keeps out.
+    line = {step.candidate_id: step for step in figures.line(store, camp, decisions, inc)}
     history = []
     for c in cands:
         d = decided.get(c.id)
         runs = trials.get(c.id, [])
         detail = d.reason if d else ""
+        status = d.kind.value if d else c.state.value
+        metric = d.metric if d else None
+        if c.state is CandidateState.REVERTED:  # its own runs failed: a failure to learn from
+            status, detail = DecisionKind.CRASHED.value, c.reason
+        elif c.id in line:
+            metric = line[c.id].metric
         failed = [t.result for t in runs if t.result and not t.result.outcome.is_ok()]
         if d is not None and d.kind is DecisionKind.CRASHED and failed and failed[0].output_tail:
             detail += "\n" + failed[0].output_tail
@@ -96,10 +106,10 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
                 candidate_id=c.id,
                 title=c.title,
                 hypothesis=c.hypothesis,
-                status=d.kind.value if d else c.state.value,
+                status=status,
                 edits=c.edits,
                 delta=d.delta if d else None,
-                metric=d.metric if d else None,
+                metric=metric,
                 sigma=d.sigma if d else None,
                 detail=detail,
                 outcome=failed[0].outcome.value if failed else "",
@@ -111,7 +121,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
                 parent=c.parent,
             )
         )
-    sigma = next((d.sigma for d in reversed(decisions) if d.sigma is not None), camp.sigma)
+    sigma = figures.sigma_in_force(camp, store.stats(campaign_id))
     screen_t, keep_t = _thresholds(cfg, sigma, inc)
     # A superseded winner was never judged against the incumbent: the same code, drafted
     # again on it, is worth its run.
@@ -120,7 +130,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     for c in cands:
         if c.files and c.state not in unjudged:
             seen_files.setdefault(files_fingerprint(c.files), c.id)
-    baseline = [store.get_trial(campaign_id, f"base-{i}") for i in range(cfg.merge.repeats)]
+    baseline = [store.get_trial(campaign_id, i) for i in baseline_ids(cfg.merge.repeats)]
     return ProposalContext(
         campaign=campaign_id,
         program=camp.program,
@@ -146,7 +156,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         screen_threshold=screen_t,
         keep_threshold=keep_t,
         confirm=cfg.merge.confirm,
-        lineage=[d.candidate_id for d in decisions if d.kind is DecisionKind.KEPT],
+        lineage=[cid for cid in line if cid is not None],
     )
 
 
