@@ -631,9 +631,8 @@ def test_without_paired_a_screen_has_a_seed_of_its_own(bench: Bench) -> None:
     assert screen.seed == trial_seed(f"default/c{cand}-g0-screen")
 
 
-def test_a_merge_its_own_runs_cannot_measure_is_reverted_and_the_branch_follows(
-    make_target: MakeTarget,
-) -> None:
+def merged_untried(make_target: MakeTarget) -> tuple[Bench, int, int]:
+    """lr kept on the start commit, then mom, which won there too, merged onto lr untried."""
     target = make_target(
         {"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 2\n{FIXED}max_rebases = 0\n"
     )
@@ -643,6 +642,14 @@ def test_a_merge_its_own_runs_cannot_measure_is_reverted_and_the_branch_follows(
     for _ in range(3):  # screens, then both confirmations of both
         bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})
     bench.ctl.step(slots=8)
+    return bench, lr, mom
+
+
+def test_a_merge_its_own_runs_cannot_measure_is_reverted_and_the_branch_follows(
+    make_target: MakeTarget,
+) -> None:
+    bench, lr, mom = merged_untried(make_target)
+    target = bench.target
     merged = bench.store.get_incumbent("default")
     assert merged.candidate_id == mom and merged.estimated
     lr_sha = bench.store.get_decision("default", mom).incumbent_before  # type: ignore[union-attr]
@@ -674,15 +681,8 @@ def test_a_merge_its_own_runs_cannot_measure_is_reverted_and_the_branch_follows(
 
 
 def test_a_revert_killed_between_its_writes_finishes_on_restart(make_target: MakeTarget) -> None:
-    target = make_target(
-        {"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 2\n{FIXED}max_rebases = 0\n"
-    )
-    bench = Bench(target)
-    bench.finish({"base-0": 0.9, "base-1": 1.1})
-    lr, mom = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"))
-    for _ in range(3):
-        bench.finish({f"c{lr}-": 0.5, f"c{mom}-": 0.7})
-    bench.ctl.step(slots=8)
+    bench, lr, mom = merged_untried(make_target)
+    target = bench.target
     merged = bench.store.get_incumbent("default")
     bench.ctl.step(slots=8)
     for t in bench.store.claim_trials("default", worker="test", n=10, lease_s=60):
