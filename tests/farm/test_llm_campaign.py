@@ -544,7 +544,8 @@ def test_llm_figures_equal_a_recount_of_the_ledger_on_both_stores(
         ),
         overloaded(),
         text_reply("Let me think."),
-        drafts_reply([draft("LR 1.9", LR, LR.replace("0.5", "1.9"))]),
+        # An edit c1's keep leaves alone: it applies whenever c1 is kept.
+        drafts_reply([draft("Seed 5", "SEED_OFFSET = 3", "SEED_OFFSET = 5")]),
     )
     target = claude_target(max_retries=0, spend_cap_usd=5)
     done = run_campaign(target, max_candidates=3, store_url=store_url)
@@ -553,7 +554,7 @@ def test_llm_figures_equal_a_recount_of_the_ledger_on_both_stores(
     calls, cands = store.list_calls(c), store.list_candidates(c)
     states = collections.Counter(call.state for call in calls)
     assert states == {CallState.ANSWERED: 2, CallState.FAILED: 2}
-    assert {x.title for x in cands} == {"Raise LR", "Flush output", "Other seed", "LR 1.9"}
+    assert {x.title for x in cands} == {"Raise LR", "Flush output", "Other seed", "Seed 5"}
 
     m = samples(store)
     one = (("campaign", c), ("proposer", "anthropic"))
