@@ -29,6 +29,7 @@ from farm.errors import ConfigError, FarmError
 from farm.store import Store, default_url, open_store
 
 if TYPE_CHECKING:
+    from farm.campaign import RunOptions
     from farm.metrics import RoleMetrics
     from farm.simulate import SimModel
     from proposer.base import Proposer
@@ -266,10 +267,8 @@ def _config(args: argparse.Namespace) -> TargetConfig:
 
 
 def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
-    import ray
-
-    from farm.campaign import RunOptions, init_ray, prepare, repair_refs, run
-    from farm.gitops import Repo
+    from farm.campaign import RunOptions
+    from farm.roles import Driving
 
     opts = RunOptions(
         slots=args.slots,
@@ -281,6 +280,24 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
     proposer = _proposer(args, cfg)
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     _starting_ray(cfg, opts.ray_address)
+    with Driving(store, cfg.campaign, role="farm run"):
+        return _drive(args, cfg, store, opts, proposer, local=local)
+
+
+def _drive(
+    args: argparse.Namespace,
+    cfg: TargetConfig,
+    store: Store,
+    opts: RunOptions,
+    proposer: Proposer,
+    *,
+    local: bool,
+) -> int:
+    import ray
+
+    from farm.campaign import init_ray, prepare, repair_refs, run
+    from farm.gitops import Repo
+
     prepare(args.target, cfg, store, check_command=local)
     if args.repair_refs:
         moved = repair_refs(store, Repo(args.target), cfg.campaign)
@@ -319,15 +336,16 @@ def _serve_role(
     if args.cmd == "control":
         from farm.gitops import Repo
 
-        prepare(args.target, cfg, store, check_command=False)
-        return roles.serve_control(
-            store=store,
-            repo=Repo(args.target),
-            cfg=cfg,
-            slots=args.slots,
-            idle_exit_s=args.idle_exit,
-            out=sys.stdout,
-        )
+        with roles.Driving(store, cfg.campaign, role="farm control"):
+            prepare(args.target, cfg, store, check_command=False)
+            return roles.serve_control(
+                store=store,
+                repo=Repo(args.target),
+                cfg=cfg,
+                slots=args.slots,
+                idle_exit_s=args.idle_exit,
+                out=sys.stdout,
+            )
     if args.cmd == "propose":
         proposer = _proposer(args, cfg)  # a missing key is said now, not after the wait
         roles.wait_for_campaign(store, cfg.campaign, out=sys.stdout, timeout_s=args.wait)

@@ -25,6 +25,10 @@ class StateMoveRefused(StoreError):
     """A record was written in a state it may not move to from the one it is in."""
 
 
+class CampaignTaken(FarmError):
+    """Another process drives the campaign (`farm run` or `farm control`)."""
+
+
 class ResourceError(FarmError):
     """No node of the cluster can ever satisfy a trial's resource request."""
 

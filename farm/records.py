@@ -395,6 +395,16 @@ class Decision:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class DriverLease:
+    """Who drives a campaign (`farm run` or `farm control`): one process at a time, by a
+    lease it renews; a holder that dies lets it lapse at `expires`."""
+
+    holder: str
+    since: float  # when this holder took it
+    expires: float
+
+
 @dataclass
 class Incumbent:
     """The campaign's current best commit. Moved only by compare-and-set on `sha`."""

@@ -10,13 +10,18 @@ Any of them can be killed and restarted: all state is in the store.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
+import threading
 import time
 from typing import TextIO
 
 from farm.config import TargetConfig
 from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox
-from farm.errors import FarmError
+from farm.errors import CampaignTaken, FarmError
 from farm.gitops import Repo
 from farm.metrics import RoleMetrics
 from farm.progress import decision_text, note_text, plural
@@ -25,7 +30,59 @@ from farm.records import CandidateState, TrialState
 from farm.store import Store
 from proposer.base import Proposer
 
+log = logging.getLogger(__name__)
+
 POLL_S = 0.5
+LEASE_S = 30.0  # a driver's lease: renewed every third of it, lapsed this long after a death
+
+
+class Driving:
+    """This process drives the campaign: it holds the campaign's driver lease (renewed in a
+    thread) while it is inside the `with`, and a second `farm run` or `farm control` on the
+    same campaign is refused with who holds it."""
+
+    def __init__(self, store: Store, campaign: str, *, role: str) -> None:
+        self.store, self.campaign = store, campaign
+        self.holder = f"{role} (pid {os.getpid()} on {socket.gethostname()})"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="farm-lease", daemon=True)
+
+    def __enter__(self) -> Driving:
+        lease = self.store.take_lease(
+            self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
+        )
+        if lease.holder != self.holder and _died_here(lease.holder):
+            self.store.drop_lease(self.campaign, holder=lease.holder)
+            lease = self.store.take_lease(
+                self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
+            )
+        if lease.holder != self.holder:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.since))
+            raise CampaignTaken(
+                f"campaign {self.campaign!r} is driven by {lease.holder} since {since}: stop "
+                f"it first; if it died, its lease lapses within {LEASE_S:g} s of its last "
+                "renewal and this command then takes over"
+            )
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_S / 3):
+            try:
+                self.store.take_lease(
+                    self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
+                )
+            except FarmError as e:  # the store is down: the next renewal tries again
+                log.warning("renewing the driver lease of %s: %s", self.campaign, e)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self.store.drop_lease(self.campaign, holder=self.holder)
+        except FarmError as e:  # it lapses by itself
+            log.warning("dropping the driver lease of %s: %s", self.campaign, e)
 
 
 def wait_for_campaign(store: Store, campaign: str, *, out: TextIO, timeout_s: float) -> None:
@@ -61,6 +118,21 @@ class _IdleClock:
             return False
         self.since = self.since or time.time()
         return time.time() - self.since >= self.limit_s
+
+
+def _died_here(holder: str) -> bool:
+    """Whether a lease's holder was a process of this machine that is gone: its lease need
+    not lapse first (a driver killed and started again at once)."""
+    found = re.fullmatch(r".* \(pid (\d+) on (.+)\)", holder)
+    if found is None or found[2] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def serve_control(

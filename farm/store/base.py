@@ -16,6 +16,8 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
 - `record_decision` is idempotent by candidate: one decision per candidate. A keep that
   would make the incumbents' lineage loop (its new incumbent the one it replaced, or any
   before that) is refused.
+- One driver per campaign: `take_lease` is a compare-and-set on the campaign's driver
+  lease, which its holder renews and a dead holder lets lapse.
 - `cas_incumbent` is a compare-and-set on the incumbent's sha: two controllers can never
   both move it from the same commit.
 - `enqueue_trial` is idempotent by trial id, so a controller that crashed mid-step can
@@ -53,6 +55,7 @@ from farm.records import (
     CandidateState,
     Decision,
     DecisionKind,
+    DriverLease,
     Incumbent,
     ProposerCall,
     Trial,
@@ -245,6 +248,17 @@ class Store(abc.ABC):
                 )
             seen.add(sha)
             sha = parent.get(sha, "")
+
+    # -- the driver ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def take_lease(self, campaign_id: str, *, holder: str, ttl_s: float, now: float) -> DriverLease:
+        """Take the campaign's driver lease for `holder`, or renew it if theirs, until
+        `now + ttl_s`; a lease another holder let lapse is taken over. Returns the lease as
+        it stands after the call: someone else's while they hold it (nothing changed)."""
+
+    @abc.abstractmethod
+    def drop_lease(self, campaign_id: str, *, holder: str) -> None:
+        """Give the lease up, if `holder` holds it."""
 
     @abc.abstractmethod
     def record_decision(self, decision: Decision) -> bool:

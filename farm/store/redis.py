@@ -30,6 +30,7 @@ Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
     farm:<c>:decisions:<kind>         list     candidate ids of one decision kind, in order
     farm:<c>:stats                    hash     aggregates: field -> number (no trial states)
     farm:<c>:calls                    hash     call id -> ProposerCall JSON (schema v4)
+    farm:<c>:lease                    hash     the driver lease: holder, since, expires
     farm:upgrade                      string   held while a process upgrades the schema
 
 A trial is in exactly one of queue / running / dead, or none once it has a result, so
@@ -59,6 +60,7 @@ from farm.records import (
     CandidateState,
     Decision,
     DecisionKind,
+    DriverLease,
     Incumbent,
     ProposerCall,
     Trial,
@@ -116,6 +118,7 @@ class _Keys:
         self.decision_order = p + "decision_order"
         self.stats = p + "stats"
         self.calls = p + "calls"
+        self.lease = p + "lease"
         self._candidate_trials = p + "candidate_trials:"
         self._decisions_of = p + "decisions:"
 
@@ -194,6 +197,8 @@ class RedisStore(Store):
         self._reap = reg(lua.REAP)
         self._record_result = reg(lua.RECORD_RESULT)
         self._record_decision = reg(lua.RECORD_DECISION)
+        self._take_lease = reg(lua.TAKE_LEASE)
+        self._drop_lease = reg(lua.DROP_LEASE)
         self._bounds: dict[str, list[float]] = {}
         self._check_schema()
 
@@ -629,6 +634,16 @@ class RedisStore(Store):
         return CampaignStats.parse({k: float(v) for k, v in fields.items()}, trials=states)
 
     # -- decisions ------------------------------------------------------------------------
+    def take_lease(self, campaign_id: str, *, holder: str, ttl_s: float, now: float) -> DriverLease:
+        key = _Keys(campaign_id).lease
+        got = self._call(lambda: self._take_lease(keys=[key], args=[holder, ttl_s, repr(now)]))
+        who, since, expires = (v.decode() if isinstance(v, bytes) else v for v in got)
+        return DriverLease(who, float(since), float(expires))
+
+    def drop_lease(self, campaign_id: str, *, holder: str) -> None:
+        key = _Keys(campaign_id).lease
+        self._call(lambda: self._drop_lease(keys=[key], args=[holder]))
+
     def record_decision(self, decision: Decision) -> bool:
         self.refuse_cycle(decision)
         keys = _Keys(decision.campaign)

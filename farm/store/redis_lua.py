@@ -233,3 +233,21 @@ upkeep(KEYS[4], ARGV[3])
 return 1
 """
 )
+
+# KEYS: the campaign's lease. ARGV: holder, ttl seconds, now. Returns the lease as it
+# stands after: {holder, since, expires} (someone else's while they hold it).
+TAKE_LEASE = """
+local held = redis.call('HMGET', KEYS[1], 'holder', 'since', 'expires')
+local now = tonumber(ARGV[3])
+if held[1] and held[1] ~= ARGV[1] and tonumber(held[3]) > now then return held end
+local since = (held[1] == ARGV[1]) and held[2] or ARGV[3]
+local expires = tostring(now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'since', since, 'expires', expires)
+return {ARGV[1], since, expires}
+"""
+
+# KEYS: the campaign's lease. ARGV: holder.
+DROP_LEASE = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""

@@ -26,6 +26,7 @@ from farm.records import (
     CandidateState,
     Decision,
     DecisionKind,
+    DriverLease,
     Incumbent,
     ProposerCall,
     Trial,
@@ -77,6 +78,8 @@ CREATE INDEX decisions_seq ON decisions (campaign, seq);
 _SCHEMA_V4 = """
 CREATE TABLE IF NOT EXISTS calls (campaign TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
     state TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (campaign, id));
+CREATE TABLE IF NOT EXISTS leases (campaign TEXT PRIMARY KEY, holder TEXT NOT NULL,
+    since REAL NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -598,6 +601,27 @@ class SQLiteStore(Store):
         return [self._trial(r) for r in reversed(rows)]
 
     # -- decisions ------------------------------------------------------------------------
+    def take_lease(self, campaign_id: str, *, holder: str, ttl_s: float, now: float) -> DriverLease:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT holder, since, expires FROM leases WHERE campaign = ?", (campaign_id,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[2] > now:
+                return DriverLease(*row)
+            since = row[1] if row is not None and row[0] == holder else now
+            db.execute(
+                "INSERT OR REPLACE INTO leases (campaign, holder, since, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (campaign_id, holder, since, now + ttl_s),
+            )
+            return DriverLease(holder, since, now + ttl_s)
+
+    def drop_lease(self, campaign_id: str, *, holder: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM leases WHERE campaign = ? AND holder = ?", (campaign_id, holder)
+            )
+
     def record_decision(self, decision: Decision) -> bool:
         self.refuse_cycle(decision)
         with self._tx() as db:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import pytest
 from helpers import MakeTarget, farm
 
 from farm.config import MergeConfig, load_config
+from farm.errors import CampaignTaken
 
 
 def test_init_writes_a_config_that_loads_for_an_autoresearch_repo(
@@ -79,3 +81,49 @@ def test_status_of_an_unknown_campaign_lists_the_known_ones(
     code, out = farm(capsys, "status", str(target), "--campaign", "nope")
     assert code == 2
     assert "no campaign 'nope'" in out
+
+
+@pytest.mark.parametrize("cmd", [["run", "--max-candidates", "1"], ["control"]])
+def test_a_second_driver_of_a_campaign_is_refused_with_who_holds_it(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str], cmd: list[str]
+) -> None:
+    import time
+
+    from farm.store import default_url, open_store
+
+    target = make_target()
+    store = open_store(default_url(target))
+    holder = "farm run (pid 4242 on gpu-node-7)"
+    store.take_lease("default", holder=holder, ttl_s=30, now=time.time())
+    code, out = farm(capsys, cmd[0], str(target), *cmd[1:])
+    assert code == 2
+    said = " ".join(out.split())
+    assert f"campaign 'default' is driven by {holder} since" in said
+    assert "its lease lapses within 30 s" in said
+    assert store.get_campaign("default") is None  # refused before anything was written
+    assert store.take_lease("default", holder=holder, ttl_s=30, now=time.time()).holder == holder
+
+
+def test_a_driver_that_died_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    from farm.roles import Driving
+    from farm.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
+    child = subprocess.Popen(["true"])
+    child.wait()  # gone, and reaped
+    dead = f"farm run (pid {child.pid} on {socket.gethostname()})"
+    store.take_lease("default", holder=dead, ttl_s=30, now=time.time())
+    with Driving(store, "default", role="farm control") as driving:
+        now = store.take_lease("default", holder="someone", ttl_s=30, now=time.time())
+        assert now.holder == driving.holder != dead
+    # Gone with the `with`: the next driver needs no wait.
+    assert store.take_lease("default", holder="next", ttl_s=30, now=time.time()).holder == "next"
+    # A holder alive on this machine (this very process) is not taken over.
+    alive = f"farm run (pid {os.getpid()} on {socket.gethostname()})"
+    store.take_lease("other", holder=alive, ttl_s=30, now=time.time())
+    with pytest.raises(CampaignTaken):
+        Driving(store, "other", role="farm control").__enter__()

@@ -728,3 +728,22 @@ def test_a_v3_store_s_spend_holds_become_calls_and_its_spend_stays(store: Store)
         assert_aggregates_match_the_records(upgraded)
     finally:
         upgraded.close()
+
+
+def test_one_driver_holds_a_campaign_until_it_drops_or_lets_its_lease_lapse(
+    store: Store,
+) -> None:
+    first = store.take_lease("c", holder="run A", ttl_s=30, now=1000.0)
+    assert first.holder == "run A" and first.since == 1000.0 and first.expires == 1030.0
+    # Another driver is refused: the lease it gets back is the holder's, unchanged.
+    assert store.take_lease("c", holder="control B", ttl_s=30, now=1010.0) == first
+    renewed = store.take_lease("c", holder="run A", ttl_s=30, now=1020.0)
+    assert renewed.since == 1000.0 and renewed.expires == 1050.0
+    store.drop_lease("c", holder="control B")  # not B's to drop
+    assert store.take_lease("c", holder="control B", ttl_s=30, now=1049.0).holder == "run A"
+    # A holder that died lets it lapse; the next driver takes over from then.
+    taken = store.take_lease("c", holder="control B", ttl_s=30, now=1051.0)
+    assert taken.holder == "control B" and taken.since == 1051.0
+    store.drop_lease("c", holder="control B")
+    assert store.take_lease("c", holder="run C", ttl_s=30, now=1052.0).holder == "run C"
+    assert store.take_lease("other", holder="run D", ttl_s=30, now=1052.0).holder == "run D"
