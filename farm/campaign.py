@@ -23,7 +23,7 @@ import ray
 from farm.config import CONFIG_NAME, TargetConfig, stored_config
 from farm.controller import Controller
 from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
-from farm.errors import ConfigError, ProposerError, TargetError
+from farm.errors import ConfigError, FarmError, ProposerError, TargetError
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import WIDTH, failure_label, fit, plural, snapshot
@@ -168,7 +168,15 @@ def init_ray(cfg: TargetConfig, opts: RunOptions, *, out: TextIO | None = None) 
         print(f"farm: kept from Ray and every trial: {', '.join(gone)}", file=out, flush=True)
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            token = "" if os.environ.get("RAY_AUTH_TOKEN") else " (RAY_AUTH_TOKEN is not set)"
+            raise FarmError(
+                f"cannot connect to the Ray cluster at {address}: {e}; check the address, and "
+                "on a cluster with token authentication set RAY_AUTH_MODE=token and "
+                f"RAY_AUTH_TOKEN{token} (docs/gpu-cluster.md, Token authentication)"
+            ) from None
         return True
     # Local mode: a Ray instance sized to the slots asked for, and no more.
     slots = opts.slots or cfg.resources.slots or (os.cpu_count() or 1)
