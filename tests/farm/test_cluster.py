@@ -204,8 +204,13 @@ def test_roles_as_processes_survive_a_dispatcher_killed_mid_trial(
     for p in [*controls, works[1], propose]:
         out, _ = p.communicate(timeout=240)
         outputs.append(out)
-        assert p.returncode == 0, out
     victim.wait()
+    # One driver per campaign: the second controller was refused, naming the first.
+    codes = sorted(p.returncode for p in controls)
+    assert codes == [0, 2], outputs[:2]
+    refused = outputs[[p.returncode for p in controls].index(2)]
+    assert "is driven by farm control (pid" in " ".join(refused.split())
+    assert all(p.returncode == 0 for p in (works[1], propose)), outputs[2:]
 
     trials = roles_store.list_trials("default")
     assert all(t.state is TrialState.DONE and t.result is not None for t in trials), outputs
@@ -216,7 +221,7 @@ def test_roles_as_processes_survive_a_dispatcher_killed_mid_trial(
     assert len(cands) == 5 and all(c.state.is_finished() for c in cands)
     decisions = roles_store.list_decisions("default")
     assert collections.Counter(d.candidate_id for d in decisions) == {c.id: 1 for c in cands}
-    # Two controllers, one incumbent history: every keep moved it from the one before.
+    # One incumbent history: every keep moved it from the one before.
     kept = [d for d in decisions if d.kind.value == "kept"]
     assert [d.incumbent_before for d in kept[1:]] == [d.incumbent_after for d in kept[:-1]]
     inc = roles_store.get_incumbent("default")
