@@ -235,6 +235,13 @@ class TargetConfig:
     # not claimed by code the candidate wrote).
     evaluate: str = ""
     evaluate_budget_s: float = 0.0  # 0: budget_s
+    # What training leaves for `evaluate` (fnmatch patterns; a directory keeps what is under
+    # it): everything else it wrote is removed first, and a declared file that loads as code
+    # (a pickle calling more than a tensor state dict needs) makes the trial `tampered`.
+    artifacts: list[str] = field(default_factory=list)
+    # The evaluator loads artifacts with safe loaders only (safetensors, torch.load with
+    # weights_only=True, numpy without pickle): farm need not refuse pickles.
+    artifacts_safe_load: bool = False
     bounds: list[float] = field(default_factory=list)  # [lo, hi]: a metric outside is invalid
     program: str = "program.md"  # instructions for the proposer
     seed_env: str = "FARM_SEED"  # the trial's seed reaches training through this variable
@@ -386,6 +393,11 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("budget_s", "budget_s must be > 0 seconds, evaluate_budget_s >= 0")
     if cfg.evaluate_budget_s and not cfg.evaluate.strip():
         fail("evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
+    if cfg.artifacts and not cfg.evaluate.strip():
+        fail("artifacts", "set `evaluate` too, the command that reads them")
+    for pattern in cfg.artifacts:
+        if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            fail("artifacts", f"{pattern!r} must be a relative path or pattern inside the repo")
     if cfg.bounds and not (len(cfg.bounds) == 2 and cfg.bounds[0] < cfg.bounds[1]):
         fail("bounds", f"{cfg.bounds}: give [lowest, highest] plausible values, lowest first")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.campaign):

@@ -25,9 +25,12 @@ from farm.store import Store
 # The hostile target: train.py writes a model, the protected evaluate.py measures it.
 TRAIN = """\
 import os
+import pickle
 import random
 
 LR = 0.5  # the loss is lowest at LR = 2
+with open("model.pkl", "wb") as f:
+    pickle.dump({"lr": LR}, f)  # an honest artifact: plain data
 # ATTACK
 rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
 with open("model.txt", "w") as f:
@@ -36,14 +39,27 @@ print("trained")
 """
 EVALUATE = """\
 # PROTECTED: measures what training left.
+import pickle
+
+import scoring  # a committed helper: neither editable nor protected (farm init's default)
+
+with open("model.pkl", "rb") as f:
+    meta = pickle.load(f)  # an unsafe loader: the artifact check stands in front of it
 with open("model.txt") as f:
-    print(f"loss: {float(f.read()):.6f}")
+    loss = float(f.read())
+with open("offset.txt") as f:  # committed data
+    offset = float(f.read())
+print(f"loss: {scoring.finish(loss) + offset:.6f}")
 """
+# Committed beside the evaluator, and neither editable nor protected.
+SCORING = "def finish(loss):\n    return loss\n"
+OFFSET = "0\n"
 TOML = """\
 editable = ["train.py"]
 protected = ["evaluate.py"]
 command = "python3 train.py"
 evaluate = "python3 evaluate.py"
+artifacts = ["model.txt", "model.pkl"]
 metric = "loss"
 budget_s = 30
 bounds = [0, 100]
@@ -343,6 +359,23 @@ print("SNOOPED" if os.path.exists({str(s.decoy / "secret.txt")!r}) else "no othe
 """
 
 
+def _pickled(call: str, protocol: int) -> str:
+    """Training leaves a model.pkl that, unpickled, prints a forged loss and ends the
+    evaluator before it prints its own."""
+    return f"""
+import pickle
+class Forged:
+    def __reduce__(self):
+        return {call}, ("print('loss: 0.0001', flush=True) or __import__('os')._exit(0)",)
+with open("model.pkl", "wb") as f:
+    pickle.dump(Forged(), f, protocol={protocol})
+"""
+
+
+def _refused_pickle(r: Ran, attack: str) -> bool:
+    return r.outcomes(attack) == {Outcome.TAMPERED} and not _forged(r, attack)
+
+
 ATTACKS = [
     Attack("environ", _environ, lambda r: "LEAKED" in r.tail("environ")),
     Attack("store", _store, _stores_written),
@@ -375,6 +408,26 @@ ATTACKS = [
         "planted-code",
         lambda s: 'open("json.py", "w").write("print(\\"loss: 0.0001\\")")',
         lambda r: r.outcomes("planted-code") != {Outcome.TAMPERED} or _forged(r, "planted-code"),
+    ),
+    Attack(
+        "helper-module",
+        lambda s: 'open("scoring.py", "w").write("def finish(loss):\\n    return 0.0001\\n")',
+        lambda r: _forged(r, "helper-module"),
+    ),
+    Attack(
+        "data-file",
+        lambda s: 'open("offset.txt", "w").write("-2.2")',
+        lambda r: _forged(r, "data-file"),
+    ),
+    Attack(
+        "pickle-exec",  # protocol 2, as torch.save writes: a GLOBAL opcode
+        lambda s: _pickled("exec", 2),
+        lambda r: not _refused_pickle(r, "pickle-exec"),
+    ),
+    Attack(
+        "pickle-eval",  # protocol 5: the callable's name comes from the stack (STACK_GLOBAL)
+        lambda s: _pickled("eval", 5),
+        lambda r: not _refused_pickle(r, "pickle-eval"),
     ),
     Attack(
         "title",

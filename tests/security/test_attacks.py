@@ -15,11 +15,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from attacks import ATTACKS, BASIC_GAPS, EVALUATE, NOT_IN_BASIC, TOML, TRAIN, Ran, Scene, cleanup
+from attacks import (
+    ATTACKS,
+    BASIC_GAPS,
+    EVALUATE,
+    NOT_IN_BASIC,
+    OFFSET,
+    SCORING,
+    TOML,
+    TRAIN,
+    Ran,
+    Scene,
+    cleanup,
+)
 from helpers import SECRET, git, run_to_end
 
 from farm.gitops import best_branch
-from farm.records import CandidateState
+from farm.records import CandidateState, Outcome
 from farm.store import open_store
 from farm.text import clean_line
 from workers.isolation import resolve
@@ -49,6 +61,8 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
     files = {
         "train.py": TRAIN,
         "evaluate.py": EVALUATE,
+        "scoring.py": SCORING,
+        "offset.txt": OFFSET,
         "farm.toml": TOML.format(isolation=isolation),
     }
     for name, text in files.items():
@@ -135,6 +149,15 @@ def test_the_store_and_ledger_say_what_each_attack_got(strict: Ran) -> None:
         assert "outside bounds [0, 100]" in strict.tail("extreme-metric")
         assert "the run left code beside the evaluator: json.py" in strict.tail("planted-code")
         assert "Read-only file system" in strict.tail("tamper")
+        for attack in ("pickle-exec", "pickle-eval"):
+            assert "farm: artifact model.pkl is serialised code: a pickle that calls" in (
+                strict.tail(attack)
+            )
+        assert "exec when loaded" in strict.tail("pickle-exec")
+        assert "builtins.eval when loaded" in strict.tail("pickle-eval")
+        # What training rewrote of the commit is gone; the evaluator measured the honest loss.
+        for attack in ("helper-module", "data-file"):
+            assert strict.outcomes(attack) == {Outcome.OK}
         assert store.get_decision("default", strict.candidate("memory").id) is not None
     finally:
         store.close()
