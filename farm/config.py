@@ -242,6 +242,9 @@ class TargetConfig:
     # The evaluator loads artifacts with safe loaders only (safetensors, torch.load with
     # weights_only=True, numpy without pickle): farm need not refuse pickles.
     artifacts_safe_load: bool = False
+    # The evaluation protocol where it sits in an editable file (names, dotted paths such as
+    # "Config.n_folds", fnmatch patterns such as "EVAL_*"): a draft that changes one is rejected.
+    frozen: list[str] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)  # [lo, hi]: a metric outside is invalid
     program: str = "program.md"  # instructions for the proposer
     seed_env: str = "FARM_SEED"  # the trial's seed reaches training through this variable
@@ -395,6 +398,9 @@ def _check(cfg: TargetConfig, source: str) -> None:
         fail("evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
     if cfg.artifacts and not cfg.evaluate.strip():
         fail("artifacts", "set `evaluate` too, the command that reads them")
+    for name in cfg.frozen:
+        if not re.fullmatch(r"[\w.*?\[\]!-]+", name):
+            fail("frozen", f"{name!r}: give a name, a dotted path or a pattern (EVAL_*)")
     for pattern in cfg.artifacts:
         if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             fail("artifacts", f"{pattern!r} must be a relative path or pattern inside the repo")
