@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import textwrap
 from collections.abc import Callable
@@ -71,6 +72,7 @@ confirm = 1
 [sandbox]
 isolation = "{isolation}"
 memory_mb = 400
+env = {{ PATH = "{path}" }}  # with a tool's bin directory in the home, as users have
 
 [proposer]
 kind = "replay"
@@ -90,6 +92,7 @@ class Scene:
     word: str  # unique to this run: marker files, tables, keys and processes carry it
     secret: str  # in the environment of the driver and of Ray's workers
     key_file_secret: str  # in an untracked file of the user's working tree
+    secret_in_file: str  # in host files a trial must not read (etc_secret, the tool's)
     redis_url: str
     redis_db: int
     driver_pid: int = field(default_factory=os.getpid)
@@ -102,6 +105,16 @@ class Scene:
             Path("/dev/shm") / f"farm-attack-{self.word}",
             self.target / f"farm-attack-{self.word}",
         ]
+
+    @property
+    def tool(self) -> Path:
+        """A tool installed in the home, its bin on the trials' PATH, its credentials beside."""
+        return Path.home() / f".farm-tool-{self.word}"
+
+    @property
+    def etc_secret(self) -> Path:
+        """A service's configuration with a password, readable by root alone."""
+        return Path("/etc") / f"farm-attack-{self.word}.conf"
 
     @property
     def hook_mark(self) -> Path:
@@ -352,6 +365,22 @@ def _inherited_fds(tail: str) -> bool:
     return int(line.split()[1]) > 3
 
 
+def _read_files(*paths: object) -> str:
+    return f"""
+for path in {[str(p) for p in paths]!r}:
+    try:
+        with open(path) as f:
+            print("READ", path, f.read()[:300])
+    except OSError as e:
+        print("refused", path, e)
+"""
+
+
+def _shadow_read(tail: str) -> bool:
+    first = Path("/etc/shadow").read_text().splitlines()[0]
+    return first in tail
+
+
 def _tmp_snoop(s: Scene) -> str:
     return f"""
 import os
@@ -459,6 +488,18 @@ ATTACKS = [
         lambda r: r.scene.key_file_secret in r.tail("key-file"),
     ),
     Attack(
+        "etc-files",  # the output tail leaves the host: what a trial reads, it can send
+        lambda s: _read_files("/etc/shadow", s.etc_secret),
+        lambda r: (
+            r.scene.secret_in_file in r.tail("etc-files") or _shadow_read(r.tail("etc-files"))
+        ),
+    ),
+    Attack(
+        "home-prefix",
+        lambda s: _read_files(s.tool / "credentials.toml", s.tool / "share" / "token"),
+        lambda r: r.scene.secret_in_file in r.tail("home-prefix"),
+    ),
+    Attack(
         "fds",
         lambda s: 'print("FDS", max(int(f) for f in os.listdir("/proc/self/fd")))',
         lambda r: _inherited_fds(r.tail("fds")),
@@ -478,14 +519,26 @@ BASIC_GAPS = {
     "driver",  # processes
     "other-trials",  # filesystem
     "key-file",  # filesystem
+    "etc-files",  # filesystem
+    "home-prefix",  # filesystem
 }
 # Left out of the basic run: it works there and stops the campaign (a test of its own).
 NOT_IN_BASIC = {"update-ref"}
 
 
+def plant_file_secrets(scene: Scene) -> None:
+    scene.etc_secret.write_text(f"password = {scene.secret_in_file}\n")
+    scene.etc_secret.chmod(0o600)
+    (scene.tool / "bin").mkdir(parents=True)
+    (scene.tool / "share").mkdir()
+    for path in (scene.tool / "credentials.toml", scene.tool / "share" / "token"):
+        path.write_text(f'token = "{scene.secret_in_file}"\n')
+
+
 def cleanup(scene: Scene) -> None:
-    for path in [*scene.marks, scene.hook_mark]:
+    for path in [*scene.marks, scene.hook_mark, scene.etc_secret]:
         path.unlink(missing_ok=True)
+    shutil.rmtree(scene.tool, ignore_errors=True)
     for pid in survivors(scene.word):
         with contextlib.suppress(OSError):
             os.kill(pid, 9)

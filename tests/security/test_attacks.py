@@ -27,6 +27,7 @@ from attacks import (
     Ran,
     Scene,
     cleanup,
+    plant_file_secrets,
 )
 from helpers import SECRET, git, run_to_end
 
@@ -55,6 +56,7 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
         word=scene_word,
         secret=SECRET,
         key_file_secret=f"sk-ant-file-{scene_word}",
+        secret_in_file=f"host-secret-{scene_word}",
         redis_url=redis_url,
         redis_db=int(redis_url.rsplit("/", 1)[1]),
     )
@@ -63,7 +65,9 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
         "evaluate.py": EVALUATE,
         "scoring.py": SCORING,
         "offset.txt": OFFSET,
-        "farm.toml": TOML.format(isolation=isolation),
+        "farm.toml": TOML.format(
+            isolation=isolation, path=f"{os.environ['PATH']}:{scene.tool / 'bin'}"
+        ),
     }
     for name, text in files.items():
         (target / name).write_text(text)
@@ -76,6 +80,7 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
     (target / "drafts.jsonl").write_text(
         "".join(a.draft(scene) + "\n" for a in ATTACKS if a.name in attacks)
     )
+    plant_file_secrets(scene)
     scene.decoy.mkdir()
     (scene.decoy / "secret.txt").write_text("another trial's files")
     try:

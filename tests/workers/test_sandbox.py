@@ -323,10 +323,21 @@ def test_strict_shows_only_the_workdir_the_system_and_empty_temp_and_home(tmp_pa
     home = Path.home()
     assert seen["home"] == mount_points(home, runtime)
     system = {p.strip("/") for p in isolation.SYSTEM_PATHS}
-    shown = {"proc", "dev", "sys", "tmp", home.parts[1], *(p.parts[1] for p in runtime)}
+    shown = {"proc", "dev", "sys", "tmp", "etc", home.parts[1], *(p.parts[1] for p in runtime)}
     assert seen["root"] <= system | shown
     assert {"No", "such", "file"} <= seen["beside"]
     assert seen["write"] == {"x"}
+
+
+def test_strict_shows_of_etc_only_what_interpreters_read(tmp_path: Path) -> None:
+    files = ["/etc/shadow", "/etc/gshadow", "/etc/pip.conf", "/etc/redis/redis.conf"]
+    script = (
+        f"ls -A /etc; for f in {' '.join(files)}; do cat $f >/dev/null 2>&1 && echo READ $f; done"
+    )
+    out = strict_in(tmp_path, script + "; python3 -c 'import ssl, json; print(\"ok\")'")
+    lines = out.output_tail.split()
+    assert set(lines[:-1]) <= set(isolation.SYSTEM_ETC) and "passwd" in lines
+    assert "READ" not in lines and lines[-1] == "ok"
 
 
 def test_strict_cannot_write_protected_files_nor_rename_their_directory(tmp_path: Path) -> None:
@@ -376,12 +387,18 @@ def test_runtime_paths_find_interpreters_but_never_home_temp_or_denied_paths(
     (venv / "bin").mkdir(parents=True)
     base = tmp_path / "base" / "bin"
     base.mkdir(parents=True)
+    (base.parent / "lib" / "python3.11").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text(f"home = {base}\n")
+    tool = tmp_path / "tool" / "bin"  # a tool's prefix, beside its credentials
+    tool.mkdir(parents=True)
     secret = tmp_path / "store"
     secret.mkdir()
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:{Path.home()}/bin", "PYTHONPATH": str(tmp_path)}
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:{tool}:{Path.home()}/bin", "PYTHONPATH": str(tmp_path)}
     found = isolation.runtime_paths(env, f"{venv}/bin/python x.py", deny=[str(secret)])
-    assert str(venv) in found and str(base.parent) in found
+    # A venv by what it holds; of a Python prefix its bin and lib; of anything else the
+    # directory on PATH alone.
+    assert {str(venv), str(base), str(base.parent / "lib"), str(tool)} <= set(found)
+    assert str(base.parent) not in found and str(tool.parent) not in found
     assert "/usr/bin" not in found  # a system directory: bound already
     assert str(tmp_path) not in found  # would show the denied store
     assert not any(p in ("/", str(Path.home()), "/tmp") for p in found)
