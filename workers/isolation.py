@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from farm.errors import FarmError
+from workers.limits import cgroups_available
 
 ISOLATION_SETTINGS = ("auto", "strict", "basic")
 NETWORK_MODES = ("isolated", "host", "auto")
@@ -78,6 +79,7 @@ class Guarantee(enum.StrEnum):
     PROTECTED = "protected"
     PRIVILEGES = "privileges"
     MEMORY = "memory"
+    LIMITS = "limits"
     GIT = "git"
     SCORE = "score"
 
@@ -97,6 +99,8 @@ _MEANINGS = {
     Guarantee.PROTECTED: "protected files are read-only while it runs, not only hash-checked",
     Guarantee.PRIVILEGES: "no capabilities and no new user namespaces",
     Guarantee.MEMORY: "a resident-memory limit; a trial over it is killed and recorded crashed",
+    Guarantee.LIMITS: "memory (files in tmpfs and shared memory included) and processes "
+    "counted by the kernel in a control group; a trial over them is killed and recorded crashed",
     Guarantee.GIT: "gets a plain directory (no .git); farm's git never runs hooks",
     Guarantee.SCORE: "the metric is measured by the protected `evaluate` command in a fresh, "
     "read-only sandbox, not claimed by code the candidate wrote",
@@ -111,6 +115,7 @@ class Policy:
     network_isolated: bool
     launcher: str  # "bubblewrap 0.8.0", "unshare" or "process group"
     fallback: str = ""  # why strict is not in force, when "auto" fell back to basic
+    kernel_limits: bool = False  # a control group per command can be made on this node
 
     def guarantees(self, *, evaluate: bool) -> dict[Guarantee, bool]:
         strict = self.isolation is Isolation.STRICT
@@ -127,6 +132,7 @@ class Policy:
             Guarantee.PROTECTED: strict,
             Guarantee.PRIVILEGES: strict,
             Guarantee.MEMORY: True,
+            Guarantee.LIMITS: self.kernel_limits,
             Guarantee.GIT: True,
             Guarantee.SCORE: strict and evaluate,
         }
@@ -152,6 +158,7 @@ class Policy:
             "network_isolated": self.network_isolated,
             "launcher": self.launcher,
             "fallback": self.fallback,
+            "kernel_limits": self.kernel_limits,
         }
 
     @classmethod
@@ -172,7 +179,12 @@ def resolve(isolation: str, network: str) -> Policy:
     if isolation != "basic":
         version, problem = bwrap_probe()
         if not problem:
-            return Policy(Isolation.STRICT, network != "host", f"bubblewrap {version}")
+            return Policy(
+                Isolation.STRICT,
+                network != "host",
+                f"bubblewrap {version}",
+                kernel_limits=cgroups_available(),
+            )
         if isolation == "strict":
             raise SandboxError(
                 f'[sandbox] isolation = "strict", but bubblewrap cannot run here: {problem}. '
@@ -189,6 +201,7 @@ def resolve(isolation: str, network: str) -> Policy:
         network_isolated=bool(prefix),
         launcher="unshare" if prefix else "process group",
         fallback=fallback,
+        kernel_limits=cgroups_available(),
     )
 
 

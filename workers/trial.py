@@ -210,7 +210,7 @@ def _ran(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
 def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> TrialResult:
     """The outcome of one command; with `measures`, its metric too."""
     result = _ran(spec, run)
-    if run.memory_exceeded:
+    if run.memory_exceeded or run.limits_hit:
         result.outcome = Outcome.CRASHED  # the reason is in the output tail
         return result
     if run.timed_out:

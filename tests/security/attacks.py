@@ -381,6 +381,17 @@ def _shadow_read(tail: str) -> bool:
     return first in tail
 
 
+def _hog(dirs: list[str], mb: int) -> str:
+    """Fill a file of `mb` MB in each of `dirs` (tmpfs in the sandbox), then hold them."""
+    return f"""
+import subprocess, time
+for d in {dirs!r}:
+    subprocess.run(["dd", "if=/dev/zero", f"of={{d}}/farm-hog", "bs=1M", "count={mb}"])
+print("HELD", flush=True)
+time.sleep(2)
+"""
+
+
 def _tmp_snoop(s: Scene) -> str:
     return f"""
 import os
@@ -477,6 +488,16 @@ ATTACKS = [
         lambda r: "killed at the memory limit" not in r.tail("memory"),
     ),
     Attack(
+        "shm-hog",  # memory no process holds: the sandbox's shared memory
+        lambda s: _hog(["/dev/shm"], 600),
+        lambda r: "killed at the memory limit by the kernel" not in r.tail("shm-hog"),
+    ),
+    Attack(
+        "tmpfs-spread",  # under each tmpfs's own size cap, over the memory limit together
+        lambda s: _hog(["/tmp", os.path.expanduser("~")], 250),
+        lambda r: "killed at the memory limit by the kernel" not in r.tail("tmpfs-spread"),
+    ),
+    Attack(
         "driver",
         lambda s: f'os.kill({s.driver_pid}, 0)\nprint("DRIVER REACHABLE")',
         lambda r: "DRIVER REACHABLE" in r.tail("driver"),
@@ -522,8 +543,9 @@ BASIC_GAPS = {
     "etc-files",  # filesystem
     "home-prefix",  # filesystem
 }
-# Left out of the basic run: it works there and stops the campaign (a test of its own).
-NOT_IN_BASIC = {"update-ref"}
+# Left out of the basic run: update-ref works there and stops the campaign (a test of its
+# own); the hogs would fill the host's own /dev/shm, /tmp and home.
+NOT_IN_BASIC = {"update-ref", "shm-hog", "tmpfs-spread"}
 
 
 def plant_file_secrets(scene: Scene) -> None:

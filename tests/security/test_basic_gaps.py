@@ -26,7 +26,7 @@ REPLAY = '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n'
 
 def moving_best(target: Path) -> dict[str, object]:
     """The update-ref attack as a draft for the toy target (which has no `# ATTACK` line)."""
-    scene = Scene(target, Path(), Path(), Path(), "refs", "", "", "", 0)
+    scene = Scene(target, Path(), Path(), Path(), "refs", "", "", "", "", 0)
     attack: dict[str, Any] = json.loads(BY_NAME["update-ref"].draft(scene))
     edit = attack["edits"][0]
     edit.update(search="LR = 0.5", replace="LR = 0.5\n" + edit["replace"])

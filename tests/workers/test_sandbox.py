@@ -13,6 +13,7 @@ import pytest
 
 from workers import isolation, sandbox
 from workers.isolation import Isolation, Policy, SandboxError, View, resolve
+from workers.limits import cgroups_available
 from workers.sandbox import build_env, run
 
 # A shell with a grandchild: the outer sh starts an inner sh, whose `sleep` writes its pid.
@@ -181,7 +182,8 @@ def test_memory_over_the_limit_is_killed_and_said(tmp_path: Path, policy: Policy
     result = run_in(tmp_path, hog, memory_mb=200, env={}, policy=policy)
     assert result.memory_exceeded and not result.timed_out
     assert result.duration_s < 20
-    assert result.peak_memory_mb > 200
+    # The kernel (a control group) kills it on its way up; farm's own watch, once over.
+    assert result.limits_hit == ["memory"] or result.peak_memory_mb > 200
     assert "memory limit" in result.output_tail and "memory_mb = 200" in result.output_tail
 
 
@@ -329,6 +331,37 @@ def test_strict_shows_only_the_workdir_the_system_and_empty_temp_and_home(tmp_pa
     assert seen["write"] == {"x"}
 
 
+needs_cgroups = pytest.mark.skipif(
+    not cgroups_available(), reason="no control group can be made on this node"
+)
+
+
+@needs_cgroups
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm", "$HOME"])
+def test_files_in_tmpfs_and_shared_memory_count_against_the_memory_limit(
+    tmp_path: Path, where: str
+) -> None:
+    env = {"PATH": PATH, "HOME": str(Path.home())}
+    view = View(workdir=tmp_path, runtime=isolation.runtime_paths(env, "sh"))  # tmpfs uncapped
+    script = f"dd if=/dev/zero of={where}/hog bs=1M count=300 2>&1 | tail -1"
+    result = run_in(tmp_path, script, policy=STRICT, view=view, env=env, memory_mb=150)
+    assert result.memory_exceeded and result.limits_hit == ["memory"], result.output_tail
+    assert result.peak_memory_mb < 150  # no process held it: only the kernel counted it
+    assert "killed at the memory limit by the kernel: [sandbox] memory_mb = 150" in (
+        result.output_tail
+    )
+
+
+@needs_cgroups
+def test_processes_beyond_the_limit_are_refused_at_both_levels(
+    tmp_path: Path, policy: Policy
+) -> None:
+    script = "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; echo forked"
+    result = run_in(tmp_path, script, policy=policy, pids_max=30, budget_s=10.0)
+    assert result.limits_hit == ["processes"], result.output_tail
+    assert "farm: the kernel refused it more than 30 processes and threads" in result.output_tail
+
+
 def test_strict_shows_of_etc_only_what_interpreters_read(tmp_path: Path) -> None:
     files = ["/etc/shadow", "/etc/gshadow", "/etc/pip.conf", "/etc/redis/redis.conf"]
     script = (
@@ -414,6 +447,9 @@ def test_docs_state_each_guarantee_as_the_policy_does() -> None:
     for g in isolation.Guarantee:
         meaning, strict, basic = rows[g.value]
         assert meaning == g.meaning
+        if g is isolation.Guarantee.LIMITS:  # up to the node at either level
+            assert "where" in strict and "where" in basic
+            continue
         assert strict.startswith("✓") is STRICT.guarantees(evaluate=True)[g]
         assert (basic == "✓") is BASIC.guarantees(evaluate=True)[g]
 
