@@ -309,6 +309,7 @@ class Dispatcher:
             evaluate_budget_s=self.cfg.evaluate_budget_s,
             artifacts=list(self.cfg.artifacts),
             artifacts_safe_load=self.cfg.artifacts_safe_load,
+            cpus=self.cfg.resources.cpus_per_trial or 1.0,
             bounds=list(self.cfg.bounds),
             preflight=preflight,
         )

@@ -100,7 +100,8 @@ _MEANINGS = {
     Guarantee.PRIVILEGES: "no capabilities and no new user namespaces",
     Guarantee.MEMORY: "a resident-memory limit; a trial over it is killed and recorded crashed",
     Guarantee.LIMITS: "memory (files in tmpfs and shared memory included) and processes "
-    "counted by the kernel in a control group; a trial over them is killed and recorded crashed",
+    "counted by the kernel in a control group, CPU time weighed against other trials; a trial "
+    "over a limit is killed and recorded crashed",
     Guarantee.GIT: "gets a plain directory (no .git); farm's git never runs hooks",
     Guarantee.SCORE: "the metric is measured by the protected `evaluate` command in a fresh, "
     "read-only sandbox, not claimed by code the candidate wrote",

@@ -28,48 +28,60 @@ STALE_S = 60.0  # a group this old that is empty was left by a process that outl
 
 @dataclass(frozen=True)
 class Cgroup:
-    """One command's group: a directory per hierarchy (one under v2, memory and pids under v1)."""
+    """One command's group: its directory in each hierarchy (one directory under v2; under
+    v1 one each for memory and pids, and for cpu where that hierarchy is ours too)."""
 
-    dirs: tuple[Path, ...]
+    memory: Path
+    pids: Path
+    cpu: Path | None
     version: int
 
+    @property
+    def dirs(self) -> list[Path]:
+        return sorted({self.memory, self.pids, *([self.cpu] if self.cpu else [])})
+
     @classmethod
-    def create(cls, *, memory_mb: int, pids_max: int = PIDS_MAX) -> Cgroup | None:
-        """A new group with `memory_mb` (0: none) and `pids_max`, or None where none can be
-        made."""
+    def create(
+        cls, *, memory_mb: int, cpus: float = 1.0, pids_max: int = PIDS_MAX
+    ) -> Cgroup | None:
+        """A new group with `memory_mb` (0: none), a CPU weight of `cpus` and `pids_max`, or
+        None where none can be made."""
         parents = _parents()
         if not parents:
             return None
-        version, bases = parents
-        _sweep(bases)
+        version, memory, pids, cpu = parents
+        _sweep([memory, pids, *([cpu] if cpu else [])])
         name = f"farm-{uuid.uuid4().hex[:12]}"
-        dirs = tuple(base / name for base in bases)
+        group = cls(memory / name, pids / name, cpu / name if cpu else None, version)
         try:
-            for d in dirs:
+            for d in group.dirs:
                 d.mkdir()
-            group = cls(dirs, version)
-            group._limit(memory_mb, pids_max)
+            group._limit(memory_mb, cpus, pids_max)
         except OSError:
-            Cgroup(dirs, version).remove()
+            group.remove()
             return None
         return group
 
-    def _limit(self, memory_mb: int, pids_max: int) -> None:
+    def _limit(self, memory_mb: int, cpus: float, pids_max: int) -> None:
+        """Memory and processes are caps; CPU is a weight (a share of what is contended,
+        all of what is idle), so no honest trial is throttled on a quiet node."""
         limit = str(memory_mb * 1024 * 1024) if memory_mb else None
+        (self.pids / "pids.max").write_text(str(pids_max))
         if self.version == 2:
-            (d,) = self.dirs
-            (d / "pids.max").write_text(str(pids_max))
             if limit:
-                (d / "memory.max").write_text(limit)
+                (self.memory / "memory.max").write_text(limit)
                 with contextlib.suppress(OSError):  # no swap accounting: nothing to cap
-                    (d / "memory.swap.max").write_text("0")
+                    (self.memory / "memory.swap.max").write_text("0")
+            if self.cpu:
+                weight = min(10_000, max(1, round(100 * cpus)))  # 100 per CPU
+                (self.cpu / "cpu.weight").write_text(str(weight))
             return
-        memory, pids = self.dirs
-        (pids / "pids.max").write_text(str(pids_max))
         if limit:
-            (memory / "memory.limit_in_bytes").write_text(limit)
+            (self.memory / "memory.limit_in_bytes").write_text(limit)
             with contextlib.suppress(OSError):
-                (memory / "memory.memsw.limit_in_bytes").write_text(limit)
+                (self.memory / "memory.memsw.limit_in_bytes").write_text(limit)
+        if self.cpu:
+            (self.cpu / "cpu.shares").write_text(str(max(2, round(1024 * cpus))))  # 1024 per CPU
 
     def join(self) -> None:
         """Move the calling process into the group (run between fork and exec: every
@@ -79,13 +91,12 @@ class Cgroup:
             (d / "cgroup.procs").write_text(pid)
 
     def hits(self) -> list[str]:
-        """The limits the kernel enforced so far, in words ([] if none)."""
+        """The caps the kernel enforced so far, in words ([] if none)."""
         found = []
-        memory, pids = (self.dirs[0], self.dirs[0]) if self.version == 2 else self.dirs
         events = "memory.events" if self.version == 2 else "memory.oom_control"
-        if _count(memory / events, "oom_kill"):
+        if _count(self.memory / events, "oom_kill"):
             found.append("memory")
-        if _count(pids / "pids.events", "max"):
+        if _count(self.pids / "pids.events", "max"):
             found.append("processes")
         return found
 
@@ -112,7 +123,7 @@ def cgroups_available() -> bool:
     return _parents() is not None
 
 
-def _sweep(bases: tuple[Path, ...]) -> None:
+def _sweep(bases: list[Path]) -> None:
     """Remove old groups that have emptied since (rmdir refuses one that is not empty)."""
     old = time.time() - STALE_S
     for base in bases:
@@ -135,32 +146,35 @@ def _count(path: Path, key: str) -> int:
 
 
 @functools.cache
-def _parents() -> tuple[int, tuple[Path, ...]] | None:
-    """(version, the directories new groups go under), probed once a process."""
+def _parents() -> tuple[int, Path, Path, Path | None] | None:
+    """(version, where new memory, pids and cpu groups go), probed once a process; cpu is
+    None where that controller is not ours to set."""
     try:
-        own = dict(
-            (line.split(":", 2)[1], line.split(":", 2)[2])
+        own = {
+            controller: line.split(":", 2)[2]
             for line in Path("/proc/self/cgroup").read_text().splitlines()
-        )
+            for controller in line.split(":", 2)[1].split(",")
+        }
     except (OSError, IndexError):
         return None
-    v2 = ROOT / own.get("", "/").lstrip("/")
-    if (ROOT / "cgroup.controllers").is_file() and _usable(2, (v2,)):
-        return 2, (v2,)
-    v1 = tuple(ROOT / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids"))
-    if _usable(1, v1):
-        return 1, v1
+    if (ROOT / "cgroup.controllers").is_file():
+        v2 = ROOT / own.get("", "/").lstrip("/")
+        if _usable(2, v2, v2, None):
+            return 2, v2, v2, v2 if _usable(2, v2, v2, v2) else None
+    memory, pids, cpu = (ROOT / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids", "cpu"))
+    if _usable(1, memory, pids, None):
+        return 1, memory, pids, cpu if _usable(1, memory, pids, cpu) else None
     return None
 
 
-def _usable(version: int, bases: tuple[Path, ...]) -> bool:
-    """Whether a group made under `bases` takes the limits (a trial group, made and removed)."""
+def _usable(version: int, memory: Path, pids: Path, cpu: Path | None) -> bool:
+    """Whether a group made there takes the limits (a trial group, made and removed)."""
     name = f"farm-probe-{uuid.uuid4().hex[:12]}"
-    group = Cgroup(tuple(b / name for b in bases), version)
+    group = Cgroup(memory / name, pids / name, cpu / name if cpu else None, version)
     try:
         for d in group.dirs:
             d.mkdir()
-        group._limit(64, 64)
+        group._limit(64, 1.0, 64)
         return True
     except OSError:
         return False

@@ -83,12 +83,14 @@ def run(
     policy: Policy,
     view: View | None = None,
     memory_mb: int = 0,
+    cpus: float = 1.0,
     pids_max: int = PIDS_MAX,
 ) -> RunResult:
     """Run `command` through /bin/sh in `cwd` under `policy`; SIGTERM it at `budget_s`,
     SIGKILL after `grace_s`, SIGKILL at once when its processes hold over `memory_mb`. Where
     the node gives a control group, the kernel holds it to `memory_mb` with its files in
-    tmpfs and shared memory, and to `pids_max` processes and threads.
+    tmpfs and shared memory, and to `pids_max` processes and threads, and weighs its CPU
+    time as `cpus` CPUs' worth against the node's other trials.
 
     In strict mode `view` says what it sees (default: `cwd` writable, the runtime of `env`
     read-only); basic mode ignores it.
@@ -102,7 +104,7 @@ def run(
         prefix = list(basic_network_prefix("auto" if policy.network_isolated else "host"))
     # Memory in tmpfs and shared memory, and processes, counted by the kernel where a
     # control group can be had (Policy.kernel_limits says whether).
-    group = Cgroup.create(memory_mb=memory_mb, pids_max=pids_max)
+    group = Cgroup.create(memory_mb=memory_mb, cpus=cpus, pids_max=pids_max)
 
     def before_exec() -> None:
         # Between fork and exec: no multi-GB core dump of a crashed trial; every process

@@ -184,6 +184,7 @@ class _Trial:
             policy=self.policy,
             view=view,
             memory_mb=self.spec.memory_mb,
+            cpus=self.spec.cpus,
         )
 
 

@@ -4,7 +4,9 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -360,6 +362,42 @@ def test_processes_beyond_the_limit_are_refused_at_both_levels(
     result = run_in(tmp_path, script, policy=policy, pids_max=30, budget_s=10.0)
     assert result.limits_hit == ["processes"], result.output_tail
     assert "farm: the kernel refused it more than 30 processes and threads" in result.output_tail
+
+
+def _cpu_weight_of(word: str) -> str:
+    """The CPU weight of the group the host process carrying `word` runs in ("" if none yet)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or word not in (entry / "cmdline").read_text():
+                continue
+            for line in (entry / "cgroup").read_text().splitlines():
+                _, controllers, path = line.split(":", 2)
+                if "cpu" in controllers.split(","):  # cgroup v1
+                    weight = Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / "cpu.shares"
+                    return weight.read_text().strip()
+                if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+                    return (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.weight").read_text()
+        except OSError:
+            continue
+    return ""
+
+
+@needs_cgroups
+def test_a_command_weighs_its_cpus_against_other_trials(tmp_path: Path, policy: Policy) -> None:
+    word = f"farm-cpu-{uuid.uuid4().hex[:8]}"
+    command = f"{sys.executable} -c 'import time; time.sleep(2)' {word}"
+    done: list[sandbox.RunResult] = []
+    runner = threading.Thread(
+        target=lambda: done.append(run_in(tmp_path, command, policy=policy, cpus=0.5))
+    )
+    runner.start()
+    weight, end = "", time.monotonic() + 5
+    while not weight and time.monotonic() < end:
+        weight = _cpu_weight_of(word)
+        time.sleep(0.05)
+    runner.join()
+    assert done and done[0].exit_code == 0
+    assert weight.strip() in ("512", "50")  # half a CPU: v1 cpu.shares, v2 cpu.weight
 
 
 def test_strict_shows_of_etc_only_what_interpreters_read(tmp_path: Path) -> None:
