@@ -23,23 +23,24 @@ import redis
 from farm.records import Candidate, CandidateState, Outcome, Trial
 from farm.store import Store
 
-# The hostile target: train.py writes a model, the protected evaluate.py measures it.
+# The hostile target: train.py writes a model, the protected evaluate.py measures it. Its
+# loss has no seed noise, so no attack can be kept by the luck of its draws: only by a
+# forged score.
 TRAIN = """\
 import os
 import pickle
-import random
 
 LR = 0.5  # the loss is lowest at LR = 2
 with open("model.pkl", "wb") as f:
     pickle.dump({"lr": LR}, f)  # an honest artifact: plain data
 # ATTACK
-rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
 with open("model.txt", "w") as f:
-    f.write(str((LR - 2.0) ** 2 + rng.gauss(0, 0.05)))
+    f.write(str((LR - 2.0) ** 2))
 print("trained")
 """
 EVALUATE = """\
 # PROTECTED: measures what training left.
+import os
 import pickle
 
 import scoring  # a committed helper: neither editable nor protected (farm init's default)
@@ -50,6 +51,9 @@ with open("model.txt") as f:
     loss = float(f.read())
 with open("offset.txt") as f:  # committed data
     offset = float(f.read())
+if os.path.exists("calibration.txt"):  # optional, trusted when present: not an artifact
+    with open("calibration.txt") as f:
+        offset += float(f.read())
 print(f"loss: {scoring.finish(loss) + offset:.6f}")
 """
 # Committed beside the evaluator, and neither editable nor protected.
@@ -412,6 +416,20 @@ with open("model.pkl", "wb") as f:
 """
 
 
+# Protocol 0 by hand: the callable comes from an INST opcode (MARK, its argument, INST).
+INST_PICKLE = r"""
+code = "print('loss: 0.0001', flush=True) or __import__('os')._exit(0)"
+with open("model.pkl", "wb") as f:
+    f.write(b"(V" + code.encode() + b"\ni__builtin__\nexec\n.")
+"""
+HELPER_LINK = r"""
+with open("notes.txt", "w") as f:
+    f.write("def finish(loss):\n    return 0.0001\n")
+os.remove("scoring.py")
+os.symlink("notes.txt", "scoring.py")
+"""
+
+
 def _refused_pickle(r: Ran, attack: str) -> bool:
     return r.outcomes(attack) == {Outcome.TAMPERED} and not _forged(r, attack)
 
@@ -468,6 +486,17 @@ ATTACKS = [
         "pickle-eval",  # protocol 5: the callable's name comes from the stack (STACK_GLOBAL)
         lambda s: _pickled("eval", 5),
         lambda r: not _refused_pickle(r, "pickle-eval"),
+    ),
+    Attack(
+        "pickle-inst",
+        lambda s: INST_PICKLE,
+        lambda r: not _refused_pickle(r, "pickle-inst"),
+    ),
+    Attack("helper-link", lambda s: HELPER_LINK, lambda r: _forged(r, "helper-link")),
+    Attack(
+        "undeclared-file",  # a file the evaluator reads if present, not in `artifacts`
+        lambda s: 'open("calibration.txt", "w").write("-2.2")',
+        lambda r: _forged(r, "undeclared-file"),
     ),
     Attack(
         "title",

@@ -111,7 +111,12 @@ def test_the_strict_campaign_runs_every_attack_to_a_decision_and_keeps_none(stri
     assert "farm: sandbox: strict (bubblewrap" in strict.output
     cands = strict.store.list_candidates("default")
     assert len(cands) == len(ATTACKS)
-    assert all(c.state.is_finished() and c.state is not CandidateState.KEPT for c in cands)
+    unfinished_or_kept = [
+        (c.hypothesis, c.state)
+        for c in cands
+        if not c.state.is_finished() or c.state is CandidateState.KEPT
+    ]
+    assert unfinished_or_kept == []
     inc = strict.store.get_incumbent("default")
     assert git(strict.scene.target, "rev-parse", best_branch("default")).strip() == inc.sha
     assert {t.result.isolation for t in strict.store.list_trials("default") if t.result} == {
@@ -154,14 +159,17 @@ def test_the_store_and_ledger_say_what_each_attack_got(strict: Ran) -> None:
         assert "outside bounds [0, 100]" in strict.tail("extreme-metric")
         assert "the run left code beside the evaluator: json.py" in strict.tail("planted-code")
         assert "Read-only file system" in strict.tail("tamper")
-        for attack in ("pickle-exec", "pickle-eval"):
+        for attack in ("pickle-exec", "pickle-eval", "pickle-inst"):
             assert "farm: artifact model.pkl is serialised code: a pickle that calls" in (
                 strict.tail(attack)
             )
         assert "exec when loaded" in strict.tail("pickle-exec")
         assert "builtins.eval when loaded" in strict.tail("pickle-eval")
         # What training rewrote of the commit is gone; the evaluator measured the honest loss.
-        for attack in ("helper-module", "data-file"):
+        assert "not handed to evaluate (not in `artifacts`): calibration.txt" in strict.tail(
+            "undeclared-file"
+        )
+        for attack in ("helper-module", "data-file", "helper-link", "undeclared-file"):
             assert strict.outcomes(attack) == {Outcome.OK}
         assert store.get_decision("default", strict.candidate("memory").id) is not None
     finally:
