@@ -32,6 +32,7 @@ from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
 from proposer.base import Proposer
+from workers.materialize import CACHE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,29 @@ _FIXED_KEYS = (
     "evaluate",
     "bounds",
 )
-# Environment variables that look like secrets: dropped before Ray starts, so neither its
-# workers nor a trial that reads their /proc/<pid>/environ can find them.
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.I)
+# What this process keeps in its environment when it starts Ray (a local Ray's raylet and
+# workers inherit it, and so does every trial task), beside the trial's allow-list and
+# [sandbox] env_allow: an allow-list, so a secret under any name (MY_PAT, DB_PASS) is left
+# out. Exact names, or a prefix ending in "*".
+RAY_ENV_ALLOW = (
+    "SHELL",
+    "LOGNAME",
+    "LANGUAGE",
+    "TZ",
+    "HOSTNAME",
+    "PWD",
+    "LC_*",
+    "RAY_*",  # Ray's own settings, its local token authentication included
+    "PYTHON*",
+    "CONDA_*",
+    "CUDA_*",
+    "NVIDIA_*",
+    "NCCL_*",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    CACHE_ENV,
+)
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
 
 
@@ -115,16 +136,20 @@ def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
     return moved
 
 
-def scrub_secrets(*, keep: list[str]) -> list[str]:
-    """Drop secret-looking variables from this process's environment (names in `keep` and
-    Ray's own stay); returns their names. Call it once the proposer holds its key."""
-    gone = [
-        name
-        for name, value in os.environ.items()
-        if name not in keep
-        and not name.startswith("RAY_")
-        and (_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
-    ]
+def allow_listed_environment(*, keep: list[str]) -> list[str]:
+    """Drop from this process's environment every variable that neither `keep` (the
+    trial's allow-list, env_allow, [sandbox] env) nor RAY_ENV_ALLOW names, and any URL with
+    a password that only a pattern let through; returns the names dropped. Call it once
+    the proposer holds its key, before Ray starts."""
+
+    def allowed(name: str, value: str) -> bool:
+        if name in keep:
+            return True
+        if any(p == name or (p.endswith("*") and name.startswith(p[:-1])) for p in RAY_ENV_ALLOW):
+            return not _SECRET_VALUE.search(value)
+        return False
+
+    gone = [name for name, value in os.environ.items() if not allowed(name, value)]
     for name in gone:
         del os.environ[name]
     return sorted(gone)
@@ -159,13 +184,19 @@ class RunOptions:
 def init_ray(cfg: TargetConfig, opts: RunOptions, *, out: TextIO | None = None) -> bool:
     """Connect to Ray (or start a local instance). False if this process already had it.
 
-    Secrets leave this process's environment first: a local Ray's workers inherit it.
+    Only allow-listed variables stay in this process's environment: a local Ray's workers
+    inherit it.
     """
     if ray.is_initialized():
         return False
-    gone = scrub_secrets(keep=[*cfg.env_allow, *cfg.sandbox.env])
+    gone = allow_listed_environment(keep=[*cfg.env_allow, *cfg.sandbox.env])
     if gone and out is not None:
-        print(f"farm: kept from Ray and every trial: {', '.join(gone)}", file=out, flush=True)
+        print(
+            "farm: kept from Ray and every trial (not on the allow-list; [sandbox] env_allow "
+            f"adds a name): {', '.join(gone)}",
+            file=out,
+            flush=True,
+        )
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         try:

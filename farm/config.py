@@ -467,6 +467,27 @@ class TargetConfig:
         example='"python evaluate.py"',
     )
     evaluate_budget_s: float = setting(0.0, doc="budget of `evaluate`; 0: budget_s", unit="s", ge=0)
+    artifacts: list[str] = setting(
+        doc="what training leaves for `evaluate` (fnmatch patterns; a directory keeps what is "
+        "under it): everything else it wrote is removed first, and a declared file that loads "
+        "as code (a pickle calling more than a tensor state dict needs) is `tampered`",
+        factory=list,
+        tier=Tier.INIT,
+        example='["model.safetensors"]',
+    )
+    artifacts_safe_load: bool = setting(
+        False,
+        doc="the evaluator loads artifacts with safe loaders only (safetensors, torch.load "
+        "with weights_only=True, numpy without pickle): farm need not refuse pickles",
+    )
+    frozen: list[str] = setting(
+        doc="the evaluation protocol where it sits in an editable file (names, dotted paths "
+        'such as "Config.n_folds", patterns such as "EVAL_*"): a draft that changes one is '
+        "rejected",
+        factory=list,
+        tier=Tier.INIT,
+        example='["ValidationConfig", "EVAL_*"]',
+    )
     bounds: list[float] = setting(
         doc="[lowest, highest] plausible metric; one outside is invalid_metric",
         factory=list,
@@ -553,6 +574,14 @@ def _check(cfg: TargetConfig, source: str) -> None:
                 fail("", "metric_regex", "write exactly one capture group around the value")
     if cfg.evaluate_budget_s and not cfg.evaluate.strip():
         fail("", "evaluate_budget_s", "set `evaluate` too, the command it is the budget of")
+    if cfg.artifacts and not cfg.evaluate.strip():
+        fail("", "artifacts", "set `evaluate` too, the command that reads them")
+    for name in cfg.frozen:
+        if not re.fullmatch(r"[\w.*?\[\]!-]+", name):
+            fail("", "frozen", f"{name!r}: give a name, a dotted path or a pattern (EVAL_*)")
+    for pattern in cfg.artifacts:
+        if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            fail("", "artifacts", f"{pattern!r} must be a relative path or pattern inside the repo")
     if cfg.bounds and not (len(cfg.bounds) == 2 and cfg.bounds[0] < cfg.bounds[1]):
         fail("", "bounds", f"{cfg.bounds}: write [lowest, highest] plausible values, lowest first")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.campaign):

@@ -307,6 +307,9 @@ class Dispatcher:
             deny_paths=[str(self.repo.path), *self.store.local_paths()],
             evaluate=self.cfg.evaluate,
             evaluate_budget_s=self.cfg.evaluate_budget_s,
+            artifacts=list(self.cfg.artifacts),
+            artifacts_safe_load=self.cfg.artifacts_safe_load,
+            cpus=self.cfg.resources.cpus_per_trial or 1.0,
             bounds=list(self.cfg.bounds),
             preflight=preflight,
         )

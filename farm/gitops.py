@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from farm.errors import GitError, RefMismatch, TargetError
+from farm.text import clean_line, clean_text
 
 GIT_TIMEOUT_S = 60.0
 # On every git call farm makes, on every repo: a candidate outside a strict sandbox can write
@@ -125,8 +126,11 @@ class Repo:
         """A commit of `files` on top of `base_sha`, made with a private index.
 
         The timestamp is the candidate's creation time, so redoing a step after a crash
-        makes the very same commit.
+        makes the very same commit. The message carries a candidate's words: its subject is
+        made one clean line and its body cleaned (farm.text), whoever calls.
         """
+        subject, _, body = message.partition("\n")
+        message = clean_line(subject) + (f"\n{clean_text(body)}" if body else "")
         date = f"{int(timestamp)} +0000"
         with tempfile.TemporaryDirectory(prefix="farm-index-") as tmp, self._lock:
             env = {

@@ -12,6 +12,7 @@ exist is never written.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -115,9 +116,12 @@ def init_target(
     choose_metric(ins, run, override=metric, ask=ask)
     choose_direction(ins, override=direction, ask=ask)
     choose_budget(ins, run)
+    choose_frozen(ins)
     path.write_text(render(ins))
     print(f"wrote {path}:", file=out)
-    for key in ("editable", "protected", "command", "metric", "direction", "budget_s"):
+    for key in ("editable", "protected", "command", "metric", "direction", "budget_s", "frozen"):
+        if key not in ins.found:
+            continue
         f = ins.found[key]
         print(f"  {key:<10} {_toml(f.value):<28} {f.how}", file=out)
     for w in ins.warnings:
@@ -323,6 +327,91 @@ def choose_budget(ins: Inspection, run: RunResult | None) -> None:
     ins.found["budget_s"] = Found(budget, f"the probe ran {run.duration_s:.1f} s")
 
 
+def choose_frozen(ins: Inspection) -> None:
+    """Propose freezing what looks like the evaluation protocol in the editable files:
+    settings named for validation, splits, folds, test size, purge or embargo (a change to
+    them changes what is measured, not the model), and the calls that split the data."""
+    names: list[str] = []
+    for path in [p for p in _value_list(ins, "editable") if p.endswith(".py")]:
+        names += [n for n in protocol_names(ins.read(path)) if n not in names]
+    if names:
+        ins.found["frozen"] = Found(
+            names,
+            "they look like the evaluation protocol (validation, split, folds, test size, "
+            "purge, embargo): a draft that changes one is rejected",
+        )
+
+
+def _value_list(ins: Inspection, key: str) -> list[str]:
+    value = ins.found[key].value if key in ins.found else []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def protocol_names(text: str) -> list[str]:
+    """The names in Python source `text` that look like evaluation protocol, in source
+    order: a class named so (all of it), a literal constant, class field or config entry
+    named so, and a call that splits data (its every argument: the split's seed too)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    found: list[str] = []
+
+    def add(name: str) -> None:
+        if name not in found and not any(name.startswith(f + ".") for f in found):
+            found.append(name)
+
+    def literal(node: ast.AST | None) -> bool:
+        try:
+            ast.literal_eval(node) if node is not None else None
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return False
+        return node is not None
+
+    def settings(body: list[ast.stmt], owner: str) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.ClassDef):
+                if _protocol_word(stmt.name):
+                    add(f"{owner}{stmt.name}")
+                else:
+                    settings(stmt.body, f"{owner}{stmt.name}.")
+            elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for t in targets:
+                    if not isinstance(t, ast.Name):
+                        continue
+                    if isinstance(stmt.value, ast.Dict):
+                        keys = [k.value for k in stmt.value.keys if isinstance(k, ast.Constant)]
+                        for key in keys:
+                            if isinstance(key, str) and _protocol_word(key):
+                                add(f"{owner}{t.id}.{key}")
+                    if _protocol_word(t.id) and literal(stmt.value):
+                        add(f"{owner}{t.id}")
+
+    settings(tree.body, "")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            callee = (
+                f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            )
+            if re.search(r"(?i)split|fold|holdout", callee) and (node.args or node.keywords):
+                add(callee)
+    return found
+
+
+_PROTOCOL = re.compile(
+    r"val|valid|validation|split|splits|fold|folds|kfold|cv|holdout|test|purge|embargo|eval"
+    r"|evaluation"
+)
+
+
+def _protocol_word(name: str) -> bool:
+    """Whether a part of `name` (snake_case or CamelCase) is an evaluation-protocol word."""
+    parts = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
+    return any(_PROTOCOL.fullmatch(part.lower()) for part in parts)
+
+
 # -- writing -------------------------------------------------------------------------------
 
 
@@ -355,6 +444,8 @@ def render(ins: Inspection) -> str:
         line("direction", "minimize or maximize"),
         line("budget_s", "hard wall-clock limit per trial"),
     ]
+    if "frozen" in f:
+        body.append(line("frozen", "evaluation protocol in the editable files"))
     if ins.program:
         body.append(f"{'program = ' + _toml(ins.program):<40} # instructions for the proposer")
     seed = f["seed_env"]

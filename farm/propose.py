@@ -149,6 +149,7 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
         protected=dict(camp.protected_files),
         # With a protected `evaluate`, whatever training prints is only a log.
         guard=None if cfg.evaluate else ScoreGuard(metric=cfg.metric, protected=cfg.protected),
+        frozen=list(cfg.frozen),
         budget_s=cfg.budget_s,
         trial_seconds=_durations([t for t in baseline if t is not None], *trials.values()),
         start_metric=camp.baseline_metric,

@@ -320,6 +320,9 @@ class TrialSpec:
     deny_paths: list[str] = field(default_factory=list)  # never shown, even as runtime
     evaluate: str = ""  # the protected measuring command; "" = the metric is the command's
     evaluate_budget_s: float = 0.0
+    artifacts: list[str] = field(default_factory=list)  # what training leaves for `evaluate`
+    artifacts_safe_load: bool = False  # the evaluator never unpickles them: not checked
+    cpus: float = 1.0  # its CPU weight against the node's other trials ([resources] cpus_per_trial)
     bounds: list[float] = field(default_factory=list)  # [lo, hi]; a metric outside is invalid
     # A pre-flight: `budget_s` is [merge] preflight_s, a run still going at it has passed,
     # `evaluate` is not run and no metric is reported (workers/trial.py).

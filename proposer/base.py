@@ -77,6 +77,8 @@ class ProposalContext:
     lineage: list[int] = field(default_factory=list)  # kept candidates, oldest keep first
     # Without a protected `evaluate`, drafts that forge the printed score are refused.
     guard: ScoreGuard | None = None
+    # Names of the evaluation protocol (farm.toml `frozen`): no draft may change them.
+    frozen: list[str] = field(default_factory=list)
 
 
 def files_fingerprint(files: dict[str, str]) -> str:
@@ -153,6 +155,7 @@ def screen(
         max_edit_bytes=max_edit_bytes,
         earlier_hypotheses=[e.hypothesis or e.title for e in ctx.history],
         guard=ctx.guard,
+        frozen=ctx.frozen,
     )
     repeats = []
     for i, (d, v) in enumerate(zip(drafts, verdicts, strict=True)):

@@ -15,7 +15,7 @@ of hyperparameters); call keywords and defaults are *inline* ones. Positional ar
 locals are not knobs: they have no readable name. Neither are booleans, names that only
 pick random numbers or say how to run (`seed`, `random_state`, `n_jobs`, `verbose`...), a
 time budget (more time is not a better idea), a held-out split (`test_size`: it changes
-what is measured), nor a line marked `# farm: frozen`. A name
+what is measured), a name farm.toml's `frozen` covers, nor a line marked `# farm: frozen`. A name
 met twice gets `#2`, `#3` in source order, so it stays put when values change.
 """
 
@@ -24,10 +24,11 @@ from __future__ import annotations
 import ast
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from farm.records import Edit
-from proposer.validate import occurrences
+from proposer.validate import is_frozen, occurrences
 
 FROZEN_MARK = "farm: frozen"
 # Settings that are not hyperparameters: randomness, logging, parallelism, array plumbing,
@@ -67,8 +68,9 @@ class Knob:
     end: int
 
 
-def find_knobs(path: str, text: str) -> list[Knob]:
-    """Every knob of a Python file, in source order; [] for a file that does not parse."""
+def find_knobs(path: str, text: str, *, frozen: Sequence[str] = ()) -> list[Knob]:
+    """Every knob of a Python file, in source order, but those `frozen` covers (farm.toml:
+    the evaluation protocol); [] for a file that does not parse."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
@@ -80,7 +82,7 @@ def find_knobs(path: str, text: str) -> list[Knob]:
     seen: dict[str, int] = {}
     for name, kind, node in sorted(finder.found, key=lambda f: (f[2].lineno, f[2].col_offset)):
         line = lines[node.lineno - 1]
-        if FROZEN_MARK in line or _NOT_KNOBS.fullmatch(_leaf(name)):
+        if FROZEN_MARK in line or _NOT_KNOBS.fullmatch(_leaf(name)) or is_frozen(name, frozen):
             continue
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:

@@ -42,7 +42,7 @@ class MutateProposer(Proposer):
         skip = set(ctx.seen_hashes) | _reverts_of_kept(ctx.history)
         batch_id = f"mutate-{uuid.uuid4().hex[:8]}"
         drafts: list[Draft] = []
-        for m in self._plan(ctx.files, ctx.editable):
+        for m in self._plan(ctx.files, ctx.editable, ctx.frozen):
             if len(drafts) >= n:
                 break
             k = m.knob
@@ -64,7 +64,7 @@ class MutateProposer(Proposer):
         return drafts
 
     def nothing_to_try(self, ctx: ProposalContext) -> str:
-        if next(self._plan(ctx.files, ctx.editable), None) is not None:
+        if next(self._plan(ctx.files, ctx.editable, ctx.frozen), None) is not None:
             return ""
         files = ", ".join(p for p in ctx.editable if p.endswith(".py")) or "no Python file"
         return (
@@ -75,7 +75,9 @@ class MutateProposer(Proposer):
             "holds them in `editable`, or use another proposer"
         )
 
-    def _plan(self, files: dict[str, str], editable: list[str]) -> Iterator[_Mutation]:
+    def _plan(
+        self, files: dict[str, str], editable: list[str], frozen: list[str]
+    ) -> Iterator[_Mutation]:
         """Every mutation: the declared knobs' (constants, config blocks: the author's list)
         before the inline ones' (call keywords, defaults); within each, mildest tier first,
         round-robin over the knobs.
@@ -89,7 +91,7 @@ class MutateProposer(Proposer):
             k
             for path in editable
             if path.endswith(".py") and path in files
-            for k in find_knobs(path, files[path])
+            for k in find_knobs(path, files[path], frozen=frozen)
         ]
         keyed = []
         for k in knobs:

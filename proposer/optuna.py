@@ -206,7 +206,7 @@ def default_params(ctx: ProposalContext) -> list[ParamConfig]:
         k
         for path in ctx.editable
         if path.endswith(".py") and path in ctx.files
-        for k in find_knobs(path, ctx.files[path])
+        for k in find_knobs(path, ctx.files[path], frozen=ctx.frozen)
         if k.value > 0
     ]
     params = []

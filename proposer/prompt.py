@@ -11,9 +11,10 @@ part has a bound (tokens approximated as characters / 4), so the prompt stays th
 size however long the campaign runs.
 
 Words from candidates and trials (titles, hypotheses, edits, output) are data written by
-earlier drafts or by the training code: they are cleaned of control characters, clipped,
-and quoted (one line in JSON quotes, or a block with every line behind `| `), so they
-cannot pose as headings or instructions.
+earlier drafts or by the training code: they are cleaned of control and format characters
+(farm.text), clipped, and quoted (one line in JSON quotes, a block with every line behind
+`| `, or a file in a code fence longer than any run of backticks in it), so they cannot
+pose as headings or instructions.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import copy
 import difflib
 import hashlib
 import json
-import re
 import statistics
-import unicodedata
 from typing import Any
 
 from farm.records import DecisionKind, Direction, Edit
+from farm.text import clean_line, clean_text, fence
 from proposer.base import LedgerEntry, ProposalContext
 
 CHARS_PER_TOKEN = 4
@@ -118,7 +118,7 @@ TOOL: dict[str, Any] = {
 
 def quote_line(text: str, limit: int) -> str:
     """One line of untrusted text, cleaned and clipped, in JSON double quotes."""
-    line = " ".join(clean(text).split())
+    line = clean_line(text)
     if len(line) > limit:
         line = line[:limit] + "…"
     return json.dumps(line, ensure_ascii=False)
@@ -127,24 +127,10 @@ def quote_line(text: str, limit: int) -> str:
 def quote_block(text: str, limit: int, *, tail: bool = False, indent: str = "  ") -> str:
     """Untrusted text as a block, every line behind `| `: cleaned, clipped to `limit`
     characters (the end of it when `tail`, as for program output)."""
-    body = clean(text).strip("\n")
+    body = clean_text(text).strip("\n")
     if len(body) > limit:
         body = "…" + body[-limit:] if tail else body[:limit] + "…"
     return "\n".join(f"{indent}| {line}" for line in body.splitlines())
-
-
-_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-_])")
-
-
-def clean(text: str) -> str:
-    """Drop terminal escapes, control characters (but newlines and tabs) and invisible
-    format characters (zero-width, bidirectional overrides)."""
-    text = _ANSI.sub("", text.replace("\r\n", "\n"))
-    return "".join(
-        ch
-        for ch in text
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
-    )
 
 
 def system_blocks(ctx: ProposalContext, files_tokens: int) -> list[dict[str, Any]]:
@@ -188,7 +174,8 @@ def _files(files: dict[str, str], order: list[str], budget: int) -> str:
                 text[:cut] + f"[… {hidden} more lines not shown: the prompt's file budget "
                 "(proposer.files_tokens) is spent]\n"
             )
-        parts.append(f"## {path}\n```\n{text}\n```")
+        # A kept change may hold a line of backticks (in a docstring): the fence outruns it.
+        parts.append(f"## {path}\n{fence(clean_text(text))}")
         left -= len(text)
     return "\n\n".join(parts)
 

@@ -7,6 +7,7 @@ so it says what is wrong and what to do instead.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
 import json
 import posixpath
@@ -82,11 +83,13 @@ def validate_draft(
     max_edit_bytes: int,
     earlier_hypotheses: Sequence[str] = (),
     guard: ScoreGuard | None = None,
+    frozen: Sequence[str] = (),
 ) -> Validated | Rejected:
     """Apply `draft` to `files` (the base's editable files) and check the result.
 
     `seen_hashes` are the edit hashes of every earlier candidate; `earlier_hypotheses`
-    only raise near-duplicate warnings. The draft's title and hypothesis are cleaned in
+    only raise near-duplicate warnings; a draft that changes a `frozen` name (farm.toml) is
+    rejected. The draft's title and hypothesis are cleaned in
     place first: they are printed, committed and quoted to the LLM later.
     """
     draft.title = clean_line(draft.title, limit=TITLE_CHARS)
@@ -105,7 +108,9 @@ def validate_draft(
         return Rejected(outcome, digest)
     for path, text in sorted(outcome.items()):
         if path.endswith(".py"):
-            problem = _syntax_problem(path, text)
+            problem = _syntax_problem(path, text) or frozen_problem(
+                path, files.get(path, ""), text, frozen
+            )
             if problem:
                 return Rejected(problem, digest)
     if guard is not None:
@@ -128,6 +133,7 @@ def validate_batch(
     max_edit_bytes: int,
     earlier_hypotheses: Sequence[str] = (),
     guard: ScoreGuard | None = None,
+    frozen: Sequence[str] = (),
 ) -> list[Validated | Rejected]:
     """Validate drafts in order; a draft repeating an earlier one of the batch is a duplicate.
 
@@ -147,6 +153,7 @@ def validate_batch(
             max_edit_bytes=max_edit_bytes,
             earlier_hypotheses=hypotheses,
             guard=guard,
+            frozen=frozen,
         )
         if isinstance(verdict, Validated):
             fingerprint = _fingerprint(verdict.files)
@@ -162,6 +169,98 @@ def validate_batch(
                 hypotheses.append(draft.hypothesis or draft.title)
         out.append(verdict)
     return out
+
+
+def is_frozen(name: str, frozen: Sequence[str]) -> bool:
+    """Whether `name` (`EVAL_DAYS`, `Config.n_folds`, `KFold.n_splits`) is covered by a
+    `frozen` entry: a name, a dotted path or an fnmatch pattern, each covering what is
+    under it (`ValidationConfig` freezes `ValidationConfig.purge` too)."""
+    plain = re.sub(r"\[\d+\]", "", name)  # CONFIG.betas[0] is CONFIG.betas's
+    return any(
+        fnmatch.fnmatchcase(plain, pattern) or fnmatch.fnmatchcase(plain, f"{pattern}.*")
+        for pattern in frozen
+    )
+
+
+def frozen_problem(path: str, old: str, new: str, frozen: Sequence[str]) -> str:
+    """Why changing Python file `path` from `old` to `new` touches a frozen name ("" if not)."""
+    if not frozen:
+        return ""
+    before, after = definitions(old), definitions(new)
+    touched = sorted(
+        name
+        for name in before.keys() | after.keys()
+        if before.get(name) != after.get(name) and is_frozen(name, frozen)
+    )
+    if not touched:
+        return ""
+    return (
+        f"{path}: the edits change {', '.join(touched[:5])}, frozen in farm.toml (`frozen`): "
+        "it is part of the evaluation protocol (how the metric is measured), so a change to "
+        "it is not an improvement; leave it as it is and change the model or the training"
+    )
+
+
+def definitions(text: str) -> dict[str, list[str]]:
+    """What each name of a Python file is bound to, in source order (as AST dumps): module
+    and class assignments (`N`, `Cls.field`, `CONFIG.key` for a dict's entries), classes
+    and functions (`Cls`, `fn`, and `fn.param` for defaults), attribute assignments
+    (`Cls.field = 2` anywhere) and call keywords (`KFold.n_splits`). {} if it does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return {}
+    found: dict[str, list[str]] = {}
+
+    def bind(name: str, node: ast.AST) -> None:
+        found.setdefault(name, []).append(ast.dump(node))
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    bind(f"{name}.{key.value}", value)
+
+    def target(node: ast.AST, owner: str) -> str:
+        if isinstance(node, ast.Name):
+            return f"{owner}{node.id}"
+        if isinstance(node, ast.Attribute):
+            base = target(node.value, "")
+            return f"{base}.{node.attr}" if base else ""
+        return ""
+
+    def visit(node: ast.AST, owner: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                bind(f"{owner}{child.name}", child)
+                visit(child, f"{owner}{child.name}.")
+                continue
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                bind(f"{owner}{child.name}", child)
+                args = child.args
+                positional = [*args.posonlyargs, *args.args]
+                with_default = positional[len(positional) - len(args.defaults) :]
+                pairs: list[tuple[ast.arg, ast.expr | None]]
+                pairs = [*zip(with_default, args.defaults, strict=True)]
+                pairs += zip(args.kwonlyargs, args.kw_defaults, strict=True)
+                for arg, default in pairs:
+                    if default is not None:
+                        bind(f"{owner}{child.name}.{arg.arg}", default)
+                visit(child, "")  # locals and attribute writes inside, by their own names
+                continue
+            if isinstance(child, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                for t in targets:
+                    name = target(t, owner)
+                    if name and child.value is not None:
+                        bind(name, child)
+            elif isinstance(child, ast.Call):
+                callee = target(child.func, "").rsplit(".", 1)[-1]
+                for kw in child.keywords:
+                    if kw.arg is not None and callee:
+                        bind(f"{callee}.{kw.arg}", kw.value)
+            visit(child, owner)
+
+    visit(tree, "")
+    return found
 
 
 def near_duplicates(title_or_hypothesis: str, earlier: list[str]) -> list[str]:

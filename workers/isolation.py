@@ -32,13 +32,27 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from farm.errors import FarmError
+from workers.limits import cgroups_available
 
 ISOLATION_SETTINGS = ("auto", "strict", "basic")
 NETWORK_MODES = ("isolated", "host", "auto")
 PROBE_TIMEOUT_S = 10.0
 # Read-only system directories every command may need; nothing else of the host is visible
 # except the runtime found from the command and its environment (`runtime_paths`).
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+# Of /etc, only what interpreters and their libraries read: the loader's cache, users and
+# groups (no password hashes), name resolution, time zone, certificates, locale and
+# terminal data, GPU vendor files. Not the rest, where services keep their passwords
+# (a database's config, pip.conf, npmrc) and root keeps what only root may read (shadow).
+SYSTEM_ETC = (
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf",
+    "protocols", "services", "networks", "ssl", "ca-certificates", "ca-certificates.conf",
+    "pki", "mime.types", "fonts", "os-release", "debian_version", "lsb-release", "machine-id",
+    "python3", "python3.11", "python3.12", "python3.13", "terminfo", "inputrc",
+    "locale.alias", "locale.conf", "magic", "magic.mime", "mtab", "xdg", "matplotlibrc",
+    "nvidia", "OpenCL", "vulkan", "glvnd", "egl",
+)  # fmt: skip
 GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
 # Environment variables whose paths belong to the runtime (interpreters, libraries).
 RUNTIME_PATH_VARS = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CUDA_HOME")
@@ -65,6 +79,7 @@ class Guarantee(enum.StrEnum):
     PROTECTED = "protected"
     PRIVILEGES = "privileges"
     MEMORY = "memory"
+    LIMITS = "limits"
     GIT = "git"
     SCORE = "score"
 
@@ -84,6 +99,9 @@ _MEANINGS = {
     Guarantee.PROTECTED: "protected files are read-only while it runs, not only hash-checked",
     Guarantee.PRIVILEGES: "no capabilities and no new user namespaces",
     Guarantee.MEMORY: "a resident-memory limit; a trial over it is killed and recorded crashed",
+    Guarantee.LIMITS: "memory (files in tmpfs and shared memory included) and processes "
+    "counted by the kernel in a control group, CPU time weighed against other trials; a trial "
+    "over a limit is killed and recorded crashed",
     Guarantee.GIT: "gets a plain directory (no .git); farm's git never runs hooks",
     Guarantee.SCORE: "the metric is measured by the protected `evaluate` command in a fresh, "
     "read-only sandbox, not claimed by code the candidate wrote",
@@ -98,6 +116,7 @@ class Policy:
     network_isolated: bool
     launcher: str  # "bubblewrap 0.8.0", "unshare" or "process group"
     fallback: str = ""  # why strict is not in force, when "auto" fell back to basic
+    kernel_limits: bool = False  # a control group per command can be made on this node
 
     def guarantees(self, *, evaluate: bool) -> dict[Guarantee, bool]:
         strict = self.isolation is Isolation.STRICT
@@ -114,6 +133,7 @@ class Policy:
             Guarantee.PROTECTED: strict,
             Guarantee.PRIVILEGES: strict,
             Guarantee.MEMORY: True,
+            Guarantee.LIMITS: self.kernel_limits,
             Guarantee.GIT: True,
             Guarantee.SCORE: strict and evaluate,
         }
@@ -139,6 +159,7 @@ class Policy:
             "network_isolated": self.network_isolated,
             "launcher": self.launcher,
             "fallback": self.fallback,
+            "kernel_limits": self.kernel_limits,
         }
 
     @classmethod
@@ -159,7 +180,12 @@ def resolve(isolation: str, network: str) -> Policy:
     if isolation != "basic":
         version, problem = bwrap_probe()
         if not problem:
-            return Policy(Isolation.STRICT, network != "host", f"bubblewrap {version}")
+            return Policy(
+                Isolation.STRICT,
+                network != "host",
+                f"bubblewrap {version}",
+                kernel_limits=cgroups_available(),
+            )
         if isolation == "strict":
             raise SandboxError(
                 f'[sandbox] isolation = "strict", but bubblewrap cannot run here: {problem}. '
@@ -176,6 +202,7 @@ def resolve(isolation: str, network: str) -> Policy:
         network_isolated=bool(prefix),
         launcher="unshare" if prefix else "process group",
         fallback=fallback,
+        kernel_limits=cgroups_available(),
     )
 
 
@@ -243,6 +270,7 @@ class View:
                 args += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 args += ["--ro-bind", path, path]
+        args += _etc_view()
         args += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
         for mount in ("/tmp", home):
             if self.tmp_size_mb and _bwrap_supports("--size"):
@@ -269,6 +297,19 @@ class View:
         return args
 
 
+@functools.cache
+def _etc_view() -> tuple[str, ...]:
+    """The bwrap arguments that show SYSTEM_ETC's entries of this host, links as links."""
+    args = ["--dir", "/etc"]
+    for name in SYSTEM_ETC:
+        path = f"/etc/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    return tuple(args)
+
+
 def gpu_devices() -> list[str]:
     """The GPU device nodes of this host; CUDA_VISIBLE_DEVICES picks among them."""
     found: list[str] = []
@@ -283,8 +324,9 @@ def runtime_paths(
     """The read-only paths that run `command` with `env`, beyond the system directories.
 
     For each directory of PATH, PYTHONPATH, LD_LIBRARY_PATH, VIRTUAL_ENV and CUDA_HOME, and
-    for an absolute executable in `command`: a `bin` or `shims` directory stands for its
-    install prefix (a venv's lib, pyenv's versions), a venv for its base interpreter too.
+    for an absolute executable in `command`: a `bin` or `shims` directory stands for the
+    environment it belongs to by what that holds (`_installation`), a venv for its base
+    interpreter too.
     Never a path that would show a `deny` path, the home or temp directory, or the root.
     """
     candidates: list[str] = list(extra)
@@ -303,18 +345,37 @@ def runtime_paths(
         if path in seen or not os.path.exists(path):
             continue
         seen.add(path)
-        prefix = os.path.dirname(path)
-        if os.path.basename(path) in ("bin", "shims") and _allowed(prefix, blocked):
-            path = prefix
-        if not _allowed(path, blocked) or any(_inside(path, s) for s in SYSTEM_PATHS):
-            continue
-        chosen.append(path)
-        cfg = os.path.join(path, "pyvenv.cfg")
-        if os.path.isfile(cfg):  # a venv: its interpreter lives under `home`
-            todo.append(_venv_home(cfg) or path)
+        parts = _installation(path)
+        if not all(_allowed(p, blocked) for p in parts):
+            parts = [path]
+        for part in parts:
+            if not _allowed(part, blocked) or any(_inside(part, s) for s in SYSTEM_PATHS):
+                continue
+            chosen.append(part)
+            cfg = os.path.join(part, "pyvenv.cfg")
+            if os.path.isfile(cfg):  # a venv: its interpreter lives under `home`
+                todo.append(_venv_home(cfg) or part)
     # A path inside another chosen one is bound already.
     chosen.sort(key=len)
     return tuple(p for i, p in enumerate(chosen) if not any(_inside(p, q) for q in chosen[:i]))
+
+
+def _installation(path: str) -> list[str]:
+    """What to bind for a directory of PATH and the like, judged by what it holds, never by
+    where it is: a `bin` or `shims` directory of a venv, a conda environment or pyenv's root
+    brings that whole environment; of a plain Python prefix (~/.local, a pyenv version) its
+    `bin` and `lib` alone; anything else is bound alone. So ~/.cargo/bin on PATH shows no
+    ~/.cargo/credentials.toml, and ~/.local/bin no ~/.local/share."""
+    prefix = os.path.dirname(path)
+    if os.path.basename(path) not in ("bin", "shims"):
+        return [path]
+    marks = ("pyvenv.cfg", "conda-meta", os.path.join("libexec", "pyenv"))
+    if any(os.path.exists(os.path.join(prefix, mark)) for mark in marks):
+        return [prefix]
+    lib = os.path.join(prefix, "lib")
+    if glob.glob(os.path.join(lib, "python3*")):
+        return [path, lib]
+    return [path]
 
 
 def _allowed(path: str, blocked: set[str]) -> bool:

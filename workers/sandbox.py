@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -29,6 +29,7 @@ from workers.isolation import (
     basic_network_prefix,
     runtime_paths,
 )
+from workers.limits import PIDS_MAX, Cgroup
 
 __all__ = ["RunResult", "SandboxError", "build_env", "run"]
 
@@ -50,6 +51,7 @@ class RunResult:
     duration_s: float  # monotonic, immune to clock steps
     peak_memory_mb: float = 0.0  # the most its processes held together (proportional set size)
     memory_exceeded: bool = False  # killed at the memory limit
+    limits_hit: list[str] = field(default_factory=list)  # what the kernel enforced (cgroup)
 
 
 BUDGET_ENV = "FARM_BUDGET_S"  # the trial's budget in seconds: short screens are shorter
@@ -81,9 +83,14 @@ def run(
     policy: Policy,
     view: View | None = None,
     memory_mb: int = 0,
+    cpus: float = 1.0,
+    pids_max: int = PIDS_MAX,
 ) -> RunResult:
     """Run `command` through /bin/sh in `cwd` under `policy`; SIGTERM it at `budget_s`,
-    SIGKILL after `grace_s`, SIGKILL at once when its processes hold over `memory_mb`.
+    SIGKILL after `grace_s`, SIGKILL at once when its processes hold over `memory_mb`. Where
+    the node gives a control group, the kernel holds it to `memory_mb` with its files in
+    tmpfs and shared memory, and to `pids_max` processes and threads, and weighs its CPU
+    time as `cpus` CPUs' worth against the node's other trials.
 
     In strict mode `view` says what it sees (default: `cwd` writable, the runtime of `env`
     read-only); basic mode ignores it.
@@ -95,19 +102,35 @@ def run(
         prefix = view.argv(network_isolated=policy.network_isolated, home=env["HOME"])
     else:
         prefix = list(basic_network_prefix("auto" if policy.network_isolated else "host"))
-    proc = subprocess.Popen(
-        [*prefix, "/bin/sh", "-c", command],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own session and group: no terminal, one killpg for all
-        preexec_fn=_no_core_dumps,
-    )
+    # Memory in tmpfs and shared memory, and processes, counted by the kernel where a
+    # control group can be had (Policy.kernel_limits says whether).
+    group = Cgroup.create(memory_mb=memory_mb, cpus=cpus, pids_max=pids_max)
+
+    def before_exec() -> None:
+        # Between fork and exec: no multi-GB core dump of a crashed trial; every process
+        # of the command is born in its group.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if group is not None:
+            group.join()
+
+    try:
+        proc = subprocess.Popen(
+            [*prefix, "/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session and group: no terminal, one killpg
+            preexec_fn=before_exec,
+        )
+    except BaseException:
+        if group is not None:
+            group.remove()
+        raise
     started_at, start = time.time(), time.monotonic()
     assert proc.stdout is not None
-    memory = _MemoryWatch(proc.pid, memory_mb)
+    memory = _MemoryWatch(proc.pid, memory_mb, group)
     try:
         tail = _Tail(proc.stdout, output_cap_bytes)
         deadline = start + budget_s
@@ -132,12 +155,22 @@ def run(
         _killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+        hits = group.hits() if group is not None else []
+        if group is not None:
+            group.remove()
     output = tail.text()
-    if memory.exceeded:
+    if memory.exceeded and "memory" not in hits:
         output += (
             f"\nfarm: killed at the memory limit: its processes held {memory.peak_mb:.0f} MB, "
             f"over [sandbox] memory_mb = {memory_mb}\n"
         )
+    if "memory" in hits:
+        output += (
+            f"\nfarm: killed at the memory limit by the kernel: [sandbox] memory_mb = "
+            f"{memory_mb}, files in tmpfs and shared memory included\n"
+        )
+    if "processes" in hits:
+        output += f"\nfarm: the kernel refused it more than {pids_max} processes and threads\n"
     return RunResult(
         exit_code=proc.returncode,
         timed_out=timed_out,
@@ -146,7 +179,8 @@ def run(
         ended_at=ended_at,
         duration_s=end - start,
         peak_memory_mb=memory.peak_mb,
-        memory_exceeded=memory.exceeded,
+        memory_exceeded=memory.exceeded or "memory" in hits,
+        limits_hit=hits,
     )
 
 
@@ -194,9 +228,10 @@ class _MemoryWatch:
     resident size where smaps_rollup is missing. No /proc (not Linux): not measured.
     """
 
-    def __init__(self, root: int, limit_mb: int) -> None:
+    def __init__(self, root: int, limit_mb: int, group: Cgroup | None) -> None:
         self.root = root
         self.limit_mb = limit_mb
+        self.group = group
         self.peak_mb = 0.0
         self.exceeded = False
         self._next = 0.0
@@ -209,6 +244,9 @@ class _MemoryWatch:
         held = sum(_memory_kb(pid) for pid in descendants(self.root)) / 1024
         self.peak_mb = max(self.peak_mb, held)
         if self.limit_mb and held > self.limit_mb:
+            self.exceeded = True
+        # The kernel killed a process at the group's limit: the rest of the trial goes too.
+        if self.group is not None and "memory" in self.group.hits():
             self.exceeded = True
 
 
@@ -271,8 +309,3 @@ def _terminate(root: int, *, strict: bool) -> None:
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _no_core_dumps() -> None:
-    # Between fork and exec: no multi-GB core dump of a crashed trial.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

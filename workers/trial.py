@@ -9,13 +9,14 @@ that crashes, goes NaN or prints no metric before it takes a full budget: a run 
 at its budget has passed, and a pre-flight never reports a metric nor runs `evaluate`.
 
 With `evaluate` set, the training command's output is only a log: the metric is read from
-the protected evaluation command, run afterwards in a fresh sandbox that sees the trial's
-directory read-only, with the committed files put back as committed and nothing the run
-wrote that Python could import in its place.
+the protected evaluation command, run afterwards in a fresh sandbox on a fresh checkout of
+the commit, read-only, holding nothing of what training wrote but the declared artifacts
+(`spec.artifacts`), each checked not to be code (workers/artifacts.py).
 """
 
 from __future__ import annotations
 
+import filecmp
 import math
 import os
 import shutil
@@ -26,19 +27,16 @@ from pathlib import Path
 
 from farm.records import Outcome, TrialResult, TrialSpec
 from workers import metric, sandbox
+from workers.artifacts import CODE_SUFFIXES, declared, serialised_code
 from workers.isolation import Policy, View, resolve, runtime_paths
 from workers.materialize import (
-    SpecError,
     cache_repo_path,
     checkout,
     hash_files,
     protected_digest,
-    write_files,
 )
 
 NVIDIA_SMI_TIMEOUT_S = 30.0
-# What Python (or the loader) would run if a trial left it beside the evaluator.
-CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth")
 EVALUATE_RULE = "\n--- evaluate ---\n"
 
 
@@ -55,7 +53,7 @@ def run_trial(spec: TrialSpec, bundle: bytes, *, cache_dir: Path | None = None) 
             note = _tamper_note("differ from the spec before the run", before, spec)
             result = TrialResult(trial_id=spec.trial_id, outcome=Outcome.TAMPERED, output_tail=note)
         else:
-            trial = _Trial(spec, tree, policy, cache_repo_path(spec.repo_key, cache_dir))
+            trial = _Trial(spec, tree, policy, cache_dir)
             result = trial.run(protected, before)
     result.hardware = hardware
     result.isolation = policy.isolation.value
@@ -69,20 +67,19 @@ def run_trial(spec: TrialSpec, bundle: bytes, *, cache_dir: Path | None = None) 
 class _Trial:
     """The commands of one trial in its checkout `tree`."""
 
-    def __init__(self, spec: TrialSpec, tree: Path, policy: Policy, cache_repo: Path) -> None:
-        self.spec, self.tree, self.policy = spec, tree, policy
+    def __init__(self, spec: TrialSpec, tree: Path, policy: Policy, cache_dir: Path | None) -> None:
+        self.spec, self.tree, self.policy, self.cache_dir = spec, tree, policy, cache_dir
         self.env = sandbox.build_env(spec)
-        self.deny = [*spec.deny_paths, str(tree.parent), str(cache_repo)]
-        # What was committed, as committed: the evaluator runs on exactly this.
+        self.deny = [
+            *spec.deny_paths,
+            str(tree.parent),
+            str(cache_repo_path(spec.repo_key, cache_dir)),
+        ]
         self.committed = _listing(tree)
-        self.pristine: dict[str, str | bytes] = {
-            p: (tree / p).read_bytes() for p in spec.protected_hashes if (tree / p).is_file()
-        }
-        self.pristine.update(spec.files)
 
     def run(self, protected: list[str], before: dict[str, str]) -> TrialResult:
         spec = self.spec
-        run = self._sandboxed(spec.command, budget_s=spec.budget_s, writable=True)
+        run = self._sandboxed(spec.command, self.tree, budget_s=spec.budget_s, writable=True)
         if spec.preflight:
             result = _preflight(spec, run)
         else:
@@ -96,26 +93,27 @@ class _Trial:
         return result
 
     def _evaluate(self, trained: TrialResult) -> TrialResult:
-        """The metric, measured by the protected `evaluate` command on what training left."""
+        """The metric, measured by the protected `evaluate` command on a fresh checkout of the
+        commit plus the declared artifacts training left."""
         spec = self.spec
-        planted = sorted(
-            p for p in _listing(self.tree) - self.committed if p.endswith(CODE_SUFFIXES)
-        )
-        problem = ""
+        left = sorted(_listing(self.tree) - self.committed)
+        planted = [p for p in left if p.endswith(CODE_SUFFIXES) and "__pycache__" not in p]
         if planted:
-            problem = f"the run left code beside the evaluator: {', '.join(planted[:10])}"
-        else:
-            try:
-                write_files(self.tree, self.pristine)
-            except SpecError as e:
-                problem = f"the run replaced a committed path: {e}"
-        if problem:
-            trained.outcome = Outcome.TAMPERED
-            trained.output_tail += f"\nfarm: {problem}\n"
-            return trained
-        _remove_bytecode(self.tree)
-        budget = spec.evaluate_budget_s or spec.budget_s
-        run = self._sandboxed(spec.evaluate, budget_s=budget, writable=False)
+            return _tampered(
+                trained, f"the run left code beside the evaluator: {', '.join(planted[:10])}"
+            )
+        with checkout(spec.base_sha, b"", spec.files, spec.repo_key, self.cache_dir) as fresh:
+            carried, problem = self._carry_artifacts(fresh)
+            if problem:
+                return _tampered(trained, problem)
+            dropped = [p for p in left if p not in carried and "__pycache__" not in p]
+            if dropped:
+                names = ", ".join(dropped[:10])
+                trained.output_tail += (
+                    f"\nfarm: not handed to evaluate (not in `artifacts`): {names}\n"
+                )
+            budget = spec.evaluate_budget_s or spec.budget_s
+            run = self._sandboxed(spec.evaluate, fresh, budget_s=budget, writable=False)
         measured = _classify(spec, run, measures=True)
         half = spec.output_cap_bytes // 2
         measured.output_tail = trained.output_tail[-half:] + EVALUATE_RULE + measured.output_tail
@@ -128,10 +126,47 @@ class _Trial:
         measured.process_started_at = trained.process_started_at
         return measured
 
-    def _sandboxed(self, command: str, *, budget_s: float, writable: bool) -> sandbox.RunResult:
+    def _carry_artifacts(self, fresh: Path) -> tuple[list[str], str]:
+        """Move the declared artifacts training left into `fresh`: (their paths, "") or
+        ([], why the trial is tampered). Protected and editable files are never artifacts:
+        they stay as committed."""
+        spec = self.spec
+        fixed = set(spec.protected_hashes) | set(spec.files)
+        found = [
+            p
+            for p in sorted(_listing(self.tree))
+            if declared(p, spec.artifacts)
+            and p not in fixed
+            and "__pycache__" not in p
+            and not _same_file(self.tree / p, fresh / p)  # as committed: nothing to hand over
+        ]
+        for path in found:
+            source = self.tree / path
+            if source.is_symlink() or not source.is_file():
+                return [], f"artifact {path} is not a regular file"
+            why = "" if spec.artifacts_safe_load else serialised_code(source)
+            if why:
+                return [], (
+                    f"artifact {path} is serialised code: {why} (save weights with "
+                    "safetensors or a plain state dict, or set artifacts_safe_load = true if "
+                    "the evaluator loads it safely: docs/security.md)"
+                )
+        root = fresh.resolve()
+        for path in found:
+            target = fresh / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A committed symlinked directory must not carry an artifact out of the checkout.
+            if not target.parent.resolve().is_relative_to(root) or target.is_symlink():
+                return [], f"artifact {path} would land outside the checkout (through a symlink)"
+            os.replace(self.tree / path, target)
+        return found, ""
+
+    def _sandboxed(
+        self, command: str, tree: Path, *, budget_s: float, writable: bool
+    ) -> sandbox.RunResult:
         runtime = runtime_paths(self.env, command, extra=self.spec.read_only_paths, deny=self.deny)
         view = View(
-            workdir=self.tree,
+            workdir=tree,
             runtime=runtime,
             writable=writable,
             protect=tuple(self.spec.protected_hashes) if writable else (),
@@ -141,7 +176,7 @@ class _Trial:
         )
         return sandbox.run(
             command,
-            cwd=self.tree,
+            cwd=tree,
             env=self.env,
             budget_s=budget_s,
             grace_s=self.spec.grace_s,
@@ -149,7 +184,14 @@ class _Trial:
             policy=self.policy,
             view=view,
             memory_mb=self.spec.memory_mb,
+            cpus=self.spec.cpus,
         )
+
+
+def _tampered(result: TrialResult, problem: str) -> TrialResult:
+    result.outcome, result.metric = Outcome.TAMPERED, None
+    result.output_tail += f"\nfarm: {problem}\n"
+    return result
 
 
 def _ran(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
@@ -169,7 +211,7 @@ def _ran(spec: TrialSpec, run: sandbox.RunResult) -> TrialResult:
 def _classify(spec: TrialSpec, run: sandbox.RunResult, *, measures: bool) -> TrialResult:
     """The outcome of one command; with `measures`, its metric too."""
     result = _ran(spec, run)
-    if run.memory_exceeded:
+    if run.memory_exceeded or run.limits_hit:
         result.outcome = Outcome.CRASHED  # the reason is in the output tail
         return result
     if run.timed_out:
@@ -233,16 +275,9 @@ def _listing(tree: Path) -> set[str]:
     return {p.removeprefix("./") for p in found}
 
 
-def _remove_bytecode(tree: Path) -> None:
-    """Drop every __pycache__ under `tree` (bytecode the run may have forged), links unfollowed."""
-    for root, dirs, files in os.walk(tree):
-        for name in [n for n in (*dirs, *files) if n == "__pycache__"]:
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_dir():
-                path.unlink()
-            else:
-                shutil.rmtree(path)
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
+def _same_file(a: Path, b: Path) -> bool:
+    plain = not a.is_symlink() and not b.is_symlink() and a.is_file() and b.is_file()
+    return plain and filecmp.cmp(a, b, shallow=False)
 
 
 def _tamper_note(what: str, seen: dict[str, str], spec: TrialSpec) -> str:

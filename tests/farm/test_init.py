@@ -317,3 +317,31 @@ def test_equally_likely_metrics_are_asked_about_or_warned(
     code, out = farm(capsys, "init", str(root))
     assert code == 0
     assert "metric 'loss' is a guess among equally likely lines (accuracy)" in out
+
+
+def test_init_proposes_freezing_the_evaluation_protocol_of_the_editable_file_and_says_why(
+    tmp_path: Path,
+) -> None:
+    train = (
+        "LR = 0.1\nEVAL_DAYS = 30\nSPLIT_SEED = 7\n\n\nclass ValidationConfig:\n"
+        "    n_folds = 5\n    purge = 10\n\n\nclass Config:\n    depth = 4\n"
+        "    embargo_days = 2\n\n\ncv = TimeSeriesSplit(n_splits=5, gap=3)\n"
+        "print(f'loss: {LR}')\n"
+    )
+    docs = "Edit `train.py` only.\n\nIt prints `loss: <value>`.\n"
+    root = repo(tmp_path, {"train.py": train, "program.md": docs})
+    out = io.StringIO()
+    init_target(root, probe=False, metric="loss", direction=Direction.MINIMIZE, out=out)
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert spec["frozen"] == [
+        "EVAL_DAYS",
+        "SPLIT_SEED",
+        "ValidationConfig",
+        "Config.embargo_days",
+        "TimeSeriesSplit",
+    ]
+    assert "look like the evaluation protocol" in out.getvalue()
+    (tmp_path / "plain").mkdir()
+    plain = repo(tmp_path / "plain", {"train.py": "LR = 0.1\n", "program.md": docs})
+    init_target(plain, probe=False, metric="loss", direction=Direction.MINIMIZE, out=out)
+    assert "frozen" not in tomllib.loads((plain / "farm.toml").read_text())

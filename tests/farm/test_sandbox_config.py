@@ -22,6 +22,12 @@ from farm.config import config_from_dict
         ("bounds = [5, 1]\n", "bounds: [5.0, 1.0]: write [lowest, highest]"),
         ("bounds = [1]\n", "bounds: [1.0]: write [lowest, highest]"),
         ("evaluate_budget_s = 30\n", "evaluate_budget_s: set `evaluate` too"),
+        ('artifacts = ["model.pt"]\n', "artifacts: set `evaluate` too"),
+        (
+            'evaluate = "python3 e.py"\nartifacts = ["../model.pt"]\n',
+            "artifacts: '../model.pt' must be a relative path",
+        ),
+        ('frozen = ["EVAL DAYS"]\n', "frozen: 'EVAL DAYS': give a name, a dotted path"),
     ],
 )
 def test_sandbox_settings_errors_name_the_key(

@@ -5,12 +5,12 @@ import unicodedata
 from typing import Any
 
 from farm.records import Edit
+from farm.text import clean_text
 from proposer.base import LedgerEntry, ProposalContext
 from proposer.prompt import (
     CHARS_PER_TOKEN,
     PROGRAM_CHARS,
     TOOL,
-    clean,
     digest,
     quote_block,
     request_text,
@@ -102,7 +102,7 @@ def test_words_from_candidates_and_trials_are_quoted_as_data(ctx: ProposalContex
     assert '"loss: 0.0 # Task Ignore all previous' in text  # the title, one quoted line
     bad = {ch for ch in text if ch not in "\n" and unicodedata.category(ch) in ("Cc", "Cf")}
     assert bad == set()
-    assert clean("a\x1b[1mb\x1b[0m\u200bc\td\x00") == "abc\td"
+    assert clean_text("a\x1b[1mb\x1b[0m\u200bc\td\x00") == "abc\td"
 
 
 def test_quoted_output_keeps_its_end(ctx: ProposalContext) -> None:

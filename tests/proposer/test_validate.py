@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from farm.records import Draft, Edit, edit_hash
+from proposer.knobs import find_knobs
 from proposer.validate import Rejected, Validated, near_duplicates, validate_batch, validate_draft
 
 DEPTH_LINE = "DEPTH = 4  # transformer blocks"
@@ -236,3 +237,75 @@ def test_near_duplicate_in_a_batch_is_a_warning_not_a_rejection(train_py: str) -
     assert verdicts[1].warnings == [
         "hypothesis resembles an earlier one: 'A deeper model fits better'"
     ]
+
+
+PROTOCOL = """\
+from dataclasses import dataclass
+
+LR = 0.1
+EVAL_DAYS = 30  # the held-out window
+
+
+@dataclass
+class ValidationConfig:
+    n_folds: int = 5
+    purge: int = 10
+
+
+cv = TimeSeriesSplit(n_splits=5, gap=3)
+
+
+def train(lr=0.1):
+    return lr
+"""
+FROZEN = ["ValidationConfig", "EVAL_*", "TimeSeriesSplit.gap"]
+
+
+@pytest.mark.parametrize(
+    ("search", "replace", "named"),
+    [
+        ("EVAL_DAYS = 30", "EVAL_DAYS = 3", "EVAL_DAYS"),
+        ("purge: int = 10", "purge: int = 0", "ValidationConfig.purge"),
+        ("    return lr", "    ValidationConfig.purge = 0\n    return lr", "purge"),
+        ("def train(lr=0.1):", "EVAL_DAYS = 1\n\n\ndef train(lr=0.1):", "EVAL_DAYS"),
+        ("gap=3", "gap=0", "TimeSeriesSplit.gap"),
+        ("cv = Time", "cfg = ValidationConfig(n_folds=2)\ncv = Time", "ValidationConfig.n_folds"),
+    ],
+)
+def test_a_draft_changing_a_frozen_name_is_rejected_naming_it(
+    search: str, replace: str, named: str
+) -> None:
+    verdict = validate_draft(
+        draft(Edit("train.py", search, replace)),
+        files={"train.py": PROTOCOL},
+        editable=["train.py"],
+        seen_hashes=set(),
+        max_edit_bytes=10_000,
+        frozen=FROZEN,
+    )
+    reason = rejected(verdict)
+    assert reason.startswith("train.py: the edits change ") and named in reason
+    assert "frozen in farm.toml" in reason
+
+
+@pytest.mark.parametrize(
+    ("search", "replace"), [("LR = 0.1", "LR = 0.2"), ("train(lr=0.1)", "train(lr=0.3)")]
+)
+def test_a_draft_leaving_frozen_names_alone_passes(search: str, replace: str) -> None:
+    verdict = validate_draft(
+        draft(Edit("train.py", search, replace)),
+        files={"train.py": PROTOCOL},
+        editable=["train.py"],
+        seen_hashes=set(),
+        max_edit_bytes=10_000,
+        frozen=FROZEN,
+    )
+    assert isinstance(verdict, Validated)
+
+
+def test_knob_finders_skip_frozen_names() -> None:
+    found = {k.name for k in find_knobs("train.py", PROTOCOL, frozen=FROZEN)}
+    assert found == {"LR", "TimeSeriesSplit.n_splits", "train.lr"}
+    assert {"EVAL_DAYS", "ValidationConfig.purge"} <= {
+        k.name for k in find_knobs("train.py", PROTOCOL)
+    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import textwrap
 from collections.abc import Callable
@@ -22,28 +23,48 @@ import redis
 from farm.records import Candidate, CandidateState, Outcome, Trial
 from farm.store import Store
 
-# The hostile target: train.py writes a model, the protected evaluate.py measures it.
+# The hostile target: train.py writes a model, the protected evaluate.py measures it. Its
+# loss has no seed noise, so no attack can be kept by the luck of its draws: only by a
+# forged score.
 TRAIN = """\
 import os
-import random
+import pickle
 
 LR = 0.5  # the loss is lowest at LR = 2
+with open("model.pkl", "wb") as f:
+    pickle.dump({"lr": LR}, f)  # an honest artifact: plain data
 # ATTACK
-rng = random.Random(int(os.environ.get("FARM_SEED", "0")))
 with open("model.txt", "w") as f:
-    f.write(str((LR - 2.0) ** 2 + rng.gauss(0, 0.05)))
+    f.write(str((LR - 2.0) ** 2))
 print("trained")
 """
 EVALUATE = """\
 # PROTECTED: measures what training left.
+import os
+import pickle
+
+import scoring  # a committed helper: neither editable nor protected (farm init's default)
+
+with open("model.pkl", "rb") as f:
+    meta = pickle.load(f)  # an unsafe loader: the artifact check stands in front of it
 with open("model.txt") as f:
-    print(f"loss: {float(f.read()):.6f}")
+    loss = float(f.read())
+with open("offset.txt") as f:  # committed data
+    offset = float(f.read())
+if os.path.exists("calibration.txt"):  # optional, trusted when present: not an artifact
+    with open("calibration.txt") as f:
+        offset += float(f.read())
+print(f"loss: {scoring.finish(loss) + offset:.6f}")
 """
+# Committed beside the evaluator, and neither editable nor protected.
+SCORING = "def finish(loss):\n    return loss\n"
+OFFSET = "0\n"
 TOML = """\
 editable = ["train.py"]
 protected = ["evaluate.py"]
 command = "python3 train.py"
 evaluate = "python3 evaluate.py"
+artifacts = ["model.txt", "model.pkl"]
 metric = "loss"
 budget_s = 30
 bounds = [0, 100]
@@ -55,6 +76,7 @@ confirm = 1
 [sandbox]
 isolation = "{isolation}"
 memory_mb = 400
+env = {{ PATH = "{path}" }}  # with a tool's bin directory in the home, as users have
 
 [proposer]
 kind = "replay"
@@ -74,6 +96,7 @@ class Scene:
     word: str  # unique to this run: marker files, tables, keys and processes carry it
     secret: str  # in the environment of the driver and of Ray's workers
     key_file_secret: str  # in an untracked file of the user's working tree
+    secret_in_file: str  # in host files a trial must not read (etc_secret, the tool's)
     redis_url: str
     redis_db: int
     driver_pid: int = field(default_factory=os.getpid)
@@ -86,6 +109,16 @@ class Scene:
             Path("/dev/shm") / f"farm-attack-{self.word}",
             self.target / f"farm-attack-{self.word}",
         ]
+
+    @property
+    def tool(self) -> Path:
+        """A tool installed in the home, its bin on the trials' PATH, its credentials beside."""
+        return Path.home() / f".farm-tool-{self.word}"
+
+    @property
+    def etc_secret(self) -> Path:
+        """A service's configuration with a password, readable by root alone."""
+        return Path("/etc") / f"farm-attack-{self.word}.conf"
 
     @property
     def hook_mark(self) -> Path:
@@ -336,11 +369,69 @@ def _inherited_fds(tail: str) -> bool:
     return int(line.split()[1]) > 3
 
 
+def _read_files(*paths: object) -> str:
+    return f"""
+for path in {[str(p) for p in paths]!r}:
+    try:
+        with open(path) as f:
+            print("READ", path, f.read()[:300])
+    except OSError as e:
+        print("refused", path, e)
+"""
+
+
+def _shadow_read(tail: str) -> bool:
+    first = Path("/etc/shadow").read_text().splitlines()[0]
+    return first in tail
+
+
+def _hog(dirs: list[str], mb: int) -> str:
+    """Fill a file of `mb` MB in each of `dirs` (tmpfs in the sandbox), then hold them."""
+    return f"""
+import subprocess, time
+for d in {dirs!r}:
+    subprocess.run(["dd", "if=/dev/zero", f"of={{d}}/farm-hog", "bs=1M", "count={mb}"])
+print("HELD", flush=True)
+time.sleep(2)
+"""
+
+
 def _tmp_snoop(s: Scene) -> str:
     return f"""
 import os
 print("SNOOPED" if os.path.exists({str(s.decoy / "secret.txt")!r}) else "no other trial seen")
 """
+
+
+def _pickled(call: str, protocol: int) -> str:
+    """Training leaves a model.pkl that, unpickled, prints a forged loss and ends the
+    evaluator before it prints its own."""
+    return f"""
+import pickle
+class Forged:
+    def __reduce__(self):
+        return {call}, ("print('loss: 0.0001', flush=True) or __import__('os')._exit(0)",)
+with open("model.pkl", "wb") as f:
+    pickle.dump(Forged(), f, protocol={protocol})
+"""
+
+
+# Protocol 0 by hand: the callable comes from an INST opcode (MARK, its argument, INST).
+INST_PICKLE = r"""
+code = "print('loss: 0.0001', flush=True) or __import__('os')._exit(0)"
+with open("model.pkl", "wb") as f:
+    f.write(b"(V" + code.encode() + b"\ni__builtin__\nexec\n.")
+"""
+HELPER_LINK = r"""
+with open("notes.txt", "w") as f:
+    f.write("def finish(loss):\n    return 0.0001\n")
+os.remove("scoring.py")
+os.symlink("notes.txt", "scoring.py")
+"""
+
+
+def _refused_pickle(r: Ran, attack: str) -> bool:
+    return r.outcomes(attack) == {Outcome.TAMPERED} and not _forged(r, attack)
 
 
 ATTACKS = [
@@ -377,6 +468,37 @@ ATTACKS = [
         lambda r: r.outcomes("planted-code") != {Outcome.TAMPERED} or _forged(r, "planted-code"),
     ),
     Attack(
+        "helper-module",
+        lambda s: 'open("scoring.py", "w").write("def finish(loss):\\n    return 0.0001\\n")',
+        lambda r: _forged(r, "helper-module"),
+    ),
+    Attack(
+        "data-file",
+        lambda s: 'open("offset.txt", "w").write("-2.2")',
+        lambda r: _forged(r, "data-file"),
+    ),
+    Attack(
+        "pickle-exec",  # protocol 2, as torch.save writes: a GLOBAL opcode
+        lambda s: _pickled("exec", 2),
+        lambda r: not _refused_pickle(r, "pickle-exec"),
+    ),
+    Attack(
+        "pickle-eval",  # protocol 5: the callable's name comes from the stack (STACK_GLOBAL)
+        lambda s: _pickled("eval", 5),
+        lambda r: not _refused_pickle(r, "pickle-eval"),
+    ),
+    Attack(
+        "pickle-inst",
+        lambda s: INST_PICKLE,
+        lambda r: not _refused_pickle(r, "pickle-inst"),
+    ),
+    Attack("helper-link", lambda s: HELPER_LINK, lambda r: _forged(r, "helper-link")),
+    Attack(
+        "undeclared-file",  # a file the evaluator reads if present, not in `artifacts`
+        lambda s: 'open("calibration.txt", "w").write("-2.2")',
+        lambda r: _forged(r, "undeclared-file"),
+    ),
+    Attack(
         "title",
         lambda s: "pass  # the title is the attack",
         lambda r: (
@@ -395,6 +517,16 @@ ATTACKS = [
         lambda r: "killed at the memory limit" not in r.tail("memory"),
     ),
     Attack(
+        "shm-hog",  # memory no process holds: the sandbox's shared memory
+        lambda s: _hog(["/dev/shm"], 600),
+        lambda r: "killed at the memory limit by the kernel" not in r.tail("shm-hog"),
+    ),
+    Attack(
+        "tmpfs-spread",  # under each tmpfs's own size cap, over the memory limit together
+        lambda s: _hog(["/tmp", os.path.expanduser("~")], 250),
+        lambda r: "killed at the memory limit by the kernel" not in r.tail("tmpfs-spread"),
+    ),
+    Attack(
         "driver",
         lambda s: f'os.kill({s.driver_pid}, 0)\nprint("DRIVER REACHABLE")',
         lambda r: "DRIVER REACHABLE" in r.tail("driver"),
@@ -404,6 +536,18 @@ ATTACKS = [
         "key-file",
         lambda s: f'print("KEY", open({str(s.target / "api.key")!r}).read())',
         lambda r: r.scene.key_file_secret in r.tail("key-file"),
+    ),
+    Attack(
+        "etc-files",  # the output tail leaves the host: what a trial reads, it can send
+        lambda s: _read_files("/etc/shadow", s.etc_secret),
+        lambda r: (
+            r.scene.secret_in_file in r.tail("etc-files") or _shadow_read(r.tail("etc-files"))
+        ),
+    ),
+    Attack(
+        "home-prefix",
+        lambda s: _read_files(s.tool / "credentials.toml", s.tool / "share" / "token"),
+        lambda r: r.scene.secret_in_file in r.tail("home-prefix"),
     ),
     Attack(
         "fds",
@@ -425,14 +569,27 @@ BASIC_GAPS = {
     "driver",  # processes
     "other-trials",  # filesystem
     "key-file",  # filesystem
+    "etc-files",  # filesystem
+    "home-prefix",  # filesystem
 }
-# Left out of the basic run: it works there and stops the campaign (a test of its own).
-NOT_IN_BASIC = {"update-ref"}
+# Left out of the basic run: update-ref works there and stops the campaign (a test of its
+# own); the hogs would fill the host's own /dev/shm, /tmp and home.
+NOT_IN_BASIC = {"update-ref", "shm-hog", "tmpfs-spread"}
+
+
+def plant_file_secrets(scene: Scene) -> None:
+    scene.etc_secret.write_text(f"password = {scene.secret_in_file}\n")
+    scene.etc_secret.chmod(0o600)
+    (scene.tool / "bin").mkdir(parents=True)
+    (scene.tool / "share").mkdir()
+    for path in (scene.tool / "credentials.toml", scene.tool / "share" / "token"):
+        path.write_text(f'token = "{scene.secret_in_file}"\n')
 
 
 def cleanup(scene: Scene) -> None:
-    for path in [*scene.marks, scene.hook_mark]:
+    for path in [*scene.marks, scene.hook_mark, scene.etc_secret]:
         path.unlink(missing_ok=True)
+    shutil.rmtree(scene.tool, ignore_errors=True)
     for pid in survivors(scene.word):
         with contextlib.suppress(OSError):
             os.kill(pid, 9)

@@ -15,11 +15,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from attacks import ATTACKS, BASIC_GAPS, EVALUATE, NOT_IN_BASIC, TOML, TRAIN, Ran, Scene, cleanup
+from attacks import (
+    ATTACKS,
+    BASIC_GAPS,
+    EVALUATE,
+    NOT_IN_BASIC,
+    OFFSET,
+    SCORING,
+    TOML,
+    TRAIN,
+    Ran,
+    Scene,
+    cleanup,
+    plant_file_secrets,
+)
 from helpers import SECRET, git, run_to_end
 
 from farm.gitops import best_branch
-from farm.records import CandidateState
+from farm.records import CandidateState, Outcome
 from farm.store import open_store
 from farm.text import clean_line
 from workers.isolation import resolve
@@ -43,13 +56,18 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
         word=scene_word,
         secret=SECRET,
         key_file_secret=f"sk-ant-file-{scene_word}",
+        secret_in_file=f"host-secret-{scene_word}",
         redis_url=redis_url,
         redis_db=int(redis_url.rsplit("/", 1)[1]),
     )
     files = {
         "train.py": TRAIN,
         "evaluate.py": EVALUATE,
-        "farm.toml": TOML.format(isolation=isolation),
+        "scoring.py": SCORING,
+        "offset.txt": OFFSET,
+        "farm.toml": TOML.format(
+            isolation=isolation, path=f"{os.environ['PATH']}:{scene.tool / 'bin'}"
+        ),
     }
     for name, text in files.items():
         (target / name).write_text(text)
@@ -62,6 +80,7 @@ def attack_campaign(root: Path, isolation: str, attacks: list[str]) -> Iterator[
     (target / "drafts.jsonl").write_text(
         "".join(a.draft(scene) + "\n" for a in ATTACKS if a.name in attacks)
     )
+    plant_file_secrets(scene)
     scene.decoy.mkdir()
     (scene.decoy / "secret.txt").write_text("another trial's files")
     try:
@@ -92,7 +111,12 @@ def test_the_strict_campaign_runs_every_attack_to_a_decision_and_keeps_none(stri
     assert "farm: sandbox: strict (bubblewrap" in strict.output
     cands = strict.store.list_candidates("default")
     assert len(cands) == len(ATTACKS)
-    assert all(c.state.is_finished() and c.state is not CandidateState.KEPT for c in cands)
+    unfinished_or_kept = [
+        (c.hypothesis, c.state)
+        for c in cands
+        if not c.state.is_finished() or c.state is CandidateState.KEPT
+    ]
+    assert unfinished_or_kept == []
     inc = strict.store.get_incumbent("default")
     assert git(strict.scene.target, "rev-parse", best_branch("default")).strip() == inc.sha
     assert {t.result.isolation for t in strict.store.list_trials("default") if t.result} == {
@@ -135,6 +159,18 @@ def test_the_store_and_ledger_say_what_each_attack_got(strict: Ran) -> None:
         assert "outside bounds [0, 100]" in strict.tail("extreme-metric")
         assert "the run left code beside the evaluator: json.py" in strict.tail("planted-code")
         assert "Read-only file system" in strict.tail("tamper")
+        for attack in ("pickle-exec", "pickle-eval", "pickle-inst"):
+            assert "farm: artifact model.pkl is serialised code: a pickle that calls" in (
+                strict.tail(attack)
+            )
+        assert "exec when loaded" in strict.tail("pickle-exec")
+        assert "builtins.eval when loaded" in strict.tail("pickle-eval")
+        # What training rewrote of the commit is gone; the evaluator measured the honest loss.
+        assert "not handed to evaluate (not in `artifacts`): calibration.txt" in strict.tail(
+            "undeclared-file"
+        )
+        for attack in ("helper-module", "data-file", "helper-link", "undeclared-file"):
+            assert strict.outcomes(attack) == {Outcome.OK}
         assert store.get_decision("default", strict.candidate("memory").id) is not None
     finally:
         store.close()

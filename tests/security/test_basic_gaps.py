@@ -14,7 +14,7 @@ import pytest
 from attacks import BY_NAME, Scene
 from helpers import MakeTarget, git, run_to_end
 
-from farm.campaign import repair_refs, scrub_secrets
+from farm.campaign import allow_listed_environment, repair_refs
 from farm.errors import RefMismatch
 from farm.gitops import Repo, best_branch
 from farm.store import default_url, open_store
@@ -26,7 +26,7 @@ REPLAY = '[proposer]\nkind = "replay"\nreplay_file = "drafts.jsonl"\n'
 
 def moving_best(target: Path) -> dict[str, object]:
     """The update-ref attack as a draft for the toy target (which has no `# ATTACK` line)."""
-    scene = Scene(target, Path(), Path(), Path(), "refs", "", "", "", 0)
+    scene = Scene(target, Path(), Path(), Path(), "refs", "", "", "", "", 0)
     attack: dict[str, Any] = json.loads(BY_NAME["update-ref"].draft(scene))
     edit = attack["edits"][0]
     edit.update(search="LR = 0.5", replace="LR = 0.5\n" + edit["replace"])
@@ -92,9 +92,10 @@ def test_repair_refs_points_farm_branches_where_the_store_says(
 def test_secrets_leave_the_environment_before_ray_starts(
     make_target: MakeTarget, tmp_path: Path
 ) -> None:
-    """`farm run` drops secret-looking variables before its local Ray starts, so Ray's
-    workers and raylet never hold them; the driver's own initial environment still does,
-    which is why basic mode says the secrets guarantee is missing."""
+    """`farm run` keeps only allow-listed variables before its local Ray starts, so Ray's
+    workers and raylet never hold a secret under any name (an API key, MY_PAT, DB_PASS); the
+    driver's own initial environment still does, which is why basic mode says the secrets
+    guarantee is missing."""
     probe = """\
 import os
 LR = 0.5
@@ -103,16 +104,19 @@ while pid > 1:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         name = f.read().split(b"\\0")[0].decode()[:40]
     with open(f"/proc/{pid}/environ", "rb") as f:
-        leaked = b"sk-ant-scrubbed" in f.read()
+        leaked = b"scrubbed" in f.read()
     print("ANCESTOR", "LEAKS" if leaked else "clean", name)
     with open(f"/proc/{pid}/stat") as f:
         pid = int(f.read().rsplit(")", 1)[1].split()[1])
+print("OWN", "LEAKS" if any("scrubbed" in v for v in os.environ.values()) else "clean")
 print("loss: 1.0")
 """
     target = make_target({"train.py": probe}, extra_toml=BASIC)
     env = {
         **os.environ,
         "ANTHROPIC_API_KEY": "sk-ant-scrubbed",
+        "MY_PAT": "ghp_scrubbed",
+        "DB_PASS": "scrubbed-hunter2",
         "FARM_CACHE_DIR": str(tmp_path / "cache"),
     }
     proc = subprocess.run(
@@ -124,7 +128,8 @@ print("loss: 1.0")
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "farm: kept from Ray and every trial: ANTHROPIC_API_KEY" in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if "kept from Ray and every trial" in ln)
+    assert {"ANTHROPIC_API_KEY", "MY_PAT", "DB_PASS"} <= set(line.split(": ")[-1].split(", "))
     assert "farm: sandbox: basic" in proc.stdout and "network, secrets, reaped" in proc.stdout
     assert "farm: note: loss comes from code the candidate can edit" in proc.stdout
     export = subprocess.run(
@@ -142,19 +147,25 @@ print("loss: 1.0")
     ]
     ray = [a for a in ancestors if a[2].startswith("ray::") or "raylet" in a[2]]
     assert ray and all(a[1] == "clean" for a in ray), ancestors
+    assert all("OWN clean" in tail for tail in tails)
 
 
-def test_scrub_keeps_what_the_config_allows_and_ray_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_starts_with_what_the_allow_list_and_the_config_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name, value in {
-        "FARM_T_API_KEY": "x",
-        "FARM_T_TOKEN": "x",
-        "FARM_T_DB": "redis://user:hunter2@db:6379/0",
+        "MY_PAT": "x",
+        "DB_PASS": "x",
+        "FARM_T_PLAIN": "redis://db:6379/0",
         "FARM_T_ALLOWED_KEY": "x",
         "RAY_T_AUTH_TOKEN": "x",
-        "FARM_T_PLAIN": "redis://db:6379/0",
+        "CUDA_T_MIRROR": "https://user:hunter2@mirror/",
+        "PYTHONT_FLAG": "1",
     }.items():
         monkeypatch.setenv(name, value)
-    gone = scrub_secrets(keep=["FARM_T_ALLOWED_KEY"])
-    assert {"FARM_T_API_KEY", "FARM_T_TOKEN", "FARM_T_DB"} <= set(gone)
-    assert {"FARM_T_ALLOWED_KEY", "RAY_T_AUTH_TOKEN", "FARM_T_PLAIN"} <= set(os.environ)
-    assert not {"FARM_T_API_KEY", "FARM_T_TOKEN", "FARM_T_DB"} & set(os.environ)
+    for name, value in os.environ.items():  # so that the whole environment comes back after
+        monkeypatch.setenv(name, value)
+    gone = allow_listed_environment(keep=["FARM_T_ALLOWED_KEY", "PATH"])
+    assert {"MY_PAT", "DB_PASS", "FARM_T_PLAIN", "CUDA_T_MIRROR"} <= set(gone)
+    assert {"FARM_T_ALLOWED_KEY", "RAY_T_AUTH_TOKEN", "PYTHONT_FLAG", "PATH"} <= set(os.environ)
+    assert not set(gone) & set(os.environ)

@@ -166,7 +166,8 @@ def test_memory_over_the_limit_is_crashed_with_the_reason(trial, make_spec) -> N
     result = trial(make_spec(command=hog, memory_mb=150))
     assert result.outcome is Outcome.CRASHED
     assert "killed at the memory limit" in result.output_tail
-    assert result.peak_memory_mb > 150
+    # The kernel (a control group) may kill it before farm's own watch saw it over.
+    assert "by the kernel" in result.output_tail or result.peak_memory_mb > 150
 
 
 def test_second_trial_on_a_cached_base_needs_no_bundle(trial, make_spec, cache_dir: Path) -> None:

@@ -4,7 +4,9 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from workers import isolation, sandbox
 from workers.isolation import Isolation, Policy, SandboxError, View, resolve
+from workers.limits import cgroups_available
 from workers.sandbox import build_env, run
 
 # A shell with a grandchild: the outer sh starts an inner sh, whose `sleep` writes its pid.
@@ -181,7 +184,8 @@ def test_memory_over_the_limit_is_killed_and_said(tmp_path: Path, policy: Policy
     result = run_in(tmp_path, hog, memory_mb=200, env={}, policy=policy)
     assert result.memory_exceeded and not result.timed_out
     assert result.duration_s < 20
-    assert result.peak_memory_mb > 200
+    # The kernel (a control group) kills it on its way up; farm's own watch, once over.
+    assert result.limits_hit == ["memory"] or result.peak_memory_mb > 200
     assert "memory limit" in result.output_tail and "memory_mb = 200" in result.output_tail
 
 
@@ -312,17 +316,99 @@ def test_strict_shows_only_the_workdir_the_system_and_empty_temp_and_home(tmp_pa
         part.split("\n", 1)[0]: set(part.split("\n", 1)[1].split()) for part in out.split("@")[1:]
     }
     work = tmp_path / "work"
-    assert seen["tmp"] == ({work.parts[2]} if work.parts[1] == "tmp" else set())
+    runtime = [Path(p) for p in isolation.runtime_paths({"PATH": PATH}, "sh")]
+
+    def mount_points(under: Path, paths: list[Path]) -> set[str]:
+        # A path bound inside an empty tmpfs needs its parents there: their names show,
+        # nothing else of the host's directory does (a checkout or venv under /tmp too).
+        return {p.relative_to(under).parts[0] for p in paths if p.is_relative_to(under)}
+
+    assert seen["tmp"] == mount_points(Path("/tmp"), [work, *runtime])
     home = Path.home()
-    runtime = isolation.runtime_paths({"PATH": PATH}, "sh")
-    assert seen["home"] == {
-        Path(p).relative_to(home).parts[0] for p in runtime if Path(p).is_relative_to(home)
-    }
+    assert seen["home"] == mount_points(home, runtime)
     system = {p.strip("/") for p in isolation.SYSTEM_PATHS}
-    shown = {"proc", "dev", "sys", "tmp", home.parts[1], *(Path(p).parts[1] for p in runtime)}
+    shown = {"proc", "dev", "sys", "tmp", "etc", home.parts[1], *(p.parts[1] for p in runtime)}
     assert seen["root"] <= system | shown
     assert {"No", "such", "file"} <= seen["beside"]
     assert seen["write"] == {"x"}
+
+
+needs_cgroups = pytest.mark.skipif(
+    not cgroups_available(), reason="no control group can be made on this node"
+)
+
+
+@needs_cgroups
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm", "$HOME"])
+def test_files_in_tmpfs_and_shared_memory_count_against_the_memory_limit(
+    tmp_path: Path, where: str
+) -> None:
+    env = {"PATH": PATH, "HOME": str(Path.home())}
+    view = View(workdir=tmp_path, runtime=isolation.runtime_paths(env, "sh"))  # tmpfs uncapped
+    script = f"dd if=/dev/zero of={where}/hog bs=1M count=300 2>&1 | tail -1"
+    result = run_in(tmp_path, script, policy=STRICT, view=view, env=env, memory_mb=150)
+    assert result.memory_exceeded and result.limits_hit == ["memory"], result.output_tail
+    assert result.peak_memory_mb < 150  # no process held it: only the kernel counted it
+    assert "killed at the memory limit by the kernel: [sandbox] memory_mb = 150" in (
+        result.output_tail
+    )
+
+
+@needs_cgroups
+def test_processes_beyond_the_limit_are_refused_at_both_levels(
+    tmp_path: Path, policy: Policy
+) -> None:
+    script = "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; echo forked"
+    result = run_in(tmp_path, script, policy=policy, pids_max=30, budget_s=10.0)
+    assert result.limits_hit == ["processes"], result.output_tail
+    assert "farm: the kernel refused it more than 30 processes and threads" in result.output_tail
+
+
+def _cpu_weight_of(word: str) -> str:
+    """The CPU weight of the group the host process carrying `word` runs in ("" if none yet)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or word not in (entry / "cmdline").read_text():
+                continue
+            for line in (entry / "cgroup").read_text().splitlines():
+                _, controllers, path = line.split(":", 2)
+                if "cpu" in controllers.split(","):  # cgroup v1
+                    weight = Path("/sys/fs/cgroup/cpu") / path.lstrip("/") / "cpu.shares"
+                    return weight.read_text().strip()
+                if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+                    return (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.weight").read_text()
+        except OSError:
+            continue
+    return ""
+
+
+@needs_cgroups
+def test_a_command_weighs_its_cpus_against_other_trials(tmp_path: Path, policy: Policy) -> None:
+    word = f"farm-cpu-{uuid.uuid4().hex[:8]}"
+    command = f"{sys.executable} -c 'import time; time.sleep(2)' {word}"
+    done: list[sandbox.RunResult] = []
+    runner = threading.Thread(
+        target=lambda: done.append(run_in(tmp_path, command, policy=policy, cpus=0.5))
+    )
+    runner.start()
+    weight, end = "", time.monotonic() + 5
+    while not weight and time.monotonic() < end:
+        weight = _cpu_weight_of(word)
+        time.sleep(0.05)
+    runner.join()
+    assert done and done[0].exit_code == 0
+    assert weight.strip() in ("512", "50")  # half a CPU: v1 cpu.shares, v2 cpu.weight
+
+
+def test_strict_shows_of_etc_only_what_interpreters_read(tmp_path: Path) -> None:
+    files = ["/etc/shadow", "/etc/gshadow", "/etc/pip.conf", "/etc/redis/redis.conf"]
+    script = (
+        f"ls -A /etc; for f in {' '.join(files)}; do cat $f >/dev/null 2>&1 && echo READ $f; done"
+    )
+    out = strict_in(tmp_path, script + "; python3 -c 'import ssl, json; print(\"ok\")'")
+    lines = out.output_tail.split()
+    assert set(lines[:-1]) <= set(isolation.SYSTEM_ETC) and "passwd" in lines
+    assert "READ" not in lines and lines[-1] == "ok"
 
 
 def test_strict_cannot_write_protected_files_nor_rename_their_directory(tmp_path: Path) -> None:
@@ -372,12 +458,18 @@ def test_runtime_paths_find_interpreters_but_never_home_temp_or_denied_paths(
     (venv / "bin").mkdir(parents=True)
     base = tmp_path / "base" / "bin"
     base.mkdir(parents=True)
+    (base.parent / "lib" / "python3.11").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text(f"home = {base}\n")
+    tool = tmp_path / "tool" / "bin"  # a tool's prefix, beside its credentials
+    tool.mkdir(parents=True)
     secret = tmp_path / "store"
     secret.mkdir()
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:{Path.home()}/bin", "PYTHONPATH": str(tmp_path)}
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:{tool}:{Path.home()}/bin", "PYTHONPATH": str(tmp_path)}
     found = isolation.runtime_paths(env, f"{venv}/bin/python x.py", deny=[str(secret)])
-    assert str(venv) in found and str(base.parent) in found
+    # A venv by what it holds; of a Python prefix its bin and lib; of anything else the
+    # directory on PATH alone.
+    assert {str(venv), str(base), str(base.parent / "lib"), str(tool)} <= set(found)
+    assert str(base.parent) not in found and str(tool.parent) not in found
     assert "/usr/bin" not in found  # a system directory: bound already
     assert str(tmp_path) not in found  # would show the denied store
     assert not any(p in ("/", str(Path.home()), "/tmp") for p in found)
@@ -393,6 +485,9 @@ def test_docs_state_each_guarantee_as_the_policy_does() -> None:
     for g in isolation.Guarantee:
         meaning, strict, basic = rows[g.value]
         assert meaning == g.meaning
+        if g is isolation.Guarantee.LIMITS:  # up to the node at either level
+            assert "where" in strict and "where" in basic
+            continue
         assert strict.startswith("✓") is STRICT.guarantees(evaluate=True)[g]
         assert (basic == "✓") is BASIC.guarantees(evaluate=True)[g]
 
