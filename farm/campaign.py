@@ -26,7 +26,7 @@ from farm.dispatch import Dispatcher, announce_sandbox, check_feasible
 from farm.errors import ConfigError, FarmError, ProposerError, TargetError
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
-from farm.progress import WIDTH, failure_label, fit, plural, snapshot
+from farm.progress import WIDTH, failure_label, fit, note_text, plural, snapshot
 from farm.propose import STOP_GRACE_S, Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
@@ -67,7 +67,9 @@ RAY_ENV_ALLOW = (
     "NCCL_*",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
+    # BLAS settings some processors need (an older OpenBLAS computes wrong results or
+    # crashes on them without OPENBLAS_CORETYPE).
+    "OPENBLAS_*",
     CACHE_ENV,
 )
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
@@ -191,12 +193,11 @@ def init_ray(cfg: TargetConfig, opts: RunOptions, *, out: TextIO | None = None) 
         return False
     gone = allow_listed_environment(keep=[*cfg.env_allow, *cfg.sandbox.env])
     if gone and out is not None:
-        print(
-            "farm: kept from Ray and every trial (not on the allow-list; [sandbox] env_allow "
-            f"adds a name): {', '.join(gone)}",
-            file=out,
-            flush=True,
+        said = (
+            f"kept from Ray and every trial: {len(gone)} variables not on the allow-list "
+            f"([sandbox] env_allow adds a name): {', '.join(gone)}"
         )
+        print(note_text(said), file=out, flush=True)
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         try:

@@ -128,8 +128,9 @@ print("loss: 1.0")
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if "kept from Ray and every trial" in ln)
-    assert {"ANTHROPIC_API_KEY", "MY_PAT", "DB_PASS"} <= set(line.split(": ")[-1].split(", "))
+    said = " ".join(proc.stdout.split())  # the note is wrapped at 80 columns
+    named = said.split("kept from Ray and every trial: ", 1)[1].split(" farm: ", 1)[0]
+    assert {"ANTHROPIC_API_KEY", "MY_PAT", "DB_PASS"} <= set(named.split(": ", 1)[1].split(", "))
     assert "farm: sandbox: basic" in proc.stdout and "network, secrets, reaped" in proc.stdout
     assert "farm: note: loss comes from code the candidate can edit" in proc.stdout
     export = subprocess.run(
