@@ -86,14 +86,19 @@ class SimRepo:
 
     path = Path("simulated")
 
-    def __init__(self) -> None:
+    def __init__(self, start: str, files: dict[str, str]) -> None:
         self.branches: dict[str, str] = {}
         self.parents: dict[str, str] = {}
+        self.files = {start: dict(files)}  # each commit's editable files
 
     def commit_files(self, base: str, files: dict[str, str], **_: object) -> str:
         sha = hashlib.sha1((base + repr(sorted(files.items()))).encode()).hexdigest()
         self.parents[sha] = base
+        self.files[sha] = dict(files)
         return sha
+
+    def read_files(self, sha: str, paths: list[str]) -> dict[str, str]:
+        return {p: text for p, text in self.files[sha].items() if p in paths}
 
     def set_branch(self, branch: str, sha: str) -> None:
         self.branches[branch] = sha
@@ -351,7 +356,7 @@ class Simulation:
             Campaign(id=CAMPAIGN, target="", start_sha=START_SHA, config=self.cfg.to_dict()),
             Incumbent(sha=START_SHA, files={TRAIN: self.start_text}),
         )
-        self.repo = SimRepo()
+        self.repo = SimRepo(START_SHA, {TRAIN: self.start_text})
         self.controller = Controller(
             store=self.store, repo=cast(Repo, self.repo), cfg=self.cfg, campaign=CAMPAIGN
         )

@@ -132,7 +132,8 @@ def new_campaign(store: SQLiteStore, cfg: TargetConfig, cid: str, kind: str) -> 
         Campaign(id=cid, target="", start_sha=START_SHA, config=cfg.to_dict()),
         Incumbent(sha=START_SHA, files={"train.py": base_train(kind)}),
     )
-    return Controller(store=store, repo=SimRepo(), cfg=cfg, campaign=cid)  # type: ignore[arg-type]
+    repo = SimRepo(START_SHA, {"train.py": base_train(kind)})
+    return Controller(store=store, repo=repo, cfg=cfg, campaign=cid)  # type: ignore[arg-type]
 
 
 def decide(store: SQLiteStore, ctl: Controller, cid: str, text: str) -> tuple[bool, int]:
