@@ -75,8 +75,16 @@ RAY_ENV_ALLOW = (
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
 
 
-def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: bool) -> Campaign:
-    """Check the target and create the campaign, or return the existing one to resume."""
+def prepare(
+    target: Path,
+    cfg: TargetConfig,
+    store: Store,
+    *,
+    check_command: bool,
+    out: TextIO | None = None,
+) -> Campaign:
+    """Check the target and create the campaign, or return the existing one to resume
+    (saying on `out` when the repo's HEAD has moved on since it started)."""
     repo = Repo(target)
     head = repo.head()
     for kind, paths in (("editable", cfg.editable), ("protected", cfg.protected)):
@@ -107,6 +115,9 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
                 f'{cfg.campaign!r} started with; set `campaign = "new-name"` (or --campaign) '
                 "to start a new campaign"
             )
+        moved = _head_moved(repo, existing, head)
+        if moved and out is not None:
+            print(note_text(moved), file=out, flush=True)
         return existing
     program = repo.read_files(head, [cfg.program]).get(cfg.program, "")
     if not program:
@@ -121,6 +132,20 @@ def prepare(target: Path, cfg: TargetConfig, store: Store, *, check_command: boo
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
     return store.create_campaign(camp, inc)
+
+
+def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
+    """What to say when HEAD is neither the campaign's start nor one of its farm commits (the
+    user committed since): the campaign goes on from its own start, not from HEAD."""
+    best = repo.ref_sha(f"refs/heads/{best_branch(camp.id)}") or camp.start_sha
+    if repo.is_ancestor(head, best):
+        return ""
+    return (
+        f"HEAD ({head[:10]}) has moved on since campaign {camp.id!r} started at "
+        f"{camp.start_sha[:10]}: this run resumes that campaign from its start commit and "
+        "its incumbent, without what was committed since; to optimise HEAD, start a new "
+        'campaign: --campaign NAME (or campaign = "NAME" in farm.toml)'
+    )
 
 
 def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:

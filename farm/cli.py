@@ -298,7 +298,7 @@ def _drive(
     from farm.campaign import init_ray, prepare, repair_refs, run
     from farm.gitops import Repo
 
-    prepare(args.target, cfg, store, check_command=local)
+    prepare(args.target, cfg, store, check_command=local, out=sys.stdout)
     if args.repair_refs:
         moved = repair_refs(store, Repo(args.target), cfg.campaign)
         for line in moved or ["none: every farm branch is where the store says"]:
@@ -337,7 +337,7 @@ def _serve_role(
         from farm.gitops import Repo
 
         with roles.Driving(store, cfg.campaign, role="farm control"):
-            prepare(args.target, cfg, store, check_command=False)
+            prepare(args.target, cfg, store, check_command=False, out=sys.stdout)
             return roles.serve_control(
                 store=store,
                 repo=Repo(args.target),

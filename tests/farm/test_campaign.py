@@ -313,3 +313,30 @@ def test_short_screens_run_at_their_budget_and_stop_when_ranks_turn_around(
     pairs = len(shorted) * (len(shorted) - 1) / 2
     assert samples["farm_screen_rank_pairs"][(("campaign", "default"),)] == pairs
     assert samples["farm_screen_rank_agreement"][(("campaign", "default"),)] == -1.0
+
+
+def test_a_campaign_resumed_after_head_moved_on_says_so(make_target: MakeTarget) -> None:
+    import io
+
+    from farm.campaign import prepare
+    from farm.config import load_config
+
+    target = make_target()
+    cfg = load_config(target)
+    store = open_store(default_url(target))
+    camp = prepare(target, cfg, store, check_command=False)
+    out = io.StringIO()
+    assert prepare(target, cfg, store, check_command=False, out=out) == camp
+    assert out.getvalue() == ""  # HEAD is where the campaign started
+    (target / "prepare.py").write_text("# FIXED: evaluation and data, fixed again\n")
+    git(target, "commit", "-qam", "fix the data step")
+    head = git(target, "rev-parse", "HEAD").strip()
+    assert prepare(target, cfg, store, check_command=False, out=out).start_sha == camp.start_sha
+    said = " ".join(out.getvalue().split())
+    assert f"HEAD ({head[:10]}) has moved on since campaign 'default' started at" in said
+    assert "--campaign NAME" in said
+    # A HEAD on the campaign's own line (its best branch merged in) is no news.
+    git(target, "checkout", "-q", camp.start_sha)
+    out = io.StringIO()
+    prepare(target, cfg, store, check_command=False, out=out)
+    assert out.getvalue() == ""
