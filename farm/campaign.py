@@ -46,6 +46,9 @@ _FIXED_KEYS = (
     "direction",
     "evaluate",
     "bounds",
+    "artifacts",
+    "artifacts_safe_load",
+    "frozen",
 )
 # What this process keeps in its environment when it starts Ray (a local Ray's raylet and
 # workers inherit it, and so does every trial task), beside the trial's allow-list and

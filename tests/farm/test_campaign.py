@@ -340,3 +340,24 @@ def test_a_campaign_resumed_after_head_moved_on_says_so(make_target: MakeTarget)
     out = io.StringIO()
     prepare(target, cfg, store, check_command=False, out=out)
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "changed",
+    ['frozen = ["LR"]\n', 'evaluate = "python3 prepare.py"\nartifacts = ["model.pt"]\n'],
+)
+def test_the_protocol_and_what_the_evaluator_reads_are_fixed_for_a_campaign(
+    make_target: MakeTarget, changed: str
+) -> None:
+    from farm.campaign import prepare
+    from farm.config import load_config
+    from farm.errors import ConfigError
+
+    target = make_target()
+    store = open_store(default_url(target))
+    prepare(target, load_config(target), store, check_command=False)
+    toml = target / "farm.toml"
+    toml.write_text(changed + toml.read_text())
+    git(target, "commit", "-qam", "change the protocol")
+    with pytest.raises(ConfigError, match="differs from what campaign 'default' started with"):
+        prepare(target, load_config(target), store, check_command=False)
