@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS calls (campaign TEXT NOT NULL, id TEXT NOT NULL, seq 
     state TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (campaign, id));
 CREATE TABLE IF NOT EXISTS leases (campaign TEXT PRIMARY KEY, holder TEXT NOT NULL,
     since REAL NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS candidates_state ON candidates (campaign, state, id);
 """
 
 
@@ -351,15 +352,18 @@ class SQLiteStore(Store):
     def list_candidates(
         self, campaign_id: str, states: set[CandidateState] | None = None
     ) -> list[Candidate]:
-        rows = self._read(
-            "SELECT state, data FROM candidates WHERE campaign = ? ORDER BY id", (campaign_id,)
-        )
-        wanted = {s.value for s in states} if states is not None else None
-        return [
-            Candidate.from_dict(json.loads(data))
-            for state, data in rows
-            if wanted is None or state in wanted
-        ]
+        if states is None:
+            rows = self._read(
+                "SELECT data FROM candidates WHERE campaign = ? ORDER BY id", (campaign_id,)
+            )
+        else:  # a step asks for the few running or queued among thousands decided
+            wanted = sorted(s.value for s in states)
+            rows = self._read(
+                "SELECT data FROM candidates WHERE campaign = ? AND state IN "
+                f"({', '.join('?' * len(wanted))}) ORDER BY id",
+                (campaign_id, *wanted),
+            )
+        return [Candidate.from_dict(json.loads(data)) for (data,) in rows]
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         fields = self._fields(campaign_id, stats.candidate_key(""))
