@@ -3,9 +3,10 @@ say to edit and to leave alone, the command they show, and what imports what.
 
 Statements are read as votes: "`train.py` is the only file you edit" is one for editing
 train.py, "`prepare.py` loads the data. Do not modify it." one against touching
-prepare.py; program*.md counts double. Every local module the command's script reaches,
-other than the editable files, is protected: an evaluator `run.py` that imports
-`train.py` is.
+prepare.py; program*.md counts double. Every local module the command's script, an
+evaluator or a fixed file reaches, other than the editable files, is protected (an
+evaluator `run.py` that imports `train.py` is), and so is every repo file they name in a
+string (the data file an evaluator reads).
 """
 
 from __future__ import annotations
@@ -300,6 +301,24 @@ def imports(ins: Inspection) -> dict[str, set[str]]:
     return graph
 
 
+def files_read(ins: Inspection, modules: set[str]) -> set[str]:
+    """The repo's files these Python modules name in a string (a data file, a label list
+    the evaluator reads): protected with them, or training could rewrite what scores it."""
+    files = set(ins.files)
+    found = set()
+    for py in modules & set(ins.python()):
+        try:
+            tree = ast.parse(ins.read(py))
+        except (SyntaxError, ValueError):
+            continue
+        here = py.rsplit("/", 1)[0] + "/" if "/" in py else ""
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                name = node.value.strip().removeprefix("./")
+                found |= {p for p in (name, here + name) if p in files and p != py}
+    return found
+
+
 def split_files(ins: Inspection) -> None:
     """Editable from the votes (else the command's script); protected: fixed by the docs,
     or reached by the command's script through imports."""
@@ -327,22 +346,26 @@ def split_files(ins: Inspection) -> None:
             '"`train.py` is the only file you edit") or rerun with --command'
         )
     graph = imports(ins)
+    fixed = {p for p, s in score.items() if s < 0}
+    named = {p for p in ins.python() if p.rsplit("/", 1)[-1] in _SETUP_NAMES}
+    # What the command runs, and what an evaluator or a fixed module imports: a helper the
+    # evaluator trusts is as protected as the evaluator.
     reached: set[str] = set()
-    todo = [entry] if entry in graph else []
-    todo += [e for e in editable if e in graph]
+    todo = [f for f in [entry, *editable, *sorted(named | fixed)] if f in graph]
     while todo:
         f = todo.pop()
         if f not in reached:
             reached.add(f)
             todo += graph.get(f, set())
-    fixed = {p for p, s in score.items() if s < 0}
-    named = {p for p in ins.python() if p.rsplit("/", 1)[-1] in _SETUP_NAMES}
-    protected = sorted((fixed | reached | named) - set(editable))
+    code = (fixed | reached | named) - set(editable)
+    read = files_read(ins, code) - set(editable) - code
+    protected = sorted(code | read)
     how = []
     for why, paths in (
         ("the docs say fixed", fixed),
         ("run by the command", reached - fixed),
         ("named like data prep or evaluation", named - reached - fixed),
+        ("read by those", read),
     ):
         if paths - set(editable):
             how.append(f"{why}: " + ", ".join(sorted(paths - set(editable))))

@@ -205,6 +205,7 @@ def repo(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
     for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return root
 
@@ -345,3 +346,30 @@ def test_init_proposes_freezing_the_evaluation_protocol_of_the_editable_file_and
     plain = repo(tmp_path / "plain", {"train.py": "LR = 0.1\n", "program.md": docs})
     init_target(plain, probe=False, metric="loss", direction=Direction.MINIMIZE, out=out)
     assert "frozen" not in tomllib.loads((plain / "farm.toml").read_text())
+
+
+def test_what_the_evaluator_imports_and_reads_is_protected_with_it(tmp_path: Path) -> None:
+    root = repo(
+        tmp_path,
+        {
+            "train.py": "LR = 0.1\nprint(f'loss: {LR}')\n",
+            "evaluate.py": (
+                "import json\n"
+                "import scoring\n"
+                "import train\n"
+                "labels = json.load(open('data/labels.json'))\n"
+                "print(f'loss: {abs(train.LR - labels[0])}')\n"
+            ),
+            "scoring.py": "SCALE = 1.0  # a helper only the evaluator imports\n",
+            "data/labels.json": "[0.5]\n",
+            "notes.txt": "not read by anything\n",
+            "README.md": "Run `python train.py`; `python evaluate.py` scores a run.\n",
+            "program.md": "`train.py` is the only file you edit.\n",
+        },
+    )
+    out = io.StringIO()
+    init_target(root, direction=Direction.MINIMIZE, out=out)
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert (spec["editable"], spec["command"]) == (["train.py"], "python train.py")
+    assert spec["protected"] == ["data/labels.json", "evaluate.py", "scoring.py"]
+    assert "read by those: data/labels.json" in " ".join(out.getvalue().split())
