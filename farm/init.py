@@ -47,6 +47,7 @@ from workers.sandbox import RunResult
 
 PROBE_BUDGET_S = 300.0
 PROBE_OUTPUT_CAP = 256 * 1024
+ARTIFACTS_SHOWN = 8  # files the probe left, proposed as `artifacts` (a commented line)
 # A metric's name says its direction: words of each kind, matched on the name's parts.
 _MAXIMIZE = {
     "acc", "accuracy", "auc", "auroc", "f1", "score", "r2", "precision", "recall", "map",
@@ -163,6 +164,15 @@ def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResul
             output_cap_bytes=PROBE_OUTPUT_CAP,
             policy=resolve("auto", "auto"),
         )
+        left = sorted(
+            str(p.relative_to(work))
+            for p in work.rglob("*")
+            if p.is_file()
+            and str(p.relative_to(work)) not in ins.files
+            and "__pycache__" not in p.parts
+        )
+    if left:  # what an `evaluate` step would read: only what `artifacts` declares reaches it
+        ins.found["artifacts"] = Found(left[:ARTIFACTS_SHOWN], "what the probe run left")
     if run.timed_out:
         raise FarmError(
             f"`{command}` did not finish within {budget_s:g} s: rerun with a larger "
@@ -446,6 +456,10 @@ def render(ins: Inspection) -> str:
     ]
     if "frozen" in f:
         body.append(line("frozen", "evaluation protocol in the editable files"))
+    if "artifacts" in f:
+        body.append(
+            "# " + line("artifacts", "with `evaluate` set, declare what it reads: nothing else")
+        )
     if ins.program:
         body.append(f"{'program = ' + _toml(ins.program):<40} # instructions for the proposer")
     seed = f["seed_env"]

@@ -352,7 +352,7 @@ def test_what_the_evaluator_imports_and_reads_is_protected_with_it(tmp_path: Pat
     root = repo(
         tmp_path,
         {
-            "train.py": "LR = 0.1\nprint(f'loss: {LR}')\n",
+            "train.py": "LR = 0.1\nopen('model.txt', 'w').write('0.1')\nprint(f'loss: {LR}')\n",
             "evaluate.py": (
                 "import json\n"
                 "import scoring\n"
@@ -373,3 +373,5 @@ def test_what_the_evaluator_imports_and_reads_is_protected_with_it(tmp_path: Pat
     assert (spec["editable"], spec["command"]) == (["train.py"], "python train.py")
     assert spec["protected"] == ["data/labels.json", "evaluate.py", "scoring.py"]
     assert "read by those: data/labels.json" in " ".join(out.getvalue().split())
+    # What the probe run left is proposed as `artifacts`, for an `evaluate` step.
+    assert '# artifacts = ["model.txt"]' in (root / "farm.toml").read_text()
