@@ -98,6 +98,9 @@ class Controller:
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None
         inc = self.store.get_incumbent(self.campaign)
+        recovered = self.incumbency.recover(inc)
+        if recovered is not None:
+            made.append(recovered)
         running = self.store.list_candidates(self.campaign, {CandidateState.RUNNING})
         self.screening.note_short_screens(running)
         for cand in running:
@@ -187,8 +190,6 @@ class Controller:
         if decided is not None:
             self.recorder.finish(cand, decided)
             return None
-        if inc.sha == cand.commit_sha:  # kept, but the decision was not written before a crash
-            return self.recorder.record_keep(cand, inc, before=cand.base_sha)
         # A candidate first has to beat the commit it was written against; one on a stale
         # base that does is then rebased and judged again against the incumbent.
         if camp.sigma is None or inc.metric is None:

@@ -63,11 +63,13 @@ class Incumbency:
             rebase = cand.generation < self.cfg.merge.max_rebases
             cand.generation += rebase
             cand.commit_sha = self.recorder.commit(cand, rebased=True)
-            self.store.update_candidate(cand)  # so a crash from here on resumes from it
             if rebase:
+                self.store.update_candidate(cand)  # a crash from here on resumes its re-runs
                 self.recorder.ensure_reruns(cand)  # its re-runs on the incumbent
                 log.info("c%d won on a stale base; rebased onto %s", cand.id, inc.sha[:10])
                 return None
+            # Not written yet: until the incumbent moves, the candidate stays as it was
+            # judged (on its old base), so a crash here leaves it to be judged again.
             # Re-run on a newer incumbent as often as allowed, and it moved again meanwhile:
             # with many slots, keeps would chase each other forever. Merge it on the
             # evidence it has, its gain added to the incumbent's estimate.
@@ -83,7 +85,10 @@ class Incumbency:
             runs=0 if how else (len(values) or 1),  # 0: estimated, to be measured
             candidate_id=cand.id,
             files=cand.files,
+            replaced=inc.sha,
         )
+        # The incumbent moves first (it names its candidate and what it replaced), then its
+        # branch, then the candidate and its decision: `recover` finishes a keep cut short.
         if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=new):
             return None  # another controller moved it; the next step rebases
         self.recorder.move_best(old=inc.sha, new=cand.commit_sha)
@@ -94,6 +99,18 @@ class Incumbency:
         return self.recorder.record_keep(
             cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how
         )
+
+    def recover(self, inc: Incumbent) -> Decision | None:
+        """A keep whose process died after moving the incumbent and before writing its
+        decision: finish it before anything else can move the incumbent again."""
+        if inc.candidate_id is None or self.store.get_decision(self.campaign, inc.candidate_id):
+            return None
+        cand = self.store.get_candidate(self.campaign, inc.candidate_id)
+        assert cand is not None
+        before = inc.replaced or cand.base_sha
+        cand.commit_sha, cand.base_sha, cand.files = inc.sha, before, inc.files
+        self.recorder.sync_best_branch()
+        return self.recorder.record_keep(cand, inc, before=before)
 
     def measure(self, inc: Incumbent) -> None:
         """An incumbent merged on evidence is run until its own runs give its estimate, or

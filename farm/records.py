@@ -418,6 +418,9 @@ class Incumbent:
     candidate_id: int | None = None  # None for the starting commit
     files: dict[str, str] = field(default_factory=dict)  # editable files' text at `sha`
     updated_at: float = field(default_factory=time.time)
+    # The incumbent this one replaced: a keep whose process died before its decision was
+    # written is recorded against it on restart ("": the start commit, or an older store).
+    replaced: str = ""
 
     @property
     def estimated(self) -> bool:

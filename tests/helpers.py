@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import io
 import json
 import socket
@@ -17,8 +19,9 @@ from farm.campaign import prepare
 from farm.config import TargetConfig, load_config
 from farm.controller import Controller
 from farm.gitops import Repo
-from farm.records import CandidateState, Draft, Edit, Outcome, TrialResult
+from farm.records import CandidateState, Draft, Edit, Outcome, TrialResult, TrialState
 from farm.store import Store, default_url, open_store
+from farm.store.stats import CampaignStats, bounds_of, recount
 
 # A secret in the driver's environment: the sandbox must keep it from training code.
 SECRET = "sk-ant-farm-test-secret"
@@ -249,3 +252,39 @@ class Bench:
         cand = self.store.get_candidate("default", cand_id)
         assert cand is not None
         return cand.state
+
+
+def flat(stats: CampaignStats) -> dict[str, float]:
+    """Every number of a CampaignStats under a path-like name, for approximate comparison."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+        elif value is not None:
+            assert isinstance(value, int | float), (prefix, value)
+            out[prefix] = float(value)
+
+    walk("", stats)
+    return out
+
+
+def recounted(store: Store, campaign: str = "c") -> CampaignStats:
+    camp = store.get_campaign(campaign)
+    assert camp is not None
+    trials = store.list_trials(campaign)
+    fields = recount(
+        trials,
+        store.list_candidates(campaign),
+        store.list_decisions(campaign),
+        store.list_calls(campaign),
+        bounds=bounds_of(camp.config),
+    )
+    states = collections.Counter(t.state for t in trials)
+    return CampaignStats.parse(fields, trials={s: states[s] for s in TrialState})

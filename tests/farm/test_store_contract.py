@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import flat, recounted
 
 from farm.errors import StateMoveRefused, StoreError
 from farm.records import (
@@ -36,7 +36,7 @@ from farm.records import (
 from farm.store import Store, open_store
 from farm.store.base import SCHEMA_VERSION
 from farm.store.sqlite import SQLiteStore
-from farm.store.stats import CampaignStats, bounds_of, llm_spend, recount
+from farm.store.stats import llm_spend
 
 BACKENDS = ["sqlite", "redis"]
 # A database index of the tests' own: flushed before and after every test that uses it.
@@ -355,42 +355,6 @@ def test_redis_store_from_another_schema_version_is_refused(redis_url: str) -> N
 
 
 # -- aggregates ---------------------------------------------------------------------------
-def flat(stats: CampaignStats) -> dict[str, float]:
-    """Every number of a CampaignStats under a path-like name, for approximate comparison."""
-    out: dict[str, float] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(f"{prefix}/{i}", v)
-        elif value is not None:
-            assert isinstance(value, int | float), (prefix, value)
-            out[prefix] = float(value)
-
-    walk("", stats)
-    return out
-
-
-def recounted(store: Store, campaign: str = "c") -> CampaignStats:
-    camp = store.get_campaign(campaign)
-    assert camp is not None
-    trials = store.list_trials(campaign)
-    fields = recount(
-        trials,
-        store.list_candidates(campaign),
-        store.list_decisions(campaign),
-        store.list_calls(campaign),
-        bounds=bounds_of(camp.config),
-    )
-    states = collections.Counter(t.state for t in trials)
-    return CampaignStats.parse(fields, trials={s: states[s] for s in TrialState})
-
-
 def assert_aggregates_match_the_records(store: Store) -> None:
     kept, counted = flat(store.stats("c")), flat(recounted(store))
     assert kept.keys() == counted.keys()

@@ -1,0 +1,190 @@
+"""The controller killed at every write boundary, on both stores.
+
+A campaign (a baseline, a keep, a winner merged untried and then measured, a discard) is
+run once to count the controller's writes (store and git); then once for every N, with the
+process "killed" right after its N-th write and restarted (a new store connection, a new
+controller, as `farm run` starts). Every run must end where the crash-free one did, with
+the campaign's invariants intact: every trial done once, one decision per candidate, the
+incumbents' lineage acyclic, the best branch where the store says, counters equal to a
+recount."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from helpers import MakeTarget, flat, git, recounted
+
+from farm.campaign import prepare
+from farm.config import TargetConfig, load_config
+from farm.controller import Controller
+from farm.gitops import Repo, best_branch
+from farm.propose import build_context, record_drafts
+from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
+from farm.store import Store, open_store
+
+TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
+TOML = (
+    "[merge]\nrepeats = 4\nconfirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\n"
+    "efficacy_z = 99\nmax_rebases = 0\n"
+)
+EDITS = [("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"), ("DROP = 0.0", "DROP = 0.5")]
+METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1, "c1-": 0.5, "c2-": 0.7}
+STORE_WRITES = {"enqueue_trial", "update_candidate", "cas_incumbent", "record_decision"}
+STORE_WRITES |= {"set_baseline"}
+GIT_WRITES = {"commit_files", "set_branch", "fast_forward"}
+
+
+class Killed(Exception):
+    """The controller's process died here."""
+
+
+class Fault:
+    """Counts the writes; kills the process right after the `at`-th (0: never)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.writes = at, 0
+
+    def wrap(self, inner: Any, names: set[str]) -> Any:
+        fault = self
+
+        class Faulty:
+            def __getattr__(self, name: str) -> Any:
+                attr = getattr(inner, name)
+                if name not in names:
+                    return attr
+
+                def write(*args: Any, **kwargs: Any) -> Any:
+                    value = attr(*args, **kwargs)
+                    fault.writes += 1
+                    if fault.writes == fault.at:
+                        raise Killed(name)
+                    return value
+
+                return write
+
+        return Faulty()
+
+
+def metric_of(trial_id: str) -> float:
+    return next((v for k, v in METRIC.items() if trial_id.startswith(k)), 1.2)
+
+
+def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
+    """Run the campaign to its end; returns its store and how many restarts it took."""
+    store = open_store(url)
+    prepare(target, cfg, store, check_command=False)
+
+    def start() -> Controller:
+        ctl = Controller(
+            store=fault.wrap(store, STORE_WRITES),
+            repo=fault.wrap(Repo(target), GIT_WRITES),
+            cfg=cfg,
+            campaign="default",
+        )
+        ctl.sync_best_branch()
+        return ctl
+
+    ctl: Controller | None = None
+    restarts = 0
+    drafts = [Draft(f"{s} → {r}", "", [Edit("train.py", s, r)]) for s, r in EDITS]
+    record_drafts(store, cfg, "default", drafts, build_context(store, cfg, "default"))
+    for _ in range(60):
+        try:
+            ctl = ctl or start()
+            ctl.step(slots=8)
+        except Killed:
+            store.close()
+            store = open_store(url)  # the restart: a new connection, a new controller
+            ctl, restarts = None, restarts + 1
+            continue
+        for t in store.claim_trials("default", worker="w", n=100, lease_s=60):
+            result = TrialResult(t.id, Outcome.OK, metric=metric_of(t.id))
+            store.record_result("default", result)
+        states = collections.Counter(c.state for c in store.list_candidates("default"))
+        quiet = not (states[CandidateState.RUNNING] or states[CandidateState.QUEUED])
+        if quiet and not store.get_incumbent("default").estimated:
+            return store, restarts
+    raise AssertionError(f"the campaign did not end (killed after write {fault.at})")
+
+
+def outcome(store: Store) -> tuple[object, ...]:
+    """What a campaign decided: each candidate's decision, and the incumbent it ended on."""
+    inc = store.get_incumbent("default")
+    kinds = sorted((d.candidate_id, d.kind.value) for d in store.list_decisions("default"))
+    return tuple(kinds), inc.candidate_id, round(inc.metric or 0.0, 9), inc.runs
+
+
+def assert_invariants(store: Store, target: Path) -> None:
+    trials = store.list_trials("default")
+    assert all(t.result is not None and t.result.outcome is Outcome.OK for t in trials)
+    cands = store.list_candidates("default")
+    decisions = store.list_decisions("default")
+    assert collections.Counter(d.candidate_id for d in decisions) == {c.id: 1 for c in cands}
+    assert all(c.state.is_finished() for c in cands)
+    # The lineage: from the incumbent back to the start commit, every commit once.
+    parent = {
+        d.incumbent_after: d.incumbent_before for d in decisions if d.kind is DecisionKind.KEPT
+    }
+    camp = store.get_campaign("default")
+    assert camp is not None
+    sha, seen = store.get_incumbent("default").sha, set()
+    while sha != camp.start_sha:
+        assert sha not in seen, "the lineage loops"
+        seen.add(sha)
+        sha = parent[sha]
+    assert git(target, "rev-parse", best_branch("default")).strip() == (
+        store.get_incumbent("default").sha
+    )
+    assert flat(store.stats("default")) == pytest.approx(
+        flat(recounted(store, "default")), rel=1e-9, abs=1e-9
+    )
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[int], str]:
+    """A URL of an empty store for run `i`."""
+    if request.param == "sqlite":
+        return lambda i: f"sqlite:///{tmp_path / f'farm-{i}.db'}"
+    from test_store_contract import REDIS_URL  # type: ignore[import-not-found]
+
+    def flushed(_: int) -> str:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.flushdb()
+        return str(REDIS_URL)
+
+    return flushed
+
+
+def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
+    make_target: MakeTarget, fresh_store: Callable[[int], str], tmp_path: Path
+) -> None:
+    pristine = make_target({"train.py": TRAIN}, extra_toml=TOML)
+
+    def target(i: int) -> Path:
+        copy = tmp_path / f"run-{i}"
+        shutil.copytree(pristine, copy)
+        return copy
+
+    cfg = load_config(pristine)
+    clean = Fault(0)
+    store, restarts = campaign(fresh_store(0), target(0), cfg, clean)
+    want = outcome(store)
+    store.close()
+    assert restarts == 0 and clean.writes > 30
+    # c1 kept, c2 merged onto it untried and measured, c3 discarded.
+    assert want[0] == ((1, "kept"), (2, "kept"), (3, "discarded")) and want[1] == 2
+    for n in range(1, clean.writes + 1):
+        run = target(n)
+        store, restarts = campaign(fresh_store(n), run, cfg, Fault(n))
+        try:
+            assert restarts == 1, f"write {n} was never reached"
+            assert outcome(store) == want, f"killed after write {n}"
+            assert_invariants(store, run)
+        finally:
+            store.close()
