@@ -268,7 +268,10 @@ def test_a_change_tried_in_an_earlier_batch_is_not_trained_again(
 def test_parallel_calls_stop_at_the_spend_cap_without_overshooting(
     claude_target: Callable[..., Path], fake_api: FakeAnthropic, run_campaign: RunCampaign
 ) -> None:
-    fake_api.respond = distinct_lr(itertools.count(1))
+    answer = distinct_lr(itertools.count(1))
+    # Slow answers: every call of a batch holds its worst case before any is settled (a
+    # settled call frees what it did not spend, and a late thread would fit in it).
+    fake_api.respond = lambda req: dataclasses.replace(answer(req), delay_s=2.0)
     # A call's worst case here is about $0.04 (its prompt, plus its one draft's share of
     # max_tokens: 1000 tokens out): room for two of the first batch's four calls.
     target = claude_target(
