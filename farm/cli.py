@@ -389,7 +389,9 @@ def _exporter(args: argparse.Namespace) -> int:
 
     from farm.exporter import run_exporter
 
-    store = open_store(args.store)
+    # No retries: a scrape during an outage answers farm_ledger_up 0 at once, within
+    # Prometheus's scrape timeout, and the next scrape tries again.
+    store = open_store(args.store, retries=0)
     try:
         return run_exporter(
             store=store, address=args.address, out=sys.stdout, stop=threading.Event()

@@ -16,8 +16,11 @@ def default_url(target: Path) -> str:
     return f"sqlite:///{(target / '.farm' / 'farm.db').resolve()}"
 
 
-def open_store(url: str) -> Store:
-    """Open the store a URL names. Unknown schemes and unreachable servers raise StoreError."""
+def open_store(url: str, *, retries: int | None = None) -> Store:
+    """Open the store a URL names. Unknown schemes and unreachable servers raise StoreError.
+
+    `retries`: how often a Redis operation is retried through a lost connection (the
+    default rides out a restart of the server; a scrape wants an answer now)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         from farm.store.sqlite import SQLiteStore
@@ -31,7 +34,7 @@ def open_store(url: str) -> Store:
     if scheme in ("redis", "rediss"):
         from farm.store.redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url) if retries is None else RedisStore(url, retries=retries)
     raise StoreError(
         f"unknown store URL scheme {scheme!r} in {url!r}: use sqlite:///path/farm.db "
         "or redis://host:port/db"

@@ -237,3 +237,54 @@ def test_a_campaign_survives_a_redis_kill_and_restart_with_nothing_lost(
     decisions = done.store.list_decisions("default")
     assert sorted(d.candidate_id for d in decisions) == sorted(c.id for c in cands)
     watcher.close()
+
+
+def test_the_exporter_answers_at_once_while_redis_is_down_and_recovers(
+    server: RedisServer,
+) -> None:
+    import sys
+    import urllib.request
+
+    from helpers import free_port
+    from prometheus_client.parser import text_string_to_metric_families
+
+    campaign_store(server.url).close()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "exporter", "--store", server.url,
+         "--address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def ledger_up() -> tuple[float, float]:
+        """farm_ledger_up, and how long the scrape took."""
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        took = time.monotonic() - started
+        (up,) = (
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "farm_ledger_up"
+        )
+        return up, took
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert ledger_up()[0] == 1
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        server.kill()
+        up, took = ledger_up()
+        assert up == 0 and took < 2.0  # Prometheus's default scrape timeout is 10 s
+        server.start()
+        assert ledger_up()[0] == 1
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert "Traceback" not in out
