@@ -99,7 +99,7 @@ def export_tsv(store: Store, campaign: str) -> str:
                     c.base_sha[:7],
                     "",
                     "",
-                    "rejected",
+                    "extra" if c.extra else "rejected",  # an extra was never a failure
                     clean_line(c.title),
                     c.id,
                     "",

@@ -236,6 +236,10 @@ def test_calls_bringing_only_repeats_and_extras_end_the_campaign_with_nothing_ne
     flushes = [c for c in cands if c.title == "Flush output"]
     assert flushes and all(c.extra for c in flushes)  # never run, never a failure
     assert done.store.list_calls("default", {CallState.FAILED}) == []
+    # results.tsv says so too: an extra is no rejected draft.
+    rows = [r.split("\t") for r in export_tsv(done.store, "default").splitlines()[1:]]
+    status = {(int(r[5]), r[3]) for r in rows if r[5] and r[3] in ("extra", "rejected")}
+    assert {(c.id, "extra") for c in cands if c.extra} <= status
 
 
 def test_a_change_tried_in_an_earlier_batch_is_not_trained_again(
