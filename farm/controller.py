@@ -146,9 +146,10 @@ class Controller:
         updated = dataclasses.replace(inc, metric=found.center, runs=runs)
         self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
         self.store.set_baseline(self.campaign, metric=found.center, runs=runs, sigma=found.sigma)
-        log.info("%s", ruling.reason)
         if found.deterministic or found.outliers or len(base.offsets) > 1:
-            self.said.lines.append(ruling.reason)
+            self.said.say("baseline", ruling.reason)  # worth a line on the terminal
+        else:
+            log.info("%s", ruling.reason)
 
     # -- candidates -----------------------------------------------------------------------
     def _promote(self, slots: int | None, inc: Incumbent) -> None:

@@ -14,7 +14,6 @@ from farm.merge.verdicts import Act, by_class
 from farm.recorder import Notices, Recorder
 from farm.records import Candidate, Decision, DecisionKind, Incumbent, TrialKind
 from farm.store import Store
-from farm.trials import measure_id
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,7 @@ class Incumbency:
         self.evidence = evidence
         self.recorder = recorder
         self.notices = notices
+        self._decided: int | None = None  # the incumbent's candidate, its keep recorded
 
     def win(
         self,
@@ -68,11 +68,11 @@ class Incumbency:
                 self.recorder.ensure_reruns(cand)  # its re-runs on the incumbent
                 log.info("c%d won on a stale base; rebased onto %s", cand.id, inc.sha[:10])
                 return None
-            # Not written yet: until the incumbent moves, the candidate stays as it was
-            # judged (on its old base), so a crash here leaves it to be judged again.
             # Re-run on a newer incumbent as often as allowed, and it moved again meanwhile:
             # with many slots, keeps would chase each other forever. Merge it on the
-            # evidence it has, its gain added to the incumbent's estimate.
+            # evidence it has, its gain added to the incumbent's estimate. The candidate is
+            # not written yet: until the incumbent moves it stays as it was judged (on its
+            # old base), so a crash here leaves it to be judged again.
             assert inc.metric is not None
             metric = self.cfg.direction.shift(inc.metric, by=verdict.delta)
             how = (
@@ -94,8 +94,11 @@ class Incumbency:
         self.recorder.move_best(old=inc.sha, new=cand.commit_sha)
         if not how:  # its own runs, at its level
             self.evidence.pool(new.sha, values, key=f"c{cand.id}")
-        trials = self.store.list_trials(self.campaign, candidate_id=cand.id)
-        how = note + by_class(trials, self.evidence.offsets()) + how
+        offsets = self.evidence.offsets()
+        if len(offsets) > 1:  # a mixed fleet: the runs per class go in the reason
+            trials = self.store.list_trials(self.campaign, candidate_id=cand.id)
+            note += by_class(trials, offsets)
+        how = note + how
         return self.recorder.record_keep(
             cand, new, before=inc.sha, verdict=verdict, sigma=sigma, how=how
         )
@@ -103,7 +106,10 @@ class Incumbency:
     def recover(self, inc: Incumbent) -> Decision | None:
         """A keep whose process died after moving the incumbent and before writing its
         decision: finish it before anything else can move the incumbent again."""
-        if inc.candidate_id is None or self.store.get_decision(self.campaign, inc.candidate_id):
+        if inc.candidate_id is None or inc.candidate_id == self._decided:
+            return None
+        if self.store.get_decision(self.campaign, inc.candidate_id):
+            self._decided = inc.candidate_id  # decisions are final: not asked again
             return None
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
@@ -123,8 +129,8 @@ class Incumbency:
             return
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
-        for i in range(max(self.evidence.confirm(), 1)):
-            self.recorder.ensure_trial(measure_id(cand.id, i), TrialKind.MEASURE, cand)
+        for trial_id in self.evidence.measuring_ids(cand.id):
+            self.recorder.ensure_trial(trial_id, TrialKind.MEASURE, cand)
         ruling = self.evidence.measured(cand.id)
         if ruling.act is Act.PASS:
             value = mean(ruling.values)

@@ -167,20 +167,16 @@ class Recorder:
         how: str = "",
     ) -> Decision:
         reason = "kept: " + (verdict.describe(self.cfg.metric) if verdict else "incumbent moved")
-        decision = Decision(
-            campaign=self.campaign,
-            candidate_id=cand.id,
-            kind=DecisionKind.KEPT,
-            reason=reason + how,
+        return self._record(
+            cand,
+            DecisionKind.KEPT,
+            reason + how,
             metric=inc.metric,
             delta=verdict.delta if verdict else None,
             sigma=sigma,
-            incumbent_before=before,
-            incumbent_after=inc.sha,
+            before=before,
+            after=inc.sha,
         )
-        self.store.record_decision(decision)
-        self.finish(cand, decision)
-        return decision
 
     def decide(
         self,
@@ -190,17 +186,41 @@ class Recorder:
         verdict: Verdict | None = None,
         sigma: float | None = None,
     ) -> Decision:
+        """Any decision but a keep: the incumbent stays where it is."""
         inc = self.store.get_incumbent(self.campaign)
+        return self._record(
+            cand,
+            kind,
+            reason,
+            metric=verdict.estimate if verdict else None,
+            delta=verdict.delta if verdict else None,
+            sigma=sigma,
+            before=inc.sha,
+            after=inc.sha,
+        )
+
+    def _record(
+        self,
+        cand: Candidate,
+        kind: DecisionKind,
+        reason: str,
+        *,
+        metric: float | None,
+        delta: float | None,
+        sigma: float | None,
+        before: str,
+        after: str,
+    ) -> Decision:
         decision = Decision(
             campaign=self.campaign,
             candidate_id=cand.id,
             kind=kind,
             reason=reason,
-            metric=verdict.estimate if verdict else None,
-            delta=verdict.delta if verdict else None,
+            metric=metric,
+            delta=delta,
             sigma=sigma,
-            incumbent_before=inc.sha,
-            incumbent_after=inc.sha,
+            incumbent_before=before,
+            incumbent_after=after,
         )
         self.store.record_decision(decision)
         self.finish(cand, decision)

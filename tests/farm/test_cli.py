@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from helpers import MakeTarget, farm
 
 from farm.config import MergeConfig, load_config
 from farm.errors import CampaignTaken
+from farm.roles import Driving
+from farm.store import default_url, open_store
 
 
 def test_init_writes_a_config_that_loads_for_an_autoresearch_repo(
@@ -87,10 +92,6 @@ def test_status_of_an_unknown_campaign_lists_the_known_ones(
 def test_a_second_driver_of_a_campaign_is_refused_with_who_holds_it(
     make_target: MakeTarget, capsys: pytest.CaptureFixture[str], cmd: list[str]
 ) -> None:
-    import time
-
-    from farm.store import default_url, open_store
-
     target = make_target()
     store = open_store(default_url(target))
     holder = "farm run (pid 4242 on gpu-node-7)"
@@ -105,13 +106,6 @@ def test_a_second_driver_of_a_campaign_is_refused_with_who_holds_it(
 
 
 def test_a_driver_that_died_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
-    import socket
-    import subprocess
-    import time
-
-    from farm.roles import Driving
-    from farm.store import open_store
-
     store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
     child = subprocess.Popen(["true"])
     child.wait()  # gone, and reaped

@@ -11,6 +11,7 @@ recount."""
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -151,12 +152,12 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[int
     """A URL of an empty store for run `i`."""
     if request.param == "sqlite":
         return lambda i: f"sqlite:///{tmp_path / f'farm-{i}.db'}"
-    from test_store_contract import REDIS_URL  # type: ignore[import-not-found]
+    url = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
     def flushed(_: int) -> str:
-        with redis.Redis.from_url(REDIS_URL) as client:
+        with redis.Redis.from_url(url) as client:
             client.flushdb()
-        return str(REDIS_URL)
+        return url
 
     return flushed
 
