@@ -429,7 +429,7 @@ class RedisStore(Store):
             lambda: self._update_candidate(keys=[keys.candidates, keys.stats], args=args)
         )
         if done == -1:
-            raise refused_move(candidate, was.decode() if isinstance(was, bytes) else was)
+            raise refused_move(candidate, was)  # replies are decoded (decode_responses)
 
     def get_candidate(self, campaign_id: str, candidate_id: int) -> Candidate | None:
         raw = self._call(lambda: self._r.hget(_Keys(campaign_id).candidates, str(candidate_id)))
@@ -637,7 +637,7 @@ class RedisStore(Store):
     def take_lease(self, campaign_id: str, *, holder: str, ttl_s: float, now: float) -> DriverLease:
         key = _Keys(campaign_id).lease
         got = self._call(lambda: self._take_lease(keys=[key], args=[holder, ttl_s, repr(now)]))
-        who, since, expires = (v.decode() if isinstance(v, bytes) else v for v in got)
+        who, since, expires = got  # replies are decoded (decode_responses)
         return DriverLease(who, float(since), float(expires))
 
     def drop_lease(self, campaign_id: str, *, holder: str) -> None:
