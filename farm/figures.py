@@ -1,6 +1,6 @@
-"""The incumbent's line, derived once for every view: `farm status`, the live view, the
-report, progress.png and the metrics read it, so none can disagree with another or with
-the merge rule.
+"""The incumbent's line and the σ in force, derived once for every view: `farm status`,
+the live view, the report, progress.png and the prompt read the line, they and the metrics
+read the σ, so none can disagree with another or with the merge rule.
 
 Each incumbent stands at the value the rule itself uses for it now (farm.evidence): the
 baseline's centre (outliers out) for the start commit; a keep's confirmations; and for a
@@ -25,7 +25,6 @@ class Step:
 
     at: float  # when it became the incumbent
     candidate_id: int | None  # None: the start commit
-    sha: str
     metric: float
     runs: int  # the runs its value stands on; 0: estimated, not measured
 
@@ -39,7 +38,7 @@ def line(store: Store, camp: Campaign, kept: list[Decision], inc: Incumbent) -> 
     each at its value as the rule has it now. `kept`: the campaign's keep decisions."""
     if camp.baseline_metric is None:
         return []
-    steps = [Step(camp.created_at, None, camp.start_sha, camp.baseline_metric, camp.baseline_runs)]
+    steps = [Step(camp.created_at, None, camp.baseline_metric, camp.baseline_runs)]
     evidence: Evidence | None = None
     for d in kept:
         if d.kind is not DecisionKind.KEPT:
@@ -59,7 +58,7 @@ def line(store: Store, camp: Campaign, kept: list[Decision], inc: Incumbent) -> 
             if was.metric is None:
                 continue
             value, runs = was.metric, was.runs
-        steps.append(Step(d.created_at, d.candidate_id, d.incumbent_after, value, runs))
+        steps.append(Step(d.created_at, d.candidate_id, value, runs))
     return steps
 
 
