@@ -7,6 +7,7 @@ local mode and for `ray job submit`. All state lives in the store, so `run` resu
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -53,7 +54,7 @@ _FIXED_KEYS = (
 # What this process keeps in its environment when it starts Ray (a local Ray's raylet and
 # workers inherit it, and so does every trial task), beside the trial's allow-list and
 # [sandbox] env_allow: an allow-list, so a secret under any name (MY_PAT, DB_PASS) is left
-# out. Exact names, or a prefix ending in "*".
+# out. Exact names, or fnmatch patterns ("LC_*").
 RAY_ENV_ALLOW = (
     "SHELL",
     "LOGNAME",
@@ -175,7 +176,7 @@ def allow_listed_environment(*, keep: list[str]) -> list[str]:
     def allowed(name: str, value: str) -> bool:
         if name in keep:
             return True
-        if any(p == name or (p.endswith("*") and name.startswith(p[:-1])) for p in RAY_ENV_ALLOW):
+        if any(fnmatch.fnmatchcase(name, p) for p in RAY_ENV_ALLOW):
             return not _SECRET_VALUE.search(value)
         return False
 
