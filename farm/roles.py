@@ -26,7 +26,7 @@ from farm.gitops import Repo
 from farm.metrics import RoleMetrics
 from farm.progress import decision_text, note_text, plural
 from farm.propose import STOP_GRACE_S, Feeder
-from farm.records import CandidateState, TrialState
+from farm.records import CandidateState, DriverLease, TrialState
 from farm.store import Store
 from proposer.base import Proposer
 
@@ -48,14 +48,10 @@ class Driving:
         self._thread = threading.Thread(target=self._renew, name="farm-lease", daemon=True)
 
     def __enter__(self) -> Driving:
-        lease = self.store.take_lease(
-            self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
-        )
+        lease = self._take()
         if lease.holder != self.holder and _died_here(lease.holder):
             self.store.drop_lease(self.campaign, holder=lease.holder)
-            lease = self.store.take_lease(
-                self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
-            )
+            lease = self._take()
         if lease.holder != self.holder:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.since))
             raise CampaignTaken(
@@ -66,12 +62,16 @@ class Driving:
         self._thread.start()
         return self
 
+    def _take(self) -> DriverLease:
+        """Take the lease, or renew it: the lease as it stands after (maybe another's)."""
+        return self.store.take_lease(
+            self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
+        )
+
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_S / 3):
             try:
-                self.store.take_lease(
-                    self.campaign, holder=self.holder, ttl_s=LEASE_S, now=time.time()
-                )
+                self._take()
             except FarmError as e:  # the store is down: the next renewal tries again
                 log.warning("renewing the driver lease of %s: %s", self.campaign, e)
 
