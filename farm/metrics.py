@@ -363,8 +363,14 @@ class RoleMetrics:
             buckets=STORE_BUCKETS_S,
         )
         self._store_errors = self._new(
-            Counter, "farm_store_errors", "role", "op", doc="Store operations that failed."
+            Counter,
+            "farm_store_errors",
+            "role",
+            "op",
+            doc="Failed attempts at store operations: each one retried through a lost "
+            "connection as it happens, and each operation that failed in the end.",
         )
+        self._op = threading.local()  # the store operation each thread is inside
         self._dispatch: _DispatchSeries | None = None  # once this process dispatches
 
     def _new(self, cls: type, name: str, *labels: str, doc: str, **kwargs: Any) -> Any:
@@ -372,7 +378,12 @@ class RoleMetrics:
 
     def instrument(self, store: Store) -> Store:
         """The store, timed and counted per operation; claims and give-backs observed."""
+        store.on_retry = self._retried
         return cast(Store, _InstrumentedStore(store, self))
+
+    def _retried(self, error: Exception) -> None:
+        op = getattr(self._op, "name", "") or "unknown"
+        self._store_errors.labels(self.campaign, self.role, op).inc()
 
     def watch_slots(self, *, slots: int, busy: Callable[[], int]) -> None:
         """This process dispatches: its slots, and every dispatcher series from zero."""
@@ -481,12 +492,14 @@ class _InstrumentedStore:
         @functools.wraps(attr)
         def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            outer, m._op.name = getattr(m._op, "name", ""), name
             try:
                 value = attr(*args, **kwargs)
             except StoreError:
                 errors.inc()
                 raise
             finally:
+                m._op.name = outer
                 seconds.observe(time.perf_counter() - started)
             m._observe(name, value, kwargs)
             return value

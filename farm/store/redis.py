@@ -315,7 +315,9 @@ class RedisStore(Store):
             raise StoreError(f"Redis at {self.url} failed: {e}") from None
 
     def _retrying(self, error: Exception, failures: int) -> None:
-        if failures <= self._retry.get_retries():
+        if failures <= self._retry.get_retries():  # the last failure raises instead
+            if self.on_retry is not None:
+                self.on_retry(error)
             log.warning(
                 "Redis at %s: %s; retry %d of %d",
                 self.url,
