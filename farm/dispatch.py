@@ -334,7 +334,18 @@ class Dispatcher:
         )
 
     def shutdown(self, *, timeout_s: float = 10.0) -> None:
-        """Stop what runs (the worker kills each training process group) and give it back."""
+        """Stop what runs (the worker kills each training process group) and give it back.
+
+        A trial that has already ended keeps its result, and only the others are cancelled:
+        Ray's core can abort this process with "Check failed … Tried to complete task that
+        was not pending" when a cancel meets a task's completion (ray-project/ray#54846),
+        so no task is cancelled that has ended, and Ray is not shut down (the caller's next
+        step) while a cancelled one may still answer.
+        """
+        refs = list(self._in_flight)
+        ended = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
+        for ref in ended:
+            self._collect(self._in_flight.pop(ref))
         for flight in self._in_flight.values():
             ray.cancel(flight.ref, force=False)
         deadline = time.time() + timeout_s
