@@ -288,7 +288,7 @@ def run(
     orphans = dispatcher.reclaim_orphans()
     if orphans:
         print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
-    role.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
+    role.watch_slots(busy=lambda: dispatcher.busy, cluster=lambda: dispatcher.view)
     feeder = Feeder(
         store=store,
         cfg=cfg,
@@ -323,7 +323,13 @@ def run(
             while controller.notices:
                 view.note(controller.notices.pop(0))
             dispatcher.step(wait_s=0.5)
-            view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=dispatcher.busy)
+            while dispatcher.notices:
+                view.note(dispatcher.notices.pop(0))
+            view.tick(
+                lambda: snapshot(store, cfg.campaign, last=0),
+                busy=dispatcher.busy,
+                cluster=dispatcher.view,
+            )
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):
                 break
     except KeyboardInterrupt:

@@ -186,7 +186,7 @@ def serve_work(
         heartbeat_s=max(0.2, lease_s / 6),
     )
     if metrics is not None:
-        metrics.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
+        metrics.watch_slots(busy=lambda: dispatcher.busy, cluster=lambda: dispatcher.view)
     freed = dispatcher.reclaim_orphans()
     print(
         f"farm work: {dispatcher.worker_id} | {plural(slots, 'slot')} | campaign {cfg.campaign} | "
@@ -200,6 +200,8 @@ def serve_work(
     try:
         while True:
             recorded += dispatcher.step(wait_s=POLL_S)
+            while dispatcher.notices:
+                print(note_text(dispatcher.notices.pop(0)), file=out, flush=True)
             counts = store.count_trials(cfg.campaign)
             idle = not dispatcher.busy and not counts[TrialState.QUEUED]
             if clock.expired(idle):

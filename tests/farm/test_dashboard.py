@@ -283,7 +283,7 @@ def test_a_distributed_campaign_is_watched_to_its_end_and_after_its_roles_die(
         # Every alert rule evaluated without an error against these series; none fired.
         groups = prom.get("/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), rules
         assert prom.get("/api/v1/alerts")["alerts"] == []
     finally:
         for p in [*roles.values(), exporter]:
