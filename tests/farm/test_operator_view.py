@@ -4,18 +4,25 @@ SIGTERM while trials run, a node lost under the trials."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-from helpers import TOY_TOML, TOY_TRAIN, MakeTarget
+from helpers import TOY_TOML, TOY_TRAIN, MakeTarget, free_port
+from local_ray import head_address, kill_group, node_ports, ray_env, wait_for_nodes
+from prometheus_client.parser import text_string_to_metric_families
 
 from farm.records import TrialState
 from farm.store import default_url, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
 # A trial that runs until it is stopped (well inside its budget).
 LONG = TOY_TRAIN.replace("import random\n", "import random\nimport time\n\ntime.sleep(120)\n")
 
@@ -65,3 +72,108 @@ def test_a_run_stopped_by_sigterm_mid_trial_ends_quietly_and_requeues_its_trials
         store.close()
     # Given back unrun: queued again, no result, no delivery counted against them.
     assert all(trials[i].state is TrialState.QUEUED and trials[i].result is None for i in running)
+
+
+def test_losing_the_only_node_with_the_trials_label_is_said_and_the_slots_follow(
+    make_target: MakeTarget,
+) -> None:
+    """A head that runs no trial and one node labelled for them; `farm run` connects, its
+    trials start, and the labelled node is killed: the terminal names the lost node and
+    says no node can run a trial, the status line shows 0 slots and the loss, the metrics
+    say so, and a stop leaves the trials queued."""
+    env = ray_env(str(VENV_BIN))
+    # The GCS declares a silent node dead after 3 missed checks of 0.5 s, not 15 s.
+    checks = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="farm-ray-", dir="/tmp")  # short unix socket paths
+    common = ["--block", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0",
+         "--include-dashboard=false", *common, *node_ports()],
+        env={**env, **checks}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    nodes = [head]
+    run = None
+    try:
+        gcs = head_address(port)
+        wait_for_nodes(sys.executable, env, gcs, 1)
+        nodes.append(
+            subprocess.Popen(
+                [str(VENV_BIN / "ray"), "start", f"--address={gcs}", "--num-cpus=2",
+                 "--labels=gpu-model=x", *common[:2], *node_ports()],
+                env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        wait_for_nodes(sys.executable, env, gcs, 2)
+        target = make_target(
+            {"train.py": LONG},
+            toml=TOY_TOML.replace("budget_s = 30", "budget_s = 300")
+            + '[resources]\ncpus_per_trial = 1\nlabels = { gpu-model = "x" }\n',
+        )
+        metrics = free_port()
+        out = target.parent / "run.log"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "farm.cli", "run", str(target), "--progress-every", "1",
+             "--metrics-address", f"127.0.0.1:{metrics}"],
+            env={**env, "RAY_ADDRESS": gcs, "PYTHONPATH": os.pathsep.join(sys.path),
+                 "FARM_CACHE_DIR": str(target.parent / "cache")},
+            stdout=out.open("w"), stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        store = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.5)
+            if store is None and (target / ".farm" / "farm.db").exists():
+                store = open_store(default_url(target))
+            running = (
+                store
+                and store.get_campaign("default")
+                and store.list_trials("default", states={TrialState.RUNNING})
+            )
+            if running and len(running) == 2:
+                break
+        else:
+            raise AssertionError(out.read_text())
+        assert store is not None
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # the node dies, its raylet unannounced
+
+        def served() -> dict[tuple[str, str], float]:
+            url = f"http://127.0.0.1:{metrics}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            return {
+                (s.name, s.labels.get("state", "")): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name in ("farm_slots", "farm_nodes")
+            }
+
+        deadline = time.monotonic() + 60
+        while served().get(("farm_nodes", "lost")) != 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert served() == {
+            ("farm_slots", ""): 0,
+            ("farm_nodes", "alive"): 0,
+            ("farm_nodes", "lost"): 1,
+        }, out.read_text()
+        time.sleep(2)  # a status line after the loss
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 130, out.read_text()
+        said = out.read_text()
+        words = " ".join(said.split())  # notes wrap at 80 columns
+        lost = (
+            ") lost: it held 2 trials; 0 slots left: no live node can run a trial, the trials wait"
+        )
+        assert words.count(lost) == 1, said
+        assert re.search(r"\] baseline 0/\d+ runs · slots \d/0 \(1 node lost\)", said), said
+        trials = store.list_trials("default")
+        store.close()
+        assert trials and all(t.state is TrialState.QUEUED for t in trials)
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+        for p in reversed(nodes):
+            kill_group(p)
+        shutil.rmtree(temp_dir, ignore_errors=True)
