@@ -14,11 +14,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from helpers import TOY_TOML, TOY_TRAIN, MakeTarget, free_port
 from local_ray import head_address, kill_group, node_ports, ray_env, wait_for_nodes
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm.records import TrialState
+from farm import dispatch
+from farm.campaign import prepare
+from farm.config import load_config
+from farm.dispatch import Dispatcher
+from farm.gitops import Repo
+from farm.records import Trial, TrialKind, TrialState
 from farm.store import default_url, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,3 +183,39 @@ def test_losing_the_only_node_with_the_trials_label_is_said_and_the_slots_follow
         for p in reversed(nodes):
             kill_group(p)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_trial_no_node_takes_for_over_a_budget_is_said_once_and_counted(
+    make_target: MakeTarget, ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial that asks Ray for a resource no node has waits in flight: once it has been
+    there longer than its run may take plus one budget, it is said once and counted."""
+    target = make_target(
+        toml=TOY_TOML.replace("budget_s = 30", "budget_s = 1")
+        + "[sandbox]\ngrace_s = 0\n[resources]\ncpus_per_trial = 1\ncustom = { nowhere = 1 }\n"
+    )
+    cfg = load_config(target)
+    store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
+    camp = prepare(target, cfg, store, check_command=False)
+    store.enqueue_trial(
+        Trial(id="base-0", campaign=camp.id, kind=TrialKind.BASELINE,
+              commit_sha=camp.start_sha, base_sha=camp.start_sha, seed=0)
+    )  # fmt: skip
+    monkeypatch.setattr(dispatch, "REAP_EVERY_S", 0.5)  # look at the nodes often
+    d = Dispatcher(store=store, repo=Repo(target), cfg=cfg, campaign=camp.id, slots=1)
+    try:
+        deadline = time.monotonic() + 30
+        while not d.view.unplaced and time.monotonic() < deadline:
+            d.step(wait_s=0.2)
+        assert d.view.unplaced == 1 and d.view.placement_wait_s > cfg.budget_s
+        for _ in range(5):
+            d.step(wait_s=0.2)
+        said = [n for n in d.notices if "base-0" in n]
+        assert said == [
+            "trial base-0 has waited over a budget for a node that can run it "
+            "(the [resources] of farm.toml, the Ray cluster's nodes)"
+        ]
+        assert "1 unplaced" in d.view.text()
+    finally:
+        d.shutdown(timeout_s=2)
+        store.close()
