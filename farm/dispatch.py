@@ -186,7 +186,8 @@ class Dispatcher:
     _fits: dict[str, int] | None = None  # node id -> trials it holds (None: not looked yet)
     _peak: int = 0  # the most slots the live nodes have held
     _most_nodes: int = 0  # the most live nodes that could run trials
-    _said: set[str] = field(default_factory=set)  # trials and classes already said unplaced
+    _said_classes: set[str] = field(default_factory=set)  # said to have no live node
+    _said_trials: set[str] = field(default_factory=set)  # said to wait for a node
     _last_beat: float = 0.0
     _last_reap: float = 0.0
 
@@ -274,7 +275,7 @@ class Dispatcher:
         nodes = ray.nodes()
         self._alive = {n["NodeID"] for n in nodes if n.get("Alive")}
         where = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
-        fits, before = fitting_nodes(self.cfg, nodes), self._fits or {}
+        fits, first, before = fitting_nodes(self.cfg, nodes), self._fits is None, self._fits or {}
         self._fits = fits
         held = sum(fits.values())
         self._peak = max(self._peak, held)
@@ -289,7 +290,7 @@ class Dispatcher:
                 f"{plural(before[node], 'trial')}; {plural(slots, 'slot')} left"
                 + ("" if slots else ": no live node can run a trial, the trials wait")
             )
-        for node in sorted(fits.keys() - before.keys()) if before else []:
+        for node in [] if first else sorted(fits.keys() - before.keys()):
             self.notices.append(
                 f"node {where.get(node, '?')} ({node[:8]}) can run trials: "
                 f"{plural(slots, 'slot')} now"
@@ -297,15 +298,15 @@ class Dispatcher:
         # The classes trials ran on, read from the store at the first loss (or preference).
         classes = self._classes() if lost or self._nodes is not None else {}
         for c, n in sorted(classes.items()):
-            if n == 0 and c not in self._said:
-                self._said.add(c)
+            if n == 0 and c not in self._said_classes:
+                self._said_classes.add(c)
                 self.notices.append(f"hardware class {c}: no live node left")
             elif n:
-                self._said.discard(c)
+                self._said_classes.discard(c)
         waits = {f.trial.id: self._placement_wait(f) for f in self._in_flight.values()}
         waits = {t: w for t, w in waits.items() if w > 0}
-        for trial_id in sorted(waits.keys() - self._said):
-            self._said.add(trial_id)
+        for trial_id in sorted(waits.keys() - self._said_trials):
+            self._said_trials.add(trial_id)
             self.notices.append(
                 f"trial {trial_id} has waited over a budget for a node that can run it "
                 "(the [resources] of farm.toml, the Ray cluster's nodes)"
@@ -332,9 +333,9 @@ class Dispatcher:
         }.get(trial.kind, self.cfg.budget_s)
 
     def _placement_wait(self, flight: _InFlight) -> float:
-        """How much longer than a budget a trial has waited for a node, or 0: a trial in
-        flight for longer than its run may take (budget and grace, the evaluation's too)
-        has spent the rest waiting to be placed."""
+        """How long a trial has waited for a node, once that is over a budget (else 0): a
+        trial in flight for longer than its run may take (budget and grace, the evaluation's
+        too) has spent the rest waiting to be placed."""
         run = self._budget(flight.trial) + self.cfg.sandbox.grace_s
         if self.cfg.evaluate:
             run += self.cfg.evaluate_budget_s + self.cfg.sandbox.grace_s
@@ -418,8 +419,8 @@ class Dispatcher:
         A trial that has already ended keeps its result, and only the others are cancelled:
         Ray's core can abort this process with "Check failed … Tried to complete task that
         was not pending" when a cancel meets a task's completion (ray-project/ray#54846),
-        so no task is cancelled that has ended, and Ray is not shut down (the caller's next
-        step) while a cancelled one may still answer.
+        so no task is cancelled that has ended, and the cancelled ones have `timeout_s` to
+        answer before the caller shuts Ray down.
         """
         refs = list(self._in_flight)
         ended = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
