@@ -161,18 +161,17 @@ def choose_command(
     for c in live[:MAX_PROBES]:
         command, _ = wire_seed(ins, c.command)
         print(
-            f"  running `{command}` once to read its output (budget {left:g} s)…",
+            f"  running `{command}` once to read its output (budget {left:.0f} s)…",
             file=out,
             flush=True,
         )
         run = probe_command(ins, command, budget_s=left)
         print(f"  it exited {run.exit_code} after {run.duration_s:.1f} s", file=out, flush=True)
         left -= run.duration_s
-        why = _no_trial(ins, command, run, budget_s)
-        if not why:
+        c.dropped, why = _no_trial(ins, command, run, left + run.duration_s)
+        if not c.dropped:
             _take(ins, c)
             return run
-        c.dropped = why.split("\n", 1)[0]
         failed.append((c, why))
         print(f"  not the command: {c.dropped}", file=out, flush=True)
         if run.timed_out or left < 1:
@@ -198,7 +197,7 @@ def _take(ins: Inspection, c: Candidate) -> None:
         how += f" (`{c.written}` there)"
     others = [o for o in ins.candidates if o.dropped and o is not c]
     if others:
-        how += "; left out: " + "; ".join(f"`{o.written}` ({o.dropped})" for o in others)
+        how += "; left out: " + "; ".join(f"`{o.written}`: {o.dropped}" for o in others)
     ins.found["command"] = Found(command, how, checked=c.checked)
     if not c.checked:
         ins.warnings.append(
@@ -221,21 +220,22 @@ _MANAGERS = {
 }
 
 
-def _no_trial(ins: Inspection, command: str, run: RunResult, budget_s: float) -> str:
-    """Why this probe run shows `command` is no trial: "" when it printed a summary line."""
+def _no_trial(ins: Inspection, command: str, run: RunResult, budget_s: float) -> tuple[str, str]:
+    """Why this probe run shows `command` is no trial, in a few words and in full with
+    what to do: ("", "") when it printed a summary line."""
     if run.timed_out:
-        return (
-            f"`{command}` did not finish within {budget_s:g} s: rerun with a larger "
+        return f"did not finish within {budget_s:.0f} s", (
+            f"`{command}` did not finish within {budget_s:.0f} s: rerun with a larger "
             "--probe-budget, or with --no-probe and check the metric by hand"
         )
     if run.exit_code != 0:
         missing = re.search(r"No module named '([\w.]+)'", run.output_tail)
         if missing:
+            module = missing.group(1).split(".")[0]
             env = environment(ins)
-            return (
-                f"`{command}` exited {run.exit_code}: no module named "
-                f"{missing.group(1).split('.')[0]!r} in the python on PATH "
-                f"({shutil.which('python') or 'none'}).\n"
+            return f"exited {run.exit_code}: no module named {module!r}", (
+                f"`{command}` exited {run.exit_code}: no module named {module!r} in the "
+                f"python on PATH ({shutil.which('python') or 'none'}).\n"
                 + (
                     f"Activate the project's environment, {env}, and rerun farm init"
                     if env
@@ -243,19 +243,19 @@ def _no_trial(ins: Inspection, command: str, run: RunResult, budget_s: float) ->
                     "packages), and rerun farm init"
                 )
             )
-        return (
+        return f"exited {run.exit_code}", (
             f"`{command}` exited {run.exit_code} in a copy of the repo:\n"
             f"{_tail(run.output_tail, 15)}\n"
             "fix the target (or pass --command) so it runs, then rerun farm init"
         )
     if not summary_names(run.output_tail):
-        return (
+        return "printed no summary line", (
             "the probe printed no summary line (`name: value`, `name=value`, "
             f"`[tag] name=value`); its last lines:\n{_tail(run.output_tail, 5)}"
             "\nprint the metric as such a line, or rerun with --no-probe --metric NAME and "
             "set metric_regex (one capture group around the value) in farm.toml"
         )
-    return ""
+    return "", ""
 
 
 def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResult:
@@ -263,10 +263,10 @@ def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResul
     words = shlex.split(command)
     exe = next((w for w in words if "=" not in w), "")
     if exe and "/" not in exe and shutil.which(exe) is None:
-        env = environment(ins)
+        declared = environment(ins)
         raise FarmError(
             f"`{exe}` (from the command {command!r}) is not on PATH here: install it, "
-            + (f"activate the project's environment ({env}), " if env else "")
+            + (f"activate the project's environment ({declared}), " if declared else "")
             + "or rerun with --command (e.g. --command 'python train.py')"
         )
     env = {k: os.environ[k] for k in DEFAULT_ENV_ALLOW if k in os.environ}

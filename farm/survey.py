@@ -349,7 +349,9 @@ def find_commands(ins: Inspection, *, override: str | None) -> None:
         program = c.source == ins.program or c.source.lower().startswith("program")
         return 2 * bool(runs & editable) + program
 
-    ranked = sorted(found, key=lambda c: (bool(c.dropped), -likelihood(c)))
+    # The ones that may be trials, likeliest first; the others as the sources list them.
+    ranked = sorted((c for c in found if not c.dropped), key=lambda c: -likelihood(c))
+    ranked += [c for c in found if c.dropped]
     if not any(not c.dropped for c in ranked):
         for guess in [*sorted(editable), "train.py"]:
             if guess in existing and f"python {guess}" not in seen:
@@ -655,12 +657,12 @@ def documented_budget(ins: Inspection, files: list[str]) -> Budget | None:
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
                 continue
             target = stmt.targets[0]
-            value = _number(stmt.value)
-            if isinstance(target, ast.Name) and _BUDGET_NAME.match(target.id) and value:
+            number = _number(stmt.value)
+            if isinstance(target, ast.Name) and _BUDGET_NAME.match(target.id) and number:
                 scale = (
                     3600 if "HOUR" in target.id.upper() else 60 if "MIN" in target.id.upper() else 1
                 )
-                return Budget(value * scale, False, f"{target.id} = {value:g} in {py}")
+                return Budget(number * scale, False, f"{target.id} = {number:g} in {py}")
     return None
 
 
