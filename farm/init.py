@@ -2,10 +2,11 @@
 guessed and how.
 
 farm/survey.py reads what the repo says about itself (docs, docstrings, imports): the
-editable and protected files and the command. Then one probe run of the command in the
-sandbox (a copy of the repo, the trial environment, a time limit) shows the summary lines
-it prints, read by the trials' own parser: the metric. Its name and the docs ("lower is
-better") give the direction, the run's duration the budget. Whatever could not be checked
+editable and protected files and the commands it shows. The candidates run in the sandbox
+(a copy of the repo, the trial environment, a time limit), likeliest first, until one
+prints a summary line, read by the trials' own parser: the command and its metric. The
+metric's name and the docs ("lower is better") give the direction; the docs, a time budget
+constant or the run's duration the budget. Whatever could not be checked
 is a warning, in the terminal and as a CHECK comment in the file; a path that does not
 exist is never written.
 """

@@ -3,7 +3,8 @@ say to edit and to leave alone, the command they show, and what imports what.
 
 Statements are read as votes: "`train.py` is the only file you edit" is one for editing
 train.py, "`prepare.py` loads the data. Do not modify it." one against touching
-prepare.py; program*.md counts double. Every local module the command's script, an
+prepare.py. One vote against wins over any for: a file a doc forbids changing is
+protected, and the conflict is a CHECK line. Every local module the command's script, an
 evaluator or a fixed file reaches, other than the editable files, is protected (an
 evaluator `run.py` that imports `train.py` is), and so is every repo file they name in a
 string (the data file an evaluator reads).
@@ -322,7 +323,7 @@ def find_commands(ins: Inspection, *, override: str | None) -> None:
     existing = set(ins.files)
     sources = [*ins.docs.items()]
     for f in ins.files:
-        if "/" not in f and (f.endswith(".sh") or f.lower() in ("makefile", "justfile")):
+        if (f.endswith(".sh") and f.count("/") <= 1) or f.lower() in ("makefile", "justfile"):
             sources.append((f, ins.read(f)))
     for py in ins.python():
         try:
