@@ -400,8 +400,9 @@ def _key_metrics(ins: Inspection, names: list[str]) -> dict[str, str]:
 
 
 def _names(name: str, text: str) -> bool:
-    """`text` mentions `name` as a word (`val_loss`, not `val_loss_ema`)."""
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", text) is not None
+    """`text` mentions `name` as a word (`val_loss`, "lowest val_loss.", not `val_loss_ema`
+    nor `val_loss.py`)."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w|\.\w)", text) is not None
 
 
 def _metric_from_docs(docs: str) -> str:

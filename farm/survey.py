@@ -33,8 +33,17 @@ _SKIP_DIRS = {".git", ".farm", ".venv", "venv", "__pycache__", "node_modules", "
 # "frozen" count as a verdict ("are fixed.", "Fixed:"), not before a noun ("a fixed
 # number of steps", "the fixed training set").
 _FIXED = re.compile(
+    r"(?i)\b(read[- ]only|untouched|unchanged|evaluator|(?:fixed|frozen)(?!\s+[a-z]))\b"
+)
+# A negation forbids only when a verb of changing follows it: "do not modify", "must not
+# be changed", "never touch"; not "do NOT use tee".
+_NEGATION = re.compile(
     r"(?i)\b(do not|don't|does not|doesn't|never|must not|may not|cannot|can't|should not|"
-    r"read[- ]only|untouched|unchanged|not to be|evaluator|(?:fixed|frozen)(?!\s+[a-z]))\b"
+    r"not to be|not(?=\s+(?:be\s+)?(?:modif|edit|chang|touch|alter)))\b"
+)
+_ALTER = re.compile(
+    r"(?i)\b(edit\w*|modif\w*|chang\w*|touch\w*|alter\w*|rewrite|overwrite|tamper\w*|"
+    r"tune\w*|optimi[sz]\w*|improve\w*)\b"
 )
 _CHANGE = re.compile(
     r"(?i)\b(edit\w*|modif\w*|chang\w*|improve\w*|tune\w*|optimi[sz]\w*|"
@@ -128,6 +137,17 @@ class Inspection:
             return ""
 
 
+def _fixed_spans(text: str) -> list[tuple[int, int]]:
+    """Where `text` says to leave a file alone: a word for a fixed state, or a negation
+    with its verb ("do not modify", the span running to the verb's end)."""
+    spans = [m.span() for m in _FIXED.finditer(text)]
+    for m in _NEGATION.finditer(text):
+        verb = _ALTER.search(text, m.end(), m.end() + 40)
+        if verb:
+            spans.append((m.start(), verb.end()))
+    return sorted(spans)
+
+
 def survey(root: Path) -> Inspection:
     files = _list_files(root)
     top = [f for f in files if "/" not in f]
@@ -183,13 +203,24 @@ def _is_test(path: str) -> bool:
     )
 
 
-def blocks(text: str) -> list[tuple[str, bool]]:
-    """A document as (text, is a list item): each list item, paragraph and heading whole."""
+def blocks(text: str, *, gaps: bool = False) -> list[tuple[str, bool]]:
+    """A document as (text, is a list item): each list item, paragraph and heading whole,
+    each line of a fenced code block alone; with `gaps`, ("", False) for each blank line."""
     blocks: list[tuple[str, bool]] = []
     block: list[str] = []
     item = False
+    fenced = False
     for line in [*text.splitlines(), ""]:
         stripped = line.strip()
+        if stripped.startswith(("```", "~~~")) or fenced:
+            if block:  # a fence ends the block before it; in a fence, a line is a block
+                blocks.append((" ".join(block), item))
+            block = []
+            if stripped.startswith(("```", "~~~")):
+                fenced = not fenced
+            elif stripped:
+                blocks.append((stripped, False))
+            continue
         bullet = re.match(r"([-*+]|\d+[.)])\s+", stripped)
         if block and stripped and not bullet and not stripped.startswith("#"):
             block.append(stripped)  # a paragraph's next line, or a list item's continuation
@@ -198,6 +229,8 @@ def blocks(text: str) -> list[tuple[str, bool]]:
             blocks.append((" ".join(block), item))
         block = [stripped[bullet.end() :]] if bullet else [stripped] if stripped else []
         item = bool(bullet)
+        if gaps and not stripped:
+            blocks.append(("", False))
         if stripped.startswith("#"):
             blocks.append((stripped, False))
             block = []
@@ -255,12 +288,18 @@ def roles(ins: Inspection) -> None:
     for doc, text in ins.docs.items():
         weight = 2 if doc == ins.program or doc.lower().startswith("program") else 1
         forbidding = ""  # the heading that forbids what its list items name
-        for block, item in blocks(text):
+        listed = False  # an item of its list was seen: a blank line ends the list
+        for block, item in blocks(text, gaps=True):
+            if not block:
+                forbidding = "" if listed else forbidding
+                continue
             if not item:
+                listed = False
                 heading = block.startswith("#") or block.rstrip("*_ ").endswith(":")
                 forbidding = block if heading and _FORBIDS.search(block) else ""
             paths = named(block, doc)
             if item and forbidding:
+                listed = True
                 for path in paths:
                     ins.votes.setdefault(path, []).append(
                         (-weight, f"{doc}: {quote(forbidding + ' ' + block)}")
@@ -275,7 +314,7 @@ def roles(ins: Inspection) -> None:
                 for path in here or before:
                     vote(path, clause, weight, doc, several=len(here) > 1)
                 before = (
-                    here if here and not (_FIXED.search(clause) or _CHANGE.search(clause)) else []
+                    here if here and not (_fixed_spans(clause) or _CHANGE.search(clause)) else []
                 )
     for py in ins.python():
         for unit in _docstring_units(ins.read(py)):
@@ -285,12 +324,12 @@ def roles(ins: Inspection) -> None:
 
 def _polarity(path: str, text: str, *, several: bool) -> int:
     """+1: `text` says to change `path`; -1: to leave it alone; 0: neither."""
-    fixed = [m.span() for m in _FIXED.finditer(text)]
-    # "do not modify", "CANNOT do: modify": the verb belongs to the negation before it.
+    fixed = _fixed_spans(text)
+    # "do not modify": the verb belongs to the negation.
     change = [
         m.span()
         for m in _CHANGE.finditer(text)
-        if not any(0 <= m.start() - end <= 20 for _, end in fixed)
+        if not any(start <= m.start() < end for start, end in fixed)
     ]
     if re.search(_EXCEPT + re.escape(path), text):
         return 1 if fixed or change else 0  # "do not modify anything but train.py"
@@ -637,16 +676,17 @@ def documented_budget(ins: Inspection, files: list[str]) -> Budget | None:
     for doc, text in ins.docs.items():
         for block, _ in blocks(text):
             for clause in clauses(block):
-                m = _DURATION.search(clause)
-                if not m:
-                    continue
-                number, unit = m.group(1).lower(), m.group(2).lower()
-                value = float(_WORDS.get(number, 0) or number) * (
-                    3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1
-                )
-                for limit, words in ((True, _LIMIT), (False, _TRAINS_FOR)):
-                    if words.search(clause) and limit not in found:
-                        found[limit] = Budget(value, limit, f"{doc}: {quote(clause)}")
+                for m in _DURATION.finditer(clause):
+                    number, unit = m.group(1).lower(), m.group(2).lower()
+                    value = float(_WORDS.get(number, 0) or number) * (
+                        3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1
+                    )
+                    # The words just before the time say what it is ("exceeds 10 minutes",
+                    # "a fixed time budget of 5 minutes"), not a heading further back.
+                    for limit, words, reach in ((True, _LIMIT, 25), (False, _TRAINS_FOR, 40)):
+                        near = clause[max(0, m.start() - reach) : m.start()]
+                        if words.search(near) and limit not in found:
+                            found[limit] = Budget(value, limit, f"{doc}: {quote(clause)}")
     if found:
         return found.get(True) or found[False]
     for py in files:

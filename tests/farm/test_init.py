@@ -420,6 +420,45 @@ def test_seed_arguments_and_variables_carry_the_trials_seed(tmp_path: Path) -> N
     assert (by_env["command"], by_env["seed_env"]) == ("python train.py", "RANDOM_STATE")
 
 
+def test_karpathy_autoresearch_wording_gives_every_field(tmp_path: Path) -> None:
+    """Sentences of karpathy/autoresearch's program.md and README that misled init: a "do
+    NOT use tee" beside the command, a code block listing every file, "Not modified.", a
+    "Timeout" heading over "~5 minutes", "the lowest val_bpb." before "increase"."""
+    program = (
+        "The training script runs for a **fixed time budget of 5 minutes** (wall clock). "
+        "You launch it simply as: `uv run train.py`.\n\n"
+        "**What you CAN do:**\n- Modify `train.py` — this is the only file you edit.\n\n"
+        "**What you CANNOT do:**\n- Modify `prepare.py`. It is read-only.\n\n"
+        "4. Run the experiment: `uv run train.py > run.log 2>&1` (redirect everything — do "
+        "NOT use tee or let output flood your context)\n\n"
+        "**Timeout**: Each experiment should take ~5 minutes total (+ a few seconds for "
+        "startup and eval overhead). If a run exceeds 10 minutes, kill it and treat it as a "
+        "failure.\n\n**The goal is simple: get the lowest val_bpb.** Some increase is "
+        "acceptable for meaningful val_bpb gains.\n"
+    )
+    readme = (
+        "- **`prepare.py`** — fixed constants, one-time data prep. Not modified.\n\n"
+        "```\nprepare.py      — constants, data prep (do not modify)\n"
+        "train.py        — model, optimizer, training loop (agent modifies this)\n```\n\n"
+        "```bash\nuv sync\nuv run prepare.py\nuv run train.py\n```\n"
+    )
+    files = {"train.py": "", "prepare.py": "", "program.md": program, "README.md": readme}
+    root = repo(tmp_path, {**files, "uv.lock": ""})
+    out = io.StringIO()
+    init_target(root, probe=False, metric="val_bpb", out=out)
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    assert {k: spec[k] for k in ("editable", "protected", "command", "direction")} == {
+        "editable": ["train.py"],
+        "protected": ["prepare.py"],
+        "command": "python train.py",
+        "direction": "minimize",
+    }
+    assert spec["budget_s"] == 600  # "exceeds 10 minutes, kill it": the limit
+    said = " ".join(out.getvalue().split())
+    assert "left out `uv run prepare.py` (README.md): a setup or data step" in said
+    assert "both" not in said and "a prohibition wins" not in said  # no conflict there
+
+
 def test_a_documented_training_time_sets_the_budget_with_room_to_evaluate(
     tmp_path: Path,
 ) -> None:
