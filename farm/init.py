@@ -169,7 +169,7 @@ def choose_command(
         run = probe_command(ins, command, budget_s=left)
         print(f"  it exited {run.exit_code} after {run.duration_s:.1f} s", file=out, flush=True)
         left -= run.duration_s
-        c.dropped, why = _no_trial(ins, command, run, left + run.duration_s)
+        c.dropped, why = _no_trial(ins, c, command, run, left + run.duration_s)
         if not c.dropped:
             _take(ins, c)
             return run
@@ -209,19 +209,13 @@ def _take(ins: Inspection, c: Candidate) -> None:
         ins.warnings.append(
             f"{c.source} runs it through {c.manager} (`{c.written}`); farm runs `{command}` with "
             "the python on PATH, so activate the project's environment before `farm run`: "
-            + (environment(ins) or _MANAGERS[c.manager])
+            + environment(ins, c.written)
         )
 
 
-_MANAGERS = {
-    "uv": "`uv sync`, then `source .venv/bin/activate`",
-    "poetry": "`poetry install`, then `eval $(poetry env activate)`",
-    "pipenv": "`pipenv install`, then `pipenv shell`",
-    "conda": "`conda activate <the environment>`",
-}
-
-
-def _no_trial(ins: Inspection, command: str, run: RunResult, budget_s: float) -> tuple[str, str]:
+def _no_trial(
+    ins: Inspection, c: Candidate, command: str, run: RunResult, budget_s: float
+) -> tuple[str, str]:
     """Why this probe run shows `command` is no trial, in a few words and in full with
     what to do: ("", "") when it printed a summary line."""
     if run.timed_out:
@@ -233,7 +227,7 @@ def _no_trial(ins: Inspection, command: str, run: RunResult, budget_s: float) ->
         missing = re.search(r"No module named '([\w.]+)'", run.output_tail)
         if missing:
             module = missing.group(1).split(".")[0]
-            env = environment(ins)
+            env = environment(ins, c.written)
             return f"exited {run.exit_code}: no module named {module!r}", (
                 f"`{command}` exited {run.exit_code}: no module named {module!r} in the "
                 f"python on PATH ({shutil.which('python') or 'none'}).\n"

@@ -395,7 +395,8 @@ def find_commands(ins: Inspection, *, override: str | None) -> None:
     if not any(not c.dropped for c in ranked):
         for guess in [*sorted(editable), "train.py"]:
             if guess in existing and f"python {guess}" not in seen:
-                ranked.append(Candidate(f"python {guess}", "a guess", "", checked=False))
+                ranked.append(Candidate(f"python {guess}", "a guess", f"python {guess}",
+                                        checked=False))  # fmt: skip
                 break
     if not any(not c.dropped for c in ranked):
         dropped = "".join(f"\n  `{c.written}` ({c.source}): {c.dropped}" for c in ranked)
@@ -442,8 +443,9 @@ def _reach(graph: dict[str, set[str]], start: list[str]) -> set[str]:
     return reached
 
 
-def environment(ins: Inspection) -> str:
-    """How to activate the environment the repo declares ("" when it declares none)."""
+def environment(ins: Inspection, written: str = "") -> str:
+    """How to activate the environment the repo declares, else the one the command as
+    `written` runs through (`uv run`, `conda run -n env`); "" when there is neither."""
     files = set(ins.files)
     if "uv.lock" in files:
         return "uv (uv.lock): `uv sync`, then `source .venv/bin/activate`"
@@ -465,7 +467,14 @@ def environment(ins: Inspection) -> str:
             "pip (requirements.txt): `python -m venv .venv && source .venv/bin/activate && "
             "pip install -r requirements.txt`"
         )
-    return ""
+    manager = written.split(" ", 1)[0]
+    conda = re.search(r"(?:-n|--name|-p|--prefix)\s+(\S+)", written)
+    return {
+        "uv": "uv: `uv sync`, then `source .venv/bin/activate`",
+        "poetry": "poetry: `poetry install`, then `eval $(poetry env activate)`",
+        "pipenv": "pipenv: `pipenv install`, then `pipenv shell`",
+        "conda": f"conda: `conda activate {conda.group(1) if conda else '<its environment>'}`",
+    }.get(manager, "")
 
 
 def _script(command: str) -> str | None:
