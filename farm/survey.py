@@ -41,6 +41,7 @@ _NEGATION = re.compile(
     r"(?i)\b(do not|don't|does not|doesn't|never|must not|may not|cannot|can't|should not|"
     r"not to be|not(?=\s+(?:be\s+)?(?:modif|edit|chang|touch|alter)))\b"
 )
+_ELLIPSIS = re.compile(r"(?i)\b(never|but not|and not)\b")
 _ALTER = re.compile(
     r"(?i)\b(edit\w*|modif\w*|chang\w*|touch\w*|alter\w*|rewrite|overwrite|tamper\w*|"
     r"tune\w*|optimi[sz]\w*|improve\w*)\b"
@@ -145,6 +146,9 @@ def _fixed_spans(text: str) -> list[tuple[int, int]]:
         verb = _ALTER.search(text, m.end(), m.end() + 40)
         if verb:
             spans.append((m.start(), verb.end()))
+    for m in _ELLIPSIS.finditer(text):  # "edit `a.py`, never `b.py`": the verb went before
+        if _ALTER.search(text, 0, m.start()) and not any(a <= m.start() < b for a, b in spans):
+            spans.append(m.span())
     return sorted(spans)
 
 

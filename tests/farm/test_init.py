@@ -459,6 +459,25 @@ def test_karpathy_autoresearch_wording_gives_every_field(tmp_path: Path) -> None
     assert "both" not in said and "a prohibition wins" not in said  # no conflict there
 
 
+def test_an_environment_manager_becomes_advice_to_activate_its_environment(
+    tmp_path: Path,
+) -> None:
+    docs = "Edit `model.py`, never `score.py`.\n\n    conda run -n lab python train.py\n"
+    files = {"train.py": "", "model.py": "", "score.py": "", "README.md": docs}
+    root = repo(tmp_path, files)
+    out = io.StringIO()
+    init_target(root, probe=False, metric="loss", direction=Direction.MINIMIZE, out=out)
+    spec = tomllib.loads((root / "farm.toml").read_text())
+    # One clause, two files: each takes the word nearest to it.
+    assert (spec["editable"], spec["protected"]) == (["model.py"], ["score.py", "train.py"])
+    assert spec["command"] == "python train.py"
+    said = " ".join(out.getvalue().split())
+    assert "README.md runs it through conda (`conda run -n lab python train.py`)" in said
+    assert "activate the project's environment before `farm run`: conda: `conda activate lab`" in (
+        said
+    )
+
+
 def test_a_documented_training_time_sets_the_budget_with_room_to_evaluate(
     tmp_path: Path,
 ) -> None:
