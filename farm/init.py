@@ -454,15 +454,24 @@ def choose_direction(ins: Inspection, *, override: Direction | None, ask: Ask | 
 
 
 def choose_budget(ins: Inspection, run: RunResult | None) -> None:
-    """A limit the docs state; else the training time the repo documents (its docs or a
-    TIME_BUDGET-style constant) with room for start-up and evaluation; else the probe's
-    time, doubled with slack (trials on a busy node run slower); else the default."""
+    """A limit the docs state (unless the probe ran longer); else the training time the
+    repo documents (its docs or a TIME_BUDGET-style constant) with room for start-up and
+    evaluation; else the probe's time, doubled with slack (trials on a busy node run
+    slower); else the default."""
     command = str(ins.found["command"].value)
     said = documented_budget(ins, reached_by(ins, command))
     probed = 0
     if run is not None:
         probed = _tens(max(60.0, 2 * run.duration_s + 30))
-    if said and said.limit:
+    if said and said.limit and run is not None and run.duration_s > said.seconds:
+        # The docs' limit would time out the very run the probe made: trust the machine.
+        budget, how = probed, f"the probe ran {run.duration_s:.1f} s"
+        ins.warnings.append(
+            f"the docs limit a run to {said.seconds:g} s ({said.how}), but the probe ran "
+            f"{run.duration_s:.0f} s: wrote budget_s = {budget}; lower it once runs are "
+            "that fast here"
+        )
+    elif said and said.limit:
         budget, how = math.ceil(said.seconds), f"the limit in {said.how}"
     elif said:
         # A quarter more and 30 s: start-up, the evaluation after training, a busy node.
@@ -477,11 +486,6 @@ def choose_budget(ins: Inspection, run: RunResult | None) -> None:
         ins.warnings.append("budget_s = 300 is the default: no probe run timed the command")
         return
     ins.found["budget_s"] = Found(budget, how)
-    if said and said.limit and run is not None and run.duration_s > said.seconds:
-        ins.warnings.append(
-            f"the probe ran {run.duration_s:.0f} s, over the documented limit of "
-            f"{said.seconds:g} s ({said.how}): raise budget_s, or trials will time out"
-        )
 
 
 def _tens(seconds: float) -> int:

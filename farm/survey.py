@@ -696,7 +696,7 @@ def documented_budget(ins: Inspection, files: list[str]) -> Budget | None:
                     )
                     # The words just before the time say what it is ("exceeds 10 minutes",
                     # "a fixed time budget of 5 minutes"), not a heading further back.
-                    for limit, words, reach in ((True, _LIMIT, 25), (False, _TRAINS_FOR, 40)):
+                    for limit, words, reach in ((True, _LIMIT, 30), (False, _TRAINS_FOR, 40)):
                         near = clause[max(0, m.start() - reach) : m.start()]
                         if words.search(near) and limit not in found:
                             found[limit] = Budget(value, limit, f"{doc}: {quote(clause)}")

@@ -459,6 +459,20 @@ def test_karpathy_autoresearch_wording_gives_every_field(tmp_path: Path) -> None
     assert "both" not in said and "a prohibition wins" not in said  # no conflict there
 
 
+def test_a_documented_limit_the_probe_overran_gives_way_to_the_probe(tmp_path: Path) -> None:
+    docs = (
+        "Edit `train.py` only. A trial must finish within the budget (0.5 s wall clock, "
+        "including imports).\n"
+    )
+    train = "import time\ntime.sleep(0.6)\nprint('loss: 1.0')\n"
+    root = repo(tmp_path, {"train.py": train, "program.md": docs})
+    out = io.StringIO()
+    init_target(root, direction=Direction.MINIMIZE, out=out)
+    assert tomllib.loads((root / "farm.toml").read_text())["budget_s"] == 60
+    assert "the docs limit a run to 0.5 s" in out.getvalue()
+    assert "wrote budget_s = 60" in out.getvalue()
+
+
 def test_an_environment_manager_becomes_advice_to_activate_its_environment(
     tmp_path: Path,
 ) -> None:
