@@ -1,5 +1,6 @@
 """What a repo says about itself, for `farm init`: its files, what its docs and docstrings
-say to edit and to leave alone, the command they show, and what imports what.
+say to edit and to leave alone, the commands they show (a trial's, or a setup step's), the
+seed, time budget and environment they name, and what imports what.
 
 Statements are read as votes: "`train.py` is the only file you edit" is one for editing
 train.py, "`prepare.py` loads the data. Do not modify it." one against touching
@@ -124,7 +125,7 @@ class Inspection:
     program: str  # the program*.md file proposers get ("" when there is none)
     found: dict[str, Found] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # path -> (+weight for "edit it" / -weight for "leave it alone", the statement saying so)
+    # path -> (+1 for "edit it" / -1 for "leave it alone", the statement saying so)
     votes: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)  # commands, likeliest first
 
@@ -268,12 +269,12 @@ def roles(ins: Inspection) -> None:
     """
     existing = set(ins.files)
 
-    def vote(path: str, text: str, weight: int, source: str, *, several: bool = False) -> None:
+    def vote(path: str, text: str, source: str, *, several: bool = False) -> None:
         sign = _polarity(path, text, several=several)
         if sign > 0 and several and _READING.search(text):
             return  # a mention in a reading list: read, not edited
         if sign:
-            ins.votes.setdefault(path, []).append((sign * weight, f"{source}: {quote(text)}"))
+            ins.votes.setdefault(path, []).append((sign, f"{source}: {quote(text)}"))
 
     def named(text: str, doc: str) -> list[str]:
         paths = []
@@ -290,7 +291,6 @@ def roles(ins: Inspection) -> None:
         return paths
 
     for doc, text in ins.docs.items():
-        weight = 2 if doc == ins.program or doc.lower().startswith("program") else 1
         forbidding = ""  # the heading that forbids what its list items name
         listed = False  # an item of its list was seen: a blank line ends the list
         for block, item in blocks(text, gaps=True):
@@ -306,24 +306,24 @@ def roles(ins: Inspection) -> None:
                 listed = True
                 for path in paths:
                     ins.votes.setdefault(path, []).append(
-                        (-weight, f"{doc}: {quote(forbidding + ' ' + block)}")
+                        (-1, f"{doc}: {quote(forbidding + ' ' + block)}")
                     )
                 continue
             if item and len(paths) == 1:
-                vote(paths[0], block, weight, doc)
+                vote(paths[0], block, doc)
                 continue
             before: list[str] = []
             for clause in clauses(block):
                 here = named(clause, doc)
                 for path in here or before:
-                    vote(path, clause, weight, doc, several=len(here) > 1)
+                    vote(path, clause, doc, several=len(here) > 1)
                 before = (
                     here if here and not (_fixed_spans(clause) or _CHANGE.search(clause)) else []
                 )
     for py in ins.python():
         for unit in _docstring_units(ins.read(py)):
             if not _MENTION.search(unit):  # a docstring speaks for its own file only
-                vote(py, unit, 1, f"{py} docstring")
+                vote(py, unit, f"{py} docstring")
 
 
 def _polarity(path: str, text: str, *, several: bool) -> int:
