@@ -45,7 +45,7 @@ LOGIT_SCALE_MAX = 0.5  # clamp on the learnable log-temperature
 # Setup
 
 # Wall-clock budget of the whole process; a trial still running at it is killed (TIMEOUT).
-budget_s = float(os.environ.get("FARM_BUDGET_S", "60"))
+budget_s = float(os.environ.get("FARM_BUDGET_S", "90"))  # farm.toml budget_s
 seed = int(os.environ.get("FARM_SEED", "0"))
 random.seed(seed)
 np.random.seed(seed)
