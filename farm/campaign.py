@@ -101,12 +101,9 @@ def prepare(
     *,
     check_command: bool,
     out: TextIO | None = None,
-    proposer: Proposer | None = None,
 ) -> Campaign:
     """Check the target and create the campaign, or return the existing one to resume."""
-    return check(
-        target, cfg, store, check_command=check_command, out=out, proposer=proposer
-    ).create(store)
+    return check(target, cfg, store, check_command=check_command, out=out).create(store)
 
 
 def check(
