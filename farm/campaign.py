@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from farm.propose import STOP_GRACE_S, Feeder, build_context
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
-from proposer.base import Proposer
+from proposer.base import ProposalContext, Proposer
 from workers.materialize import CACHE_ENV
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,20 @@ RAY_ENV_ALLOW = (
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
 
 
+@dataclass(frozen=True)
+class Start:
+    """What `check` found: the campaign to resume, or a new one not in the store yet."""
+
+    campaign: Campaign
+    incumbent: Incumbent | None  # the new campaign's first incumbent; None: resuming
+
+    def create(self, store: Store) -> Campaign:
+        """The campaign in the store: created now if new."""
+        if self.incumbent is None:
+            return self.campaign
+        return store.create_campaign(self.campaign, self.incumbent)
+
+
 def prepare(
     target: Path,
     cfg: TargetConfig,
@@ -87,8 +102,23 @@ def prepare(
     check_command: bool,
     out: TextIO | None = None,
 ) -> Campaign:
-    """Check the target and create the campaign, or return the existing one to resume
-    (saying on `out` when the repo's HEAD has moved on since it started)."""
+    """Check the target and create the campaign, or return the existing one to resume."""
+    return check(target, cfg, store, check_command=check_command, out=out).create(store)
+
+
+def check(
+    target: Path,
+    cfg: TargetConfig,
+    store: Store,
+    *,
+    check_command: bool,
+    out: TextIO | None = None,
+    proposer: Proposer | None = None,
+) -> Start:
+    """Refuse a target that cannot work, before anything is stored: a refused run leaves
+    no campaign behind. Resuming, says on `out` when the repo's HEAD has moved on since the
+    campaign started. With `proposer`, a new campaign is refused when it has nothing to try
+    (a resumed one: in `run`, which knows what was tried)."""
     repo = Repo(target)
     head = repo.head()
     for kind, paths in (("editable", cfg.editable), ("protected", cfg.protected)):
@@ -121,8 +151,8 @@ def prepare(
             )
         moved = _head_moved(repo, existing, head)
         if moved and out is not None:
-            print(note_text(moved), file=out, flush=True)
-        return existing
+            print(moved, file=out, flush=True)
+        return Start(existing, None)
     program = repo.read_files(head, [cfg.program]).get(cfg.program, "")
     if not program:
         log.warning("no %s in the target: proposers get no instructions", cfg.program)
@@ -135,7 +165,34 @@ def prepare(
         protected_files=repo.read_files(head, cfg.protected),
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
-    return store.create_campaign(camp, inc)
+    if proposer is not None:
+        ctx = ProposalContext(
+            campaign=camp.id,
+            program=program,
+            files=dict(inc.files),
+            editable=list(cfg.editable),
+            metric=cfg.metric,
+            direction=cfg.direction,
+            incumbent_sha=head,
+            protected=dict(camp.protected_files),
+            frozen=list(cfg.frozen),
+            budget_s=cfg.budget_s,
+        )
+        refuse_nothing_to_try(proposer, ctx)
+    return Start(camp, inc)
+
+
+def refuse_nothing_to_try(proposer: Proposer, ctx: ProposalContext) -> None:
+    """Before the baseline: its trials would be spent on nothing."""
+    nothing = proposer.nothing_to_try(ctx)
+    if nothing:
+        raise ProposerError(f"{nothing}; stopping before any trial runs")
+
+
+def restart_name(target: Path, campaign: str) -> str:
+    """The campaign `--restart` starts at HEAD: the old one's name and HEAD's short sha, so
+    the old ledger stays whole under its own name."""
+    return f"{campaign}-{Repo(target).head()[:7]}"
 
 
 def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
@@ -144,11 +201,29 @@ def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
     best = repo.ref_sha(f"refs/heads/{best_branch(camp.id)}") or camp.start_sha
     if repo.is_ancestor(head, best):
         return ""
-    return (
-        f"HEAD ({head[:10]}) has moved on since campaign {camp.id!r} started at "
-        f"{camp.start_sha[:10]}: this run resumes that campaign from its start commit and "
-        "its incumbent, without what was committed since; to optimise HEAD, start a new "
-        'campaign: --campaign NAME (or campaign = "NAME" in farm.toml)'
+
+    def commit(sha: str) -> str:
+        return f"{sha[:10]} {repo.git('log', '-1', '--format=%s', sha).strip()}"
+
+    said = note_text(
+        f"HEAD has moved on since campaign {camp.id!r} started; this run resumes the campaign "
+        "from its start commit and its incumbent, without what was committed since:"
+    )
+    new = restart_name(repo.path, camp.id)
+    return "\n".join(
+        [
+            said,
+            "  " + fit(f"started at {commit(camp.start_sha)}", WIDTH - 2),
+            "  " + fit(f"HEAD is    {commit(head)}", WIDTH - 2),
+            textwrap.fill(
+                f"To optimise HEAD instead, start a new campaign there: --restart (campaign "
+                f"{new!r}; {camp.id!r} and its ledger stay as they are), or --campaign NAME "
+                '(or campaign = "NAME" in farm.toml).',
+                WIDTH,
+                initial_indent="  ",
+                subsequent_indent="  ",
+            ),
+        ]
     )
 
 
@@ -264,9 +339,7 @@ def run(
 
     Returns a process exit code. Ctrl-C stops cleanly; the next `run` resumes.
     """
-    nothing = proposer.nothing_to_try(build_context(store, cfg, cfg.campaign))
-    if nothing:  # before the baseline: its trials would be spent on nothing
-        raise ProposerError(f"{nothing}; stopping before any trial runs")
+    refuse_nothing_to_try(proposer, build_context(store, cfg, cfg.campaign))
     capacity = check_feasible(cfg)
     slots = opts.slots or cfg.resources.slots or capacity
     if slots > capacity:

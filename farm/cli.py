@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first point farm's branches back where the store says (after a mismatch error)",
     )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the campaign afresh at HEAD, as NAME-<HEAD's sha> (the old one stays as it is)",
+    )
 
     def role_metrics(sp: argparse.ArgumentParser, offset: int) -> None:
         sp.add_argument(
@@ -278,6 +283,14 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         ray_address=args.ray_address,
     )
     proposer = _proposer(args, cfg)
+    if args.restart and store.get_campaign(cfg.campaign) is not None:
+        from farm.campaign import restart_name
+
+        old, cfg.campaign = cfg.campaign, restart_name(args.target, cfg.campaign)
+        print(
+            f"farm: --restart: campaign {cfg.campaign} at HEAD; {old} and its ledger stay as "
+            f"they are (later commands: --campaign {cfg.campaign})"
+        )
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     _starting_ray(cfg, opts.ray_address)
     with Driving(store, cfg.campaign, role="farm run"):
@@ -295,17 +308,20 @@ def _drive(
 ) -> int:
     import ray
 
-    from farm.campaign import init_ray, prepare, repair_refs, run
+    from farm.campaign import check, init_ray, repair_refs, run
+    from farm.dispatch import check_feasible
     from farm.gitops import Repo
 
-    prepare(args.target, cfg, store, check_command=local, out=sys.stdout)
-    if args.repair_refs:
-        moved = repair_refs(store, Repo(args.target), cfg.campaign)
-        for line in moved or ["none: every farm branch is where the store says"]:
-            print(f"farm: repaired {line}")
+    start = check(args.target, cfg, store, check_command=local, out=sys.stdout, proposer=proposer)
     started = init_ray(cfg, opts, out=sys.stdout)
     _on_sigterm_stop()
     try:
+        check_feasible(cfg)  # a refused run stores no campaign: the cluster's refusal first
+        start.create(store)
+        if args.repair_refs:
+            moved = repair_refs(store, Repo(args.target), cfg.campaign)
+            for line in moved or ["none: every farm branch is where the store says"]:
+                print(f"farm: repaired {line}")
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
         if started:
