@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first point farm's branches back where the store says (after a mismatch error)",
     )
+    run.add_argument(
+        "--discard-kept",
+        action="store_true",
+        help="with --repair-refs: move the best branch back over the commits it holds past "
+        "the store's incumbent, without asking (they are listed)",
+    )
 
     def role_metrics(sp: argparse.ArgumentParser, offset: int) -> None:
         sp.add_argument(
@@ -293,6 +299,8 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         progress_every_s=args.progress_every,
         ray_address=args.ray_address,
     )
+    if args.discard_kept and not args.repair_refs:
+        raise ConfigError("--discard-kept: only with --repair-refs (it says what they discard)")
     proposer = _proposer(args, cfg)
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     _starting_ray(cfg, opts.ray_address)
@@ -316,7 +324,10 @@ def _drive(
 
     prepare(args.target, cfg, store, check_command=local, out=sys.stdout)
     if args.repair_refs:
-        moved = repair_refs(store, Repo(args.target), cfg.campaign)
+        ask = input if sys.stdin.isatty() and sys.stdout.isatty() else None
+        moved = repair_refs(
+            store, Repo(args.target), cfg.campaign, discard=args.discard_kept, ask=ask
+        )
         for line in moved or ["none: every farm branch is where the store says"]:
             print(f"farm: repaired {line}")
     started = init_ray(cfg, opts, out=sys.stdout)

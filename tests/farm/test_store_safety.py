@@ -1,11 +1,16 @@
-"""A store that can lose writes is refused before anything runs, unless accepted out loud.
+"""A store that can lose writes: refused before anything runs unless accepted out loud;
+and when one did lose writes (rolled back to a snapshot or a backup), farm recovers forward
+from git and never moves the best branch back over kept work unasked.
 
-Each test starts its own redis-server (loopback, a free port, a temp dir) with the
-persistence it needs, and runs the real `farm` command in a subprocess."""
+The Redis tests start their own redis-server (loopback, a free port, a temp dir) with the
+persistence they need; the refusal is seen from the real `farm` command in a subprocess.
+The rollback tests drive the real controller on a real store and git repo, finishing each
+trial at once with the metric its id names."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,11 +19,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import MakeTarget, free_port
+from helpers import MakeTarget, free_port, git
 
-from farm.campaign import prepare
-from farm.config import load_config
-from farm.store import VOLATILE_ENV, open_store
+from farm.campaign import prepare, repair_refs
+from farm.config import TargetConfig, load_config
+from farm.controller import Controller
+from farm.errors import FarmError
+from farm.gitops import Repo, best_branch
+from farm.propose import build_context, record_drafts
+from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
+from farm.store import VOLATILE_ENV, Store, open_store
 
 NO_AOF = ("--appendonly", "no", "--save", "")
 
@@ -143,3 +153,146 @@ def test_reading_roles_do_not_refuse_a_volatile_store(
     code, out = farm("status", str(target), "--store", server.url)
     assert code == 0 and "default" in out, out
     assert "append-only" not in out
+
+
+# A campaign that keeps c1, merges c2 onto it untried (then measures it) and discards c3.
+TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
+TOML = (
+    "[merge]\nrepeats = 4\nconfirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\n"
+    "efficacy_z = 99\nmax_rebases = 0\n"
+)
+EDITS = [("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"), ("DROP = 0.0", "DROP = 0.5")]
+METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1, "c1-": 0.5, "c2-": 0.7}
+
+
+def drive(store: Store, target: Path, cfg: TargetConfig, *, until: Callable[[], bool]) -> str:
+    """Start a controller as `farm run` does and step it, every queued trial finished at
+    once, until `until()`; returns what it said."""
+    ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
+    ctl.sync_best_branch()
+    for _ in range(60):
+        ctl.step(slots=8)
+        for t in store.claim_trials("default", worker="w", n=100, lease_s=60):
+            metric = next((v for k, v in METRIC.items() if t.id.startswith(k)), 1.2)
+            store.record_result("default", TrialResult(t.id, Outcome.OK, metric=metric))
+        if until():
+            return "\n".join(ctl.notices)
+    raise AssertionError("the campaign did not get there")
+
+
+def ended(store: Store) -> Callable[[], bool]:
+    def check() -> bool:
+        cands = store.list_candidates("default")
+        busy = any(c.state in (CandidateState.QUEUED, CandidateState.RUNNING) for c in cands)
+        return not busy and not store.get_incumbent("default").estimated
+
+    return check
+
+
+def to_baseline(store: Store, target: Path) -> TargetConfig:
+    """Start the campaign and drive it to the end of its baseline, before any keep (where
+    the callers take their snapshot); returns its config."""
+    cfg = load_config(target)
+    prepare(target, cfg, store, check_command=False)
+    drafts = [Draft(f"{s} → {r}", "", [Edit("train.py", s, r)]) for s, r in EDITS]
+    record_drafts(store, cfg, "default", drafts, build_context(store, cfg, "default"))
+    drive(store, target, cfg, until=lambda: store.get_campaign("default").sigma is not None)
+    assert not kept_commits(store)
+    return cfg
+
+
+def kept_commits(store: Store) -> list[str]:
+    return [d.incumbent_after for d in store.list_decisions("default", kinds={DecisionKind.KEPT})]
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "sqlite-lost", "redis"])
+def test_a_store_rolled_back_is_recovered_forward_from_git(
+    store_kind: str,
+    make_target: MakeTarget,
+    redis_server: Callable[..., Server],
+    tmp_path: Path,
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    db = tmp_path / "farm.db"
+    server = redis_server(*NO_AOF) if store_kind == "redis" else None
+    url = server.url if server else f"sqlite:///{db}"
+    store = open_store(url)
+    cfg = to_baseline(store, target)
+    # The snapshot: after the baseline, before any keep.
+    if server:
+        with redis.Redis.from_url(url) as client:
+            client.save()
+    elif store_kind == "sqlite":
+        store.close()
+        shutil.copy(db, tmp_path / "backup.db")
+        store = open_store(url)
+    drive(store, target, cfg, until=ended(store))
+    kept = kept_commits(store)
+    tip = git(target, "rev-parse", best_branch("default")).strip()
+    assert len(kept) == 2 and kept[-1] == tip
+    store.close()
+
+    # The rollback: Redis restarted from its snapshot, the SQLite file restored (or lost).
+    if server:
+        server.stop()
+        server.start()
+    else:
+        for f in tmp_path.glob("farm.db*"):
+            f.unlink()
+        if store_kind == "sqlite":
+            shutil.copy(tmp_path / "backup.db", db)
+    store = open_store(url)
+    prepare(target, cfg, store, check_command=False)  # as `farm run` starts
+    assert not kept_commits(store)  # the keeps are gone from the store
+    said = drive(store, target, cfg, until=ended(store))
+
+    assert "had lost 2 keeps the best branch holds" in said
+    assert git(target, "rev-parse", best_branch("default")).strip() == tip  # never moved back
+    for sha in kept:
+        git(target, "merge-base", "--is-ancestor", sha, tip)
+    inc = store.get_incumbent("default")
+    assert inc.sha == tip and not inc.estimated  # measured by its own runs
+    assert kept_commits(store)[:2] == kept
+    assert all(
+        c.state is CandidateState.KEPT
+        for c in store.list_candidates("default")
+        if c.commit_sha in kept
+    )
+    assert store.next_candidate_id("default") > 3  # above every candidate branch git has
+    store.close()
+
+
+def test_repair_refs_never_discards_a_kept_commit_unasked(
+    make_target: MakeTarget, tmp_path: Path
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    db = tmp_path / "farm.db"
+    store = open_store(f"sqlite:///{db}")
+    cfg = to_baseline(store, target)
+    store.close()
+    shutil.copy(db, tmp_path / "backup.db")
+    store = open_store(f"sqlite:///{db}")
+    drive(store, target, cfg, until=ended(store))
+    kept = kept_commits(store)
+    tip = git(target, "rev-parse", best_branch("default")).strip()
+    store.close()
+    for f in tmp_path.glob("farm.db*"):
+        f.unlink()
+    shutil.copy(tmp_path / "backup.db", db)
+    store = open_store(f"sqlite:///{db}")
+
+    def refused(**how: object) -> str:
+        with pytest.raises(FarmError, match="nothing moved") as e:
+            repair_refs(store, Repo(target), "default", **how)  # type: ignore[arg-type]
+        assert git(target, "rev-parse", best_branch("default")).strip() == tip
+        return str(e.value)
+
+    said = refused()
+    assert all(sha[:10] in said for sha in kept)
+    assert "discards 2 kept commits" in said and "--discard-kept" in said
+    assert "The store knows no decision for 2 of them" in said
+    refused(ask=lambda question: "n")
+    moved = repair_refs(store, Repo(target), "default", ask=lambda question: "yes")
+    start = store.get_campaign("default").start_sha
+    assert f"farm/default/best: {tip[:12]} -> {start[:12]}" in moved
+    store.close()
