@@ -121,12 +121,17 @@ class Incumbency:
         if self.store.get_decision(self.campaign, inc.candidate_id):
             self._decided = inc.candidate_id  # decisions are final: not asked again
             return None
+        self.recorder.sync_best_branch()
+        return self._record_keep(inc)
+
+    def _record_keep(self, inc: Incumbent, *, how: str = "") -> Decision:
+        """The decision of the keep that made `inc` the incumbent, its branch moved."""
+        assert inc.candidate_id is not None
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
         before = inc.replaced or cand.base_sha
         cand.commit_sha, cand.base_sha, cand.files = inc.sha, before, inc.files
-        self.recorder.sync_best_branch()
-        return self.recorder.record_keep(cand, inc, before=before)
+        return self.recorder.record_keep(cand, inc, before=before, how=how)
 
     def catch_up(self) -> None:
         """A store rolled back (a Redis restarted from an old snapshot, a restored backup)
@@ -148,7 +153,13 @@ class Incumbency:
         if lost_keeps(ahead) is None:
             return  # not farm's doing: sync_best_branch says so
         self._reserve_ids()
-        before, said = inc, []
+        said = []
+        if inc.candidate_id is not None and not self.store.get_decision(
+            self.campaign, inc.candidate_id
+        ):
+            self._record_keep(inc)  # a keep (or a catch-up) cut short: before the ones after
+            said.append(f"c{inc.candidate_id} {inc.sha[:10]}")
+        before = inc
         for commit, name in zip(commits, named, strict=True):
             assert name is not None  # lost_keeps: every one is a candidate's commit
             cand_id, title, hypothesis = name
@@ -182,14 +193,13 @@ class Incumbency:
             )
             if not self.store.cas_incumbent(self.campaign, expected_sha=before.sha, new=new):
                 return  # another controller moved it
-            cand.commit_sha, cand.base_sha, cand.files = commit.sha, before.sha, files
-            how = "; recovered from the best branch: the store had lost this keep"
-            self.recorder.record_keep(cand, new, before=before.sha, how=how)
+            self._record_keep(new, how="; recovered from the best branch: the store had lost it")
             self._decided, before = cand_id, new
             said.append(f"c{cand_id} {commit.sha[:10]}")
+        keeps = "the keep" if len(said) == 1 else f"the {len(said)} keeps"
         self.notices.say(
             f"caught-up:{tip}",
-            f"the store {self.store.url} had lost {len(said)} keeps the best branch holds "
+            f"the store {self.store.url} had lost {keeps} the best branch holds "
             f"({', '.join(said)}): it was rolled back (a Redis restarted from an old snapshot, "
             "a restored backup); they are recorded kept again, forward from git, and the "
             f"incumbent {tip[:10]} is an estimate until its own runs measure it",

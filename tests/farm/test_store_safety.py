@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -205,7 +206,31 @@ def kept_commits(store: Store) -> list[str]:
     return [d.incumbent_after for d in store.list_decisions("default", kinds={DecisionKind.KEPT})]
 
 
-@pytest.mark.parametrize("store_kind", ["sqlite", "sqlite-lost", "redis"])
+class Killed(Exception):
+    """The process died here."""
+
+
+class DiesAtFirstMove:
+    """A store whose process dies right after it first moves the incumbent."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name != "cas_incumbent":
+            return attr
+
+        def cas(*args: Any, **kwargs: Any) -> bool:
+            attr(*args, **kwargs)
+            raise Killed
+
+        return cas
+
+
+# sqlite: the file restored from a copy; sqlite-lost: the file lost; sqlite-cut: restored,
+# and the first recovery killed after it moved the incumbent; redis: restarted from SAVE.
+@pytest.mark.parametrize("store_kind", ["sqlite", "sqlite-lost", "sqlite-cut", "redis"])
 def test_a_store_rolled_back_is_recovered_forward_from_git(
     store_kind: str,
     make_target: MakeTarget,
@@ -222,7 +247,7 @@ def test_a_store_rolled_back_is_recovered_forward_from_git(
     if server:
         with redis.Redis.from_url(url) as client:
             client.save()
-    elif store_kind == "sqlite":
+    elif store_kind != "sqlite-lost":
         store.close()
         shutil.copy(db, tmp_path / "backup.db")
         store = open_store(url)
@@ -239,14 +264,21 @@ def test_a_store_rolled_back_is_recovered_forward_from_git(
     else:
         for f in tmp_path.glob("farm.db*"):
             f.unlink()
-        if store_kind == "sqlite":
+        if store_kind != "sqlite-lost":
             shutil.copy(tmp_path / "backup.db", db)
     store = open_store(url)
     prepare(target, cfg, store, check_command=False)  # as `farm run` starts
     assert not kept_commits(store)  # the keeps are gone from the store
+    if store_kind == "sqlite-cut":
+        dying: Any = DiesAtFirstMove(store)
+        with pytest.raises(Killed):
+            Controller(
+                store=dying, repo=Repo(target), cfg=cfg, campaign="default"
+            ).sync_best_branch()
+        assert store.get_incumbent("default").sha == kept[0] and not kept_commits(store)
     said = drive(store, target, cfg, until=ended(store))
 
-    assert "had lost 2 keeps the best branch holds" in said
+    assert "had lost the 2 keeps the best branch holds" in said
     assert git(target, "rev-parse", best_branch("default")).strip() == tip  # never moved back
     for sha in kept:
         git(target, "merge-base", "--is-ancestor", sha, tip)
