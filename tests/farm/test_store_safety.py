@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import redis
 from helpers import MakeTarget, free_port, git
+from helpers import farm as farm_here
 
 from farm.campaign import prepare, repair_refs
 from farm.config import TargetConfig, load_config
 from farm.controller import Controller
-from farm.errors import FarmError
+from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch
 from farm.propose import build_context, record_drafts
 from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
@@ -312,6 +313,14 @@ def test_repair_refs_never_discards_a_kept_commit_unasked(
         f.unlink()
     shutil.copy(tmp_path / "backup.db", db)
     store = open_store(f"sqlite:///{db}")
+    # Someone's commit on top: not a rollback farm can recover from alone, and the error
+    # says the branch holds farm's keeps rather than recommend moving it back.
+    planted = git(target, "commit-tree", "-p", tip, "-m", "planted", f"{tip}^{{tree}}").strip()
+    git(target, "update-ref", f"refs/heads/{best_branch('default')}", planted)
+    tip = planted
+    ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
+    with pytest.raises(RefMismatch, match="holds 2 commits farm made that the store does not"):
+        ctl.sync_best_branch()
 
     def refused(**how: object) -> str:
         with pytest.raises(FarmError, match="nothing moved") as e:
@@ -328,3 +337,10 @@ def test_repair_refs_never_discards_a_kept_commit_unasked(
     start = store.get_campaign("default").start_sha
     assert f"farm/default/best: {tip[:12]} -> {start[:12]}" in moved
     store.close()
+
+
+def test_discard_kept_is_refused_without_repair_refs(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = farm_here(capsys, "run", str(make_target()), "--discard-kept")
+    assert code == 2 and "--discard-kept: only with --repair-refs" in out
