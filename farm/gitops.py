@@ -182,8 +182,9 @@ class Repo:
     def log(self, old: str, new: str) -> list[Commit]:
         """The commits `new` has and `old` has not, oldest first (first parents only: farm's
         branches are linear)."""
-        out = self.git("log", "--first-parent", "--reverse", "--format=%H%x00%ae%x00%B%x1e",
-                       f"{old}..{new}")  # fmt: skip
+        out = self.git(
+            "log", "--first-parent", "--reverse", "--format=%H%x00%ae%x00%B%x1e", f"{old}..{new}"
+        )
         found = []
         for entry in out.split("\x1e"):
             if entry.strip():

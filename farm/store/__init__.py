@@ -51,10 +51,11 @@ def check_durable(store: Store, *, volatile_ok: bool) -> str:
     AOF), unless `volatile_ok` (--volatile-store, or FARM_VOLATILE_STORE=1) accepts it.
     Returns a line to say ("" when there is nothing to say): what was accepted, or where the
     settings were read when CONFIG was refused."""
+    if urlparse(store.url).scheme not in ("redis", "rediss"):
+        return ""  # SQLite commits every transaction to its file
     from farm.store.redis import DURABLE_FLAGS, RedisStore, persistence
 
-    if not isinstance(store, RedisStore):
-        return ""  # SQLite commits every transaction to its file
+    assert isinstance(store, RedisStore)
     volatile_ok = volatile_ok or os.environ.get(VOLATILE_ENV, "") not in ("", "0")
     found = persistence(store)
     read = "" if found.source == "CONFIG GET" else f" (read from {found.source})"
