@@ -28,6 +28,7 @@ from farm.config import TargetConfig, load_config
 from farm.controller import Controller
 from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch
+from farm.merge.verdicts import lost_keeps
 from farm.propose import build_context, record_drafts
 from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
 from farm.store import VOLATILE_ENV, Store, open_store
@@ -155,6 +156,22 @@ def test_reading_roles_do_not_refuse_a_volatile_store(
     code, out = farm("status", str(target), "--store", server.url)
     assert code == 0 and "default" in out, out
     assert "append-only" not in out
+
+
+@pytest.mark.parametrize(
+    ("ahead", "lost"),
+    [
+        ([(1, False), (2, False)], [1, 2]),  # farm's keeps the store does not know
+        ([(1, False), (None, False)], None),  # someone else's commit on top
+        ([(None, False)], None),
+        ([(3, True)], None),  # the store decided it: a reverted keep, not a lost one
+        ([], None),
+    ],
+)
+def test_only_farms_own_undecided_commits_are_lost_keeps(
+    ahead: list[tuple[int | None, bool]], lost: list[int] | None
+) -> None:
+    assert lost_keeps(ahead) == lost
 
 
 # A campaign that keeps c1, merges c2 onto it untried (then measures it) and discards c3.
