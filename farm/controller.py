@@ -94,6 +94,7 @@ class Controller:
         processes and the number is unknown.
         """
         made: list[Decision] = []
+        self.incumbency.catch_up()  # a store rolled back while this ran: before any move
         self._reconcile_baseline(slots)
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None

@@ -184,11 +184,19 @@ EDITS = [("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"), ("DROP = 0.0", "D
 METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1, "c1-": 0.5, "c2-": 0.7}
 
 
-def drive(store: Store, target: Path, cfg: TargetConfig, *, until: Callable[[], bool]) -> str:
-    """Start a controller as `farm run` does and step it, every queued trial finished at
-    once, until `until()`; returns what it said."""
-    ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
-    ctl.sync_best_branch()
+def drive(
+    store: Store,
+    target: Path,
+    cfg: TargetConfig,
+    *,
+    until: Callable[[], bool],
+    ctl: Controller | None = None,
+) -> str:
+    """Start a controller as `farm run` does (or go on with `ctl`) and step it, every
+    queued trial finished at once, until `until()`; returns what it said."""
+    if ctl is None:
+        ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
+        ctl.sync_best_branch()
     for _ in range(60):
         ctl.step(slots=8)
         for t in store.claim_trials("default", worker="w", n=100, lease_s=60):
@@ -309,6 +317,30 @@ def test_a_store_rolled_back_is_recovered_forward_from_git(
         if c.commit_sha in kept
     )
     assert store.next_candidate_id("default") > 3  # above every candidate branch git has
+    store.close()
+
+
+def test_a_store_rolled_back_under_a_running_controller_is_caught_up_at_its_next_step(
+    make_target: MakeTarget, redis_server: Callable[..., Server]
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    server = redis_server(*NO_AOF)
+    store = open_store(server.url)
+    cfg = to_baseline(store, target)
+    with redis.Redis.from_url(server.url) as client:
+        client.save()
+    ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
+    drive(store, target, cfg, until=lambda: bool(kept_commits(store)), ctl=ctl)
+    before = kept_commits(store)
+    server.stop()  # Redis restarts from its snapshot; this controller rides it out
+    server.start()
+    assert not kept_commits(store)
+    said = drive(store, target, cfg, until=ended(store), ctl=ctl)
+    assert "the best branch holds" in said
+    kept = kept_commits(store)
+    assert kept[: len(before)] == before and len(kept) == 2  # recorded again, then on
+    assert git(target, "rev-parse", best_branch("default")).strip() == kept[-1]
+    assert store.get_incumbent("default").sha == kept[-1]
     store.close()
 
 
