@@ -16,6 +16,7 @@ import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +31,7 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import WIDTH, failure_label, fit, note_text, plural, snapshot
 from farm.propose import STOP_GRACE_S, Feeder, build_context
+from farm.recorder import candidate_of
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
@@ -227,12 +229,24 @@ def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
     )
 
 
-def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
-    """Point the campaign's farm branches back where the store says; returns what moved."""
+def repair_refs(
+    store: Store,
+    repo: Repo,
+    campaign: str,
+    *,
+    discard: bool = False,
+    ask: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Point the campaign's farm branches back where the store says; returns what moved.
+
+    Moving the best branch back discards the commits it holds past the store's incumbent:
+    they are named, and nothing moves unless `discard` (--discard-kept) or `ask` (a prompt
+    on a terminal) says so (FarmError)."""
     wanted = {best_branch(campaign): store.get_incumbent(campaign).sha}
     for cand in store.list_candidates(campaign):
         if cand.commit_sha:
             wanted[candidate_branch(campaign, cand.id)] = cand.commit_sha
+    _confirm_discard(store, repo, campaign, wanted[best_branch(campaign)], discard, ask)
     moved = []
     for branch, sha in wanted.items():
         tip = repo.ref_sha(f"refs/heads/{branch}")
@@ -240,6 +254,42 @@ def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
             repo.set_branch(branch, sha)
             moved.append(f"{branch}: {tip[:12] if tip else 'missing'} -> {sha[:12]}")
     return moved
+
+
+def _confirm_discard(
+    store: Store,
+    repo: Repo,
+    campaign: str,
+    sha: str,
+    discard: bool,
+    ask: Callable[[str], str] | None,
+) -> None:
+    """Refuse to move the best branch back to `sha` over keeps farm made there (its own
+    candidates' commits: the campaign's kept work), unless told to."""
+    branch = best_branch(campaign)
+    tip = repo.ref_sha(f"refs/heads/{branch}")
+    ahead = repo.log(sha, tip) if tip and tip != sha else []
+    kept = [(c, name[0]) for c in ahead if (name := candidate_of(c))]
+    if not kept or discard:
+        return
+    unknown = [c for c, cand_id in kept if not store.get_decision(campaign, cand_id)]
+    said = (
+        f"moving {branch} back to {sha[:10]} discards {plural(len(kept), 'kept commit')}: "
+        + "; ".join(f"{c.sha[:10]} {c.message.partition(chr(10))[0]!r}" for c, _ in kept)
+        + (
+            f". The store knows no decision for {len(unknown)} of them: it has most likely "
+            "lost writes, and `farm run` without --repair-refs records such keeps again "
+            "from git where it can"
+            if unknown
+            else ""
+        )
+    )
+    if ask is not None and ask(f"{said}\ndiscard them? [y/N] ").strip().lower() in ("y", "yes"):
+        return
+    raise FarmError(
+        f"{said}; nothing moved. To discard them, answer yes at the prompt on a terminal, or "
+        "add --discard-kept"
+    )
 
 
 def allow_listed_environment(*, keep: list[str]) -> list[str]:
