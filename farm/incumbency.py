@@ -105,16 +105,23 @@ class Incumbency:
 
     def recover(self, inc: Incumbent) -> Decision | None:
         """A keep whose process died after moving the incumbent and before writing its
-        decision: finish it before anything else can move the incumbent again."""
+        decision, or its candidate (a winner merged untried is written only then, with the
+        commit it was rebased to): finish it before anything else can move the incumbent
+        again."""
         if inc.candidate_id is None or inc.candidate_id == self._decided:
-            return None
-        if self.store.get_decision(self.campaign, inc.candidate_id):
-            self._decided = inc.candidate_id  # decisions are final: not asked again
             return None
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
+        decided = self.store.get_decision(self.campaign, cand.id)
+        if decided is not None and cand.state.is_finished():
+            self._decided = cand.id  # decisions are final: not asked again
+            return None
         before = inc.replaced or cand.base_sha
         cand.commit_sha, cand.base_sha, cand.files = inc.sha, before, inc.files
+        if decided is not None:
+            self.recorder.finish(cand, decided)
+            self._decided = cand.id
+            return None
         self.recorder.sync_best_branch()
         return self.recorder.record_keep(cand, inc, before=before)
 

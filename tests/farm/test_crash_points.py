@@ -1,18 +1,28 @@
-"""The controller killed at every write boundary, on both stores.
+"""Each role killed at every write boundary, on both stores.
 
-A campaign (a baseline, a keep, a winner merged untried and then measured, a discard) is
-run once to count the controller's writes (store and git); then once for every N, with the
-process "killed" right after its N-th write and restarted (a new store connection, a new
-controller, as `farm run` starts). Every run must end where the crash-free one did, with
-the campaign's invariants intact: every trial done once, one decision per candidate, the
-incumbents' lineage acyclic, the best branch where the store says, counters equal to a
-recount."""
+The controller: a campaign (a baseline, a keep, a winner merged untried and then measured,
+a discard) is run once to count the controller's writes (store and git); then once for
+every N, with the process "killed" right after its N-th write and restarted (a new store
+connection, a new controller, as `farm run` starts). Every run must end where the
+crash-free one did, with the campaign's invariants intact: every trial done once, one
+decision per candidate, the incumbents' lineage acyclic, the best branch where the store
+says and every candidate's branch at its commit, counters equal to a recount.
+
+The dispatcher (one short cycle: requeue a lapsed claim, claim, run on Ray, record) and
+the proposer (one short cycle of LLM calls against the local Messages API: held calls
+answered, failed and lost, valid and rejected drafts) likewise, with their own
+invariants. A write whose reply says it changed nothing (False, an empty list) is no
+boundary: a kill there leaves what a kill before it does. A role is killed as its process
+would be: its id names a process that is gone, and what it ran on Ray dies with it.
+"""
 
 from __future__ import annotations
 
 import collections
 import os
 import shutil
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +34,17 @@ from helpers import MakeTarget, flat, git, recounted
 from farm.campaign import prepare
 from farm.config import TargetConfig, load_config
 from farm.controller import Controller
-from farm.gitops import Repo, best_branch
+from farm.gitops import Repo, best_branch, candidate_branch
 from farm.propose import build_context, record_drafts
-from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
+from farm.records import (
+    CandidateState,
+    DecisionKind,
+    Draft,
+    Edit,
+    Outcome,
+    TrialKind,
+    TrialResult,
+)
 from farm.store import Store, open_store
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
@@ -41,15 +59,21 @@ STORE_WRITES |= {"set_baseline"}
 GIT_WRITES = {"commit_files", "set_branch", "fast_forward"}
 
 
-class Killed(Exception):
-    """The controller's process died here."""
+class Killed(BaseException):
+    """The role's process died here (no `except Exception` of the role's may catch it)."""
 
 
 class Fault:
-    """Counts the writes; kills the process right after the `at`-th (0: never)."""
+    """Counts the writes; kills the process right after the `at`-th (0: never). `log` holds
+    every write that counted: (name, arguments, reply)."""
 
     def __init__(self, at: int) -> None:
         self.at, self.writes = at, 0
+        self.log: list[tuple[str, tuple[Any, ...], Any]] = []
+
+    @property
+    def fired(self) -> bool:
+        return 0 < self.at <= self.writes
 
     def wrap(self, inner: Any, names: set[str]) -> Any:
         fault = self
@@ -62,7 +86,10 @@ class Fault:
 
                 def write(*args: Any, **kwargs: Any) -> Any:
                     value = attr(*args, **kwargs)
+                    if value is False or value == []:  # it changed nothing
+                        return value
                     fault.writes += 1
+                    fault.log.append((name, args, value))
                     if fault.writes == fault.at:
                         raise Killed(name)
                     return value
@@ -70,6 +97,13 @@ class Fault:
                 return write
 
         return Faulty()
+
+
+def gone_process() -> str:
+    """host:pid:nonce of a process of this host that is gone: a killed role's id."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:killed"
 
 
 def metric_of(trial_id: str) -> float:
@@ -139,9 +173,21 @@ def assert_invariants(store: Store, target: Path) -> None:
         assert sha not in seen, "the lineage loops"
         seen.add(sha)
         sha = parent[sha]
-    assert git(target, "rev-parse", best_branch("default")).strip() == (
-        store.get_incumbent("default").sha
-    )
+    # An incumbent merged untried is measured on the commit kept.
+    kept = {d.candidate_id: d.incumbent_after for d in decisions if d.kind is DecisionKind.KEPT}
+    measured = [t for t in trials if t.kind is TrialKind.MEASURE]
+    assert measured and all(t.commit_sha == kept[t.candidate_id or 0] for t in measured)
+    # The best branch where the store says, every candidate's branch at its commit, and no
+    # branch of a candidate the store does not know.
+    refs = git(target, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/farm")
+    want = {candidate_branch("default", c.id): c.commit_sha for c in cands if c.commit_sha}
+    want[best_branch("default")] = store.get_incumbent("default").sha
+    assert dict(line.split() for line in refs.splitlines()) == want
+    assert_counted(store)
+
+
+def assert_counted(store: Store) -> None:
+    """The store's counters (spend among them) equal a recount of its records."""
     assert flat(store.stats("default")) == pytest.approx(
         flat(recounted(store, "default")), rel=1e-9, abs=1e-9
     )
