@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from helpers import MakeTarget, flat, git, recounted
 from farm.campaign import prepare
 from farm.config import TargetConfig, load_config
 from farm.controller import Controller
+from farm.dispatch import Dispatcher
 from farm.gitops import Repo, best_branch, candidate_branch
 from farm.propose import build_context, record_drafts
 from farm.records import (
@@ -42,8 +44,10 @@ from farm.records import (
     Draft,
     Edit,
     Outcome,
+    Trial,
     TrialKind,
     TrialResult,
+    TrialState,
 )
 from farm.store import Store, open_store
 
@@ -235,3 +239,99 @@ def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
             assert_invariants(store, run)
         finally:
             store.close()
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+DISPATCH_WRITES = {"reap", "claim_trials", "heartbeat", "release", "record_result"}
+RUNS = 3  # baseline trials: the first is claimed by a dispatcher elsewhere that went quiet
+
+
+def queue_runs(url: str, target: Path, cfg: TargetConfig) -> None:
+    """The cycle's start: trials queued, one of them held under a lease that has lapsed."""
+    store = open_store(url)
+    camp = prepare(target, cfg, store, check_command=False)
+    for i in range(RUNS):
+        run = Trial(f"base-{i}", "default", TrialKind.BASELINE, camp.start_sha, camp.start_sha, i)
+        store.enqueue_trial(run)
+    store.claim_trials("default", worker="elsewhere:1:gone", n=1, lease_s=-1)
+    store.close()
+
+
+def dispatch(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
+    """Run every trial to its result, restarting the dispatcher where it is killed (as
+    `farm work` is restarted on the same host); returns the store and the restarts."""
+    store = open_store(url)
+    disp: Dispatcher | None = None
+    restarts, deadline = 0, time.monotonic() + 120
+    while store.count_trials("default")[TrialState.DONE] < RUNS:
+        assert time.monotonic() < deadline, f"trials left undone (killed after write {fault.at})"
+        try:
+            if disp is None:
+                disp = Dispatcher(
+                    store=fault.wrap(store, DISPATCH_WRITES),
+                    repo=Repo(target),
+                    cfg=cfg,
+                    campaign="default",
+                    slots=2,
+                    heartbeat_s=1.5,
+                )
+                if not restarts:  # the one to be killed: its id is a process that is gone
+                    disp.worker_id = gone_process()
+                disp.reclaim_orphans()
+            disp.step(wait_s=0.2)
+        except Killed:  # what it left running on Ray ends unheard
+            store.close()
+            store, disp, restarts = open_store(url), None, restarts + 1
+    return store, restarts
+
+
+def assert_dispatched(store: Store, fault: Fault) -> None:
+    """Every trial claimed once and its result recorded once; one claimed again only where
+    the killed dispatcher held it."""
+    trials = store.list_trials("default")
+    assert all(t.state is TrialState.DONE and t.result is not None for t in trials)
+    claims: collections.Counter[str] = collections.Counter()
+    results: collections.Counter[str] = collections.Counter()
+    held: set[str] = set()  # by the dispatcher when it was killed
+    for i, (name, args, reply) in enumerate(fault.log, start=1):
+        if name == "claim_trials":
+            claims.update(t.id for t in reply)
+        elif name == "record_result":
+            results[args[1].trial_id] += 1
+        if i == fault.at:
+            held = {t for t in claims if not results[t]}
+    writes = f"killed after write {fault.at} of {[name for name, _, _ in fault.log]}"
+    assert results == {t.id: 1 for t in trials}, writes
+    assert claims == {t.id: 1 + (t.id in held) for t in trials}, writes
+    # The store counts a claim taken back from a dead dispatcher as never made; a lapsed
+    # lease's claim stays counted (it counts towards the trial's being dead).
+    deliveries = {t.id: t.deliveries for t in trials}
+    assert deliveries == {t.id: 1 + (t.id == "base-0") for t in trials}, writes
+    assert_counted(store)
+
+
+def test_a_dispatcher_killed_after_any_write_resumes_with_nothing_run_twice_or_lost(
+    ray_local: None,
+    make_target: MakeTarget,
+    fresh_store: Callable[[int], str],
+) -> None:
+    target = make_target()
+    cfg = load_config(target)
+    n, clean = 0, None
+    while True:
+        url = fresh_store(n)
+        queue_runs(url, target, cfg)
+        fault = Fault(n)
+        store, restarts = dispatch(url, target, cfg, fault)
+        try:
+            metrics = {t.id: t.result.metric for t in store.list_trials("default") if t.result}
+            assert metrics == (clean or metrics), f"killed after write {n}"
+            assert restarts == fault.fired, f"killed after write {n}"
+            assert_dispatched(store, fault)
+        finally:
+            store.close()
+        if not fault.fired and n:  # the cycle ended before its n-th write
+            break
+        clean = clean or metrics
+        n += 1
+    assert n > 6  # the reap, claims, heartbeats and results were each a crash point
