@@ -19,7 +19,9 @@ would be: its id names a process that is gone, and what it ran on Ray dies with 
 from __future__ import annotations
 
 import collections
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from typing import Any
 
 import pytest
 import redis
+from fake_anthropic import FakeAnthropic, Received, Reply, draft, drafts_reply, overloaded
 from helpers import MakeTarget, flat, git, recounted
 
 from farm.campaign import prepare
@@ -37,8 +40,9 @@ from farm.config import TargetConfig, load_config
 from farm.controller import Controller
 from farm.dispatch import Dispatcher
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.propose import build_context, record_drafts
+from farm.propose import Feeder, build_context, record_drafts
 from farm.records import (
+    CallState,
     CandidateState,
     DecisionKind,
     Draft,
@@ -50,6 +54,8 @@ from farm.records import (
     TrialState,
 )
 from farm.store import Store, open_store
+from farm.store.stats import llm_spend
+from proposer.anthropic import AnthropicProposer
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
 TOML = (
@@ -335,3 +341,109 @@ def test_a_dispatcher_killed_after_any_write_resumes_with_nothing_run_twice_or_l
         clean = clean or metrics
         n += 1
     assert n > 6  # the reap, claims, heartbeats and results were each a crash point
+
+
+# -- the proposer -----------------------------------------------------------------------------
+PROPOSE_WRITES = {"hold_call", "settle_call", "next_candidate_id", "add_candidate"}
+PROPOSE_WRITES |= {"record_decision"}
+# What the model proposes, in this order, each once: the second does not apply.
+IDEAS = [
+    draft("LR up", "LR = 0.5", "LR = 1.0"),
+    draft("WD down", "WD = 0.3", "WD = 0.1"),
+    draft("MOM up", "MOM = 0.1", "MOM = 0.9"),
+]
+PROPOSER_TOML = """
+[proposer]
+kind = "anthropic"
+batch_size = 2
+max_retries = 0
+timeout_s = 10
+backoff_s = 0
+"""
+
+
+def model(received: Received) -> Reply:
+    """A model that proposes the ideas its ledger does not show yet, and is overloaded
+    whenever asked to repair a draft (a failed call)."""
+    if len(received.body["messages"]) > 1:
+        return overloaded()
+    asked = re.search(r"Propose (\d+|1 draft)", received.user_text)
+    assert asked is not None, received.user_text
+    n = int(asked[1].split()[0])
+    sent = json.dumps(received.body)
+    return drafts_reply([d for d in IDEAS if d["title"] not in sent][:n])
+
+
+def propose(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
+    """Propose two valid candidates, restarting the proposer where it is killed (as `farm
+    propose` is restarted on the same host); returns the store and the restarts."""
+    store = open_store(url)
+    for restarts in range(2):
+        feeder = Feeder(
+            store=fault.wrap(store, PROPOSE_WRITES),
+            cfg=cfg,
+            campaign="default",
+            proposer=AnthropicProposer(cfg.proposer, api_key="sk-ant-crash-points"),
+            max_candidates=2,
+        )
+        if not restarts:  # the one to be killed: its id is a process that is gone
+            feeder.holder = gone_process()
+        try:
+            feeder.run()
+        except Killed:
+            store.close()
+            store = open_store(url)
+            continue
+        assert feeder.error is None and feeder.done, feeder.error
+        return store, restarts
+    raise AssertionError(f"killed twice (after write {fault.at})")
+
+
+def assert_proposed(store: Store) -> None:
+    """Every call settled (a lost one at its worst case), every rejected draft decided
+    once, each valid one queued once, spend and counters equal to a recount."""
+    calls = store.list_calls("default")
+    assert all(c.state.is_finished() for c in calls), calls
+    assert all(c.cost_usd == c.reserved_usd for c in calls if c.state is CallState.LOST)
+    cands = store.list_candidates("default")
+    rejected = {c.id for c in cands if c.state is CandidateState.REJECTED}
+    decisions = store.list_decisions("default")
+    assert collections.Counter(d.candidate_id for d in decisions) == dict.fromkeys(rejected, 1)
+    assert all(d.kind is DecisionKind.REJECTED for d in decisions)
+    queued = sorted(c.title for c in cands if c.state is CandidateState.QUEUED)
+    assert queued == ["LR up", "MOM up"] and len(rejected) + 2 == len(cands)
+    assert {c.call for c in cands} <= {c.id for c in calls}
+    assert llm_spend(store.stats("default")).counted_usd == pytest.approx(
+        sum(c.cost_usd for c in calls)
+    )
+    assert_counted(store)
+
+
+def test_a_proposer_killed_after_any_write_resumes_with_every_call_settled(
+    make_target: MakeTarget, fresh_store: Callable[[int], str], fake_api: FakeAnthropic
+) -> None:
+    fake_api.respond = model
+    target = make_target(
+        {"train.py": TRAIN + "WD = 0.2  # weight decay\n"},
+        extra_toml=f'{PROPOSER_TOML}base_url = "{fake_api.url}"\n',
+    )
+    cfg = load_config(target)
+    n = 0
+    while True:
+        url = fresh_store(n)
+        store = open_store(url)
+        prepare(target, cfg, store, check_command=False)
+        store.set_baseline("default", metric=1.0, runs=4, sigma=0.1)  # the LLM waits for it
+        store.close()
+        fault = Fault(n)
+        store, restarts = propose(url, target, cfg, fault)
+        try:
+            assert restarts == fault.fired, f"killed after write {n}"
+            assert_proposed(store)
+        finally:
+            store.close()
+        if not fault.fired and n:  # the cycle ended before its n-th write
+            break
+        n += 1
+    # Calls held, answered and failed; drafts numbered, recorded and rejected.
+    assert n > 12
