@@ -428,7 +428,10 @@ class Feeder:
     _holds: dict[str, ProposerCall] = field(default_factory=dict)  # this process's calls in flight
 
     def start(self) -> None:
-        """Feed in a background thread (inside `farm run`)."""
+        """Finish what a killed proposer left (before anyone asks whether this one is `done`:
+        a dead process's call in flight counts toward the limit), then feed in a background
+        thread (inside `farm run`)."""
+        self.recover()
         self._thread = threading.Thread(target=self.run, name="farm-propose", daemon=True)
         self._thread.start()
 
@@ -494,7 +497,6 @@ class Feeder:
     def run(self) -> None:
         """Feed until done or stopped: the thread's body (`start`)."""
         try:
-            self.recover()
             while not self._stop.is_set() and not self.done:
                 if self.proposer.needs_baseline and not self._baseline_measured():
                     self._stop.wait(BASELINE_POLL_S)

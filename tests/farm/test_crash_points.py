@@ -40,7 +40,7 @@ from farm.config import TargetConfig, load_config
 from farm.controller import Controller
 from farm.dispatch import Dispatcher
 from farm.gitops import Repo, best_branch, candidate_branch
-from farm.propose import Feeder, build_context, record_drafts
+from farm.propose import Feeder, StoreBook, build_context, record_drafts
 from farm.records import (
     CallState,
     CandidateState,
@@ -56,6 +56,7 @@ from farm.records import (
 from farm.store import Store, open_store
 from farm.store.stats import llm_spend
 from proposer.anthropic import AnthropicProposer
+from proposer.mutate import MutateProposer
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
 TOML = (
@@ -236,6 +237,7 @@ def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
     assert restarts == 0 and clean.writes > 30
     # c1 kept, c2 merged onto it untried and measured, c3 discarded.
     assert want[0] == ((1, "kept"), (2, "kept"), (3, "discarded")) and want[1] == 2
+    print(f"controller: {clean.writes} crash points")  # for the notes (pytest -rP)
     for n in range(1, clean.writes + 1):
         run = target(n)
         store, restarts = campaign(fresh_store(n), run, cfg, Fault(n))
@@ -340,6 +342,7 @@ def test_a_dispatcher_killed_after_any_write_resumes_with_nothing_run_twice_or_l
             break
         clean = clean or metrics
         n += 1
+    print(f"dispatcher: {n - 1} crash points")
     assert n > 6  # the reap, claims, heartbeats and results were each a crash point
 
 
@@ -389,6 +392,7 @@ def propose(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[St
         if not restarts:  # the one to be killed: its id is a process that is gone
             feeder.holder = gone_process()
         try:
+            feeder.recover()  # what `start` does, then its thread's body, here
             feeder.run()
         except Killed:
             store.close()
@@ -446,4 +450,27 @@ def test_a_proposer_killed_after_any_write_resumes_with_every_call_settled(
             break
         n += 1
     # Calls held, answered and failed; drafts numbered, recorded and rejected.
+    print(f"proposer: {n - 1} crash points")
     assert n > 12
+
+
+def test_a_proposer_restarted_at_its_limit_first_settles_the_call_its_dead_process_held(
+    make_target: MakeTarget, tmp_path: Path
+) -> None:
+    target = make_target({"train.py": TRAIN}, extra_toml='[proposer]\nkind = "mutate"\n')
+    cfg = load_config(target)
+    store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
+    prepare(target, cfg, store, check_command=False)
+    tag = Draft("", "", [], proposer="anthropic", strategy="single")
+    book = StoreBook(store, cfg, "default", build_context(store, cfg, "default"))
+    book.holder = gone_process()
+    book.hold(0.25, cap_usd=10.0, label="single", tag=tag)
+    # That call takes the only place under the limit until it is settled.
+    feeder = Feeder(store, cfg, "default", MutateProposer(seed=0), max_candidates=1)
+    feeder.start()
+    feeder.wait()
+    assert feeder.error is None and feeder.done
+    ((call, lost),) = [(c.state, c.cost_usd) for c in store.list_calls("default")]
+    assert (call, lost) == (CallState.LOST, 0.25)
+    assert [c.state for c in store.list_candidates("default")] == [CandidateState.QUEUED]
+    store.close()
