@@ -370,14 +370,14 @@ def model(received: Received) -> Reply:
     whenever asked to repair a draft (a failed call)."""
     if len(received.body["messages"]) > 1:
         return overloaded()
-    asked = re.search(r"Propose (\d+|1 draft)", received.user_text)
+    asked = re.search(r"Propose (\d+)", received.user_text)
     assert asked is not None, received.user_text
-    n = int(asked[1].split()[0])
+    n = int(asked[1])
     sent = json.dumps(received.body)
     return drafts_reply([d for d in IDEAS if d["title"] not in sent][:n])
 
 
-def propose(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
+def propose(url: str, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
     """Propose two valid candidates, restarting the proposer where it is killed (as `farm
     propose` is restarted on the same host); returns the store and the restarts."""
     store = open_store(url)
@@ -440,7 +440,7 @@ def test_a_proposer_killed_after_any_write_resumes_with_every_call_settled(
         store.set_baseline("default", metric=1.0, runs=4, sigma=0.1)  # the LLM waits for it
         store.close()
         fault = Fault(n)
-        store, restarts = propose(url, target, cfg, fault)
+        store, restarts = propose(url, cfg, fault)
         try:
             assert restarts == fault.fired, f"killed after write {n}"
             assert_proposed(store)
