@@ -115,11 +115,20 @@ class Incumbency:
 
     def recover(self, inc: Incumbent) -> Decision | None:
         """A keep whose process died after moving the incumbent and before writing its
-        decision: finish it before anything else can move the incumbent again."""
+        decision, or its candidate (a winner merged untried is written only then, with the
+        commit it was rebased to): finish it before anything else can move the incumbent
+        again."""
         if inc.candidate_id is None or inc.candidate_id == self._decided:
             return None
-        if self.store.get_decision(self.campaign, inc.candidate_id):
-            self._decided = inc.candidate_id  # decisions are final: not asked again
+        cand = self.store.get_candidate(self.campaign, inc.candidate_id)
+        assert cand is not None
+        decided = self.store.get_decision(self.campaign, cand.id)
+        if decided is not None and cand.state.is_finished():
+            self._decided = cand.id  # decisions are final: not asked again
+            return None
+        if decided is not None:
+            self.recorder.finish(_as_kept(cand, inc), decided)
+            self._decided = cand.id
             return None
         self.recorder.sync_best_branch()
         return self._record_keep(inc)
@@ -129,9 +138,8 @@ class Incumbency:
         assert inc.candidate_id is not None
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
-        before = inc.replaced or cand.base_sha
-        cand.commit_sha, cand.base_sha, cand.files = inc.sha, before, inc.files
-        return self.recorder.record_keep(cand, inc, before=before, how=how)
+        cand = _as_kept(cand, inc)
+        return self.recorder.record_keep(cand, inc, before=cand.base_sha, how=how)
 
     def catch_up(self) -> None:
         """A store rolled back (a Redis restarted from an old snapshot, a restored backup)
@@ -256,3 +264,10 @@ class Incumbency:
                 f"could not measure it ({why}): reverted, the incumbent is {before[:10]} again",
                 warn=True,
             )
+
+
+def _as_kept(cand: Candidate, inc: Incumbent) -> Candidate:
+    """`cand` as the keep that made `inc`: its commit, the commit it replaced, its files (a
+    winner merged untried is written only then, with the commit it was rebased to)."""
+    cand.commit_sha, cand.base_sha, cand.files = inc.sha, inc.replaced or cand.base_sha, inc.files
+    return cand
