@@ -12,11 +12,8 @@ none free it runs elsewhere rather than wait.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -26,6 +23,7 @@ import ray
 from farm.config import TargetConfig
 from farm.errors import ResourceError
 from farm.gitops import Repo
+from farm.processes import gone_here, process_id
 from farm.progress import ClusterView, plural
 from farm.records import Trial, TrialKind, TrialResult, TrialSpec, TrialState
 from farm.store import Store
@@ -165,9 +163,7 @@ class Dispatcher:
     cfg: TargetConfig
     campaign: str
     slots: int
-    worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
+    worker_id: str = field(default_factory=process_id)
     on_result: Callable[[Trial, TrialResult], None] | None = None
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
@@ -197,12 +193,9 @@ class Dispatcher:
         A restarted `farm run` need not wait for their leases to lapse: a worker id names
         its host and pid, and a pid that no longer exists holds nothing.
         """
-        host = socket.gethostname()
         freed = []
         for t in self.store.list_trials(self.campaign, states={TrialState.RUNNING}):
-            w_host, _, rest = t.worker.partition(":")
-            pid = rest.partition(":")[0]
-            if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if gone_here(t.worker):
                 self._give_back(t.id, worker=t.worker, failed=False)
                 freed.append(t.id)
         return freed
@@ -435,16 +428,6 @@ class Dispatcher:
         for flight in self._in_flight.values():
             self._give_back(flight.trial.id, worker=self.worker_id, failed=False)
         self._in_flight.clear()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _first_line(e: BaseException) -> str:
