@@ -214,15 +214,22 @@ def _words(text: str) -> list[str]:
     return [w.strip() for w in text.split(",") if w.strip()]
 
 
+_STOPPED: list[int] = []  # the signals that asked this process to stop
+
+
 def _sigterm(signum: int, frame: object) -> None:
     # Kubernetes and `ray job stop` send SIGTERM: stop as cleanly as on Ctrl-C.
+    _STOPPED.append(signum)
     raise KeyboardInterrupt
 
 
 def _on_sigterm_stop() -> None:
-    """Make SIGTERM stop like Ctrl-C. Again after ray.init, which installs its own handler
-    in the driver (it exits at once, and Ray's core prints `*** SIGTERM received ***`)."""
+    """Make SIGTERM stop like Ctrl-C (and note either). Again after ray.init, which installs
+    its own handler in the driver (it exits at once, and Ray's core prints `*** SIGTERM
+    received ***`)."""
     signal.signal(signal.SIGTERM, _sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +281,14 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # The stop's KeyboardInterrupt lands at any bytecode, and inside a library's cleanup
+        # it can come out as another error (shutil.rmtree stopped between closing a
+        # descriptor and noting it closes it again: EBADF). The stop was asked for, and the
+        # trials were given back on the way out: no traceback.
+        if _STOPPED:
+            return 130
+        raise
 
 
 def _config(args: argparse.Namespace) -> TargetConfig:
