@@ -312,7 +312,7 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
         [
             "redis-server",
             *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path)),
-            *("--save", "", "--appendonly", "no"),
+            *("--save", "", "--appendonly", "yes"),  # as k8s/redis.yaml: a durable store
         ],
         stdout=subprocess.DEVNULL,
     )
