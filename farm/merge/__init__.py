@@ -39,11 +39,13 @@ from farm.merge.paired import PAIRED_GAIN, PAIRED_MIN, paired_bar, paired_spread
 from farm.merge.sequential import (
     DIVERGED_SIGMAS,
     Verdict,
+    dof_of,
     judge,
     keep_threshold,
     sequential,
     steady,
     threshold,
+    widened,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "Verdict",
     "baseline",
     "class_offsets",
+    "dof_of",
     "estimate",
     "fidelity",
     "fidelity_pairs",
@@ -82,4 +85,5 @@ __all__ = [
     "smallest_delta",
     "steady",
     "threshold",
+    "widened",
 ]
