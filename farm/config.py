@@ -193,6 +193,15 @@ class MergeConfig:
             "level of each early discard: the chance a gain of `effect` σ is discarded there",
         ),
     )
+    # The runs that win a keep are the luckier draws of the candidate (the winner's curse:
+    # -0.15σ a keep of 2σ, far more for a false keep), and a flattering incumbent raises the
+    # bar for everything after it; measured afresh, it stands at its true level.
+    measure_keeps: bool = setting(
+        True,
+        doc="measure a keep near its bar afresh by its own runs (max(confirm, 1)) and judge "
+        "against that",
+        tier=Tier.ADVANCED,
+    )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.

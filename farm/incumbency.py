@@ -9,7 +9,7 @@ import logging
 
 from farm.config import TargetConfig
 from farm.evidence import Evidence
-from farm.merge import Verdict, mean
+from farm.merge import Verdict, flattered, mean
 from farm.merge.verdicts import Act, by_class
 from farm.recorder import Notices, Recorder
 from farm.records import Candidate, Decision, DecisionKind, Incumbent, TrialKind
@@ -79,17 +79,17 @@ class Incumbency:
                 f"; merged onto {inc.sha[:10]} untried, {self.cfg.metric} estimated "
                 f"{metric:.6g} until its own runs measure it"
             )
-        # The runs that won are the luckier draws of the candidate (they passed a test that
-        # picks the best of many): its value is measured afresh by runs of its own, so that
-        # later candidates are judged against its true level. A deterministic target's runs
-        # would say the same again.
-        fresh = not how and sigma > 0
+        # Near its bar, the runs that won are the luckier draws of the candidate (they passed
+        # a test that picks the best of many): its value is measured afresh by runs of its
+        # own, so that later candidates are judged against its true level. A deterministic
+        # target's runs would say the same again.
+        fresh = not how and sigma > 0 and self.cfg.merge.measure_keeps and flattered(verdict)
         if fresh:
             how = f"; {self.cfg.metric} to be measured afresh by its own runs"
         new = Incumbent(
             sha=cand.commit_sha,
             metric=metric,
-            runs=0 if how else (len(values) or 1),  # 0: estimated, to be measured
+            runs=0 if how else verdict.runs,  # 0: estimated, to be measured
             candidate_id=cand.id,
             files=cand.files,
             replaced=inc.sha,

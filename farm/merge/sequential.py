@@ -28,6 +28,7 @@ class Verdict:
     estimate: float  # mean of the runs judged
     delta: float  # improvement over the incumbent; positive = better
     threshold: float  # what delta had to exceed
+    runs: int = 1  # how many runs the estimate averages
 
     def describe(self, metric: str) -> str:
         sign = ">" if self.passed else "<="
@@ -35,6 +36,13 @@ class Verdict:
             f"{metric} {self.estimate:.6g}, Δ {self.delta:+.4g} {sign} "
             f"threshold {self.threshold:.4g}"
         )
+
+
+def flattered(verdict: Verdict) -> bool:
+    """Whether a keep's estimate sits near enough to its bar that being picked by it
+    flatters it (the winner's curse): it cleared the bar by less than the bar again. One
+    far beyond it was never near the cut, so the selection barely moves its estimate."""
+    return verdict.delta < 2 * verdict.threshold
 
 
 def keep_threshold(m: MergeConfig, *, sigma: float, metric: float | None, runs: float) -> float:
@@ -194,4 +202,4 @@ def judge(
         dof=dof,
         min_delta=min_delta,
     )
-    return Verdict(passed=delta > bar, estimate=est, delta=delta, threshold=bar)
+    return Verdict(passed=delta > bar, estimate=est, delta=delta, threshold=bar, runs=len(values))

@@ -325,7 +325,9 @@ def settings(*axes: tuple[float, ...]) -> list[MergeConfig]:
 
 
 # The alternatives issue #6 names, each with the sequential stops of the defaults.
-GRID = settings((3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,), (MergeConfig().power_z,))
+GRID = settings(
+    (3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,), (MergeConfig().power_z,)
+)
 # Fixed designs, as sequential tests with no early stop: before issue #6, and #6's defaults.
 OLD_DEFAULTS = MergeConfig(
     repeats=3, confirm=2, z=2.0, screen_z=1.0, futility_z=-99, efficacy_z=99, power_z=99

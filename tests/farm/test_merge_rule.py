@@ -94,11 +94,11 @@ def test_rank_agreement_compares_candidates_ranked_against_the_same_incumbent() 
     assert rank_agreement([("a", 1e308, 1e308), ("a", -1e308, -1e308)]) == (1.0, 1)
 
 
-def test_a_keep_is_measured_afresh_and_every_view_states_the_measurement(
+def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measurement(
     make_target: MakeTarget,
 ) -> None:
-    # The runs that win a keep are the luckier draws (the winner's curse): the incumbent's
-    # value comes from runs of its own, and the line every view shows says the same.
+    # Near its bar, the runs that win a keep are the luckier draws (the winner's curse): the
+    # incumbent's value comes from runs of its own, and the line every view shows says so.
     fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
     target = make_target(
         {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
@@ -107,17 +107,24 @@ def test_a_keep_is_measured_afresh_and_every_view_states_the_measurement(
     b = Bench(target)
     b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})
     (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
-    for _ in range(3):  # its screen and two confirmations: kept, at 0.5
-        b.finish({f"c{c}-g0-": 0.5}, only=True)
+    for _ in range(3):  # its screen and two confirmations: 0.18 beyond a bar of 0.128
+        b.finish({f"c{c}-g0-": 0.82}, only=True)
     b.ctl.step(slots=8)
     inc = b.store.get_incumbent("default")
-    assert inc.candidate_id == c and inc.estimated and inc.metric == pytest.approx(0.5)
+    assert inc.candidate_id == c and inc.estimated and inc.metric == pytest.approx(0.82)
     assert "measured afresh by its own runs" in b.store.get_decision("default", c).reason  # type: ignore[union-attr]
-    assert b.finish({f"c{c}-measure": 0.8}) == [f"c{c}-measure0", f"c{c}-measure1"]
+    assert b.finish({f"c{c}-measure": 0.9}) == [f"c{c}-measure0", f"c{c}-measure1"]
     b.ctl.step(slots=8)
     inc = b.store.get_incumbent("default")
-    assert (inc.metric, inc.runs) == (pytest.approx(0.8), 2)
-    assert [round(s.metric, 6) for s in snapshot(b.store, "default").line] == [1.0, 0.8]
+    assert (inc.metric, inc.runs) == (pytest.approx(0.9), 2)
+    assert [round(s.metric, 6) for s in snapshot(b.store, "default").line] == [1.0, 0.9]
+    # Far beyond its bar, a keep was never near the cut: it stands on the runs that won it.
+    (far,) = b.propose(("LR = 1.0", "LR = 2.0"))
+    for _ in range(3):
+        b.finish({f"c{far}-g0-": 0.3}, only=True)
+    b.ctl.step(slots=8)
+    inc = b.store.get_incumbent("default")
+    assert (inc.candidate_id, inc.metric, inc.runs) == (far, pytest.approx(0.3), 3)
 
 
 def test_a_deterministic_keep_is_not_measured_again(make_target: MakeTarget) -> None:

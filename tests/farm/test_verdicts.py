@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from farm.config import MergeConfig
-from farm.merge import NoisePools
+from farm.merge import NoisePools, Verdict, flattered
 from farm.merge.verdicts import (
     Act,
     Reference,
@@ -163,6 +163,15 @@ def test_a_sigma_from_few_baseline_runs_widens_every_bar(repeats: int, act: Act)
     # σ from 3 runs has 2 degrees of freedom: z 1.5 is a t's 2.45 there, 1.62 with 11.
     m = dataclasses.replace(S, repeats=repeats)
     assert screened_ruling(runs(0.9, 0.88, 0.9, 0.9), REF, stages=4, m=m, t=T).act is act
+
+
+@pytest.mark.parametrize(
+    ("delta", "bar", "measured"),
+    [(0.15, 0.1, True), (0.19, 0.1, True), (0.2, 0.1, False), (0.5, 0.1, False)],
+)
+def test_a_keep_near_its_bar_is_measured_afresh(delta: float, bar: float, measured: bool) -> None:
+    # The winner's curse flatters an estimate picked near its cut, hardly one far beyond it.
+    assert flattered(Verdict(True, 1.0 - delta, delta, bar)) is measured
 
 
 def test_a_new_candidate_before_the_baseline_is_in_only_fails() -> None:
