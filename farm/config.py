@@ -194,10 +194,12 @@ class MergeConfig:
         ),
     )
     # The runs that win a keep are the luckier draws of the candidate (the winner's curse:
-    # -0.15σ a keep of 2σ, far more for a false keep), and a flattering incumbent raises the
-    # bar for everything after it; measured afresh, it stands at its true level.
+    # -0.2σ a keep of 2σ, far more for a false keep), and a flattering incumbent raises the
+    # bar for everything after it; measured afresh, it stands at its true level. Off by
+    # default: on `farm simulate`'s landscape it cost the one-slot loop a third more time
+    # for no more gains kept (docs/performance.md, "Honest estimates").
     measure_keeps: bool = setting(
-        True,
+        False,
         doc="measure a keep near its bar afresh by its own runs (max(confirm, 1)) and judge "
         "against that",
         tier=Tier.ADVANCED,

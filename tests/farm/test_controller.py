@@ -21,9 +21,8 @@ from farm.records import (
 from farm.store import default_url, open_store
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
-# No early stop; a keep stands on the runs that won it (these tests are about what runs where).
+# No early stop either way.
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
-FIXED += "measure_keeps = false\n"
 
 
 @pytest.fixture
@@ -355,7 +354,7 @@ def fleet_bench(make_target: MakeTarget, h100: list[float]) -> Bench:
     """A campaign whose baseline ran 4 times on RTX 4090s around 1.0, and on H100s (which
     train more steps in the same budget) with the metrics `h100`."""
     repeats = len(SPREAD) + len(h100)
-    toml = f"[merge]\nrepeats = {repeats}\nconfirm = 2\nmeasure_keeps = false\n"
+    toml = f"[merge]\nrepeats = {repeats}\nconfirm = 2\n"
     bench = Bench(make_target({"train.py": TRAIN}, extra_toml=toml))
     metrics = {f"base-{i}": v for i, v in enumerate([1.0 + d for d in SPREAD] + h100)}
     bench.finish(metrics, on={f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(repeats)})

@@ -102,7 +102,7 @@ def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measur
     fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
     target = make_target(
         {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
-        extra_toml=f"[merge]\nrepeats = 4\n{fixed}",
+        extra_toml=f"[merge]\nrepeats = 4\n{fixed}measure_keeps = true\n",
     )
     b = Bench(target)
     b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})
@@ -130,7 +130,7 @@ def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measur
 def test_a_deterministic_keep_is_not_measured_again(make_target: MakeTarget) -> None:
     target = make_target(
         {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
-        extra_toml="[merge]\nrepeats = 4\n",
+        extra_toml="[merge]\nrepeats = 4\nmeasure_keeps = true\n",
     )
     b = Bench(target)
     b.finish({"base-": 1.0})  # three runs agree: σ = 0, one run decides
