@@ -107,7 +107,7 @@ class Network(enum.StrEnum):
 
 # The merge rule's z-values, set by error rates. Defaults: 1 − Φ(z) of the z-values that
 # scripts/bench/merge_quality.py chose (docs/performance.md), so that they derive to them.
-Z, SCREEN_Z, EFFICACY_Z, PAIRED_Z = 1.5, 0.25, 2.5, 1.5
+Z, SCREEN_Z, EFFICACY_Z, PAIRED_Z, POWER_Z = 1.5, 0.25, 2.5, 1.5, 1.75
 
 
 @dataclass
@@ -172,6 +172,37 @@ class MergeConfig:
             "efficacy_alpha",
             "level of each early keep (on two or more confirmations, before the last)",
         ),
+    )
+    # The other early discard: a candidate whose runs fall power_z standard errors short of
+    # a gain of `effect` σ is unlikely to be one (the discard side of a probability-ratio
+    # test: it rises towards the gain as runs come in, where futility_z stays flat).
+    effect: float = setting(
+        2.0,
+        doc="the gain the sequential test is built to keep",
+        unit="σ",
+        ge=0,
+        tier=Tier.ADVANCED,
+    )
+    power_z: float = setting(
+        POWER_Z,
+        doc="after a confirmation, discard early once the runs are power_z standard errors "
+        "short of a gain of `effect` σ",
+        tier=Tier.ADVANCED,
+        rate=Rate(
+            "beta",
+            "level of each early discard: the chance a gain of `effect` σ is discarded there",
+        ),
+    )
+    # The runs that win a keep are the luckier draws of the candidate (the winner's curse:
+    # -0.2σ a keep of 2σ, far more for a false keep), and a flattering incumbent raises the
+    # bar for everything after it; measured afresh, it stands at its true level. Off by
+    # default: on `farm simulate`'s landscape it cost the one-slot loop a third more time
+    # for no more gains kept (docs/performance.md, "Honest estimates").
+    measure_keeps: bool = setting(
+        False,
+        doc="measure a keep near its bar afresh by its own runs (max(confirm, 1)) and judge "
+        "against that",
+        tier=Tier.ADVANCED,
     )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
@@ -662,6 +693,13 @@ no effect passes it with the chance `rate`, so its bar is
 
     z = Φ⁻¹(1 − rate)        (Python: -statistics.NormalDist().inv_cdf(rate), to 6 decimals)
 
+σ is itself estimated from the baseline's `repeats` runs, so each bar is applied as the
+quantile of a Student t with `repeats` − 1 degrees of freedom at that level (z 1.5 is 1.62
+standard errors with 12 baseline runs, 2.05 with 4): few baseline runs widen every bar
+rather than let σ's own error through. `power_z` is the discard side: after a run, a
+candidate whose runs are `power_z` standard errors short of a gain of `effect` σ is
+discarded (`beta`: the chance a real gain of `effect` σ is discarded at one look).
+
 | rate | sets | default rate | z |
 | --- | --- | --- | --- |
 {rows}
@@ -671,8 +709,8 @@ The default rates are 1 − Φ(z) of the z-values that scripts/bench/merge_quali
 not the campaign's false-keep rate: what the screen, the early looks and the last look add
 up to (false keeps, power, trials per candidate) is what scripts/bench/merge_quality.py
 measures (docs/performance.md, "Merge quality under noise"); run it after changing a rate.
-`futility_z` (default 0: stop once the confirmations so far show no gain at all) has no
-rate: it trades trials for power, not for false keeps.
+`futility_z` (default 0: stop once the runs so far show no gain at all) has no rate: it
+trades trials for power, not for false keeps.
 
 A z-value written directly (as farm.toml files from before the rates did: `z = 1.5`) overrides
 its rate; a file may set one of the two, not both. The other constants of the rule (outlier

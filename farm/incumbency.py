@@ -10,7 +10,7 @@ import logging
 from farm.config import TargetConfig
 from farm.evidence import Evidence
 from farm.gitops import best_branch, candidate_branch
-from farm.merge import Verdict, mean
+from farm.merge import Verdict, flattered, mean
 from farm.merge.verdicts import Act, by_class, lost_keeps
 from farm.recorder import Notices, Recorder, candidate_of
 from farm.records import (
@@ -89,10 +89,17 @@ class Incumbency:
                 f"; merged onto {inc.sha[:10]} untried, {self.cfg.metric} estimated "
                 f"{metric:.6g} until its own runs measure it"
             )
+        # Near its bar, the runs that won are the luckier draws of the candidate (they passed
+        # a test that picks the best of many): its value is measured afresh by runs of its
+        # own, so that later candidates are judged against its true level. A deterministic
+        # target's runs would say the same again.
+        fresh = not how and sigma > 0 and self.cfg.merge.measure_keeps and flattered(verdict)
+        if fresh:
+            how = f"; {self.cfg.metric} to be measured afresh by its own runs"
         new = Incumbent(
             sha=cand.commit_sha,
             metric=metric,
-            runs=0 if how else (len(values) or 1),  # 0: estimated, to be measured
+            runs=0 if how else verdict.runs,  # 0: estimated, to be measured
             candidate_id=cand.id,
             files=cand.files,
             replaced=inc.sha,
@@ -102,7 +109,7 @@ class Incumbency:
         if not self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=new):
             return None  # another controller moved it; the next step rebases
         self.recorder.move_best(old=inc.sha, new=cand.commit_sha)
-        if not how:  # its own runs, at its level
+        if not how:  # its own runs, at its level (else pooled with its measuring runs)
             self.evidence.pool(new.sha, values, key=f"c{cand.id}")
         offsets = self.evidence.offsets()
         if len(offsets) > 1:  # a mixed fleet: the runs per class go in the reason
@@ -226,11 +233,12 @@ class Incumbency:
             pass
 
     def measure(self, inc: Incumbent) -> None:
-        """An incumbent merged on evidence is run until its own runs give its estimate, or
-        reverted when they cannot (farm.merge.verdicts.measured_ruling).
+        """An incumbent kept on evidence (merged untried, or on the runs that won it) is run
+        until its own runs give its estimate, or reverted when they cannot
+        (farm.merge.verdicts.measured_ruling).
 
-        Estimates added up keep every error of the gains behind them (the best of many
-        noisy runs looks better than it is), so each one is replaced by a measurement.
+        Estimates added up keep every error of the gains behind them, and the runs that won
+        a test are the luckier draws (the winner's curse): each is replaced by a measurement.
         """
         if not inc.estimated or inc.candidate_id is None or not self.evidence.baseline_done():
             return  # its runs are placed on the baseline's scale: they wait for it
@@ -244,7 +252,9 @@ class Incumbency:
             log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, value)
             updated = dataclasses.replace(inc, metric=value, runs=len(ruling.values))
             self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
-            self.evidence.pool(inc.sha, ruling.values, key=f"c{inc.candidate_id}")
+            # Every run of the commit at its level: the confirmations that won it too.
+            own = self.evidence.placed(self.evidence.reruns(inc.sha))
+            self.evidence.pool(inc.sha, own, key=f"c{inc.candidate_id}")
         elif ruling.act is Act.FAIL:
             self._revert(inc, ruling.reason)
 
@@ -260,8 +270,8 @@ class Incumbency:
         if self.recorder.revert(inc, back, why):
             self.notices.say(
                 f"revert:{inc.sha}",
-                f"c{inc.candidate_id} was merged onto the incumbent untried and its own runs "
-                f"could not measure it ({why}): reverted, the incumbent is {before[:10]} again",
+                f"c{inc.candidate_id} was kept on evidence and its own runs could not measure "
+                f"it ({why}): reverted, the incumbent is {before[:10]} again",
                 warn=True,
             )
 

@@ -31,7 +31,7 @@ from typing import Any
 from farm import figures
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
-from farm.merge import keep_threshold, smallest_delta, threshold
+from farm.merge import dof_of, keep_threshold, smallest_delta, threshold
 from farm.processes import gone_here, process_id
 from farm.records import (
     CallState,
@@ -183,6 +183,7 @@ def _thresholds(
         incumbent_runs=inc.runs,
         sigma=sigma,
         z=m.screen_z,
+        dof=dof_of(m),
         min_delta=smallest_delta(m, inc.metric),
     )
     return screen, keep

@@ -284,6 +284,19 @@ class SimResult:
         """Slot time per candidate created, in median trial lengths: what a decision costs."""
         return self.busy_s / (self.model.trial_s * self.candidates) if self.candidates else 0.0
 
+    def kept_near(self, gain: float) -> tuple[int, int]:
+        """Of the candidates judged (kept or discarded) whose true gain over what they were
+        judged against was within half a σ of `gain` σ: how many were kept, of how many.
+        At 2σ the merge rule's goal is 90% judged fresh; inside a campaign the incumbent's
+        recorded value is what they are judged against."""
+        judged = [
+            d
+            for d in self.decided
+            if d.decision.kind in (DecisionKind.KEPT, DecisionKind.DISCARDED)
+            and abs((d.true_before - d.true_after) / self.model.noise - gain) < 0.5
+        ]
+        return sum(d.decision.kind is DecisionKind.KEPT for d in judged), len(judged)
+
     @property
     def trials_per_slot_hour(self) -> float:
         return self.trials / (self.model.slots * self.wall_s / 3600) if self.wall_s else 0.0

@@ -50,6 +50,7 @@ COLUMNS = [
     "parallel eff.",
     "kept",
     "false keeps",
+    "2σ kept",
     "rank τ",
     "calls",
 ]
@@ -96,9 +97,16 @@ def cells(rows: list[Row]) -> list[str]:
         ),
         med([float(r.farm.kept) for r in rows], ".0f"),
         med([float(r.farm.false_keeps) for r in rows], ".0f"),
+        near(rows, 2.0),
         agreement(rows) if m.screen_fraction else "—",
         med([float(r.farm.proposer_calls) for r in rows], ".0f"),
     ]
+
+
+def near(rows: list[Row], gain: float) -> str:
+    """The share of true gains of about `gain` σ kept, over all the seeds' runs."""
+    kept, judged = (sum(n) for n in zip(*(r.farm.kept_near(gain) for r in rows), strict=True))
+    return f"{kept / judged:.0%} of {judged}" if judged else "none"
 
 
 def agreement(rows: list[Row]) -> str:

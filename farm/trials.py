@@ -41,7 +41,7 @@ def confirm_id(candidate: int, i: int, *, generation: int = 0) -> str:
 
 
 def measure_id(candidate: int, i: int) -> str:
-    """The i-th run measuring a keep merged onto the incumbent untried."""
+    """The i-th run measuring a keep afresh (the runs that won it are the luckier draws)."""
     return f"c{candidate}-measure{i}"
 
 

@@ -39,11 +39,14 @@ from farm.merge.paired import PAIRED_GAIN, PAIRED_MIN, paired_bar, paired_spread
 from farm.merge.sequential import (
     DIVERGED_SIGMAS,
     Verdict,
+    dof_of,
+    flattered,
     judge,
     keep_threshold,
     sequential,
     steady,
     threshold,
+    widened,
 )
 
 __all__ = [
@@ -63,9 +66,11 @@ __all__ = [
     "Verdict",
     "baseline",
     "class_offsets",
+    "dof_of",
     "estimate",
     "fidelity",
     "fidelity_pairs",
+    "flattered",
     "judge",
     "keep_threshold",
     "mean",
@@ -82,4 +87,5 @@ __all__ = [
     "smallest_delta",
     "steady",
     "threshold",
+    "widened",
 ]

@@ -17,7 +17,7 @@ from farm.config import MergeConfig, TargetConfig
 from farm.merge.classes import offset_error, placed
 from farm.merge.fidelity import promoted
 from farm.merge.noise import Baseline, baseline, runs_of, smallest_delta
-from farm.merge.sequential import Verdict, judge, sequential
+from farm.merge.sequential import Verdict, dof_of, judge, sequential
 from farm.records import Direction, Outcome, Trial, TrialState
 from workers.metric import missing_metric_note
 
@@ -284,6 +284,7 @@ def rebased_ruling(runs: Sequence[Trial], ref: Reference, m: MergeConfig, t: Tar
         sigma=ref.sigma,
         direction=t.direction,
         z=m.z,
+        dof=dof_of(m),
         min_delta=smallest_delta(m, ref.metric),
     )
     if verdict.passed:

@@ -262,7 +262,8 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
     """The rule's decision on a new candidate against a fresh baseline
     (`farm.merge.verdicts.screened_ruling`), its runs coming in one at a time.
 
-    Returns (kept, trials run, the estimate a keep would record as the new incumbent's metric).
+    Returns (kept, trials run, the estimate of the runs that won: the incumbent's metric
+    until its own runs measure it afresh).
     """
     base = fresh_baseline(d.base, m)
     ref = Reference(
@@ -280,7 +281,7 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
             break
         runs.append(ran(len(runs), d.confirms[len(runs) - 1]))
     assert ruling.act in (Act.KEEP, Act.DISCARD) and ruling.verdict is not None
-    # The recorded metric: the confirmations' estimate (the screen passed a gate).
+    # The estimate of all its runs, the screen included (one test judged them all).
     return ruling.act is Act.KEEP, len(runs), ruling.verdict.estimate
 
 
@@ -310,18 +311,34 @@ def in_one_campaign(m: MergeConfig, campaigns: int, candidates: int) -> tuple[li
 # -- the benchmark ---------------------------------------------------------------------------
 def settings(*axes: tuple[float, ...]) -> list[MergeConfig]:
     return [
-        MergeConfig(repeats=int(r), confirm=int(c), z=z, screen_z=s, futility_z=f, efficacy_z=e)
-        for r, c, z, s, f, e in itertools.product(*axes)
+        MergeConfig(
+            repeats=int(r),
+            confirm=int(c),
+            z=z,
+            screen_z=s,
+            futility_z=f,
+            efficacy_z=e,
+            power_z=p,
+        )
+        for r, c, z, s, f, e, p in itertools.product(*axes)
     ]
 
 
 # The alternatives issue #6 names, each with the sequential stops of the defaults.
-GRID = settings((3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,))
+GRID = settings(
+    (3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,), (MergeConfig().power_z,)
+)
 # Fixed designs, as sequential tests with no early stop: before issue #6, and #6's defaults.
-OLD_DEFAULTS = MergeConfig(repeats=3, confirm=2, z=2.0, screen_z=1.0, futility_z=-99, efficacy_z=99)
-FIXED = MergeConfig(repeats=12, confirm=3, z=1.5, screen_z=0, futility_z=-99, efficacy_z=99)
+OLD_DEFAULTS = MergeConfig(
+    repeats=3, confirm=2, z=2.0, screen_z=1.0, futility_z=-99, efficacy_z=99, power_z=99
+)
+FIXED = MergeConfig(
+    repeats=12, confirm=3, z=1.5, screen_z=0, futility_z=-99, efficacy_z=99, power_z=99
+)
 # Beyond it, searched for the cheapest sequential setting that meets both goals.
-SEARCH = settings((12,), (3, 4, 5), (1.5, 1.75), (0, 0.25, 0.5), (0, 0.5), (2.0, 2.5, 99))
+SEARCH = settings(
+    (12,), (3, 4), (1.5, 1.65), (0.25, 0.4, 0.55), (0,), (1.9, 2.2, 2.5), (1.6, 1.75, 1.9)
+)
 
 
 def check_controller(n: int) -> int:
@@ -366,17 +383,17 @@ def meets(rates: dict[float, float]) -> bool:
 
 def print_table(rows: list[tuple[MergeConfig, dict[float, float], float]]) -> None:
     print(
-        "| repeats | confirm | z | screen_z | futility_z | efficacy_z | false keep (0σ) "
-        "| keep 1σ | keep 2σ | keep 3σ | trials / no-effect cand. | both goals |"
+        "| repeats | confirm | z | screen_z | futility_z | efficacy_z | power_z "
+        "| false keep (0σ) | keep 1σ | keep 2σ | keep 3σ | trials / no-effect cand. | both goals |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
     for m, rates, cost in rows:
         mark = " **(default)**" if m == MergeConfig() else ""
         mark = " (fixed, before #6)" if m == OLD_DEFAULTS else mark
         mark = " (fixed, #6's defaults)" if m == FIXED else mark
         print(
             f"| {m.repeats} | {m.confirm} | {m.z:g} | {m.screen_z:g} | {m.futility_z:g} "
-            f"| {m.efficacy_z:g}{mark} "
+            f"| {m.efficacy_z:g} | {m.power_z:g}{mark} "
             + "".join(f"| {rates[e]:.1%} " for e in EFFECTS)
             + f"| {cost:.2f} | {'yes' if meets(rates) else ''} |"
         )
@@ -385,7 +402,7 @@ def print_table(rows: list[tuple[MergeConfig, dict[float, float], float]]) -> No
 def describe(m: MergeConfig, rates: dict[float, float], cost: float) -> str:
     return (
         f"repeats={m.repeats} confirm={m.confirm} z={m.z:g} screen_z={m.screen_z:g} "
-        f"futility_z={m.futility_z:g} efficacy_z={m.efficacy_z:g} "
+        f"futility_z={m.futility_z:g} efficacy_z={m.efficacy_z:g} power_z={m.power_z:g} "
         f"({rates[0.0]:.1%} false keeps, {rates[2.0]:.1%} at 2σ, {cost:.2f} trials per "
         "no-effect candidate)"
     )

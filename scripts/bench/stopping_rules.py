@@ -9,10 +9,11 @@ estimated from `--baseline` runs (so both are off, as in a campaign); the screen
 `[merge] confirm` confirmations at most.
 
 - gsd: farm's rule itself, `farm.merge.sequential` with farm's defaults, after each run:
-  the screen earns confirmations beyond screen_z standard errors and is then set aside (it
-  passed a gate, so it is biased); the confirmations alone are judged after each one:
-  discarded below futility_z, kept beyond efficacy_z (two or more), judged against z after
-  the last.
+  the screen earns confirmations beyond screen_z standard errors; after each confirmation
+  all the runs, the screen included, are judged: kept beyond efficacy_z, discarded below
+  futility_z or power_z standard errors short of a gain of `effect` σ, judged against z
+  after the last; every bar as a Student t's with the baseline's `repeats` − 1 degrees of
+  freedom (σ is estimated).
 - sprt (a model, not farm's code: the rule that might replace it): Wald's test of "no
   gain" against "a gain of EFFECT σ" on the mean of all runs, the screen included (the
   boundaries account for the looks): kept once the log likelihood ratio passes KEEP (never

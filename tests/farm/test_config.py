@@ -244,6 +244,7 @@ def test_every_key_has_its_help_and_the_rates_have_their_z() -> None:
         "z": "alpha",
         "screen_z": "screen_alpha",
         "efficacy_z": "efficacy_alpha",
+        "power_z": "beta",
         "paired_z": "paired_alpha",
     }
 

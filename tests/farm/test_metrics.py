@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from farm.cli import main
 from farm.config import MergeConfig, ProposerConfig
 from farm.errors import ProposerError, StoreError
+from farm.merge import dof_of, widened
 from farm.metrics import LedgerCollector, MetricsServer, RoleMetrics, serve
 from farm.progress import ClusterView
 from farm.records import (
@@ -125,10 +126,11 @@ def test_ledger_metrics_count_exactly_what_the_store_holds(
     last = store.list_decisions(c, last=1)[0]
     sigma = next(d.sigma for d in reversed(store.list_decisions(c)) if d.sigma is not None)
     assert m["farm_sigma"][one] == sigma
-    # max(min_delta, z·σ·√(1/confirm + 1/incumbent runs)) with the default z and confirm.
+    # max(min_delta, z·σ·√(1/runs + 1/incumbent runs)) with the default z as a t's with the
+    # baseline's degrees of freedom, over the screen and the default confirmations.
     d = MergeConfig()
     assert m["farm_keep_threshold"][one] == pytest.approx(
-        d.z * sigma * (1 / d.confirm + 1 / inc.runs) ** 0.5
+        widened(d.z, dof_of(d)) * sigma * (1 / (1 + d.confirm) + 1 / inc.runs) ** 0.5
     )
     assert m["farm_last_decision_timestamp_seconds"][one] == last.created_at
     finished = max(t.result.finished_at for t in trials if t.result)

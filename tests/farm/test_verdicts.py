@@ -5,10 +5,12 @@ store, no git, no controller."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from farm.config import MergeConfig
-from farm.merge import NoisePools
+from farm.merge import NoisePools, Verdict, flattered
 from farm.merge.verdicts import (
     Act,
     Reference,
@@ -104,7 +106,8 @@ def test_the_short_screen(value: float | str, others: list[float], act: Act) -> 
 
 # -- screen and confirmations --------------------------------------------------------------
 REF = Reference(metric=1.0, runs=12, sigma=0.1, offsets={"": 0.0}, counts={"": 12})
-M = MergeConfig(confirm=2, z=2.0, screen_z=0.0, efficacy_z=99, futility_z=-99)
+# A fixed design: no early stop either way (the bars: z of a t with 11 degrees of freedom).
+M = MergeConfig(confirm=2, z=2.0, screen_z=0.0, efficacy_z=99, futility_z=-99, power_z=99)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +131,47 @@ def test_a_new_candidate(values: list, act: Act, values_kept: list[float] | None
         assert ruling.values == pytest.approx(values_kept)
     if act is Act.FAIL:
         assert ruling.reason.startswith(("screening run", "confirmation run"))
+
+
+# The sequential test: every look judges all of the candidate's runs, the screen included,
+# in standard errors σ·sqrt(1/n + 1/12) of a t with 11 degrees of freedom (1.5 → 1.62).
+S = MergeConfig(confirm=3, z=1.5, screen_z=0.5, efficacy_z=2.0, futility_z=-99, power_z=1.5)
+
+
+@pytest.mark.parametrize(
+    ("values", "act", "why"),
+    [
+        ([0.96], Act.DISCARD, "the screen's 0.4σ is short of screen_z: 0.52 SE of 1.04σ"),
+        ([0.93], Act.MORE, "0.7σ earns a confirmation"),
+        ([0.9, 0.74], Act.KEEP, "1.8σ over two runs, beyond efficacy_z: 2.21 SE of 0.76σ"),
+        ([0.9, 0.8], Act.MORE, "1.5σ: not yet a keep, and not short of a 2σ gain"),
+        ([0.9, 0.98], Act.DISCARD, "0.6σ: power_z 1.62 SE short of a 2σ gain (1.24σ)"),
+        ([0.9, 0.88, 0.9], Act.MORE, "1.07σ over three: the bar short of 2σ rose to 0.95σ"),
+        ([0.9, 0.88, 0.9, 0.9], Act.KEEP, "the last look: 1.05σ beyond z, 1.62 SE of 0.58σ"),
+        ([0.9, 0.88, 0.9, 0.96], Act.DISCARD, "the last look: 0.9σ is not"),
+    ],
+)
+def test_the_sequential_test(values: list, act: Act, why: str) -> None:
+    ruling = screened_ruling(runs(*values), REF, stages=4, m=S, t=T)
+    assert ruling.act is act, why
+    if act is Act.KEEP:  # its confirmations: the screen passed a gate, σ is pooled without it
+        assert ruling.values == pytest.approx(values[1:])
+
+
+@pytest.mark.parametrize(("repeats", "act"), [(12, Act.KEEP), (3, Act.DISCARD)])
+def test_a_sigma_from_few_baseline_runs_widens_every_bar(repeats: int, act: Act) -> None:
+    # σ from 3 runs has 2 degrees of freedom: z 1.5 is a t's 2.45 there, 1.62 with 11.
+    m = dataclasses.replace(S, repeats=repeats)
+    assert screened_ruling(runs(0.9, 0.88, 0.9, 0.9), REF, stages=4, m=m, t=T).act is act
+
+
+@pytest.mark.parametrize(
+    ("delta", "bar", "measured"),
+    [(0.15, 0.1, True), (0.19, 0.1, True), (0.2, 0.1, False), (0.5, 0.1, False)],
+)
+def test_a_keep_near_its_bar_is_measured_afresh(delta: float, bar: float, measured: bool) -> None:
+    # The winner's curse flatters an estimate picked near its cut, hardly one far beyond it.
+    assert flattered(Verdict(True, 1.0 - delta, delta, bar)) is measured
 
 
 def test_a_new_candidate_before_the_baseline_is_in_only_fails() -> None:

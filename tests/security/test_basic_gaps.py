@@ -41,8 +41,10 @@ def test_a_moved_best_branch_stops_the_campaign_and_repair_puts_it_back(
         "hypothesis": "closer to 2",
         "edits": [{"path": "train.py", "search": "LR = 0.5", "replace": "LR = 1.9"}],
     }
-    # screen_z: only a real gain earns confirmations, so the attack runs once, before it.
-    target = make_target(extra_toml=BASIC + "screen_z = 3\n" + REPLAY)
+    # screen_z: only a real gain earns confirmations, so the attack runs once, before it
+    # (three baseline runs: σ from two has one degree of freedom, where z 3 is a t's 236).
+    merge = BASIC.replace("repeats = 2", "repeats = 3")
+    target = make_target(extra_toml=merge + "screen_z = 3\n" + REPLAY)
     drafts = [moving_best(target), better]
     (target / "drafts.jsonl").write_text("".join(json.dumps(d) + "\n" for d in drafts))
 
