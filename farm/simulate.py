@@ -126,6 +126,9 @@ class Landscape:
     pairs: tuple[tuple[int, int, float], ...]  # coupled knobs (i, j, v_ij)
     noise: float  # σ of one trial
     late: tuple[int, ...] = ()  # knobs whose benefit a short screen does not see
+    _losses: dict[tuple[str, bool], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def make(cls, *, constants: int, noise: float, seed: int, late: float = 0.0) -> Landscape:
@@ -159,6 +162,14 @@ class Landscape:
 
     def true_loss(self, text: str, *, short: bool = False) -> float:
         """The loss at the full budget, or (`short`) at a short screen's."""
+        # Parsed once per file content: every run of a commit, and the incumbent at every
+        # tick, read the same text (parsing it per trial was a third of a run).
+        key = (text, short)
+        if key not in self._losses:
+            self._losses[key] = self._loss(text, short=short)
+        return self._losses[key]
+
+    def _loss(self, text: str, *, short: bool) -> float:
         values = {c.name: float(c.value) for c in find_knobs(TRAIN, text)}
         if min(values.values()) <= 0:
             return math.inf

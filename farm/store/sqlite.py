@@ -152,10 +152,14 @@ class SQLiteStore(Store):
         """To this schema from v`found`. v1 -> v2: add the aggregates, the result order and
         decision kinds, from the records. v2 -> v3 rewrites no record (its new fields have
         defaults): the version alone keeps a v2 farm off the store. v3 -> v4: proposer calls
-        from the candidates (`calls_from_v3`), then the aggregates recounted."""
+        from the candidates (`calls_from_v3`), then the aggregates recounted. v4 -> v5: the
+        index of candidates by state (Redis: its sets), which a v4 store made before it had
+        none."""
         if found == 1:
             self._upgrade_v1(db)
-        self._upgrade_v3(db)
+        if found <= 3:
+            self._upgrade_v3(db)
+        _script(db, _SCHEMA_V4)
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _upgrade_v3(self, db: sqlite3.Connection) -> None:
