@@ -59,6 +59,7 @@ from farm.records import (
     TrialResult,
     TrialState,
 )
+from farm.store import Store
 from farm.store.sqlite import SQLiteStore
 from proposer.knobs import find_knobs
 from proposer.mutate import MutateProposer
@@ -354,7 +355,7 @@ class _Running:
 class Simulation:
     """One campaign on a virtual clock. `run` returns what happened."""
 
-    def __init__(self, model: SimModel, store_dir: Path) -> None:
+    def __init__(self, model: SimModel, store_dir: Path, *, store: Store | None = None) -> None:
         self.model = model
         self.land = Landscape.make(
             constants=model.constants, noise=model.noise, seed=model.seed, late=model.late
@@ -362,7 +363,8 @@ class Simulation:
         self.start_text = self.land.train_py()
         self.start_loss = self.land.true_loss(self.start_text)
         self.cfg = sim_config(model)
-        self.store = SQLiteStore(store_dir / f"sim-{model.slots}-{model.seed}.db")
+        # A store of its own (SQLite), or one given (scripts/bench/ledger_growth.py: Redis).
+        self.store = store or SQLiteStore(store_dir / f"sim-{model.slots}-{model.seed}.db")
         self.store.create_campaign(
             Campaign(id=CAMPAIGN, target="", start_sha=START_SHA, config=self.cfg.to_dict()),
             Incumbent(sha=START_SHA, files={TRAIN: self.start_text}),
