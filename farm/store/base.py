@@ -131,9 +131,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
-        """Candidates by id, optionally only those in `states`."""
+        """Candidates by id, optionally only those in `states` and those with an id above
+        `after` (what was added since a reader last looked)."""
 
     def is_quiet(self, campaign_id: str, *, waiting: set[CandidateState]) -> bool:
         """The baseline is measured, no trial is queued or running and no candidate is in

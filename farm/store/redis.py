@@ -444,25 +444,30 @@ class RedisStore(Store):
         return Candidate.from_dict(json.loads(raw)) if raw else None
 
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
         keys = _Keys(campaign_id)
-        if states is None:
+        if states is None and not after:
             rows = self._call(lambda: self._r.hgetall(keys.candidates))
             return [Candidate.from_dict(json.loads(rows[k])) for k in sorted(rows, key=int)]
-
-        # A step asks for the few running or queued among thousands decided: their ids from
-        # the sets of those states, then only their records.
-        if not states:
+        if states is not None and not states:
             return []
 
+        # A step asks for the few running or queued among thousands decided: their ids from
+        # the sets of those states, then only their records; a reader catching up, the ids
+        # handed out since it last looked.
         def read() -> list[str | None]:
-            ids = sorted(self._r.sunion([keys.candidates_in(s) for s in states]), key=int)
+            if states is None:
+                last = int(cast(str | None, self._r.get(keys.candidate_seq)) or 0)
+                ids = [str(i) for i in range(after + 1, last + 1)]
+            else:
+                found = self._r.sunion([keys.candidates_in(s) for s in states])
+                ids = sorted((i for i in found if int(i) > after), key=int)
             return cast(list[str | None], self._r.hmget(keys.candidates, ids)) if ids else []
 
         cands = [Candidate.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
         # A candidate that moved on between the two reads is in the state it moved to.
-        return [c for c in cands if c.state in states]
+        return [c for c in cands if states is None or c.state in states]
 
     def _index_states(self, campaign_id: str) -> None:
         """The sets of candidates by state, built from the records (an upgrade to v5)."""

@@ -354,19 +354,17 @@ class SQLiteStore(Store):
         return Candidate.from_dict(json.loads(rows[0][0])) if rows else None
 
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
-        if states is None:
-            rows = self._read(
-                "SELECT data FROM candidates WHERE campaign = ? ORDER BY id", (campaign_id,)
-            )
-        else:  # a step asks for the few running or queued among thousands decided
+        sql, args = (
+            "SELECT data FROM candidates WHERE campaign = ? AND id > ?",
+            [campaign_id, after],
+        )
+        if states is not None:  # a step asks for the few running or queued among thousands
             wanted = sorted(s.value for s in states)
-            rows = self._read(
-                "SELECT data FROM candidates WHERE campaign = ? AND state IN "
-                f"({', '.join('?' * len(wanted))}) ORDER BY id",
-                (campaign_id, *wanted),
-            )
+            sql += f" AND state IN ({', '.join('?' * len(wanted))})"
+            args += wanted
+        rows = self._read(sql + " ORDER BY id", tuple(args))
         return [Candidate.from_dict(json.loads(data)) for (data,) in rows]
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:

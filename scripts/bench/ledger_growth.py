@@ -1,17 +1,17 @@
 """Costs as the ledger grows: what one decision costs the controller, and one proposer call
-its context, at 250, 1,000, 2,000 … candidates, on SQLite and Redis.
+its context, at 250, 1,000, 2,000 … candidates decided, on SQLite and Redis.
 
-    .venv/bin/python scripts/bench/ledger_growth.py [--at 250,1000,2000] [--stores sqlite,redis]
+    .venv/bin/python scripts/bench/ledger_growth.py [--at 100,250,500,1000] [--stores sqlite,redis]
 
 A `farm simulate` campaign (the real controller, Feeder and mutate proposer on a virtual
-clock; 64 slots, batches of 16, a 512-knob target and no target loss, so it runs until
+clock; 64 slots, batches of 16, a 256-knob target and no target loss, so it runs until
 the last candidate) is driven to the largest count, with every `Controller.step`,
 every proposer context (`build_context`) and every `figures.line` timed where it runs.
-Each row is the window of candidates just below its count (the last tenth of it, printed
-as the ledger passes it): the controller's time in that window ÷ the decisions made in
-it, its time per step, and the mean context and line call. A cost that stays flat as the
-ledger grows has the same figure in every row. Redis: a database of its own, flushed
-before and after (--redis-url).
+Each row is the window of decided candidates just below its count (the last tenth of
+it, printed as the ledger passes it): the controller's time in that window ÷ the
+decisions made in it, its time per step, and the mean context and line call. A cost that
+stays flat as the ledger grows has the same figure in every row. Redis: a database of its
+own, flushed before and after (--redis-url).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class Timings:
 
 
 def candidates(sim: Simulation) -> int:
+    """The ledger's size: candidates decided after running (rejected drafts never ran)."""
     counts = sim.store.count_candidates("sim")
-    return sum(counts.values()) - counts[CandidateState.REJECTED]
+    return sum(n for s, n in counts.items() if s.is_finished() and s is not CandidateState.REJECTED)
 
 
 def run(model: SimModel, store_url: str | None, report: Callable[[Timings, int], None]) -> Timings:
@@ -97,10 +98,10 @@ def ms(x: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--at", default="250,1000,2000", help="candidate counts to report")
+    ap.add_argument("--at", default="100,250,500,1000", help="candidate counts to report")
     ap.add_argument("--stores", default="sqlite,redis")
     ap.add_argument("--redis-url", default=REDIS_URL, help="a database of its own (flushed)")
-    ap.add_argument("--constants", type=int, default=512)
+    ap.add_argument("--constants", type=int, default=256)
     ap.add_argument("--slots", type=int, default=64)
     args = ap.parse_args()
     at = [int(x) for x in args.at.split(",")]
