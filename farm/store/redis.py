@@ -461,7 +461,7 @@ class RedisStore(Store):
                 last = int(cast(str | None, self._r.get(keys.candidate_seq)) or 0)
                 ids = [str(i) for i in range(after + 1, last + 1)]
             else:
-                found = self._r.sunion([keys.candidates_in(s) for s in states])
+                found = cast(set[str], self._r.sunion([keys.candidates_in(s) for s in states]))
                 ids = sorted((i for i in found if int(i) > after), key=int)
             return cast(list[str | None], self._r.hmget(keys.candidates, ids)) if ids else []
 
