@@ -10,8 +10,9 @@ every proposer context (`build_context`) and every `figures.line` timed where it
 Each row is the window of decided candidates just below its count (the last tenth of
 it, printed as the ledger passes it): the controller's time in that window ÷ the
 decisions made in it, its time per step, and the mean context and line call. A cost that
-stays flat as the ledger grows has the same figure in every row. Redis: a database of its
-own, flushed before and after (--redis-url).
+stays flat as the ledger grows has the same figure in every row. Times are this process's
+CPU time (a shared machine's load does not count; the Redis server's own work does not
+either). Redis: a database of its own, flushed before and after (--redis-url).
 """
 
 from __future__ import annotations
@@ -60,17 +61,17 @@ def run(model: SimModel, store_url: str | None, report: Callable[[Timings, int],
         step, context, line = sim.controller.step, propose.build_context, figures.line
 
         def timed_step(**kw: Any) -> list[Any]:
-            n, t0 = candidates(sim), time.perf_counter()
+            n, t0 = candidates(sim), time.process_time()
             made = step(**kw)
-            got.steps.append((n, time.perf_counter() - t0, len(made)))
+            got.steps.append((n, time.process_time() - t0, len(made)))
             report(got, n)
             return made
 
         def timed(fn: Callable[..., Any], into: list[tuple[int, float]]) -> Callable[..., Any]:
             def call(*a: Any, **kw: Any) -> Any:
-                n, t0 = candidates(sim), time.perf_counter()
+                n, t0 = candidates(sim), time.process_time()
                 out = fn(*a, **kw)
-                into.append((n, time.perf_counter() - t0))
+                into.append((n, time.process_time() - t0))
                 return out
 
             return call
@@ -119,7 +120,7 @@ def main() -> None:
     )
     print(
         "| store | candidates | controller ms / decision | ms / step | context ms / call "
-        "| line ms / call | s so far |"
+        "| line ms / call | CPU s so far |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.stores.split(","):
@@ -130,16 +131,16 @@ def bench(kind: str, url: str | None, model: SimModel, at: list[int]) -> None:
     """One store's rows, each printed as the ledger passes its count."""
     if url:
         redis.Redis.from_url(url).flushdb()
-    started = time.perf_counter()
+    started = time.process_time()
     left = list(at)
 
     def report(got: Timings, n: int) -> None:
         while left and n > left[0]:
-            row(kind, left.pop(0), got, time.perf_counter() - started)
+            row(kind, left.pop(0), got, time.process_time() - started)
 
     got = run(model, url, report)
     for n in left:
-        row(kind, n, got, time.perf_counter() - started)
+        row(kind, n, got, time.process_time() - started)
     if url:
         redis.Redis.from_url(url).flushdb()
 
