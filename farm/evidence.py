@@ -147,7 +147,13 @@ class Evidence:
         offsets = self.offsets()
         if not offsets:
             return ""
+        if len(offsets) == 1:  # every run that counts is on it: no lineage to walk
+            return next(iter(offsets))
+        seen: set[str] = set()
         while sha not in self._classes:
+            if sha in seen:  # the store refuses such keeps: only a damaged ledger loops
+                raise ValueError(f"the incumbents' lineage loops at {sha[:10]}")
+            seen.add(sha)
             if sha == self.start_sha:
                 base = self.baseline()
                 assert base is not None  # offsets come from it

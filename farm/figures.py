@@ -33,33 +33,42 @@ class Step:
         return self.runs == 0
 
 
-def line(store: Store, camp: Campaign, kept: list[Decision], inc: Incumbent) -> list[Step]:
+def line(
+    store: Store,
+    camp: Campaign,
+    kept: list[Decision],
+    inc: Incumbent,
+    *,
+    evidence: Evidence | None = None,
+) -> list[Step]:
     """The incumbents in order, from the start commit (once the baseline is in) to `inc`,
-    each at its value as the rule has it now. `kept`: the campaign's keep decisions."""
+    each at its value as the rule has it now. `kept`: the campaign's keep decisions.
+    `evidence`: one kept across calls (`evidence_of`), so that what cannot change (finished
+    runs, keep decisions) is read once, not once per keep and call."""
     if camp.baseline_metric is None:
         return []
     steps = [Step(camp.created_at, None, camp.baseline_metric, camp.baseline_runs)]
-    evidence: Evidence | None = None
+    # The few reverted by index, not every keep's record with its files.
+    reverted = {c.id for c in store.list_candidates(camp.id, {CandidateState.REVERTED})}
     for d in kept:
-        if d.kind is not DecisionKind.KEPT:
-            continue
-        cand = store.get_candidate(camp.id, d.candidate_id)
-        if cand is None or cand.state is CandidateState.REVERTED:
+        if d.kind is not DecisionKind.KEPT or d.candidate_id in reverted:
             continue
         if d.incumbent_after == inc.sha and inc.metric is not None:
             value, runs = inc.metric, inc.runs
         else:
-            if evidence is None:
-                cfg = stored_config(camp.config)
-                evidence = Evidence(
-                    store=store, cfg=cfg, campaign=camp.id, start_sha=camp.start_sha
-                )
+            evidence = evidence or evidence_of(store, camp)
             was = evidence.estimate_of(d.incumbent_after, camp)
             if was.metric is None:
                 continue
             value, runs = was.metric, was.runs
         steps.append(Step(d.created_at, d.candidate_id, value, runs))
     return steps
+
+
+def evidence_of(store: Store, camp: Campaign) -> Evidence:
+    """The evidence of a campaign as its stored config has it (what `line` reads)."""
+    cfg = stored_config(camp.config)
+    return Evidence(store=store, cfg=cfg, campaign=camp.id, start_sha=camp.start_sha)
 
 
 def sigma_in_force(camp: Campaign, stats: CampaignStats) -> float | None:

@@ -31,9 +31,11 @@ from typing import Any
 from farm import figures
 from farm.config import TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
+from farm.evidence import Evidence
 from farm.merge import dof_of, keep_threshold, smallest_delta, threshold
 from farm.processes import gone_here, process_id
 from farm.records import (
+    CANDIDATE_MOVES,
     CallState,
     Candidate,
     CandidateState,
@@ -71,23 +73,89 @@ BASELINE_POLL_S = 0.5
 STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
 
 
-def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> ProposalContext:
-    """The proposer's view of the campaign, from the store alone."""
+# A candidate read in one of these states is kept as read (records.CANDIDATE_MOVES): no move
+# leaves them but a keep's to reverted, and the few reverted are re-read by their index.
+SETTLED = frozenset(s for s in CandidateState if not CANDIDATE_MOVES[s]) | {CandidateState.KEPT}
+REREAD = (set(CandidateState) - SETTLED) | {CandidateState.REVERTED}
+
+
+@dataclass
+class LedgerMemo:
+    """What `build_context` read on earlier calls and cannot change, so that a call reads
+    what changed since (the candidates still in play, those added) rather than the whole
+    ledger with every candidate's files: a call's cost stays flat as the ledger grows."""
+
+    settled: dict[int, Candidate] = field(default_factory=dict)  # files dropped
+    fingerprints: dict[int, str] = field(default_factory=dict)  # of their files
+    seen: int = 0  # the highest candidate id read
+    missing: set[int] = field(default_factory=set)  # ids up to `seen` not found (yet)
+    moving: set[int] = field(default_factory=set)  # last read in a state that can move
+    evidence: Evidence | None = None  # for figures.line
+    # The trials of settled candidates once all have finished (files dropped).
+    finished: dict[int, list[Trial]] = field(default_factory=dict)
+
+    def trials_of(self, store: Store, campaign_id: str, cid: int) -> list[Trial]:
+        """A candidate's trials; those of a settled one read once all have finished."""
+        if cid in self.finished:
+            return self.finished[cid]
+        trials = store.list_trials(campaign_id, candidate_id=cid)
+        if cid in self.settled and all(t.state.is_finished() for t in trials):
+            self.finished[cid] = [dataclasses.replace(t, files={}) for t in trials]
+        return trials
+
+    def candidates(self, store: Store, campaign_id: str) -> list[Candidate]:
+        """Every candidate of the campaign, in id order, as the store holds it now."""
+        read = store.list_candidates(campaign_id, after=self.seen)
+        top = max((c.id for c in read), default=self.seen)
+        self.missing |= set(range(self.seen + 1, top + 1)) - {c.id for c in read}
+        self.seen = top
+        read += store.list_candidates(campaign_id, REREAD)
+        # Those that left a moving state since the last call, and ids handed out and not
+        # yet written when it looked.
+        ids = {c.id for c in read}
+        for cid in sorted((self.moving | self.missing) - ids):
+            found = store.get_candidate(campaign_id, cid)
+            if found is not None:
+                read.append(found)
+        latest = {c.id: c for c in read}  # the later read of a candidate read twice
+        self.missing -= latest.keys()
+        self.moving = {cid for cid, c in latest.items() if c.state not in SETTLED}
+        for c in latest.values():
+            was = self.settled.get(c.id)
+            if was is None or was.state is not c.state:  # new, moving, or a keep reverted
+                self.fingerprints[c.id] = files_fingerprint(c.files) if c.files else ""
+            if c.state in SETTLED:
+                self.settled[c.id] = dataclasses.replace(c, files={})
+        return sorted([*self.settled.values(), *(latest[i] for i in self.moving)], key=_id)
+
+
+def _id(c: Candidate) -> int:
+    return c.id
+
+
+def build_context(
+    store: Store, cfg: TargetConfig, campaign_id: str, memo: LedgerMemo | None = None
+) -> ProposalContext:
+    """The proposer's view of the campaign, from the store alone. `memo`: one kept across
+    calls (the Feeder's), so each reads only what changed since the last."""
+    memo = memo or LedgerMemo()
     camp = store.get_campaign(campaign_id)
     assert camp is not None
     inc = store.get_incumbent(campaign_id)
     decisions = store.list_decisions(campaign_id)  # in the order they were made
     decided = {d.candidate_id: d for d in decisions}
-    cands = store.list_candidates(campaign_id)
+    cands = memo.candidates(store, campaign_id)
     # Trials only for what the prompt shows in detail: the latest decisions that measured
     # something (rejected drafts never ran), superseded winners, and what is running now.
     measured = [d for d in decisions if d.kind is not DecisionKind.REJECTED]
     detailed = {d.candidate_id for d in measured[-DETAILED:]}
     detailed |= {c.id for c in cands if c.state is CandidateState.RUNNING}
     detailed |= {d.candidate_id for d in decisions if d.kind is DecisionKind.SUPERSEDED}
-    trials = {cid: store.list_trials(campaign_id, candidate_id=cid) for cid in sorted(detailed)}
+    trials = {cid: memo.trials_of(store, campaign_id, cid) for cid in sorted(detailed)}
     # The incumbents at their values now: a keep's measured value, reverted keeps out.
-    line = {step.candidate_id: step for step in figures.line(store, camp, decisions, inc)}
+    memo.evidence = memo.evidence or figures.evidence_of(store, camp)
+    steps = figures.line(store, camp, decisions, inc, evidence=memo.evidence)
+    line = {step.candidate_id: step for step in steps}
     history = []
     for c in cands:
         d = decided.get(c.id)
@@ -129,8 +197,8 @@ def build_context(store: Store, cfg: TargetConfig, campaign_id: str) -> Proposal
     unjudged = {CandidateState.REJECTED, CandidateState.SUPERSEDED}
     seen_files: dict[str, int] = {}
     for c in cands:
-        if c.files and c.state not in unjudged:
-            seen_files.setdefault(files_fingerprint(c.files), c.id)
+        if memo.fingerprints[c.id] and c.state not in unjudged:
+            seen_files.setdefault(memo.fingerprints[c.id], c.id)
     baseline = [store.get_trial(campaign_id, i) for i in baseline_ids(cfg.merge.repeats)]
     return ProposalContext(
         campaign=campaign_id,
@@ -427,6 +495,7 @@ class Feeder:
     _failed: int = 0  # consecutive batches with no usable draft
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _holds: dict[str, ProposerCall] = field(default_factory=dict)  # this process's calls in flight
+    _ledger: LedgerMemo = field(default_factory=LedgerMemo)  # what build_context read before
 
     def start(self) -> None:
         """Finish what a killed proposer left (before anyone asks whether this one is `done`:
@@ -566,7 +635,7 @@ class Feeder:
     def deliver(self, n: int) -> BatchOutcome:
         """One batch: the proposer records its drafts in the store as they arrive."""
         self._settle_stale()
-        ctx = build_context(self.store, self.cfg, self.campaign)
+        ctx = build_context(self.store, self.cfg, self.campaign, self._ledger)
         book = self._book(ctx, batch_size=n)
         started = time.time()
         try:
@@ -588,7 +657,7 @@ class Feeder:
     def ask(self, n: int) -> ProposalBatch:
         """Call the proposer backend on the campaign as the store holds it now, without
         recording (`farm simulate` records the batch when its virtual call returns)."""
-        ctx = build_context(self.store, self.cfg, self.campaign)
+        ctx = build_context(self.store, self.cfg, self.campaign, self._ledger)
         started = time.time()
         drafts = self.proposer.propose(ctx, n)
         for d in drafts:

@@ -59,6 +59,7 @@ from farm.records import (
     TrialResult,
     TrialState,
 )
+from farm.store import Store
 from farm.store.sqlite import SQLiteStore
 from proposer.knobs import find_knobs
 from proposer.mutate import MutateProposer
@@ -126,6 +127,9 @@ class Landscape:
     pairs: tuple[tuple[int, int, float], ...]  # coupled knobs (i, j, v_ij)
     noise: float  # σ of one trial
     late: tuple[int, ...] = ()  # knobs whose benefit a short screen does not see
+    _losses: dict[tuple[str, bool], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def make(cls, *, constants: int, noise: float, seed: int, late: float = 0.0) -> Landscape:
@@ -159,6 +163,14 @@ class Landscape:
 
     def true_loss(self, text: str, *, short: bool = False) -> float:
         """The loss at the full budget, or (`short`) at a short screen's."""
+        # Parsed once per file content: every run of a commit, and the incumbent at every
+        # tick, read the same text (parsing it per trial was a third of a run).
+        key = (text, short)
+        if key not in self._losses:
+            self._losses[key] = self._loss(text, short=short)
+        return self._losses[key]
+
+    def _loss(self, text: str, *, short: bool) -> float:
         values = {c.name: float(c.value) for c in find_knobs(TRAIN, text)}
         if min(values.values()) <= 0:
             return math.inf
@@ -356,7 +368,7 @@ class _Running:
 class Simulation:
     """One campaign on a virtual clock. `run` returns what happened."""
 
-    def __init__(self, model: SimModel, store_dir: Path) -> None:
+    def __init__(self, model: SimModel, store_dir: Path, *, store: Store | None = None) -> None:
         self.model = model
         self.land = Landscape.make(
             constants=model.constants, noise=model.noise, seed=model.seed, late=model.late
@@ -364,7 +376,8 @@ class Simulation:
         self.start_text = self.land.train_py()
         self.start_loss = self.land.true_loss(self.start_text)
         self.cfg = sim_config(model)
-        self.store = SQLiteStore(store_dir / f"sim-{model.slots}-{model.seed}.db")
+        # A store of its own (SQLite), or one given (scripts/bench/ledger_growth.py: Redis).
+        self.store = store or SQLiteStore(store_dir / f"sim-{model.slots}-{model.seed}.db")
         self.store.create_campaign(
             Campaign(id=CAMPAIGN, target="", start_sha=START_SHA, config=self.cfg.to_dict()),
             Incumbent(sha=START_SHA, files={TRAIN: self.start_text}),

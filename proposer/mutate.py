@@ -37,17 +37,25 @@ class MutateProposer(Proposer):
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        # The plan of the files last asked about, each mutation's edits and their hash once
+        # made: the incumbent changes at a keep, not at every call, and late in a campaign
+        # most of the plan has been tried (each call walked it all again, parsing the file).
+        self._planned_for: tuple[object, ...] = ()
+        self._planned: list[_Mutation] = []
+        self._made: dict[int, tuple[list[Edit], str]] = {}
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
         skip = set(ctx.seen_hashes) | _reverts_of_kept(ctx.history)
         batch_id = f"mutate-{uuid.uuid4().hex[:8]}"
         drafts: list[Draft] = []
-        for m in self._plan(ctx.files, ctx.editable, ctx.frozen):
+        for i, m in enumerate(self._plan_of(ctx.files, ctx.editable, ctx.frozen)):
             if len(drafts) >= n:
                 break
             k = m.knob
-            edits = knob_edits(ctx.files[k.path], [(k, m.literal)])
-            digest = edit_hash(edits)
+            if i not in self._made:
+                made = knob_edits(ctx.files[k.path], [(k, m.literal)])
+                self._made[i] = (made, edit_hash(made))
+            edits, digest = self._made[i]
             if digest in skip:
                 continue
             skip.add(digest)
@@ -55,7 +63,7 @@ class MutateProposer(Proposer):
                 Draft(
                     title=f"{k.name} {k.literal} → {m.literal}",
                     hypothesis=m.description,
-                    edits=edits,
+                    edits=list(edits),
                     proposer=self.name,
                     strategy="one-constant",
                     batch_id=batch_id,
@@ -74,6 +82,16 @@ class MutateProposer(Proposer):
             "`# farm: frozen` lines; make the hyperparameters such numbers, list the file that "
             "holds them in `editable`, or use another proposer"
         )
+
+    def _plan_of(
+        self, files: dict[str, str], editable: list[str], frozen: list[str]
+    ) -> list[_Mutation]:
+        """`_plan`, made once per content of the files."""
+        key = (tuple(sorted(files.items())), tuple(editable), tuple(frozen))
+        if key != self._planned_for:
+            self._planned_for, self._planned = key, list(self._plan(files, editable, frozen))
+            self._made = {}
+        return self._planned
 
     def _plan(
         self, files: dict[str, str], editable: list[str], frozen: list[str]

@@ -14,6 +14,7 @@ run cannot carry a decision either way. All arithmetic stays finite-safe: a metr
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -94,9 +95,9 @@ class Baseline:
     values: list[float]  # their metrics, each less its class's offset
     classes: list[str]  # their hardware classes
 
-    @property
+    @functools.cached_property
     def counts(self) -> dict[str, int]:
-        """Runs summarised per hardware class."""
+        """Runs summarised per hardware class (asked for every candidate at every step)."""
         return dict(collections.Counter(self.classes))
 
     def describe(self, metric: str) -> str:
@@ -179,12 +180,17 @@ class NoisePools:
         self._ss: dict[str, float] = {}
         self._dof: dict[str, int] = {}
         self._added: set[str] = set()
+        # σ by incumbent, asked for every candidate at every step: a walk down the lineage
+        # each (keeps rarely have the baseline's degrees of freedom), so kept until a run
+        # is added.
+        self._sigmas: dict[str, float] = {}
 
     def add(self, sha: str, values: list[float], *, key: str) -> None:
         """Runs of one commit at incumbent `sha`'s level; a second add of `key` is ignored."""
         if key in self._added or len(values) < 2:
             return
         self._added.add(key)
+        self._sigmas.clear()
         out = outlying(values)
         values = [v for i, v in enumerate(values) if i not in out]
         m = mean(values)
@@ -195,6 +201,11 @@ class NoisePools:
         """σ at `sha`; `parent` names the incumbent each keep replaced. The baseline's may
         be 0 (a deterministic target). Walks the lineage without recursion (a campaign may
         chain thousands of keeps); a lineage that loops is refused."""
+        if sha not in self._sigmas:
+            self._sigmas[sha] = self._walk(sha, parent)
+        return self._sigmas[sha]
+
+    def _walk(self, sha: str, parent: Callable[[str], str]) -> float:
         chain: list[str] = []
         seen: set[str] = set()
         while sha != self.start and not self._own(sha):

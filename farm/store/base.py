@@ -34,7 +34,8 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
   `preflight` and `short` and the trial fields `reference`, `partner` and `prefer`, which a
   v2 farm cannot read) or v3 (before the trial kind `measure`, the candidate state `reverted`
   and proposer calls: a call in flight was a candidate in
-  state `proposing` holding `reserved_usd`) is upgraded in place when opened (v1's
+  state `proposing` holding `reserved_usd`) or v4 (before candidates were indexed by state)
+  is upgraded in place when opened (v1's
   aggregates recounted once; v3's holds become lost calls at their worst case, and every
   paid draft a call of its own carrying its cost, then the aggregates are recounted; stop
   every process of the older farm first: from then on it refuses the store). Any other
@@ -65,8 +66,8 @@ from farm.records import (
 )
 from farm.store.stats import CampaignStats
 
-SCHEMA_VERSION = 4
-UPGRADABLE_FROM = (1, 2, 3)  # upgraded in place on open (see Versions above)
+SCHEMA_VERSION = 5
+UPGRADABLE_FROM = (1, 2, 3, 4)  # upgraded in place on open (see Versions above)
 
 CLAIM_WINDOW = 64  # queued trials a claim with `hold` looks through, beyond the n it takes
 # Claim order: trials that decide a candidate already in progress go before new screens
@@ -134,9 +135,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
-        """Candidates by id, optionally only those in `states`."""
+        """Candidates by id, optionally only those in `states` and those with an id above
+        `after` (what was added since a reader last looked)."""
 
     def is_quiet(self, campaign_id: str, *, waiting: set[CandidateState]) -> bool:
         """The baseline is measured, no trial is queued or running and no candidate is in

@@ -16,6 +16,7 @@ Keys (one campaign's all live under `farm:<campaign>:`, see `_Keys`):
     farm:<c>:incumbent                hash     sha, data (Incumbent JSON)
     farm:<c>:candidate_seq            counter  the last candidate id handed out
     farm:<c>:candidates               hash     candidate id -> Candidate JSON
+    farm:<c>:candidates:<state>       set      ids of the candidates in that state (schema v5)
     farm:<c>:trials                   list     trial ids in creation order (position = seq)
     farm:<c>:trial:<id>               hash     data (Trial JSON as enqueued), kind, state,
                                                worker, lease_expires, deliveries, qscore,
@@ -121,6 +122,7 @@ class _Keys:
         self.calls = p + "calls"
         self.lease = p + "lease"
         self._candidate_trials = p + "candidate_trials:"
+        self.candidates_in_prefix = p + "candidates:"
         self._decisions_of = p + "decisions:"
 
     def trial(self, trial_id: str) -> str:
@@ -131,6 +133,9 @@ class _Keys:
 
     def decisions_of(self, kind: str) -> str:
         return self._decisions_of + kind
+
+    def candidates_in(self, state: CandidateState) -> str:
+        return self.candidates_in_prefix + state.value
 
 
 def _redacted(url: str) -> str:
@@ -235,8 +240,9 @@ class RedisStore(Store):
         aggregates, recounted from the records. v2 -> v3 rewrites no record (its new fields
         have defaults; a queued trial without `prefer` prefers no class): the version alone
         keeps a v2 farm off the store. v3 -> v4: proposer calls from the candidates
-        (`calls_from_v3`), the aggregates recounted. One process does it (the others wait);
-        redone whole if it dies."""
+        (`calls_from_v3`), the aggregates recounted. v4 -> v5: the sets of candidates by
+        state, from the records. One process does it (the others wait); redone whole if it
+        dies."""
         token = uuid.uuid4().hex
         deadline = time.time() + UPGRADE_WAIT_S
         while not self._r.set(UPGRADE_KEY, token, nx=True, ex=int(UPGRADE_WAIT_S)):
@@ -252,7 +258,9 @@ class RedisStore(Store):
             for camp in self.list_campaigns():
                 if found == 1:
                     self._upgrade_campaign(camp)
-                self._upgrade_v3(camp)
+                if found <= 3:
+                    self._upgrade_v3(camp)
+                self._index_states(camp.id)
             self._r.hset(META_KEY, "schema_version", SCHEMA_VERSION)
         finally:
             self._r.delete(UPGRADE_KEY)
@@ -411,9 +419,8 @@ class RedisStore(Store):
             json.dumps(candidate.to_dict()),
             stats.candidate_upkeep(candidate).to_json(),
         ]
-        if not self._call(
-            lambda: self._add_candidate(keys=[keys.candidates, keys.stats], args=args)
-        ):
+        script_keys = [keys.candidates, keys.stats, keys.candidates_in(candidate.state)]
+        if not self._call(lambda: self._add_candidate(keys=script_keys, args=args)):
             raise StoreError(
                 f"candidate {candidate.id} of campaign {candidate.campaign!r} already exists "
                 f"in {self.url}: take ids from next_candidate_id"
@@ -426,6 +433,7 @@ class RedisStore(Store):
             json.dumps(candidate.to_dict()),
             candidate.state.value,
             stats.candidate_key(""),
+            keys.candidates_in_prefix,
             *(s.value for s in CandidateState if s.may_become(candidate.state)),
         ]
         done, was = self._call(
@@ -439,11 +447,40 @@ class RedisStore(Store):
         return Candidate.from_dict(json.loads(raw)) if raw else None
 
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
-        rows = self._call(lambda: self._r.hgetall(_Keys(campaign_id).candidates))
-        cands = [Candidate.from_dict(json.loads(rows[k])) for k in sorted(rows, key=int)]
+        keys = _Keys(campaign_id)
+        if states is None and not after:
+            rows = self._call(lambda: self._r.hgetall(keys.candidates))
+            return [Candidate.from_dict(json.loads(rows[k])) for k in sorted(rows, key=int)]
+        if states is not None and not states:
+            return []
+
+        # A step asks for the few running or queued among thousands decided: their ids from
+        # the sets of those states, then only their records; a reader catching up, the ids
+        # handed out since it last looked.
+        def read() -> list[str | None]:
+            if states is None:
+                last = int(cast(str | None, self._r.get(keys.candidate_seq)) or 0)
+                ids = [str(i) for i in range(after + 1, last + 1)]
+            else:
+                found = cast(set[str], self._r.sunion([keys.candidates_in(s) for s in states]))
+                ids = sorted((i for i in found if int(i) > after), key=int)
+            return cast(list[str | None], self._r.hmget(keys.candidates, ids)) if ids else []
+
+        cands = [Candidate.from_dict(json.loads(raw)) for raw in self._call(read) if raw]
+        # A candidate that moved on between the two reads is in the state it moved to.
         return [c for c in cands if states is None or c.state in states]
+
+    def _index_states(self, campaign_id: str) -> None:
+        """The sets of candidates by state, built from the records (an upgrade to v5)."""
+        keys = _Keys(campaign_id)
+        raw = cast(dict[str, str], self._r.hgetall(keys.candidates))
+        with self._r.pipeline() as pipe:
+            pipe.delete(*(keys.candidates_in(s) for s in CandidateState))
+            for cid, data in raw.items():
+                pipe.sadd(keys.candidates_in(CandidateState(json.loads(data)["state"])), cid)
+            pipe.execute()
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         names = [stats.candidate_key(s) for s in CandidateState]

@@ -48,12 +48,14 @@ if cur[2] == ARGV[3] then return 1 end
 return 0
 """
 
-# KEYS: candidates (or calls), stats. ARGV: record id, JSON, upkeep. One record per id.
+# KEYS: candidates (or calls), stats[, the candidates of its state]. ARGV: record id, JSON,
+# upkeep. One record per id.
 ADD_RECORD = (
     UPKEEP
     + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 upkeep(KEYS[2], ARGV[3])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
 return 1
 """
 )
@@ -71,14 +73,16 @@ return 1
 )
 
 # KEYS: candidates, stats. ARGV: candidate id, JSON, its state, the field prefix of candidate
-# states, then the states it may move from. Updating a missing candidate changes nothing;
-# a move from any other state is refused: {-1, the state it is in}.
+# states, the key prefix of the candidates by state, then the states it may move from.
+# Updating a missing candidate changes nothing; a move from any other state is refused:
+# {-1, the state it is in}. A move takes the candidate from its old state's set to its new
+# one's in the same step, so the sets always agree with the records.
 UPDATE_CANDIDATE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return {0, ''} end
 local was = cjson.decode(old).state
 local allowed = false
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == was then allowed = true end
 end
 if not allowed then return {-1, was} end
@@ -86,6 +90,8 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if was ~= ARGV[3] then
   redis.call('HINCRBYFLOAT', KEYS[2], ARGV[4] .. was, -1)
   redis.call('HINCRBYFLOAT', KEYS[2], ARGV[4] .. ARGV[3], 1)
+  redis.call('SREM', ARGV[5] .. was, ARGV[1])
+  redis.call('SADD', ARGV[5] .. ARGV[3], ARGV[1])
 end
 return {1, was}
 """

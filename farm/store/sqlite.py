@@ -152,10 +152,14 @@ class SQLiteStore(Store):
         """To this schema from v`found`. v1 -> v2: add the aggregates, the result order and
         decision kinds, from the records. v2 -> v3 rewrites no record (its new fields have
         defaults): the version alone keeps a v2 farm off the store. v3 -> v4: proposer calls
-        from the candidates (`calls_from_v3`), then the aggregates recounted."""
+        from the candidates (`calls_from_v3`), then the aggregates recounted. v4 -> v5: the
+        index of candidates by state (Redis: its sets), which a v4 store made before it had
+        none."""
         if found == 1:
             self._upgrade_v1(db)
-        self._upgrade_v3(db)
+        if found <= 3:
+            self._upgrade_v3(db)
+        _script(db, _SCHEMA_V4)
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _upgrade_v3(self, db: sqlite3.Connection) -> None:
@@ -350,19 +354,17 @@ class SQLiteStore(Store):
         return Candidate.from_dict(json.loads(rows[0][0])) if rows else None
 
     def list_candidates(
-        self, campaign_id: str, states: set[CandidateState] | None = None
+        self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
-        if states is None:
-            rows = self._read(
-                "SELECT data FROM candidates WHERE campaign = ? ORDER BY id", (campaign_id,)
-            )
-        else:  # a step asks for the few running or queued among thousands decided
+        sql, args = (
+            "SELECT data FROM candidates WHERE campaign = ? AND id > ?",
+            [campaign_id, after],
+        )
+        if states is not None:  # a step asks for the few running or queued among thousands
             wanted = sorted(s.value for s in states)
-            rows = self._read(
-                "SELECT data FROM candidates WHERE campaign = ? AND state IN "
-                f"({', '.join('?' * len(wanted))}) ORDER BY id",
-                (campaign_id, *wanted),
-            )
+            sql += f" AND state IN ({', '.join('?' * len(wanted))})"
+            args += wanted
+        rows = self._read(sql + " ORDER BY id", tuple(args))
         return [Candidate.from_dict(json.loads(data)) for (data,) in rows]
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:

@@ -4,6 +4,8 @@ exactly which trial finishes when and with what metric."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import statistics
 
 import pytest
@@ -13,6 +15,7 @@ from farm.controller import Controller
 from farm.gitops import best_branch
 from farm.records import (
     CandidateState,
+    Decision,
     DecisionKind,
     Outcome,
     TrialKind,
@@ -425,6 +428,36 @@ def test_re_runs_ask_for_the_hardware_class_their_reference_ran_on(
         if t.kind is TrialKind.CONFIRM
     ]
     assert confirms and {t.prefer for t in confirms} == {"H100"}
+
+
+def test_the_class_of_a_keep_without_runs_is_its_parent_s_and_a_looping_lineage_is_refused(
+    make_target: MakeTarget,
+) -> None:
+    bench = fleet_bench(make_target, [0.68, 0.72])
+    bench.ctl.step(slots=8)
+    start = bench.store.get_campaign("default").start_sha  # type: ignore[union-attr]
+    b, c, x, y = "b" * 40, "c" * 40, "d" * 40, "e" * 40
+    # Keeps merged with no runs of their own yet (start -> b -> c), and two that loop (x <->
+    # y): the store refuses such keeps, so they are written as a damaged ledger would be.
+    with sqlite3.connect(bench.store.path) as db:  # type: ignore[attr-defined]
+        for cid, before, after in ((101, start, b), (102, b, c), (103, y, x), (104, x, y)):
+            d = Decision(
+                "default",
+                cid,
+                DecisionKind.KEPT,
+                "by hand",
+                incumbent_before=before,
+                incumbent_after=after,
+            )
+            db.execute(
+                "INSERT INTO decisions (campaign, candidate_id, seq, kind, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ("default", cid, 1000 + cid, "kept", json.dumps(d.to_dict())),
+            )
+    # Most of the baseline ran on RTX 4090s: a chain of keeps without runs asks for it.
+    assert bench.ctl.evidence.class_of(c) == "RTX 4090"
+    with pytest.raises(ValueError, match="lineage loops at d"):
+        bench.ctl.evidence.class_of(x)
 
 
 def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(

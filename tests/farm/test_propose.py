@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+import redis
 from helpers import TOY_TRAIN
 
 from farm.config import TargetConfig, config_from_dict
 from farm.errors import SpendCapReached
 from farm.propose import Feeder, StoreBook, build_context, ledger_spend
 from farm.records import CallState, Campaign, CandidateState, Draft, Edit, Incumbent
+from farm.simulate import CAMPAIGN, SimModel, Simulation
+from farm.store import open_store
 from farm.store.sqlite import SQLiteStore
 from farm.store.stats import llm_spend
 from proposer.mutate import MutateProposer
@@ -183,3 +187,30 @@ def test_an_extra_is_recorded_and_never_bars_the_same_edit_later(
     later = book(store, cfg)
     later.record(drafts("1.5"))
     assert later.outcome.valid == 1, store.list_candidates("c")[-1].reason
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_context_built_from_what_changed_is_the_one_a_full_read_builds(
+    backend: str, tmp_path: Path
+) -> None:
+    """The Feeder's memo reads only the candidates added or still in play on each call: at
+    the end of a campaign (dozens of calls, keeps, discards, rejects) what it builds is
+    what reading the whole ledger builds."""
+    url = f"sqlite:///{tmp_path / 'sim.db'}"
+    if backend == "redis":
+        url = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+        redis.Redis.from_url(url).flushdb()
+    model = SimModel(slots=4, constants=8, batch_size=4, backlog=4, max_candidates=30, seed=2)
+    sim = Simulation(model, tmp_path, store=open_store(url))
+    try:
+        sim.run()
+        states = {c.state for c in sim.store.list_candidates(CAMPAIGN)}
+        assert {CandidateState.KEPT, CandidateState.DISCARDED} <= states
+        memo = sim.feeder._ledger
+        assert memo.settled  # built up over the run, not read whole at the end
+        grown = build_context(sim.store, sim.cfg, CAMPAIGN, memo)
+        assert grown == build_context(sim.store, sim.cfg, CAMPAIGN)
+    finally:
+        sim.close()
+        if backend == "redis":
+            redis.Redis.from_url(url).flushdb()
