@@ -306,8 +306,9 @@ class RedisStore(Store):
     def _call(self, op: Callable[[], T]) -> T:
         """Run one store operation, retrying it whole through transient connection failures.
 
-        Scripts re-run on retry. Most are idempotent; a claim whose reply was lost leaves
-        its trials leased to nobody until the lease lapses and `reap` returns them.
+        Scripts re-run on retry. Most are idempotent (a record added again as it is counts
+        once); a claim whose reply was lost leaves its trials leased to nobody until the lease
+        lapses and `reap` returns them.
         """
         try:
             return self._retry.call_with_retry(

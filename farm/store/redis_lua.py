@@ -53,7 +53,11 @@ return 0
 ADD_RECORD = (
     UPKEEP
     + """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  -- The very record already there: this is a retry of a write whose reply was lost.
+  if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 1 end
+  return 0
+end
 upkeep(KEYS[2], ARGV[3])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
 return 1

@@ -21,9 +21,11 @@ from helpers import TOY_TRAIN, MakeTarget, RunCampaign
 from farm.errors import StoreError
 from farm.records import (
     Campaign,
+    Candidate,
     CandidateState,
     Incumbent,
     Outcome,
+    ProposerCall,
     Trial,
     TrialKind,
     TrialResult,
@@ -188,6 +190,25 @@ def test_a_repeated_incumbent_move_reports_its_win(server: RedisServer) -> None:
     assert store.cas_incumbent("c", expected_sha="a" * 40, new=new)
     assert store.cas_incumbent("c", expected_sha="a" * 40, new=new)
     assert not store.cas_incumbent("c", expected_sha="a" * 40, new=Incumbent(sha="c" * 40))
+    store.close()
+
+
+def test_a_record_added_again_as_it_is_counts_once(server: RedisServer) -> None:
+    # What a retry sees when the server added the record but its reply was lost: the same
+    # record is taken as the write that landed; another under the same id is refused.
+    store = campaign_store(server.url)
+    cand = Candidate("c", 1, "a" * 40, "t", "h", [], {}, "h1")
+    store.add_candidate(cand)
+    store.add_candidate(cand)
+    assert store.stats("c").candidates[CandidateState.QUEUED] == 1
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_candidate(Candidate("c", 1, "a" * 40, "other", "h", [], {}, "h2"))
+    call = ProposerCall(campaign="c", id="k1", reserved_usd=0.5)
+    store.hold_call(call)
+    store.hold_call(call)
+    assert [c.id for c in store.list_calls("c")] == ["k1"]
+    with pytest.raises(StoreError, match="already exists"):
+        store.hold_call(ProposerCall(campaign="c", id="k1", reserved_usd=0.9))
     store.close()
 
 
