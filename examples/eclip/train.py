@@ -5,17 +5,17 @@ EDITABLE: this is the file the agent changes. prepare.py (data + evaluation) is 
 A small ViT and a small DistilBERT, both randomly initialised, are projected into a
 shared space and trained with the symmetric InfoNCE loss of CLIP and a learnable
 temperature; an auxiliary head learns to predict the expert heatmap from the ViT's
-patch tokens. Like autoresearch's train.py it trains for a wall-clock budget: until
-$FARM_BUDGET_S (set by farm for every trial; short screens set it shorter) less the time
-its evaluation takes, measured before training, and a margin; then it evaluates and prints
-a summary block. More steps come only from faster steps, and the result depends on load.
+patch tokens. Trains NUM_STEPS steps, so on a machine with time to spare the result
+depends on the seed, not on load; but, like autoresearch's train.py, it never runs past its
+wall-clock budget: it stops early when $FARM_BUDGET_S (set by farm for every trial; short
+screens set it shorter) less the time its evaluation takes, measured before training, and
+a margin is reached. Then it evaluates and prints a summary block, with the steps it ran.
 """
 
 import time
 
 T_START = time.time()  # before the slow imports: the budget counts from the process start
 
-import itertools
 import math
 import os
 import random
@@ -35,7 +35,8 @@ from transformers import DistilBertConfig, DistilBertModel
 LEARNING_RATE = 3e-3  # AdamW peak LR
 WEIGHT_DECAY = 0.05  # AdamW weight decay on matrices (not on norms, biases or the temperature)
 BATCH_SIZE = 64  # image-phrase pairs per step; the rest of the batch are the negatives
-WARMUP_FRAC = 0.2  # share of the training time spent on linear LR warmup, then cosine decay
+NUM_STEPS = 300  # training steps, fewer only if the budget runs out first
+WARMUP_FRAC = 0.2  # share of the training spent on linear LR warmup, then cosine decay
 EMBED_DIM = 64  # width of both encoders and of the shared embedding
 VIT_DEPTH = 4  # transformer blocks in the image encoder
 HEATMAP_WEIGHT = 1.0  # weight of the auxiliary heatmap loss
@@ -115,7 +116,7 @@ optimizer = torch.optim.AdamW(
 
 
 def lr_at(progress):
-    """LR at `progress`, the share of the training time spent (0 to 1)."""
+    """LR at `progress`, the share of the training done (0 to 1)."""
     if progress < WARMUP_FRAC:
         return LEARNING_RATE * max(progress / WARMUP_FRAC, 1e-3)
     rest = (progress - WARMUP_FRAC) / max(1e-9, 1 - WARMUP_FRAC)
@@ -139,7 +140,7 @@ patch_heat = F.adaptive_avg_pool2d(train_data.heatmaps[:, None], grid).flatten(1
 # Training
 
 # The evaluation, timed once on the untrained model (it costs the same trained): training
-# stops early enough to leave twice that plus a margin, as load can change meanwhile.
+# stops early, if it must, to leave twice that plus a margin, as load can change meanwhile.
 t_eval = time.time()
 evaluate_mean_rank(model)
 eval_seconds = time.time() - t_eval
@@ -149,12 +150,18 @@ model.train()
 t_train = time.time()
 train_s = max(0.0, T_START + budget_s - reserve_s - t_train)
 batch_iter = batches()
-for step in itertools.count():
-    if time.time() - t_train >= train_s:
+steps = 0  # steps run: NUM_STEPS, or fewer when the budget cut training short
+for step in range(NUM_STEPS):
+    elapsed = time.time() - t_train
+    if elapsed >= train_s:
         break
     idx = next(batch_iter)
+    # The schedule follows the steps, or the clock once that is more than 5% of the training
+    # time ahead (slow first steps and jitter stay below that, so a run that finishes its
+    # steps repeats exactly): a run the budget will cut short still decays to about zero.
+    clock = elapsed / max(train_s, 1e-9) - 0.05
     for group in optimizer.param_groups:
-        group["lr"] = lr_at((time.time() - t_train) / train_s)
+        group["lr"] = lr_at(max(step / NUM_STEPS, clock))
 
     img_emb, patches = model.image_features(train_data.images[idx])
     txt_emb = model.encode_text(train_data.tokens[idx])
@@ -170,6 +177,7 @@ for step in itertools.count():
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    steps += 1
     with torch.no_grad():
         model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
     if step % 50 == 0:
@@ -180,18 +188,21 @@ for step in itertools.count():
         )
 
 training_seconds = time.time() - t_train
+if steps < NUM_STEPS:
+    print(f"budget: training cut short at {steps} of {NUM_STEPS} steps ({training_seconds:.1f} s)")
 mean_rank = evaluate_mean_rank(model)
 
 print("---")
 print(f"mean_rank:        {mean_rank:.6f}")
-print(f"train_loss:       {contrastive.item():.4f}" if step else "train_loss:       nan")
+print(f"train_loss:       {contrastive.item():.4f}" if steps else "train_loss:       nan")
 print(f"logit_scale:      {model.logit_scale.item():.3f}")
 print(f"data_seconds:     {t_data:.1f}")
 print(f"eval_seconds:     {eval_seconds:.1f}")
 print(f"training_seconds: {training_seconds:.1f}")
 print(f"total_seconds:    {time.time() - T_START:.1f}")
 print(f"budget_seconds:   {budget_s:g}")
-print(f"num_steps:        {step}")
+print(f"steps:            {steps}")
+print(f"num_steps:        {NUM_STEPS}")
 print(f"num_params_M:     {num_params / 1e6:.2f}")
 # Skip the interpreter's teardown of torch and transformers: seconds under load, and the
 # budget counts until the process ends.
