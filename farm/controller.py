@@ -112,6 +112,12 @@ class Controller:
         self.incumbency.measure(inc)
         if promote:
             self._promote(slots, self.store.get_incumbent(self.campaign))
+            if slots is not None and self.cfg.merge.confirm_ahead:
+                counts = self.store.count_trials(self.campaign)
+                idle = slots - counts[TrialState.QUEUED] - counts[TrialState.RUNNING]
+                if idle > 0:  # nothing else to start: confirm ahead of the ruling
+                    running = self.store.list_candidates(self.campaign, {CandidateState.RUNNING})
+                    self.screening.spare(running, idle)
         return made
 
     def baseline_done(self) -> bool:

@@ -10,7 +10,7 @@ from farm.merge import SHORT_TIMEOUTS, Verdict, fidelity, paired_bar, paired_spr
 from farm.merge.verdicts import Act, Reference, Ruling, Target, preflight_ruling, short_ruling
 from farm.recorder import Notices, Recorder
 from farm.records import Candidate, Trial, TrialKind
-from farm.trials import preflight_id, screen_id, short_id
+from farm.trials import confirm_id, preflight_id, screen_id, short_id
 
 
 class Screening:
@@ -67,6 +67,28 @@ class Screening:
                 return Ruling(Act.PASS)
             short = self.recorder.ensure_trial(short_id(cand.id), TrialKind.SHORT, cand)
         return short_ruling(short, self.evidence.short_others(short), self.cfg.merge, self.target)
+
+    def spare(self, running: list[Candidate], idle: int) -> None:
+        """Give slots that would otherwise idle to confirmations the sequential test may
+        still ask for: each new candidate in its confirmations gets its next one ahead of
+        the ruling, one each in turn (oldest first), until `idle` are queued, up to the
+        `confirm` the test may take. The ruling still judges them in order and stops at its
+        decision, so its error rates stay as they are; runs after it are never read. A
+        decision no longer waits for one confirmation after another."""
+        most = self.evidence.confirm()
+        queued: dict[int, int] = {}  # each candidate's confirmations
+        for cand in running:
+            if cand.generation == 0 and self.evidence.trial(confirm_id(cand.id, 0)):
+                n = 1
+                while n < most and self.evidence.trial(confirm_id(cand.id, n)):
+                    n += 1
+                queued[cand.id] = n
+        by_id = {c.id: c for c in running}
+        while idle > 0 and any(n < most for n in queued.values()):
+            for cid, n in queued.items():
+                if idle > 0 and n < most:
+                    self.recorder.ensure_trial(confirm_id(cid, n), TrialKind.CONFIRM, by_id[cid])
+                    queued[cid], idle = n + 1, idle - 1
 
     def note_short_screens(self, running: list[Candidate]) -> None:
         """Take in every short screen that has finished, before any is ranked: a short screen

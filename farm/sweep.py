@@ -72,8 +72,8 @@ def cells(rows: list[Row]) -> list[str]:
     return [
         str(m.slots),
         m.schedule,
-        str(m.batch_size),
-        str(m.backlog),
+        _sized(m.batch_size, [r.farm.feed.batch for r in rows]),
+        _sized(m.backlog, [r.farm.feed.backlog for r in rows]),
         str(m.merge.max_rebases),
         f"{m.screen_fraction:.0%}" if m.screen_fraction else "—",
         f"{m.late:.0%}",
@@ -99,6 +99,13 @@ def cells(rows: list[Row]) -> list[str]:
         agreement(rows) if m.screen_fraction else "—",
         med([float(r.farm.proposer_calls) for r in rows], ".0f"),
     ]
+
+
+def _sized(given: int | None, used: list[int]) -> str:
+    """A batch size or backlog: as given, or as sized (farm.propose.feed_sizes)."""
+    if given is not None:
+        return str(given)
+    return "/".join(str(u) for u in dict.fromkeys(used)) + " (sized)"
 
 
 def agreement(rows: list[Row]) -> str:
