@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import MakeTarget
 
 from farm.config import (
     IsolationSetting,
@@ -22,6 +23,7 @@ from farm.config import (
     TargetConfig,
     config_from_dict,
     init_template,
+    load_config,
     reference,
     stored_config,
 )
@@ -265,3 +267,17 @@ def test_the_roles_that_take_a_choice_know_the_same_choices() -> None:
     assert set(KINDS) == set(ProposerKind)
     assert set(ISOLATION_SETTINGS) == set(IsolationSetting)
     assert set(NETWORK_MODES) == set(Network)
+
+
+def test_a_target_that_reads_farm_budget_s_screens_short_unless_told_otherwise(
+    make_target: MakeTarget,
+) -> None:
+    reads = 'import os\nBUDGET = float(os.environ["FARM_BUDGET_S"])\nprint("loss: 1.0")\n'
+    target = make_target({"train.py": reads})
+    assert load_config(target).merge.screen_budget_s == 7.5  # a quarter of budget_s = 30
+    told = make_target(
+        {"train.py": reads}, extra_toml="[merge]\nscreen_budget_s = 0\n", name="told"
+    )
+    assert load_config(told).merge.screen_budget_s == 0
+    blind = make_target({"train.py": 'print("loss: 1.0")\n'}, name="blind")
+    assert load_config(blind).merge.screen_budget_s == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import TOY_TRAIN
 
-from farm.config import TargetConfig, config_from_dict
+from farm.config import DEFAULT_BACKLOG, DEFAULT_BATCH, TargetConfig, config_from_dict
 from farm.errors import SpendCapReached
 from farm.propose import Feeder, StoreBook, build_context, ledger_spend
 from farm.records import CallState, Campaign, CandidateState, Draft, Edit, Incumbent
@@ -183,3 +183,24 @@ def test_an_extra_is_recorded_and_never_bars_the_same_edit_later(
     later = book(store, cfg)
     later.record(drafts("1.5"))
     assert later.outcome.valid == 1, store.list_candidates("c")[-1].reason
+
+
+def test_unset_batch_and_backlog_are_sized_to_keep_the_slots_fed(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
+    # 64 slots, 75 s calls, 300 s trials (farm.toml says nothing of the budget: 300 s): a
+    # call must bring what 64 slots start in 75 s, twice over.
+    feeder = Feeder(
+        store=store, cfg=cfg, campaign="c", proposer=MutateProposer(0), slots=64, latency_s=75
+    )
+    sizes = feeder.sizes()
+    assert (sizes.batch, sizes.backlog) == (32, 32)
+    assert feeder.wanted() == 32
+    assert "sized for 64 slots, proposer calls of 75 s and trials of 300 s" in sizes.describe()
+    # One slot, or an offline proposer: the least, 4 and 4.
+    one = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(0), slots=1)
+    assert (one.sizes().batch, one.sizes().backlog) == (DEFAULT_BATCH, DEFAULT_BACKLOG)
+    # What farm.toml sets stands, and nothing is said of sizing it.
+    cfg.proposer.batch_size, cfg.proposer.backlog = 6, 2
+    assert feeder.sizes().describe() == "batch 6, backlog 2"
+    assert feeder.wanted() == 6
