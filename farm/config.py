@@ -173,11 +173,17 @@ class MergeConfig:
             "level of each early keep (on two or more confirmations, before the last)",
         ),
     )
-    # A decision waits for its confirmations one after another; slots that would otherwise
-    # idle run the next ones ahead of the test, which still reads them in order and stops
-    # at its decision (the runs after it are never read): the same error rates, sooner.
-    confirm_ahead: bool = setting(
-        True, doc="run confirmations ahead of the sequential test on slots that would idle"
+    # A decision waits for its confirmations one after another. On a farm of several slots a
+    # screen that earns confirmations starts confirm_ahead of them at once (an early keep
+    # needs two), and slots that would otherwise idle run the rest ahead of the test; it
+    # still reads them in order and stops at its decision (the runs after it are never
+    # read): the same error rates, sooner. `farm simulate` measures it.
+    confirm_ahead: int = setting(
+        2,
+        doc="confirmations a screen that earns them starts at once, the rest ahead on slots "
+        "that would idle (0: one at a time, as the test asks)",
+        unit="runs",
+        ge=0,
     )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the

@@ -24,7 +24,7 @@ from farm.store import default_url, open_store
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
 # No early stop, and confirmations one at a time however many slots idle.
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\n"
-FIXED += "confirm_ahead = false\n"
+FIXED += "confirm_ahead = 0\n"
 
 
 @pytest.fixture
@@ -305,11 +305,11 @@ def test_idle_slots_run_confirmations_ahead_and_the_test_reads_them_in_order(
     bench: Bench,
 ) -> None:
     m = bench.cfg.merge
-    m.futility_z, m.efficacy_z, m.confirm, m.confirm_ahead = 0.0, 2.0, 4, True
+    m.futility_z, m.efficacy_z, m.confirm, m.confirm_ahead = 0.0, 2.0, 4, 2
     clear, dud = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.2"))
     bench.finish({f"c{clear}-": 0.5, f"c{dud}-g0-screen": 0.9})
-    # Both screens earned confirmations; 8 slots, 2 asked for: the other 6 run the rest of
-    # each candidate's 4 ahead of the test, all at once.
+    # Both screens earned confirmations: two each at once, and the 4 slots still idle run
+    # the rest of each candidate's 4 ahead of the test.
     ran = bench.finish({f"c{clear}-": 0.5, f"c{dud}-": 1.2})
     assert sorted(ran) == [f"c{c}-g0-confirm{i}" for c in (clear, dud) for i in range(4)]
     bench.ctl.step(slots=8)
