@@ -431,15 +431,20 @@ def feed_sizes(
     one call brings twice what `slots` slots start while it is in flight (a slot starts a
     candidate at most once a trial, `trial_s`), and a backlog holds as much: no slot waits
     for the proposer, and no more drafts wait than the slots take meanwhile (they are
-    drafted on the incumbent of their time)."""
+    drafted on the incumbent of their time). With short screens, the screens ranked
+    together free most of the slots at once: one candidate per slot is kept ready."""
     p = cfg.proposer
-    need = math.ceil(2 * max(slots or 1, 1) * latency_s / max(trial_s, 1.0))
+    n = max(slots or 1, 1)
+    need = math.ceil(2 * n * latency_s / max(trial_s, 1.0))
+    if cfg.merge.screen_budget_s > 0:
+        need = max(need, n)
     batch = p.batch_size or max(DEFAULT_BATCH, need)
     backlog = p.backlog if p.backlog is not None else max(DEFAULT_BACKLOG, need)
     unset = [k for k in ("batch_size", "backlog") if getattr(p, k) is None]
+    short = ", short screens" if cfg.merge.screen_budget_s > 0 else ""
     why = (
         f"{' and '.join(unset)} sized for {slots or 'unknown'} slots, proposer calls of "
-        f"{latency_s:.0f} s and trials of {trial_s:.0f} s"
+        f"{latency_s:.0f} s and trials of {trial_s:.0f} s{short}"
         if unset
         else ""
     )

@@ -197,6 +197,10 @@ def test_unset_batch_and_backlog_are_sized_to_keep_the_slots_fed(
     assert (sizes.batch, sizes.backlog) == (32, 32)
     assert feeder.wanted() == 32
     assert "sized for 64 slots, proposer calls of 75 s and trials of 300 s" in sizes.describe()
+    # Short screens ranked together free most slots at once: a candidate per slot ready.
+    cfg.merge.screen_budget_s = 75
+    assert (feeder.sizes().batch, feeder.sizes().backlog) == (64, 64)
+    cfg.merge.screen_budget_s = 0
     # One slot, or an offline proposer: the least, 4 and 4.
     one = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(0), slots=1)
     assert (one.sizes().batch, one.sizes().backlog) == (DEFAULT_BATCH, DEFAULT_BACKLOG)
