@@ -14,7 +14,9 @@ import re
 import shlex
 import shutil
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,10 +31,11 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import WIDTH, failure_label, fit, note_text, plural, snapshot
 from farm.propose import STOP_GRACE_S, Feeder, build_context
+from farm.recorder import candidate_of
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
-from proposer.base import Proposer
+from proposer.base import ProposalContext, Proposer
 from workers.materialize import CACHE_ENV
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,20 @@ RAY_ENV_ALLOW = (
 _SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL with a password in it
 
 
+@dataclass(frozen=True)
+class Start:
+    """What `check` found: the campaign to resume, or a new one not in the store yet."""
+
+    campaign: Campaign
+    incumbent: Incumbent | None  # the new campaign's first incumbent; None: resuming
+
+    def create(self, store: Store) -> Campaign:
+        """The campaign in the store: created now if new."""
+        if self.incumbent is None:
+            return self.campaign
+        return store.create_campaign(self.campaign, self.incumbent)
+
+
 def prepare(
     target: Path,
     cfg: TargetConfig,
@@ -87,8 +104,23 @@ def prepare(
     check_command: bool,
     out: TextIO | None = None,
 ) -> Campaign:
-    """Check the target and create the campaign, or return the existing one to resume
-    (saying on `out` when the repo's HEAD has moved on since it started)."""
+    """Check the target and create the campaign, or return the existing one to resume."""
+    return check(target, cfg, store, check_command=check_command, out=out).create(store)
+
+
+def check(
+    target: Path,
+    cfg: TargetConfig,
+    store: Store,
+    *,
+    check_command: bool,
+    out: TextIO | None = None,
+    proposer: Proposer | None = None,
+) -> Start:
+    """Refuse a target that cannot work, before anything is stored: a refused run leaves
+    no campaign behind. Resuming, says on `out` when the repo's HEAD has moved on since the
+    campaign started. With `proposer`, a new campaign is refused when it has nothing to try
+    (a resumed one: in `run`, which knows what was tried)."""
     repo = Repo(target)
     head = repo.head()
     for kind, paths in (("editable", cfg.editable), ("protected", cfg.protected)):
@@ -121,8 +153,8 @@ def prepare(
             )
         moved = _head_moved(repo, existing, head)
         if moved and out is not None:
-            print(note_text(moved), file=out, flush=True)
-        return existing
+            print(moved, file=out, flush=True)
+        return Start(existing, None)
     program = repo.read_files(head, [cfg.program]).get(cfg.program, "")
     if not program:
         log.warning("no %s in the target: proposers get no instructions", cfg.program)
@@ -135,7 +167,34 @@ def prepare(
         protected_files=repo.read_files(head, cfg.protected),
     )
     inc = Incumbent(sha=head, files=repo.read_files(head, cfg.editable))
-    return store.create_campaign(camp, inc)
+    if proposer is not None:
+        ctx = ProposalContext(
+            campaign=camp.id,
+            program=program,
+            files=dict(inc.files),
+            editable=list(cfg.editable),
+            metric=cfg.metric,
+            direction=cfg.direction,
+            incumbent_sha=head,
+            protected=dict(camp.protected_files),
+            frozen=list(cfg.frozen),
+            budget_s=cfg.budget_s,
+        )
+        refuse_nothing_to_try(proposer, ctx)
+    return Start(camp, inc)
+
+
+def refuse_nothing_to_try(proposer: Proposer, ctx: ProposalContext) -> None:
+    """Before the baseline: its trials would be spent on nothing."""
+    nothing = proposer.nothing_to_try(ctx)
+    if nothing:
+        raise ProposerError(f"{nothing}; stopping before any trial runs")
+
+
+def restart_name(target: Path, campaign: str) -> str:
+    """The campaign `--restart` starts at HEAD: the old one's name and HEAD's short sha, so
+    the old ledger stays whole under its own name."""
+    return f"{campaign}-{Repo(target).head()[:7]}"
 
 
 def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
@@ -144,20 +203,50 @@ def _head_moved(repo: Repo, camp: Campaign, head: str) -> str:
     best = repo.ref_sha(f"refs/heads/{best_branch(camp.id)}") or camp.start_sha
     if repo.is_ancestor(head, best):
         return ""
-    return (
-        f"HEAD ({head[:10]}) has moved on since campaign {camp.id!r} started at "
-        f"{camp.start_sha[:10]}: this run resumes that campaign from its start commit and "
-        "its incumbent, without what was committed since; to optimise HEAD, start a new "
-        'campaign: --campaign NAME (or campaign = "NAME" in farm.toml)'
+
+    def commit(sha: str) -> str:
+        return f"{sha[:10]} {repo.git('log', '-1', '--format=%s', sha).strip()}"
+
+    said = note_text(
+        f"HEAD has moved on since campaign {camp.id!r} started; this run resumes the campaign "
+        "from its start commit and its incumbent, without what was committed since:"
+    )
+    new = restart_name(repo.path, camp.id)
+    return "\n".join(
+        [
+            said,
+            "  " + fit(f"started at {commit(camp.start_sha)}", WIDTH - 2),
+            "  " + fit(f"HEAD is    {commit(head)}", WIDTH - 2),
+            textwrap.fill(
+                f"To optimise HEAD instead, start a new campaign there: --restart (campaign "
+                f"{new!r}; {camp.id!r} and its ledger stay as they are), or --campaign NAME "
+                '(or campaign = "NAME" in farm.toml).',
+                WIDTH,
+                initial_indent="  ",
+                subsequent_indent="  ",
+            ),
+        ]
     )
 
 
-def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
-    """Point the campaign's farm branches back where the store says; returns what moved."""
+def repair_refs(
+    store: Store,
+    repo: Repo,
+    campaign: str,
+    *,
+    discard: bool = False,
+    ask: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Point the campaign's farm branches back where the store says; returns what moved.
+
+    Moving the best branch back discards the commits it holds past the store's incumbent:
+    they are named, and nothing moves unless `discard` (--discard-kept) or `ask` (a prompt
+    on a terminal) says so (FarmError)."""
     wanted = {best_branch(campaign): store.get_incumbent(campaign).sha}
     for cand in store.list_candidates(campaign):
         if cand.commit_sha:
             wanted[candidate_branch(campaign, cand.id)] = cand.commit_sha
+    _confirm_discard(store, repo, campaign, wanted[best_branch(campaign)], discard, ask)
     moved = []
     for branch, sha in wanted.items():
         tip = repo.ref_sha(f"refs/heads/{branch}")
@@ -165,6 +254,42 @@ def repair_refs(store: Store, repo: Repo, campaign: str) -> list[str]:
             repo.set_branch(branch, sha)
             moved.append(f"{branch}: {tip[:12] if tip else 'missing'} -> {sha[:12]}")
     return moved
+
+
+def _confirm_discard(
+    store: Store,
+    repo: Repo,
+    campaign: str,
+    sha: str,
+    discard: bool,
+    ask: Callable[[str], str] | None,
+) -> None:
+    """Refuse to move the best branch back to `sha` over keeps farm made there (its own
+    candidates' commits: the campaign's kept work), unless told to."""
+    branch = best_branch(campaign)
+    tip = repo.ref_sha(f"refs/heads/{branch}")
+    ahead = repo.log(sha, tip) if tip and tip != sha else []
+    kept = [(c, name[0]) for c in ahead if (name := candidate_of(c))]
+    if not kept or discard:
+        return
+    unknown = [c for c, cand_id in kept if not store.get_decision(campaign, cand_id)]
+    said = (
+        f"moving {branch} back to {sha[:10]} discards {plural(len(kept), 'kept commit')}: "
+        + "; ".join(f"{c.sha[:10]} {c.message.partition(chr(10))[0]!r}" for c, _ in kept)
+        + (
+            f". The store knows no decision for {len(unknown)} of them: it has most likely "
+            "lost writes, and `farm run` without --repair-refs records such keeps again "
+            "from git where it can"
+            if unknown
+            else ""
+        )
+    )
+    if ask is not None and ask(f"{said}\ndiscard them? [y/N] ").strip().lower() in ("y", "yes"):
+        return
+    raise FarmError(
+        f"{said}; nothing moved. To discard them, answer yes at the prompt on a terminal, or "
+        "add --discard-kept"
+    )
 
 
 def allow_listed_environment(*, keep: list[str]) -> list[str]:
@@ -264,9 +389,7 @@ def run(
 
     Returns a process exit code. Ctrl-C stops cleanly; the next `run` resumes.
     """
-    nothing = proposer.nothing_to_try(build_context(store, cfg, cfg.campaign))
-    if nothing:  # before the baseline: its trials would be spent on nothing
-        raise ProposerError(f"{nothing}; stopping before any trial runs")
+    refuse_nothing_to_try(proposer, build_context(store, cfg, cfg.campaign))
     capacity = check_feasible(cfg)
     slots = opts.slots or cfg.resources.slots or capacity
     if slots > capacity:
@@ -288,7 +411,7 @@ def run(
     orphans = dispatcher.reclaim_orphans()
     if orphans:
         print(f"resuming: {len(orphans)} trials of a stopped run go back in the queue", file=out)
-    role.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
+    role.watch_slots(busy=lambda: dispatcher.busy, cluster=lambda: dispatcher.view)
     feeder = Feeder(
         store=store,
         cfg=cfg,
@@ -328,7 +451,13 @@ def run(
             while controller.notices:
                 view.note(controller.notices.pop(0))
             dispatcher.step(wait_s=0.5)
-            view.tick(lambda: snapshot(store, cfg.campaign, last=0), busy=dispatcher.busy)
+            while dispatcher.notices:
+                view.note(dispatcher.notices.pop(0))
+            view.tick(
+                lambda: snapshot(store, cfg.campaign, last=0),
+                busy=dispatcher.busy,
+                cluster=dispatcher.view,
+            )
             if _finished(store, cfg.campaign, feeder_done=feeder.done, stopping=stopping):
                 break
     except KeyboardInterrupt:

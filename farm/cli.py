@@ -26,7 +26,7 @@ from farm.config import (
     load_config,
 )
 from farm.errors import ConfigError, FarmError
-from farm.store import Store, default_url, open_store
+from farm.store import VOLATILE_ENV, Store, check_durable, default_url, open_store
 
 if TYPE_CHECKING:
     from farm.campaign import RunOptions
@@ -54,8 +54,17 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", help="store URL (default: sqlite in <target>/.farm/)")
         sp.add_argument("--campaign", help="campaign name (default: farm.toml's, else 'default')")
 
+    def writes(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--volatile-store",
+            action="store_true",
+            help="run on a Redis store without AOF, whose restart loses writes "
+            f"({VOLATILE_ENV}=1 in scripts)",
+        )
+
     run = sub.add_parser("run", help="run a campaign (local Ray, or $RAY_ADDRESS's cluster)")
     common(run)
+    writes(run)
     run.add_argument("--slots", type=int, default=0, help="concurrent trials")
     run.add_argument(
         "--proposer", choices=list(map(str, ProposerKind)), help="overrides [proposer] kind"
@@ -76,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first point farm's branches back where the store says (after a mismatch error)",
     )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the campaign afresh at HEAD, as NAME-<HEAD's sha> (the old one stays as it is)",
+    )
+    run.add_argument(
+        "--discard-kept",
+        action="store_true",
+        help="with --repair-refs: move the best branch back over the commits it holds past "
+        "the store's incumbent, without asking (they are listed)",
+    )
 
     def role_metrics(sp: argparse.ArgumentParser, offset: int) -> None:
         sp.add_argument(
@@ -87,12 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     control = sub.add_parser("control", help="run only the merge controller (a role process)")
     common(control)
     role_metrics(control, ROLE_PORT_OFFSETS["control"])
+    writes(control)
     control.add_argument("--slots", type=int, help="total slots of all dispatchers, if known")
     control.add_argument("--idle-exit", type=_duration, help="exit after idling this long")
 
     work = sub.add_parser("work", help="run only a dispatcher of trials (a role process)")
     common(work)
     role_metrics(work, ROLE_PORT_OFFSETS["work"])
+    writes(work)
     work.add_argument("--slots", type=int, default=0, help="concurrent trials of this process")
     work.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     work.add_argument("--lease", type=_duration, default=30.0, help="claim lease (renewed)")
@@ -102,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     propose = sub.add_parser("propose", help="run only the proposer (a role process)")
     common(propose)
     role_metrics(propose, ROLE_PORT_OFFSETS["propose"])
+    writes(propose)
     propose.add_argument(
         "--proposer", choices=list(map(str, ProposerKind)), help="overrides [proposer] kind"
     )
@@ -191,15 +214,22 @@ def _words(text: str) -> list[str]:
     return [w.strip() for w in text.split(",") if w.strip()]
 
 
+_STOPPED: list[int] = []  # the signals that asked this process to stop
+
+
 def _sigterm(signum: int, frame: object) -> None:
     # Kubernetes and `ray job stop` send SIGTERM: stop as cleanly as on Ctrl-C.
+    _STOPPED.append(signum)
     raise KeyboardInterrupt
 
 
 def _on_sigterm_stop() -> None:
-    """Make SIGTERM stop like Ctrl-C. Again after ray.init, which installs its own handler
-    in the driver (it exits at once, and Ray's core prints `*** SIGTERM received ***`)."""
+    """Make SIGTERM stop like Ctrl-C (and note either). Again after ray.init, which installs
+    its own handler in the driver (it exits at once, and Ray's core prints `*** SIGTERM
+    received ***`)."""
     signal.signal(signal.SIGTERM, _sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +261,10 @@ def _main(argv: list[str] | None) -> int:
         cfg = _config(args)
         store = open_store(args.store or cfg.store.url or default_url(args.target))
         try:
+            if args.cmd in ("run", "control", "work", "propose"):  # the roles that write
+                said = check_durable(store, volatile_ok=args.volatile_store)
+                if said:
+                    print(f"farm: note: {said}", flush=True)
             if args.cmd == "run":
                 return _run(args, cfg, store)
             if args.cmd in ("control", "work", "propose"):
@@ -247,6 +281,14 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # The stop's KeyboardInterrupt lands at any bytecode, and inside a library's cleanup
+        # it can come out as another error (shutil.rmtree stopped between closing a
+        # descriptor and noting it closes it again: EBADF). The stop was asked for, and the
+        # trials were given back on the way out: no traceback.
+        if _STOPPED:
+            return 130
+        raise
 
 
 def _config(args: argparse.Namespace) -> TargetConfig:
@@ -277,7 +319,17 @@ def _run(args: argparse.Namespace, cfg: TargetConfig, store: Store) -> int:
         progress_every_s=args.progress_every,
         ray_address=args.ray_address,
     )
+    if args.discard_kept and not args.repair_refs:
+        raise ConfigError("--discard-kept: only with --repair-refs (it says what they discard)")
     proposer = _proposer(args, cfg)
+    if args.restart and store.get_campaign(cfg.campaign) is not None:
+        from farm.campaign import restart_name
+
+        old, cfg.campaign = cfg.campaign, restart_name(args.target, cfg.campaign)
+        print(
+            f"farm: --restart: campaign {cfg.campaign} at HEAD; {old} and its ledger stay as "
+            f"they are (later commands: --campaign {cfg.campaign})"
+        )
     local = not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     _starting_ray(cfg, opts.ray_address)
     with Driving(store, cfg.campaign, role="farm run"):
@@ -295,17 +347,23 @@ def _drive(
 ) -> int:
     import ray
 
-    from farm.campaign import init_ray, prepare, repair_refs, run
+    from farm.campaign import check, init_ray, repair_refs, run
+    from farm.dispatch import check_feasible
     from farm.gitops import Repo
 
-    prepare(args.target, cfg, store, check_command=local, out=sys.stdout)
-    if args.repair_refs:
-        moved = repair_refs(store, Repo(args.target), cfg.campaign)
-        for line in moved or ["none: every farm branch is where the store says"]:
-            print(f"farm: repaired {line}")
+    start = check(args.target, cfg, store, check_command=local, out=sys.stdout, proposer=proposer)
     started = init_ray(cfg, opts, out=sys.stdout)
     _on_sigterm_stop()
     try:
+        check_feasible(cfg)  # a refused run stores no campaign: the cluster's refusal first
+        start.create(store)
+        if args.repair_refs:
+            ask = input if sys.stdin.isatty() and sys.stdout.isatty() else None
+            moved = repair_refs(
+                store, Repo(args.target), cfg.campaign, discard=args.discard_kept, ask=ask
+            )
+            for line in moved or ["none: every farm branch is where the store says"]:
+                print(f"farm: repaired {line}")
         return run(store=store, repo=Repo(args.target), cfg=cfg, proposer=proposer, opts=opts)
     finally:
         if started:

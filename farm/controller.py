@@ -94,6 +94,7 @@ class Controller:
         processes and the number is unknown.
         """
         made: list[Decision] = []
+        self.incumbency.catch_up()  # a store rolled back while this ran: before any move
         self._reconcile_baseline(slots)
         camp = self.store.get_campaign(self.campaign)
         assert camp is not None
@@ -128,6 +129,7 @@ class Controller:
         return self.evidence.baseline_done()
 
     def sync_best_branch(self) -> None:
+        self.incumbency.catch_up()  # a store rolled back: forward from git, first
         self.recorder.sync_best_branch()
 
     def screening_stopped(self) -> bool:
@@ -153,8 +155,9 @@ class Controller:
         found = base.noise
         runs = len(base.values) - len(found.outliers)  # what its centre averages
         inc = self.store.get_incumbent(self.campaign)
-        updated = dataclasses.replace(inc, metric=found.center, runs=runs)
-        self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
+        if inc.sha == self.start_sha:  # not a keep recovered from git: its own runs measure it
+            updated = dataclasses.replace(inc, metric=found.center, runs=runs)
+            self.store.cas_incumbent(self.campaign, expected_sha=inc.sha, new=updated)
         self.store.set_baseline(self.campaign, metric=found.center, runs=runs, sigma=found.sigma)
         if found.deterministic or found.outliers or len(base.offsets) > 1:
             self.said.say("baseline", ruling.reason)  # worth a line on the terminal

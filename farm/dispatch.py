@@ -12,11 +12,8 @@ none free it runs elsewhere rather than wait.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -26,6 +23,8 @@ import ray
 from farm.config import TargetConfig
 from farm.errors import ResourceError
 from farm.gitops import Repo
+from farm.processes import gone_here, process_id
+from farm.progress import ClusterView, plural
 from farm.records import Trial, TrialKind, TrialResult, TrialSpec, TrialState
 from farm.store import Store
 from workers.isolation import Policy, SandboxError, resolve
@@ -112,11 +111,12 @@ def _request(cfg: TargetConfig) -> dict[str, float]:
     return {k: v for k, v in need.items() if v > 0}
 
 
-def fitting_nodes(cfg: TargetConfig) -> dict[str, int]:
-    """Alive nodes that can ever run a trial, with how many trials each holds at once."""
+def fitting_nodes(cfg: TargetConfig, nodes: list[dict[str, Any]] | None = None) -> dict[str, int]:
+    """Alive nodes that can ever run a trial, with how many trials each holds at once
+    (`nodes`: what ray.nodes() said, if the caller has asked)."""
     need = _request(cfg)
     fits = {}
-    for node in ray.nodes():
+    for node in ray.nodes() if nodes is None else nodes:
         if not node.get("Alive"):
             continue
         have = node.get("Resources", {})
@@ -163,9 +163,7 @@ class Dispatcher:
     cfg: TargetConfig
     campaign: str
     slots: int
-    worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
+    worker_id: str = field(default_factory=process_id)
     on_result: Callable[[Trial, TrialResult], None] | None = None
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
@@ -177,8 +175,15 @@ class Dispatcher:
     # store at the first trial that prefers a class, then kept up to date).
     _nodes: dict[str, set[str]] | None = None
     _freed: set[str] = field(default_factory=set)  # classes whose trials ended since a claim
-    _alive: set[str] = field(default_factory=set)  # live node ids, as Ray said at _alive_at
-    _alive_at: float = 0.0
+    # Said once each, for the role to print: nodes lost and back, trials left unplaced.
+    notices: list[str] = field(default_factory=list)
+    view: ClusterView = field(init=False)  # the nodes that can run trials, as last seen
+    _alive: set[str] = field(default_factory=set)  # live node ids, as Ray said at the last look
+    _fits: dict[str, int] | None = None  # node id -> trials it holds (None: not looked yet)
+    _peak: int = 0  # the most slots the live nodes have held
+    _most_nodes: int = 0  # the most live nodes that could run trials
+    _said_classes: set[str] = field(default_factory=set)  # said to have no live node
+    _said_trials: set[str] = field(default_factory=set)  # said to wait for a node
     _last_beat: float = 0.0
     _last_reap: float = 0.0
 
@@ -188,15 +193,15 @@ class Dispatcher:
         A restarted `farm run` need not wait for their leases to lapse: a worker id names
         its host and pid, and a pid that no longer exists holds nothing.
         """
-        host = socket.gethostname()
         freed = []
         for t in self.store.list_trials(self.campaign, states={TrialState.RUNNING}):
-            w_host, _, rest = t.worker.partition(":")
-            pid = rest.partition(":")[0]
-            if w_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if gone_here(t.worker):
                 self._give_back(t.id, worker=t.worker, failed=False)
                 freed.append(t.id)
         return freed
+
+    def __post_init__(self) -> None:
+        self.view = ClusterView(slots=self.slots, asked=self.slots)
 
     @property
     def busy(self) -> int:
@@ -209,7 +214,8 @@ class Dispatcher:
             self._last_reap = now
             for trial_id in self.store.reap(self.campaign, now=now, max_deliveries=MAX_DELIVERIES):
                 log.warning("trial %s: lease lapsed; back in the queue", trial_id)
-        free = self.slots - len(self._in_flight)
+            self._look()
+        free = self.view.slots - len(self._in_flight)
         if free > 0:
             for trial in self.store.claim_trials(
                 self.campaign,
@@ -253,11 +259,81 @@ class Dispatcher:
         nor a class whose nodes are gone)."""
         if not self._freed or not self._nodes or len(self._nodes) < 2:
             return set()
-        now = time.time()
-        if now - self._alive_at >= REAP_EVERY_S:  # a GCS call: not at every claim
-            self._alive_at = now
-            self._alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         return {c for c, ids in self._nodes.items() if ids & self._alive} - self._freed
+
+    def _look(self) -> None:
+        """Which nodes can run trials now (one GCS call, every REAP_EVERY_S): the slots
+        follow them once one is lost, and a node lost or back, a hardware class left with
+        no live node and a trial waiting longer than a budget for a node are said once."""
+        nodes = ray.nodes()
+        self._alive = {n["NodeID"] for n in nodes if n.get("Alive")}
+        where = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+        fits, first, before = fitting_nodes(self.cfg, nodes), self._fits is None, self._fits or {}
+        self._fits = fits
+        held = sum(fits.values())
+        self._peak = max(self._peak, held)
+        self._most_nodes = max(self._most_nodes, len(fits))
+        # Asking beyond what the nodes hold is kept (an autoscaler adds nodes for pending
+        # trials) until a node is lost: then no more than the live nodes hold.
+        slots = self.slots if held >= self._peak else min(self.slots, held)
+        lost = sorted(before.keys() - fits.keys())
+        for node in lost:
+            self.notices.append(
+                f"node {where.get(node, '?')} ({node[:8]}) lost: it held "
+                f"{plural(before[node], 'trial')}; {plural(slots, 'slot')} left"
+                + ("" if slots else ": no live node can run a trial, the trials wait")
+            )
+        for node in [] if first else sorted(fits.keys() - before.keys()):
+            self.notices.append(
+                f"node {where.get(node, '?')} ({node[:8]}) can run trials: "
+                f"{plural(slots, 'slot')} now"
+            )
+        # The classes trials ran on, read from the store at the first loss (or preference).
+        classes = self._classes() if lost or self._nodes is not None else {}
+        for c, n in sorted(classes.items()):
+            if n == 0 and c not in self._said_classes:
+                self._said_classes.add(c)
+                self.notices.append(f"hardware class {c}: no live node left")
+            elif n:
+                self._said_classes.discard(c)
+        waits = {f.trial.id: self._placement_wait(f) for f in self._in_flight.values()}
+        waits = {t: w for t, w in waits.items() if w > 0}
+        for trial_id in sorted(waits.keys() - self._said_trials):
+            self._said_trials.add(trial_id)
+            self.notices.append(
+                f"trial {trial_id} has waited over a budget for a node that can run it "
+                "(the [resources] of farm.toml, the Ray cluster's nodes)"
+            )
+        self.view = ClusterView(
+            slots=slots,
+            asked=self.slots,
+            alive=len(fits),
+            lost=self._most_nodes - len(fits),
+            classes=classes,
+            unplaced=len(waits),
+            placement_wait_s=max(waits.values(), default=0.0),
+        )
+
+    def _classes(self) -> dict[str, int]:
+        """Live nodes of each hardware class trials have run on."""
+        self._nodes_of("")  # read from the store once
+        return {c: len(ids & self._alive) for c, ids in (self._nodes or {}).items()}
+
+    def _budget(self, trial: Trial) -> float:
+        return {
+            TrialKind.PREFLIGHT: self.cfg.merge.preflight_s,
+            TrialKind.SHORT: self.cfg.merge.screen_budget_s,
+        }.get(trial.kind, self.cfg.budget_s)
+
+    def _placement_wait(self, flight: _InFlight) -> float:
+        """How long a trial has waited for a node, once that is over a budget (else 0): a
+        trial in flight for longer than its run may take (budget and grace, the evaluation's
+        too) has spent the rest waiting to be placed."""
+        run = self._budget(flight.trial) + self.cfg.sandbox.grace_s
+        if self.cfg.evaluate:
+            run += self.cfg.evaluate_budget_s + self.cfg.sandbox.grace_s
+        waited = time.time() - flight.submitted_at - run
+        return waited if waited > self._budget(flight.trial) else 0.0
 
     def _nodes_of(self, hardware: str) -> set[str]:
         if self._nodes is None:
@@ -278,10 +354,7 @@ class Dispatcher:
         if self._memory_mb is None:
             self._memory_mb = trial_memory_mb(self.cfg)
         preflight = trial.kind is TrialKind.PREFLIGHT
-        budget_s = {
-            TrialKind.PREFLIGHT: self.cfg.merge.preflight_s,
-            TrialKind.SHORT: self.cfg.merge.screen_budget_s,
-        }.get(trial.kind, self.cfg.budget_s)
+        budget_s = self._budget(trial)
         return TrialSpec(
             trial_id=trial.id,
             repo_key=f"{trial.base_sha[:12]}-{self.repo.path.name}",
@@ -334,7 +407,18 @@ class Dispatcher:
         )
 
     def shutdown(self, *, timeout_s: float = 10.0) -> None:
-        """Stop what runs (the worker kills each training process group) and give it back."""
+        """Stop what runs (the worker kills each training process group) and give it back.
+
+        A trial that has already ended keeps its result, and only the others are cancelled:
+        Ray's core can abort this process with "Check failed … Tried to complete task that
+        was not pending" when a cancel meets a task's completion (ray-project/ray#54846),
+        so no task is cancelled that has ended, and the cancelled ones have `timeout_s` to
+        answer before the caller shuts Ray down.
+        """
+        refs = list(self._in_flight)
+        ended = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
+        for ref in ended:
+            self._collect(self._in_flight.pop(ref))
         for flight in self._in_flight.values():
             ray.cancel(flight.ref, force=False)
         deadline = time.time() + timeout_s
@@ -344,16 +428,6 @@ class Dispatcher:
         for flight in self._in_flight.values():
             self._give_back(flight.trial.id, worker=self.worker_id, failed=False)
         self._in_flight.clear()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,5 +1,7 @@
 """One root exception; each subclass names what went wrong so the CLI can say what to fix."""
 
+from collections.abc import Sequence
+
 
 class FarmError(Exception):
     """Root of every error farm raises on purpose."""
@@ -47,13 +49,30 @@ class SpendCapReached(ProposerError):
 
 
 class RefMismatch(GitError):
-    """A farm branch is not where the store says: something outside farm moved it."""
+    """A farm branch is not where the store says: something outside farm moved it, or the
+    store lost writes (`farm_commits`: commits farm made there that the store does not know)."""
 
-    def __init__(self, branch: str, *, expected: str, found: str | None) -> None:
+    def __init__(
+        self, branch: str, *, expected: str, found: str | None, farm_commits: Sequence[str] = ()
+    ) -> None:
         self.branch, self.expected, self.found = branch, expected, found
-        super().__init__(
+        where = (
             f"{branch} is at {found[:12] if found else 'nothing (deleted)'}, but the store says "
-            f"{expected[:12]}: something outside farm moved it (a candidate outside a strict "
-            "sandbox can). Inspect it, then run `farm run --repair-refs` to put farm's "
-            "branches back where the store says and resume"
+            f"{expected[:12]}"
+        )
+        if farm_commits:
+            listed = ", ".join(sha[:10] for sha in farm_commits)
+            super().__init__(
+                f"{where}, and the branch holds {len(farm_commits)} commits farm made that the "
+                f"store does not know ({listed}): the store has most likely lost writes (a "
+                "Redis restarted without AOF, a store restored from a backup). Restore the "
+                "newest store you have; `farm run --repair-refs` would move the branch back "
+                "over that kept work (it lists the commits and asks first)"
+            )
+            return
+        super().__init__(
+            f"{where}: something outside farm moved it (a candidate outside a strict sandbox "
+            "can). Inspect it, then run `farm run --repair-refs` to put farm's branches back "
+            "where the store says and resume (it lists any commit that would be discarded "
+            "and asks first)"
         )

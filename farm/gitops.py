@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import GitError, RefMismatch, TargetError
@@ -22,11 +23,12 @@ GIT_TIMEOUT_S = 60.0
 # a repo's hooks or config, and none of it may run code in farm's process.
 SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 MISSING = "missing"  # the hash of a protected file that does not exist
+FARM_EMAIL = "farm@localhost"  # the author of every commit farm makes
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     # Candidate commits are farm's, whoever runs it; no user.name needed.
     "GIT_AUTHOR_NAME": "farm",
-    "GIT_AUTHOR_EMAIL": "farm@localhost",
+    "GIT_AUTHOR_EMAIL": FARM_EMAIL,
     "GIT_COMMITTER_NAME": "farm",
     "GIT_COMMITTER_EMAIL": "farm@localhost",
 }
@@ -177,12 +179,32 @@ class Repo:
                 raise GitError(f"{branch}: {new[:10]} does not descend from {old[:10]}") from None
             self.git("update-ref", f"refs/heads/{branch}", new, old)
 
+    def log(self, old: str, new: str) -> list[Commit]:
+        """The commits `new` has and `old` has not, oldest first (first parents only: farm's
+        branches are linear)."""
+        out = self.git(
+            "log", "--first-parent", "--reverse", "--format=%H%x00%ae%x00%B%x1e", f"{old}..{new}"
+        )
+        found = []
+        for entry in out.split("\x1e"):
+            if entry.strip():
+                sha, email, message = entry.lstrip("\n").split("\x00", 2)
+                found.append(Commit(sha, email, message.strip()))
+        return found
+
     def is_ancestor(self, old: str, new: str) -> bool:
         try:
             self.git("merge-base", "--is-ancestor", old, new)
         except GitError:
             return False
         return True
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author_email: str
+    message: str
 
 
 def best_branch(campaign: str) -> str:

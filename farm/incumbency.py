@@ -9,10 +9,20 @@ import logging
 
 from farm.config import TargetConfig
 from farm.evidence import Evidence
+from farm.gitops import best_branch, candidate_branch
 from farm.merge import Verdict, mean
-from farm.merge.verdicts import Act, by_class
-from farm.recorder import Notices, Recorder
-from farm.records import Candidate, Decision, DecisionKind, Incumbent, TrialKind
+from farm.merge.verdicts import Act, by_class, lost_keeps
+from farm.recorder import Notices, Recorder, candidate_of
+from farm.records import (
+    Candidate,
+    CandidateState,
+    Decision,
+    DecisionKind,
+    Edit,
+    Incumbent,
+    TrialKind,
+    edit_hash,
+)
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -105,18 +115,115 @@ class Incumbency:
 
     def recover(self, inc: Incumbent) -> Decision | None:
         """A keep whose process died after moving the incumbent and before writing its
-        decision: finish it before anything else can move the incumbent again."""
+        decision, or its candidate (a winner merged untried is written only then, with the
+        commit it was rebased to): finish it before anything else can move the incumbent
+        again."""
         if inc.candidate_id is None or inc.candidate_id == self._decided:
-            return None
-        if self.store.get_decision(self.campaign, inc.candidate_id):
-            self._decided = inc.candidate_id  # decisions are final: not asked again
             return None
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
-        before = inc.replaced or cand.base_sha
-        cand.commit_sha, cand.base_sha, cand.files = inc.sha, before, inc.files
+        decided = self.store.get_decision(self.campaign, cand.id)
+        if decided is not None and cand.state.is_finished():
+            self._decided = cand.id  # decisions are final: not asked again
+            return None
+        if decided is not None:
+            self.recorder.finish(_as_kept(cand, inc), decided)
+            self._decided = cand.id
+            return None
         self.recorder.sync_best_branch()
-        return self.recorder.record_keep(cand, inc, before=before)
+        return self._record_keep(inc)
+
+    def _record_keep(self, inc: Incumbent, *, how: str = "") -> Decision:
+        """The decision of the keep that made `inc` the incumbent, its branch moved."""
+        assert inc.candidate_id is not None
+        cand = self.store.get_candidate(self.campaign, inc.candidate_id)
+        assert cand is not None
+        cand = _as_kept(cand, inc)
+        return self.recorder.record_keep(cand, inc, before=cand.base_sha, how=how)
+
+    def catch_up(self) -> None:
+        """A store rolled back (a Redis restarted from an old snapshot, a restored backup)
+        is behind the best branch by keeps it lost (farm.merge.verdicts.lost_keeps): record
+        them kept again, forward from git, each an estimate at the incumbent it replaced,
+        the last measured by its own runs (`measure`). The branch never moves back over
+        them."""
+        inc = self.store.get_incumbent(self.campaign)
+        repo = self.recorder.repo
+        tip = repo.ref_sha(f"refs/heads/{best_branch(self.campaign)}")
+        if tip is None or tip == inc.sha or not repo.is_ancestor(inc.sha, tip):
+            return
+        commits = repo.log(inc.sha, tip)
+        named = [candidate_of(c) for c in commits]
+        ahead = [
+            (n[0], self.store.get_decision(self.campaign, n[0]) is not None) if n else (None, False)
+            for n in named
+        ]
+        if lost_keeps(ahead) is None:
+            return  # not farm's doing: sync_best_branch says so
+        self._reserve_ids()
+        said = []
+        if inc.candidate_id is not None and not self.store.get_decision(
+            self.campaign, inc.candidate_id
+        ):
+            self._record_keep(inc)  # a keep (or a catch-up) cut short: before the ones after
+            said.append(f"c{inc.candidate_id} {inc.sha[:10]}")
+        before = inc
+        for commit, name in zip(commits, named, strict=True):
+            assert name is not None  # lost_keeps: every one is a candidate's commit
+            cand_id, title, hypothesis = name
+            files = repo.read_files(commit.sha, self.cfg.editable)
+            cand = self.store.get_candidate(self.campaign, cand_id)
+            if cand is None:  # lost with the rest: what git knows of it
+                edits = [Edit(p, before.files.get(p, ""), t) for p, t in files.items()]
+                edits = [e for e in edits if e.search != e.replace]
+                cand = Candidate(
+                    campaign=self.campaign,
+                    id=cand_id,
+                    base_sha=before.sha,
+                    title=title,
+                    hypothesis=hypothesis,
+                    edits=edits,
+                    files=files,
+                    edit_hash=edit_hash(edits),
+                    state=CandidateState.RUNNING,
+                )
+                self.store.add_candidate(cand)
+            elif cand.state is CandidateState.QUEUED:  # a keep is made of a running one
+                cand.state = CandidateState.RUNNING
+                self.store.update_candidate(cand)
+            new = Incumbent(
+                sha=commit.sha,
+                metric=before.metric,
+                runs=0,
+                candidate_id=cand_id,
+                files=files,
+                replaced=before.sha,
+            )
+            if not self.store.cas_incumbent(self.campaign, expected_sha=before.sha, new=new):
+                return  # another controller moved it
+            self._record_keep(new, how="; recovered from the best branch: the store had lost it")
+            self._decided, before = cand_id, new
+            said.append(f"c{cand_id} {commit.sha[:10]}")
+        keeps = "the keep" if len(said) == 1 else f"the {len(said)} keeps"
+        self.notices.say(
+            f"caught-up:{tip}",
+            f"the store {self.store.url} had lost {keeps} the best branch holds "
+            f"({', '.join(said)}): it was rolled back (a Redis restarted from an old snapshot, "
+            "a restored backup); they are recorded kept again, forward from git, and the "
+            f"incumbent {tip[:10]} is an estimate until its own runs measure it",
+            warn=True,
+        )
+
+    def _reserve_ids(self) -> None:
+        """New candidates get ids above every candidate branch git has: a store that lost
+        candidates would hand their ids out again, and their branches would move."""
+        refs = self.recorder.repo.git(
+            "for-each-ref", "--format=%(refname:lstrip=2)", f"refs/heads/farm/{self.campaign}/"
+        )
+        prefix = candidate_branch(self.campaign, 0)[:-1]
+        ids = [int(r[len(prefix) :]) for r in refs.split() if r[len(prefix) :].isdigit()]
+        while ids and self.store.next_candidate_id(self.campaign) < max(ids):
+            pass
 
     def measure(self, inc: Incumbent) -> None:
         """An incumbent merged on evidence is run until its own runs give its estimate, or
@@ -125,8 +232,8 @@ class Incumbency:
         Estimates added up keep every error of the gains behind them (the best of many
         noisy runs looks better than it is), so each one is replaced by a measurement.
         """
-        if not inc.estimated or inc.candidate_id is None:
-            return
+        if not inc.estimated or inc.candidate_id is None or not self.evidence.baseline_done():
+            return  # its runs are placed on the baseline's scale: they wait for it
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
         for trial_id in self.evidence.measuring_ids(cand.id):
@@ -157,3 +264,10 @@ class Incumbency:
                 f"could not measure it ({why}): reverted, the incumbent is {before[:10]} again",
                 warn=True,
             )
+
+
+def _as_kept(cand: Candidate, inc: Incumbent) -> Candidate:
+    """`cand` as the keep that made `inc`: its commit, the commit it replaced, its files (a
+    winner merged untried is written only then, with the commit it was rebased to)."""
+    cand.commit_sha, cand.base_sha, cand.files = inc.sha, inc.replaced or cand.base_sha, inc.files
+    return cand

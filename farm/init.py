@@ -2,10 +2,11 @@
 guessed and how.
 
 farm/survey.py reads what the repo says about itself (docs, docstrings, imports): the
-editable and protected files and the command. Then one probe run of the command in the
-sandbox (a copy of the repo, the trial environment, a time limit) shows the summary lines
-it prints, read by the trials' own parser: the metric. Its name and the docs ("lower is
-better") give the direction, the run's duration the budget. Whatever could not be checked
+editable and protected files and the commands it shows. The candidates run in the sandbox
+(a copy of the repo, the trial environment, a time limit), likeliest first, until one
+prints a summary line, read by the trials' own parser: the command and its metric. The
+metric's name and the docs ("lower is better") give the direction; the docs, a time budget
+constant or the run's duration the budget. Whatever could not be checked
 is a warning, in the terminal and as a CHECK comment in the file; a path that does not
 exist is never written.
 """
@@ -29,16 +30,24 @@ from farm.config import CONFIG_NAME, DEFAULT_ENV_ALLOW, init_template
 from farm.errors import FarmError
 from farm.records import Direction
 from farm.survey import (
+    MAX_PROBES,
+    Candidate,
     Found,
     Inspection,
     blocks,
     clauses,
-    find_command,
+    documented_budget,
+    environment,
+    find_commands,
     find_seed_env,
     quote,
+    reached_by,
     roles,
+    seed_variables,
     split_files,
     survey,
+    wall_clock_stop,
+    wire_seed,
 )
 from workers import sandbox
 from workers.isolation import resolve
@@ -65,6 +74,11 @@ _BOOKKEEPING = {
     "gb", "mfu", "tokens", "steps", "step", "epoch", "epochs", "iter", "iters", "params",
     "num", "count", "instances", "lr", "batch", "depth", "size", "items", "seed", "total",
 }  # fmt: skip
+# A statement that names the objective.
+_KEY_METRIC = re.compile(
+    r"(?i)\b(?:(?:key|primary|main|target|headline|only|north[- ]star)\s+metric|the metric\b|"
+    r"metric (?:is|to)\b|objective|goal)"
+)
 _LOWER_BETTER = re.compile(
     r"(?i)\b(lower|lowest|smaller|smallest|shorter|shortest|minimi[sz]\w*|decrease|reduce)\b"
 )
@@ -101,22 +115,14 @@ def init_target(
     print(f"farm init: looking at {target}", file=out, flush=True)
     ins = survey(target)
     roles(ins)
-    find_command(ins, override=command)
+    find_commands(ins, override=command)
+    run = choose_command(ins, probe=probe, budget_s=probe_budget_s, out=out)
     split_files(ins)
     find_seed_env(ins)
-    run = None
-    if probe:
-        cmd = str(ins.found["command"].value)
-        print(
-            f"  running `{cmd}` once to read its output (budget {probe_budget_s:g} s)…",
-            file=out,
-            flush=True,
-        )
-        run = probe_command(ins, cmd, budget_s=probe_budget_s)
-        print(f"  it exited {run.exit_code} after {run.duration_s:.1f} s", file=out, flush=True)
     choose_metric(ins, run, override=metric, ask=ask)
     choose_direction(ins, override=direction, ask=ask)
     choose_budget(ins, run)
+    warn_wall_clock(ins)
     choose_frozen(ins)
     path.write_text(render(ins))
     print(f"wrote {path}:", file=out)
@@ -139,17 +145,127 @@ def init_target(
 # -- the probe ---------------------------------------------------------------------------
 
 
+def choose_command(
+    ins: Inspection, *, probe: bool, budget_s: float, out: TextIO
+) -> RunResult | None:
+    """Run the candidates, likeliest first, and take the first that prints a summary line
+    (without a probe: the likeliest). At most MAX_PROBES run, all within `budget_s`."""
+    for c in ins.candidates:
+        if c.dropped:
+            print(f"  left out `{c.written}` ({c.source}): {c.dropped}", file=out, flush=True)
+    live = [c for c in ins.candidates if not c.dropped]
+    if not probe:
+        _take(ins, live[0])
+        return None
+    failed: list[tuple[Candidate, str]] = []
+    left = budget_s
+    for c in live[:MAX_PROBES]:
+        command, _ = wire_seed(ins, c.command)
+        print(
+            f"  running `{command}` once to read its output (budget {left:.0f} s)…",
+            file=out,
+            flush=True,
+        )
+        run = probe_command(ins, command, budget_s=left)
+        print(f"  it exited {run.exit_code} after {run.duration_s:.1f} s", file=out, flush=True)
+        left -= run.duration_s
+        c.dropped, why = _no_trial(ins, c, command, run, left + run.duration_s)
+        if not c.dropped:
+            _take(ins, c)
+            return run
+        failed.append((c, why))
+        print(f"  not the command: {c.dropped}", file=out, flush=True)
+        if run.timed_out or left < 1:
+            break
+    untried = [c for c in live if c not in [f for f, _ in failed]]
+    if len(failed) == 1 and not untried:
+        raise FarmError(failed[0][1])
+    raise FarmError(
+        "no command the repo shows printed a metric:\n"
+        + "\n".join(f"  `{c.written}` ({c.source}): {why}" for c, why in failed)
+        + "".join(f"\n  `{c.written}` ({c.source}): not run" for c in untried)
+        + "\nrerun with --command 'python <script that trains and prints the metric>'"
+    )
+
+
+def _take(ins: Inspection, c: Candidate) -> None:
+    """`c` is the command: with its seed wired, and a word on what was left out."""
+    command, seeded = wire_seed(ins, c.command)
+    if seeded:
+        ins.found["seed_env"] = Found("FARM_SEED", seeded)
+    how = "a guess" if not c.checked else f"from {c.source}"
+    if c.written and c.written != command:
+        how += f" (`{c.written}` there)"
+    others = [o for o in ins.candidates if o.dropped and o is not c]
+    if others:
+        how += "; left out: " + "; ".join(f"`{o.written}`: {o.dropped}" for o in others)
+    ins.found["command"] = Found(command, how, checked=c.checked)
+    if not c.checked:
+        ins.warnings.append(
+            f"no `python <script>` line in {', '.join(ins.docs) or 'any doc'}: command "
+            f'"{command}" is a guess; pass --command if it is wrong'
+        )
+    if c.manager:
+        ins.warnings.append(
+            f"{c.source} runs it through {c.manager} (`{c.written}`); farm runs `{command}` with "
+            "the python on PATH, so activate the project's environment before `farm run`: "
+            + environment(ins, c.written)
+        )
+
+
+def _no_trial(
+    ins: Inspection, c: Candidate, command: str, run: RunResult, budget_s: float
+) -> tuple[str, str]:
+    """Why this probe run shows `command` is no trial, in a few words and in full with
+    what to do: ("", "") when it printed a summary line."""
+    if run.timed_out:
+        return f"did not finish within {budget_s:.0f} s", (
+            f"`{command}` did not finish within {budget_s:.0f} s: rerun with a larger "
+            "--probe-budget, or with --no-probe and check the metric by hand"
+        )
+    if run.exit_code != 0:
+        missing = re.search(r"No module named '([\w.]+)'", run.output_tail)
+        if missing:
+            module = missing.group(1).split(".")[0]
+            env = environment(ins, c.written)
+            return f"exited {run.exit_code}: no module named {module!r}", (
+                f"`{command}` exited {run.exit_code}: no module named {module!r} in the "
+                f"python on PATH ({shutil.which('python') or 'none'}).\n"
+                + (
+                    f"Activate the project's environment, {env}, and rerun farm init"
+                    if env
+                    else "Activate the environment the project runs in (or install its "
+                    "packages), and rerun farm init"
+                )
+            )
+        return f"exited {run.exit_code}", (
+            f"`{command}` exited {run.exit_code} in a copy of the repo:\n"
+            f"{_tail(run.output_tail, 15)}\n"
+            "fix the target (or pass --command) so it runs, then rerun farm init"
+        )
+    if not summary_names(run.output_tail):
+        return "printed no summary line", (
+            "the probe printed no summary line (`name: value`, `name=value`, "
+            f"`[tag] name=value`); its last lines:\n{_tail(run.output_tail, 5)}"
+            "\nprint the metric as such a line, or rerun with --no-probe --metric NAME and "
+            "set metric_regex (one capture group around the value) in farm.toml"
+        )
+    return "", ""
+
+
 def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResult:
     """Run `command` once in the sandbox, in a copy of the repo, as a trial would run."""
     words = shlex.split(command)
     exe = next((w for w in words if "=" not in w), "")
     if exe and "/" not in exe and shutil.which(exe) is None:
+        declared = environment(ins)
         raise FarmError(
-            f"`{exe}` (from the command {command!r}) is not on PATH here: install it, or "
-            "rerun with --command (e.g. --command 'python train.py')"
+            f"`{exe}` (from the command {command!r}) is not on PATH here: install it, "
+            + (f"activate the project's environment ({declared}), " if declared else "")
+            + "or rerun with --command (e.g. --command 'python train.py')"
         )
     env = {k: os.environ[k] for k in DEFAULT_ENV_ALLOW if k in os.environ}
-    env[str(ins.found["seed_env"].value)] = "0"
+    env.update(dict.fromkeys(["FARM_SEED", *seed_variables(ins)], "0"))
     with tempfile.TemporaryDirectory(prefix="farm-init-") as tmp:
         work = Path(tmp)
         for f in ins.files:
@@ -173,17 +289,8 @@ def probe_command(ins: Inspection, command: str, *, budget_s: float) -> RunResul
         )
     if left:  # what an `evaluate` step would read: only what `artifacts` declares reaches it
         ins.found["artifacts"] = Found(left[:ARTIFACTS_SHOWN], "what the probe run left")
-    if run.timed_out:
-        raise FarmError(
-            f"`{command}` did not finish within {budget_s:g} s: rerun with a larger "
-            "--probe-budget, or with --no-probe and check the metric by hand"
-        )
-    if run.exit_code != 0:
-        raise FarmError(
-            f"`{command}` exited {run.exit_code} in a copy of the repo:\n"
-            f"{_tail(run.output_tail, 15)}\n"
-            "fix the target (or pass --command) so it runs, then rerun farm init"
-        )
+    else:
+        ins.found.pop("artifacts", None)
     return run
 
 
@@ -236,9 +343,13 @@ def choose_metric(
             "set metric_regex (one capture group around the value) in farm.toml"
         )
 
+    key = _key_metrics(ins, names)
+
     def score(name: str) -> float:
         parts = _parts(name)
         s = 0.0
+        if name in key:
+            s += 8
         if _names(name, docs):
             s += 4
         if set(parts) & (_MAXIMIZE | _MINIMIZE):
@@ -265,12 +376,27 @@ def choose_metric(
             f"metric {best!r} is a guess among equally likely lines ({others}); pass --metric"
         )
         return
-    ins.found["metric"] = Found(best, how)
+    ins.found["metric"] = Found(best, how if best not in key else f"{how}; {key[best]}")
+
+
+def _key_metrics(ins: Inspection, names: list[str]) -> dict[str, str]:
+    """The printed names a doc calls the metric ("The key metric is `win_rate`", "get the
+    lowest `val_loss`"), each with the statement saying so."""
+    key: dict[str, str] = {}
+    for doc, text in ins.docs.items():
+        for block, _ in blocks(text):
+            for clause in clauses(block):
+                if _KEY_METRIC.search(clause):
+                    for name in names:
+                        if _names(name, clause) and name not in key:
+                            key[name] = f"{doc}: {quote(clause)}"
+    return key
 
 
 def _names(name: str, text: str) -> bool:
-    """`text` mentions `name` as a word (`val_loss`, not `val_loss_ema`)."""
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", text) is not None
+    """`text` mentions `name` as a word (`val_loss`, "lowest val_loss.", not `val_loss_ema`
+    nor `val_loss.py`)."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w|\.\w)", text) is not None
 
 
 def _metric_from_docs(docs: str) -> str:
@@ -328,13 +454,54 @@ def choose_direction(ins: Inspection, *, override: Direction | None, ask: Ask | 
 
 
 def choose_budget(ins: Inspection, run: RunResult | None) -> None:
-    if run is None:
+    """A limit the docs state (unless the probe ran longer); else the training time the
+    repo documents (its docs or a TIME_BUDGET-style constant) with room for start-up and
+    evaluation; else the probe's time, doubled with slack (trials on a busy node run
+    slower); else the default."""
+    command = str(ins.found["command"].value)
+    said = documented_budget(ins, reached_by(ins, command))
+    probed = 0
+    if run is not None:
+        probed = _tens(max(60.0, 2 * run.duration_s + 30))
+    if said and said.limit and run is not None and run.duration_s > said.seconds:
+        # The docs' limit would time out the very run the probe made: trust the machine.
+        budget, how = probed, f"the probe ran {run.duration_s:.1f} s"
+        ins.warnings.append(
+            f"the docs limit a run to {said.seconds:g} s ({said.how}), but the probe ran "
+            f"{run.duration_s:.0f} s: wrote budget_s = {budget}; lower it once runs are "
+            "that fast here"
+        )
+    elif said and said.limit:
+        budget, how = math.ceil(said.seconds), f"the limit in {said.how}"
+    elif said:
+        # A quarter more and 30 s: start-up, the evaluation after training, a busy node.
+        budget = max(_tens(said.seconds * 1.25 + 30), probed)
+        how = f"{said.seconds:g} s of training ({said.how}), a quarter and 30 s more"
+        if budget == probed and run is not None:
+            how = f"the probe ran {run.duration_s:.1f} s; {said.how}"
+    elif run is not None:
+        budget, how = probed, f"the probe ran {run.duration_s:.1f} s"
+    else:
         ins.found["budget_s"] = Found(300, "the default", checked=False)
         ins.warnings.append("budget_s = 300 is the default: no probe run timed the command")
         return
-    # Twice the probe plus slack, in tens of seconds: trials on a busy node run slower.
-    budget = max(60, math.ceil((2 * run.duration_s + 30) / 10) * 10)
-    ins.found["budget_s"] = Found(budget, f"the probe ran {run.duration_s:.1f} s")
+    ins.found["budget_s"] = Found(budget, how)
+
+
+def _tens(seconds: float) -> int:
+    return math.ceil(seconds / 10) * 10
+
+
+def warn_wall_clock(ins: Inspection) -> None:
+    """A target that trains until a wall-clock time is up does less work on a busy node:
+    its metric moves with the machine's load, not only with the code."""
+    where = wall_clock_stop(ins, reached_by(ins, str(ins.found["command"].value)))
+    if where:
+        ins.warnings.append(
+            f"it stops on wall-clock time ({where}): its metric depends on the machine's load "
+            "(a busy node runs fewer steps in the same time); compare candidates on equally "
+            "loaded nodes (fewer `slots`), or count steps instead of seconds"
+        )
 
 
 def choose_frozen(ins: Inspection) -> None:

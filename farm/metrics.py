@@ -41,7 +41,7 @@ from farm.config import MetricsConfig, stored_config
 from farm.errors import ConfigError, StoreError
 from farm.figures import sigma_in_force
 from farm.merge import Fidelity, fidelity
-from farm.progress import keep_threshold
+from farm.progress import ClusterView, keep_threshold
 from farm.records import (
     Campaign,
     CandidateState,
@@ -363,8 +363,14 @@ class RoleMetrics:
             buckets=STORE_BUCKETS_S,
         )
         self._store_errors = self._new(
-            Counter, "farm_store_errors", "role", "op", doc="Store operations that failed."
+            Counter,
+            "farm_store_errors",
+            "role",
+            "op",
+            doc="Failed attempts at store operations: each one retried through a lost "
+            "connection as it happens, and each operation that failed in the end.",
         )
+        self._op = threading.local()  # the store operation each thread is inside
         self._dispatch: _DispatchSeries | None = None  # once this process dispatches
 
     def _new(self, cls: type, name: str, *labels: str, doc: str, **kwargs: Any) -> Any:
@@ -372,12 +378,18 @@ class RoleMetrics:
 
     def instrument(self, store: Store) -> Store:
         """The store, timed and counted per operation; claims and give-backs observed."""
+        store.on_retry = self._retried
         return cast(Store, _InstrumentedStore(store, self))
 
-    def watch_slots(self, *, slots: int, busy: Callable[[], int]) -> None:
-        """This process dispatches: its slots, and every dispatcher series from zero."""
+    def _retried(self, error: Exception) -> None:
+        op = getattr(self._op, "name", "") or "unknown"
+        self._store_errors.labels(self.campaign, self.role, op).inc()
+
+    def watch_slots(self, *, busy: Callable[[], int], cluster: Callable[[], ClusterView]) -> None:
+        """This process dispatches: its slots and the nodes behind them (`cluster`: the
+        dispatcher's latest look), and every dispatcher series from zero."""
         c = self.campaign
-        self._new(Gauge, "farm_slots", doc="Trial slots this process fills.").labels(c).set(slots)
+        self.registry.register(_ClusterCollector(c, cluster))
         self._new(Gauge, "farm_slots_busy", doc="Slots running a trial now.").labels(
             c
         ).set_function(lambda: float(busy()))
@@ -452,6 +464,51 @@ class RoleMetrics:
             (d.retries if kwargs.get("failed") else d.interrupted).inc()
 
 
+class _ClusterCollector(Collector):
+    """A dispatcher's slots and the Ray nodes behind them, as it last looked."""
+
+    def __init__(self, campaign: str, cluster: Callable[[], ClusterView]) -> None:
+        self.campaign, self.cluster = campaign, cluster
+
+    def collect(self) -> Iterator[Metric]:
+        c, view = self.campaign, self.cluster()
+        slots = GaugeMetricFamily(
+            "farm_slots",
+            "Trial slots this process fills: those asked for, once a node is lost no more "
+            "than the live nodes hold.",
+            labels=["campaign"],
+        )
+        slots.add_metric([c], view.slots)
+        nodes = GaugeMetricFamily(
+            "farm_nodes",
+            "Ray nodes that can run the trials: alive, and lost (fewer than the most this "
+            "process has seen alive).",
+            labels=["campaign", "state"],
+        )
+        nodes.add_metric([c, "alive"], view.alive)
+        nodes.add_metric([c, "lost"], view.lost)
+        classes = GaugeMetricFamily(
+            "farm_hardware_nodes",
+            "Live nodes of each hardware class trials have run on (0: none left).",
+            labels=["campaign", "hardware"],
+        )
+        for hardware, n in sorted(view.classes.items()):
+            classes.add_metric([c, hardware], n)
+        unplaced = GaugeMetricFamily(
+            "farm_trials_unplaced",
+            "Trials of this process that have waited longer than a budget for a node.",
+            labels=["campaign"],
+        )
+        unplaced.add_metric([c], view.unplaced)
+        wait = GaugeMetricFamily(
+            "farm_placement_wait_seconds",
+            "The longest of those waits (0: none).",
+            labels=["campaign"],
+        )
+        wait.add_metric([c], view.placement_wait_s)
+        yield from (slots, nodes, classes, unplaced, wait)
+
+
 @dataclass
 class _DispatchSeries:
     """A dispatching process's series, read off its claims and give-backs."""
@@ -481,12 +538,14 @@ class _InstrumentedStore:
         @functools.wraps(attr)
         def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            outer, m._op.name = getattr(m._op, "name", ""), name
             try:
                 value = attr(*args, **kwargs)
             except StoreError:
                 errors.inc()
                 raise
             finally:
+                m._op.name = outer
                 seconds.observe(time.perf_counter() - started)
             m._observe(name, value, kwargs)
             return value

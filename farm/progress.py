@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm import figures, merge
@@ -44,6 +44,31 @@ DECIDED = (
     CandidateState.SUPERSEDED,
     CandidateState.REVERTED,
 )
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What a dispatcher sees of the Ray nodes that can run its trials (farm/dispatch.py
+    looks every few seconds; its status line and its metrics show this)."""
+
+    slots: int  # the slots it fills now: those asked for, at most what live nodes hold
+    asked: int
+    alive: int = 0  # live nodes that can run a trial
+    lost: int = 0  # how many fewer than the most it has seen alive
+    # Live nodes of each hardware class trials have run on (a class with 0 has none left).
+    classes: dict[str, int] = field(default_factory=dict)
+    unplaced: int = 0  # trials it holds that have waited longer than a budget for a node
+    placement_wait_s: float = 0.0  # the longest of those waits
+
+    def text(self) -> str:
+        """What the status line adds to `slots busy/slots`: "" while all is well."""
+        gone = [c for c, n in sorted(self.classes.items()) if n == 0]
+        parts = [
+            f"{self.lost} node{'s' if self.lost != 1 else ''} lost" if self.lost else "",
+            f"no node of {', '.join(gone)}" if gone and len(self.classes) > 1 else "",
+            f"{self.unplaced} unplaced" if self.unplaced else "",
+        ]
+        return ", ".join(p for p in parts if p)
 
 
 # -- the campaign as a sequence of trials (progress.png, report.md) ---------------------------
@@ -382,15 +407,24 @@ def decision_text(store: Store, campaign: str, d: Decision, metric: str) -> str:
 
 
 def status_line(
-    s: Snapshot, *, slots: int, busy: int, elapsed_s: float, pace: Pace, width: int = WIDTH
+    s: Snapshot,
+    *,
+    slots: int,
+    busy: int,
+    elapsed_s: float,
+    pace: Pace,
+    cluster: ClusterView | None = None,
+    width: int = WIDTH,
 ) -> str:
-    """One line: time, candidates against the budget with ETA, slots, trials, the best.
+    """One line: time, candidates against the budget with ETA, slots (and nodes lost, trials
+    unplaced), trials, the best.
 
     What does not fit goes, least useful first: the failure count, the trials, the slots.
     """
+    trouble = cluster.text() if cluster else ""
     parts = [
         f"[{clock(elapsed_s)}] {pace.text()}",
-        f"slots {busy}/{slots}",
+        f"slots {busy}/{slots}" + (f" ({trouble})" if trouble else ""),
         f"trials {s.finished}",
         f"{s.failed} failed",
         f"{s.metric} {num(s.incumbent_metric)}" + (" (estimated)" if s.estimated else ""),

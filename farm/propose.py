@@ -35,6 +35,7 @@ from farm.config import DEFAULT_BACKLOG, DEFAULT_BATCH, ProposerKind, TargetConf
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.merge import keep_threshold, smallest_delta, threshold
 from farm.merge.verdicts import FIRST_BASELINE
+from farm.processes import gone_here, process_id
 from farm.records import (
     CallState,
     Candidate,
@@ -222,6 +223,7 @@ class StoreBook(Book):
         limit: int | None = None,
         lock: threading.Lock | None = None,
         holds: dict[str, ProposerCall] | None = None,
+        holder: str = "",
     ) -> None:
         self.store = store
         self.cfg = cfg
@@ -232,6 +234,7 @@ class StoreBook(Book):
         self.limit = limit  # valid candidates still allowed (None: no limit)
         self.lock = lock or threading.Lock()
         self.holds = holds if holds is not None else {}  # open holds, shared with the feeder
+        self.holder = holder or process_id()  # the process its calls name
         self.outcome = BatchOutcome()
 
     def hold(self, worst_usd: float, *, cap_usd: float, label: str, tag: Draft) -> str:
@@ -247,6 +250,7 @@ class StoreBook(Book):
                 label=label,
                 batch_size=self.batch_size,
                 reserved_usd=worst_usd,
+                holder=self.holder,
             )
             self.store.hold_call(call)
             self.holds[call.id] = call
@@ -460,6 +464,7 @@ class Feeder:
     campaign: str
     proposer: Proposer
     max_candidates: int | None = None  # valid candidates to create in all; None = no limit
+    holder: str = field(default_factory=process_id)  # this process, on the calls it holds
     slots: int | None = None  # trials run at once (None: unknown), for feed_sizes
     # A proposer call's latency: given (farm simulate's model), else timed on each call.
     latency_s: float | None = None
@@ -476,7 +481,10 @@ class Feeder:
     _trial_s: float | None = None  # the baseline's median run, once measured
 
     def start(self) -> None:
-        """Feed in a background thread (inside `farm run`)."""
+        """Finish what a killed proposer left (before anyone asks whether this one is `done`:
+        a dead process's call in flight counts toward the limit), then feed in a background
+        thread (inside `farm run`)."""
+        self.recover()
         self._thread = threading.Thread(target=self.run, name="farm-propose", daemon=True)
         self._thread.start()
 
@@ -685,14 +693,28 @@ class Feeder:
             limit=limit,
             lock=self._lock,
             holds=self._holds,
+            holder=self.holder,
         )
 
+    def recover(self) -> None:
+        """Finish what a proposer killed mid-batch left: its calls in flight, and rejected
+        drafts recorded without their decision."""
+        self._settle_stale()
+        kinds = {DecisionKind.REJECTED}
+        decided = {d.candidate_id for d in self.store.list_decisions(self.campaign, kinds=kinds)}
+        for cand in self.store.list_candidates(self.campaign, {CandidateState.REJECTED}):
+            if cand.id not in decided:
+                _reject(self.store, cand)
+
     def _settle_stale(self) -> None:
-        """Holds left by a proposer that died mid-call, once no call could still be running."""
+        """Holds left by a proposer that died mid-call: at once where it was a process of
+        this host that is gone, else once no call could still be running."""
         p = self.cfg.proposer
         longest = p.timeout_s * (p.max_retries + 1) + 60
         now = time.time()
         why = "the proposer stopped (or was killed) while this call was in flight"
         for call in self.store.list_calls(self.campaign, {CallState.IN_FLIGHT}):
-            if call.id not in self._holds and now - call.created_at > longest:
+            if call.id in self._holds:
+                continue
+            if gone_here(call.holder) or now - call.created_at > longest:
                 _lose(self.store, call, why)

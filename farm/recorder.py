@@ -9,11 +9,12 @@ and its decision.
 from __future__ import annotations
 
 import logging
+import re
 
 from farm.config import TargetConfig
 from farm.errors import RefMismatch
 from farm.evidence import Evidence
-from farm.gitops import Repo, best_branch, candidate_branch
+from farm.gitops import FARM_EMAIL, Commit, Repo, best_branch, candidate_branch
 from farm.merge import Verdict
 from farm.records import (
     Candidate,
@@ -32,6 +33,19 @@ from proposer.knobs import set_values, value_changes
 from proposer.validate import Rejected, Validated, validate_draft
 
 log = logging.getLogger(__name__)
+
+# The subject of a candidate's commit (`Recorder.commit`): git names farm's keeps by it.
+_SUBJECT = re.compile(r"farm c(\d+)(?: \(rebased\))?: (.*)")
+
+
+def candidate_of(commit: Commit) -> tuple[int, str, str] | None:
+    """(candidate id, title, hypothesis) of a candidate's commit; None for a commit farm did
+    not make."""
+    subject, _, body = commit.message.partition("\n")
+    found = _SUBJECT.fullmatch(subject)
+    if found is None or commit.author_email != FARM_EMAIL:
+        return None
+    return int(found[1]), found[2], body.strip()
 
 
 class Notices:
@@ -158,7 +172,22 @@ class Recorder:
         return sha
 
     def move_best(self, *, old: str, new: str) -> None:
-        self.repo.fast_forward(best_branch(self.campaign), old=old, new=new)
+        try:
+            self.repo.fast_forward(best_branch(self.campaign), old=old, new=new)
+        except RefMismatch as e:
+            keeps = self._unknown_keeps(old, e.found)
+            raise RefMismatch(e.branch, expected=old, found=e.found, farm_commits=keeps) from None
+
+    def _unknown_keeps(self, sha: str, tip: str | None) -> list[str]:
+        """The commits farm made on the best branch past `sha` for candidates the store has
+        no decision for: keeps a store that lost writes does not know."""
+        if tip is None:
+            return []
+        return [
+            c.sha
+            for c in self.repo.log(sha, tip)
+            if (name := candidate_of(c)) and self.store.get_decision(self.campaign, name[0]) is None
+        ]
 
     def sync_best_branch(self) -> None:
         """After a crash between moving the incumbent and its branch, catch the branch up
@@ -173,7 +202,8 @@ class Recorder:
             self.repo.set_branch(branch, inc.sha)
         elif tip != inc.sha:
             if not self.repo.is_ancestor(tip, inc.sha):
-                raise RefMismatch(branch, expected=inc.sha, found=tip)
+                keeps = self._unknown_keeps(inc.sha, tip)
+                raise RefMismatch(branch, expected=inc.sha, found=tip, farm_commits=keeps)
             self.repo.fast_forward(branch, old=tip, new=inc.sha)
 
     def _reverted_from(self, tip: str, sha: str) -> bool:

@@ -251,6 +251,7 @@ class ProposerCall:
     reason: str = ""  # why it failed or was lost
     created_at: float = field(default_factory=time.time)
     settled_at: float = 0.0
+    holder: str = ""  # the process that sent it (farm.processes.process_id)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

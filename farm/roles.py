@@ -11,9 +11,6 @@ Any of them can be killed and restarted: all state is in the store.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
 import threading
 import time
 from typing import TextIO
@@ -24,6 +21,7 @@ from farm.dispatch import Dispatcher, announce_sandbox
 from farm.errors import CampaignTaken, FarmError
 from farm.gitops import Repo
 from farm.metrics import RoleMetrics
+from farm.processes import gone_here, process_id
 from farm.progress import decision_text, note_text, plural
 from farm.propose import STOP_GRACE_S, Feeder
 from farm.records import CandidateState, DriverLease, TrialState
@@ -43,13 +41,13 @@ class Driving:
 
     def __init__(self, store: Store, campaign: str, *, role: str) -> None:
         self.store, self.campaign = store, campaign
-        self.holder = f"{role} (pid {os.getpid()} on {socket.gethostname()})"
+        self.holder = f"{role} ({process_id()})"  # the process: host:pid:nonce
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="farm-lease", daemon=True)
 
     def __enter__(self) -> Driving:
         lease = self._take()
-        if lease.holder != self.holder and _died_here(lease.holder):
+        if lease.holder != self.holder and gone_here(lease.holder.rpartition("(")[2].rstrip(")")):
             self.store.drop_lease(self.campaign, holder=lease.holder)
             lease = self._take()
         if lease.holder != self.holder:
@@ -120,21 +118,6 @@ class _IdleClock:
         return time.time() - self.since >= self.limit_s
 
 
-def _died_here(holder: str) -> bool:
-    """Whether a lease's holder was a process of this machine that is gone: its lease need
-    not lapse first (a driver killed and started again at once)."""
-    found = re.fullmatch(r".* \(pid (\d+) on (.+)\)", holder)
-    if found is None or found[2] != socket.gethostname():
-        return False
-    try:
-        os.kill(int(found[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
-
-
 def serve_control(
     *,
     store: Store,
@@ -186,7 +169,7 @@ def serve_work(
         heartbeat_s=max(0.2, lease_s / 6),
     )
     if metrics is not None:
-        metrics.watch_slots(slots=slots, busy=lambda: dispatcher.busy)
+        metrics.watch_slots(busy=lambda: dispatcher.busy, cluster=lambda: dispatcher.view)
     freed = dispatcher.reclaim_orphans()
     print(
         f"farm work: {dispatcher.worker_id} | {plural(slots, 'slot')} | campaign {cfg.campaign} | "
@@ -200,6 +183,8 @@ def serve_work(
     try:
         while True:
             recorded += dispatcher.step(wait_s=POLL_S)
+            while dispatcher.notices:
+                print(note_text(dispatcher.notices.pop(0)), file=out, flush=True)
             counts = store.count_trials(cfg.campaign)
             idle = not dispatcher.busy and not counts[TrialState.QUEUED]
             if clock.expired(idle):

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from farm.progress import (
     WIDTH,
+    ClusterView,
     Pace,
     Snapshot,
     clock,
@@ -49,6 +50,7 @@ class RunView:
     every_s: float
     started: float = field(default_factory=time.time)
     decided_before: int | None = None  # candidates decided before this run (a resume)
+    cluster: ClusterView | None = None  # the dispatcher's nodes, as it last looked
     _last: float = 0.0
     _shown: str = ""  # the last status line printed
 
@@ -59,8 +61,18 @@ class RunView:
         """A line the campaign says once (the baseline was deterministic, had outliers)."""
         print(note_text(text), file=self.out, flush=True)
 
-    def tick(self, snap: Callable[[], Snapshot], *, busy: int, force: bool = False) -> None:
-        """Show where the run stands, when it is time to (or `force`)."""
+    def tick(
+        self,
+        snap: Callable[[], Snapshot],
+        *,
+        busy: int,
+        cluster: ClusterView | None = None,
+        force: bool = False,
+    ) -> None:
+        """Show where the run stands, when it is time to (or `force`); `cluster`: the
+        dispatcher's view of its nodes (its slots follow them)."""
+        if cluster is not None:
+            self.cluster, self.slots = cluster, cluster.slots
         if not force and time.time() - self._last < self._period():
             return
         self._last = time.time()
@@ -84,7 +96,14 @@ class RunView:
         """Print the status line; unless `again`, not when only its clock differs from the
         last one (a run's final line after a periodic one)."""
         elapsed = time.time() - self.started
-        line = status_line(s, slots=self.slots, busy=busy, elapsed_s=elapsed, pace=self.pace(s))
+        line = status_line(
+            s,
+            slots=self.slots,
+            busy=busy,
+            elapsed_s=elapsed,
+            pace=self.pace(s),
+            cluster=self.cluster,
+        )
         if again or line.partition("] ")[2] != self._shown.partition("] ")[2]:
             print(line, file=self.out, flush=True)
             self._shown = line
@@ -131,8 +150,11 @@ class LiveView(RunView):
         pace = self.pace(s)
         st = s.stats
         head = f"farm {s.campaign} · {clock(time.time() - self.started)}"
+        trouble = self.cluster.text() if self.cluster else ""
         slots = (
-            f"slots {busy}/{self.slots} busy · queue {st.trials[TrialState.QUEUED]}"
+            f"slots {busy}/{self.slots} busy"
+            + (f" ({trouble})" if trouble else "")
+            + f" · queue {st.trials[TrialState.QUEUED]}"
             f" · backlog {st.candidates[CandidateState.QUEUED]}"
         )
         lines = [Text(fit(f"{head} · {slots}", width), style="bold")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,12 @@ from pathlib import Path
 import pytest
 from fake_anthropic import FakeAnthropic
 from helpers import SECRET, TOY_TOML, TOY_TRAIN, MakeTarget, git
+
+from farm.store import VOLATILE_ENV
+
+# The machine's Redis (FARM_TEST_REDIS_URL) keeps no AOF: every farm role a test starts,
+# here or in a subprocess, accepts that. The tests of the refusal itself leave it out.
+os.environ[VOLATILE_ENV] = "1"
 
 
 @pytest.fixture
@@ -49,8 +56,6 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     Its workers inherit this environment: a per-session code cache, and a fake API key.
     """
-    import os
-
     import ray
 
     os.environ["FARM_CACHE_DIR"] = str(tmp_path_factory.mktemp("farm-cache"))

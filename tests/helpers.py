@@ -156,6 +156,7 @@ def farm_metric_names(tmp: Path) -> set[str]:
 
     from farm.config import ProposerConfig
     from farm.metrics import LedgerCollector, RoleMetrics
+    from farm.progress import ClusterView
     from farm.records import (
         Campaign,
         Decision,
@@ -185,7 +186,7 @@ def farm_metric_names(tmp: Path) -> set[str]:
     registry = CollectorRegistry()
     registry.register(LedgerCollector(store))
     role = RoleMetrics(campaign="c", role="run")
-    role.watch_slots(slots=1, busy=lambda: 0)
+    role.watch_slots(busy=lambda: 0, cluster=lambda: ClusterView(slots=1, asked=1))
     role.measure(make_proposer(ProposerConfig(kind="mutate"), target=tmp))
     role.instrument(store).get_campaign("c")  # a role's store series appear with its first call
     names = {s.name for r in (registry, role.registry) for m in r.collect() for s in m.samples}

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -64,19 +63,23 @@ def git(
 
 
 def make_bundle(repo: Path, sha: str) -> bytes:
-    """A full git bundle of commit `sha` in `repo` (run on the driver)."""
+    """A full git bundle of commit `sha` in `repo` (run on the driver).
+
+    `git bundle create` takes refs, not bare commits: the ref lives in a throwaway repo that
+    borrows `repo`'s objects, so nothing is ever written into `repo` (a driver killed
+    halfway leaves no ref behind there) and concurrent callers never meet.
+    """
     full = git("rev-parse", "--verify", f"{sha}^{{commit}}", cwd=repo).stdout.strip()
-    # `git bundle create` takes refs, not bare commits. A unique name lets concurrent
-    # callers bundle the same commit without deleting each other's ref.
-    ref = f"refs/farm-bundle/{full}-{uuid.uuid4().hex[:8]}"
-    git("update-ref", ref, full, cwd=repo)
-    try:
-        with tempfile.TemporaryDirectory(prefix="farm-bundle-") as tmp:
-            path = Path(tmp) / "base.bundle"
-            git("bundle", "create", str(path), ref, cwd=repo)
-            return path.read_bytes()
-    finally:
-        git("update-ref", "-d", ref, cwd=repo)
+    objects = (repo / git("rev-parse", "--git-path", "objects", cwd=repo).stdout.strip()).resolve()
+    with tempfile.TemporaryDirectory(prefix="farm-bundle-") as tmp:
+        scratch = Path(tmp) / "repo.git"
+        git("init", "-q", "--bare", "--template=", str(scratch), cwd=Path(tmp))
+        (scratch / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (scratch / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+        git("update-ref", "refs/heads/base", full, cwd=scratch)
+        path = Path(tmp) / "base.bundle"
+        git("bundle", "create", str(path), "refs/heads/base", cwd=scratch)
+        return path.read_bytes()
 
 
 def cache_repo_path(repo_key: str, cache_dir: Path | None = None) -> Path:

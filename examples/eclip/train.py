@@ -5,14 +5,21 @@ EDITABLE: this is the file the agent changes. prepare.py (data + evaluation) is 
 A small ViT and a small DistilBERT, both randomly initialised, are projected into a
 shared space and trained with the symmetric InfoNCE loss of CLIP and a learnable
 temperature; an auxiliary head learns to predict the expert heatmap from the ViT's
-patch tokens. Trains for a fixed number of steps, then prints a summary block.
+patch tokens. Like autoresearch's train.py it trains for a wall-clock budget: until
+$FARM_BUDGET_S (set by farm for every trial; short screens set it shorter) less the time
+its evaluation takes, measured before training, and a margin; then it evaluates and prints
+a summary block. More steps come only from faster steps, and the result depends on load.
 """
 
+import time
+
+T_START = time.time()  # before the slow imports: the budget counts from the process start
+
+import itertools
 import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -28,8 +35,7 @@ from transformers import DistilBertConfig, DistilBertModel
 LEARNING_RATE = 3e-3  # AdamW peak LR
 WEIGHT_DECAY = 0.05  # AdamW weight decay on matrices (not on norms, biases or the temperature)
 BATCH_SIZE = 64  # image-phrase pairs per step; the rest of the batch are the negatives
-NUM_STEPS = 300  # fixed step count, not wall clock: the result depends on the seed, not on load
-WARMUP_STEPS = 60  # linear LR warmup, then cosine decay to zero
+WARMUP_FRAC = 0.2  # share of the training time spent on linear LR warmup, then cosine decay
 EMBED_DIM = 64  # width of both encoders and of the shared embedding
 VIT_DEPTH = 4  # transformer blocks in the image encoder
 HEATMAP_WEIGHT = 1.0  # weight of the auxiliary heatmap loss
@@ -38,15 +44,17 @@ LOGIT_SCALE_MAX = 0.5  # clamp on the learnable log-temperature
 # ---------------------------------------------------------------------------
 # Setup
 
-t_start = time.time()
+# Wall-clock budget of the whole process; a trial still running at it is killed (TIMEOUT).
+budget_s = float(os.environ.get("FARM_BUDGET_S", "90"))  # farm.toml budget_s
 seed = int(os.environ.get("FARM_SEED", "0"))
 random.seed(seed)
 np.random.seed(seed)
 torch.manual_seed(seed)
 torch.set_num_threads(int(os.environ.get("FARM_THREADS", "1")))
 
-train_data, _ = load_data()
 t_data = time.time()
+train_data, _ = load_data()
+t_data = time.time() - t_data
 
 
 class ECLIP(nn.Module):
@@ -106,11 +114,12 @@ optimizer = torch.optim.AdamW(
 )
 
 
-def lr_at(step):
-    if step < WARMUP_STEPS:
-        return LEARNING_RATE * (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, NUM_STEPS - WARMUP_STEPS)
-    return LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_at(progress):
+    """LR at `progress`, the share of the training time spent (0 to 1)."""
+    if progress < WARMUP_FRAC:
+        return LEARNING_RATE * max(progress / WARMUP_FRAC, 1e-3)
+    rest = (progress - WARMUP_FRAC) / max(1e-9, 1 - WARMUP_FRAC)
+    return LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
 
 
 def batches():
@@ -129,13 +138,23 @@ patch_heat = F.adaptive_avg_pool2d(train_data.heatmaps[:, None], grid).flatten(1
 # ---------------------------------------------------------------------------
 # Training
 
+# The evaluation, timed once on the untrained model (it costs the same trained): training
+# stops early enough to leave twice that plus a margin, as load can change meanwhile.
+t_eval = time.time()
+evaluate_mean_rank(model)
+eval_seconds = time.time() - t_eval
+reserve_s = 2 * eval_seconds + max(3.0, 0.1 * budget_s)
+
 model.train()
 t_train = time.time()
+train_s = max(0.0, T_START + budget_s - reserve_s - t_train)
 batch_iter = batches()
-for step in range(NUM_STEPS):
+for step in itertools.count():
+    if time.time() - t_train >= train_s:
+        break
     idx = next(batch_iter)
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(step)
+        group["lr"] = lr_at((time.time() - t_train) / train_s)
 
     img_emb, patches = model.image_features(train_data.images[idx])
     txt_emb = model.encode_text(train_data.tokens[idx])
@@ -165,10 +184,16 @@ mean_rank = evaluate_mean_rank(model)
 
 print("---")
 print(f"mean_rank:        {mean_rank:.6f}")
-print(f"train_loss:       {contrastive.item():.4f}")
+print(f"train_loss:       {contrastive.item():.4f}" if step else "train_loss:       nan")
 print(f"logit_scale:      {model.logit_scale.item():.3f}")
-print(f"data_seconds:     {t_data - t_start:.1f}")
+print(f"data_seconds:     {t_data:.1f}")
+print(f"eval_seconds:     {eval_seconds:.1f}")
 print(f"training_seconds: {training_seconds:.1f}")
-print(f"total_seconds:    {time.time() - t_start:.1f}")
-print(f"num_steps:        {NUM_STEPS}")
+print(f"total_seconds:    {time.time() - T_START:.1f}")
+print(f"budget_seconds:   {budget_s:g}")
+print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.2f}")
+# Skip the interpreter's teardown of torch and transformers: seconds under load, and the
+# budget counts until the process ends.
+sys.stdout.flush()
+os._exit(0)

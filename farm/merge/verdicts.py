@@ -318,3 +318,16 @@ def few_runs(runs: float, wanted: int) -> str:
     if runs >= min(2, wanted):
         return ""
     return f"; its reference stands on {runs:g} run (the campaign asks for {wanted})"
+
+
+# -- a store behind the best branch -----------------------------------------------------
+def lost_keeps(ahead: Sequence[tuple[int | None, bool]]) -> list[int] | None:
+    """The best branch is ahead of the store's incumbent by these commits, oldest first:
+    each the candidate whose farm commit it is (None: not farm's) and whether the store has
+    a decision for that candidate. Farm's own commits of candidates the store has not
+    decided mean the store lost writes (rolled back: a Redis restarted from an old
+    snapshot, a restored backup): they were kept, and are to be recorded kept again, never
+    thrown away. Anything else (None) was not farm's doing."""
+    if not ahead or any(cand is None or decided for cand, decided in ahead):
+        return None
+    return [cand for cand, _ in ahead if cand is not None]

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from farm.errors import StoreError
 from farm.store.base import Store
 
-__all__ = ["Store", "default_url", "open_store"]
+__all__ = ["VOLATILE_ENV", "Store", "check_durable", "default_url", "open_store"]
+
+# Set to 1 to run the writing roles on a store that a restart can roll back (for scripts;
+# the roles' flag is --volatile-store).
+VOLATILE_ENV = "FARM_VOLATILE_STORE"
 
 
 def default_url(target: Path) -> str:
@@ -38,4 +43,35 @@ def open_store(url: str, *, retries: int | None = None) -> Store:
     raise StoreError(
         f"unknown store URL scheme {scheme!r} in {url!r}: use sqlite:///path/farm.db "
         "or redis://host:port/db"
+    )
+
+
+def check_durable(store: Store, *, volatile_ok: bool) -> str:
+    """Before a role writes: refuse a Redis store whose restart can lose what farm wrote (no
+    AOF), unless `volatile_ok` (--volatile-store, or FARM_VOLATILE_STORE=1) accepts it.
+    Returns a line to say ("" when there is nothing to say): what was accepted, or where the
+    settings were read when CONFIG was refused."""
+    if urlparse(store.url).scheme not in ("redis", "rediss"):
+        return ""  # SQLite commits every transaction to its file
+    from farm.store.redis import DURABLE_FLAGS, RedisStore, persistence
+
+    assert isinstance(store, RedisStore)
+    volatile_ok = volatile_ok or os.environ.get(VOLATILE_ENV, "") not in ("", "0")
+    found = persistence(store)
+    read = "" if found.source == "CONFIG GET" else f" (read from {found.source})"
+    if found.aof:
+        lost = f"; it may lose {found.loses()} (appendfsync no)" if found.loses() else ""
+        return f"store {store.url}: append-only file on{read}{lost}" if read or lost else ""
+    what = "keeps no append-only file" if found.aof is False else "may keep no append-only file"
+    if volatile_ok:
+        return (
+            f"store {store.url} {what}; accepted (--volatile-store or {VOLATILE_ENV}): a "
+            f"restart of it loses {found.loses()}{read}"
+        )
+    raise StoreError(
+        f"the store {store.url} {what}{read}: a restart of that Redis loses {found.loses()}: "
+        "results, decisions and candidates gone while git keeps farm's commits. Start "
+        f"redis-server with {DURABLE_FLAGS} (as k8s/redis.yaml does), or turn it on now: "
+        "redis-cli CONFIG SET appendonly yes (then CONFIG REWRITE to keep it); or accept "
+        f"the loss: --volatile-store ({VOLATILE_ENV}=1 in scripts)"
     )

@@ -44,7 +44,7 @@ Contract (every backend, checked by one test suite in tests/farm/test_store_cont
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from farm.errors import StateMoveRefused, StoreError
@@ -84,6 +84,10 @@ KIND_PRIORITY = {
 
 class Store(abc.ABC):
     url: str = ""
+    # Called with each failure the store retries through (a lost connection), as it
+    # happens: an operation may retry for half a minute before it fails, and an outage
+    # should show in the role's metrics while it lasts (farm/metrics.py sets it).
+    on_retry: Callable[[Exception], None] | None = None
 
     def local_paths(self) -> list[str]:
         """Where this store keeps its files on this machine (none for a server)."""

@@ -44,6 +44,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -315,7 +316,9 @@ class RedisStore(Store):
             raise StoreError(f"Redis at {self.url} failed: {e}") from None
 
     def _retrying(self, error: Exception, failures: int) -> None:
-        if failures <= self._retry.get_retries():
+        if failures <= self._retry.get_retries():  # the last failure raises instead
+            if self.on_retry is not None:
+                self.on_retry(error)
             log.warning(
                 "Redis at %s: %s; retry %d of %d",
                 self.url,
@@ -685,3 +688,71 @@ class RedisStore(Store):
         if len(lists) > 1:  # several kinds: merge their lists by when each was made
             found.sort(key=lambda d: d.created_at)
         return found if last is None else found[-last:]
+
+
+# -- persistence ----------------------------------------------------------------------------
+# What k8s/redis.yaml starts Redis with: every write in the append-only file, fsynced each
+# second (RDB snapshots beside it are a compact restart point, not a log).
+DURABLE_FLAGS = "--appendonly yes --appendfsync everysec"
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """How much of what farm writes a restart of the Redis server keeps."""
+
+    aof: bool | None  # None: neither CONFIG GET nor INFO could be read
+    fsync: str = ""  # appendfsync (always, everysec, no); "" when unknown
+    save: str = ""  # the RDB snapshot schedule ("" when none, or unknown)
+    unsaved: int | None = None  # writes since the last RDB snapshot (INFO)
+    last_save: float | None = None  # when that snapshot was taken (unix s)
+    source: str = "CONFIG GET"  # where the settings were read, and why there
+
+    def loses(self) -> str:
+        """What a restart of the server may lose of what farm wrote, "" when nothing."""
+        if self.aof:
+            # appendfsync no: the kernel writes the file out when it likes (~30 s on Linux).
+            return "up to ~30 s of writes in a crash of the machine" if self.fsync == "no" else ""
+        if not self.save and self.source == "CONFIG GET":
+            return "every write (it takes no RDB snapshots either)"
+        if self.last_save and self.unsaved is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(self.last_save))
+            return f"every write since its last RDB snapshot ({when}, {self.unsaved} writes ago)"
+        return "every write since its last RDB snapshot"
+
+
+def persistence(store: RedisStore) -> Persistence:
+    """Read the server's persistence settings: CONFIG GET, or INFO persistence where CONFIG
+    is renamed or refused (managed Redis, an ACL), which tells AOF on or off but not its
+    fsync policy."""
+
+    def read() -> Persistence:
+        try:
+            info = store._r.info("persistence")
+        except redis.ResponseError as e:
+            info, info_error = {}, str(e)
+        else:
+            info_error = ""
+        unsaved = info.get("rdb_changes_since_last_save")
+        last_save = info.get("rdb_last_save_time")
+        try:
+            config = store._r.config_get("append*") | store._r.config_get("save")
+        except redis.ResponseError as e:
+            if not info:
+                return Persistence(
+                    aof=None, source=f"neither CONFIG GET ({e}) nor INFO ({info_error})"
+                )
+            return Persistence(
+                aof=bool(info.get("aof_enabled")),
+                unsaved=unsaved,
+                last_save=last_save,
+                source=f"INFO persistence (CONFIG GET was refused: {e})",
+            )
+        return Persistence(
+            aof=config.get("appendonly") == "yes",
+            fsync=str(config.get("appendfsync") or ""),
+            save=str(config.get("save") or ""),
+            unsaved=unsaved,
+            last_save=last_save,
+        )
+
+    return store._call(read)

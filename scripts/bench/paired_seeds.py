@@ -32,7 +32,7 @@ EDITS = {  # name: (search, replace) in train.py; small changes first, then the 
     "unchanged": ("", ""),
     "LR 3e-3→3.5e-3": ("LEARNING_RATE = 3e-3", "LEARNING_RATE = 3.5e-3"),
     "WD 0.05→0.1": ("WEIGHT_DECAY = 0.05", "WEIGHT_DECAY = 0.1"),
-    "warmup 60→40": ("WARMUP_STEPS = 60", "WARMUP_STEPS = 40"),
+    "warmup 0.2→0.15": ("WARMUP_FRAC = 0.2", "WARMUP_FRAC = 0.15"),
     "heatmap 1.0→1.5": ("HEATMAP_WEIGHT = 1.0", "HEATMAP_WEIGHT = 1.5"),
     "clamp 0.5→1.0": ("LOGIT_SCALE_MAX = 0.5", "LOGIT_SCALE_MAX = 1.0"),
 }

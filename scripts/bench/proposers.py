@@ -116,24 +116,24 @@ STRUCTURES: list[tuple[str, str, str, list[tuple[str, str]], list[Knob]]] = [
 
 # Single-constant changes: (constant, new value, hypothesis).
 IDEAS = [
-    ("LEARNING_RATE", "1e-3", "3e-3 is high for AdamW on a 300-step run; a lower peak is steadier"),
+    ("LEARNING_RATE", "1e-3", "3e-3 is high for AdamW on a short run; a lower peak is steadier"),
     (
         "LOGIT_SCALE_MAX",
         "4.6052",
         "the log-temperature clamp of 0.5 caps the logit scale at "
         "e^0.5 ≈ 1.6, far below CLIP's 100 (log 4.6052): the softmax can never sharpen",
     ),
-    ("WARMUP_STEPS", "100", "a longer warmup protects the randomly initialised encoders"),
+    ("WARMUP_FRAC", "0.3", "a longer warmup protects the randomly initialised encoders"),
     ("WEIGHT_DECAY", "0.1", "stronger decay regularises a model that sees little data"),
     ("BATCH_SIZE", "128", "more in-batch negatives make the contrastive task sharper"),
     ("HEATMAP_WEIGHT", "0.5", "the auxiliary loss may pull capacity from retrieval"),
     ("VIT_DEPTH", "6", "two more blocks give the image encoder room to localise shapes"),
     ("LEARNING_RATE", "5e-3", "with the clamp relaxed a higher LR may now be stable"),
-    ("WARMUP_STEPS", "30", "a short warmup leaves more steps at the peak LR"),
+    ("WARMUP_FRAC", "0.1", "a short warmup leaves more steps at the peak LR"),
     ("WEIGHT_DECAY", "0.01", "weaker decay: the model is small and underfits"),
     ("HEATMAP_WEIGHT", "2.0", "heatmaps carry the shapes' positions: lean on them more"),
     ("EMBED_DIM", "96", "a wider shared space separates 1,000 phrases better"),
-    ("VIT_DEPTH", "3", "a shallower encoder trains faster in 300 steps"),
+    ("VIT_DEPTH", "3", "a shallower encoder takes more steps in the budget"),
     ("BATCH_SIZE", "96", "between 64 and 128: more negatives at less cost per step"),
     ("LEARNING_RATE", "2e-3", "a slightly lower peak after the temperature fix"),
     ("LOGIT_SCALE_MAX", "3.0", "a looser but still bounded temperature"),
@@ -213,7 +213,7 @@ def _knob(code: str, name: str, low: float, high: float, log: bool) -> dict[str,
     """A knob's range, widened to hold its current value (a kept tuning may have moved it)."""
     m = re.search(rf"^{name} = (\S+)", code, re.M)
     value = float(m.group(1)) if m else low
-    whole = name in ("WARMUP_STEPS", "BATCH_SIZE", "VIT_DEPTH", "EMBED_DIM", "NUM_STEPS")
+    whole = name in ("BATCH_SIZE", "VIT_DEPTH", "EMBED_DIM")
     low, high = min(low, value), max(high, value)
     if whole:
         low, high = float(int(low)), float(int(high) + 1)

@@ -100,6 +100,7 @@ def rehearsal_entrypoint(job: dict[str, Any], target: str, config: str) -> tuple
     assert shipped.startswith("/home/ray/farm/") and shipped_config.startswith("/home/ray/farm/")
     args[args.index("--store") + 1] = REDIS_URL
     args[args.index("--max-candidates") + 1] = str(CANDIDATES)
+    args.append("--volatile-store")  # this machine's Redis keeps no AOF, k8s/redis.yaml's does
     campaign = args[args.index("--campaign") + 1]
     return shlex.join(["farm-job", target, "--config", config, "--", *args]), campaign
 

@@ -333,8 +333,10 @@ def test_a_campaign_resumed_after_head_moved_on_says_so(make_target: MakeTarget)
     head = git(target, "rev-parse", "HEAD").strip()
     assert prepare(target, cfg, store, check_command=False, out=out).start_sha == camp.start_sha
     said = " ".join(out.getvalue().split())
-    assert f"HEAD ({head[:10]}) has moved on since campaign 'default' started at" in said
-    assert "--campaign NAME" in said
+    assert "HEAD has moved on since campaign 'default' started" in said
+    assert f"started at {camp.start_sha[:10]} baseline" in said
+    assert f"HEAD is {head[:10]} fix the data step" in said
+    assert "--restart" in said and "--campaign NAME" in said
     # A HEAD on the campaign's own line (its best branch merged in) is no news.
     git(target, "checkout", "-q", camp.start_sha)
     out = io.StringIO()

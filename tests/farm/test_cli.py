@@ -94,7 +94,7 @@ def test_a_second_driver_of_a_campaign_is_refused_with_who_holds_it(
 ) -> None:
     target = make_target()
     store = open_store(default_url(target))
-    holder = "farm run (pid 4242 on gpu-node-7)"
+    holder = "farm run (gpu-node-7:4242:a1b2c3)"
     store.take_lease("default", holder=holder, ttl_s=30, now=time.time())
     code, out = farm(capsys, cmd[0], str(target), *cmd[1:])
     assert code == 2
@@ -109,7 +109,7 @@ def test_a_driver_that_died_on_this_machine_is_taken_over_at_once(tmp_path: Path
     store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
     child = subprocess.Popen(["true"])
     child.wait()  # gone, and reaped
-    dead = f"farm run (pid {child.pid} on {socket.gethostname()})"
+    dead = f"farm run ({socket.gethostname()}:{child.pid}:a1b2c3)"
     store.take_lease("default", holder=dead, ttl_s=30, now=time.time())
     with Driving(store, "default", role="farm control") as driving:
         now = store.take_lease("default", holder="someone", ttl_s=30, now=time.time())

@@ -30,8 +30,8 @@ from farm.records import Campaign, Outcome, Trial, TrialKind, TrialResult, Trial
 from farm.store import Store, open_store
 
 VENV_BIN = Path(sys.executable).parent
-REDIS_URL = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13").rsplit("/", 1)[0]
-ROLES_DB = f"{REDIS_URL}/14"
+# The tests' own Redis database (flushed around each test), never another index.
+ROLES_DB = os.environ.get("FARM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 SLOW_TRAIN = """\
 import os

@@ -9,6 +9,7 @@ Prometheus is Debian's `prometheus` package (scripts/test.sh installs it when mi
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -70,24 +71,25 @@ class Watched:
     ports: dict[str, int]  # exporter and each role
 
 
-@pytest.fixture
-def watched(tmp_path: Path) -> Iterator[Watched]:
-    """A real Prometheus on loopback scraping the exporter and the roles every second, with
-    farm's alert rules loaded; the compose stack's scrape config, pointed at this test."""
+@contextlib.contextmanager
+def prometheus(
+    tmp_path: Path, *, exporter: int, roles: list[int], rules: Path = RULES
+) -> Iterator[Prometheus]:
+    """A real Prometheus on loopback scraping the exporter's and the roles' ports every
+    second, with `rules` loaded; the compose stack's scrape config, pointed at this test."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("no prometheus binary: scripts/test.sh installs Debian's package")
-    ports = {name: free_port() for name in ("exporter", *ROLES)}
     config = yaml.safe_load(SCRAPE_CONFIG.read_text())
     config["global"] = {
         "scrape_interval": "1s",
         "scrape_timeout": "1s",
         "evaluation_interval": "1s",
     }
-    config["rule_files"] = [str(RULES)]
+    config["rule_files"] = [str(rules)]
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    jobs["farm-exporter"]["static_configs"] = [{"targets": [f"127.0.0.1:{ports['exporter']}"]}]
-    jobs["farm"]["static_configs"] = [{"targets": [f"127.0.0.1:{ports[r]}" for r in ROLES]}]
+    jobs["farm-exporter"]["static_configs"] = [{"targets": [f"127.0.0.1:{exporter}"]}]
+    jobs["farm"]["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in roles]}]
     config["scrape_configs"] = [jobs["farm-exporter"], jobs["farm"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -114,14 +116,22 @@ def watched(tmp_path: Path) -> Iterator[Watched]:
         # Targets reach the scrape loop only after discovery syncs (every 5 s): wait for it,
         # so that the campaign is watched from its start.
         for _ in range(100):
-            if len(prom.get("/api/v1/targets")["activeTargets"]) == 4:
+            if len(prom.get("/api/v1/targets")["activeTargets"]) == 1 + len(roles):
                 break
             time.sleep(0.1)
-        yield Watched(prom, ports)
+        yield prom
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[Watched]:
+    """Prometheus watching the exporter and the three roles, with farm's alert rules."""
+    ports = {name: free_port() for name in ("exporter", *ROLES)}
+    with prometheus(tmp_path, exporter=ports["exporter"], roles=[ports[r] for r in ROLES]) as p:
+        yield Watched(p, ports)
 
 
 @pytest.fixture
@@ -273,11 +283,97 @@ def test_a_distributed_campaign_is_watched_to_its_end_and_after_its_roles_die(
         # Every alert rule evaluated without an error against these series; none fired.
         groups = prom.get("/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), rules
         assert prom.get("/api/v1/alerts")["alerts"] == []
     finally:
         for p in [*roles.values(), exporter]:
             kill(p)
+
+
+def firing(prom: Prometheus, *, within_s: float) -> Iterator[set[tuple[str, str]]]:
+    """The firing alerts as (name, campaign or role), polled until the caller is satisfied."""
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        alerts = prom.get("/api/v1/alerts")["alerts"]
+        yield {
+            (a["labels"]["alertname"], a["labels"].get("role", a["labels"].get("campaign", "")))
+            for a in alerts
+            if a["state"] == "firing"
+        }
+        time.sleep(0.5)
+    raise AssertionError(f"not firing within {within_s:g} s: {prom.get('/api/v1/alerts')}")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own (it kills it): (its URL, the process)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path)),
+            *("--save", "", "--appendonly", "yes"),  # as k8s/redis.yaml: a durable store
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    with redis.Redis.from_url(url) as client:
+        for _ in range(250):
+            with contextlib.suppress(redis.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.02)
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_the_store_and_dispatcher_alerts_fire_during_the_fault(
+    make_target: MakeTarget,
+    redis_server: tuple[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """`farm control` queues the baseline and no `farm work` runs it: FarmNoDispatcher (the
+    case FarmSlotsIdleWithWorkQueued cannot see). Then Redis dies: the exporter still answers
+    every scrape (farm_ledger_up 0) and FarmLedgerUnreadable fires, and the driver's store
+    errors count while it still retries, so FarmStoreErrors fires before it gives up."""
+    url, server = redis_server
+    # The rules as shipped, but with seconds where they wait minutes.
+    rules = tmp_path / "farm-alerts.yml"
+    rules.write_text(re.sub(r"\bfor: \w+", "for: 2s", RULES.read_text()))
+    target = make_target({"train.py": SLOW}, toml=TOML)
+    ports = {"exporter": free_port(), "control": free_port()}
+    exporter = farm(
+        "exporter", "--store", url, "--address", f"127.0.0.1:{ports['exporter']}",
+        log=tmp_path / "exporter.log",
+    )  # fmt: skip
+    control = farm(
+        "control", str(target), "--store", url,
+        "--metrics-address", f"127.0.0.1:{ports['control']}",
+        log=tmp_path / "control.log",
+    )  # fmt: skip
+    with prometheus(
+        tmp_path, exporter=ports["exporter"], roles=[ports["control"]], rules=rules
+    ) as prom:
+        try:
+            for alerts in firing(prom, within_s=60):
+                assert control.poll() is None, (tmp_path / "control.log").read_text()
+                if alerts:
+                    break
+            assert alerts == {("FarmNoDispatcher", "default")}
+
+            server.kill()
+            server.wait()
+            for alerts in firing(prom, within_s=20):
+                if {("FarmLedgerUnreadable", ""), ("FarmStoreErrors", "control")} <= alerts:
+                    break
+            # During the fault: the driver is still retrying its store call, not dead.
+            assert control.poll() is None, (tmp_path / "control.log").read_text()
+            up = prom.get("/api/v1/query", query='up{job="farm-exporter"}')["result"]
+            assert [s["value"][1] for s in up] == ["1"]  # scrapes answered in time
+        finally:
+            for p in (control, exporter):
+                kill(p)
 
 
 def kill(p: subprocess.Popen[str]) -> None:

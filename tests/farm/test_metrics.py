@@ -25,6 +25,7 @@ from farm.cli import main
 from farm.config import MergeConfig, ProposerConfig
 from farm.errors import ProposerError, StoreError
 from farm.metrics import LedgerCollector, MetricsServer, RoleMetrics, serve
+from farm.progress import ClusterView
 from farm.records import (
     Campaign,
     CandidateState,
@@ -222,7 +223,7 @@ def test_role_metrics_are_read_off_the_store_calls_of_the_process(tmp_path: Path
     campaign(raw, "c")
     role = RoleMetrics(campaign="c", role="work")
     store = role.instrument(raw)
-    role.watch_slots(slots=4, busy=lambda: 3)
+    role.watch_slots(busy=lambda: 3, cluster=lambda: ClusterView(slots=4, asked=4, alive=2))
     for i in range(4):
         store.enqueue_trial(dataclasses.replace(trial("c", i), created_at=time.time() - 90))
     assert len(store.claim_trials("c", worker="w", n=3, lease_s=30)) == 3
@@ -247,6 +248,8 @@ def test_role_metrics_are_read_off_the_store_calls_of_the_process(tmp_path: Path
     assert m["farm_queue_wait_seconds_count"][one] == 4
     assert m["farm_queue_wait_seconds_sum"][one] >= 4 * 90
     assert m["farm_slots"][one] == 4 and m["farm_slots_busy"][one] == 3
+    assert m["farm_nodes"][(("campaign", "c"), ("state", "alive"))] == 2
+    assert m["farm_nodes"][(("campaign", "c"), ("state", "lost"))] == 0
     op = (("campaign", "c"), ("op", "claim_trials"), ("role", "work"))
     assert m["farm_store_operation_seconds_count"][op] == 2
     missing = (("campaign", "c"), ("op", "get_incumbent"), ("role", "work"))

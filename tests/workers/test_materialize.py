@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -68,6 +73,34 @@ def test_bundle_missing_the_base_commit_is_a_git_error(target, cache_dir, run_gi
 def test_make_bundle_leaves_no_ref_behind(target, run_git) -> None:
     make_bundle(target.path, target.sha[:10])
     assert run_git(target.path, "for-each-ref", "refs/farm-bundle") == ""
+
+
+def test_a_driver_killed_while_bundling_leaves_nothing_in_the_repo(
+    target, run_git, tmp_path: Path
+) -> None:
+    # A git on PATH that kills its caller (SIGKILL: no `finally` runs) as the bundle is made.
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    real = shutil.which("git")
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *"bundle create"*) kill -9 $PPID; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{wrapper.parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(Path(__file__).parents[2]),  # this checkout's workers/
+        "TMPDIR": str(tmp_path),
+    }
+    code = "import sys; from pathlib import Path; from workers.materialize import make_bundle; "
+    code += "make_bundle(Path(sys.argv[1]), sys.argv[2])"
+    args = [sys.executable, "-c", code, str(target.path), target.sha]
+    driver = subprocess.run(args, env=env, check=False)
+    assert driver.returncode == -signal.SIGKILL
+    assert run_git(target.path, "for-each-ref") == run_git(
+        target.path, "for-each-ref", "refs/heads"
+    )
 
 
 @pytest.mark.parametrize(
