@@ -418,13 +418,18 @@ def run(
         campaign=cfg.campaign,
         proposer=proposer,
         max_candidates=opts.max_candidates,
+        slots=slots,
     )
     started = time.time()
+    said = [f"proposing {feeder.sizes().describe()}"]
+    if cfg.merge.screen_budget_s > 0:
+        said.append(f"short screens of {cfg.merge.screen_budget_s:g} s ([merge] screen_budget_s)")
     print(
         fit(
             f"farm: campaign {cfg.campaign} · {plural(slots, 'slot')} · proposer {proposer.name}",
             WIDTH,
         ),
+        *("  " + fit(line, WIDTH - 2) for line in said),
         "  " + fit(f"target {repo.path}", WIDTH - 2),
         "  " + fit(f"store {store.url}", WIDTH - 2),
         sep="\n",

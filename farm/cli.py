@@ -676,7 +676,10 @@ def _simulated(args: argparse.Namespace) -> tuple[TargetConfig, str]:
     path = args.config
     if path is None:
         if not Path(CONFIG_NAME).is_file():
-            return default_config(), "farm's defaults (no farm.toml here)"
+            return default_config(), (
+                "farm's defaults for a target that reads FARM_BUDGET_S, as the synthetic one "
+                "does (no farm.toml here)"
+            )
         path = Path(CONFIG_NAME)
     if path.is_dir():
         return load_config(path), str(path / CONFIG_NAME)
@@ -844,6 +847,12 @@ def _simulate(args: argparse.Namespace) -> int:
             for f in dataclasses.fields(m.merge)
         )
     )
+    if m.batch_size is None or m.backlog is None:
+        print(
+            "[proposer] batch_size and backlog sized from the slots, the LLM's latency and "
+            "the trials' length where not given (farm.propose.feed_sizes): the table says "
+            "what they came to"
+        )
     print(table([]), flush=True)
     results = sweep(
         models,

@@ -204,6 +204,18 @@ class MergeConfig:
         "against that",
         tier=Tier.ADVANCED,
     )
+    # A decision waits for its confirmations one after another. On a farm of several slots a
+    # screen that earns confirmations starts confirm_ahead of them at once (an early keep
+    # needs two), and slots that would otherwise idle run the rest ahead of the test; it
+    # still reads them in order and stops at its decision (the runs after it are never
+    # read): the same error rates, sooner. `farm simulate` measures it.
+    confirm_ahead: int = setting(
+        2,
+        doc="confirmations a screen that earns them starts at once, the rest ahead on slots "
+        "that would idle (0: one at a time, as the test asks)",
+        unit="runs",
+        ge=0,
+    )
     # A winner on a stale base is re-run on the incumbent up to this many times; if the
     # incumbent moved again meanwhile, it is merged on that evidence (its gain added to the
     # incumbent's estimate) instead of chasing it. `farm simulate` shows the cost of more.
@@ -250,7 +262,8 @@ class MergeConfig:
     # alike: Kendall's τ below min_rank_agreement over rank_pairs pairs or more.
     screen_budget_s: float = setting(
         0.0,
-        doc="screen new candidates this short first (0 = at the full budget)",
+        doc="screen new candidates this short first (0 = at the full budget); unset: "
+        "¼ of budget_s where an editable or protected file reads FARM_BUDGET_S",
         unit="s",
         ge=0,
         tier=Tier.INIT,
@@ -319,6 +332,9 @@ DEFAULT_FOCUSES = [
 ]
 
 
+DEFAULT_BATCH, DEFAULT_BACKLOG = 4, 4  # the least batch_size and backlog are sized to
+
+
 @dataclass
 class ProposerConfig:
     """Where candidates come from: offline proposers, an LLM, or both."""
@@ -328,9 +344,17 @@ class ProposerConfig:
         doc="mutate, optuna (offline, no API key), anthropic, hybrid (an LLM), replay (a file)",
         tier=Tier.INIT,
     )
-    batch_size: int = setting(4, doc="drafts asked for per proposer call", ge=1)
-    # `farm simulate` tells which batch_size and backlog keep N slots busy.
-    backlog: int = setting(4, doc="validated candidates kept ready beyond the free slots", ge=0)
+    # Unset, both are sized from the slots and the proposer's latency (farm.propose.
+    # feed_sizes) and said in the first lines of a run; `farm simulate` tells which keep
+    # N slots busy.
+    batch_size: int | None = setting(
+        None, doc="drafts asked for per proposer call; unset: sized from the slots", ge=1
+    )
+    backlog: int | None = setting(
+        None,
+        doc="validated candidates kept ready beyond the free slots; unset: sized from the slots",
+        ge=0,
+    )
     schedule: Schedule = setting(
         Schedule.BACKLOG,
         doc="backlog: propose while trials run; rounds: the next batch once the last is decided",
@@ -556,7 +580,35 @@ def load_config(target: Path) -> TargetConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return config_from_dict(raw, source=str(path))
+    cfg = config_from_dict(raw, source=str(path))
+    if "screen_budget_s" in raw.get("merge", {}) or not reads_budget(target, cfg):
+        return cfg
+    return short_screens_on(cfg)
+
+
+# Where the target trains for the budget farm gives it (workers.sandbox sets it per trial),
+# a short screen is that budget shortened: new candidates screen short unless told not to.
+BUDGET_ENV = "FARM_BUDGET_S"
+SHORT_SHARE = 0.25  # a default short screen's share of budget_s
+
+
+def reads_budget(target: Path, cfg: TargetConfig) -> bool:
+    """Whether an editable or protected file of the target reads FARM_BUDGET_S."""
+    for rel in [*cfg.editable, *cfg.protected]:
+        try:
+            if BUDGET_ENV in (target / rel).read_text(errors="replace"):
+                return True
+        except OSError:
+            continue  # a missing file is said where the campaign is prepared
+    return False
+
+
+def short_screens_on(cfg: TargetConfig) -> TargetConfig:
+    """`cfg` with short screens of SHORT_SHARE of its budget, as farm.toml files that leave
+    [merge] screen_budget_s unset get for a target that reads FARM_BUDGET_S (the rank
+    monitor stops them where they rank candidates unlike full budgets)."""
+    merge = dataclasses.replace(cfg.merge, screen_budget_s=SHORT_SHARE * cfg.budget_s)
+    return dataclasses.replace(cfg, merge=merge)
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str) -> TargetConfig:

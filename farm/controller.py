@@ -113,7 +113,17 @@ class Controller:
         self.incumbency.measure(inc)
         if promote:
             self._promote(slots, self.store.get_incumbent(self.campaign))
+            if self.cfg.merge.confirm_ahead and slots != 1:  # one slot gains nothing by it
+                undecided = [c for c in running if c.state is CandidateState.RUNNING]
+                self.screening.ahead(undecided, self._idle(slots))
         return made
+
+    def _idle(self, slots: int | None) -> int:
+        """Slots with nothing to run (0 when the slots are unknown)."""
+        if slots is None:
+            return 0
+        counts = self.store.count_trials(self.campaign)
+        return slots - counts[TrialState.QUEUED] - counts[TrialState.RUNNING]
 
     def baseline_done(self) -> bool:
         return self.evidence.baseline_done()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import statistics
 import threading
 import time
 import uuid
@@ -29,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm import figures
-from farm.config import TargetConfig
+from farm.config import DEFAULT_BACKLOG, DEFAULT_BATCH, ProposerKind, TargetConfig
 from farm.errors import FarmError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.evidence import Evidence
 from farm.merge import dof_of, keep_threshold, smallest_delta, threshold
+from farm.merge.verdicts import FIRST_BASELINE
 from farm.processes import gone_here, process_id
 from farm.records import (
     CANDIDATE_MOVES,
@@ -71,6 +74,7 @@ MAX_BACKOFF_S = 600.0  # the longest wait after failed batches
 DETAILED = 12  # the latest decisions whose runs, durations and output the prompt shows
 BASELINE_POLL_S = 0.5
 STOP_GRACE_S = 2.0  # on Ctrl-C, how long a proposer call in flight may take to be recorded
+TIMED = 9  # the latest calls whose median is the proposer's latency
 
 
 # A candidate read in one of these states is kept as read (records.CANDIDATE_MOVES): no move
@@ -476,6 +480,50 @@ class ProposalBatch:
     seconds: float  # how long the call took
 
 
+# What a proposer call takes before any is timed: an LLM's, an offline proposer's.
+LLM_LATENCY_S, OFFLINE_LATENCY_S = 60.0, 1.0
+
+
+@dataclass(frozen=True)
+class FeedSizes:
+    """batch_size and backlog in force, and what sized them."""
+
+    batch: int
+    backlog: int
+    why: str  # "" when farm.toml set both
+
+    def describe(self) -> str:
+        said = f"batch {self.batch}, backlog {self.backlog}"
+        return f"{said} ({self.why})" if self.why else said
+
+
+def feed_sizes(
+    cfg: TargetConfig, *, slots: int | None, latency_s: float, trial_s: float
+) -> FeedSizes:
+    """[proposer] batch_size and backlog, each where farm.toml leaves it unset sized so that
+    one call brings twice what `slots` slots start while it is in flight (a slot starts a
+    candidate at most once a trial, `trial_s`), and a backlog holds as much: no slot waits
+    for the proposer, and no more drafts wait than the slots take meanwhile (they are
+    drafted on the incumbent of their time). With short screens, the screens ranked
+    together free most of the slots at once: one candidate per slot is kept ready."""
+    p = cfg.proposer
+    n = max(slots or 1, 1)
+    need = math.ceil(2 * n * latency_s / max(trial_s, 1.0))
+    if cfg.merge.screen_budget_s > 0:
+        need = max(need, n)
+    batch = p.batch_size or max(DEFAULT_BATCH, need)
+    backlog = p.backlog if p.backlog is not None else max(DEFAULT_BACKLOG, need)
+    unset = [k for k in ("batch_size", "backlog") if getattr(p, k) is None]
+    short = ", short screens" if cfg.merge.screen_budget_s > 0 else ""
+    why = (
+        f"{' and '.join(unset)} sized for {slots or 'unknown'} slots, proposer calls of "
+        f"{latency_s:.0f} s and trials of {trial_s:.0f} s{short}"
+        if unset
+        else ""
+    )
+    return FeedSizes(batch, backlog, why)
+
+
 @dataclass
 class Feeder:
     """Background thread that keeps `backlog` validated candidates queued."""
@@ -486,6 +534,9 @@ class Feeder:
     proposer: Proposer
     max_candidates: int | None = None  # valid candidates to create in all; None = no limit
     holder: str = field(default_factory=process_id)  # this process, on the calls it holds
+    slots: int | None = None  # trials run at once (None: unknown), for feed_sizes
+    # A proposer call's latency: given (farm simulate's model), else timed on each call.
+    latency_s: float | None = None
     exhausted: bool = False
     stopped: str = ""  # why proposing ended on purpose (the spend cap), not by failure
     error: BaseException | None = None
@@ -496,6 +547,8 @@ class Feeder:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _holds: dict[str, ProposerCall] = field(default_factory=dict)  # this process's calls in flight
     _ledger: LedgerMemo = field(default_factory=LedgerMemo)  # what build_context read before
+    _timed: list[float] = field(default_factory=list)  # this process's calls, in seconds
+    _trial_s: float | None = None  # the baseline's median run, once measured
 
     def start(self) -> None:
         """Finish what a killed proposer left (before anyone asks whether this one is `done`:
@@ -552,11 +605,37 @@ class Feeder:
         queued = counts[CandidateState.QUEUED]
         if p.schedule == "rounds" and queued + counts[CandidateState.RUNNING]:
             return 0
-        if queued >= max(p.backlog, 1):
+        sizes = self.sizes()
+        if queued >= max(sizes.backlog, 1):
             return 0
         if self.max_candidates is None:
-            return p.batch_size
-        return max(0, min(p.batch_size, self._left()))
+            return sizes.batch
+        return max(0, min(sizes.batch, self._left()))
+
+    def sizes(self) -> FeedSizes:
+        """batch_size and backlog now (feed_sizes): from the proposer's latency (as timed, or
+        as an LLM's or an offline proposer's is before any call) and the trials' (the
+        baseline's median run once measured, else budget_s)."""
+        latency = self.latency_s
+        if latency is None:
+            latency = (
+                statistics.median(self._timed)
+                if self._timed
+                else LLM_LATENCY_S
+                if self.cfg.proposer.kind in (ProposerKind.ANTHROPIC, ProposerKind.HYBRID)
+                else OFFLINE_LATENCY_S
+            )
+        return feed_sizes(self.cfg, slots=self.slots, latency_s=latency, trial_s=self._trial())
+
+    def _trial(self) -> float:
+        if self._trial_s is None:
+            ids = baseline_ids(self.cfg.merge.repeats)
+            runs = [self.store.get_trial(self.campaign, i) for i in ids]
+            took = _durations([t for t in runs if t is not None])
+            if len(took) < FIRST_BASELINE:
+                return self.cfg.budget_s
+            self._trial_s = statistics.median(took)
+        return self._trial_s
 
     def wait(self) -> None:
         """Until the feeding thread ends; Ctrl-C reaches the caller between joins, never
@@ -643,6 +722,7 @@ class Feeder:
         except ProposerUnavailable as e:  # a failed batch: retried after a backoff
             if str(e) not in book.outcome.problems:  # said already where its call failed
                 book.outcome.problems.append(str(e))
+        self._timed = [*self._timed[-(TIMED - 1) :], time.time() - started]
         o = book.outcome
         log.info(
             "proposer %s: %d drafts in %.1fs, %d valid, %d rejected",

@@ -22,13 +22,15 @@ from farm.records import (
     Decision,
     DecisionKind,
     Draft,
+    Edit,
     Incumbent,
     Trial,
     TrialKind,
 )
 from farm.store import Store
 from farm.trials import RERUNS, confirm_id, seed_of
-from proposer.validate import Rejected, validate_draft
+from proposer.knobs import set_values, value_changes
+from proposer.validate import Rejected, Validated, validate_draft
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +116,48 @@ class Recorder:
 
     # -- git ----------------------------------------------------------------------------------
     def move_onto(self, cand: Candidate, inc: Incumbent) -> str:
-        """Re-apply the candidate's edits on the incumbent. Returns why they do not apply."""
+        """Re-apply the candidate's edits on the incumbent; a draft that only sets values
+        whose edits no longer apply (a keep rewrote their lines) sets the same values there
+        instead (`by_value`). Returns why neither applies."""
         draft_files = {p: inc.files[p] for p in self.cfg.editable if p in inc.files}
-        res = validate_draft(
-            Draft(title=cand.title, hypothesis=cand.hypothesis, edits=cand.edits),
-            files=draft_files,
-            editable=self.cfg.editable,
-            seen_hashes=set(),
-            max_edit_bytes=self.cfg.proposer.max_edit_bytes,
-        )
+
+        def apply(edits: list[Edit]) -> Validated | Rejected:
+            return validate_draft(
+                Draft(title=cand.title, hypothesis=cand.hypothesis, edits=edits),
+                files=draft_files,
+                editable=self.cfg.editable,
+                seen_hashes=set(),
+                max_edit_bytes=self.cfg.proposer.max_edit_bytes,
+            )
+
+        res = apply(cand.edits)
         if isinstance(res, Rejected):
-            return res.reason
+            edits = self.by_value(cand, draft_files)
+            if edits is None:
+                return res.reason
+            again = apply(edits)
+            if isinstance(again, Rejected):
+                return f"{res.reason}; setting its values there instead: {again.reason}"
+            log.info("c%d re-applied by value on %s", cand.id, inc.sha[:10])
+            res, cand.edits = again, edits
         cand.base_sha = inc.sha
         cand.files = {**inc.files, **res.files}
         return ""
+
+    def by_value(self, cand: Candidate, files: dict[str, str]) -> list[Edit] | None:
+        """The candidate's edits made anew on `files`: the values it sets, set there; None
+        unless it only sets values (proposer.knobs.value_changes) that `files` still has."""
+        base = self.repo.read_files(cand.base_sha, self.cfg.editable)
+        edits: list[Edit] = []
+        for path in sorted({e.path for e in cand.edits}):
+            if not path.endswith(".py") or path not in base or path not in files:
+                return None
+            values = value_changes(path, base[path], cand.files.get(path, ""))
+            made = None if values is None else set_values(path, files[path], values)
+            if made is None:
+                return None
+            edits += made
+        return edits or None
 
     def commit(self, cand: Candidate, *, rebased: bool) -> str:
         """Commit the candidate's files on its base and point its branch there."""

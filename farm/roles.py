@@ -210,9 +210,11 @@ def serve_propose(
         campaign=cfg.campaign,
         proposer=proposer,
         max_candidates=max_candidates,
+        slots=cfg.resources.slots or None,
     )
     print(
-        f"farm propose: {proposer.name} for campaign {cfg.campaign} | store {store.url}",
+        f"farm propose: {proposer.name} for campaign {cfg.campaign} | store {store.url} | "
+        f"{feeder.sizes().describe()}",
         file=out,
         flush=True,
     )

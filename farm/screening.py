@@ -10,7 +10,7 @@ from farm.merge import SHORT_TIMEOUTS, Verdict, fidelity, paired_bar, paired_spr
 from farm.merge.verdicts import Act, Reference, Ruling, Target, preflight_ruling, short_ruling
 from farm.recorder import Notices, Recorder
 from farm.records import Candidate, Trial, TrialKind
-from farm.trials import preflight_id, screen_id, short_id
+from farm.trials import confirm_id, preflight_id, screen_id, short_id
 
 
 class Screening:
@@ -24,6 +24,7 @@ class Screening:
         self.notices = notices
         self._short_off = False  # short screens stopped ranking like full budgets
         self._cleared: set[int] = set()  # candidates past pre-flight and short screen
+        self._confirms: dict[int, int] = {}  # confirmations queued, of candidates in them
 
     def ensure_screen(self, cand: Candidate) -> Trial:
         found = self.evidence.trial(screen_id(cand.id))
@@ -67,6 +68,32 @@ class Screening:
                 return Ruling(Act.PASS)
             short = self.recorder.ensure_trial(short_id(cand.id), TrialKind.SHORT, cand)
         return short_ruling(short, self.evidence.short_others(short), self.cfg.merge, self.target)
+
+    def ahead(self, running: list[Candidate], idle: int) -> None:
+        """Run confirmations ahead of the sequential test ([merge] confirm_ahead): a new
+        candidate whose screen earned them gets `confirm_ahead` at once, and slots that
+        would otherwise idle (`idle`) get the next ones, one per candidate in turn (oldest
+        first), up to the `confirm` the test may take. The test still reads them in order
+        and stops at its decision, so its error rates stay as they are; runs after it are
+        never read. A decision no longer waits for one confirmation after another."""
+        most = self.evidence.confirm()
+        wave = min(self.cfg.merge.confirm_ahead, most)
+        started: dict[int, int] = {}  # each candidate's confirmations
+        for cand in running:
+            n = self._confirms.get(cand.id, 0)
+            while n < most and self.evidence.trial(confirm_id(cand.id, n)):
+                n += 1
+            if cand.generation == 0 and n:  # its screen earned confirmations
+                for i in range(n, wave):
+                    self.recorder.ensure_trial(confirm_id(cand.id, i), TrialKind.CONFIRM, cand)
+                started[cand.id] = max(n, wave)
+        by_id = {c.id: c for c in running}
+        while idle > 0 and any(n < most for n in started.values()):
+            for cid, n in started.items():
+                if idle > 0 and n < most:
+                    self.recorder.ensure_trial(confirm_id(cid, n), TrialKind.CONFIRM, by_id[cid])
+                    started[cid], idle = n + 1, idle - 1
+        self._confirms = started  # trials are never deleted: counted once
 
     def note_short_screens(self, running: list[Candidate]) -> None:
         """Take in every short screen that has finished, before any is ranked: a short screen

@@ -42,11 +42,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
-from farm.config import MergeConfig, TargetConfig, config_from_dict
+from farm.config import MergeConfig, TargetConfig, config_from_dict, short_screens_on
 from farm.controller import Controller
 from farm.gitops import Repo
 from farm.merge import Fidelity, fidelity
-from farm.propose import Feeder, ProposalBatch
+from farm.propose import Feeder, FeedSizes, ProposalBatch
 from farm.records import (
     Campaign,
     CandidateState,
@@ -75,8 +75,9 @@ def _synthetic(**keys: object) -> dict[str, object]:
 
 
 def default_config() -> TargetConfig:
-    """farm's defaults, as `farm run` has them for a target that sets nothing."""
-    return config_from_dict(_synthetic(), source="farm simulate")
+    """farm's defaults, as `farm run` has them for a target that sets nothing and, like the
+    synthetic target, trains for the FARM_BUDGET_S it is given (short screens on)."""
+    return short_screens_on(config_from_dict(_synthetic(), source="farm simulate"))
 
 
 _DEFAULTS = default_config()
@@ -199,8 +200,10 @@ class SimModel:
     # The proposer's scheduling and the merge rule: farm.toml's [proposer] and [merge]
     # (`model_of`), farm's defaults unless given.
     schedule: str = _DEFAULTS.proposer.schedule  # backlog | rounds
-    batch_size: int = _DEFAULTS.proposer.batch_size  # drafts per proposer call
-    backlog: int = _DEFAULTS.proposer.backlog  # validated candidates kept ready
+    # Drafts per proposer call, validated candidates kept ready; None: sized from the slots
+    # and the LLM's latency, as `farm run` sizes them (farm.propose.feed_sizes).
+    batch_size: int | None = _DEFAULTS.proposer.batch_size
+    backlog: int | None = _DEFAULTS.proposer.backlog
     trial_s: float = 300.0  # median trial duration
     trial_jitter: float = 0.1  # lognormal σ of trial durations
     crash_rate: float = 0.05  # share of candidates whose code crashes, part-way through
@@ -218,7 +221,7 @@ class SimModel:
     max_candidates: int = 1000
     max_hours: float = 24 * 14
     seed: int = 0
-    merge: MergeConfig = field(default_factory=MergeConfig)
+    merge: MergeConfig = field(default_factory=lambda: _DEFAULTS.merge)
     # A mixed fleet: (hardware class, slots, metric offset) each; empty = `slots` of one
     # class. A faster card trains more steps in the same budget: a lower loss on every
     # commit alike, which the merge rule must not take for an improvement.
@@ -281,6 +284,7 @@ class SimResult:
     best_loss: float  # the final incumbent's true loss
     reached_s: float | None  # when the incumbent first reached the target
     proposer_calls: int
+    feed: FeedSizes  # the batch size and backlog in force at the end
     starved_s: float  # slot-seconds idle while no trial waited in the queue
     fidelity: Fidelity  # the rank monitor of short screens at the end
     short_off_s: float | None  # when the rank monitor stopped short screens
@@ -392,6 +396,8 @@ class Simulation:
             campaign=CAMPAIGN,
             proposer=MutateProposer(seed=model.seed),
             max_candidates=model.max_candidates,
+            slots=model.slots,
+            latency_s=model.llm_s,
         )
         self.rng = random.Random(f"sim/{model.seed}")
         self.now = 0.0
@@ -627,6 +633,7 @@ class Simulation:
             best_loss=self._incumbent_loss(),
             reached_s=self.reached_s,
             proposer_calls=self.calls,
+            feed=self.feeder.sizes(),
             starved_s=self.starved_s,
             fidelity=fidelity(trials, self.cfg.merge),
             short_off_s=self.short_off_s,
@@ -647,9 +654,12 @@ def sim_config(model: SimModel) -> TargetConfig:
             proposer={
                 "kind": "mutate",
                 "schedule": model.schedule,
-                "batch_size": model.batch_size,
-                "backlog": model.backlog,
                 "seed": model.seed,
+                **{
+                    k: v
+                    for k, v in (("batch_size", model.batch_size), ("backlog", model.backlog))
+                    if v is not None  # unset: sized as `farm run` sizes them
+                },
             },
         ),
         source="farm simulate",

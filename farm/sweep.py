@@ -73,8 +73,8 @@ def cells(rows: list[Row]) -> list[str]:
     return [
         str(m.slots),
         m.schedule,
-        str(m.batch_size),
-        str(m.backlog),
+        _sized(m.batch_size, [r.farm.feed.batch for r in rows]),
+        _sized(m.backlog, [r.farm.feed.backlog for r in rows]),
         str(m.merge.max_rebases),
         f"{m.screen_fraction:.0%}" if m.screen_fraction else "—",
         f"{m.late:.0%}",
@@ -107,6 +107,13 @@ def near(rows: list[Row], gain: float) -> str:
     """The share of true gains of about `gain` σ kept, over all the seeds' runs."""
     kept, judged = (sum(n) for n in zip(*(r.farm.kept_near(gain) for r in rows), strict=True))
     return f"{kept / judged:.0%} of {judged}" if judged else "none"
+
+
+def _sized(given: int | None, used: list[int]) -> str:
+    """A batch size or backlog: as given, or as sized (farm.propose.feed_sizes)."""
+    if given is not None:
+        return str(given)
+    return "/".join(str(u) for u in dict.fromkeys(used)) + " (sized)"
 
 
 def agreement(rows: list[Row]) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 import anthropic
 
-from farm.config import ModelPrice, ProposerConfig
+from farm.config import DEFAULT_BATCH, ModelPrice, ProposerConfig
 from farm.errors import ConfigError, ProposerError, ProposerUnavailable, SpendCapReached
 from farm.records import Draft, Edit
 from proposer import prompt
@@ -322,8 +322,9 @@ class AnthropicProposer(Proposer):
 
     def max_tokens(self, drafts: int) -> int:
         """The output a call asking for `drafts` may use: its share of `max_tokens`, which
-        fits a whole batch (`batch_size` drafts). It bounds what the call holds."""
-        batch = max(self.cfg.batch_size, 1)
+        fits a whole batch (`batch_size` drafts; unset, the least it is sized to). It bounds
+        what the call holds."""
+        batch = self.cfg.batch_size or DEFAULT_BATCH
         return min(self.cfg.max_tokens, -(-self.cfg.max_tokens * drafts // batch))
 
     def worst_cost(self, request: dict[str, Any]) -> float:

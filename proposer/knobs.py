@@ -228,6 +228,37 @@ def knob_edits(text: str, changes: list[tuple[Knob, str]]) -> list[Edit]:
     return [Edit(path, "\n".join(lines[lo:hi]), "\n".join(new[lo:hi])) for lo, hi in windows]
 
 
+def value_changes(path: str, old: str, new: str) -> dict[str, str] | None:
+    """The knobs `new` sets to other values than `old` (name -> new literal), when that is
+    all that differs between them (a tuning draft: optuna, hybrid tuning, mutate); None
+    when anything else differs, or nothing does."""
+    before, after = find_knobs(path, old), find_knobs(path, new)
+    if [(k.name, k.kind) for k in before] != [(k.name, k.kind) for k in after]:
+        return None
+    if _masked(old, before) != _masked(new, after):
+        return None
+    changed = {b.name: b.literal for a, b in zip(before, after, strict=True) if a.value != b.value}
+    return changed or None
+
+
+def _masked(text: str, knobs: list[Knob]) -> list[str]:
+    """The file's lines with each knob's literal blanked out: what a tuning draft keeps."""
+    lines = text.split("\n")
+    for k in sorted(knobs, key=lambda k: (k.line, -k.start)):  # right to left on a line
+        lines[k.line] = lines[k.line][: k.start] + "\0" + lines[k.line][k.end :]
+    return lines
+
+
+def set_values(path: str, text: str, values: dict[str, str]) -> list[Edit] | None:
+    """Edits that give the knobs of `text` these literals (by name), or None when one of
+    them is not a knob of `text` any more. Values it has already make no edit."""
+    knobs = {k.name: k for k in find_knobs(path, text)}
+    if any(name not in knobs for name in values):
+        return None
+    changes = [(knobs[n], lit) for n, lit in values.items() if knobs[n].literal != lit]
+    return knob_edits(text, changes)
+
+
 def value_in(knob: Knob, text: str, replacement: str) -> int | float | None:
     """The value `replacement` (an edit's new text) gives `knob` of `text`, or None.
 

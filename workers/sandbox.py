@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from farm.config import BUDGET_ENV  # the trial's budget in seconds: short screens are shorter
 from farm.records import TrialSpec
 from workers.isolation import (
     Isolation,
@@ -52,9 +53,6 @@ class RunResult:
     peak_memory_mb: float = 0.0  # the most its processes held together (proportional set size)
     memory_exceeded: bool = False  # killed at the memory limit
     limits_hit: list[str] = field(default_factory=list)  # what the kernel enforced (cgroup)
-
-
-BUDGET_ENV = "FARM_BUDGET_S"  # the trial's budget in seconds: short screens are shorter
 
 
 def build_env(spec: TrialSpec) -> dict[str, str]:

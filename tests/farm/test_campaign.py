@@ -211,7 +211,7 @@ def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
     drafts = [
         swap("lr", "LR = 0.5", "LR = 1.5"),
         swap("mom", "MOM = 0.1", "MOM = 0.8"),
-        swap("lr other", "LR = 0.5", "LR = 1.8"),
+        swap("lr other", "LR = 0.5", "LR = 1.8 + 0.0"),  # more than a value: not set anew
     ]
     target = make_target(
         {"train.py": train, "drafts.jsonl": "".join(json.dumps(d) + "\n" for d in drafts)},
@@ -234,7 +234,7 @@ def test_a_winner_on_a_stale_base_is_rebased_or_superseded(
     assert TrialKind.REBASE in kinds
     tip = git(target, "rev-parse", best_branch("default")).strip()
     final = git(target, "show", f"{tip}:train.py")
-    assert "MOM = 0.8" in final and ("LR = 1.5" in final or "LR = 1.8" in final)
+    assert "MOM = 0.8" in final and ("LR = 1.5" in final or "LR = 1.8 + 0.0" in final)
 
 
 def test_a_proposer_with_nothing_to_try_stops_before_the_baseline(

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import MakeTarget
 
 from farm.config import (
     IsolationSetting,
@@ -22,6 +23,7 @@ from farm.config import (
     TargetConfig,
     config_from_dict,
     init_template,
+    load_config,
     reference,
     stored_config,
 )
@@ -191,7 +193,11 @@ def test_an_error_rate_sets_its_z_value(rate: str, value: float, field: str, z: 
 
 
 def test_an_old_farm_toml_with_z_keys_loads_as_before() -> None:
-    assert load(OLD_INIT_TABLES) == load("")
+    old = load(OLD_INIT_TABLES)
+    # It wrote batch_size and backlog out at 4: kept as written (unset, they are sized).
+    assert (old.proposer.batch_size, old.proposer.backlog) == (4, 4)
+    old.proposer.batch_size = old.proposer.backlog = None
+    assert old == load("")
     m = load("[merge]\nz = 2\nscreen_z = 0\nfutility_z = -1\nefficacy_z = 3\npaired_z = 1\n").merge
     assert (m.z, m.screen_z, m.futility_z, m.efficacy_z, m.paired_z) == (2, 0, -1, 3, 1)
 
@@ -262,3 +268,17 @@ def test_the_roles_that_take_a_choice_know_the_same_choices() -> None:
     assert set(KINDS) == set(ProposerKind)
     assert set(ISOLATION_SETTINGS) == set(IsolationSetting)
     assert set(NETWORK_MODES) == set(Network)
+
+
+def test_a_target_that_reads_farm_budget_s_screens_short_unless_told_otherwise(
+    make_target: MakeTarget,
+) -> None:
+    reads = 'import os\nBUDGET = float(os.environ["FARM_BUDGET_S"])\nprint("loss: 1.0")\n'
+    target = make_target({"train.py": reads})
+    assert load_config(target).merge.screen_budget_s == 7.5  # a quarter of budget_s = 30
+    told = make_target(
+        {"train.py": reads}, extra_toml="[merge]\nscreen_budget_s = 0\n", name="told"
+    )
+    assert load_config(told).merge.screen_budget_s == 0
+    blind = make_target({"train.py": 'print("loss: 1.0")\n'}, name="blind")
+    assert load_config(blind).merge.screen_budget_s == 0

@@ -11,6 +11,7 @@ import statistics
 import pytest
 from helpers import Bench, MakeTarget, git
 
+from farm.config import DEFAULT_BATCH
 from farm.controller import Controller
 from farm.gitops import best_branch
 from farm.records import (
@@ -24,15 +25,21 @@ from farm.records import (
 from farm.store import default_url, open_store
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
-# No early stop either way.
+# No early stop, and confirmations one at a time however many slots idle.
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
+FIXED += "confirm_ahead = 0\n"
 
 
 @pytest.fixture
 def bench(make_target: MakeTarget) -> Bench:
+    return measured(make_target, TRAIN)
+
+
+def measured(make_target: MakeTarget, train: str) -> Bench:
+    """A campaign on `train` whose baseline is in."""
     # Baseline runs alternate 0.9/1.1: mean 1.0, σ about 0.1. Every candidate gets its screen
     # and both confirmations (no early stop): these tests are about what runs where.
-    target = make_target({"train.py": TRAIN}, extra_toml=f"[merge]\nrepeats = 4\n{FIXED}")
+    target = make_target({"train.py": train}, extra_toml=f"[merge]\nrepeats = 4\n{FIXED}")
     b = Bench(target)
     b.ctl.step(slots=8)
     for t in b.store.claim_trials("default", worker="test", n=10, lease_s=60):
@@ -55,7 +62,9 @@ def test_a_queued_candidate_starts_on_the_incumbent_that_moved_since_it_was_draf
     bench: Bench,
 ) -> None:
     lr, lr_too, mom = bench.propose(
-        ("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"), ("MOM = 0.1", "MOM = 0.9")
+        ("LR = 0.5", "LR = 1.0"),
+        ("LR = 0.5  # learning rate", "LR = 2.0 * 1  # learning rate"),  # more than a value
+        ("MOM = 0.1", "MOM = 0.9"),
     )
     # One slot: lr runs (screen, then confirmations) while the other two wait in the queue.
     for _ in range(3):
@@ -80,6 +89,31 @@ def test_a_queued_candidate_starts_on_the_incumbent_that_moved_since_it_was_draf
     kinds = {t.kind for t in bench.store.list_trials("default")}
     assert TrialKind.REBASE not in kinds  # nothing was run twice
     assert "LR = 1.0" in tip_file(bench) and "MOM = 0.9" in tip_file(bench)
+
+
+def test_a_tuning_draft_whose_line_a_keep_rewrote_sets_its_value_on_the_incumbent(
+    make_target: MakeTarget,
+) -> None:
+    bench = measured(make_target, "opt = SGD(lr=0.5, momentum=0.1)\nprint('loss: 1.0')\n")
+    lr, mom = bench.propose(
+        ("SGD(lr=0.5, momentum=0.1)", "SGD(lr=1.0, momentum=0.1)"),
+        ("SGD(lr=0.5, momentum=0.1)", "SGD(lr=0.5, momentum=0.9)"),
+    )
+    for _ in range(3):
+        bench.finish({f"c{lr}-": 0.5}, slots=1)
+    bench.ctl.step(slots=1)
+    assert bench.state(lr) is CandidateState.KEPT
+    # mom's edit no longer applies (its line now reads lr=1.0), but all it does is set
+    # momentum: it sets it on the incumbent and runs there, lr's value kept.
+    cand = bench.store.get_candidate("default", mom)
+    assert cand is not None and cand.state is CandidateState.RUNNING, cand.reason
+    assert cand.base_sha == bench.store.get_incumbent("default").sha
+    assert "opt = SGD(lr=1.0, momentum=0.9)" in cand.files["train.py"]
+    for _ in range(3):
+        bench.finish({f"c{mom}-": 0.2}, slots=1)
+    bench.ctl.step(slots=1)
+    assert bench.state(mom) is CandidateState.KEPT
+    assert "opt = SGD(lr=1.0, momentum=0.9)" in tip_file(bench)
 
 
 def test_a_stale_winner_is_rerun_once_on_the_incumbent_without_a_new_screen(
@@ -151,11 +185,11 @@ def test_rounds_wait_for_the_whole_batch_and_backlog_does_not(bench: Bench) -> N
     bench.ctl.step(slots=8)
     assert bench.state(lr) is CandidateState.RUNNING
     assert feeder("rounds").wanted() == 0  # a round is still running
-    assert feeder("backlog").wanted() == bench.cfg.proposer.batch_size
+    assert feeder("backlog").wanted() == DEFAULT_BATCH  # sized: offline calls take no time
     bench.finish({f"c{lr}-": 1.5})
     bench.ctl.step(slots=8)
     assert bench.state(lr) is CandidateState.DISCARDED
-    assert feeder("rounds").wanted() == bench.cfg.proposer.batch_size
+    assert feeder("rounds").wanted() == DEFAULT_BATCH
     f = feeder("backlog")
     f.max_candidates = 3
     assert f.wanted() == 2  # two more valid candidates allowed
@@ -265,6 +299,27 @@ def test_confirmations_run_one_at_a_time_and_stop_when_the_evidence_decides(
     assert decision is not None and decision.reason.startswith("after 1 confirmations")
     assert bench.state(clear) is CandidateState.KEPT
     assert len(bench.store.list_trials("default", candidate_id=clear)) == 2
+    assert bench.store.get_incumbent("default").runs == 2
+
+
+def test_idle_slots_run_confirmations_ahead_and_the_test_reads_them_in_order(
+    bench: Bench,
+) -> None:
+    m = bench.cfg.merge
+    m.futility_z, m.efficacy_z, m.confirm, m.confirm_ahead = 0.0, 2.0, 4, 2
+    clear, dud = bench.propose(("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.2"))
+    bench.finish({f"c{clear}-": 0.5, f"c{dud}-g0-screen": 0.9})
+    # Both screens earned confirmations: two each at once, and the 4 slots still idle run
+    # the rest of each candidate's 4 ahead of the test.
+    ran = bench.finish({f"c{clear}-": 0.5, f"c{dud}-": 1.2})
+    assert sorted(ran) == [f"c{c}-g0-confirm{i}" for c in (clear, dud) for i in range(4)]
+    bench.ctl.step(slots=8)
+    # Read in order, each stops where one at a time would have: dud at its first, clear
+    # kept at its second; the runs after are never read.
+    assert bench.state(dud) is CandidateState.DISCARDED
+    decision = bench.store.get_decision("default", dud)
+    assert decision is not None and decision.reason.startswith("after 1 confirmations")
+    assert bench.state(clear) is CandidateState.KEPT
     assert bench.store.get_incumbent("default").runs == 2
 
 
@@ -463,21 +518,23 @@ def test_the_class_of_a_keep_without_runs_is_its_parent_s_and_a_looping_lineage_
 def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(
     bench: Bench,
 ) -> None:
-    lr, lr_too = bench.propose(("LR = 0.5", "LR = 1.0"), ("LR = 0.5", "LR = 2.0"))
+    lr, lr_too = bench.propose(
+        ("LR = 0.5", "LR = 1.0"), ("LR = 0.5  # learning rate", "LR = 2.0  # a bolder one")
+    )
     for _ in range(3):
         bench.finish({f"c{lr}-": 0.5}, slots=1)
     bench.ctl.step(slots=1)
     assert bench.state(lr) is CandidateState.KEPT
     assert bench.state(lr_too) is CandidateState.SUPERSEDED  # never judged on the incumbent
     # The same code as lr_too, drafted on the incumbent: worth its run, not "tried already".
-    (again,) = bench.propose(("LR = 1.0", "LR = 2.0"))
+    (again,) = bench.propose(("LR = 1.0  # learning rate", "LR = 2.0  # a bolder one"))
     cand = bench.store.get_candidate("default", again)
     assert cand is not None and cand.state is CandidateState.QUEUED, cand.reason
     # A change that was judged (discarded) stays a repeat.
     bench.finish({f"c{again}-": 1.5}, slots=1)
     bench.ctl.step(slots=1)
     assert bench.state(again) is CandidateState.DISCARDED
-    (repeat,) = bench.propose(("LR = 1.0", "LR = 2.0"))
+    (repeat,) = bench.propose(("LR = 1.0  # learning rate", "LR = 2.0  # a bolder one"))
     assert bench.state(repeat) is CandidateState.REJECTED
 
 

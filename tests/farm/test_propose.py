@@ -12,7 +12,7 @@ import pytest
 import redis
 from helpers import TOY_TRAIN
 
-from farm.config import TargetConfig, config_from_dict
+from farm.config import DEFAULT_BACKLOG, DEFAULT_BATCH, TargetConfig, config_from_dict
 from farm.errors import SpendCapReached
 from farm.propose import Feeder, StoreBook, build_context, ledger_spend
 from farm.records import CallState, Campaign, CandidateState, Draft, Edit, Incumbent
@@ -214,3 +214,28 @@ def test_a_context_built_from_what_changed_is_the_one_a_full_read_builds(
         sim.close()
         if backend == "redis":
             redis.Redis.from_url(url).flushdb()
+
+
+def test_unset_batch_and_backlog_are_sized_to_keep_the_slots_fed(
+    store: SQLiteStore, cfg: TargetConfig
+) -> None:
+    # 64 slots, 75 s calls, 300 s trials (farm.toml says nothing of the budget: 300 s): a
+    # call must bring what 64 slots start in 75 s, twice over.
+    feeder = Feeder(
+        store=store, cfg=cfg, campaign="c", proposer=MutateProposer(0), slots=64, latency_s=75
+    )
+    sizes = feeder.sizes()
+    assert (sizes.batch, sizes.backlog) == (32, 32)
+    assert feeder.wanted() == 32
+    assert "sized for 64 slots, proposer calls of 75 s and trials of 300 s" in sizes.describe()
+    # Short screens ranked together free most slots at once: a candidate per slot ready.
+    cfg.merge.screen_budget_s = 75
+    assert (feeder.sizes().batch, feeder.sizes().backlog) == (64, 64)
+    cfg.merge.screen_budget_s = 0
+    # One slot, or an offline proposer: the least, 4 and 4.
+    one = Feeder(store=store, cfg=cfg, campaign="c", proposer=MutateProposer(0), slots=1)
+    assert (one.sizes().batch, one.sizes().backlog) == (DEFAULT_BATCH, DEFAULT_BACKLOG)
+    # What farm.toml sets stands, and nothing is said of sizing it.
+    cfg.proposer.batch_size, cfg.proposer.backlog = 6, 2
+    assert feeder.sizes().describe() == "batch 6, backlog 2"
+    assert feeder.wanted() == 6

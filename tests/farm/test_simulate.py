@@ -81,7 +81,8 @@ def test_lost_nodes_give_their_trials_back_and_nothing_is_lost(tmp_path) -> None
     assert all(t.state.is_finished() for t in trials)
     retried = [t for t in trials if t.deliveries > 1]
     assert retried and all(t.state is TrialState.DONE for t in retried)
-    assert len(sim.store.list_decisions(CAMPAIGN)) == result.candidates
+    decided = [d for d in sim.store.list_decisions(CAMPAIGN) if d.kind is not DecisionKind.REJECTED]
+    assert len(decided) == result.candidates  # every valid candidate decided
     sim.close()
 
 
@@ -191,12 +192,15 @@ def test_simulate_runs_the_rule_of_the_targets_farm_toml(
     # Crashes caught by a pre-flight, candidates left behind by their short screen.
     assert "crashed" in said and "in pre-flight" in said, said
     assert "at a short screen" in said, said
-    # Elsewhere, with no farm.toml: farm's defaults, as `farm run` has them.
+    # Elsewhere, with no farm.toml: farm's defaults, as `farm run` has them for a target
+    # that trains for FARM_BUDGET_S as the synthetic one does (short screens of ¼ budget).
     monkeypatch.chdir(tmp_path)
     code, out = farm(capsys, "simulate", *args)
     assert code == 0, out
-    assert "[merge] from farm's defaults" in out and "paired=false" in out
-    assert rows_of(out)[0]["short screen"] == "—"
+    assert "[merge] from farm's defaults for a target that reads FARM_BUDGET_S" in out
+    assert "paired=false" in out
+    assert rows_of(out)[0]["short screen"] == "25%"
+    assert rows_of(out)[0]["batch"].endswith("(sized)")
     # --config names the target from anywhere; a flag overrides the key it names.
     code, out = farm(
         capsys, "simulate", *args, "--config", str(target / "farm.toml"), "--merge", "paired=false"
@@ -227,6 +231,8 @@ def test_rho_decides_whether_paired_screens_pay(
         "40",
         "--merge",
         "paired=true",
+        "--screen-fraction",
+        "0",  # every candidate screened in full, each screen paired
         "--rho",
         "0.95,0",
         "--decisions",
@@ -313,7 +319,10 @@ def test_fleet_flags_judge_per_class_or_blind(
     ("flags", "said"),
     [
         (("--rho", "0.9"), "--rho: only a paired screen"),
-        (("--late", "0.5"), "--late: it biases short screens, and none run"),
+        (
+            ("--late", "0.5", "--screen-fraction", "0"),
+            "--late: it biases short screens, and none run",
+        ),
         (("--blind",), "--blind: only with --fleet"),
         (("--node-slots", "4"), "--node-slots: nodes matter only when they are lost"),
         (("--merge", "paired=yes"), '[merge] paired: "yes" is not a boolean'),

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from farm.records import Draft
-from proposer.knobs import Knob, KnobKind, find_knobs, knob_edits, value_in
+from proposer.knobs import (
+    Knob,
+    KnobKind,
+    find_knobs,
+    knob_edits,
+    set_values,
+    value_changes,
+    value_in,
+)
 from proposer.validate import Validated, validate_draft
 
 SHAPES = '''"""Every shape a hyperparameter takes in real training code."""
@@ -140,3 +148,18 @@ def test_value_in_reads_a_knob_back_from_an_edit(
     knob: str, replacement: str, value: float | None
 ) -> None:
     assert value_in(names(SHAPES)[knob], SHAPES, replacement) == value
+
+
+def test_a_draft_that_only_sets_values_is_told_from_one_that_changes_code() -> None:
+    old = "opt = SGD(lr=0.5, momentum=0.1)  # the optimiser\nEPOCHS = 3\n"
+    tuned = old.replace("momentum=0.1", "momentum=0.9").replace("EPOCHS = 3", "EPOCHS = 4")
+    assert value_changes("t.py", old, tuned) == {"SGD.momentum": "0.9", "EPOCHS": "4"}
+    assert value_changes("t.py", old, old.replace("SGD", "Adam")) is None  # code changed
+    assert value_changes("t.py", old, old.replace("optimiser", "optimizer")) is None
+    assert value_changes("t.py", old, old) is None  # nothing set
+    # Set on a file whose line a keep rewrote: the same values, the rest of the line kept.
+    kept = old.replace("lr=0.5", "lr=1.0")
+    edits = set_values("t.py", kept, {"SGD.momentum": "0.9"})
+    assert edits is not None and len(edits) == 1
+    assert edits[0].replace == "opt = SGD(lr=1.0, momentum=0.9)  # the optimiser"
+    assert set_values("t.py", "EPOCHS = 3\n", {"SGD.momentum": "0.9"}) is None  # knob gone
