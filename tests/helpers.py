@@ -8,12 +8,14 @@ import io
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import pytest
+import redis
 
 from farm.campaign import prepare
 from farm.config import TargetConfig, load_config
@@ -137,6 +139,65 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# A campaign whose scripted results keep c1, merge c2 onto it untried (then measure it) and
+# discard c3: the lineage the crash-point and store-rollback tests take apart.
+LINEAGE_TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
+LINEAGE_TOML = (
+    "[merge]\nrepeats = 4\nconfirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\n"
+    "efficacy_z = 99\nmax_rebases = 0\n"
+)
+_LINEAGE_EDITS = [
+    ("LR = 0.5", "LR = 1.0"),
+    ("MOM = 0.1", "MOM = 0.9"),
+    ("DROP = 0.0", "DROP = 0.5"),
+]
+_LINEAGE_METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1}
+_LINEAGE_METRIC |= {"c1-": 0.5, "c2-": 0.7}
+LINEAGE_DRAFTS = [Draft(f"{s} → {r}", "", [Edit("train.py", s, r)]) for s, r in _LINEAGE_EDITS]
+
+
+def lineage_metric(trial_id: str) -> float:
+    """The scripted result of a trial of the lineage campaign."""
+    return next((v for k, v in _LINEAGE_METRIC.items() if trial_id.startswith(k)), 1.2)
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free loopback port, started with `flags` (its
+    persistence: a test kills and restarts it, so the shared server is never touched)."""
+
+    def __init__(self, data_dir: Path, *flags: str, password: str | None = None) -> None:
+        self.data_dir, self.flags, self.password = data_dir, flags, password
+        self.port = free_port()
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
+                *("--dir", str(self.data_dir), *self.flags),
+                *(("--requirepass", self.password) if self.password else ()),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        with redis.Redis.from_url(self.url) as client:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
 
 def farm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

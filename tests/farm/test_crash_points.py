@@ -33,7 +33,16 @@ from typing import Any
 import pytest
 import redis
 from fake_anthropic import FakeAnthropic, Received, Reply, draft, drafts_reply, overloaded
-from helpers import MakeTarget, flat, git, recounted
+from helpers import (
+    LINEAGE_DRAFTS,
+    LINEAGE_TOML,
+    LINEAGE_TRAIN,
+    MakeTarget,
+    flat,
+    git,
+    lineage_metric,
+    recounted,
+)
 
 from farm.campaign import prepare
 from farm.config import TargetConfig, load_config
@@ -46,7 +55,6 @@ from farm.records import (
     CandidateState,
     DecisionKind,
     Draft,
-    Edit,
     Outcome,
     Trial,
     TrialKind,
@@ -58,13 +66,6 @@ from farm.store.stats import llm_spend
 from proposer.anthropic import AnthropicProposer
 from proposer.mutate import MutateProposer
 
-TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
-TOML = (
-    "[merge]\nrepeats = 4\nconfirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\n"
-    "efficacy_z = 99\nmax_rebases = 0\n"
-)
-EDITS = [("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"), ("DROP = 0.0", "DROP = 0.5")]
-METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1, "c1-": 0.5, "c2-": 0.7}
 STORE_WRITES = {"enqueue_trial", "update_candidate", "cas_incumbent", "record_decision"}
 STORE_WRITES |= {"set_baseline"}
 GIT_WRITES = {"commit_files", "set_branch", "fast_forward"}
@@ -117,10 +118,6 @@ def gone_process() -> str:
     return f"{socket.gethostname()}:{proc.pid}:killed"
 
 
-def metric_of(trial_id: str) -> float:
-    return next((v for k, v in METRIC.items() if trial_id.startswith(k)), 1.2)
-
-
 def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
     """Run the campaign to its end; returns its store and how many restarts it took."""
     store = open_store(url)
@@ -138,7 +135,7 @@ def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[S
 
     ctl: Controller | None = None
     restarts = 0
-    drafts = [Draft(f"{s} → {r}", "", [Edit("train.py", s, r)]) for s, r in EDITS]
+    drafts = LINEAGE_DRAFTS
     record_drafts(store, cfg, "default", drafts, build_context(store, cfg, "default"))
     for _ in range(60):
         try:
@@ -150,7 +147,7 @@ def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[S
             ctl, restarts = None, restarts + 1
             continue
         for t in store.claim_trials("default", worker="w", n=100, lease_s=60):
-            result = TrialResult(t.id, Outcome.OK, metric=metric_of(t.id))
+            result = TrialResult(t.id, Outcome.OK, metric=lineage_metric(t.id))
             store.record_result("default", result)
         states = collections.Counter(c.state for c in store.list_candidates("default"))
         quiet = not (states[CandidateState.RUNNING] or states[CandidateState.QUEUED])
@@ -222,7 +219,7 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[int
 def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
     make_target: MakeTarget, fresh_store: Callable[[int], str], tmp_path: Path
 ) -> None:
-    pristine = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    pristine = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=LINEAGE_TOML)
 
     def target(i: int) -> Path:
         copy = tmp_path / f"run-{i}"
@@ -428,7 +425,7 @@ def test_a_proposer_killed_after_any_write_resumes_with_every_call_settled(
 ) -> None:
     fake_api.respond = model
     target = make_target(
-        {"train.py": TRAIN + "WD = 0.2  # weight decay\n"},
+        {"train.py": LINEAGE_TRAIN + "WD = 0.2  # weight decay\n"},
         extra_toml=f'{PROPOSER_TOML}base_url = "{fake_api.url}"\n',
     )
     cfg = load_config(target)
@@ -457,7 +454,7 @@ def test_a_proposer_killed_after_any_write_resumes_with_every_call_settled(
 def test_a_proposer_restarted_at_its_limit_first_settles_the_call_its_dead_process_held(
     make_target: MakeTarget, tmp_path: Path
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml='[proposer]\nkind = "mutate"\n')
+    target = make_target({"train.py": LINEAGE_TRAIN}, extra_toml='[proposer]\nkind = "mutate"\n')
     cfg = load_config(target)
     store = open_store(f"sqlite:///{tmp_path / 'farm.db'}")
     prepare(target, cfg, store, check_command=False)

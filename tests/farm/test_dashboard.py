@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from helpers import TOY_TOML, TOY_TRAIN, MakeTarget, farm_metric_names, free_port
+from helpers import TOY_TOML, TOY_TRAIN, MakeTarget, RedisServer, farm_metric_names, free_port
 
 from farm.records import DecisionKind, TrialState
 from farm.store import Store, open_store
@@ -305,39 +305,23 @@ def firing(prom: Prometheus, *, within_s: float) -> Iterator[set[tuple[str, str]
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own (it kills it): (its URL, the process)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path)),
-            *("--save", "", "--appendonly", "yes"),  # as k8s/redis.yaml: a durable store
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    with redis.Redis.from_url(url) as client:
-        for _ in range(250):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.02)
-    yield url, proc
-    proc.kill()
-    proc.wait()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (it kills it), durable as k8s/redis.yaml's."""
+    server = RedisServer(tmp_path / "redis", "--save", "", "--appendonly", "yes").start()
+    yield server
+    server.kill()
 
 
 def test_the_store_and_dispatcher_alerts_fire_during_the_fault(
     make_target: MakeTarget,
-    redis_server: tuple[str, subprocess.Popen[bytes]],
+    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     """`farm control` queues the baseline and no `farm work` runs it: FarmNoDispatcher (the
     case FarmSlotsIdleWithWorkQueued cannot see). Then Redis dies: the exporter still answers
     every scrape (farm_ledger_up 0) and FarmLedgerUnreadable fires, and the driver's store
     errors count while it still retries, so FarmStoreErrors fires before it gives up."""
-    url, server = redis_server
+    url, server = redis_server.url, redis_server
     # The rules as shipped, but with seconds where they wait minutes.
     rules = tmp_path / "farm-alerts.yml"
     rules.write_text(re.sub(r"\bfor: \w+", "for: 2s", RULES.read_text()))
@@ -363,7 +347,6 @@ def test_the_store_and_dispatcher_alerts_fire_during_the_fault(
             assert alerts == {("FarmNoDispatcher", "default")}
 
             server.kill()
-            server.wait()
             for alerts in firing(prom, within_s=20):
                 if {("FarmLedgerUnreadable", ""), ("FarmStoreErrors", "control")} <= alerts:
                     break

@@ -25,6 +25,7 @@ from proposer.prompt import digest
 
 TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\n"
+FIXED += "confirm_ahead = 0\n"  # one at a time: mom's win goes stale, merged untried
 BASE = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 9.0]  # the last an outlier: 40 robust σ out
 
 

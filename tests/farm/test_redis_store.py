@@ -7,7 +7,6 @@ they can stop and restart it without touching the shared one.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import TOY_TRAIN, MakeTarget, RunCampaign
+from helpers import TOY_TRAIN, MakeTarget, RedisServer, RunCampaign
 
 from farm.errors import StoreError
 from farm.records import (
@@ -37,49 +36,11 @@ from farm.store.redis import RedisStore
 PASSWORD = "s3cret-pw"
 
 
-class RedisServer:
-    """A private redis-server that survives SIGKILL: every write is fsynced to its AOF."""
-
-    def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.data_dir = data_dir
-        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir)),
-                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-                *("--requirepass", PASSWORD),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        with redis.Redis.from_url(self.url) as client:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path)
-    srv.start()
+    srv = RedisServer(
+        tmp_path, "--save", "", "--appendonly", "yes", "--appendfsync", "always", password=PASSWORD
+    ).start()  # it survives SIGKILL: every write is fsynced to its AOF
     yield srv
     srv.kill()
 

@@ -13,14 +13,21 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from helpers import MakeTarget, free_port, git
+from helpers import (
+    LINEAGE_DRAFTS,
+    LINEAGE_TOML,
+    LINEAGE_TRAIN,
+    MakeTarget,
+    RedisServer,
+    git,
+    lineage_metric,
+)
 from helpers import farm as farm_here
 
 from farm.campaign import prepare, repair_refs
@@ -30,58 +37,23 @@ from farm.errors import FarmError, RefMismatch
 from farm.gitops import Repo, best_branch
 from farm.merge.verdicts import lost_keeps
 from farm.propose import build_context, record_drafts
-from farm.records import CandidateState, DecisionKind, Draft, Edit, Outcome, TrialResult
+from farm.records import CandidateState, DecisionKind, Outcome, TrialResult
 from farm.store import VOLATILE_ENV, Store, open_store
 
 NO_AOF = ("--appendonly", "no", "--save", "")
 
 
-class Server:
-    """A private redis-server, started with the given persistence flags."""
-
-    def __init__(self, data_dir: Path, flags: tuple[str, ...]) -> None:
-        self.data_dir, self.flags = data_dir, flags
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--dir", str(self.data_dir), *self.flags),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        with redis.Redis.from_url(self.url) as client:
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
 
-    def start(*flags: str, name: str = "redis") -> Server:
-        started.append(Server(tmp_path / name, flags).start())
+    def start(*flags: str, name: str = "redis") -> RedisServer:
+        started.append(RedisServer(tmp_path / name, *flags).start())
         return started[-1]
 
     yield start
     for server in started:
-        server.stop()
+        server.kill()
 
 
 def farm(*args: str) -> tuple[int, str]:
@@ -100,7 +72,7 @@ def farm(*args: str) -> tuple[int, str]:
 
 
 def test_a_redis_without_aof_is_refused_before_anything_runs(
-    make_target: MakeTarget, redis_server: Callable[..., Server]
+    make_target: MakeTarget, redis_server: Callable[..., RedisServer]
 ) -> None:
     server = redis_server(*NO_AOF)
     target = make_target()
@@ -119,7 +91,7 @@ def test_a_redis_without_aof_is_refused_before_anything_runs(
 
 
 def test_aof_on_is_not_refused_and_a_volatile_store_runs_when_accepted(
-    make_target: MakeTarget, redis_server: Callable[..., Server]
+    make_target: MakeTarget, redis_server: Callable[..., RedisServer]
 ) -> None:
     target = make_target()
     durable = redis_server("--appendonly", "yes", "--appendfsync", "everysec", name="aof")
@@ -137,7 +109,7 @@ def test_aof_on_is_not_refused_and_a_volatile_store_runs_when_accepted(
 
 
 def test_persistence_is_read_from_info_where_config_is_refused(
-    make_target: MakeTarget, redis_server: Callable[..., Server]
+    make_target: MakeTarget, redis_server: Callable[..., RedisServer]
 ) -> None:
     server = redis_server(*NO_AOF, "--rename-command", "CONFIG", "")
     code, out = farm("work", str(make_target()), "--store", server.url, "--wait", "0.5")
@@ -146,7 +118,7 @@ def test_persistence_is_read_from_info_where_config_is_refused(
 
 
 def test_reading_roles_do_not_refuse_a_volatile_store(
-    make_target: MakeTarget, redis_server: Callable[..., Server]
+    make_target: MakeTarget, redis_server: Callable[..., RedisServer]
 ) -> None:
     server = redis_server(*NO_AOF)
     target = make_target()
@@ -174,16 +146,6 @@ def test_only_farms_own_undecided_commits_are_lost_keeps(
     assert lost_keeps(ahead) == lost
 
 
-# A campaign that keeps c1, merges c2 onto it untried (then measures it) and discards c3.
-TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nDROP = 0.0  # dropout\n"
-TOML = (
-    "[merge]\nrepeats = 4\nconfirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\n"
-    "efficacy_z = 99\nmax_rebases = 0\n"
-)
-EDITS = [("LR = 0.5", "LR = 1.0"), ("MOM = 0.1", "MOM = 0.9"), ("DROP = 0.0", "DROP = 0.5")]
-METRIC = {"base-0": 0.9, "base-1": 1.1, "base-2": 0.9, "base-3": 1.1, "c1-": 0.5, "c2-": 0.7}
-
-
 def drive(
     store: Store,
     target: Path,
@@ -200,7 +162,7 @@ def drive(
     for _ in range(60):
         ctl.step(slots=8)
         for t in store.claim_trials("default", worker="w", n=100, lease_s=60):
-            metric = next((v for k, v in METRIC.items() if t.id.startswith(k)), 1.2)
+            metric = lineage_metric(t.id)
             store.record_result("default", TrialResult(t.id, Outcome.OK, metric=metric))
         if until():
             return "\n".join(ctl.notices)
@@ -221,7 +183,7 @@ def to_baseline(store: Store, target: Path) -> TargetConfig:
     the callers take their snapshot); returns its config."""
     cfg = load_config(target)
     prepare(target, cfg, store, check_command=False)
-    drafts = [Draft(f"{s} → {r}", "", [Edit("train.py", s, r)]) for s, r in EDITS]
+    drafts = LINEAGE_DRAFTS
     record_drafts(store, cfg, "default", drafts, build_context(store, cfg, "default"))
     drive(store, target, cfg, until=lambda: store.get_campaign("default").sigma is not None)
     assert not kept_commits(store)
@@ -260,10 +222,10 @@ class DiesAtFirstMove:
 def test_a_store_rolled_back_is_recovered_forward_from_git(
     store_kind: str,
     make_target: MakeTarget,
-    redis_server: Callable[..., Server],
+    redis_server: Callable[..., RedisServer],
     tmp_path: Path,
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    target = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=LINEAGE_TOML)
     db = tmp_path / "farm.db"
     server = redis_server(*NO_AOF) if store_kind == "redis" else None
     url = server.url if server else f"sqlite:///{db}"
@@ -285,7 +247,7 @@ def test_a_store_rolled_back_is_recovered_forward_from_git(
 
     # The rollback: Redis restarted from its snapshot, the SQLite file restored (or lost).
     if server:
-        server.stop()
+        server.kill()
         server.start()
     else:
         for f in tmp_path.glob("farm.db*"):
@@ -321,9 +283,9 @@ def test_a_store_rolled_back_is_recovered_forward_from_git(
 
 
 def test_a_store_rolled_back_under_a_running_controller_is_caught_up_at_its_next_step(
-    make_target: MakeTarget, redis_server: Callable[..., Server]
+    make_target: MakeTarget, redis_server: Callable[..., RedisServer]
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    target = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=LINEAGE_TOML)
     server = redis_server(*NO_AOF)
     store = open_store(server.url)
     cfg = to_baseline(store, target)
@@ -332,7 +294,7 @@ def test_a_store_rolled_back_under_a_running_controller_is_caught_up_at_its_next
     ctl = Controller(store=store, repo=Repo(target), cfg=cfg, campaign="default")
     drive(store, target, cfg, until=lambda: bool(kept_commits(store)), ctl=ctl)
     before = kept_commits(store)
-    server.stop()  # Redis restarts from its snapshot; this controller rides it out
+    server.kill()  # Redis restarts from its snapshot; this controller rides it out
     server.start()
     assert not kept_commits(store)
     said = drive(store, target, cfg, until=ended(store), ctl=ctl)
@@ -347,7 +309,7 @@ def test_a_store_rolled_back_under_a_running_controller_is_caught_up_at_its_next
 def test_repair_refs_never_discards_a_kept_commit_unasked(
     make_target: MakeTarget, tmp_path: Path
 ) -> None:
-    target = make_target({"train.py": TRAIN}, extra_toml=TOML)
+    target = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=LINEAGE_TOML)
     db = tmp_path / "farm.db"
     store = open_store(f"sqlite:///{db}")
     cfg = to_baseline(store, target)
