@@ -261,6 +261,18 @@ def train(lr=0.1):
 FROZEN = ["ValidationConfig", "EVAL_*", "TimeSeriesSplit.gap"]
 
 
+def frozen_verdict(search: str, replace: str) -> Validated | Rejected:
+    """The verdict on a one-edit draft of PROTOCOL, with FROZEN frozen."""
+    return validate_draft(
+        draft(Edit("train.py", search, replace)),
+        files={"train.py": PROTOCOL},
+        editable=["train.py"],
+        seen_hashes=set(),
+        max_edit_bytes=10_000,
+        frozen=FROZEN,
+    )
+
+
 @pytest.mark.parametrize(
     ("search", "replace", "named"),
     [
@@ -275,14 +287,7 @@ FROZEN = ["ValidationConfig", "EVAL_*", "TimeSeriesSplit.gap"]
 def test_a_draft_changing_a_frozen_name_is_rejected_naming_it(
     search: str, replace: str, named: str
 ) -> None:
-    verdict = validate_draft(
-        draft(Edit("train.py", search, replace)),
-        files={"train.py": PROTOCOL},
-        editable=["train.py"],
-        seen_hashes=set(),
-        max_edit_bytes=10_000,
-        frozen=FROZEN,
-    )
+    verdict = frozen_verdict(search, replace)
     reason = rejected(verdict)
     assert reason.startswith("train.py: the edits change ") and named in reason
     assert "frozen in farm.toml" in reason
@@ -292,14 +297,7 @@ def test_a_draft_changing_a_frozen_name_is_rejected_naming_it(
     ("search", "replace"), [("LR = 0.1", "LR = 0.2"), ("train(lr=0.1)", "train(lr=0.3)")]
 )
 def test_a_draft_leaving_frozen_names_alone_passes(search: str, replace: str) -> None:
-    verdict = validate_draft(
-        draft(Edit("train.py", search, replace)),
-        files={"train.py": PROTOCOL},
-        editable=["train.py"],
-        seen_hashes=set(),
-        max_edit_bytes=10_000,
-        frozen=FROZEN,
-    )
+    verdict = frozen_verdict(search, replace)
     assert isinstance(verdict, Validated)
 
 
