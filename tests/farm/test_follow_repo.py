@@ -45,18 +45,23 @@ def test_a_run_the_proposer_refuses_stores_no_campaign_and_the_fix_starts_at_hea
     assert campaigns(target) == {}  # the cluster refused: still no campaign
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_run_after_a_commit_names_both_commits_and_how_to_start_at_head(
-    make_target: MakeTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
-    target = make_target(extra_toml=NEEDS_A_GPU)
+def started_then_moved(target: Path) -> tuple[str, str]:
+    """Start the campaign at HEAD, then commit by hand: (its start commit, the new HEAD)."""
     start = git(target, "rev-parse", "HEAD").strip()
     store = open_store(default_url(target))
     prepare(target, load_config(target), store, check_command=False)
     store.close()
     (target / "train.py").write_text((target / "train.py").read_text().replace("0.5", "0.6"))
     git(target, "commit", "-qam", "LR 0.6 by hand")
-    head = git(target, "rev-parse", "HEAD").strip()
+    return start, git(target, "rev-parse", "HEAD").strip()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_after_a_commit_names_both_commits_and_how_to_start_at_head(
+    make_target: MakeTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = make_target(extra_toml=NEEDS_A_GPU)
+    start, head = started_then_moved(target)
     code, out = farm(capsys, "run", str(target), "--proposer", "mutate")
     assert code == 2, out  # the cluster's refusal, after the note
     said = " ".join(out.split())
@@ -82,13 +87,7 @@ def test_restart_starts_a_new_campaign_at_head_and_keeps_the_old_one(
         extra_toml='[merge]\nrepeats = 2\nconfirm = 1\n[proposer]\nkind = "replay"\n'
         'replay_file = "drafts.jsonl"\n',
     )
-    start = git(target, "rev-parse", "HEAD").strip()
-    store = open_store(default_url(target))
-    prepare(target, load_config(target), store, check_command=False)
-    store.close()
-    (target / "train.py").write_text((target / "train.py").read_text().replace("0.5", "0.6"))
-    git(target, "commit", "-qam", "LR 0.6 by hand")
-    head = git(target, "rev-parse", "HEAD").strip()
+    start, head = started_then_moved(target)
 
     code, out = farm(capsys, "run", str(target), "--restart", "--slots", "2")
     assert code == 0, out
