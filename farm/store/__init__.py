@@ -53,11 +53,11 @@ def check_durable(store: Store, *, volatile_ok: bool) -> str:
     settings were read when CONFIG was refused."""
     if urlparse(store.url).scheme not in ("redis", "rediss"):
         return ""  # SQLite commits every transaction to its file
-    from farm.store.redis import DURABLE_FLAGS, RedisStore, persistence
+    from farm.store.redis import DURABLE_FLAGS, RedisStore
 
     assert isinstance(store, RedisStore)
     volatile_ok = volatile_ok or os.environ.get(VOLATILE_ENV, "") not in ("", "0")
-    found = persistence(store)
+    found = store.persistence()
     read = "" if found.source == "CONFIG GET" else f" (read from {found.source})"
     if found.aof:
         lost = f"; it may lose {found.loses()} (appendfsync no)" if found.loses() else ""

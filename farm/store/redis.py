@@ -336,6 +336,43 @@ class RedisStore(Store):
                 self._retry.get_retries(),
             )
 
+    def persistence(self) -> Persistence:
+        """Read the server's persistence settings: CONFIG GET, or INFO persistence where CONFIG
+        is renamed or refused (managed Redis, an ACL), which tells AOF on or off but not its
+        fsync policy."""
+
+        def read() -> Persistence:
+            try:
+                info = self._r.info("persistence")
+            except redis.ResponseError as e:
+                info, info_error = {}, str(e)
+            else:
+                info_error = ""
+            unsaved = info.get("rdb_changes_since_last_save")
+            last_save = info.get("rdb_last_save_time")
+            try:
+                config = self._r.config_get("append*") | self._r.config_get("save")
+            except redis.ResponseError as e:
+                if not info:
+                    return Persistence(
+                        aof=None, source=f"neither CONFIG GET ({e}) nor INFO ({info_error})"
+                    )
+                return Persistence(
+                    aof=bool(info.get("aof_enabled")),
+                    unsaved=unsaved,
+                    last_save=last_save,
+                    source=f"INFO persistence (CONFIG GET was refused: {e})",
+                )
+            return Persistence(
+                aof=config.get("appendonly") == "yes",
+                fsync=str(config.get("appendfsync") or ""),
+                save=str(config.get("save") or ""),
+                unsaved=unsaved,
+                last_save=last_save,
+            )
+
+        return self._call(read)
+
     def close(self) -> None:
         self._r.close()
 
@@ -756,41 +793,3 @@ class Persistence:
             when = time.strftime("%H:%M:%S", time.localtime(self.last_save))
             return f"every write since its last RDB snapshot ({when}, {self.unsaved} writes ago)"
         return "every write since its last RDB snapshot"
-
-
-def persistence(store: RedisStore) -> Persistence:
-    """Read the server's persistence settings: CONFIG GET, or INFO persistence where CONFIG
-    is renamed or refused (managed Redis, an ACL), which tells AOF on or off but not its
-    fsync policy."""
-
-    def read() -> Persistence:
-        try:
-            info = store._r.info("persistence")
-        except redis.ResponseError as e:
-            info, info_error = {}, str(e)
-        else:
-            info_error = ""
-        unsaved = info.get("rdb_changes_since_last_save")
-        last_save = info.get("rdb_last_save_time")
-        try:
-            config = store._r.config_get("append*") | store._r.config_get("save")
-        except redis.ResponseError as e:
-            if not info:
-                return Persistence(
-                    aof=None, source=f"neither CONFIG GET ({e}) nor INFO ({info_error})"
-                )
-            return Persistence(
-                aof=bool(info.get("aof_enabled")),
-                unsaved=unsaved,
-                last_save=last_save,
-                source=f"INFO persistence (CONFIG GET was refused: {e})",
-            )
-        return Persistence(
-            aof=config.get("appendonly") == "yes",
-            fsync=str(config.get("appendfsync") or ""),
-            save=str(config.get("save") or ""),
-            unsaved=unsaved,
-            last_save=last_save,
-        )
-
-    return store._call(read)
