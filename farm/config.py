@@ -271,6 +271,16 @@ class MergeConfig:
     promote: float = setting(
         0.33, doc="the share of short screens promoted to a full budget", gt=0, le=1
     )
+    # A short screen ranked below the cut is held, not discarded: promoted later if it
+    # climbs into the best `promote` share as more come in (ASHA), or when a slot would
+    # idle; once the incumbent moves, it is screened short again on the new incumbent,
+    # up to `looks` short screens in all. Ranked against a strong cohort is not worse than
+    # its reference: a real gain ranked out while bigger ones were about gets another look.
+    looks: int = setting(
+        1,
+        doc="short screens a candidate may get, each against the incumbent of its time",
+        ge=1,
+    )
     min_rank_agreement: float = setting(
         0.3,
         doc="screen short only while short and full screens rank alike (Kendall's τ)",

@@ -112,10 +112,12 @@ class Controller:
                     inc = self.store.get_incumbent(self.campaign)
         self.incumbency.measure(inc)
         if promote:
-            self._promote(slots, self.store.get_incumbent(self.campaign))
+            left = self._promote(slots, self.store.get_incumbent(self.campaign))
             if self.cfg.merge.confirm_ahead and slots != 1:  # one slot gains nothing by it
                 undecided = [c for c in running if c.state is CandidateState.RUNNING]
                 self.screening.ahead(undecided, self._idle(slots))
+                left = self._idle(slots) if slots is not None else left
+            self.screening.release(left)
         return made
 
     def _idle(self, slots: int | None) -> int:
@@ -165,35 +167,34 @@ class Controller:
             log.info("%s", ruling.reason)
 
     # -- candidates -----------------------------------------------------------------------
-    def _promote(self, slots: int | None, inc: Incumbent) -> None:
-        """Start queued candidates while fewer trials are waiting than slots can take."""
+    def _promote(self, slots: int | None, inc: Incumbent) -> int:
+        """Start queued candidates while fewer trials are waiting than slots can take.
+        Returns how many more trials the slots could take."""
         counts = self.store.count_trials(self.campaign)
         queued, running = counts[TrialState.QUEUED], counts[TrialState.RUNNING]
         # Slots unknown (separate dispatchers): keep as many trials waiting as are running.
         demand = max(running, MIN_QUEUE) - queued if slots is None else slots - queued - running
         if demand <= 0:
-            return
+            return 0
         for cand in self.store.list_candidates(self.campaign, {CandidateState.QUEUED}):
             if demand <= 0:
                 break
-            if cand.base_sha != inc.sha:
-                # Drafted before the incumbent last moved: start it on the incumbent now
-                # rather than rebase and re-run it after it wins (or not at all).
-                why = self.recorder.move_onto(cand, inc)
-                if why:
-                    self.recorder.decide(
-                        cand,
-                        DecisionKind.SUPERSEDED,
-                        f"drafted on {cand.base_sha[:10]}; no longer applies on the incumbent "
-                        f"{inc.sha[:10]}: {why}",
-                    )
-                    continue
+            # Drafted before the incumbent last moved: start it on the incumbent now rather
+            # than rebase and re-run it after it wins (or not at all).
+            drafted_on = cand.base_sha
+            why = self.recorder.start_on(cand, inc)
+            if why:
+                self.recorder.decide(
+                    cand,
+                    DecisionKind.SUPERSEDED,
+                    f"drafted on {drafted_on[:10]}; no longer applies on the incumbent "
+                    f"{inc.sha[:10]}: {why}",
+                )
+                continue
             demand -= 1
-            cand.commit_sha = self.recorder.commit(cand, rebased=False)
-            cand.state = CandidateState.RUNNING
-            self.store.update_candidate(cand)
-            if self.screening.clear(cand).act is Act.PASS:
+            if self.screening.clear(cand, inc).act is Act.PASS:
                 self.screening.ensure_screen(cand)
+        return demand
 
     def _reconcile_candidate(
         self, cand: Candidate, inc: Incumbent, camp: Campaign
@@ -214,10 +215,14 @@ class Controller:
             )
             ref = self.evidence.reference(written, camp)
         ruling = (
-            self._new_ruling(cand, ref) if cand.generation == 0 else self._rebased_ruling(cand, ref)
+            self._new_ruling(cand, ref, inc)
+            if cand.generation == 0
+            else self._rebased_ruling(cand, ref)
         )
         if ruling.act is Act.FAIL:
             return self.recorder.decide(cand, DecisionKind.CRASHED, ruling.reason)
+        if ruling.act is Act.SUPERSEDE:
+            return self.recorder.decide(cand, DecisionKind.SUPERSEDED, ruling.reason)
         if ruling.act is Act.DISCARD and ref is None:  # ranked out by its short screen
             return self.recorder.decide(cand, DecisionKind.DISCARDED, ruling.reason)
         if ruling.act not in (Act.KEEP, Act.DISCARD):
@@ -232,10 +237,10 @@ class Controller:
         assert ruling.verdict is not None
         return self.incumbency.win(cand, inc, ruling.verdict, ref.sigma, ruling.values, note=said)
 
-    def _new_ruling(self, cand: Candidate, ref: Reference | None) -> Ruling:
+    def _new_ruling(self, cand: Candidate, ref: Reference | None, inc: Incumbent) -> Ruling:
         """A new candidate's screen, then confirmations one at a time (other candidates take
         the other slots) until the sequential test decides."""
-        cleared = self.screening.clear(cand)
+        cleared = self.screening.clear(cand, inc)
         if cleared.act is not Act.PASS:
             return cleared
         stages = 1 + self.evidence.confirm()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from farm.config import TargetConfig
-from farm.merge import Baseline, NoisePools, baseline, mean, runs_of
+from farm.merge import Baseline, Cohort, NoisePools, baseline, mean, runs_of
 from farm.merge.verdicts import (
     Act,
     Reference,
@@ -38,6 +38,7 @@ class Evidence:
         # Short screens and the full screens of their candidates, by trial id (loaded at the
         # first short screen).
         self._fidelity: dict[str, Trial] | None = None
+        self._cohorts: dict[str, Cohort] = {}  # finished short screens by incumbent ranked
         self._partners: dict[str, Trial] = {}  # each reference's partner run (paired)
         self._gaps: dict[int, float] | None = None  # screens' gaps to their partners
         self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
@@ -238,13 +239,23 @@ class Evidence:
         if self._fidelity is None:
             done = self.store.list_trials(self.campaign, states={TrialState.DONE})
             shorts = {t.candidate_id for t in done if t.kind is TrialKind.SHORT}
-            self._fidelity = {
-                t.id: dataclasses.replace(t, files={})
-                for t in done
-                if t.kind is TrialKind.SHORT
-                or (t.kind is TrialKind.CANDIDATE and t.candidate_id in shorts)
-            }
+            self._fidelity, self._cohorts = {}, {}
+            for t in done:
+                if t.kind is TrialKind.SHORT:
+                    self.note_short(t)
+                elif t.kind is TrialKind.CANDIDATE and t.candidate_id in shorts:
+                    self._fidelity[t.id] = dataclasses.replace(t, files={})
         return self._fidelity
+
+    def note_short(self, short: Trial) -> None:
+        """A short screen finished: ranked in its incumbent's cohort from now on."""
+        runs = self.fidelity_runs()
+        if short.id in runs:
+            return
+        runs[short.id] = dataclasses.replace(short, files={})
+        if short.result and short.result.metric is not None and short.candidate_id is not None:
+            cohort = self._cohorts.setdefault(short.reference, Cohort())
+            cohort.add(short.candidate_id, short.result.metric)
 
     def note_screen(self, screen: Trial) -> None:
         """A full screen finished: the rank monitor compares it with its short screen."""
@@ -252,14 +263,11 @@ class Evidence:
         if cand is not None and self._fidelity is not None and short_id(cand) in self._fidelity:
             self._fidelity[screen.id] = screen
 
-    def short_others(self, short: Trial) -> list[float]:
-        """The metrics of the other short screens ranked against the same incumbent."""
-        return [
-            t.result.metric
-            for t in self.fidelity_runs().values()
-            if t.kind is TrialKind.SHORT
-            and t.reference == short.reference
-            and t.candidate_id != short.candidate_id
-            and t.result
-            and t.result.metric is not None
-        ]
+    def short_standing(self, short: Trial) -> tuple[int, int]:
+        """(how many other short screens against the same incumbent are better, how many
+        there are with it): what ASHA's rule ranks it by."""
+        self.fidelity_runs()
+        cohort = self._cohorts.get(short.reference) or Cohort()
+        assert short.result is not None and short.result.metric is not None
+        assert short.candidate_id is not None  # a short screen is a candidate's
+        return cohort.standing(short.candidate_id, short.result.metric, self.cfg.direction)

@@ -115,6 +115,19 @@ class Recorder:
         ]
 
     # -- git ----------------------------------------------------------------------------------
+    def start_on(self, cand: Candidate, inc: Incumbent) -> str:
+        """Run the candidate on the incumbent from now on: its edits moved there if it was
+        drafted (or last screened) on another commit, committed, saved as running. Returns
+        why its edits no longer apply there (nothing is saved then)."""
+        if cand.base_sha != inc.sha:
+            why = self.move_onto(cand, inc)
+            if why:
+                return why
+        cand.commit_sha = self.commit(cand, rebased=False)
+        cand.state = CandidateState.RUNNING
+        self.store.update_candidate(cand)
+        return ""
+
     def move_onto(self, cand: Candidate, inc: Incumbent) -> str:
         """Re-apply the candidate's edits on the incumbent; a draft that only sets values
         whose edits no longer apply (a keep rewrote their lines) sets the same values there

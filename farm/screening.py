@@ -9,7 +9,7 @@ from farm.evidence import Evidence
 from farm.merge import SHORT_TIMEOUTS, Verdict, fidelity, paired_bar, paired_spread
 from farm.merge.verdicts import Act, Reference, Ruling, Target, preflight_ruling, short_ruling
 from farm.recorder import Notices, Recorder
-from farm.records import Candidate, Trial, TrialKind
+from farm.records import Candidate, Incumbent, Trial, TrialKind
 from farm.trials import confirm_id, preflight_id, screen_id, short_id
 
 
@@ -25,6 +25,9 @@ class Screening:
         self._short_off = False  # short screens stopped ranking like full budgets
         self._cleared: set[int] = set()  # candidates past pre-flight and short screen
         self._confirms: dict[int, int] = {}  # confirmations queued, of candidates in them
+        self._looks: dict[int, int] = {}  # each candidate's latest look known (never fewer)
+        # Candidates whose short screen is held below the cut (as of their last ruling).
+        self._held: dict[int, tuple[Trial, Candidate]] = {}
 
     def ensure_screen(self, cand: Candidate) -> Trial:
         found = self.evidence.trial(screen_id(cand.id))
@@ -35,14 +38,14 @@ class Screening:
             screen_id(cand.id), TrialKind.CANDIDATE, cand, partner=partner
         )
 
-    def clear(self, cand: Candidate) -> Ruling:
+    def clear(self, cand: Candidate, inc: Incumbent) -> Ruling:
         """Whether a new candidate may take a full budget: PASS once its pre-flight passed
-        and its short screen promoted it (or none is asked for)."""
+        and its short screen promoted it (or none is asked for). `inc`: the incumbent now."""
         if cand.id in self._cleared:
             return Ruling(Act.PASS)
         ruling = self._preflight(cand)
         if ruling.act is Act.PASS:
-            ruling = self._short_screen(cand)
+            ruling = self._short_screen(cand, inc)
         if ruling.act is Act.PASS:
             self._cleared.add(cand.id)
         return ruling
@@ -59,15 +62,57 @@ class Screening:
         )
         return preflight_ruling(trial, seconds, self.target)
 
-    def _short_screen(self, cand: Candidate) -> Ruling:
+    def _short_screen(self, cand: Candidate, inc: Incumbent) -> Ruling:
+        self._held.pop(cand.id, None)
         if self.cfg.merge.screen_budget_s <= 0 or self.evidence.trial(screen_id(cand.id)):
             return Ruling(Act.PASS)  # promoted already, or screened in full from the start
-        short = self.evidence.trial(short_id(cand.id))
+        look, short = self._latest_short(cand)
         if short is None:
             if self.stopped():
                 return Ruling(Act.PASS)
             short = self.recorder.ensure_trial(short_id(cand.id), TrialKind.SHORT, cand)
-        return short_ruling(short, self.evidence.short_others(short), self.cfg.merge, self.target)
+        if not short.state.is_finished():
+            return Ruling(Act.WAIT)
+        m = self.cfg.merge
+        ok = short.result is not None and short.result.metric is not None
+        standing = self.evidence.short_standing(short) if ok else (0, 1)  # not ranked
+        moved = short.reference != inc.sha
+        ruling = short_ruling(
+            short, standing, m, self.target, moved=moved, last=look + 1 >= m.looks
+        )
+        if ruling.act is Act.WAIT:
+            self._held[cand.id] = (short, cand)
+        elif ruling.act is Act.MORE:  # the incumbent moved: a look on it, short or in full
+            why = self.recorder.start_on(cand, inc)
+            if why:
+                return Ruling(Act.SUPERSEDE, f"{ruling.reason}; it no longer applies: {why}")
+            if self.stopped():
+                return Ruling(Act.PASS)
+            self.recorder.ensure_trial(short_id(cand.id, look + 1), TrialKind.SHORT, cand)
+            self._looks[cand.id] = look + 1
+            return Ruling(Act.WAIT)
+        return ruling
+
+    def _latest_short(self, cand: Candidate) -> tuple[int, Trial | None]:
+        """The candidate's latest look (its short screen on the latest incumbent it saw)."""
+        if cand.id not in self._looks:  # new to this process: what exists, once
+            look = 0
+            while self.evidence.trial(short_id(cand.id, look + 1)) is not None:
+                look += 1
+            self._looks[cand.id] = look
+        look = self._looks[cand.id]
+        return look, self.evidence.trial(short_id(cand.id, look))
+
+    def release(self, idle: int) -> None:
+        """Held short screens take the slots nothing else would use, best first: a slot
+        running a candidate ranked below the cut beats a slot idling (ASHA does the same),
+        and at the end of a campaign the held ones are judged rather than left waiting."""
+        better = self.target.direction.improvement
+        held = sorted(self._held.values(), key=lambda h: -better(old=0.0, new=_metric(h[0])))
+        for _, cand in held[: max(idle, 0)]:
+            del self._held[cand.id]
+            self._cleared.add(cand.id)
+            self.ensure_screen(cand)
 
     def ahead(self, running: list[Candidate], idle: int) -> None:
         """Run confirmations ahead of the sequential test ([merge] confirm_ahead): a new
@@ -98,13 +143,13 @@ class Screening:
     def note_short_screens(self, running: list[Candidate]) -> None:
         """Take in every short screen that has finished, before any is ranked: a short screen
         is ranked against all those in (ASHA's rule), whichever candidate comes first."""
+        self._held = {}  # ruled again below, as this step finds them
         if self.cfg.merge.screen_budget_s <= 0:
             return
-        runs = self.evidence.fidelity_runs()
         for cand in running:
-            short = self.evidence.trial(short_id(cand.id))
+            _, short = self._latest_short(cand)
             if short is not None and short.state.is_finished():
-                runs[short.id] = short
+                self.evidence.note_short(short)
 
     def stopped(self) -> bool:
         """Whether short screens stopped ranking candidates as full budgets do (the rank
@@ -154,3 +199,8 @@ class Screening:
         )
         (value,) = self.evidence.placed([screen])
         return Verdict(passed=gap > bar, estimate=value, delta=gap, threshold=bar)
+
+
+def _metric(trial: Trial) -> float:
+    assert trial.result is not None and trial.result.metric is not None  # it finished ok
+    return trial.result.metric

@@ -27,8 +27,9 @@ def preflight_id(candidate: int) -> str:
     return f"c{candidate}-g0-preflight"
 
 
-def short_id(candidate: int) -> str:
-    return f"c{candidate}-g0-short"
+def short_id(candidate: int, look: int = 0) -> str:
+    """A candidate's short screen; a later look (on a later incumbent) is numbered."""
+    return f"c{candidate}-g0-short{look or ''}"
 
 
 def screen_id(candidate: int) -> str:

@@ -13,6 +13,7 @@ from farm.merge.arith import mean
 from farm.merge.classes import class_offsets, offset_error, placed
 from farm.merge.fidelity import (
     SHORT_TIMEOUTS,
+    Cohort,
     Fidelity,
     fidelity,
     fidelity_pairs,
@@ -59,6 +60,7 @@ __all__ = [
     "SHORT_TIMEOUTS",
     "WINSOR_SIGMAS",
     "Baseline",
+    "Cohort",
     "Fidelity",
     "Noise",
     "NoisePools",

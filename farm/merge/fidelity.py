@@ -3,6 +3,7 @@ screening short where short budgets rank candidates unlike full ones."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
@@ -14,15 +15,33 @@ from farm.records import Direction, Outcome, Trial, TrialKind
 SHORT_TIMEOUTS = 3  # short screens killed at their budget before farm stops screening short
 
 
-def promoted(
-    value: float, others: Sequence[float], *, share: float, direction: Direction
-) -> tuple[bool, int, int]:
+def promoted(better: int, n: int, *, share: float) -> tuple[bool, int, int]:
     """ASHA's promotion rule for a short screen: (promoted, its rank, how many go on) among
-    itself and the short screens already in against the same incumbent, the best
-    ceil(share·n) of n going on (the first always does: there is nothing to rank it by)."""
-    rank = 1 + sum(direction.improvement(old=value, new=o) > 0 for o in others)
-    allowed = math.ceil(share * (len(others) + 1) - 1e-9)
-    return rank <= allowed, rank, allowed
+    the n short screens against the same incumbent, `better` of them better than it, the
+    best ceil(share·n) going on (the first always does: there is nothing to rank it by)."""
+    allowed = math.ceil(share * n - 1e-9)
+    return 1 + better <= allowed, 1 + better, allowed
+
+
+class Cohort:
+    """The short screens ranked against one incumbent, their metrics kept sorted: a held
+    screen is ranked again as others come in, so a rank is a bisection, not a scan."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.of: dict[int, float] = {}  # each candidate's short screen in it
+
+    def add(self, candidate: int, value: float) -> None:
+        if candidate not in self.of:
+            self.of[candidate] = value
+            bisect.insort(self.values, value)
+
+    def standing(self, candidate: int, value: float, direction: Direction) -> tuple[int, int]:
+        """(how many of the others are better than `value`, how many with it in all)."""
+        below = bisect.bisect_left(self.values, value)
+        above = len(self.values) - bisect.bisect_right(self.values, value)
+        better = below if direction is Direction.MINIMIZE else above
+        return better, len(self.values) + (candidate not in self.of)
 
 
 def fidelity_pairs(trials: Sequence[Trial]) -> list[tuple[str, float, float]]:

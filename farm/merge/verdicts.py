@@ -33,6 +33,7 @@ class Act(enum.StrEnum):
     KEEP = "keep"
     DISCARD = "discard"
     FAIL = "fail"  # its code failed a run: the candidate crashed
+    SUPERSEDE = "supersede"  # it no longer applies on the incumbent
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def preflight_ruling(trial: Trial, seconds: float, t: Target) -> Ruling:
     return Ruling(Act.FAIL, failed) if failed else Ruling(Act.PASS)
 
 
-def short_ruling(short: Trial, others: Sequence[float], m: MergeConfig, t: Target) -> Ruling:
+def short_ruling(
+    short: Trial, standing: tuple[int, int], m: MergeConfig, t: Target, *, moved: bool, last: bool
+) -> Ruling:
     """A short screen ([merge] screen_budget_s) goes on to a full budget when it ranks among
-    the best `promote` share of the short screens against the same incumbent (ASHA's rule).
-    A short screen killed at its budget says nothing of the candidate: it goes on."""
+    the best `promote` share of the short screens against the same incumbent (ASHA's rule,
+    asked again as more come in). Below the cut at its `last` look it is discarded; before
+    that it is held (WAIT) while that incumbent stands, and once it has moved (`moved`) it
+    gets another look on the new one (MORE). A short screen killed at its budget says
+    nothing of the candidate: it goes on."""
     if not short.state.is_finished():
         return Ruling(Act.WAIT)
     if short.result and short.result.outcome is Outcome.TIMEOUT:
@@ -153,14 +159,19 @@ def short_ruling(short: Trial, others: Sequence[float], m: MergeConfig, t: Targe
         return Ruling(Act.FAIL, failed)
     assert short.result is not None and short.result.metric is not None
     value = short.result.metric
-    go, rank, allowed = promoted(value, others, share=m.promote, direction=t.direction)
+    better, n = standing  # (others better than it, screens against its incumbent)
+    go, rank, allowed = promoted(better, n, share=m.promote)
     if go:
         return Ruling(Act.PASS)
-    return Ruling(
-        Act.DISCARD,
-        f"{what}: {t.metric} {value:.6g} ranked {rank} of {len(others) + 1} against "
-        f"{short.reference[:10]}; the best {allowed} went on to a full budget",
+    said = (
+        f"{what}: {t.metric} {value:.6g} ranked {rank} of {n} against "
+        f"{short.reference[:10]}; the best {allowed} went on to a full budget"
     )
+    if last:
+        return Ruling(Act.DISCARD, said + (f" (look {m.looks} of {m.looks})" if m.looks > 1 else ""))
+    if not moved:
+        return Ruling(Act.WAIT, said + "; held for another look once the incumbent moves")
+    return Ruling(Act.MORE, said + "; the incumbent moved: another look on it")
 
 
 # -- a candidate's screen and confirmations ---------------------------------------------

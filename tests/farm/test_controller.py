@@ -590,6 +590,75 @@ def test_short_screens_send_only_the_best_share_on_to_a_full_budget(short_bench:
     assert b.store.get_incumbent("default").metric == pytest.approx(0.5)
 
 
+def test_a_short_screen_below_the_cut_is_held_and_looked_at_again_on_the_next_incumbent(
+    short_bench: Bench,
+) -> None:
+    b = short_bench
+    b.cfg.merge.looks = 2
+    start = b.store.get_incumbent("default").sha
+    ids = b.propose(
+        ("LR = 0.5", "LR = 1.0"),
+        ("LR = 0.5", "LR = 2.0"),
+        ("MOM = 0.1", "MOM = 0.5"),
+        ("MOM = 0.1", "MOM = 0.9"),
+    )
+    shorts = dict(zip(ids, (1.4, 1.2, 1.5, 1.3), strict=True))
+    b.finish({f"c{i}-g0-short": v for i, v in shorts.items()}, only=True)
+    b.ctl.step(slots=2)  # the two promoted screens take both slots
+    held = (ids[0], ids[2])
+    for i in held:  # ranked 3 and 4 of 4: held, not discarded, and no full budget yet
+        assert b.state(i) is CandidateState.RUNNING
+        assert b.store.get_decision("default", i) is None
+        assert [t.id for t in b.store.list_trials("default", candidate_id=i)] == [
+            f"c{i}-g0-short"
+        ]
+    # ids[1] wins: the incumbent moves, and each held candidate is moved onto it and
+    # screened short again, ranked against the new incumbent's cohort.
+    for _ in range(3):
+        b.finish({f"c{ids[1]}-g0-": 0.5}, slots=2, only=True)
+    b.ctl.step(slots=2)
+    assert b.state(ids[1]) is CandidateState.KEPT
+    b.ctl.step(slots=2)  # (c0 was ruled before the keep in the step that made it)
+    inc = b.store.get_incumbent("default")
+    assert inc.sha != start
+    for i in held:
+        again = b.store.get_trial("default", f"c{i}-g0-short1")
+        assert again is not None and again.reference == inc.sha
+        cand = b.store.get_candidate("default", i)
+        assert cand is not None and cand.base_sha == inc.sha
+    # c0 set LR, the line the keep rewrote: its value is set on the incumbent's code.
+    assert "LR = 1.0" in b.store.get_candidate("default", ids[0]).files["train.py"]
+    # The second look is the last: below the cut there, it is discarded.
+    b.finish({f"c{ids[0]}-g0-short1": 1.1, f"c{ids[2]}-g0-short1": 1.6}, slots=2, only=True)
+    b.ctl.step(slots=2)
+    decision = b.store.get_decision("default", ids[2])
+    assert decision is not None and decision.kind is DecisionKind.DISCARDED
+    assert f"against {inc.sha[:10]}" in decision.reason and "(look 2 of 2)" in decision.reason
+    assert b.store.get_trial("default", f"c{ids[0]}-g0-screen") is not None  # best: on
+
+
+def test_held_short_screens_take_the_slots_nothing_else_would_use(short_bench: Bench) -> None:
+    b = short_bench
+    b.cfg.merge.looks = 2
+    ids = b.propose(
+        ("LR = 0.5", "LR = 1.0"),
+        ("LR = 0.5", "LR = 2.0"),
+        ("MOM = 0.1", "MOM = 0.5"),
+        ("MOM = 0.1", "MOM = 0.9"),
+    )
+    b.finish({f"c{i}-g0-short": v for i, v in zip(ids, (1.4, 1.2, 1.5, 1.3), strict=True)})
+
+    def screened() -> list[bool]:
+        return [b.store.get_trial("default", f"c{i}-g0-screen") is not None for i in ids]
+
+    b.ctl.step(slots=2)  # two slots, taken by the promoted screens: the held ones wait
+    assert screened() == [False, True, False, True]
+    b.ctl.step(slots=3)  # a slot idle: the better held one takes it
+    assert screened() == [True, True, False, True]
+    b.ctl.step(slots=4)
+    assert screened() == [True, True, True, True]
+
+
 def test_a_short_screen_that_fails_decides_crashed(short_bench: Bench) -> None:
     b = short_bench
     (bad,) = b.propose(("LR = 0.5", "LR = 1.0"))

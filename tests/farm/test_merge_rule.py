@@ -68,17 +68,32 @@ def test_a_confirmation_that_diverged_is_run_again_once() -> None:
 
 
 def test_promotion_takes_the_best_share_of_the_short_screens_in() -> None:
-    from farm.merge import promoted
+    from farm.merge import Cohort, promoted
+
+    def rank(value: float, others: list[float], share: float, direction: Direction) -> object:
+        cohort = Cohort()
+        for i, other in enumerate(others, start=1):
+            cohort.add(i, other)
+        return promoted(*cohort.standing(0, value, direction), share=share)
 
     lower = Direction.MINIMIZE
-    assert promoted(5.0, [], share=0.33, direction=lower) == (True, 1, 1)  # nothing to rank by
-    assert promoted(2.0, [1.0, 3.0], share=0.33, direction=lower) == (False, 2, 1)
-    assert promoted(0.5, [1.0, 3.0], share=0.33, direction=lower) == (True, 1, 1)
-    assert promoted(1.5, [1.0, 3.0, 4.0], share=0.5, direction=lower) == (True, 2, 2)
-    assert promoted(1.5, [1.0, 3.0, 4.0], share=0.5, direction=Direction.MAXIMIZE)[:2] == (
-        False,
-        3,
-    )
+    assert rank(5.0, [], 0.33, lower) == (True, 1, 1)  # nothing to rank by
+    assert rank(2.0, [1.0, 3.0], 0.33, lower) == (False, 2, 1)
+    assert rank(0.5, [1.0, 3.0], 0.33, lower) == (True, 1, 1)
+    assert rank(1.5, [1.0, 3.0, 4.0], 0.5, lower) == (True, 2, 2)
+    assert rank(1.5, [1.0, 3.0, 4.0], 0.5, Direction.MAXIMIZE) == (False, 3, 2)
+
+
+def test_a_cohort_ranks_a_screen_once_and_ties_do_not_count_as_better() -> None:
+    from farm.merge import Cohort
+
+    cohort = Cohort()
+    for cand, value in ((1, 1.0), (2, 3.0), (3, 4.0), (1, 9.0)):  # c1 again: its first stands
+        cohort.add(cand, value)
+    assert cohort.values == [1.0, 3.0, 4.0]
+    assert cohort.standing(2, 3.0, Direction.MINIMIZE) == (1, 3)  # in it already: 3 in all
+    assert cohort.standing(4, 3.0, Direction.MINIMIZE) == (1, 4)  # the 3.0 of c2 is a tie
+    assert cohort.standing(4, 3.0, Direction.MAXIMIZE) == (1, 4)
 
 
 def test_rank_agreement_compares_candidates_ranked_against_the_same_incumbent() -> None:

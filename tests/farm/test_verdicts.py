@@ -86,22 +86,42 @@ def test_the_preflight(value: float | str, act: Act) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "others", "act"),
+    ("value", "standing", "act"),
     [
-        (QUEUED, [], Act.WAIT),
-        (0.5, [], Act.PASS),  # the first always goes on: nothing to rank it by
-        (0.5, [0.6, 0.7, 0.8], Act.PASS),  # best of four; the best half go on
-        (0.75, [0.6, 0.7, 0.8], Act.DISCARD),  # third of four
-        (TIMEOUT, [0.6], Act.PASS),  # says nothing of the candidate
-        (CRASHED, [0.6], Act.FAIL),
+        (QUEUED, (0, 1), Act.WAIT),
+        (0.5, (0, 1), Act.PASS),  # the first always goes on: nothing to rank it by
+        (0.5, (0, 4), Act.PASS),  # best of four; the best half go on
+        (0.75, (2, 4), Act.DISCARD),  # third of four
+        (TIMEOUT, (0, 2), Act.PASS),  # says nothing of the candidate
+        (CRASHED, (0, 2), Act.FAIL),
     ],
 )
-def test_the_short_screen(value: float | str, others: list[float], act: Act) -> None:
+def test_the_short_screen(value: float | str, standing: tuple[int, int], act: Act) -> None:
     short = run(0, value, kind=TrialKind.SHORT)
-    ruling = short_ruling(short, others, MergeConfig(screen_budget_s=30, promote=0.5), T)
+    m = MergeConfig(screen_budget_s=30, promote=0.5)
+    ruling = short_ruling(short, standing, m, T, moved=False, last=True)
     assert ruling.act is act
     if act is Act.DISCARD:
         assert "ranked 3 of 4" in ruling.reason
+
+
+@pytest.mark.parametrize(
+    ("moved", "last", "act"),
+    [
+        (False, False, Act.WAIT),  # held while the incumbent it was ranked against stands
+        (True, False, Act.MORE),  # another look, on the new incumbent
+        (False, True, Act.DISCARD),  # its last look
+        (True, True, Act.DISCARD),
+    ],
+)
+def test_a_short_screen_below_the_cut_waits_for_another_look(
+    moved: bool, last: bool, act: Act
+) -> None:
+    short = run(0, 0.75, kind=TrialKind.SHORT)
+    m = MergeConfig(screen_budget_s=30, promote=0.5, looks=2)
+    ruling = short_ruling(short, (2, 4), m, T, moved=moved, last=last)
+    assert ruling.act is act
+    assert "ranked 3 of 4" in ruling.reason
 
 
 # -- screen and confirmations --------------------------------------------------------------
