@@ -168,7 +168,9 @@ def short_ruling(
         f"{short.reference[:10]}; the best {allowed} went on to a full budget"
     )
     if last:
-        return Ruling(Act.DISCARD, said + (f" (look {m.looks} of {m.looks})" if m.looks > 1 else ""))
+        return Ruling(
+            Act.DISCARD, said + (f" (look {m.looks} of {m.looks})" if m.looks > 1 else "")
+        )
     if not moved:
         return Ruling(Act.WAIT, said + "; held for another look once the incumbent moves")
     return Ruling(Act.MORE, said + "; the incumbent moved: another look on it")
