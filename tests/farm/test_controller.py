@@ -609,9 +609,7 @@ def test_a_short_screen_below_the_cut_is_held_and_looked_at_again_on_the_next_in
     for i in held:  # ranked 3 and 4 of 4: held, not discarded, and no full budget yet
         assert b.state(i) is CandidateState.RUNNING
         assert b.store.get_decision("default", i) is None
-        assert [t.id for t in b.store.list_trials("default", candidate_id=i)] == [
-            f"c{i}-g0-short"
-        ]
+        assert [t.id for t in b.store.list_trials("default", candidate_id=i)] == [f"c{i}-g0-short"]
     # ids[1] wins: the incumbent moves, and each held candidate is moved onto it and
     # screened short again, ranked against the new incumbent's cohort.
     for _ in range(3):

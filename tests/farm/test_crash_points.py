@@ -118,7 +118,9 @@ def gone_process() -> str:
     return f"{socket.gethostname()}:{proc.pid}:killed"
 
 
-def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[Store, int]:
+def campaign(
+    url: str, target: Path, cfg: TargetConfig, fault: Fault, *, slots: int = 8
+) -> tuple[Store, int]:
     """Run the campaign to its end; returns its store and how many restarts it took."""
     store = open_store(url)
     prepare(target, cfg, store, check_command=False)
@@ -140,7 +142,7 @@ def campaign(url: str, target: Path, cfg: TargetConfig, fault: Fault) -> tuple[S
     for _ in range(60):
         try:
             ctl = ctl or start()
-            ctl.step(slots=8)
+            ctl.step(slots=slots)
         except Killed:
             store.close()
             store = open_store(url)  # the restart: a new connection, a new controller
@@ -216,10 +218,21 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[int
     return flushed
 
 
+# Short screens on two slots: c3 is held below the cut and, once c1 is kept, moved onto it
+# for its second look (asserted below).
+LOOKS = "screen_budget_s = 5\npromote = 0.5\nlooks = 2\n"
+
+
+@pytest.mark.parametrize(("extra", "slots"), [("", 8), (LOOKS, 2)], ids=["full", "looks"])
 def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
-    make_target: MakeTarget, fresh_store: Callable[[int], str], tmp_path: Path
+    make_target: MakeTarget,
+    fresh_store: Callable[[int], str],
+    tmp_path: Path,
+    extra: str,
+    slots: int,
 ) -> None:
-    pristine = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=LINEAGE_TOML)
+    toml = LINEAGE_TOML + extra
+    pristine = make_target({"train.py": LINEAGE_TRAIN}, extra_toml=toml)
 
     def target(i: int) -> Path:
         copy = tmp_path / f"run-{i}"
@@ -228,16 +241,18 @@ def test_a_controller_killed_after_any_write_resumes_to_the_same_end(
 
     cfg = load_config(pristine)
     clean = Fault(0)
-    store, restarts = campaign(fresh_store(0), target(0), cfg, clean)
+    store, restarts = campaign(fresh_store(0), target(0), cfg, clean, slots=slots)
     want = outcome(store)
+    looked = store.get_trial("default", "c3-g0-short1")
     store.close()
     assert restarts == 0 and clean.writes > 30
     # c1 kept, c2 merged onto it untried and measured, c3 discarded.
     assert want[0] == ((1, "kept"), (2, "kept"), (3, "discarded")) and want[1] == 2
+    assert (looked is not None) == bool(extra)  # c3's second look, on c1
     print(f"controller: {clean.writes} crash points")  # for the notes (pytest -rP)
     for n in range(1, clean.writes + 1):
         run = target(n)
-        store, restarts = campaign(fresh_store(n), run, cfg, Fault(n))
+        store, restarts = campaign(fresh_store(n), run, cfg, Fault(n), slots=slots)
         try:
             assert restarts == 1, f"write {n} was never reached"
             assert outcome(store) == want, f"killed after write {n}"
