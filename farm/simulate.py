@@ -300,16 +300,18 @@ class SimResult:
         """Slot time per candidate created, in median trial lengths: what a decision costs."""
         return self.busy_s / (self.model.trial_s * self.candidates) if self.candidates else 0.0
 
-    def kept_near(self, gain: float) -> tuple[int, int]:
+    def kept_near(self, gain: float, *, tested: bool = False) -> tuple[int, int]:
         """Of the candidates judged (kept or discarded) whose true gain over what they were
         judged against was within half a σ of `gain` σ: how many were kept, of how many.
         At 2σ the merge rule's goal is 90% judged fresh; inside a campaign the incumbent's
-        recorded value is what they are judged against."""
+        recorded value is what they are judged against. `tested`: only those the test
+        judged on full-budget runs (not ranked out by a short screen)."""
         judged = [
             d
             for d in self.decided
             if d.decision.kind in (DecisionKind.KEPT, DecisionKind.DISCARDED)
             and abs((d.true_before - d.true_after) / self.model.noise - gain) < 0.5
+            and not (tested and d.stage == SHORT_STAGE)
         ]
         return sum(d.decision.kind is DecisionKind.KEPT for d in judged), len(judged)
 
@@ -318,13 +320,14 @@ class SimResult:
         return self.trials / (self.model.slots * self.wall_s / 3600) if self.wall_s else 0.0
 
 
+SHORT_STAGE = "at a short screen"
 # Where a candidate was decided: the latest kind of trial it ran (a rebase runs after the
 # confirmations, a screen after a short screen, which runs after a pre-flight).
 STAGES = (
     (TrialKind.REBASE, "after rebase runs"),
     (TrialKind.CONFIRM, "after confirmations"),
     (TrialKind.CANDIDATE, "at the screen"),
-    (TrialKind.SHORT, "at a short screen"),
+    (TrialKind.SHORT, SHORT_STAGE),
     (TrialKind.PREFLIGHT, "in pre-flight"),
 )
 

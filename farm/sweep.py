@@ -104,9 +104,20 @@ def cells(rows: list[Row]) -> list[str]:
 
 
 def near(rows: list[Row], gain: float) -> str:
-    """The share of true gains of about `gain` σ kept, over all the seeds' runs."""
-    kept, judged = (sum(n) for n in zip(*(r.farm.kept_near(gain) for r in rows), strict=True))
-    return f"{kept / judged:.0%} of {judged}" if judged else "none"
+    """The share of true gains of about `gain` σ kept, over all the seeds' runs; with short
+    screens, also among those the test judged (the rest were ranked out short)."""
+
+    def count(tested: bool) -> tuple[int, int]:
+        kept, judged = zip(*(r.farm.kept_near(gain, tested=tested) for r in rows), strict=True)
+        return sum(kept), sum(judged)
+
+    kept, judged = count(False)
+    if not judged:
+        return "none"
+    said = f"{kept / judged:.0%} of {judged}"
+    if rows[0].farm.model.screen_fraction:
+        said += " (tested: {} of {})".format(*count(True))
+    return said
 
 
 def _sized(given: int | None, used: list[int]) -> str:
