@@ -31,7 +31,7 @@ from farm.gitops import Repo, best_branch, candidate_branch
 from farm.metrics import LedgerCollector, RoleMetrics, serve
 from farm.progress import WIDTH, failure_label, fit, note_text, plural, snapshot
 from farm.propose import STOP_GRACE_S, Feeder, build_context
-from farm.recorder import candidate_of
+from farm.recorder import commits_past
 from farm.records import Campaign, CandidateState, Incumbent
 from farm.store import Store
 from farm.terminal import open_view
@@ -268,14 +268,13 @@ def _confirm_discard(
     candidates' commits: the campaign's kept work), unless told to."""
     branch = best_branch(campaign)
     tip = repo.ref_sha(f"refs/heads/{branch}")
-    ahead = repo.log(sha, tip) if tip and tip != sha else []
-    kept = [(c, name[0]) for c in ahead if (name := candidate_of(c))]
+    kept = [p for p in commits_past(store, repo, campaign, sha, tip) if p.name]
     if not kept or discard:
         return
-    unknown = [c for c, cand_id in kept if not store.get_decision(campaign, cand_id)]
+    unknown = [p for p in kept if p.lost]
     said = (
         f"moving {branch} back to {sha[:10]} discards {plural(len(kept), 'kept commit')}: "
-        + "; ".join(f"{c.sha[:10]} {c.message.partition(chr(10))[0]!r}" for c, _ in kept)
+        + "; ".join(f"{p.commit.sha[:10]} {p.commit.message.partition(chr(10))[0]!r}" for p in kept)
         + (
             f". The store knows no decision for {len(unknown)} of them: it has most likely "
             "lost writes, and `farm run` without --repair-refs records such keeps again "

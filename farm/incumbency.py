@@ -12,7 +12,7 @@ from farm.evidence import Evidence
 from farm.gitops import best_branch, candidate_branch
 from farm.merge import Verdict, flattered, mean
 from farm.merge.verdicts import Act, by_class, lost_keeps
-from farm.recorder import Notices, Recorder, candidate_of
+from farm.recorder import Notices, Recorder, commits_past
 from farm.records import (
     Candidate,
     CandidateState,
@@ -159,13 +159,8 @@ class Incumbency:
         tip = repo.ref_sha(f"refs/heads/{best_branch(self.campaign)}")
         if tip is None or tip == inc.sha or not repo.is_ancestor(inc.sha, tip):
             return
-        commits = repo.log(inc.sha, tip)
-        named = [candidate_of(c) for c in commits]
-        ahead = [
-            (n[0], self.store.get_decision(self.campaign, n[0]) is not None) if n else (None, False)
-            for n in named
-        ]
-        if lost_keeps(ahead) is None:
+        past = commits_past(self.store, repo, self.campaign, inc.sha, tip)
+        if lost_keeps([(p.name[0] if p.name else None, p.decided) for p in past]) is None:
             return  # not farm's doing: sync_best_branch says so
         self._reserve_ids()
         said = []
@@ -175,7 +170,7 @@ class Incumbency:
             self._record_keep(inc)  # a keep (or a catch-up) cut short: before the ones after
             said.append(f"c{inc.candidate_id} {inc.sha[:10]}")
         before = inc
-        for commit, name in zip(commits, named, strict=True):
+        for commit, name in ((p.commit, p.name) for p in past):
             assert name is not None  # lost_keeps: every one is a candidate's commit
             cand_id, title, hypothesis = name
             files = repo.read_files(commit.sha, self.cfg.editable)

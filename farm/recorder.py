@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from farm.config import TargetConfig
 from farm.errors import RefMismatch
@@ -46,6 +47,35 @@ def candidate_of(commit: Commit) -> tuple[int, str, str] | None:
     if found is None or commit.author_email != FARM_EMAIL:
         return None
     return int(found[1]), found[2], body.strip()
+
+
+@dataclass(frozen=True)
+class Past:
+    """A commit on the best branch past a commit the store holds, and what the store knows
+    of it."""
+
+    commit: Commit
+    name: tuple[int, str, str] | None  # candidate_of: farm made it for this candidate
+    decided: bool  # the store holds that candidate's decision
+
+    @property
+    def lost(self) -> bool:
+        """farm's commit for a candidate the store has no decision for: a keep a store that
+        lost writes does not know."""
+        return self.name is not None and not self.decided
+
+
+def commits_past(store: Store, repo: Repo, campaign: str, sha: str, tip: str | None) -> list[Past]:
+    """The commits from `sha` (not included) to `tip`, oldest first, each with what the
+    store knows of it."""
+    if tip is None or tip == sha:
+        return []
+    found = []
+    for commit in repo.log(sha, tip):
+        name = candidate_of(commit)
+        decided = name is not None and store.get_decision(campaign, name[0]) is not None
+        found.append(Past(commit, name, decided))
+    return found
 
 
 class Notices:
@@ -194,13 +224,8 @@ class Recorder:
     def _unknown_keeps(self, sha: str, tip: str | None) -> list[str]:
         """The commits farm made on the best branch past `sha` for candidates the store has
         no decision for: keeps a store that lost writes does not know."""
-        if tip is None:
-            return []
-        return [
-            c.sha
-            for c in self.repo.log(sha, tip)
-            if (name := candidate_of(c)) and self.store.get_decision(self.campaign, name[0]) is None
-        ]
+        past = commits_past(self.store, self.repo, self.campaign, sha, tip)
+        return [p.commit.sha for p in past if p.lost]
 
     def sync_best_branch(self) -> None:
         """After a crash between moving the incumbent and its branch, catch the branch up
