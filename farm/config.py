@@ -200,8 +200,19 @@ class MergeConfig:
     # for no more gains kept (docs/performance.md, "Honest estimates").
     measure_keeps: bool = setting(
         False,
-        doc="measure a keep near its bar afresh by its own runs (max(confirm, 1)) and judge "
+        doc="measure a keep near its bar afresh by its own runs (measure_runs) and judge "
         "against that",
+        tier=Tier.ADVANCED,
+    )
+    # A keep merged on evidence (a winner on a stale base; a keep measured afresh) is run
+    # this many times for its own estimate. On a farm of many slots the incumbent moves
+    # faster than a trial and nearly every keep is merged on evidence: four runs each took
+    # 41% of 16 slots' time in `farm simulate`; two still outvote one failed run.
+    measure_runs: int = setting(
+        2,
+        doc="runs measuring a keep merged on evidence (at most confirm, one on a "
+        "deterministic target)",
+        ge=1,
         tier=Tier.ADVANCED,
     )
     # A decision waits for its confirmations one after another. On a farm of several slots a

@@ -129,7 +129,8 @@ class Evidence:
         ]
 
     def measuring_ids(self, candidate: int) -> list[str]:
-        return [measure_id(candidate, i) for i in range(max(self.confirm(), 1))]
+        runs = min(self.cfg.merge.measure_runs, max(self.confirm(), 1))
+        return [measure_id(candidate, i) for i in range(runs)]
 
     def measured(self, candidate: int) -> Ruling:
         """What the runs measuring a keep merged untried say (WAIT until all exist)."""
