@@ -538,6 +538,15 @@ def test_a_superseded_change_drafted_again_on_the_incumbent_is_not_a_repeat(
     assert bench.state(repeat) is CandidateState.REJECTED
 
 
+# Four drafts, two on each knob: ranked by their short screens in the tests below.
+FOUR = (
+    ("LR = 0.5", "LR = 1.0"),
+    ("LR = 0.5", "LR = 2.0"),
+    ("MOM = 0.1", "MOM = 0.5"),
+    ("MOM = 0.1", "MOM = 0.9"),
+)
+
+
 @pytest.fixture
 def short_bench(make_target: MakeTarget) -> Bench:
     """The bench campaign with 5 s short screens, the better half promoted and the rank
@@ -554,12 +563,7 @@ def short_bench(make_target: MakeTarget) -> Bench:
 def test_short_screens_send_only_the_best_share_on_to_a_full_budget(short_bench: Bench) -> None:
     b = short_bench
     start = b.store.get_incumbent("default").sha
-    ids = b.propose(
-        ("LR = 0.5", "LR = 1.0"),
-        ("LR = 0.5", "LR = 2.0"),
-        ("MOM = 0.1", "MOM = 0.5"),
-        ("MOM = 0.1", "MOM = 0.9"),
-    )
+    ids = b.propose(*FOUR)
     b.ctl.step(slots=8)
     for i in ids:  # a short screen first, ranked against the commit it runs on
         (t,) = b.store.list_trials("default", candidate_id=i)
@@ -596,12 +600,7 @@ def test_a_short_screen_below_the_cut_is_held_and_looked_at_again_on_the_next_in
     b = short_bench
     b.cfg.merge.looks = 2
     start = b.store.get_incumbent("default").sha
-    ids = b.propose(
-        ("LR = 0.5", "LR = 1.0"),
-        ("LR = 0.5", "LR = 2.0"),
-        ("MOM = 0.1", "MOM = 0.5"),
-        ("MOM = 0.1", "MOM = 0.9"),
-    )
+    ids = b.propose(*FOUR)
     shorts = dict(zip(ids, (1.4, 1.2, 1.5, 1.3), strict=True))
     b.finish({f"c{i}-g0-short": v for i, v in shorts.items()}, only=True)
     b.ctl.step(slots=2)  # the two promoted screens take both slots
@@ -638,12 +637,7 @@ def test_a_short_screen_below_the_cut_is_held_and_looked_at_again_on_the_next_in
 def test_held_short_screens_take_the_slots_nothing_else_would_use(short_bench: Bench) -> None:
     b = short_bench
     b.cfg.merge.looks = 2
-    ids = b.propose(
-        ("LR = 0.5", "LR = 1.0"),
-        ("LR = 0.5", "LR = 2.0"),
-        ("MOM = 0.1", "MOM = 0.5"),
-        ("MOM = 0.1", "MOM = 0.9"),
-    )
+    ids = b.propose(*FOUR)
     b.finish({f"c{i}-g0-short": v for i, v in zip(ids, (1.4, 1.2, 1.5, 1.3), strict=True)})
 
     def screened() -> list[bool]:
