@@ -125,6 +125,8 @@ class Screening:
         wave = min(self.cfg.merge.confirm_ahead, most)
         started: dict[int, int] = {}  # each candidate's confirmations
         for cand in running:
+            if cand.id not in self._cleared:  # still at its pre-flight or short screen
+                continue
             n = self._confirms.get(cand.id, 0)
             while n < most and self.evidence.trial(confirm_id(cand.id, n)):
                 n += 1
