@@ -107,7 +107,7 @@ class Network(enum.StrEnum):
 
 # The merge rule's z-values, set by error rates. Defaults: 1 − Φ(z) of the z-values that
 # scripts/bench/merge_quality.py chose (docs/performance.md), so that they derive to them.
-Z, SCREEN_Z, EFFICACY_Z, PAIRED_Z, POWER_Z = 1.5, 0.25, 2.5, 1.5, 1.75
+Z, SCREEN_Z, EFFICACY_Z, PAIRED_Z, POWER_Z = 1.55, 0.25, 2.25, 1.5, 1.1
 
 
 @dataclass
@@ -175,10 +175,12 @@ class MergeConfig:
     )
     # The other early discard: a candidate whose runs fall power_z standard errors short of
     # a gain of `effect` σ is unlikely to be one (the discard side of a probability-ratio
-    # test: it rises towards the gain as runs come in, where futility_z stays flat).
+    # test: it rises towards the gain as runs come in, where futility_z stays flat). Its line
+    # (effect, power_z) was searched jointly with the other bars for the fewest trials per
+    # no-effect candidate at both error goals: 1.5σ and 1.1 standard errors, not 2σ and 1.75.
     effect: float = setting(
-        2.0,
-        doc="the gain the sequential test is built to keep",
+        1.5,
+        doc="the gain the early discard measures a candidate's shortfall from",
         unit="σ",
         ge=0,
         tier=Tier.ADVANCED,

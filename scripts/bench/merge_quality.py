@@ -318,16 +318,17 @@ def settings(*axes: tuple[float, ...]) -> list[MergeConfig]:
             screen_z=s,
             futility_z=f,
             efficacy_z=e,
+            effect=g,
             power_z=p,
         )
-        for r, c, z, s, f, e, p in itertools.product(*axes)
+        for r, c, z, s, f, e, (g, p) in itertools.product(*axes)
     ]
 
 
-# The alternatives issue #6 names, each with the sequential stops of the defaults.
-GRID = settings(
-    (3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,), (MergeConfig().power_z,)
-)
+# The alternatives issue #6 names, each with issue 12's early stops (futility_z 1,
+# efficacy_z 2.5) and the defaults' early discard short of `effect` σ.
+DISCARD_LINE = (MergeConfig().effect, MergeConfig().power_z)
+GRID = settings((3, 5, 8), (1, 2, 3), (1.5, 2.0), (0.5, 1.0), (1.0,), (2.5,), (DISCARD_LINE,))
 # Fixed designs, as sequential tests with no early stop: before issue #6, and #6's defaults.
 OLD_DEFAULTS = MergeConfig(
     repeats=3, confirm=2, z=2.0, screen_z=1.0, futility_z=-99, efficacy_z=99, power_z=99
@@ -335,9 +336,16 @@ OLD_DEFAULTS = MergeConfig(
 FIXED = MergeConfig(
     repeats=12, confirm=3, z=1.5, screen_z=0, futility_z=-99, efficacy_z=99, power_z=99
 )
-# Beyond it, searched for the cheapest sequential setting that meets both goals.
+# Beyond it, searched for the cheapest sequential setting that meets both goals; the early
+# discard's line (effect σ, power_z) as pairs that idealised runs found cheap (issue 24).
 SEARCH = settings(
-    (12,), (3, 4), (1.5, 1.65), (0.25, 0.4, 0.55), (0,), (1.9, 2.2, 2.5), (1.6, 1.75, 1.9)
+    (12,),
+    (4,),
+    (1.5, 1.55, 1.6),
+    (0.25, 0.35),
+    (0,),
+    (2.0, 2.25, 2.5),
+    ((1.3, 0.8), (1.4, 1.0), (1.5, 1.1), (1.7, 1.4), (2.0, 1.75), (2.0, 1.9)),
 )
 
 
@@ -383,17 +391,17 @@ def meets(rates: dict[float, float]) -> bool:
 
 def print_table(rows: list[tuple[MergeConfig, dict[float, float], float]]) -> None:
     print(
-        "| repeats | confirm | z | screen_z | futility_z | efficacy_z | power_z "
+        "| repeats | confirm | z | screen_z | futility_z | efficacy_z | effect | power_z "
         "| false keep (0σ) | keep 1σ | keep 2σ | keep 3σ | trials / no-effect cand. | both goals |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
     for m, rates, cost in rows:
         mark = " **(default)**" if m == MergeConfig() else ""
         mark = " (fixed, before #6)" if m == OLD_DEFAULTS else mark
         mark = " (fixed, #6's defaults)" if m == FIXED else mark
         print(
             f"| {m.repeats} | {m.confirm} | {m.z:g} | {m.screen_z:g} | {m.futility_z:g} "
-            f"| {m.efficacy_z:g} | {m.power_z:g}{mark} "
+            f"| {m.efficacy_z:g} | {m.effect:g} | {m.power_z:g}{mark} "
             + "".join(f"| {rates[e]:.1%} " for e in EFFECTS)
             + f"| {cost:.2f} | {'yes' if meets(rates) else ''} |"
         )
@@ -402,7 +410,8 @@ def print_table(rows: list[tuple[MergeConfig, dict[float, float], float]]) -> No
 def describe(m: MergeConfig, rates: dict[float, float], cost: float) -> str:
     return (
         f"repeats={m.repeats} confirm={m.confirm} z={m.z:g} screen_z={m.screen_z:g} "
-        f"futility_z={m.futility_z:g} efficacy_z={m.efficacy_z:g} power_z={m.power_z:g} "
+        f"futility_z={m.futility_z:g} efficacy_z={m.efficacy_z:g} effect={m.effect:g} "
+        f"power_z={m.power_z:g} "
         f"({rates[0.0]:.1%} false keeps, {rates[2.0]:.1%} at 2σ, {cost:.2f} trials per "
         "no-effect candidate)"
     )

@@ -153,22 +153,24 @@ def test_a_new_candidate(values: list, act: Act, values_kept: list[float] | None
         assert ruling.reason.startswith(("screening run", "confirmation run"))
 
 
-# The sequential test: every look judges all of the candidate's runs, the screen included,
-# in standard errors σ·sqrt(1/n + 1/12) of a t with 11 degrees of freedom (1.5 → 1.62).
-S = MergeConfig(confirm=3, z=1.5, screen_z=0.5, efficacy_z=2.0, futility_z=-99, power_z=1.5)
+# The sequential test with the defaults (z 1.55, screen_z 0.25, efficacy_z 2.25, a discard
+# 1.1 SE short of a 1.5σ gain) and three confirmations: every look judges all of the
+# candidate's runs, the screen included, in standard errors σ·sqrt(1/n + 1/12) of a t with
+# 11 degrees of freedom (z 1.55 → 1.68, 2.25 → 2.61, 1.1 → 1.16, 0.25 → 0.26).
+S = MergeConfig(confirm=3)
 
 
 @pytest.mark.parametrize(
     ("values", "act", "why"),
     [
-        ([0.96], Act.DISCARD, "the screen's 0.4σ is short of screen_z: 0.52 SE of 1.04σ"),
-        ([0.93], Act.MORE, "0.7σ earns a confirmation"),
-        ([0.9, 0.74], Act.KEEP, "1.8σ over two runs, beyond efficacy_z: 2.21 SE of 0.76σ"),
-        ([0.9, 0.8], Act.MORE, "1.5σ: not yet a keep, and not short of a 2σ gain"),
-        ([0.9, 0.98], Act.DISCARD, "0.6σ: power_z 1.62 SE short of a 2σ gain (1.24σ)"),
-        ([0.9, 0.88, 0.9], Act.MORE, "1.07σ over three: the bar short of 2σ rose to 0.95σ"),
-        ([0.9, 0.88, 0.9, 0.9], Act.KEEP, "the last look: 1.05σ beyond z, 1.62 SE of 0.58σ"),
-        ([0.9, 0.88, 0.9, 0.96], Act.DISCARD, "the last look: 0.9σ is not"),
+        ([0.98], Act.DISCARD, "the screen's 0.2σ is short of screen_z: 0.26 SE of 1.04σ"),
+        ([0.97], Act.MORE, "0.3σ earns a confirmation"),
+        ([0.8, 0.78], Act.KEEP, "2.1σ over two runs, beyond efficacy_z: 2.61 SE of 0.76σ"),
+        ([0.9, 0.8], Act.MORE, "1.5σ: not yet a keep, and not short of a 1.5σ gain"),
+        ([0.94, 0.94], Act.DISCARD, "0.6σ: 1.16 SE of 0.76σ short of a 1.5σ gain (0.62σ)"),
+        ([0.9, 0.93, 0.94], Act.MORE, "0.77σ over three: the bar short of 1.5σ rose to 0.75σ"),
+        ([0.9, 0.93, 0.94, 0.83], Act.KEEP, "the last look: 1.0σ beyond z, 1.68 SE of 0.58σ"),
+        ([0.9, 0.93, 0.94, 0.89], Act.DISCARD, "the last look: 0.85σ is not"),
     ],
 )
 def test_the_sequential_test(values: list, act: Act, why: str) -> None:
@@ -180,7 +182,7 @@ def test_the_sequential_test(values: list, act: Act, why: str) -> None:
 
 @pytest.mark.parametrize(("repeats", "act"), [(12, Act.KEEP), (3, Act.DISCARD)])
 def test_a_sigma_from_few_baseline_runs_widens_every_bar(repeats: int, act: Act) -> None:
-    # σ from 3 runs has 2 degrees of freedom: z 1.5 is a t's 2.45 there, 1.62 with 11.
+    # σ from 3 runs has 2 degrees of freedom: z 1.55 is a t's 2.61 there, 1.68 with 11.
     m = dataclasses.replace(S, repeats=repeats)
     assert screened_ruling(runs(0.9, 0.88, 0.9, 0.9), REF, stages=4, m=m, t=T).act is act
 
