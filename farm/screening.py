@@ -23,6 +23,7 @@ class Screening:
         self.recorder = recorder
         self.notices = notices
         self._short_off = False  # short screens stopped ranking like full budgets
+        self._judged = -1  # how many short and full screens the rank monitor last saw
         self._cleared: set[int] = set()  # candidates past pre-flight and short screen
         self._confirms: dict[int, int] = {}  # confirmations queued, of candidates in them
         self._looks: dict[int, int] = {}  # each candidate's latest look known (never fewer)
@@ -158,8 +159,10 @@ class Screening:
         monitor, farm.merge.fidelity): then, for the rest of the campaign, new candidates
         are screened at the full budget alone."""
         m = self.cfg.merge
-        if not self._short_off:
-            found = fidelity(list(self.evidence.fidelity_runs().values()), m)
+        runs = self.evidence.fidelity_runs()
+        if not self._short_off and len(runs) != self._judged:  # runs only come in
+            self._judged = len(runs)
+            found = fidelity(list(runs.values()), m)
             if found.apart:
                 self._short_off = True
                 self.notices.say(
