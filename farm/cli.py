@@ -647,6 +647,12 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     sim.add_argument("--max-candidates", type=int, help="per run")
     sim.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in a process of its own (default 1; the results are the same)",
+    )
+    sim.add_argument(
         "--decisions",
         action="store_true",
         help="print every decision of every run, beside the true loss it was made on",
@@ -858,6 +864,7 @@ def _simulate(args: argparse.Namespace) -> int:
         models,
         seeds=args.seeds,
         compare=not args.no_sequential,
+        jobs=args.jobs,
         on_row=lambda rows: print("| " + " | ".join(cells(rows)) + " |", flush=True),
     )
     print("\nWhat the controller decided, per row of the table and seed:")

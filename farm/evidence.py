@@ -42,6 +42,7 @@ class Evidence:
         self._partners: dict[str, Trial] = {}  # each reference's partner run (paired)
         self._gaps: dict[int, float] | None = None  # screens' gaps to their partners
         self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
+        self._former: dict[str, Incumbent] = {}  # former incumbents' estimates, once final
 
     # -- trials -----------------------------------------------------------------------------
     def trial(self, trial_id: str) -> Trial | None:
@@ -96,14 +97,25 @@ class Evidence:
         )
 
     def estimate_of(self, sha: str, camp: Campaign) -> Incumbent:
-        """The metric estimate a former incumbent had: its baseline, or its keep decision."""
+        """The metric estimate a former incumbent (one replaced since) had: its baseline, or
+        its keep decision, or the runs that measured it."""
         if sha == camp.start_sha:
             return Incumbent(sha=sha, metric=camp.baseline_metric, runs=camp.baseline_runs)
+        if sha in self._former:
+            return self._former[sha]
         kept = self.kept_decision(sha)
-        measured = self.measured(kept.candidate_id)
+        found = [self.trial(i) for i in self.measuring_ids(kept.candidate_id)]
+        measured = self._measured(found)
         if measured.act is Act.PASS:
-            return Incumbent(sha=sha, metric=mean(measured.values), runs=len(measured.values))
-        return Incumbent(sha=sha, metric=kept.metric, runs=self.confirm() or 1)
+            was = Incumbent(sha=sha, metric=mean(measured.values), runs=len(measured.values))
+        else:
+            was = Incumbent(sha=sha, metric=kept.metric, runs=self.confirm() or 1)
+        # Measuring runs are made for the incumbent only (Incumbency.measure): once it has
+        # been replaced, none is made, so one measured, or never measured, stays as it is
+        # (`line` asked the store for every keep's measuring runs at every call).
+        if measured.act is Act.PASS or not any(found):
+            self._former[sha] = was
+        return was
 
     def kept_decision(self, sha: str) -> Decision:
         """The keep that made `sha` the incumbent."""
@@ -134,7 +146,9 @@ class Evidence:
 
     def measured(self, candidate: int) -> Ruling:
         """What the runs measuring a keep merged untried say (WAIT until all exist)."""
-        found = [self.trial(i) for i in self.measuring_ids(candidate)]
+        return self._measured([self.trial(i) for i in self.measuring_ids(candidate)])
+
+    def _measured(self, found: list[Trial | None]) -> Ruling:
         runs = [t for t in found if t is not None]
         if len(runs) < len(found):
             return Ruling(Act.WAIT)

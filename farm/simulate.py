@@ -37,6 +37,7 @@ import heapq
 import itertools
 import math
 import random
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,7 +62,6 @@ from farm.records import (
 )
 from farm.store import Store
 from farm.store.sqlite import SQLiteStore
-from proposer.knobs import find_knobs
 from proposer.mutate import MutateProposer
 
 CAMPAIGN = "sim"
@@ -118,6 +118,10 @@ class SimRepo:
 
 
 # -- the synthetic target ----------------------------------------------------------------------
+_KNOB_NOTE = "  # a knob"
+_KNOB_LINE = re.compile(rf"^(K\d+) = (\S+){re.escape(_KNOB_NOTE)}$", re.M)
+
+
 @dataclass(frozen=True)
 class Landscape:
     """A target whose true loss is known: every constant has an optimum a few doublings away."""
@@ -159,7 +163,7 @@ class Landscape:
     def train_py(self) -> str:
         """The start file: every constant at 1.0, as autoresearch-style globals."""
         lines = ['"""Synthetic target of farm simulate."""', ""]
-        lines += [f"{name} = 1.0  # a knob" for name in self.names]
+        lines += [f"{name} = 1.0{_KNOB_NOTE}" for name in self.names]
         return "\n".join(lines) + "\n"
 
     def true_loss(self, text: str, *, short: bool = False) -> float:
@@ -172,7 +176,9 @@ class Landscape:
         return self._losses[key]
 
     def _loss(self, text: str, *, short: bool) -> float:
-        values = {c.name: float(c.value) for c in find_knobs(TRAIN, text)}
+        # The file `train_py` writes, with the values drafts set: read by its own pattern
+        # (a Python parse of 1,024 knobs per commit was most of a long one-slot run).
+        values = {name: float(value) for name, value in _KNOB_LINE.findall(text)}
         if min(values.values()) <= 0:
             return math.inf
         optima = [-o if short and i in self.late else o for i, o in enumerate(self.optima)]

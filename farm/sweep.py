@@ -4,6 +4,7 @@ loop on the same seeds, the table of it, and what the controller decided in each
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -165,20 +166,55 @@ def sweep(
     seeds: int,
     compare: bool = True,
     on_row: Callable[[list[Row]], None] | None = None,
+    jobs: int = 1,
 ) -> list[list[Row]]:
     """Every model over `seeds` seeds, each against the sequential loop on the same seed
     (unless not `compare`: at 1,000 slots the sequential loop is the slow part)."""
-    sequential: dict[str, SimResult] = {}  # by the model's repr (MergeConfig is unhashable)
-    out = []
-    for model in models:
-        rows = []
-        for s in range(seeds):
-            m = replace(model, seed=model.seed + s)
-            seq = m.sequential()
-            if compare and repr(seq) not in sequential:
-                sequential[repr(seq)] = simulate(seq)
-            rows.append(Row(farm=simulate(m), sequential=sequential.get(repr(seq))))
-        out.append(rows)
-        if on_row is not None:
-            on_row(rows)
-    return out
+    # Every run is independent and seeded: with `jobs` > 1 that many processes run them at
+    # once; each row is shown as soon as its runs are in, in the order of `models`.
+    pool = concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 else None
+
+    def run(model: SimModel) -> _Result:
+        return pool.submit(simulate, model) if pool else _Later(model)
+
+    try:
+        sequential: dict[str, _Result] = {}  # by the model's repr (MergeConfig is unhashable)
+        planned = []
+        for model in models:
+            runs = []
+            for s in range(seeds):
+                m = replace(model, seed=model.seed + s)
+                seq = m.sequential()
+                if compare and repr(seq) not in sequential:
+                    sequential[repr(seq)] = run(seq)
+                runs.append((sequential.get(repr(seq)), run(m)))
+            planned.append(runs)
+        out = []
+        for runs in planned:
+            rows = [
+                Row(sequential=seq.result() if seq else None, farm=farm.result())
+                for seq, farm in runs
+            ]
+            out.append(rows)
+            if on_row is not None:
+                on_row(rows)
+        return out
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+class _Later:
+    """A run in this process, made when its result is first asked for (jobs = 1)."""
+
+    def __init__(self, model: SimModel) -> None:
+        self.model = model
+        self.made: SimResult | None = None
+
+    def result(self) -> SimResult:
+        if self.made is None:
+            self.made = simulate(self.model)
+        return self.made
+
+
+_Result = concurrent.futures.Future[SimResult] | _Later

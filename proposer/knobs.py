@@ -189,6 +189,14 @@ class _Finder(ast.NodeVisitor):
     visit_FunctionDef = _function
     visit_AsyncFunctionDef = _function
 
+    # Leaves hold no knob of their own (a literal is found from what holds it): not walked,
+    # as most nodes of a file of constants are these.
+    def visit_Constant(self, node: ast.Constant) -> None:
+        pass
+
+    def visit_Name(self, node: ast.Name) -> None:
+        pass
+
     def visit_Call(self, node: ast.Call) -> None:
         callee = _callee(node)
         if id(node) not in self._claimed and callee not in _NOT_TUNED_CALLS:

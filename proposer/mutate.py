@@ -13,6 +13,7 @@ values.
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,10 @@ class MutateProposer(Proposer):
         self._planned_for: tuple[object, ...] = ()
         self._planned: list[_Mutation] = []
         self._made: dict[int, tuple[list[Edit], str]] = {}
+        # Each knob's place and mutations in the plan, by the knob (its value and place in
+        # the file): a keep changes a few knobs, and remaking every knob's list per keep
+        # was most of a call on a file of 1,024 knobs. Only the last plan's are kept.
+        self._ordered: dict[Knob, tuple[bool, float, list[list[_Mutation]]]] = {}
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Draft]:
         skip = set(ctx.seen_hashes) | _reverts_of_kept(ctx.history)
@@ -111,14 +116,8 @@ class MutateProposer(Proposer):
             if path.endswith(".py") and path in files
             for k in find_knobs(path, files[path], frozen=frozen)
         ]
-        keyed = []
-        for k in knobs:
-            rng = random.Random(f"{self.seed}/{k.path}/{k.name}")
-            tiers = _mutations(k)
-            for mutations in tiers:
-                rng.shuffle(mutations)  # about half the knobs go up first, half down
-            keyed.append((not k.kind.is_declared(), rng.random(), tiers))
-        keyed.sort(key=lambda entry: entry[:2])
+        self._ordered = {k: self._ordered.get(k) or self._order(k) for k in knobs}
+        keyed = sorted(self._ordered.values(), key=lambda entry: entry[:2])
         for inline in (False, True):
             group = [tiers for is_inline, _, tiers in keyed if is_inline == inline]
             for tier in range(2):
@@ -126,6 +125,15 @@ class MutateProposer(Proposer):
                     for tiers in group:
                         if round_ < len(tiers[tier]):
                             yield tiers[tier][round_]
+
+    def _order(self, k: Knob) -> tuple[bool, float, list[list[_Mutation]]]:
+        """A knob's sort key in the plan (declared first, then a seeded shuffle that depends
+        only on its name) and its tiers of mutations, each in a seeded order."""
+        rng = random.Random(f"{self.seed}/{k.path}/{k.name}")
+        tiers = _mutations(k)
+        for mutations in tiers:
+            rng.shuffle(mutations)  # about half the knobs go up first, half down
+        return not k.kind.is_declared(), rng.random(), tiers
 
 
 def _mutations(c: Knob) -> list[list[_Mutation]]:
@@ -164,7 +172,13 @@ def _mutations(c: Knob) -> list[list[_Mutation]]:
 def _reverts_of_kept(history: list[LedgerEntry]) -> set[str]:
     """Hashes of edits that would undo a kept change: x2 then x0.5 only re-measures the past."""
     return {
-        edit_hash([Edit(e.path, e.replace, e.search) for e in entry.edits])
+        _undo_hash(tuple(entry.edits))
         for entry in history
         if entry.status == DecisionKind.KEPT.value
     }
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _undo_hash(edits: tuple[Edit, ...]) -> str:
+    """The hash of the edits that undo `edits`: once per keep, not once per keep and call."""
+    return edit_hash([Edit(e.path, e.replace, e.search) for e in edits])

@@ -9,6 +9,7 @@ record that moves them (`_upkeep`).
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ from farm.store.base import (
     refused_move,
 )
 from farm.store.stats import CampaignStats, Upkeep
+
+MEMO = 8192  # decoded records kept (SQLiteStore._decoded)
 
 # Schema v1, then what v2 added (aggregates, result order, decision kinds), then what v4 added
 # (proposer calls): a new store runs all three, an older one what it lacks.
@@ -94,6 +97,10 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot create the store directory {path.parent}: {e}") from None
         self._local = threading.local()
         self._bounds_cache: dict[str, list[float]] = {}
+        self._memo: collections.OrderedDict[tuple[str, str, object], tuple[str, Any]] = (
+            collections.OrderedDict()
+        )
+        self._memo_lock = threading.Lock()
         self._init_schema()
 
     def local_paths(self) -> list[str]:
@@ -289,7 +296,7 @@ class SQLiteStore(Store):
         rows = self._read("SELECT data FROM incumbents WHERE campaign = ?", (campaign_id,))
         if not rows:
             raise StoreError(f"no campaign {campaign_id!r} in {self.url}")
-        return Incumbent.from_dict(json.loads(rows[0][0]))
+        return Incumbent.from_dict(self._decoded("incumbent", campaign_id, "", rows[0][0]))
 
     def cas_incumbent(self, campaign_id: str, *, expected_sha: str, new: Incumbent) -> bool:
         with self._tx() as db:
@@ -351,13 +358,17 @@ class SQLiteStore(Store):
         rows = self._read(
             "SELECT data FROM candidates WHERE campaign = ? AND id = ?", (campaign_id, candidate_id)
         )
-        return Candidate.from_dict(json.loads(rows[0][0])) if rows else None
+        if not rows:
+            return None
+        return Candidate.from_dict(
+            self._decoded("candidate", campaign_id, candidate_id, rows[0][0])
+        )
 
     def list_candidates(
         self, campaign_id: str, states: set[CandidateState] | None = None, *, after: int = 0
     ) -> list[Candidate]:
         sql, args = (
-            "SELECT data FROM candidates WHERE campaign = ? AND id > ?",
+            "SELECT id, data FROM candidates WHERE campaign = ? AND id > ?",
             [campaign_id, after],
         )
         if states is not None:  # a step asks for the few running or queued among thousands
@@ -365,7 +376,10 @@ class SQLiteStore(Store):
             sql += f" AND state IN ({', '.join('?' * len(wanted))})"
             args += wanted
         rows = self._read(sql + " ORDER BY id", tuple(args))
-        return [Candidate.from_dict(json.loads(data)) for (data,) in rows]
+        return [
+            Candidate.from_dict(self._decoded("candidate", campaign_id, cid, data))
+            for cid, data in rows
+        ]
 
     def count_candidates(self, campaign_id: str) -> dict[CandidateState, int]:
         fields = self._fields(campaign_id, stats.candidate_key(""))
@@ -438,12 +452,11 @@ class SQLiteStore(Store):
             self._upkeep(db, trial.campaign, stats.trial_move(None, TrialState.QUEUED, kind=""))
             return True
 
-    _TRIAL_COLS = "state, worker, lease_expires, deliveries, data, result"
+    _TRIAL_COLS = "campaign, id, state, worker, lease_expires, deliveries, data, result"
 
-    @staticmethod
-    def _trial(row: tuple[Any, ...]) -> Trial:
-        state, worker, lease_expires, deliveries, data, result = row
-        d = json.loads(data)
+    def _trial(self, row: tuple[Any, ...]) -> Trial:
+        campaign, trial_id, state, worker, lease_expires, deliveries, data, result = row
+        d = dict(self._decoded("trial", campaign, trial_id, data))
         d.update(
             state=state,
             worker=worker,
@@ -452,6 +465,26 @@ class SQLiteStore(Store):
             result=json.loads(result) if result else None,
         )
         return Trial.from_dict(d)
+
+    def _decoded(self, table: str, campaign_id: str, record_id: object, data: str) -> Any:
+        """A record's `data` column decoded, from memory if it is the text decoded last time.
+        Trials and candidates carry their files, which are most of them: a step reads every
+        one in flight, and decoding the same files again at every step was most of a step at
+        256 slots. The latest MEMO records are kept; records made from one share its `files`
+        (nothing changes one in place)."""
+        key = (table, campaign_id, record_id)
+        with self._memo_lock:
+            found = self._memo.get(key)
+            if found is not None and found[0] == data:
+                self._memo.move_to_end(key)
+                return found[1]
+        decoded = json.loads(data)
+        with self._memo_lock:
+            self._memo[key] = (data, decoded)
+            self._memo.move_to_end(key)
+            if len(self._memo) > MEMO:
+                self._memo.popitem(last=False)
+        return decoded
 
     def claim_trials(
         self, campaign_id: str, *, worker: str, n: int, lease_s: float, hold: Collection[str] = ()

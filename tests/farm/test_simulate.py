@@ -342,3 +342,13 @@ def test_a_flag_that_changes_nothing_or_a_bad_value_is_refused(
     monkeypatch.chdir(tmp_path)
     code, out = farm(capsys, "simulate", *QUICK, *flags)
     assert code == 2 and said in out, out
+
+
+def test_runs_in_processes_of_their_own_give_the_same_table(capsys) -> None:
+    args = ("--slots", "2,4", "--constants", "8", "--seeds", "2", "--max-candidates", "30")
+    tables = []
+    for jobs in ("1", "3"):
+        code, out = farm(capsys, "simulate", *args, "--jobs", jobs)
+        assert code == 0
+        tables.append(rows_of(out))
+    assert len(tables[0]) == 2 and tables[0] == tables[1]
