@@ -34,6 +34,7 @@ class Evidence:
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
         self._base: Baseline | None = None  # the baseline's summary, once it is in
         self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
+        self._replaced: set[str] = set()  # incumbents a keep in `_kept` replaced
         self._pools: NoisePools | None = None  # loaded at the first judgement
         # Short screens and the full screens of their candidates, by trial id (loaded at the
         # first short screen).
@@ -110,10 +111,11 @@ class Evidence:
             was = Incumbent(sha=sha, metric=mean(measured.values), runs=len(measured.values))
         else:
             was = Incumbent(sha=sha, metric=kept.metric, runs=self.confirm() or 1)
-        # Measuring runs are made for the incumbent only (Incumbency.measure): once it has
-        # been replaced, none is made, so one measured, or never measured, stays as it is
-        # (`line` asked the store for every keep's measuring runs at every call).
-        if measured.act is Act.PASS or not any(found):
+        # Measuring runs are made for the incumbent only (Incumbency.measure): once a keep
+        # has replaced it, none is made, so one measured, or replaced never measured, stays
+        # as it is (`line` asked the store for every keep's measuring runs at every call;
+        # the incumbent it was given may be older than the keeps it read).
+        if measured.act is Act.PASS or (not any(found) and sha in self._replaced):
             self._former[sha] = was
         return was
 
@@ -124,6 +126,7 @@ class Evidence:
                 d.incumbent_after: d
                 for d in self.store.list_decisions(self.campaign, kinds={DecisionKind.KEPT})
             }
+            self._replaced = {d.incumbent_before for d in self._kept.values()}
         return self._kept[sha]
 
     def parent(self, sha: str) -> str:

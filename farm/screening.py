@@ -64,7 +64,6 @@ class Screening:
         return preflight_ruling(trial, seconds, self.target)
 
     def _short_screen(self, cand: Candidate, inc: Incumbent) -> Ruling:
-        self._held.pop(cand.id, None)
         if self.cfg.merge.screen_budget_s <= 0 or self.evidence.trial(screen_id(cand.id)):
             return Ruling(Act.PASS)  # promoted already, or screened in full from the start
         look, short = self._latest_short(cand)

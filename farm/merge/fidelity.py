@@ -29,11 +29,11 @@ class Cohort:
 
     def __init__(self) -> None:
         self.values: list[float] = []
-        self.of: dict[int, float] = {}  # each candidate's short screen in it
+        self.members: set[int] = set()  # candidates whose short screen is in it
 
     def add(self, candidate: int, value: float) -> None:
-        if candidate not in self.of:
-            self.of[candidate] = value
+        if candidate not in self.members:
+            self.members.add(candidate)
             bisect.insort(self.values, value)
 
     def standing(self, candidate: int, value: float, direction: Direction) -> tuple[int, int]:
@@ -41,7 +41,7 @@ class Cohort:
         below = bisect.bisect_left(self.values, value)
         above = len(self.values) - bisect.bisect_right(self.values, value)
         better = below if direction is Direction.MINIMIZE else above
-        return better, len(self.values) + (candidate not in self.of)
+        return better, len(self.values) + (candidate not in self.members)
 
 
 def fidelity_pairs(trials: Sequence[Trial]) -> list[tuple[str, float, float]]:
