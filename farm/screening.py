@@ -197,7 +197,7 @@ class Screening:
         self.notices.say(
             "paired",
             f"screens share a seed with a run of their reference (common random numbers) "
-            f"and their gaps to it spread σ {bar / m.paired_z:.3g} against σ "
+            f"and a gap to it has σ {bar / m.paired_z:.3g} against σ "
             f"{ref.sigma:.3g} between runs: a screen now earns confirmations beyond "
             f"paired_z·{bar / m.paired_z:.3g} of its gap",
         )

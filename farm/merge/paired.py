@@ -4,6 +4,7 @@ pairing at least halves the variance."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -29,9 +30,16 @@ def paired_bar(
 ) -> float | None:
     """What a screen's paired gap (its improvement over its partner run) must exceed, where
     pairing at least halves the variance the unpaired gate has (σ²·(1 + 1/n)); else None.
+    `spread`: of the campaign's gaps (`paired_spread`).
     Pairing pays as far as the seed drives a run alike on both commits: on examples/eclip a
     small change keeps ρ 0.76–0.98 with its parent, a large one loses it."""
-    unpaired = sigma * sigma * (1 + 1 / max(incumbent_runs, 1))
-    if spread is None or not spread * spread <= PAIRED_GAIN * unpaired:
+    if spread is None:
         return None
-    return m.paired_z * spread
+    # A gap carries its partner run's noise as well as its screen's, but the screens against
+    # one reference share that partner: their spread shows only the screens' half of it
+    # (more where partners differ, and the bar errs high).
+    gap = spread * math.sqrt(2)
+    unpaired = sigma * sigma * (1 + 1 / max(incumbent_runs, 1))
+    if not gap * gap <= PAIRED_GAIN * unpaired:
+        return None
+    return m.paired_z * gap

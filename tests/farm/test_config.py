@@ -168,9 +168,9 @@ def test_every_choice_loads_as_its_enum_and_any_other_is_refused(
 def test_the_default_error_rates_give_todays_z_values_exactly() -> None:
     m = MergeConfig()
     zs = (m.z, m.screen_z, m.futility_z, m.efficacy_z, m.power_z, m.paired_z)
-    assert zs == (1.55, 0.25, 0.0, 2.25, 1.1, 1.5)
+    assert zs == (1.55, 0.35, 0.0, 2.25, 1.1, 1.5)
     assert load("").merge == m
-    rates = {"alpha": 1.55, "screen_alpha": 0.25, "efficacy_alpha": 2.25, "beta": 1.1}
+    rates = {"alpha": 1.55, "screen_alpha": 0.35, "efficacy_alpha": 2.25, "beta": 1.1}
     rates["paired_alpha"] = 1.5
     written = "".join(f"{k} = {rate_of(z)!r}\n" for k, z in rates.items())
     assert load("[merge]\n" + written).merge == m
@@ -199,9 +199,16 @@ def test_an_old_farm_toml_with_z_keys_loads_as_before() -> None:
     # It wrote batch_size and backlog out at 4: kept as written (unset, they are sized).
     assert (old.proposer.batch_size, old.proposer.backlog) == (4, 4)
     old.proposer.batch_size = old.proposer.backlog = None
-    # Its z-values were the defaults then, and stay as written where the defaults moved since.
-    assert (old.merge.z, old.merge.efficacy_z) == (1.5, 2.5)
-    old.merge.z, old.merge.efficacy_z = MergeConfig().z, MergeConfig().efficacy_z
+    # Its values were the defaults then, and stay as written where the defaults moved since.
+    assert (old.merge.z, old.merge.efficacy_z, old.merge.repeats, old.merge.screen_z) == (
+        1.5,
+        2.5,
+        12,
+        0.25,
+    )
+    now = MergeConfig()
+    old.merge.z, old.merge.efficacy_z = now.z, now.efficacy_z
+    old.merge.repeats, old.merge.screen_z = now.repeats, now.screen_z
     assert old == load("")
     m = load("[merge]\nz = 2\nscreen_z = 0\nfutility_z = -1\nefficacy_z = 3\npaired_z = 1\n").merge
     assert (m.z, m.screen_z, m.futility_z, m.efficacy_z, m.paired_z) == (2, 0, -1, 3, 1)
@@ -244,7 +251,7 @@ def test_init_template_sets_nothing_and_lists_the_keys_a_user_sets() -> None:
     for k in keys(TargetConfig):
         listed = f"# {k.name} = " in text
         assert listed == (k.spec.tier is Tier.INIT), k.name
-    assert "# [merge]\n# repeats = 12" in text and "# alpha = 0.0605708" in text
+    assert "# [merge]\n# repeats = 24" in text and "# alpha = 0.0605708" in text
 
 
 def test_every_key_has_its_help_and_the_rates_have_their_z() -> None:

@@ -187,7 +187,7 @@ def test_init_writes_the_right_spec_for_each_corpus_repo(
     assert out.count("left out `") == len(left_out), out
     for path in [*expected["editable"], *expected["protected"]]:  # type: ignore[misc]
         assert (root / path).is_file()  # never a file that does not exist
-    assert "# [merge]\n# repeats = 12" in text
+    assert "# [merge]\n# repeats = 24" in text
     assert load_config(root).merge == MergeConfig()
 
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import Bench, MakeTarget
 
 from farm.config import MergeConfig
-from farm.merge import NoisePools, judge, noise, sequential
+from farm.merge import NoisePools, judge, noise, paired_bar, sequential
 from farm.progress import snapshot
 from farm.records import Direction, TrialKind
 
@@ -155,3 +155,14 @@ def test_a_deterministic_keep_is_not_measured_again(make_target: MakeTarget) -> 
     inc = b.store.get_incumbent("default")
     assert (inc.candidate_id, inc.metric, inc.runs) == (c, 0.5, 1)
     assert not [t for t in b.store.list_trials("default") if t.kind is TrialKind.MEASURE]
+
+
+def test_a_paired_gap_carries_its_partner_runs_noise_as_well_as_its_screens() -> None:
+    # Screens against one reference share its partner run, so their gaps' spread (0.3 with
+    # σ 1) shows only the screens' share of a gap's noise: the gate is on 0.3·√2.
+    m = MergeConfig()
+    bar = paired_bar(0.3, sigma=1.0, incumbent_runs=12, m=m)
+    assert bar == pytest.approx(m.paired_z * 0.3 * math.sqrt(2))
+    # A spread of 0.6 would look like it halves the unpaired variance (0.36 < 0.5·1.08); a
+    # gap's 0.72 does not, and the screen is gated unpaired.
+    assert paired_bar(0.6, sigma=1.0, incumbent_runs=12, m=m) is None

@@ -153,11 +153,11 @@ def test_a_new_candidate(values: list, act: Act, values_kept: list[float] | None
         assert ruling.reason.startswith(("screening run", "confirmation run"))
 
 
-# The sequential test with the defaults (z 1.55, screen_z 0.25, efficacy_z 2.25, a discard
-# 1.1 SE short of a 1.5σ gain) and three confirmations: every look judges all of the
+# The sequential test (z 1.55, screen_z 0.25, efficacy_z 2.25, a discard 1.1 SE short of a
+# 1.5σ gain), 12 baseline runs and three confirmations: every look judges all of the
 # candidate's runs, the screen included, in standard errors σ·sqrt(1/n + 1/12) of a t with
 # 11 degrees of freedom (z 1.55 → 1.68, 2.25 → 2.61, 1.1 → 1.16, 0.25 → 0.26).
-S = MergeConfig(confirm=3)
+S = MergeConfig(confirm=3, repeats=12, screen_z=0.25)
 
 
 @pytest.mark.parametrize(
