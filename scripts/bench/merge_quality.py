@@ -339,10 +339,10 @@ FIXED = MergeConfig(
 # Beyond it, searched for the cheapest sequential setting that meets both goals; the early
 # discard's line (effect σ, power_z) as pairs that idealised runs found cheap (issue 24).
 SEARCH = settings(
-    (12,),
+    (24,),
     (4,),
     (1.5, 1.55, 1.6),
-    (0.25, 0.35),
+    (0.3, 0.35, 0.4),
     (0,),
     (2.0, 2.25, 2.5),
     ((1.3, 0.8), (1.4, 1.0), (1.5, 1.1), (1.7, 1.4), (2.0, 1.75), (2.0, 1.9)),
@@ -428,8 +428,8 @@ def main() -> None:
     args = ap.parse_args()
 
     checked = check_controller(args.check) if args.check else 0
-    max_r = max(m.repeats for m in GRID + SEARCH)
-    max_c = max(m.confirm for m in GRID + SEARCH)
+    max_r = max(m.repeats for m in [*GRID, *SEARCH, MergeConfig()])
+    max_c = max(m.confirm for m in [*GRID, *SEARCH, MergeConfig()])
     # Common random numbers: every setting and effect sees the same noise (same campaign and
     # trial ids), so rows differ by the rule alone.
     sims = {e: [draws(sim_campaign(i), e, max_r, max_c) for i in range(args.n)] for e in EFFECTS}
