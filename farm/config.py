@@ -199,13 +199,24 @@ class MergeConfig:
     )
     # The runs that win a keep are the luckier draws of the candidate (the winner's curse:
     # -0.2σ a keep of 2σ, far more for a false keep), and a flattering incumbent raises the
-    # bar for everything after it; measured afresh, it stands at its true level. Off by
-    # default: on `farm simulate`'s landscape it cost the one-slot loop a third more time
-    # for no more gains kept (docs/performance.md, "Honest estimates").
+    # bar for everything after it; measured afresh, it stands at its true level. Always
+    # only on request: where candidates' gains vary far more than the noise (`farm
+    # simulate`'s landscape) it cost the one-slot loop a sixth more time and kept fewer
+    # gains; where they vary less than `measure_spread` σ (most changes do little) a keep
+    # near its bar is mostly luck, and it is measured (docs/performance.md, "Honest
+    # estimates").
     measure_keeps: bool = setting(
         False,
-        doc="measure a keep near its bar afresh by its own runs (measure_runs) and judge "
+        doc="measure every keep near its bar afresh by its own runs (measure_runs) and judge "
         "against that",
+        tier=Tier.ADVANCED,
+    )
+    measure_spread: float = setting(
+        1.0,
+        doc="measure a keep near its bar afresh while candidates' gains, from their "
+        "screens, spread less than this (0: only with measure_keeps)",
+        unit="σ",
+        ge=0,
         tier=Tier.ADVANCED,
     )
     # A keep merged on evidence (a winner on a stale base; a keep measured afresh) is run

@@ -22,7 +22,7 @@ from farm.merge.verdicts import (
 )
 from farm.records import Campaign, Decision, DecisionKind, Incumbent, Trial, TrialKind, TrialState
 from farm.store import Store
-from farm.trials import RERUNS, baseline_ids, measure_id, short_id
+from farm.trials import RERUNS, baseline_ids, measure_id, screen_id, short_id
 
 
 class Evidence:
@@ -44,6 +44,7 @@ class Evidence:
         self._gaps: dict[int, float] | None = None  # screens' gaps to their partners
         self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
         self._former: dict[str, Incumbent] = {}  # former incumbents' estimates, once final
+        self._gains: dict[int, float | None] = {}  # judged candidates' screens' gains
 
     # -- trials -----------------------------------------------------------------------------
     def trial(self, trial_id: str) -> Trial | None:
@@ -118,6 +119,23 @@ class Evidence:
         if measured.act is Act.PASS or (not any(found) and sha in self._replaced):
             self._former[sha] = was
         return was
+
+    def screen_gains(self) -> list[float]:
+        """How much each judged candidate's screen improved on the reference its decision
+        was made against (one run, before any test picked it): what candidates gain, and
+        how far that varies. Decisions are final: each is read once."""
+        kinds = {DecisionKind.KEPT, DecisionKind.DISCARDED}
+        for d in self.store.list_decisions(self.campaign, kinds=kinds):
+            if d.candidate_id in self._gains:
+                continue
+            screen = self.trial(screen_id(d.candidate_id))
+            placed = self.placed([screen]) if screen else []
+            gain = None
+            if placed and d.metric is not None and d.delta is not None:
+                judged = self.cfg.direction.shift(d.metric, by=-d.delta)
+                gain = self.cfg.direction.improvement(old=judged, new=placed[0])
+            self._gains[d.candidate_id] = gain
+        return [g for g in self._gains.values() if g is not None]
 
     def kept_decision(self, sha: str) -> Decision:
         """The keep that made `sha` the incumbent."""

@@ -10,7 +10,7 @@ import logging
 from farm.config import TargetConfig
 from farm.evidence import Evidence
 from farm.gitops import best_branch, candidate_branch
-from farm.merge import Verdict, flattered, mean
+from farm.merge import Verdict, flattered, lucky, mean
 from farm.merge.verdicts import Act, by_class, lost_keeps
 from farm.recorder import Notices, Recorder, commits_past
 from farm.records import (
@@ -90,10 +90,15 @@ class Incumbency:
                 f"{metric:.6g} until its own runs measure it"
             )
         # Near its bar, the runs that won are the luckier draws of the candidate (they passed
-        # a test that picks the best of many): its value is measured afresh by runs of its
-        # own, so that later candidates are judged against its true level. A deterministic
-        # target's runs would say the same again.
-        fresh = not how and sigma > 0 and self.cfg.merge.measure_keeps and flattered(verdict)
+        # a test that picks the best of many): where that luck is most of its margin, its
+        # value is measured afresh by runs of its own, so that later candidates are judged
+        # against its true level. A deterministic target's runs would say the same again.
+        fresh = (
+            not how
+            and sigma > 0
+            and flattered(verdict)
+            and lucky(self.evidence.screen_gains(), sigma=sigma, m=self.cfg.merge)
+        )
         if fresh:
             how = f"; {self.cfg.metric} to be measured afresh by its own runs"
         new = Incumbent(

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
 from farm.config import MergeConfig
-from farm.merge.noise import estimate, smallest_delta
+from farm.merge.noise import MAD_SIGMAS, estimate, smallest_delta
 from farm.records import Direction
 
 DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
+GAINS_MIN = 10  # screens before their spread says how far candidates' gains vary
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,24 @@ def flattered(verdict: Verdict) -> bool:
     flatters it (the winner's curse): it cleared the bar by less than the bar again. One
     far beyond it was never near the cut, so the selection barely moves its estimate."""
     return verdict.delta < 2 * verdict.threshold
+
+
+def lucky(gains: Sequence[float], *, sigma: float, m: MergeConfig) -> bool:
+    """Whether a keep near its bar owes its margin mostly to luck, so that it is measured
+    afresh (`measure_keeps` says always): where candidates' true gains spread less than
+    `measure_spread` σ, a test that picks the best of them picks their luckiest runs. The
+    spread is the screens' `gains` (one run each over its reference, before any test
+    picked it), robustly (a few far better or far worse would inflate a plain σ), less one
+    run's noise; before GAINS_MIN screens it is unknown, and luck is assumed."""
+    if m.measure_keeps:
+        return True
+    if not m.measure_spread > 0:
+        return False
+    if len(gains) < GAINS_MIN:
+        return True
+    mid = statistics.median(gains)
+    spread = MAD_SIGMAS * statistics.median(abs(g - mid) for g in gains)
+    return spread * spread < sigma * sigma * (1 + m.measure_spread**2)
 
 
 def keep_threshold(m: MergeConfig, *, sigma: float, metric: float | None, runs: float) -> float:

@@ -28,6 +28,9 @@ TRAIN = "LR = 0.5  # learning rate\nMOM = 0.1  # momentum\nprint('loss: 1.0')\n"
 # No early stop, and confirmations one at a time however many slots idle.
 FIXED = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
 FIXED += "confirm_ahead = 0\n"
+# Keeps stand on the runs that won them: these tests are about what runs where (keeps measured
+# afresh: test_merge_rule).
+FIXED += "measure_spread = 0\n"
 
 
 @pytest.fixture
@@ -412,7 +415,7 @@ def fleet_bench(make_target: MakeTarget, h100: list[float]) -> Bench:
     """A campaign whose baseline ran 4 times on RTX 4090s around 1.0, and on H100s (which
     train more steps in the same budget) with the metrics `h100`."""
     repeats = len(SPREAD) + len(h100)
-    toml = f"[merge]\nrepeats = {repeats}\nconfirm = 2\n"
+    toml = f"[merge]\nrepeats = {repeats}\nconfirm = 2\nmeasure_spread = 0\n"
     bench = Bench(make_target({"train.py": TRAIN}, extra_toml=toml))
     metrics = {f"base-{i}": v for i, v in enumerate([1.0 + d for d in SPREAD] + h100)}
     bench.finish(metrics, on={f"base-{i}": "RTX 4090" if i < 4 else "H100" for i in range(repeats)})

@@ -8,9 +8,9 @@ import pytest
 from helpers import Bench, MakeTarget
 
 from farm.config import MergeConfig
-from farm.merge import NoisePools, judge, noise, paired_bar, sequential
+from farm.merge import NoisePools, judge, lucky, noise, paired_bar, sequential
 from farm.progress import snapshot
-from farm.records import Direction, TrialKind
+from farm.records import CandidateState, Direction, TrialKind
 
 
 def test_metrics_at_the_edge_of_float_never_raise() -> None:
@@ -140,6 +140,49 @@ def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measur
     b.ctl.step(slots=8)
     inc = b.store.get_incumbent("default")
     assert (inc.candidate_id, inc.metric, inc.runs) == (far, pytest.approx(0.3), 3)
+
+
+def test_a_keep_is_lucky_where_candidates_gains_spread_less_than_measure_spread() -> None:
+    m = MergeConfig()  # measure_spread 1σ: a robust spread of the screens under √2 σ
+    alike = [0.1 * (-1) ** k * (k % 4) for k in range(12)]  # within ±0.3 of σ 1
+    apart = [1.5 * (-1) ** k * (k % 4) for k in range(12)]
+    assert lucky(alike, sigma=1.0, m=m) and not lucky(apart, sigma=1.0, m=m)
+    assert lucky(apart[:9], sigma=1.0, m=m)  # before 10 screens nothing is known: assumed
+    # A few far better or far worse do not make the many that do little look apart.
+    assert lucky([*alike, 40.0, -40.0, 40.0], sigma=1.0, m=m)
+    never = MergeConfig(measure_spread=0)
+    assert not lucky(alike, sigma=1.0, m=never) and not lucky([], sigma=1.0, m=never)
+    assert lucky(apart, sigma=1.0, m=MergeConfig(measure_keeps=True))
+
+
+@pytest.mark.parametrize(("spread", "measured"), [(0.03, True), (0.5, False)])
+def test_a_keep_near_its_bar_is_measured_where_candidates_gains_hardly_vary(
+    make_target: MakeTarget, spread: float, measured: bool
+) -> None:
+    # Ten screens first, each worse than the incumbent (discarded at the screen), spread less
+    # than one run's noise (changes that do about nothing) or far more. Then a keep near
+    # its bar: where gains hardly vary its margin is mostly luck, and it is measured afresh.
+    fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
+    target = make_target(
+        {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
+        extra_toml=f"[merge]\nrepeats = 4\nconfirm_ahead = 0\n{fixed}",
+    )
+    b = Bench(target)
+    b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})  # σ 0.08
+    ids = b.propose(*[("LR = 0.5", f"LR = {0.6 + k / 100}") for k in range(10)])
+    worse = {f"c{c}-g0-screen": 1.01 + spread * (k % 4) for k, c in enumerate(ids)}
+    b.finish(worse, only=True, slots=16)
+    b.ctl.step(slots=16)
+    assert all(b.state(c) is CandidateState.DISCARDED for c in ids)
+    (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    for _ in range(3):  # its screen and two confirmations: 0.18 beyond a bar of 0.128
+        b.finish({f"c{c}-g0-": 0.82}, only=True)
+    b.ctl.step(slots=8)
+    inc = b.store.get_incumbent("default")
+    assert inc.candidate_id == c and inc.metric == pytest.approx(0.82)
+    assert inc.estimated is measured
+    reason = b.store.get_decision("default", c).reason  # type: ignore[union-attr]
+    assert ("measured afresh by its own runs" in reason) is measured
 
 
 def test_a_deterministic_keep_is_not_measured_again(make_target: MakeTarget) -> None:
