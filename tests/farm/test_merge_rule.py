@@ -109,22 +109,36 @@ def test_rank_agreement_compares_candidates_ranked_against_the_same_incumbent() 
     assert rank_agreement([("a", 1e308, 1e308), ("a", -1e308, -1e308)]) == (1.0, 1)
 
 
+def near_bar_bench(make_target: MakeTarget, merge: str) -> Bench:
+    """A campaign judged by a fixed test (screen and two confirmations), its baseline in:
+    1.0, 1.1, 0.9, 1.0 (σ 0.08)."""
+    fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
+    target = make_target(
+        {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
+        extra_toml=f"[merge]\nrepeats = 4\n{fixed}{merge}",
+    )
+    b = Bench(target)
+    b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})
+    return b
+
+
+def keep_near_bar(b: Bench) -> int:
+    """A candidate kept near its bar: its screen and two confirmations at 0.82, 0.18 beyond
+    a bar of 0.128."""
+    (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    for _ in range(3):
+        b.finish({f"c{c}-g0-": 0.82}, only=True)
+    b.ctl.step(slots=8)
+    return c
+
+
 def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measurement(
     make_target: MakeTarget,
 ) -> None:
     # Near its bar, the runs that win a keep are the luckier draws (the winner's curse): the
     # incumbent's value comes from runs of its own, and the line every view shows says so.
-    fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
-    target = make_target(
-        {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
-        extra_toml=f"[merge]\nrepeats = 4\n{fixed}measure_keeps = true\n",
-    )
-    b = Bench(target)
-    b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})
-    (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
-    for _ in range(3):  # its screen and two confirmations: 0.18 beyond a bar of 0.128
-        b.finish({f"c{c}-g0-": 0.82}, only=True)
-    b.ctl.step(slots=8)
+    b = near_bar_bench(make_target, "measure_keeps = true\n")
+    c = keep_near_bar(b)
     inc = b.store.get_incumbent("default")
     assert inc.candidate_id == c and inc.estimated and inc.metric == pytest.approx(0.82)
     assert "measured afresh by its own runs" in b.store.get_decision("default", c).reason  # type: ignore[union-attr]
@@ -162,22 +176,13 @@ def test_a_keep_near_its_bar_is_measured_where_candidates_gains_hardly_vary(
     # Ten screens first, each worse than the incumbent (discarded at the screen), spread less
     # than one run's noise (changes that do about nothing) or far more. Then a keep near
     # its bar: where gains hardly vary its margin is mostly luck, and it is measured afresh.
-    fixed = "confirm = 2\nz = 1.5\nscreen_z = 0\nfutility_z = -99\nefficacy_z = 99\npower_z = 99\n"
-    target = make_target(
-        {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
-        extra_toml=f"[merge]\nrepeats = 4\nconfirm_ahead = 0\n{fixed}",
-    )
-    b = Bench(target)
-    b.finish({"base-0": 1.0, "base-1": 1.1, "base-2": 0.9, "base-3": 1.0})  # σ 0.08
+    b = near_bar_bench(make_target, "confirm_ahead = 0\n")  # σ 0.08
     ids = b.propose(*[("LR = 0.5", f"LR = {0.6 + k / 100}") for k in range(10)])
     worse = {f"c{c}-g0-screen": 1.01 + spread * (k % 4) for k, c in enumerate(ids)}
     b.finish(worse, only=True, slots=16)
     b.ctl.step(slots=16)
     assert all(b.state(c) is CandidateState.DISCARDED for c in ids)
-    (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
-    for _ in range(3):  # its screen and two confirmations: 0.18 beyond a bar of 0.128
-        b.finish({f"c{c}-g0-": 0.82}, only=True)
-    b.ctl.step(slots=8)
+    c = keep_near_bar(b)
     inc = b.store.get_incumbent("default")
     assert inc.candidate_id == c and inc.metric == pytest.approx(0.82)
     assert inc.estimated is measured
