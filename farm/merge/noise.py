@@ -131,6 +131,12 @@ def baseline(runs: Sequence[Run], m: MergeConfig) -> Baseline:
     return Baseline(found, offsets, [i for i, _, _ in kept], values, [c for _, _, c in kept])
 
 
+def robust_sigma(values: Sequence[float]) -> float:
+    """σ from the median absolute deviation: a few values far off do not inflate it."""
+    mid = statistics.median(values)
+    return MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
+
+
 def outlying(values: Sequence[float]) -> tuple[int, ...]:
     """Indices of the runs further than OUTLIER_SIGMAS robust σ (from the median absolute
     deviation) from the median; none among fewer than OUTLIER_MIN_RUNS (the MAD of three
@@ -138,7 +144,7 @@ def outlying(values: Sequence[float]) -> tuple[int, ...]:
     if len(values) < OUTLIER_MIN_RUNS:
         return ()
     mid = statistics.median(values)
-    scale = MAD_SIGMAS * statistics.median(abs(v - mid) for v in values)
+    scale = robust_sigma(values)
     if scale <= 0:
         return ()
     return tuple(i for i, v in enumerate(values) if abs(v - mid) > OUTLIER_SIGMAS * scale)

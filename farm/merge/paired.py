@@ -5,11 +5,10 @@ pairing at least halves the variance."""
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 
 from farm.config import MergeConfig
-from farm.merge.noise import MAD_SIGMAS
+from farm.merge.noise import robust_sigma
 
 PAIRED_MIN = 10  # screens with a partner run before the spread of their gaps is trusted
 PAIRED_GAIN = 0.5  # pair only where it at least halves the variance a screen is gated by
@@ -21,8 +20,7 @@ def paired_spread(gaps: Sequence[float]) -> float | None:
     gain or lose much would inflate a plain σ. None before PAIRED_MIN of them."""
     if len(gaps) < PAIRED_MIN:
         return None
-    mid = statistics.median(gaps)
-    return MAD_SIGMAS * statistics.median(abs(g - mid) for g in gaps)
+    return robust_sigma(gaps)
 
 
 def paired_bar(

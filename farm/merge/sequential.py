@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
 from farm.config import MergeConfig
-from farm.merge.noise import MAD_SIGMAS, estimate, smallest_delta
+from farm.merge.noise import estimate, robust_sigma, smallest_delta
 from farm.records import Direction
 
 DIVERGED_SIGMAS = 3.0  # a candidate run this much worse than the incumbent is run again
@@ -61,8 +60,7 @@ def lucky(gains: Sequence[float], *, sigma: float, m: MergeConfig) -> bool:
         return False
     if len(gains) < GAINS_MIN:
         return True
-    mid = statistics.median(gains)
-    spread = MAD_SIGMAS * statistics.median(abs(g - mid) for g in gains)
+    spread = robust_sigma(gains)
     return spread * spread < sigma * sigma * (1 + m.measure_spread**2)
 
 

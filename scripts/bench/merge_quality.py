@@ -428,8 +428,8 @@ def main() -> None:
     args = ap.parse_args()
 
     checked = check_controller(args.check) if args.check else 0
-    max_r = max(m.repeats for m in [*GRID, *SEARCH, MergeConfig()])
-    max_c = max(m.confirm for m in [*GRID, *SEARCH, MergeConfig()])
+    every = [*GRID, *SEARCH, MergeConfig()]
+    max_r, max_c = max(m.repeats for m in every), max(m.confirm for m in every)
     # Common random numbers: every setting and effect sees the same noise (same campaign and
     # trial ids), so rows differ by the rule alone.
     sims = {e: [draws(sim_campaign(i), e, max_r, max_c) for i in range(args.n)] for e in EFFECTS}
