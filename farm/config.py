@@ -207,8 +207,8 @@ class MergeConfig:
     # estimates").
     measure_keeps: bool = setting(
         False,
-        doc="measure every keep near its bar afresh by its own runs (measure_runs) and judge "
-        "against that",
+        doc="measure every keep near its bar afresh by its own runs (as many as confirm) and "
+        "judge against that",
         tier=Tier.ADVANCED,
     )
     measure_spread: float = setting(
@@ -219,10 +219,11 @@ class MergeConfig:
         ge=0,
         tier=Tier.ADVANCED,
     )
-    # A keep merged on evidence (a winner on a stale base; a keep measured afresh) is run
-    # this many times for its own estimate. On a farm of many slots the incumbent moves
-    # faster than a trial and nearly every keep is merged on evidence: four runs each took
-    # 41% of 16 slots' time in `farm simulate`; two still outvote one failed run.
+    # A keep merged on evidence (a winner on a stale base) is run this many times for its
+    # own estimate (a keep measured afresh, `confirm` times: farm.evidence.measuring_ids).
+    # On a farm of many slots the incumbent moves faster than a trial and nearly every keep
+    # is merged on evidence: four runs each took 41% of 16 slots' time in `farm simulate`;
+    # two still outvote one failed run.
     measure_runs: int = setting(
         2,
         doc="runs measuring a keep merged on evidence (at most confirm, one on a "

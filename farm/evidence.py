@@ -16,6 +16,7 @@ from farm.merge.verdicts import (
     Reference,
     Ruling,
     Target,
+    diverging,
     measured_ruling,
     place,
     reruns_per_candidate,
@@ -33,6 +34,7 @@ class Evidence:
         self.start_sha = start_sha
         self._finished: dict[str, Trial] = {}  # a finished trial never changes again (no files)
         self._base: Baseline | None = None  # the baseline's summary, once it is in
+        self._diverges: bool | None = None  # whether its runs diverged, once it is in
         self._kept: dict[str, Decision] = {}  # keep decisions by the incumbent they made
         self._replaced: set[str] = set()  # incumbents a keep in `_kept` replaced
         self._pools: NoisePools | None = None  # loaded at the first judgement
@@ -45,6 +47,7 @@ class Evidence:
         self._classes: dict[str, str] = {}  # the hardware class of each reference's runs
         self._former: dict[str, Incumbent] = {}  # former incumbents' estimates, once final
         self._gains: dict[int, float | None] = {}  # judged candidates' screens' gains
+        self._measuring: dict[str, int] = {}  # runs measuring each keep, by its commit
 
     # -- trials -----------------------------------------------------------------------------
     def trial(self, trial_id: str) -> Trial | None:
@@ -96,7 +99,17 @@ class Evidence:
             sigma=self.sigma_at(inc.sha, camp),
             offsets=self.offsets(),
             counts=base.counts if base else {},
+            diverging=self._diverging(),
         )
+
+    def _diverging(self) -> bool:
+        """Whether the baseline's runs diverged now and then (farm.merge.verdicts.diverging)."""
+        if self._diverges is None:
+            base = self.baseline()
+            if base is None:
+                return False
+            self._diverges = diverging(base, self.cfg.direction)
+        return self._diverges
 
     def estimate_of(self, sha: str, camp: Campaign) -> Incumbent:
         """The metric estimate a former incumbent (one replaced since) had: its baseline, or
@@ -106,7 +119,7 @@ class Evidence:
         if sha in self._former:
             return self._former[sha]
         kept = self.kept_decision(sha)
-        found = [self.trial(i) for i in self.measuring_ids(kept.candidate_id)]
+        found = [self.trial(i) for i in self.measuring_ids(kept.candidate_id, sha)]
         measured = self._measured(found)
         if measured.act is Act.PASS:
             was = Incumbent(sha=sha, metric=mean(measured.values), runs=len(measured.values))
@@ -151,23 +164,33 @@ class Evidence:
         """The incumbent the keep that made `sha` replaced."""
         return self.kept_decision(sha).incumbent_before
 
-    def reruns(self, sha: str) -> list[Trial]:
-        """The re-runs of commit `sha` by the keep that made it the incumbent (not its
-        screen: that passed a gate, so it is biased)."""
-        kept = self.kept_decision(sha).candidate_id
+    def reruns(self, sha: str, kept: int | None = None) -> list[Trial]:
+        """The re-runs of commit `sha` by the keep (of candidate `kept`, if its decision may
+        not be written yet) that made it the incumbent (not its screen: that passed a gate,
+        so it is biased)."""
+        if kept is None:
+            kept = self.kept_decision(sha).candidate_id
         return [
             t
             for t in self.store.list_trials(self.campaign, candidate_id=kept)
             if t.commit_sha == sha and t.kind in RERUNS
         ]
 
-    def measuring_ids(self, candidate: int) -> list[str]:
-        runs = min(self.cfg.merge.measure_runs, max(self.confirm(), 1))
-        return [measure_id(candidate, i) for i in range(runs)]
+    def measuring_ids(self, candidate: int, sha: str) -> list[str]:
+        """The runs measuring the keep of `candidate` that made `sha` the incumbent. One
+        that won on its own runs (measured afresh: luck was most of its margin) gets as
+        many as a candidate's confirmations, so that its estimate stands on no fewer runs
+        than the ones it replaces (with two, null-heavy campaigns kept 75% of later 2σ
+        gains, with four 84%: docs/performance.md); one merged untried, `measure_runs`."""
+        if sha not in self._measuring:
+            won = any(t.kind is not TrialKind.MEASURE for t in self.reruns(sha, candidate))
+            cap = max(self.confirm(), 1)
+            self._measuring[sha] = cap if won else min(self.cfg.merge.measure_runs, cap)
+        return [measure_id(candidate, i) for i in range(self._measuring[sha])]
 
-    def measured(self, candidate: int) -> Ruling:
+    def measured(self, candidate: int, sha: str) -> Ruling:
         """What the runs measuring a keep merged untried say (WAIT until all exist)."""
-        return self._measured([self.trial(i) for i in self.measuring_ids(candidate)])
+        return self._measured([self.trial(i) for i in self.measuring_ids(candidate, sha)])
 
     def _measured(self, found: list[Trial | None]) -> Ruling:
         runs = [t for t in found if t is not None]

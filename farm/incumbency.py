@@ -244,9 +244,9 @@ class Incumbency:
             return  # its runs are placed on the baseline's scale: they wait for it
         cand = self.store.get_candidate(self.campaign, inc.candidate_id)
         assert cand is not None
-        for trial_id in self.evidence.measuring_ids(cand.id):
+        for trial_id in self.evidence.measuring_ids(cand.id, inc.sha):
             self.recorder.ensure_trial(trial_id, TrialKind.MEASURE, cand)
-        ruling = self.evidence.measured(cand.id)
+        ruling = self.evidence.measured(cand.id, inc.sha)
         if ruling.act is Act.PASS:
             value = mean(ruling.values)
             log.info("incumbent %s measured: %s %.6g", inc.sha[:10], self.cfg.metric, value)

@@ -134,6 +134,7 @@ def sequential(
     sigma: float,
     direction: Direction,
     gate: Verdict | None = None,
+    diverging: bool = False,
 ) -> tuple[bool | None, Verdict]:
     """One look of the sequential test at a candidate's runs so far (the screen first, then
     one confirmation at a time, `stages` runs at most): (True, v) keep, (False, v) discard,
@@ -145,12 +146,18 @@ def sequential(
     `futility_z`, judged against `z` after the last stage. With no confirmations (`stages`
     1: confirm = 0, or a deterministic target) the screen is judged against `z`. A
     confirmation that diverged (far worse than the incumbent, as the baseline's outliers
-    were) is left out, as they were, and run again once; two such are a discard.
+    were) is left out, as they were, and run again once; two such are a discard. So is a
+    screen that diverged where the target's own runs do (`diverging`: the baseline's).
     scripts/bench/merge_quality.py measures the error rates all this gives.
     """
     least = smallest_delta(m, incumbent)
-    # A screen that diverged is a screen that failed: most such candidates are just bad.
-    good = values[:1] + steady(values[1:], incumbent=incumbent, sigma=sigma, direction=direction)
+    # A screen that diverged is a screen that failed (most such candidates are just bad)
+    # unless the target's own runs diverge now and then (`diverging`): then it is run again,
+    # as a confirmation that diverged is.
+    first = [] if diverging else values[:1]
+    good = first + steady(
+        values[len(first) :], incumbent=incumbent, sigma=sigma, direction=direction
+    )
 
     def at(runs: list[float], z: float, min_delta: float = least) -> Verdict:
         return judge(

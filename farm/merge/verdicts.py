@@ -17,7 +17,7 @@ from farm.config import MergeConfig, TargetConfig
 from farm.merge.classes import offset_error, placed
 from farm.merge.fidelity import promoted
 from farm.merge.noise import Baseline, baseline, runs_of, smallest_delta
-from farm.merge.sequential import Verdict, dof_of, judge, sequential
+from farm.merge.sequential import Verdict, dof_of, judge, sequential, steady
 from farm.records import Direction, Outcome, Trial, TrialState
 from workers.metric import missing_metric_note
 
@@ -186,6 +186,17 @@ class Reference:
     sigma: float  # the seed noise at its level
     offsets: dict[str, float]  # hardware class offsets (the baseline's)
     counts: dict[str, int]  # baseline runs per class (the offsets' own error)
+    diverging: bool = False  # the baseline's own runs diverged: a diverged screen runs again
+
+
+def diverging(base: Baseline, direction: Direction) -> bool:
+    """Whether the target's own runs diverge now and then: one of the baseline's ended
+    DIVERGED_SIGMAS·σ worse than their mean (a Gaussian target's 24 runs do so 1.6% of the
+    time). On such a target a candidate's screen that diverged says little of it."""
+    values, noise = base.values, base.noise
+    return len(
+        steady(values, incumbent=noise.center, sigma=noise.sigma, direction=direction)
+    ) < len(values)
 
 
 def runs_behind(ref: Reference, runs: Sequence[Trial]) -> float:
@@ -265,6 +276,7 @@ def screened_ruling(
             sigma=ref.sigma,
             direction=t.direction,
             gate=gate if k == 1 else None,
+            diverging=ref.diverging,
         )
         if keep is None:
             if k == len(runs):

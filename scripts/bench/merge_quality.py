@@ -49,6 +49,7 @@ from farm.merge.verdicts import (
     Reference,
     Target,
     baseline_ruling,
+    diverging,
     first_wave,
     reruns_per_candidate,
     screened_ruling,
@@ -272,6 +273,7 @@ def kept(d: Draws, m: MergeConfig) -> tuple[bool, int, float]:
         sigma=base.noise.sigma,
         offsets=base.offsets,
         counts=base.counts,
+        diverging=diverging(base, TARGET.direction),
     )
     stages = 1 + reruns_per_candidate(base, m)
     runs = [ran(0, d.screen)]

@@ -8,7 +8,8 @@ import pytest
 from helpers import Bench, MakeTarget
 
 from farm.config import MergeConfig
-from farm.merge import NoisePools, judge, lucky, noise, paired_bar, sequential
+from farm.merge import NoisePools, baseline, judge, lucky, noise, paired_bar, sequential
+from farm.merge.verdicts import diverging
 from farm.progress import snapshot
 from farm.records import CandidateState, Direction, TrialKind
 
@@ -65,6 +66,64 @@ def test_a_confirmation_that_diverged_is_run_again_once() -> None:
     assert look(0.9, 9.0, 0.7, 0.7) is True  # judged on the runs that did not diverge
     assert look(0.9, 9.0, 9.5) is False  # twice: the candidate diverges
     assert look(1.5) is False  # a screen far worse is a bad candidate, not bad luck
+
+
+def test_a_screen_that_diverged_is_run_again_where_the_targets_own_runs_diverge() -> None:
+    def look(*runs: float) -> bool | None:
+        keep, _ = sequential(
+            list(runs),
+            m=MergeConfig(confirm=4),
+            stages=5,
+            incumbent=1.0,
+            incumbent_runs=12,
+            sigma=0.1,
+            direction=Direction.MINIMIZE,
+            diverging=True,
+        )
+        return keep
+
+    assert look(9.0) is None  # 80σ worse, on a target whose runs do that: once more
+    assert look(9.0, 0.9) is None  # the run again is the screen: it earns a confirmation
+    assert look(9.0, 0.9, 0.7, 0.7) is True  # judged on the runs that did not diverge
+    assert look(9.0, 9.5) is False  # twice: the candidate diverges
+    assert look(9.0, 1.02) is False  # its run again is screened as a screen is
+
+
+@pytest.mark.parametrize(
+    ("values", "direction", "diverges"),
+    [
+        ([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 5.0], Direction.MINIMIZE, True),
+        ([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.02], Direction.MINIMIZE, False),
+        # An accuracy that diverges falls: far above its mean is no divergence.
+        ([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 5.0], Direction.MAXIMIZE, False),
+        ([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, -3.0], Direction.MAXIMIZE, True),
+    ],
+)
+def test_a_target_diverges_where_a_baseline_run_ended_far_worse_than_the_rest(
+    values: list[float], direction: Direction, diverges: bool
+) -> None:
+    runs = [(f"base-{i}", v, "") for i, v in enumerate(values)]
+    assert diverging(baseline(runs, MergeConfig()), direction) is diverges
+
+
+@pytest.mark.parametrize(("last", "act"), [(5.0, "runs again"), (1.02, "discarded")])
+def test_a_campaign_runs_a_diverged_screen_again_only_on_a_target_that_diverges(
+    make_target: MakeTarget, last: float, act: str
+) -> None:
+    target = make_target(
+        {"train.py": "LR = 0.5  # learning rate\nprint('loss: 1.0')\n"},
+        extra_toml="[merge]\nrepeats = 7\nconfirm_ahead = 0\n",
+    )
+    b = Bench(target)
+    base = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, last]  # the last 5.0: an outlier, and diverged
+    b.finish({f"base-{i}": v for i, v in enumerate(base)})
+    (c,) = b.propose(("LR = 0.5", "LR = 1.0"))
+    b.finish({f"c{c}-g0-screen": 5.0}, only=True)
+    b.ctl.step(slots=8)
+    again = b.store.get_trial("default", f"c{c}-g0-confirm0") is not None
+    assert (again, b.state(c)) == (
+        (True, CandidateState.RUNNING) if act == "runs again" else (False, CandidateState.DISCARDED)
+    )
 
 
 def test_promotion_takes_the_best_share_of_the_short_screens_in() -> None:
@@ -137,7 +196,9 @@ def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measur
 ) -> None:
     # Near its bar, the runs that win a keep are the luckier draws (the winner's curse): the
     # incumbent's value comes from runs of its own, and the line every view shows says so.
-    b = near_bar_bench(make_target, "measure_keeps = true\n")
+    # It is measured by as many runs as a candidate's confirmations (two here): its estimate
+    # stands on no fewer than the ones it replaces (measure_runs is for merges untried).
+    b = near_bar_bench(make_target, "measure_keeps = true\nmeasure_runs = 1\n")
     c = keep_near_bar(b)
     inc = b.store.get_incumbent("default")
     assert inc.candidate_id == c and inc.estimated and inc.metric == pytest.approx(0.82)
