@@ -48,19 +48,23 @@ def test_a_nan_anywhere_is_never_a_keep() -> None:
     assert keep is False and not verdict.passed
 
 
-def test_a_confirmation_that_diverged_is_run_again_once() -> None:
-    def look(*runs: float) -> bool | None:
-        keep, _ = sequential(
-            list(runs),
-            m=MergeConfig(confirm=4),
-            stages=5,
-            incumbent=1.0,
-            incumbent_runs=12,
-            sigma=0.1,
-            direction=Direction.MINIMIZE,
-        )
-        return keep
+def look(*runs: float, diverging: bool = False) -> bool | None:
+    """The sequential test's look at these runs (four confirmations at most, against an
+    incumbent of 1.0 from 12 runs, σ 0.1): keep, discard, or None for one more."""
+    keep, _ = sequential(
+        list(runs),
+        m=MergeConfig(confirm=4),
+        stages=5,
+        incumbent=1.0,
+        incumbent_runs=12,
+        sigma=0.1,
+        direction=Direction.MINIMIZE,
+        diverging=diverging,
+    )
+    return keep
 
+
+def test_a_confirmation_that_diverged_is_run_again_once() -> None:
     assert look(0.9) is None  # the screen earns a confirmation
     assert look(0.9, 9.0) is None  # 80σ worse: a divergent run, not evidence; once more
     assert look(0.9, 9.0, 0.7, 0.7) is True  # judged on the runs that did not diverge
@@ -69,24 +73,11 @@ def test_a_confirmation_that_diverged_is_run_again_once() -> None:
 
 
 def test_a_screen_that_diverged_is_run_again_where_the_targets_own_runs_diverge() -> None:
-    def look(*runs: float) -> bool | None:
-        keep, _ = sequential(
-            list(runs),
-            m=MergeConfig(confirm=4),
-            stages=5,
-            incumbent=1.0,
-            incumbent_runs=12,
-            sigma=0.1,
-            direction=Direction.MINIMIZE,
-            diverging=True,
-        )
-        return keep
-
-    assert look(9.0) is None  # 80σ worse, on a target whose runs do that: once more
-    assert look(9.0, 0.9) is None  # the run again is the screen: it earns a confirmation
-    assert look(9.0, 0.9, 0.7, 0.7) is True  # judged on the runs that did not diverge
-    assert look(9.0, 9.5) is False  # twice: the candidate diverges
-    assert look(9.0, 1.02) is False  # its run again is screened as a screen is
+    assert look(9.0, diverging=True) is None  # 80σ worse, where the target's runs do that
+    assert look(9.0, 0.9, diverging=True) is None  # the run again earns a confirmation
+    assert look(9.0, 0.9, 0.7, 0.7, diverging=True) is True  # the runs that did not diverge
+    assert look(9.0, 9.5, diverging=True) is False  # twice: the candidate diverges
+    assert look(9.0, 1.02, diverging=True) is False  # its run again is screened as a screen
 
 
 @pytest.mark.parametrize(
