@@ -207,8 +207,8 @@ class MergeConfig:
     # estimates").
     measure_keeps: bool = setting(
         False,
-        doc="measure every keep near its bar afresh by its own runs (as many as confirm) and "
-        "judge against that",
+        doc="measure every keep near its bar afresh by its own runs (afresh_runs) and judge "
+        "against that",
         tier=Tier.ADVANCED,
     )
     measure_spread: float = setting(
@@ -220,14 +220,23 @@ class MergeConfig:
         tier=Tier.ADVANCED,
     )
     # A keep merged on evidence (a winner on a stale base) is run this many times for its
-    # own estimate (a keep measured afresh, `confirm` times: farm.evidence.measuring_ids).
-    # On a farm of many slots the incumbent moves faster than a trial and nearly every keep
-    # is merged on evidence: four runs each took 41% of 16 slots' time in `farm simulate`;
-    # two still outvote one failed run.
+    # own estimate. On a farm of many slots the incumbent moves faster than a trial and
+    # nearly every keep is merged on evidence: four runs each took 41% of 16 slots' time in
+    # `farm simulate`; two still outvote one failed run.
     measure_runs: int = setting(
         2,
         doc="runs measuring a keep merged on evidence (at most confirm, one on a "
         "deterministic target)",
+        ge=1,
+        tier=Tier.ADVANCED,
+    )
+    # A keep measured afresh was a near thing, most of it luck, and every later candidate is
+    # judged against the value these runs give it: measured by 2, null-heavy campaigns kept
+    # 77% of a later 2σ gain, by 4 84%, by 8 86% (the 87% of campaigns with no such keep is
+    # the ceiling), by 16 no more (docs/performance.md, "Honest estimates").
+    afresh_runs: int = setting(
+        8,
+        doc="runs measuring a keep measured afresh (measure_spread, measure_keeps)",
         ge=1,
         tier=Tier.ADVANCED,
     )

@@ -177,15 +177,15 @@ class Evidence:
         ]
 
     def measuring_ids(self, candidate: int, sha: str) -> list[str]:
-        """The runs measuring the keep of `candidate` that made `sha` the incumbent. One
-        that won on its own runs (measured afresh: luck was most of its margin) gets as
-        many as a candidate's confirmations, so that its estimate stands on no fewer runs
-        than the ones it replaces (with two, null-heavy campaigns kept 75% of later 2σ
-        gains, with four 84%: docs/performance.md); one merged untried, `measure_runs`."""
+        """The runs measuring the keep of `candidate` that made `sha` the incumbent: one
+        that won on its own runs (then measured afresh: luck was most of its margin) has
+        re-runs of this very commit and gets `afresh_runs`; one merged untried ran another
+        commit and gets `measure_runs`, at most `confirm`."""
         if sha not in self._measuring:
+            m = self.cfg.merge
             won = any(t.kind is not TrialKind.MEASURE for t in self.reruns(sha, candidate))
-            cap = max(self.confirm(), 1)
-            self._measuring[sha] = cap if won else min(self.cfg.merge.measure_runs, cap)
+            runs = m.afresh_runs if won else min(m.measure_runs, max(self.confirm(), 1))
+            self._measuring[sha] = runs
         return [measure_id(candidate, i) for i in range(self._measuring[sha])]
 
     def measured(self, candidate: int, sha: str) -> Ruling:

@@ -187,17 +187,17 @@ def test_a_keep_near_its_bar_is_measured_afresh_and_every_view_states_the_measur
 ) -> None:
     # Near its bar, the runs that win a keep are the luckier draws (the winner's curse): the
     # incumbent's value comes from runs of its own, and the line every view shows says so.
-    # It is measured by as many runs as a candidate's confirmations (two here): its estimate
-    # stands on no fewer than the ones it replaces (measure_runs is for merges untried).
-    b = near_bar_bench(make_target, "measure_keeps = true\nmeasure_runs = 1\n")
+    # It is measured by `afresh_runs` runs (`measure_runs` is for merges untried).
+    b = near_bar_bench(make_target, "measure_keeps = true\nmeasure_runs = 1\nafresh_runs = 3\n")
     c = keep_near_bar(b)
     inc = b.store.get_incumbent("default")
     assert inc.candidate_id == c and inc.estimated and inc.metric == pytest.approx(0.82)
     assert "measured afresh by its own runs" in b.store.get_decision("default", c).reason  # type: ignore[union-attr]
-    assert b.finish({f"c{c}-measure": 0.9}) == [f"c{c}-measure0", f"c{c}-measure1"]
+    measuring = [f"c{c}-measure{i}" for i in range(3)]
+    assert b.finish({f"c{c}-measure": 0.9}) == measuring
     b.ctl.step(slots=8)
     inc = b.store.get_incumbent("default")
-    assert (inc.metric, inc.runs) == (pytest.approx(0.9), 2)
+    assert (inc.metric, inc.runs) == (pytest.approx(0.9), 3)
     assert [round(s.metric, 6) for s in snapshot(b.store, "default").line] == [1.0, 0.9]
     # Far beyond its bar, a keep was never near the cut: it stands on the runs that won it.
     (far,) = b.propose(("LR = 1.0", "LR = 2.0"))
