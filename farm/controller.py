@@ -247,7 +247,7 @@ class Controller:
         runs = [self.screening.ensure_screen(cand)]
         runs += self._existing(confirm_id(cand.id, i) for i in itertools.count())
         if runs[0].state.is_finished():
-            self.evidence.note_screen(runs[0])
+            self.screening.runs.note_screen(runs[0])
         gate = self.screening.paired_gate(runs[0], ref) if ref and len(runs) == 1 else None
         while True:
             ruling = screened_ruling(

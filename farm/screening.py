@@ -10,6 +10,7 @@ from farm.merge import SHORT_TIMEOUTS, Verdict, fidelity, paired_bar, paired_spr
 from farm.merge.verdicts import Act, Reference, Ruling, Target, preflight_ruling, short_ruling
 from farm.recorder import Notices, Recorder
 from farm.records import Candidate, Incumbent, Trial, TrialKind
+from farm.screen_runs import ScreenRuns
 from farm.trials import confirm_id, preflight_id, screen_id, short_id
 
 
@@ -20,6 +21,7 @@ class Screening:
         self.cfg = cfg
         self.target = Target.of(cfg)
         self.evidence = evidence
+        self.runs = ScreenRuns(evidence)  # partner runs, paired gaps, short screens' cohorts
         self.recorder = recorder
         self.notices = notices
         self._short_off = False  # short screens stopped ranking like full budgets
@@ -34,7 +36,7 @@ class Screening:
         found = self.evidence.trial(screen_id(cand.id))
         if found is not None:
             return found
-        partner = self.evidence.partner_of(cand.base_sha) if self.cfg.merge.paired else None
+        partner = self.runs.partner_of(cand.base_sha) if self.cfg.merge.paired else None
         return self.recorder.ensure_trial(
             screen_id(cand.id), TrialKind.CANDIDATE, cand, partner=partner
         )
@@ -75,7 +77,7 @@ class Screening:
             return Ruling(Act.WAIT)
         m = self.cfg.merge
         ok = short.result is not None and short.result.metric is not None
-        standing = self.evidence.short_standing(short) if ok else (0, 1)  # not ranked
+        standing = self.runs.short_standing(short) if ok else (0, 1)  # not ranked
         moved = short.reference != inc.sha
         ruling = short_ruling(
             short, standing, m, self.target, moved=moved, last=look + 1 >= m.looks
@@ -151,14 +153,14 @@ class Screening:
         for cand in running:
             _, short = self._latest_short(cand)
             if short is not None and short.state.is_finished():
-                self.evidence.note_short(short)
+                self.runs.note_short(short)
 
     def stopped(self) -> bool:
         """Whether short screens stopped ranking candidates as full budgets do (the rank
         monitor, farm.merge.fidelity): then, for the rest of the campaign, new candidates
         are screened at the full budget alone."""
         m = self.cfg.merge
-        runs = self.evidence.fidelity_runs()
+        runs = self.runs.fidelity_runs()
         if not self._short_off and len(runs) != self._judged:  # runs only come in
             self._judged = len(runs)
             found = fidelity(list(runs.values()), m)
@@ -183,11 +185,11 @@ class Screening:
         """The screen's gate on its gap to its partner run, where the campaign's screens show
         that pairing at least halves the variance (farm.merge.paired_bar); else None."""
         partner = self.evidence.trial(screen.partner) if screen.partner else None
-        gap = self.evidence.gap(screen, partner) if partner else None
+        gap = self.runs.gap(screen, partner) if partner else None
         if gap is None or not ref.sigma > 0 or not screen.state.is_finished():
             return None
         assert screen.candidate_id is not None  # a screen is a candidate's
-        gaps = self.evidence.paired_gaps()
+        gaps = self.runs.paired_gaps()
         gaps[screen.candidate_id] = gap
         others = [g for c, g in gaps.items() if c != screen.candidate_id]
         m = self.cfg.merge
